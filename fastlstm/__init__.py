@@ -1,0 +1,15 @@
+"""fastlstm: a fast CPU LSTM for inference, a drop-in for ``torch.nn.LSTM``.
+
+>>> import fastlstm
+>>> rnn = fastlstm.LSTM(10, 20, num_layers=2)
+
+Parameters use torch's names and layout, so ``rnn.load_state_dict(torch_lstm.state_dict())``
+or ``fastlstm.LSTM.from_torch(torch_lstm)`` gives the same numbers as PyTorch.
+"""
+
+from fastlstm._threads import get_num_threads, set_num_threads
+from fastlstm.lstm import LSTM
+
+__version__ = "0.1.0"
+
+__all__ = ["LSTM", "get_num_threads", "set_num_threads", "__version__"]

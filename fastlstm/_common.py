@@ -1,0 +1,63 @@
+"""Helpers shared by the modules: dtypes, devices, torch interop without torch."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+_SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
+_TORCH_NAMES = {"torch.float32": np.float32, "torch.float64": np.float64}
+
+
+def resolve_dtype(dtype: Any) -> np.dtype:
+    """Map None, numpy dtypes, their names or torch.float32/float64 to a numpy dtype."""
+    if dtype is None:
+        return np.dtype(np.float32)
+    if str(dtype) in _TORCH_NAMES:
+        return np.dtype(_TORCH_NAMES[str(dtype)])
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in _SUPPORTED:
+        raise TypeError(f"fastlstm supports dtype float32 and float64, got {dtype!r}")
+    return resolved
+
+
+def check_device(device: Any) -> None:
+    """Accept None, "cpu", "cpu:0" and torch.device("cpu"); refuse any other device."""
+    if device is None:
+        return
+    name = str(device)
+    if name in ("cpu", "cpu:0"):
+        return
+    raise ValueError(f"fastlstm runs on the CPU only: device must be None or 'cpu', got {device!r}")
+
+
+def is_torch_tensor(obj: Any) -> bool:
+    """True for a torch.Tensor, decided without importing torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def to_numpy(obj: Any) -> np.ndarray:
+    """An ndarray view or copy of ``obj`` (array-like or torch tensor on any device)."""
+    if is_torch_tensor(obj):
+        tensor = obj.detach().cpu()
+        if str(tensor.dtype) in ("torch.bfloat16", "torch.float16"):
+            # numpy has no bfloat16; both half types are exact in float32.
+            tensor = tensor.float()
+        return tensor.numpy()
+    return np.asarray(obj)
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    return np.dtype(dtype).name
+
+
+def freeze(array: np.ndarray) -> np.ndarray:
+    """Mark an array owned by a module as read-only and return it."""
+    array.flags.writeable = False
+    return array

@@ -1,0 +1,668 @@
+"""``fastlstm.LSTM``: a ``torch.nn.LSTM``-compatible LSTM for CPU inference."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+import threading
+import warnings
+from collections import OrderedDict
+from typing import Any, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+
+from fastlstm import _lstm
+from fastlstm._common import (
+    check_device,
+    dtype_name,
+    freeze,
+    is_torch_tensor,
+    resolve_dtype,
+    to_numpy,
+)
+from fastlstm._threads import get_num_threads, single_threaded_blas
+
+__all__ = ["LSTM"]
+
+ArrayLike = Any
+RngLike = Union[None, int, np.random.Generator]
+
+
+class _IncompatibleKeys(NamedTuple):
+    missing_keys: List[str]
+    unexpected_keys: List[str]
+
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return (f"_IncompatibleKeys(missing_keys={self.missing_keys!r}, "
+                f"unexpected_keys={self.unexpected_keys!r})")
+
+
+class _PackedLayer(NamedTuple):
+    """One layer's weights laid out for the kernels (built once, reused by every call)."""
+
+    w_ih: np.ndarray  # (D*4H, I_layer): both directions stacked, one GEMM for both
+    w_hh: np.ndarray  # (D, 4H, P)
+    bias: np.ndarray  # (D, 4H): b_ih + b_hh, zeros without bias
+    w_hr: np.ndarray  # (D, P, H), or (D, 0, 0) without projection
+
+
+def _check_int(name: str, value: Any) -> None:
+    if not isinstance(value, int):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+
+
+class LSTM:
+    r"""Multi-layer LSTM for inference on CPUs, a drop-in for ``torch.nn.LSTM``.
+
+    Each layer computes, for every element of the input sequence,
+
+    .. math::
+        i_t = \sigma(W_{ii} x_t + b_{ii} + W_{hi} h_{t-1} + b_{hi}) \\
+        f_t = \sigma(W_{if} x_t + b_{if} + W_{hf} h_{t-1} + b_{hf}) \\
+        g_t = \tanh(W_{ig} x_t + b_{ig} + W_{hg} h_{t-1} + b_{hg}) \\
+        o_t = \sigma(W_{io} x_t + b_{io} + W_{ho} h_{t-1} + b_{ho}) \\
+        c_t = f_t \odot c_{t-1} + i_t \odot g_t \\
+        h_t = o_t \odot \tanh(c_t)
+
+    and, with ``proj_size > 0``, :math:`h_t = W_{hr} h_t`.  Arguments, shapes,
+    parameter names and layout (gate order i, f, g, o) are those of
+    ``torch.nn.LSTM``, so a PyTorch ``state_dict`` loads as it is.
+
+    Parameters
+    ----------
+    input_size : int
+        Number of features of the input ``x``.
+    hidden_size : int
+        Number of features of the cell state ``c`` (and of ``h`` without projection).
+    num_layers : int, default=1
+        Number of stacked layers.
+    bias : bool, default=True
+        If False, the layers have no ``bias_ih``/``bias_hh`` parameters.
+    batch_first : bool, default=False
+        If True, batched input and output are ``(N, L, features)`` instead of
+        ``(L, N, features)``.  States are never batch-first.
+    dropout : float, default=0.0
+        Dropout probability on the outputs of every layer but the last; applied
+        only in training mode (see :meth:`train`).
+    bidirectional : bool, default=False
+        If True, each layer runs forward and backward and concatenates both.
+    proj_size : int, default=0
+        If positive, ``h`` is projected to ``proj_size`` features by ``weight_hr``.
+    device : None or "cpu", default=None
+        Accepted for compatibility; fastlstm runs on the CPU only.
+    dtype : {None, "float32", "float64"} or numpy dtype, default=None (float32)
+        Precision of the parameters and of the computation.
+    rng : None, int or numpy.random.Generator, keyword-only
+        Source of the random initial parameters, drawn from
+        :math:`\mathcal{U}(-1/\sqrt{H}, 1/\sqrt{H})`; also drives dropout in
+        training mode.  An int seeds a new generator.
+
+    Attributes
+    ----------
+    weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k}, weight_hr_l{k} : ndarray
+        Parameters with torch's names and shapes (``_reverse`` suffix for the
+        backward direction).  They are read-only: assign a new array, or call
+        :meth:`load_state_dict`, to change them.
+    training : bool
+        False for a new module: fastlstm starts in eval mode, unlike torch.
+
+    Notes
+    -----
+    Differences from ``torch.nn.LSTM``, all on purpose:
+
+    * a new module is in eval mode (torch starts in training mode);
+    * inputs may be any array-like; floating inputs of another precision are
+      cast to the module's dtype instead of raising (non-floating inputs raise
+      torch's ``ValueError``);
+    * torch tensors in give torch tensors out; anything else gives ndarrays;
+    * parameters are read-only arrays; there is no autograd.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastlstm
+    >>> rnn = fastlstm.LSTM(10, 20, 2, rng=0)
+    >>> x = np.random.default_rng(0).standard_normal((5, 3, 10), dtype=np.float32)
+    >>> output, (h_n, c_n) = rnn(x)
+    >>> output.shape, h_n.shape, c_n.shape
+    ((5, 3, 20), (2, 3, 20), (2, 3, 20))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        rng: RngLike = None,
+    ) -> None:
+        # Same checks, order, types and messages as torch.nn.RNNBase.
+        if (
+            not isinstance(dropout, numbers.Number)
+            or isinstance(dropout, bool)
+            or not 0 <= dropout <= 1
+        ):
+            raise ValueError(
+                "dropout should be a number in range [0, 1] "
+                "representing the probability of an element being "
+                "zeroed"
+            )
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last "
+                "recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and "
+                f"num_layers={num_layers}",
+                stacklevel=2,
+            )
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+        if not isinstance(batch_first, bool):
+            raise TypeError(
+                f"batch_first should be of type bool, got: {type(batch_first).__name__}"
+            )
+        _check_int("input_size", input_size)
+        if input_size <= 0:
+            raise ValueError("input_size must be greater than zero")
+        _check_int("hidden_size", hidden_size)
+        if hidden_size <= 0:
+            raise ValueError("hidden_size must be greater than zero")
+        _check_int("num_layers", num_layers)
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+        _check_int("proj_size", proj_size)
+        if proj_size < 0:
+            raise ValueError(
+                "proj_size should be a positive integer or zero to disable projections"
+            )
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        check_device(device)
+
+        d = self.__dict__
+        d["_input_size"] = input_size
+        d["_hidden_size"] = hidden_size
+        d["_num_layers"] = num_layers
+        d["_bias"] = bias
+        d["_batch_first"] = batch_first
+        d["_dropout"] = float(dropout)
+        d["_bidirectional"] = bool(bidirectional)
+        d["_proj_size"] = proj_size
+        d["_dtype"] = resolve_dtype(dtype)
+        d["training"] = False
+        d["_rng"] = np.random.default_rng(rng)
+        d["_params"] = OrderedDict()
+        d["_shapes"] = self._parameter_shapes()
+        d["_packed"] = None
+        d["_pack_lock"] = threading.Lock()
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ config
+    input_size = property(lambda self: self._input_size, doc="Features of the input.")
+    hidden_size = property(lambda self: self._hidden_size, doc="Features of the cell state.")
+    num_layers = property(lambda self: self._num_layers, doc="Number of stacked layers.")
+    bias = property(lambda self: self._bias, doc="Whether the layers have biases.")
+    batch_first = property(lambda self: self._batch_first, doc="Batched layout (N, L, F).")
+    dropout = property(lambda self: self._dropout, doc="Inter-layer dropout (training only).")
+    bidirectional = property(lambda self: self._bidirectional, doc="Two directions per layer.")
+    proj_size = property(lambda self: self._proj_size, doc="Projection size, 0 for none.")
+    dtype = property(lambda self: self._dtype, doc="numpy dtype of parameters and results.")
+
+    @property
+    def _num_directions(self) -> int:
+        return 2 if self._bidirectional else 1
+
+    @property
+    def _out_size(self) -> int:
+        return self._proj_size if self._proj_size > 0 else self._hidden_size
+
+    def _parameter_shapes(self) -> "OrderedDict[str, Tuple[int, ...]]":
+        """torch's parameter names and shapes, in torch's order."""
+        shapes: "OrderedDict[str, Tuple[int, ...]]" = OrderedDict()
+        h, p = self._hidden_size, self._out_size
+        for layer in range(self._num_layers):
+            layer_in = self._input_size if layer == 0 else p * self._num_directions
+            for direction in range(self._num_directions):
+                sfx = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                shapes["weight_ih" + sfx] = (4 * h, layer_in)
+                shapes["weight_hh" + sfx] = (4 * h, p)
+                if self._bias:
+                    shapes["bias_ih" + sfx] = (4 * h,)
+                    shapes["bias_hh" + sfx] = (4 * h,)
+                if self._proj_size > 0:
+                    shapes["weight_hr" + sfx] = (self._proj_size, h)
+        return shapes
+
+    def __repr__(self) -> str:
+        s = f"{type(self).__name__}({self._input_size}, {self._hidden_size}"
+        if self._proj_size != 0:
+            s += f", proj_size={self._proj_size}"
+        if self._num_layers != 1:
+            s += f", num_layers={self._num_layers}"
+        if not self._bias:
+            s += ", bias=False"
+        if self._batch_first:
+            s += ", batch_first=True"
+        if self._dropout != 0:
+            s += f", dropout={self._dropout}"
+        if self._bidirectional:
+            s += ", bidirectional=True"
+        if self._dtype != np.float32:
+            s += f", dtype={dtype_name(self._dtype)}"
+        return s + ")"
+
+    # -------------------------------------------------------------- parameters
+    def reset_parameters(self, rng: RngLike = None) -> None:
+        """Draw every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)).
+
+        Parameters
+        ----------
+        rng : None, int or numpy.random.Generator, optional
+            Source of randomness; by default the module's own generator.
+        """
+        gen = self._rng if rng is None else np.random.default_rng(rng)
+        bound = 1.0 / math.sqrt(self._hidden_size)
+        for name, shape in self._shapes.items():
+            value = gen.uniform(-bound, bound, size=shape).astype(self._dtype)
+            self._params[name] = freeze(value)
+        self.__dict__["_packed"] = None
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__.get("_shapes", ()):
+            self._set_parameters({name: value}, strict=False)
+        elif name == "training":
+            self.__dict__["training"] = bool(value)
+        elif hasattr(type(self), name) or name.startswith("_"):
+            raise AttributeError(f"attribute '{name}' of {type(self).__name__} is read-only")
+        else:
+            self.__dict__[name] = value
+
+    def __dir__(self) -> List[str]:
+        return sorted(set(super().__dir__()) | set(self._params))
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_packed"] = None
+        del state["_pack_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__dict__["_pack_lock"] = threading.Lock()
+
+    def named_parameters(self) -> Iterator[Tuple[str, np.ndarray]]:
+        """Yield ``(name, array)`` for every parameter, in torch's order."""
+        yield from self._params.items()
+
+    def parameters(self) -> Iterator[np.ndarray]:
+        """Yield every parameter array, in torch's order."""
+        yield from self._params.values()
+
+    @property
+    def all_weights(self) -> List[List[np.ndarray]]:
+        """Parameters grouped per layer and direction, as torch's ``all_weights``."""
+        groups: List[List[np.ndarray]] = []
+        for layer in range(self._num_layers):
+            for direction in range(self._num_directions):
+                sfx = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                groups.append([v for k, v in self._params.items() if k.endswith(sfx)])
+        return groups
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Return a copy of the parameters keyed by torch's names, in torch's order.
+
+        Returns
+        -------
+        OrderedDict of str to ndarray
+            Writable copies; ``torch.nn.LSTM.load_state_dict`` accepts them after
+            ``torch.from_numpy``, and :meth:`load_state_dict` accepts them as they are.
+        """
+        return OrderedDict((k, v.copy()) for k, v in self._params.items())
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> _IncompatibleKeys:
+        """Copy parameters from a mapping of torch's names to arrays or torch tensors.
+
+        Values are cast to the module's dtype.  torch itself is never imported:
+        tensors are recognised only when torch is already loaded.
+
+        Parameters
+        ----------
+        state_dict : Mapping of str to array-like or torch.Tensor
+            For example ``torch_lstm.state_dict()`` or :meth:`state_dict`.
+        strict : bool, default=True
+            If True, missing and unexpected keys raise ``RuntimeError``; if False
+            they are returned.  Shape mismatches always raise.
+
+        Returns
+        -------
+        NamedTuple with ``missing_keys`` and ``unexpected_keys``
+
+        Raises
+        ------
+        TypeError
+            If ``state_dict`` is not a mapping.
+        RuntimeError
+            Listing missing keys, unexpected keys and every shape mismatch (with
+            the key, the shape in the mapping and the module's shape), as torch.
+            Nothing is changed when it raises.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
+        return self._set_parameters(state_dict, strict=strict)
+
+    def _set_parameters(self, values: Mapping[str, Any], strict: bool) -> _IncompatibleKeys:
+        missing = [k for k in self._shapes if k not in values]
+        unexpected = [k for k in values if k not in self._shapes]
+        errors = []
+        converted = {}
+        for key, value in values.items():
+            if key not in self._shapes:
+                continue
+            array = to_numpy(value)
+            expected = self._shapes[key]
+            if array.shape != expected:
+                errors.append(
+                    f"size mismatch for {key}: copying a param with shape {tuple(array.shape)} "
+                    f"from checkpoint, the shape in current model is {expected}."
+                )
+                continue
+            if array.dtype.kind not in "fiub":
+                errors.append(f"cannot load {key}: dtype {array.dtype} is not a real number type")
+                continue
+            converted[key] = freeze(np.array(array, dtype=self._dtype, order="C", copy=True))
+        if strict:
+            if unexpected:
+                errors.insert(
+                    0,
+                    "Unexpected key(s) in state_dict: {}. ".format(
+                        ", ".join(f'"{k}"' for k in unexpected)
+                    ),
+                )
+            if missing:
+                errors.insert(
+                    0,
+                    "Missing key(s) in state_dict: {}. ".format(
+                        ", ".join(f'"{k}"' for k in missing)
+                    ),
+                )
+        if errors:
+            raise RuntimeError(
+                "Error(s) in loading state_dict for {}:\n\t{}".format(
+                    type(self).__name__, "\n\t".join(errors)
+                )
+            )
+        with self._pack_lock:
+            self._params.update(converted)
+            self.__dict__["_packed"] = None
+        return _IncompatibleKeys(missing, unexpected)
+
+    def _packed_layers(self) -> List[_PackedLayer]:
+        """The kernel layout of the weights, built on first use after any change."""
+        packed = self._packed
+        if packed is not None:
+            return packed
+        with self._pack_lock:
+            if self._packed is not None:
+                return self._packed
+            p = self._params
+            dt = self._dtype
+            layers = []
+            for layer in range(self._num_layers):
+                sfxs = [f"_l{layer}"] + ([f"_l{layer}_reverse"] if self._bidirectional else [])
+                w_ih = np.concatenate([p["weight_ih" + s] for s in sfxs])
+                w_hh = np.stack([p["weight_hh" + s] for s in sfxs])
+                if self._bias:
+                    bias = np.stack([p["bias_ih" + s] + p["bias_hh" + s] for s in sfxs])
+                else:
+                    bias = np.zeros((len(sfxs), 4 * self._hidden_size), dtype=dt)
+                if self._proj_size > 0:
+                    w_hr = np.stack([p["weight_hr" + s] for s in sfxs])
+                else:
+                    w_hr = np.empty((len(sfxs), 0, 0), dtype=dt)
+                layers.append(_PackedLayer(w_ih, w_hh, bias, w_hr))
+            self.__dict__["_packed"] = layers
+            return layers
+
+    # ------------------------------------------------------------ torch interop
+    @classmethod
+    def from_torch(cls, module: Any, *, dtype: Any = None) -> "LSTM":
+        """Build an equivalent fastlstm module from a ``torch.nn.LSTM``.
+
+        Parameters
+        ----------
+        module : torch.nn.LSTM
+            Any device; its configuration and weights are copied.
+        dtype : None or dtype, optional
+            Defaults to the module's dtype (float64 stays float64; other float
+            types become float32).
+
+        Returns
+        -------
+        LSTM
+            In eval mode, whatever the mode of ``module``.
+        """
+        for attr in ("input_size", "hidden_size", "num_layers", "proj_size", "state_dict"):
+            if not hasattr(module, attr):
+                raise TypeError(f"from_torch expects a torch.nn.LSTM, got {type(module).__name__}")
+        if dtype is None:
+            dtype = np.float64 if str(module.weight_ih_l0.dtype) == "torch.float64" else np.float32
+        new = cls(
+            module.input_size,
+            module.hidden_size,
+            num_layers=module.num_layers,
+            bias=module.bias,
+            batch_first=module.batch_first,
+            dropout=module.dropout,
+            bidirectional=module.bidirectional,
+            proj_size=module.proj_size,
+            dtype=dtype,
+        )
+        new.load_state_dict(module.state_dict())
+        return new
+
+    def to_torch(self) -> Any:
+        """Return an equivalent ``torch.nn.LSTM`` (imports torch, only here).
+
+        Returns
+        -------
+        torch.nn.LSTM
+            Same configuration, dtype, weights and training mode.
+        """
+        import torch
+
+        tdtype = torch.float64 if self._dtype == np.float64 else torch.float32
+        module = torch.nn.LSTM(
+            self._input_size,
+            self._hidden_size,
+            num_layers=self._num_layers,
+            bias=self._bias,
+            batch_first=self._batch_first,
+            dropout=self._dropout,
+            bidirectional=self._bidirectional,
+            proj_size=self._proj_size,
+            dtype=tdtype,
+        )
+        module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._params.items()})
+        module.train(self.training)
+        return module
+
+    # ------------------------------------------------------------------- modes
+    def train(self, mode: bool = True) -> "LSTM":
+        """Set training mode (inter-layer dropout active) and return self."""
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.__dict__["training"] = mode
+        return self
+
+    def eval(self) -> "LSTM":
+        """Set eval mode (no dropout; the default for a new module) and return self."""
+        return self.train(False)
+
+    # ----------------------------------------------------------------- forward
+    def __call__(self, input: ArrayLike, hx: Optional[Tuple[ArrayLike, ArrayLike]] = None):
+        return self.forward(input, hx)
+
+    def forward(
+        self, input: ArrayLike, hx: Optional[Tuple[ArrayLike, ArrayLike]] = None
+    ) -> Tuple[Any, Tuple[Any, Any]]:
+        """Run the LSTM over a sequence.
+
+        Parameters
+        ----------
+        input : array-like of shape (L, H_in), (L, N, H_in) or, with batch_first, (N, L, H_in)
+            Unbatched or batched input.  Floating arrays of another precision are
+            cast to the module's dtype.
+        hx : tuple (h_0, c_0), optional
+            ``h_0`` of shape (D*num_layers, N, H_out) and ``c_0`` of shape
+            (D*num_layers, N, hidden_size), or 2-D without the batch axis for
+            unbatched input.  Zeros when omitted.  D is 2 if bidirectional else 1;
+            H_out is proj_size if positive else hidden_size.
+
+        Returns
+        -------
+        output : ndarray of shape (L, D*H_out), (L, N, D*H_out) or (N, L, D*H_out)
+            ``h_t`` of the last layer for every t (both directions concatenated).
+        (h_n, c_n) : tuple of ndarray
+            Final states, shaped like ``h_0`` and ``c_0``.  Torch tensors in give
+            torch tensors out.
+
+        Raises
+        ------
+        ValueError
+            Input that is not 2-D or 3-D, or not of a floating dtype.
+        RuntimeError
+            Wrong feature size, wrong state shapes, or an empty sequence.
+        """
+        tensor_in = is_torch_tensor(input)
+        x = to_numpy(input)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {x.ndim}D instead")
+        batched = x.ndim == 3
+        batch_first = self._batch_first and batched
+        if not batched:
+            x = x[:, None, :]
+        if hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two arrays")
+            tensor_in = tensor_in or is_torch_tensor(hx[0])
+            h0, c0 = to_numpy(hx[0]), to_numpy(hx[1])
+            if batched and (h0.ndim != 3 or c0.ndim != 3):
+                raise RuntimeError(
+                    "For batched 3-D input, hx and cx should "
+                    f"also be 3-D but got ({h0.ndim}-D, {c0.ndim}-D) tensors"
+                )
+            if not batched:
+                if h0.ndim != 2 or c0.ndim != 2:
+                    raise RuntimeError(
+                        "For unbatched 2-D input, hx and cx should "
+                        f"also be 2-D but got ({h0.ndim}-D, {c0.ndim}-D) tensors"
+                    )
+                h0, c0 = h0[:, None, :], c0[:, None, :]
+        else:
+            h0 = c0 = None
+
+        self._check_input(x)
+        seq_len, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+        n_states = self._num_layers * self._num_directions
+        if h0 is not None:
+            self._check_state(h0, (n_states, batch, self._out_size), "hidden[0]")
+            self._check_state(c0, (n_states, batch, self._hidden_size), "hidden[1]")
+        if seq_len == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+        output, h_n, c_n = self._run(x, h0, c0, batch_first)
+        if not batched:
+            output, h_n, c_n = output[:, 0, :], h_n[:, 0, :], c_n[:, 0, :]
+        if tensor_in:
+            torch = sys.modules["torch"]
+            output, h_n, c_n = (torch.from_numpy(a) for a in (output, h_n, c_n))
+        return output, (h_n, c_n)
+
+    def _check_input(self, x: np.ndarray) -> None:
+        if x.dtype.kind != "f":
+            raise ValueError(
+                f"RNN input dtype ({x.dtype}) does not match weight dtype ({self._dtype}). "
+                f"Convert input: input.astype({self._dtype}), "
+                f"or convert model: fastlstm.LSTM(..., dtype={self._dtype})"
+            )
+        if x.shape[-1] != self._input_size:
+            raise RuntimeError(
+                "input.size(-1) must be equal to input_size. "
+                f"Expected {self._input_size}, got {x.shape[-1]}"
+            )
+
+    def _check_state(self, state: np.ndarray, expected: Tuple[int, int, int], what: str) -> None:
+        if tuple(state.shape) != expected:
+            raise RuntimeError(f"Expected {what} size {expected}, got {list(state.shape)}")
+        if state.dtype.kind != "f":
+            raise RuntimeError(
+                f"{what} dtype ({state.dtype}) does not match weight dtype ({self._dtype})"
+            )
+
+    def _run(
+        self,
+        x: np.ndarray,
+        h0: Optional[np.ndarray],
+        c0: Optional[np.ndarray],
+        batch_first: bool,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run all layers on validated 3-D input; returns (output, h_n, c_n) as ndarrays."""
+        dt = self._dtype
+        n_dirs = self._num_directions
+        hidden, out_size = self._hidden_size, self._out_size
+        if batch_first:
+            batch, seq_len = x.shape[0], x.shape[1]
+        else:
+            seq_len, batch = x.shape[0], x.shape[1]
+        n_states = self._num_layers * n_dirs
+        out_shape = (batch, seq_len, n_dirs * out_size) if batch_first else (
+            seq_len, batch, n_dirs * out_size)
+        if batch == 0:
+            return (np.zeros(out_shape, dt), np.zeros((n_states, 0, out_size), dt),
+                    np.zeros((n_states, 0, hidden), dt))
+
+        rows = seq_len * batch
+        layer_in = np.ascontiguousarray(x, dtype=dt).reshape(rows, -1)
+        if h0 is None:
+            h0 = np.zeros((n_states, batch, out_size), dt)
+            c_n = np.zeros((n_states, batch, hidden), dt)
+        else:
+            h0 = np.ascontiguousarray(h0, dtype=dt)
+            c_n = np.array(c0, dtype=dt, order="C", copy=True)  # updated in place
+        h_n = np.empty((n_states, batch, out_size), dt)
+
+        threads = get_num_threads()
+        n_chunks = max(1, min(batch, threads // n_dirs))
+        parallel = min(threads, n_dirs * n_chunks) > 1
+        gates = np.empty((rows, n_dirs * 4 * hidden), dt)
+        hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
+        dropout = self._dropout if self.training else 0.0
+
+        for layer, w in enumerate(self._packed_layers()):
+            s = slice(layer * n_dirs, (layer + 1) * n_dirs)
+            out = np.empty((rows, n_dirs * out_size), dt)
+            _lstm.input_projection(layer_in, w.w_ih, gates)
+            with single_threaded_blas(parallel):
+                _lstm.recurrence(gates, w.w_hh, w.bias, w.w_hr, h0[s], c_n[s], hcell, out,
+                                 h_n[s], seq_len, batch_first, n_chunks, threads)
+            if dropout > 0 and layer < self._num_layers - 1:
+                keep = self._rng.random(out.shape) >= dropout
+                out = out * keep / (1.0 - dropout) if dropout < 1 else np.zeros_like(out)
+            layer_in = out
+        return layer_in.reshape(out_shape), h_n, c_n

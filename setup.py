@@ -1,0 +1,100 @@
+"""Build script for fastlstm's Cython extensions.
+
+Environment switches:
+
+* ``FASTLSTM_NO_OPENMP=1`` builds without OpenMP (serial kernels).  The build
+  also falls back to serial automatically when the compiler cannot compile and
+  link an OpenMP program.
+* ``FASTLSTM_DEBUG=1`` turns Cython's bounds checks and wraparound back on and
+  compiles with ``-O0 -g`` (for running the test suite under a debugger).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _compiler_supports_openmp():
+    """Try to compile and link a tiny OpenMP program with the configured C compiler."""
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    cc = cc.split()
+    if shutil.which(cc[0]) is None:
+        return False
+    code = (
+        "#include <omp.h>\n"
+        "int main(void) { int n = 0;\n"
+        "#pragma omp parallel reduction(+:n)\n n += 1;\n"
+        " return n > 0 ? 0 : 1; }\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "check.c")
+        with open(src, "w") as f:
+            f.write(code)
+        try:
+            res = subprocess.run(
+                cc + ["-fopenmp", src, "-o", os.path.join(tmp, "check")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+        except OSError:
+            return False
+        return res.returncode == 0
+
+
+def _openmp_flags():
+    if _env_flag("FASTLSTM_NO_OPENMP"):
+        print("fastlstm: building without OpenMP (FASTLSTM_NO_OPENMP is set)")
+        return []
+    if sys.platform == "win32" or not _compiler_supports_openmp():
+        print("fastlstm: the C compiler has no working OpenMP; building serial kernels")
+        return []
+    return ["-fopenmp"]
+
+
+DEBUG = _env_flag("FASTLSTM_DEBUG")
+OMP = _openmp_flags()
+OPT = ["-O0", "-g"] if DEBUG else ["-O3"]
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "cdivision": True,
+    "initializedcheck": DEBUG,
+    "embedsignature": True,
+}
+
+
+def _ext(name, openmp=False):
+    return Extension(
+        f"fastlstm.{name}",
+        [f"fastlstm/{name}.pyx"],
+        include_dirs=["fastlstm"],
+        extra_compile_args=OPT + (OMP if openmp else []),
+        extra_link_args=OMP if openmp else [],
+    )
+
+
+extensions = [
+    _ext("_blas"),
+    _ext("_openmp", openmp=True),
+    _ext("_lstm", openmp=True),
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=directives,
+    ),
+)

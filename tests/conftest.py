@@ -1,0 +1,43 @@
+"""Shared test configuration.
+
+PyTorch is the oracle for the parity tests.  On a user's machine without torch
+those tests skip; in CI (``CI=true``) a missing torch is an error, so parity is
+never silently skipped there.
+"""
+
+import importlib
+import os
+
+import numpy as np
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _import_torch():
+    try:
+        return importlib.import_module("torch")
+    except ImportError:
+        if IN_CI:
+            raise RuntimeError("torch is required in CI (CI=true): install torch==2.13.0") from None
+        return None
+
+
+_TORCH = _import_torch()
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """The torch module; skips the test when torch is missing outside CI."""
+    if _TORCH is None:
+        pytest.skip("torch is not installed (parity tests need torch==2.13.0)")
+    return _TORCH
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+# Tolerances of the parity tests (max abs error on output, h_n and c_n).
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
