@@ -21,7 +21,7 @@ def resolve_dtype(dtype: Any) -> np.dtype:
         resolved = np.dtype(dtype)
     except TypeError:
         resolved = None
-    if resolved not in _SUPPORTED:
+    if resolved is None or resolved not in _SUPPORTED:
         raise TypeError(f"fastlstm supports dtype float32 and float64, got {dtype!r}")
     return resolved
 

@@ -4,10 +4,11 @@ The number of threads is decided here and nowhere else.  By default it follows
 ``omp_get_max_threads()``, which honours ``OMP_NUM_THREADS`` and otherwise
 counts the usable cores; :func:`set_num_threads` overrides it for the process.
 
-Inside the kernels' OpenMP region every thread calls BLAS on its own slice of
-work, so BLAS must not start threads of its own there (they would fight the
-OpenMP threads).  :func:`single_threaded_blas` pins scipy's BLAS to one thread
-for the duration of such a region.  The setting is process-wide, so concurrent
+The kernels' OpenMP threads each call BLAS on their own slice of work, so BLAS
+must not start threads of its own (they would fight the OpenMP threads, and a
+pool woken for every small per-timestep product costs more than the product).
+:func:`single_threaded_blas` pins scipy's BLAS to one thread while a forward
+runs.  The setting is process-wide, so concurrent
 regions share it through a reference count: the first one in saves and lowers
 the limit, the last one out restores it.
 """
@@ -99,12 +100,9 @@ def _scipy_blas_controllers() -> list:
 
 
 @contextmanager
-def single_threaded_blas(active: bool = True) -> Iterator[None]:
-    """Keep scipy's BLAS on one thread while the block runs (when ``active``)."""
+def single_threaded_blas() -> Iterator[None]:
+    """Keep scipy's BLAS on one thread while the block runs."""
     global _blas_depth, _blas_saved
-    if not active:
-        yield
-        return
     with _blas_lock:
         if _blas_depth == 0:
             ctrls = _scipy_blas_controllers()

@@ -26,6 +26,16 @@ from fastlstm._threads import get_num_threads, single_threaded_blas
 __all__ = ["LSTM"]
 
 ArrayLike = Any
+
+
+def _blas_min_rows(w_ih: np.ndarray) -> int:
+    """Rows per thread from which the input projection goes to BLAS GEMM.
+
+    Measured here (Zen 5, scipy's OpenBLAS): the small-M kernel is faster at
+    every row count while W_ih fits in about 4 MiB (H <= 512 in float32), and
+    below 16 rows for larger weights.
+    """
+    return 1 << 30 if w_ih.nbytes <= (4 << 20) else 16
 RngLike = Union[None, int, np.random.Generator]
 
 
@@ -44,14 +54,35 @@ class _PackedLayer(NamedTuple):
     """One layer's weights laid out for the kernels (built once, reused by every call)."""
 
     w_ih: np.ndarray  # (D*4H, I_layer): both directions stacked, one GEMM for both
-    w_hh: np.ndarray  # (D, 4H, P)
+    w_ih_p: np.ndarray  # the same transposed, in panels, for few rows
+    w_hh_p: np.ndarray  # (D, *): each W_hh^T in panels, for the per-step kernel
     bias: np.ndarray  # (D, 4H): b_ih + b_hh, zeros without bias
-    w_hr: np.ndarray  # (D, P, H), or (D, 0, 0) without projection
+    w_hr_p: np.ndarray  # (D, *): each W_hr^T in panels, or (D, 0) without projection
 
 
 def _check_int(name: str, value: Any) -> None:
     if not isinstance(value, int):
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+
+
+def _pack_panels(weight: np.ndarray) -> np.ndarray:
+    """Lay out ``weight.T`` (K x N) for the small-M kernel, flattened.
+
+    Panel ``p`` is columns ``[p*W, (p+1)*W)`` of ``weight.T`` as a contiguous
+    K x W block, zero-padded past N (W from ``_lstm.panel_width``).
+    """
+    n, k = weight.shape
+    width = _lstm.panel_width(weight.dtype.name)
+    n_panels = -(-n // width)
+    padded = np.zeros((n_panels * width, k), dtype=weight.dtype)
+    padded[:n] = weight
+    return np.ascontiguousarray(padded.reshape(n_panels, width, k).transpose(0, 2, 1)).ravel()
+
+
+def _as_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    return int(value)
 
 
 class LSTM:
@@ -147,6 +178,7 @@ class LSTM:
         rng: RngLike = None,
     ) -> None:
         # Same checks, order, types and messages as torch.nn.RNNBase.
+        float(dropout)  # torch converts first: TypeError for None, lists, ...
         if (
             not isinstance(dropout, numbers.Number)
             or isinstance(dropout, bool)
@@ -177,10 +209,12 @@ class LSTM:
         _check_int("hidden_size", hidden_size)
         if hidden_size <= 0:
             raise ValueError("hidden_size must be greater than zero")
-        _check_int("num_layers", num_layers)
+        # torch checks the type of input_size and hidden_size only; numpy
+        # integers pass for num_layers and proj_size there, and so here.
+        num_layers = _as_count("num_layers", num_layers)
         if num_layers <= 0:
             raise ValueError("num_layers must be greater than zero")
-        _check_int("proj_size", proj_size)
+        proj_size = _as_count("proj_size", proj_size)
         if proj_size < 0:
             raise ValueError(
                 "proj_size should be a positive integer or zero to disable projections"
@@ -305,6 +339,8 @@ class LSTM:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__["_pack_lock"] = threading.Lock()
+        for array in self._params.values():  # pickle does not keep the read-only flag
+            freeze(array)
 
     def named_parameters(self) -> Iterator[Tuple[str, np.ndarray]]:
         """Yield ``(name, array)`` for every parameter, in torch's order."""
@@ -426,16 +462,16 @@ class LSTM:
             for layer in range(self._num_layers):
                 sfxs = [f"_l{layer}"] + ([f"_l{layer}_reverse"] if self._bidirectional else [])
                 w_ih = np.concatenate([p["weight_ih" + s] for s in sfxs])
-                w_hh = np.stack([p["weight_hh" + s] for s in sfxs])
+                w_hh_p = np.stack([_pack_panels(p["weight_hh" + s]) for s in sfxs])
                 if self._bias:
                     bias = np.stack([p["bias_ih" + s] + p["bias_hh" + s] for s in sfxs])
                 else:
                     bias = np.zeros((len(sfxs), 4 * self._hidden_size), dtype=dt)
                 if self._proj_size > 0:
-                    w_hr = np.stack([p["weight_hr" + s] for s in sfxs])
+                    w_hr_p = np.stack([_pack_panels(p["weight_hr" + s]) for s in sfxs])
                 else:
-                    w_hr = np.empty((len(sfxs), 0, 0), dtype=dt)
-                layers.append(_PackedLayer(w_ih, w_hh, bias, w_hr))
+                    w_hr_p = np.empty((len(sfxs), 0), dtype=dt)
+                layers.append(_PackedLayer(w_ih, _pack_panels(w_ih), w_hh_p, bias, w_hr_p))
             self.__dict__["_packed"] = layers
             return layers
 
@@ -649,7 +685,6 @@ class LSTM:
 
         threads = get_num_threads()
         n_chunks = max(1, min(batch, threads // n_dirs))
-        parallel = min(threads, n_dirs * n_chunks) > 1
         gates = np.empty((rows, n_dirs * 4 * hidden), dt)
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
         dropout = self._dropout if self.training else 0.0
@@ -657,9 +692,10 @@ class LSTM:
         for layer, w in enumerate(self._packed_layers()):
             s = slice(layer * n_dirs, (layer + 1) * n_dirs)
             out = np.empty((rows, n_dirs * out_size), dt)
-            _lstm.input_projection(layer_in, w.w_ih, gates)
-            with single_threaded_blas(parallel):
-                _lstm.recurrence(gates, w.w_hh, w.bias, w.w_hr, h0[s], c_n[s], hcell, out,
+            with single_threaded_blas():
+                _lstm.input_projection(layer_in, w.w_ih, w.w_ih_p, gates, threads,
+                                       _blas_min_rows(w.w_ih))
+                _lstm.recurrence(gates, w.w_hh_p, w.bias, w.w_hr_p, h0[s], c_n[s], hcell, out,
                                  h_n[s], seq_len, batch_first, n_chunks, threads)
             if dropout > 0 and layer < self._num_layers - 1:
                 keep = self._rng.random(out.shape) >= dropout
