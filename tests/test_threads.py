@@ -1,0 +1,340 @@
+"""Threads: the thread-count setting, its effect on results, concurrent calls
+from Python threads, the GIL, scipy's BLAS thread count, and memory use."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm import _openmp
+from fastlstm._threads import single_threaded_blas
+
+from conftest import TOL
+
+DTYPES = [np.float32, np.float64]
+OPENMP = _openmp.openmp_enabled()
+
+
+def _ids(dtype):
+    return np.dtype(dtype).name
+
+
+@pytest.fixture(autouse=True)
+def default_threads():
+    """Every test starts and ends with the default thread count."""
+    fastlstm.set_num_threads(None)
+    try:
+        yield
+    finally:
+        fastlstm.set_num_threads(None)
+
+
+def _assert_close(actual, expected, dtype, what=""):
+    out, (h, c) = actual
+    ref_out, (ref_h, ref_c) = expected
+    for a, b, name in ((out, ref_out, "output"), (h, ref_h, "h_n"), (c, ref_c, "c_n")):
+        assert a.shape == b.shape and a.dtype == b.dtype, (what, name)
+        np.testing.assert_allclose(a, b, rtol=0, atol=TOL[dtype], err_msg=f"{what} {name}")
+
+
+def _copy(result):
+    out, (h, c) = result
+    return out.copy(), (h.copy(), c.copy())
+
+
+# ----------------------------------------------------------- the setting
+def test_default_num_threads():
+    expected = _openmp.omp_max_threads() if OPENMP else 1
+    assert fastlstm.get_num_threads() == max(1, expected)
+    assert fastlstm.get_num_threads() >= 1
+
+
+def test_set_and_reset_num_threads():
+    default = fastlstm.get_num_threads()
+    try:
+        fastlstm.set_num_threads(3)
+        assert fastlstm.get_num_threads() == (3 if OPENMP else 1)
+        fastlstm.set_num_threads(1)
+        assert fastlstm.get_num_threads() == 1
+        fastlstm.set_num_threads(2)
+        assert fastlstm.get_num_threads() == (2 if OPENMP else 1)
+    finally:
+        fastlstm.set_num_threads(None)
+    assert fastlstm.get_num_threads() == default
+
+
+@pytest.mark.parametrize("bad", [0, -1, -100])
+def test_set_num_threads_rejects_non_positive(bad):
+    before = fastlstm.get_num_threads()
+    with pytest.raises(ValueError):
+        fastlstm.set_num_threads(bad)
+    assert fastlstm.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad", [2.5, 2.0, "2", True, False, [2]])
+def test_set_num_threads_rejects_non_int(bad):
+    before = fastlstm.get_num_threads()
+    with pytest.raises(TypeError):
+        fastlstm.set_num_threads(bad)
+    assert fastlstm.get_num_threads() == before
+
+
+@pytest.mark.skipif(not OPENMP, reason="fastlstm was built without OpenMP")
+def test_omp_num_threads_is_honoured():
+    env = dict(os.environ, OMP_NUM_THREADS="3")
+    code = ("import fastlstm; print(fastlstm.get_num_threads()); "
+            "fastlstm.set_num_threads(5); print(fastlstm.get_num_threads()); "
+            "fastlstm.set_num_threads(None); print(fastlstm.get_num_threads())")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["3", "5", "3"]
+
+
+# --------------------------------------------------- thread-count invariance
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_results_do_not_depend_on_thread_count(dtype, batch_first):
+    rng = np.random.default_rng(3)
+    module = fastlstm.LSTM(11, 24, num_layers=2, bidirectional=True, proj_size=9,
+                           batch_first=batch_first, dtype=dtype, rng=rng)
+    batch, seq_len = 7, 13
+    shape = (batch, seq_len, 11) if batch_first else (seq_len, batch, 11)
+    x = rng.standard_normal(shape).astype(dtype)
+    hx = (rng.standard_normal((4, batch, 9)).astype(dtype),
+          rng.standard_normal((4, batch, 24)).astype(dtype))
+    for state in (None, hx):
+        fastlstm.set_num_threads(1)
+        expected = _copy(module(x, state))
+        for threads in (2, 3, 4, 5):
+            fastlstm.set_num_threads(threads)
+            _assert_close(module(x, state), expected, dtype,
+                          f"threads={threads} hx={state is not None}")
+
+
+# ---------------------------------------------------------- concurrency
+def _scipy_blas_threads():
+    """{filepath: num_threads} for the BLAS that scipy calls (all BLAS if unknown)."""
+    import scipy.linalg.cython_blas  # noqa: F401
+    import threadpoolctl
+
+    blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    own = [i for i in blas if "scipy.libs" in i["filepath"]] or blas
+    return {i["filepath"]: i["num_threads"] for i in own}
+
+
+@pytest.fixture
+def scipy_blas_at_3_threads():
+    """Give scipy's BLAS 3 threads for the test (so that a leaked pin to 1
+    shows), and put back what it had afterwards.  Yields whether it took."""
+    import scipy.linalg.cython_blas  # noqa: F401
+    from threadpoolctl import ThreadpoolController
+
+    paths = set(_scipy_blas_threads())
+    ctrls = [c for c in ThreadpoolController().select(user_api="blas").lib_controllers
+             if c.filepath in paths]
+    saved = [(c, c.get_num_threads()) for c in ctrls]
+    for c in ctrls:
+        c.set_num_threads(3)
+    try:
+        yield set(_scipy_blas_threads().values()) == {3}
+    finally:
+        for c, n in saved:
+            c.set_num_threads(n)
+
+
+# (input_size, hidden, num_layers, bidirectional, proj_size, batch_first)
+CONFIGS = [
+    (5, 12, 1, False, 0, False),
+    (7, 20, 2, True, 6, True),
+    (3, 9, 2, False, 4, False),
+    (6, 33, 1, True, 0, True),
+]
+
+
+def _inputs_for_thread(i, module, rng):
+    """20 inputs of varied shapes (and sometimes a state) for thread i."""
+    items = []
+    for j in range(20):
+        seq_len = 1 + (i + 3 * j) % 9
+        batch = (i + j) % 6  # 0 = unbatched
+        feat = module.input_size
+        if batch == 0:
+            x = rng.standard_normal((seq_len, feat))
+        elif module.batch_first:
+            x = rng.standard_normal((batch, seq_len, feat))
+        else:
+            x = rng.standard_normal((seq_len, batch, feat))
+        x = x.astype(module.dtype)
+        hx = None
+        if j % 3 == 0:
+            d = module.num_layers * (2 if module.bidirectional else 1)
+            out_size = module.proj_size or module.hidden_size
+            lead = (d,) if batch == 0 else (d, batch)
+            hx = (rng.standard_normal(lead + (out_size,)).astype(module.dtype),
+                  rng.standard_normal(lead + (module.hidden_size,)).astype(module.dtype))
+        items.append((x, hx))
+    return items
+
+
+def _run_concurrently(jobs):
+    """Run the callables in 8 Python threads started together; return their results."""
+    barrier = threading.Barrier(len(jobs))
+
+    def wrap(job):
+        barrier.wait()
+        return job()
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = [pool.submit(wrap, job) for job in jobs]
+        return [f.result(timeout=120) for f in futures]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+@pytest.mark.parametrize("config", CONFIGS[1:3], ids=["bidir-proj-batch_first", "proj"])
+def test_one_module_shared_by_threads(dtype, config, scipy_blas_at_3_threads):
+    inp, hid, layers, bidir, proj, bf = config
+    module = fastlstm.LSTM(inp, hid, num_layers=layers, bidirectional=bidir, proj_size=proj,
+                           batch_first=bf, dtype=dtype, rng=1)
+    rng = np.random.default_rng(42)
+    work = [_inputs_for_thread(i, module, rng) for i in range(8)]
+    blas_before = _scipy_blas_threads()
+    # Single-threaded results first (and the packed weights are dropped so
+    # that the threads also race to build them).
+    expected = [[_copy(module(x, hx)) for x, hx in items] for items in work]
+    module.load_state_dict(module.state_dict())
+
+    def job(items):
+        return lambda: [_copy(module(x, hx)) for x, hx in items]
+
+    results = _run_concurrently([job(items) for items in work])
+    for i in range(8):
+        for j in range(20):
+            _assert_close(results[i][j], expected[i][j], dtype, f"thread {i} call {j}")
+    assert _scipy_blas_threads() == blas_before
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+def test_one_module_per_thread(dtype, scipy_blas_at_3_threads):
+    modules = []
+    for i in range(8):
+        inp, hid, layers, bidir, proj, bf = CONFIGS[i % len(CONFIGS)]
+        modules.append(fastlstm.LSTM(inp, hid, num_layers=layers, bidirectional=bidir,
+                                     proj_size=proj, batch_first=bf, dtype=dtype, rng=i))
+    rng = np.random.default_rng(7)
+    work = [_inputs_for_thread(i, m, rng) for i, m in enumerate(modules)]
+    blas_before = _scipy_blas_threads()
+    expected = [[_copy(m(x, hx)) for x, hx in items] for m, items in zip(modules, work)]
+    for m in modules:
+        m.load_state_dict(m.state_dict())
+
+    def job(m, items):
+        return lambda: [_copy(m(x, hx)) for x, hx in items]
+
+    results = _run_concurrently([job(m, items) for m, items in zip(modules, work)])
+    for i in range(8):
+        for j in range(20):
+            _assert_close(results[i][j], expected[i][j], dtype, f"thread {i} call {j}")
+    assert _scipy_blas_threads() == blas_before
+
+
+def test_single_threaded_blas_pins_and_restores(scipy_blas_at_3_threads):
+    if not scipy_blas_at_3_threads:
+        pytest.skip("scipy's BLAS does not take a thread count")
+    before = _scipy_blas_threads()
+    with single_threaded_blas():
+        assert set(_scipy_blas_threads().values()) == {1}
+        with single_threaded_blas():  # nested / concurrent regions share the pin
+            assert set(_scipy_blas_threads().values()) == {1}
+        assert set(_scipy_blas_threads().values()) == {1}
+    assert _scipy_blas_threads() == before
+    with pytest.raises(RuntimeError):
+        with single_threaded_blas():
+            raise RuntimeError("boom")
+    assert _scipy_blas_threads() == before
+
+
+def test_blas_threads_restored_after_a_failing_call(scipy_blas_at_3_threads):
+    module = fastlstm.LSTM(4, 8)
+    before = _scipy_blas_threads()
+    with pytest.raises(RuntimeError):
+        module(np.zeros((3, 2, 5), np.float32))  # wrong input size
+    module(np.zeros((3, 2, 4), np.float32))
+    assert _scipy_blas_threads() == before
+
+
+# ------------------------------------------------------------------ GIL
+def _count_while_alive(thread):
+    """Loops of the main thread while ``thread`` runs, and the wall time.
+
+    The clock starts before ``thread.start()``: a thread that grabs the GIL
+    at once would otherwise block the main thread inside ``start()`` and the
+    count would cover only the end of its run."""
+    n = 0
+    t0 = time.perf_counter()
+    thread.start()
+    while thread.is_alive():
+        n += 1
+    return n, time.perf_counter() - t0
+
+
+def test_forward_releases_the_gil():
+    fastlstm.set_num_threads(1)  # leave the other core to the main thread
+    module = fastlstm.LSTM(256, 512, rng=0)
+    rng = np.random.default_rng(0)
+    module(rng.standard_normal((2, 8, 256), dtype=np.float32))  # packs the weights
+
+    seq_len = 400
+    for _ in range(4):
+        x = rng.standard_normal((seq_len, 8, 256), dtype=np.float32)
+        t0 = time.perf_counter()
+        module(x)
+        alone = time.perf_counter() - t0
+        if alone >= 0.3:
+            break
+        seq_len = int(seq_len * min(8.0, 0.4 / alone)) + 1
+    assert alone >= 0.3, f"could not make a forward last 0.3 s (got {alone:.3f} s)"
+
+    # The main thread's loop rate while another thread only sleeps (GIL free) ...
+    n_idle, t_idle = _count_while_alive(threading.Thread(target=time.sleep, args=(alone,)))
+    # ... and while it runs the forward.
+    n_busy, t_busy = _count_while_alive(threading.Thread(target=module, args=(x,)))
+    idle_rate, busy_rate = n_idle / t_idle, n_busy / t_busy
+    assert busy_rate >= 0.3 * idle_rate, (
+        f"main thread ran {busy_rate:.3g} loops/s during a forward of {t_busy:.2f} s "
+        f"vs {idle_rate:.3g} loops/s idle: the forward seems to hold the GIL")
+
+
+# --------------------------------------------------------------- memory
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.exists("/proc/self/statm"),
+                    reason="reads /proc/self/statm")
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+def test_memory_stays_flat(dtype):
+    import gc
+
+    module = fastlstm.LSTM(8, 16, num_layers=2, bidirectional=True, proj_size=5, dtype=dtype,
+                           rng=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 3, 8)).astype(dtype)
+    hx = (rng.standard_normal((4, 3, 5)).astype(dtype),
+          rng.standard_normal((4, 3, 16)).astype(dtype))
+    for i in range(300):
+        module(x, hx if i % 2 else None)
+    gc.collect()
+    before = _rss_bytes()
+    for i in range(2000):
+        module(x, hx if i % 2 else None)
+    gc.collect()
+    grown = _rss_bytes() - before
+    assert grown < 4 << 20, f"RSS grew by {grown / 2**20:.1f} MiB over 2000 calls"
