@@ -1,155 +1,89 @@
-/* Small-M matrix product for the per-timestep recurrent and projection steps.
+/* fastlstm's own kernels: the small-M matrix product and the fused LSTM step.
  *
- *     G[m, j] = beta * G[m, j] + sum_k A[m, k] * BT[k, j]
+ * Weights are packed once into panels of 256 bytes of columns (PW = 64 float
+ * or 32 double columns): panel p holds columns [p*PW, (p+1)*PW) of the
+ * transposed weight B (K x N) as a contiguous K x PW block, zero-padded past
+ * N.  The gate weights are also gate-interleaved: the 4*H gate columns are
+ * reordered so that panel p holds the i, f, g and o columns of the same U =
+ * PW/4 hidden units [p*U, (p+1)*U) (H padded to a multiple of U), so the gate
+ * math of those units can run as soon as the panel's product is done, while
+ * its rows are still in L1.
  *
- * for m < M, j < N, k < K (row-major), beta 0 or 1.
+ * Products stream each panel once per block of rows with the block's
+ * accumulators in registers; BLAS GEMM instead packs the whole weight matrix
+ * on every call, which costs more than the product when M is a batch chunk.
  *
- * BLAS GEMM packs both operands on every call; at a timestep M is the batch
- * chunk (often 1 to 16) while BT is the whole weight matrix, so packing the
- * weights again each step costs more than the product.  Here BT (the
- * transposed weight, K x N) is packed once into panels (see FL_PANEL) and
- * each step streams it exactly once per block of 4 rows, with the block's
- * accumulators held in registers.
- *
- * The blocks use GCC's portable vector extensions.  On x86-64 with GCC
- * or Clang, target_clones compiles each kernel for x86-64-v4 (AVX-512),
- * x86-64-v3 (AVX2+FMA) and the
- * baseline, and the loader picks the best one the CPU supports, so one build
- * runs on any x86-64 machine.
- *
- * The same body serves float and double: FL_DEFINE_MATMUL instantiates it.
+ * Every kernel is compiled three times, for AVX-512 (F/VL/BW/DQ), AVX2+FMA
+ * and baseline x86-64, from one source through GCC's portable vector
+ * extensions and target attributes; fl_cpu_level() picks one at run time.
+ * float and double share the same source too.
  */
 #ifndef FASTLSTM_KERNELS_H
 #define FASTLSTM_KERNELS_H
 
+#include <math.h>
 #include <stddef.h>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(FASTLSTM_NO_CLONES)
-#define FL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+enum { FL_PORTABLE = 0, FL_AVX2 = 1, FL_AVX512 = 2 };
+
+#define FL_PANEL_BYTES 256
+#define FL_INLINE static inline __attribute__((always_inline))
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FL_X86 1
+#define FL_TGT_avx512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#define FL_TGT_avx2 __attribute__((target("avx2,fma")))
 #else
-#define FL_CLONES
+#define FL_X86 0
+#define FL_TGT_avx512
+#define FL_TGT_avx2
 #endif
+#define FL_TGT_portable
 
-/* 64-byte vectors through GCC's vector extensions: one zmm register under
- * AVX-512, two ymm under AVX2, four xmm on the baseline.  The _u types load
- * and store at any float alignment. */
-typedef float fl_vf __attribute__((vector_size(64)));
-typedef float fl_vf_u __attribute__((vector_size(64), aligned(4)));
-typedef double fl_vd __attribute__((vector_size(64)));
-typedef double fl_vd_u __attribute__((vector_size(64), aligned(8)));
-
-/* One register block: R rows by NV vectors of columns, with R and NV
- * compile-time constants so that the accumulators live in registers. */
-#define FL_DEFINE_BLOCK(REAL, V, VU, NAME, R, NV)                                   \
-static inline __attribute__((always_inline)) void NAME(int beta, int K,             \
-        const REAL *A, ptrdiff_t lda, const REAL *BT, ptrdiff_t ldb, REAL *G,       \
-        ptrdiff_t ldg)                                                              \
-{                                                                                   \
-    const int W = (int)(sizeof(V) / sizeof(REAL));                                  \
-    V acc[R][NV];                                                                   \
-    for (int r = 0; r < R; r++)                                                     \
-        for (int v = 0; v < NV; v++)                                                \
-            acc[r][v] = beta ? *(const VU *)(G + r * ldg + v * W) : (V){0};         \
-    for (int k = 0; k < K; k++) {                                                   \
-        V b[NV];                                                                    \
-        for (int v = 0; v < NV; v++)                                                \
-            b[v] = *(const VU *)(BT + k * ldb + v * W);                             \
-        for (int r = 0; r < R; r++) {                                               \
-            const REAL a = A[r * lda + k];                                          \
-            for (int v = 0; v < NV; v++)                                            \
-                acc[r][v] += a * b[v];                                              \
-        }                                                                           \
-    }                                                                               \
-    for (int r = 0; r < R; r++)                                                     \
-        for (int v = 0; v < NV; v++)                                                \
-            *(VU *)(G + r * ldg + v * W) = acc[r][v];                               \
+/* The best level this CPU (and OS) supports. */
+static int fl_cpu_level(void)
+{
+#if FL_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+        return FL_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return FL_AVX2;
+#endif
+    return FL_PORTABLE;
 }
 
-/* The weights come packed in panels of FL_PANEL vectors of columns: panel p
- * holds columns [p*PW, (p+1)*PW) of BT (PW = FL_PANEL * vector width) as a
- * contiguous K x PW block, zero-padded past N.  A block then streams
- * contiguous memory; the plain transposed layout would step through memory
- * by whole rows, one cache set and one page per k. */
-#define FL_PANEL 4
-
-#define FL_DEFINE_MATMUL(REAL, SUFFIX, V, VU)                                       \
-FL_DEFINE_BLOCK(REAL, V, VU, fl_block4_##SUFFIX, 4, 2)                              \
-FL_DEFINE_BLOCK(REAL, V, VU, fl_block1_##SUFFIX, 1, FL_PANEL)                       \
-                                                                                    \
-/* Rows [m0, m0+R) of one panel; R is 4 or 1. */                                    \
-static inline __attribute__((always_inline)) void fl_panel_##SUFFIX(               \
-        int R, int beta, int K, const REAL *A, ptrdiff_t lda, const REAL *P,        \
-        REAL *G, ptrdiff_t ldg)                                                     \
-{                                                                                   \
-    const int PW = FL_PANEL * (int)(sizeof(V) / sizeof(REAL));                      \
-    if (R == 4) {                                                                   \
-        fl_block4_##SUFFIX(beta, K, A, lda, P, PW, G, ldg);                         \
-        fl_block4_##SUFFIX(beta, K, A, lda, P + PW / 2, PW, G + PW / 2, ldg);       \
-    } else {                                                                        \
-        fl_block1_##SUFFIX(beta, K, A, lda, P, PW, G, ldg);                         \
-    }                                                                               \
-}                                                                                   \
-                                                                                    \
-FL_CLONES                                                                           \
-static void fl_matmul_##SUFFIX(int beta, int M, int N, int K, const REAL *A,        \
-                               ptrdiff_t lda, const REAL *BP, REAL *G,              \
-                               ptrdiff_t ldg)                                       \
-{                                                                                   \
-    const int PW = FL_PANEL * (int)(sizeof(V) / sizeof(REAL));                      \
-    const int n_full = N / PW;                                                      \
-    const int rest = N - n_full * PW;                                               \
-    for (int m0 = 0; m0 < M; ) {                                                    \
-        const int R = M - m0 >= 4 ? 4 : 1;                                          \
-        const REAL *a = A + m0 * lda;                                               \
-        REAL *g = G + m0 * ldg;                                                     \
-        for (int p = 0; p < n_full; p++)                                            \
-            fl_panel_##SUFFIX(R, beta, K, a, lda, BP + (ptrdiff_t)p * K * PW,       \
-                              g + p * PW, ldg);                                     \
-        if (rest) {  /* last, partial panel: through a full-width buffer */         \
-            REAL tmp[4 * FL_PANEL * sizeof(V) / sizeof(REAL)];                      \
-            REAL *gp = g + n_full * PW;                                             \
-            for (int r = 0; r < R; r++)                                             \
-                for (int j = 0; j < PW; j++)                                        \
-                    tmp[r * PW + j] = (beta && j < rest) ? gp[r * ldg + j] : (REAL)0; \
-            fl_panel_##SUFFIX(R, 1, K, a, lda, BP + (ptrdiff_t)n_full * K * PW,     \
-                              tmp, PW);                                             \
-            for (int r = 0; r < R; r++)                                             \
-                for (int j = 0; j < rest; j++)                                      \
-                    gp[r * ldg + j] = tmp[r * PW + j];                              \
-        }                                                                           \
-        m0 += R;                                                                    \
-    }                                                                               \
-}                                                                                   \
-                                                                                    \
-/* Panel width in elements, for the packing code. */                                \
-static inline int fl_panel_width_##SUFFIX(void)                                     \
-{                                                                                   \
-    return FL_PANEL * (int)(sizeof(V) / sizeof(REAL));                              \
-}
-
-FL_DEFINE_MATMUL(float, f, fl_vf, fl_vf_u)
-FL_DEFINE_MATMUL(double, d, fl_vd, fl_vd_u)
+/* Vectors of 64, 32 and 16 bytes; the _u variants load and store at element
+ * alignment. */
+typedef float fl_f64b __attribute__((vector_size(64)));
+typedef float fl_f64b_u __attribute__((vector_size(64), aligned(4)));
+typedef float fl_f32b __attribute__((vector_size(32)));
+typedef float fl_f32b_u __attribute__((vector_size(32), aligned(4)));
+typedef float fl_f16b __attribute__((vector_size(16)));
+typedef float fl_f16b_u __attribute__((vector_size(16), aligned(4)));
+typedef double fl_d64b __attribute__((vector_size(64)));
+typedef double fl_d64b_u __attribute__((vector_size(64), aligned(8)));
+typedef double fl_d32b __attribute__((vector_size(32)));
+typedef double fl_d32b_u __attribute__((vector_size(32), aligned(8)));
+typedef double fl_d16b __attribute__((vector_size(16)));
+typedef double fl_d16b_u __attribute__((vector_size(16), aligned(8)));
 
 /* ------------------------------------------------------------------------
- * Gate nonlinearities and state update for one row (gate order i, f, g, o):
- *
- *     i, f, o = sigmoid(.), g = tanh(.), c = f*c + i*g, h = o*tanh(c)
- *
- * with sigmoid(x) = 0.5 + 0.5*tanh(x/2), so one tanh serves both.
+ * Activations.  sigmoid(x) = 0.5 + 0.5*tanh(x/2), so one tanh serves all
+ * gates.
  *
  * float: tanh is a rational function x*P(s)/Q(s), s = (x/9)^2, on x clamped
- * to [-9, 9] (tanh rounds to +-1 in float32 beyond), so the loop vectorises
- * with no calls and no branches.  The coefficients are a weighted
+ * to [-9, 9] (tanh rounds to +-1 in float32 beyond), so loops over it
+ * vectorise with no calls and no branches.  The coefficients are a weighted
  * least-squares fit (docs/fit_tanh.py); the maximum absolute error over all
- * float32 inputs is 3.1e-7 for tanh and 1.7e-7 for sigmoid in the FMA
- * versions, 3.6e-7 and 2.2e-7 in the baseline one (tests/test_kernels.py
- * checks the version the CPU runs); results stay within [-1, 1].
- * NaN stays NaN; +-inf gives +-1.
+ * float32 inputs is 3.1e-7 for tanh and 1.7e-7 for sigmoid with FMA (AVX2,
+ * AVX-512), 3.6e-7 and 2.2e-7 without (tests/test_kernels.py checks every
+ * level the CPU has); results stay within [-1, 1].  NaN stays NaN; +-inf
+ * gives +-1.
  * double: libm's tanh, accurate to an ulp.
  * ------------------------------------------------------------------------ */
-#include <math.h>
-
-static inline __attribute__((always_inline)) float fl_tanh_f(float x)
+FL_INLINE float fl_tanh_f(float x)
 {
     x = x < -9.0f ? -9.0f : (x > 9.0f ? 9.0f : x);
     const float s = (x * x) * (1.0f / 81.0f);
@@ -164,41 +98,203 @@ static inline __attribute__((always_inline)) float fl_tanh_f(float x)
     return t > 1.0f ? 1.0f : (t < -1.0f ? -1.0f : t);
 }
 
-static inline __attribute__((always_inline)) double fl_tanh_d(double x) { return tanh(x); }
+FL_INLINE double fl_tanh_d(double x) { return tanh(x); }
 
-#define FL_DEFINE_GATES(REAL, SUFFIX)                                               \
-FL_CLONES                                                                           \
-static void fl_gates_##SUFFIX(int H, const REAL *g, const REAL *b, REAL *c,         \
-                              REAL *h)                                              \
+/* ------------------------------------------------------------------------
+ * One register block of a product: R rows by NV vectors of columns of one
+ * panel (row stride PW), G = beta*G + A @ B.  R and NV are compile-time
+ * constants so the accumulators stay in registers.
+ * ------------------------------------------------------------------------ */
+#define FL_DEFINE_BLOCK(REAL, V, VU, NAME, R, NV, PW)                               \
+FL_INLINE void NAME(int beta, int K, const REAL *A, ptrdiff_t lda, const REAL *B,   \
+                    REAL *G, ptrdiff_t ldg)                                         \
 {                                                                                   \
-    const REAL half = (REAL)0.5;                                                    \
-    for (int j = 0; j < H; j++) {                                                   \
-        const REAL i_t = half + half * fl_tanh_##SUFFIX(half * (g[j] + b[j]));      \
-        const REAL f_t = half + half * fl_tanh_##SUFFIX(half * (g[H + j] + b[H + j])); \
-        const REAL g_t = fl_tanh_##SUFFIX(g[2 * H + j] + b[2 * H + j]);             \
-        const REAL o_t = half + half * fl_tanh_##SUFFIX(half * (g[3 * H + j] + b[3 * H + j])); \
-        const REAL c_t = f_t * c[j] + i_t * g_t;                                    \
-        c[j] = c_t;                                                                 \
-        h[j] = o_t * fl_tanh_##SUFFIX(c_t);                                         \
+    const int W = (int)(sizeof(V) / sizeof(REAL));                                  \
+    V acc[R][NV];                                                                   \
+    for (int r = 0; r < R; r++)                                                     \
+        for (int v = 0; v < NV; v++)                                                \
+            acc[r][v] = beta ? *(const VU *)(G + r * ldg + v * W) : (V){0};         \
+    for (int k = 0; k < K; k++) {                                                   \
+        V b[NV];                                                                    \
+        for (int v = 0; v < NV; v++)                                                \
+            b[v] = *(const VU *)(B + (ptrdiff_t)k * (PW) + v * W);                  \
+        for (int r = 0; r < R; r++) {                                               \
+            const REAL a = A[r * lda + k];                                          \
+            for (int v = 0; v < NV; v++)                                            \
+                acc[r][v] += a * b[v];                                              \
+        }                                                                           \
     }                                                                               \
+    for (int r = 0; r < R; r++)                                                     \
+        for (int v = 0; v < NV; v++)                                                \
+            *(VU *)(G + r * ldg + v * W) = acc[r][v];                               \
 }
 
-FL_DEFINE_GATES(float, f)
-FL_DEFINE_GATES(double, d)
-
-/* Elementwise tanh and sigmoid through the same code (and the same ISA
- * versions) as the gate kernel, for the tests. */
-#define FL_DEFINE_ACT(REAL, SUFFIX)                                                 \
-FL_CLONES                                                                           \
-static void fl_tanh_array_##SUFFIX(ptrdiff_t n, const REAL *x, REAL *y, int sigmoid) \
+/* ------------------------------------------------------------------------
+ * Kernels of one (type, level) pair.  RB rows per block with NVB vectors per
+ * block; single rows with NV1 vectors per block.
+ * ------------------------------------------------------------------------ */
+#define FL_DEFINE_LEVEL(REAL, S, ISA, V, VU, RB, NVB, NV1)                          \
+enum { fl_pw_##S##_##ISA = FL_PANEL_BYTES / (int)sizeof(REAL) };                    \
+FL_DEFINE_BLOCK(REAL, V, VU, fl_blk_##S##_##ISA, RB, NVB, fl_pw_##S##_##ISA)        \
+FL_DEFINE_BLOCK(REAL, V, VU, fl_blk1_##S##_##ISA, 1, NV1, fl_pw_##S##_##ISA)        \
+                                                                                    \
+/* R rows (RB or 1) by one whole panel (PW columns); G has row stride ldg. */       \
+FL_INLINE void fl_rows_panel_##S##_##ISA(int R, int beta, int K, const REAL *A,     \
+        ptrdiff_t lda, const REAL *P, REAL *G, ptrdiff_t ldg)                       \
+{                                                                                   \
+    const int PW = fl_pw_##S##_##ISA, W = (int)(sizeof(V) / sizeof(REAL));          \
+    if (R == RB)                                                                    \
+        for (int j = 0; j < PW; j += NVB * W)                                       \
+            fl_blk_##S##_##ISA(beta, K, A, lda, P + j, G + j, ldg);                 \
+    else                                                                            \
+        for (int j = 0; j < PW; j += NV1 * W)                                       \
+            fl_blk1_##S##_##ISA(beta, K, A, lda, P + j, G + j, ldg);                \
+}                                                                                   \
+                                                                                    \
+/* As above for the first `width` < PW columns only, through a buffer. */           \
+FL_INLINE void fl_rows_part_##S##_##ISA(int R, int beta, int K, const REAL *A,      \
+        ptrdiff_t lda, const REAL *P, REAL *G, ptrdiff_t ldg, int width)            \
+{                                                                                   \
+    const int PW = fl_pw_##S##_##ISA;                                               \
+    REAL tmp[RB * fl_pw_##S##_##ISA];                                               \
+    for (int r = 0; r < R; r++)                                                     \
+        for (int j = 0; j < PW; j++)                                                \
+            tmp[r * PW + j] = (beta && j < width) ? G[r * ldg + j] : (REAL)0;       \
+    fl_rows_panel_##S##_##ISA(R, 1, K, A, lda, P, tmp, PW);                         \
+    for (int r = 0; r < R; r++)                                                     \
+        for (int j = 0; j < width; j++)                                             \
+            G[r * ldg + j] = tmp[r * PW + j];                                       \
+}                                                                                   \
+                                                                                    \
+/* G (M x N) = beta*G + A (M x K) @ B (K x N), B packed in panels.  Rows are        \
+ * taken in chunks whose A fits in L2, panels inside a chunk, row blocks            \
+ * inside a panel, so each panel is read from memory once per chunk. */            \
+FL_TGT_##ISA static void fl_matmul_##S##_##ISA(int beta, int M, int N, int K,       \
+        const REAL *A, ptrdiff_t lda, const REAL *BP, REAL *G, ptrdiff_t ldg)       \
+{                                                                                   \
+    const int PW = fl_pw_##S##_##ISA;                                               \
+    const int n_panels = (N + PW - 1) / PW;                                         \
+    int chunk = (int)((128 * 1024 / sizeof(REAL)) / (K > 0 ? K : 1));               \
+    chunk = chunk < RB ? RB : chunk - chunk % RB;                                   \
+    for (int m_lo = 0; m_lo < M; m_lo += chunk) {                                   \
+        const int m_hi = M - m_lo < chunk ? M : m_lo + chunk;                       \
+        for (int p = 0; p < n_panels; p++) {                                        \
+            const REAL *P = BP + (ptrdiff_t)p * K * PW;                             \
+            const int width = N - p * PW < PW ? N - p * PW : PW;                    \
+            for (int m = m_lo; m < m_hi; ) {                                        \
+                const int R = m_hi - m >= RB ? RB : 1;                              \
+                const REAL *a = A + m * lda;                                        \
+                REAL *g = G + m * ldg + p * PW;                                     \
+                if (width == PW)                                                    \
+                    fl_rows_panel_##S##_##ISA(R, beta, K, a, lda, P, g, ldg);       \
+                else                                                                \
+                    fl_rows_part_##S##_##ISA(R, beta, K, a, lda, P, g, ldg, width); \
+                m += R;                                                             \
+            }                                                                       \
+        }                                                                           \
+    }                                                                               \
+}                                                                                   \
+                                                                                    \
+/* Gate math for U units of one row; `n` of them are real (n <= U).  g holds        \
+ * the interleaved pre-activations [i(U) f(U) g(U) o(U)], b the bias alike. */      \
+FL_INLINE void fl_gates_##S##_##ISA(const REAL *g, const REAL *b, REAL *c, REAL *h, \
+                                    int n)                                          \
+{                                                                                   \
+    enum { U = fl_pw_##S##_##ISA / 4 };                                             \
+    const REAL half = (REAL)0.5;                                                    \
+    if (n == U) {                                                                   \
+        for (int u = 0; u < U; u++) {                                               \
+            const REAL i_t = half + half * fl_tanh_##S(half * (g[u] + b[u]));       \
+            const REAL f_t = half + half * fl_tanh_##S(half * (g[U + u] + b[U + u])); \
+            const REAL g_t = fl_tanh_##S(g[2 * U + u] + b[2 * U + u]);              \
+            const REAL o_t = half + half * fl_tanh_##S(half * (g[3 * U + u] + b[3 * U + u])); \
+            const REAL c_t = f_t * c[u] + i_t * g_t;                                \
+            c[u] = c_t;                                                             \
+            h[u] = o_t * fl_tanh_##S(c_t);                                          \
+        }                                                                           \
+    } else {                                                                        \
+        for (int u = 0; u < n; u++) {                                               \
+            const REAL i_t = half + half * fl_tanh_##S(half * (g[u] + b[u]));       \
+            const REAL f_t = half + half * fl_tanh_##S(half * (g[U + u] + b[U + u])); \
+            const REAL g_t = fl_tanh_##S(g[2 * U + u] + b[2 * U + u]);              \
+            const REAL o_t = half + half * fl_tanh_##S(half * (g[3 * U + u] + b[3 * U + u])); \
+            const REAL c_t = f_t * c[u] + i_t * g_t;                                \
+            c[u] = c_t;                                                             \
+            h[u] = o_t * fl_tanh_##S(c_t);                                          \
+        }                                                                           \
+    }                                                                               \
+}                                                                                   \
+                                                                                    \
+/* One timestep for M rows and the hidden units of panels [p_lo, p_hi):             \
+ * G (gates, interleaved, holding the input projection) += A (h_{t-1}, M x K)       \
+ * @ W_hh^T, then the gate math straight after each panel's product: c (M x H,      \
+ * row stride ldc) is updated in place and h (row stride ldh) written. */           \
+FL_TGT_##ISA static void fl_lstm_step_##S##_##ISA(int M, int K, int H,             \
+        const REAL *A, ptrdiff_t lda, const REAL *BP, REAL *G, ptrdiff_t ldg,       \
+        const REAL *bias, REAL *C, ptrdiff_t ldc, REAL *Hout, ptrdiff_t ldh,        \
+        int p_lo, int p_hi)                                                         \
+{                                                                                   \
+    enum { PW = fl_pw_##S##_##ISA, U = fl_pw_##S##_##ISA / 4 };                     \
+    for (int p = p_lo; p < p_hi; p++) {                                             \
+        const REAL *P = BP + (ptrdiff_t)p * K * PW;                                 \
+        const int n = H - p * U < U ? H - p * U : U;                                \
+        for (int m = 0; m < M; ) {                                                  \
+            const int R = M - m >= RB ? RB : 1;                                     \
+            REAL *g = G + m * ldg + p * PW;                                         \
+            fl_rows_panel_##S##_##ISA(R, 1, K, A + m * lda, lda, P, g, ldg);        \
+            for (int r = 0; r < R; r++)                                             \
+                fl_gates_##S##_##ISA(g + r * ldg, bias + p * PW,                    \
+                                     C + (m + r) * ldc + p * U,                     \
+                                     Hout + (m + r) * ldh + p * U, n);              \
+            m += R;                                                                 \
+        }                                                                           \
+    }                                                                               \
+}                                                                                   \
+                                                                                    \
+/* Elementwise tanh or sigmoid through the kernels' own code, for the tests. */     \
+FL_TGT_##ISA static void fl_act_##S##_##ISA(ptrdiff_t n, const REAL *x, REAL *y,    \
+                                            int sigmoid)                            \
 {                                                                                   \
     const REAL half = (REAL)0.5;                                                    \
     for (ptrdiff_t j = 0; j < n; j++)                                               \
-        y[j] = sigmoid ? half + half * fl_tanh_##SUFFIX(half * x[j])                \
-                       : fl_tanh_##SUFFIX(x[j]);                                    \
+        y[j] = sigmoid ? half + half * fl_tanh_##S(half * x[j]) : fl_tanh_##S(x[j]); \
 }
 
-FL_DEFINE_ACT(float, f)
-FL_DEFINE_ACT(double, d)
+/* Block shapes per level: AVX-512 has 32 vector registers, AVX2 and SSE 16. */
+FL_DEFINE_LEVEL(float, f, avx512, fl_f64b, fl_f64b_u, 4, 4, 4)
+FL_DEFINE_LEVEL(float, f, avx2, fl_f32b, fl_f32b_u, 4, 2, 4)
+FL_DEFINE_LEVEL(float, f, portable, fl_f16b, fl_f16b_u, 4, 2, 4)
+FL_DEFINE_LEVEL(double, d, avx512, fl_d64b, fl_d64b_u, 4, 4, 4)
+FL_DEFINE_LEVEL(double, d, avx2, fl_d32b, fl_d32b_u, 4, 2, 4)
+FL_DEFINE_LEVEL(double, d, portable, fl_d16b, fl_d16b_u, 4, 2, 4)
+
+/* Dispatch on the level chosen at run time. */
+#define FL_DISPATCH(LEVEL, NAME, S, ARGS)                                           \
+    do {                                                                            \
+        if ((LEVEL) == FL_AVX512) NAME##_##S##_avx512 ARGS;                         \
+        else if ((LEVEL) == FL_AVX2) NAME##_##S##_avx2 ARGS;                        \
+        else NAME##_##S##_portable ARGS;                                            \
+    } while (0)
+
+#define FL_DEFINE_DISPATCH(REAL, S)                                                 \
+static void fl_matmul_##S(int level, int beta, int M, int N, int K, const REAL *A,  \
+                          ptrdiff_t lda, const REAL *BP, REAL *G, ptrdiff_t ldg)    \
+{                                                                                   \
+    FL_DISPATCH(level, fl_matmul, S, (beta, M, N, K, A, lda, BP, G, ldg));          \
+}                                                                                   \
+static void fl_lstm_step_##S(int level, int M, int K, int H, const REAL *A,         \
+        ptrdiff_t lda, const REAL *BP, REAL *G, ptrdiff_t ldg, const REAL *bias,    \
+        REAL *C, ptrdiff_t ldc, REAL *Hout, ptrdiff_t ldh, int p_lo, int p_hi)      \
+{                                                                                   \
+    FL_DISPATCH(level, fl_lstm_step, S,                                             \
+                (M, K, H, A, lda, BP, G, ldg, bias, C, ldc, Hout, ldh, p_lo, p_hi)); \
+}                                                                                   \
+static void fl_act_##S(int level, ptrdiff_t n, const REAL *x, REAL *y, int sigmoid) \
+{                                                                                   \
+    FL_DISPATCH(level, fl_act, S, (n, x, y, sigmoid));                              \
+}
+
+FL_DEFINE_DISPATCH(float, f)
+FL_DEFINE_DISPATCH(double, d)
 
 #endif

@@ -3,27 +3,30 @@
 A layer runs in two phases:
 
 1. ``input_projection``: the input-to-gate product for every timestep and both
-   directions at once, ``gates = x @ W_ih^T`` with
-   ``W_ih = [W_ih_forward; W_ih_reverse]`` of shape ``(D*4H, I)``, split over
-   the OpenMP threads by blocks of rows.
-
-BLAS runs single-threaded in both phases (the caller pins it): all threads are
-OpenMP threads, so ``set_num_threads`` is the one knob and nothing oversubscribes.
+   directions at once, ``gates = x @ W_ih^T`` with the two directions' W_ih
+   stacked, split over the OpenMP threads by blocks of rows.  Large weights go
+   to BLAS GEMM (``scipy.linalg.cython_blas``); otherwise the small-M kernel of
+   ``_kernels.h`` is faster.
 2. ``recurrence``: the sequential part.  Work is split into independent tasks,
    one per (direction, batch chunk), run under one OpenMP parallel region with
-   no synchronisation per timestep.  Each step of a task adds ``h_{t-1} @ W_hh^T``
-   into that step's gate rows, applies the gate nonlinearities and the state
-   update in one pass, and projects ``h`` with ``W_hr`` when the layer has a
-   projection.  Those per-step products use the small-M kernel of
-   ``_kernels.h`` on weights stored transposed once (``W_hh^T``, ``W_hr^T``):
-   a BLAS GEMM would pack the whole weight matrix again at every step.
+   no synchronisation per timestep.  Each step of a task is one call of the
+   fused kernel ``fl_lstm_step``: ``h_{t-1} @ W_hh^T`` added into that step's
+   gate rows panel by panel, each panel's gate math and state update done while
+   its rows are in L1; then, with ``proj_size``, ``h @ W_hr^T``.
 
-Rows of ``x``, ``gates`` and ``out`` are ordered as the caller's layout:
-time-major rows ``t*N + n`` or, with ``batch_first``, batch-major rows
+Gate columns are interleaved by panels (see ``_kernels.h``): the ``gates``
+buffer has ``D * 4 * Hp`` columns, Hp = hidden_size rounded up to the panel's
+unit count.  Rows of ``x``, ``gates`` and ``out`` are ordered as the caller's
+layout: time-major rows ``t*N + n`` or, with ``batch_first``, batch-major rows
 ``n*L + t``.  Either way the rows of one timestep are evenly spaced, so every
-per-step GEMM reads and writes them in place through its leading dimension and
-no transpose is ever made.
+kernel reads and writes them in place through a row stride and no transpose
+is ever made.
+
+BLAS runs single-threaded (the caller pins it): all threads are OpenMP
+threads, so ``set_num_threads`` is the one knob and nothing oversubscribes.
 """
+import os
+
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memcpy
@@ -32,45 +35,117 @@ from fastlstm._blas cimport NoTrans, Trans, gemm
 
 
 cdef extern from "_kernels.h" nogil:
-    void fl_matmul_f(int beta, int M, int N, int K, const float *A, Py_ssize_t lda,
-                     const float *BP, float *G, Py_ssize_t ldg) noexcept
-    void fl_matmul_d(int beta, int M, int N, int K, const double *A, Py_ssize_t lda,
-                     const double *BP, double *G, Py_ssize_t ldg) noexcept
-    int fl_panel_width_f() noexcept
-    int fl_panel_width_d() noexcept
-    void fl_gates_f(int H, const float *g, const float *b, float *c, float *h) noexcept
-    void fl_gates_d(int H, const double *g, const double *b, double *c, double *h) noexcept
-    void fl_tanh_array_f(Py_ssize_t n, const float *x, float *y, int sigmoid) noexcept
-    void fl_tanh_array_d(Py_ssize_t n, const double *x, double *y, int sigmoid) noexcept
+    int FL_PORTABLE, FL_AVX2, FL_AVX512, FL_PANEL_BYTES
+    int fl_cpu_level() noexcept
+    void fl_matmul_f(int level, int beta, int M, int N, int K, const float *A,
+                     Py_ssize_t lda, const float *BP, float *G, Py_ssize_t ldg) noexcept
+    void fl_matmul_d(int level, int beta, int M, int N, int K, const double *A,
+                     Py_ssize_t lda, const double *BP, double *G, Py_ssize_t ldg) noexcept
+    void fl_lstm_step_f(int level, int M, int K, int H, const float *A, Py_ssize_t lda,
+                        const float *BP, float *G, Py_ssize_t ldg, const float *bias,
+                        float *C, Py_ssize_t ldc, float *Hout, Py_ssize_t ldh,
+                        int p_lo, int p_hi) noexcept
+    void fl_lstm_step_d(int level, int M, int K, int H, const double *A, Py_ssize_t lda,
+                        const double *BP, double *G, Py_ssize_t ldg, const double *bias,
+                        double *C, Py_ssize_t ldc, double *Hout, Py_ssize_t ldh,
+                        int p_lo, int p_hi) noexcept
+    void fl_act_f(int level, Py_ssize_t n, const float *x, float *y, int sigmoid) noexcept
+    void fl_act_d(int level, Py_ssize_t n, const double *x, double *y, int sigmoid) noexcept
 
 
-cdef inline void _matmul(bint beta, int m, int n, int k, const floating *a, Py_ssize_t lda,
-                         const floating *bp, floating *g, Py_ssize_t ldg) noexcept nogil:
-    """g (m x n) = beta * g + a (m x k) @ B (k x n), B packed by ``pack_panels``."""
-    if floating is float:
-        fl_matmul_f(beta, m, n, k, a, lda, bp, g, ldg)
-    else:
-        fl_matmul_d(beta, m, n, k, a, lda, bp, g, ldg)
+# ---------------------------------------------------------------- SIMD level
+_LEVEL_NAMES = ("portable", "avx2", "avx512")
+cdef int _detected = fl_cpu_level()
+cdef int _level = _detected
+
+
+def simd_available():
+    """SIMD levels this CPU can run, best last."""
+    return list(_LEVEL_NAMES[:_detected + 1])
+
+
+def simd_level():
+    """The SIMD level the kernels use now."""
+    return _LEVEL_NAMES[_level]
+
+
+def set_simd_level(name=None):
+    """Use SIMD level ``name`` ("portable", "avx2", "avx512"), or None for the best.
+
+    For tests and comparisons; the environment variable FASTLSTM_SIMD sets it at
+    import.  A level the CPU lacks raises ValueError.
+    """
+    global _level
+    if name is None:
+        _level = _detected
+        return
+    if name not in _LEVEL_NAMES:
+        raise ValueError(f"unknown SIMD level {name!r}; expected one of {_LEVEL_NAMES}")
+    if _LEVEL_NAMES.index(name) > _detected:
+        raise ValueError(f"this CPU does not support SIMD level {name!r}; "
+                         f"available: {simd_available()}")
+    _level = _LEVEL_NAMES.index(name)
+
+
+if os.environ.get("FASTLSTM_SIMD"):
+    set_simd_level(os.environ["FASTLSTM_SIMD"])
 
 
 def panel_width(dtype):
-    """Columns per weight panel of the small-M kernel for ``dtype``."""
-    return fl_panel_width_f() if dtype == "float32" else fl_panel_width_d()
+    """Columns per weight panel (256 bytes) for ``dtype``."""
+    return FL_PANEL_BYTES // (4 if dtype == "float32" else 8)
+
+
+# ------------------------------------------------------------------ kernels
+cdef inline void _matmul(bint beta, int m, int n, int k, const floating *a, Py_ssize_t lda,
+                         const floating *bp, floating *g, Py_ssize_t ldg) noexcept nogil:
+    """g (m x n) = beta * g + a (m x k) @ B (k x n), B packed in panels."""
+    if floating is float:
+        fl_matmul_f(_level, beta, m, n, k, a, lda, bp, g, ldg)
+    else:
+        fl_matmul_d(_level, beta, m, n, k, a, lda, bp, g, ldg)
+
+
+cdef inline void _lstm_step(int m, int k, int hidden, const floating *a, Py_ssize_t lda,
+                            const floating *bp, floating *g, Py_ssize_t ldg,
+                            const floating *bias, floating *c, Py_ssize_t ldc,
+                            floating *h, Py_ssize_t ldh, int p_lo, int p_hi) noexcept nogil:
+    if floating is float:
+        fl_lstm_step_f(_level, m, k, hidden, a, lda, bp, g, ldg, bias, c, ldc, h, ldh,
+                       p_lo, p_hi)
+    else:
+        fl_lstm_step_d(_level, m, k, hidden, a, lda, bp, g, ldg, bias, c, ldc, h, ldh,
+                       p_lo, p_hi)
+
+
+def _activation_for_tests(const floating[::1] x, floating[::1] y, bint sigmoid):
+    """y = tanh(x) or sigmoid(x) through the kernels' own code at the current level."""
+    if floating is float:
+        fl_act_f(_level, x.shape[0], &x[0], &y[0], sigmoid)
+    else:
+        fl_act_d(_level, x.shape[0], &x[0], &y[0], sigmoid)
+
+
+def _matmul_for_tests(const floating[:, ::1] a, const floating[::1] bp, floating[:, ::1] g,
+                      bint beta):
+    """g = beta * g + a @ B with B packed in panels (``lstm._pack_panels``)."""
+    _matmul(beta, g.shape[0], g.shape[1], a.shape[1], &a[0, 0], a.shape[1], &bp[0],
+            &g[0, 0], g.shape[1])
 
 
 def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                      const floating[::1] w_ih_p, floating[:, ::1] gates, int num_threads,
                      int blas_min_rows):
-    """gates (R, D*4H) = x (R, I) @ w_ih (D*4H, I)^T for all timesteps.
+    """gates (R, D*4Hp) = x (R, I) @ w_ih (D*4Hp, I)^T for all timesteps.
 
-    The rows are split into one contiguous block per thread.  A block of at
-    least ``blas_min_rows`` rows is one single-threaded BLAS GEMM; smaller
-    blocks use the small-M kernel on ``w_ih_p`` (W_ih^T packed by
-    ``pack_panels``), as BLAS would pack the whole weight matrix for them.
+    ``w_ih`` holds the interleaved gate rows of both directions; ``w_ih_p`` is
+    the same matrix packed in panels.  The rows are split into one contiguous
+    block per thread.  A block of at least ``blas_min_rows`` rows is one
+    single-threaded BLAS GEMM; smaller blocks use the small-M kernel.
     """
     cdef int rows = x.shape[0]
     cdef int n_in = x.shape[1]
-    cdef int n_out = w_ih.shape[0]
+    cdef int n_out = gates.shape[1]
     cdef int n_blocks = max(1, min(num_threads, rows // 16))
     cdef int blk, lo, hi
     cdef const floating *x_ptr
@@ -95,23 +170,6 @@ def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                     g_ptr + <Py_ssize_t>lo * n_out, n_out)
 
 
-cdef inline void _gate_update(floating *g, const floating *b, floating *c, floating *h,
-                              int hidden) noexcept nogil:
-    """Fused gate math for one row; ``c`` updated in place, ``h = o * tanh(c)``."""
-    if floating is float:
-        fl_gates_f(hidden, g, b, c, h)
-    else:
-        fl_gates_d(hidden, g, b, c, h)
-
-
-def _activation_for_tests(const floating[::1] x, floating[::1] y, bint sigmoid):
-    """y = tanh(x) or sigmoid(x) through the kernels' own approximation."""
-    if floating is float:
-        fl_tanh_array_f(x.shape[0], &x[0], &y[0], sigmoid)
-    else:
-        fl_tanh_array_d(x.shape[0], &x[0], &y[0], sigmoid)
-
-
 cdef void _run_task(
     int d, int n_lo, int n_hi, int seq_len, int batch, int hidden, int out_size,
     int num_dirs, bint batch_first, bint has_proj,
@@ -124,40 +182,36 @@ cdef void _run_task(
     ``c`` (the layer's c_n, already holding c_0) is updated in place.
     """
     cdef int m = n_hi - n_lo
-    cdef int h4 = 4 * hidden
+    cdef int unit = FL_PANEL_BYTES // sizeof(floating) // 4
+    cdef int n_panels = (hidden + unit - 1) // unit
+    cdef int g_cols = 4 * unit * n_panels  # one direction's gate columns
     # Distance in rows between consecutive batch entries of one timestep.
     cdef int row_step = seq_len if batch_first else 1
-    cdef int g_ld = row_step * num_dirs * h4
-    cdef int o_ld = row_step * num_dirs * out_size
+    cdef Py_ssize_t g_ld = <Py_ssize_t>row_step * num_dirs * g_cols
+    cdef Py_ssize_t o_ld = <Py_ssize_t>row_step * num_dirs * out_size
     cdef const floating *hprev = h0 + (<Py_ssize_t>d * batch + n_lo) * out_size
-    cdef int hprev_ld = out_size
+    cdef Py_ssize_t hprev_ld = out_size
     cdef const floating *w_hh_d = w_hh_p + <Py_ssize_t>d * hh_stride
     cdef const floating *w_hr_d = w_hr_p + <Py_ssize_t>d * hr_stride
-    cdef const floating *b_d = bias + <Py_ssize_t>d * h4
+    cdef const floating *b_d = bias + <Py_ssize_t>d * g_cols
     cdef floating *c_d = c + (<Py_ssize_t>d * batch + n_lo) * hidden
     cdef floating *hc_d = hcell + (<Py_ssize_t>d * batch + n_lo) * hidden
     cdef floating *g_t
     cdef floating *o_t
-    cdef floating *h_dst
-    cdef int h_dst_ld
     cdef Py_ssize_t s, t, r, row
 
     for s in range(seq_len):
         t = s if d == 0 else seq_len - 1 - s
         row = n_lo * seq_len + t if batch_first else t * batch + n_lo
-        g_t = gates + row * num_dirs * h4 + d * h4
+        g_t = gates + row * num_dirs * g_cols + d * g_cols
         o_t = out + row * num_dirs * out_size + d * out_size
-        _matmul(True, m, h4, out_size, hprev, hprev_ld, w_hh_d, g_t, g_ld)
         if has_proj:
-            h_dst = hc_d
-            h_dst_ld = hidden
-        else:
-            h_dst = o_t
-            h_dst_ld = o_ld
-        for r in range(m):
-            _gate_update(g_t + r * g_ld, b_d, c_d + r * hidden, h_dst + r * h_dst_ld, hidden)
-        if has_proj:
+            _lstm_step(m, out_size, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
+                       c_d, hidden, hc_d, hidden, 0, n_panels)
             _matmul(False, m, out_size, hidden, hc_d, hidden, w_hr_d, o_t, o_ld)
+        else:
+            _lstm_step(m, out_size, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
+                       c_d, hidden, o_t, o_ld, 0, n_panels)
         hprev = o_t
         hprev_ld = o_ld
 
@@ -174,11 +228,12 @@ def recurrence(floating[:, ::1] gates, const floating[:, ::1] w_hh_p,
     """Sequential part of one layer; see the module docstring.
 
     Shapes (D directions, N batch, H hidden, P output size, R = L*N rows):
-    gates (R, D*4H) from ``input_projection``, modified in place; w_hh_p (D, *),
-    each W_hh^T (P x 4H) packed by ``pack_panels``; bias (D, 4H), b_ih + b_hh;
-    w_hr_p (D, *), each W_hr^T (H x P) packed, or (D, 0) without projection; h0 (D, N, P); c (D, N, H) holds c_0 on entry and c_n on exit;
-    hcell (D, N, H) scratch for the unprojected h (unused without projection);
-    out (R, D*P); h_n (D, N, P).
+    gates (R, D*4Hp) from ``input_projection``, modified in place; w_hh_p (D, *),
+    each direction's interleaved W_hh^T (P x 4Hp) packed in panels; bias
+    (D, 4Hp), b_ih + b_hh interleaved; w_hr_p (D, *), each W_hr^T (H x P) packed,
+    or (D, 0) without projection; h0 (D, N, P); c (D, N, H) holds c_0 on entry
+    and c_n on exit; hcell (D, N, H) scratch for the unprojected h (unused
+    without projection); out (R, D*P); h_n (D, N, P).
     """
     cdef int num_dirs = w_hh_p.shape[0]
     cdef int batch = h0.shape[1]

@@ -51,18 +51,38 @@ class _IncompatibleKeys(NamedTuple):
 
 
 class _PackedLayer(NamedTuple):
-    """One layer's weights laid out for the kernels (built once, reused by every call)."""
+    """One layer's weights laid out for the kernels (built once, reused by every call).
 
-    w_ih: np.ndarray  # (D*4H, I_layer): both directions stacked, one GEMM for both
-    w_ih_p: np.ndarray  # the same transposed, in panels, for few rows
-    w_hh_p: np.ndarray  # (D, *): each W_hh^T in panels, for the per-step kernel
-    bias: np.ndarray  # (D, 4H): b_ih + b_hh, zeros without bias
+    Gate rows are interleaved by panels (``_interleave_gates``), so the gate
+    buffer has ``4 * Hp`` columns per direction.
+    """
+
+    w_ih: np.ndarray  # (D*4Hp, I_layer): both directions, interleaved, for BLAS
+    w_ih_p: np.ndarray  # the same transposed, in panels, for the small-M kernel
+    w_hh_p: np.ndarray  # (D, *): each interleaved W_hh^T in panels
+    bias: np.ndarray  # (D, 4Hp): b_ih + b_hh interleaved, zeros without bias
     w_hr_p: np.ndarray  # (D, *): each W_hr^T in panels, or (D, 0) without projection
 
 
-def _check_int(name: str, value: Any) -> None:
-    if not isinstance(value, int):
-        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+def _gate_unit(dtype: np.dtype) -> int:
+    """Hidden units per weight panel: a panel holds their i, f, g and o columns."""
+    return _lstm.panel_width(np.dtype(dtype).name) // 4
+
+
+def _interleave_gates(w: np.ndarray, hidden: int) -> np.ndarray:
+    """Reorder gate rows (i, f, g, o blocks of ``hidden``) panel by panel.
+
+    Rows of ``w`` (shape ``(4*hidden, ...)``) become, for each panel of U
+    units, ``[i(U) f(U) g(U) o(U)]`` of those units, with hidden padded to a
+    multiple of U by zero rows.
+    """
+    unit = _gate_unit(w.dtype)
+    padded_h = -(-hidden // unit) * unit
+    rest = w.shape[1:]
+    gates = np.zeros((4, padded_h) + rest, dtype=w.dtype)
+    gates[:, :hidden] = w.reshape((4, hidden) + rest)
+    gates = gates.reshape((4, padded_h // unit, unit) + rest).swapaxes(0, 1)
+    return np.ascontiguousarray(gates).reshape((4 * padded_h,) + rest)
 
 
 def _pack_panels(weight: np.ndarray) -> np.ndarray:
@@ -77,6 +97,11 @@ def _pack_panels(weight: np.ndarray) -> np.ndarray:
     padded = np.zeros((n_panels * width, k), dtype=weight.dtype)
     padded[:n] = weight
     return np.ascontiguousarray(padded.reshape(n_panels, width, k).transpose(0, 2, 1)).ravel()
+
+
+def _check_int(name: str, value: Any) -> None:
+    if not isinstance(value, int):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
 
 
 def _as_count(name: str, value: Any) -> int:
@@ -458,15 +483,19 @@ class LSTM:
                 return self._packed
             p = self._params
             dt = self._dtype
+            hidden = self._hidden_size
             layers = []
             for layer in range(self._num_layers):
                 sfxs = [f"_l{layer}"] + ([f"_l{layer}_reverse"] if self._bidirectional else [])
-                w_ih = np.concatenate([p["weight_ih" + s] for s in sfxs])
-                w_hh_p = np.stack([_pack_panels(p["weight_hh" + s]) for s in sfxs])
+                w_ih = np.concatenate(
+                    [_interleave_gates(p["weight_ih" + s], hidden) for s in sfxs])
+                w_hh_p = np.stack(
+                    [_pack_panels(_interleave_gates(p["weight_hh" + s], hidden)) for s in sfxs])
                 if self._bias:
-                    bias = np.stack([p["bias_ih" + s] + p["bias_hh" + s] for s in sfxs])
+                    bias = np.stack([_interleave_gates(p["bias_ih" + s] + p["bias_hh" + s], hidden)
+                                     for s in sfxs])
                 else:
-                    bias = np.zeros((len(sfxs), 4 * self._hidden_size), dtype=dt)
+                    bias = np.zeros((len(sfxs), w_ih.shape[0] // len(sfxs)), dtype=dt)
                 if self._proj_size > 0:
                     w_hr_p = np.stack([_pack_panels(p["weight_hr" + s]) for s in sfxs])
                 else:
@@ -685,7 +714,8 @@ class LSTM:
 
         threads = get_num_threads()
         n_chunks = max(1, min(batch, threads // n_dirs))
-        gates = np.empty((rows, n_dirs * 4 * hidden), dt)
+        padded_h = -(-hidden // _gate_unit(dt)) * _gate_unit(dt)
+        gates = np.empty((rows, n_dirs * 4 * padded_h), dt)
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
         dropout = self._dropout if self.training else 0.0
 
