@@ -28,7 +28,7 @@ threads, so ``set_num_threads`` is the one knob and nothing oversubscribes.
 import os
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 
 from fastlstm._blas cimport NoTrans, Trans, gemm
@@ -51,6 +51,12 @@ cdef extern from "_kernels.h" nogil:
                         int p_lo, int p_hi) noexcept
     void fl_act_f(int level, Py_ssize_t n, const float *x, float *y, int sigmoid) noexcept
     void fl_act_d(int level, Py_ssize_t n, const double *x, double *y, int sigmoid) noexcept
+
+
+cdef extern from "_omp_compat.h" nogil:
+    int omp_get_thread_num() noexcept
+    int omp_get_num_threads() noexcept
+    void fl_omp_barrier() noexcept
 
 
 # ---------------------------------------------------------------- SIMD level
@@ -147,7 +153,9 @@ def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     cdef int n_in = x.shape[1]
     cdef int n_out = gates.shape[1]
     cdef int n_blocks = max(1, min(num_threads, rows // 16))
-    cdef int blk, lo, hi
+    cdef int pw = panel_width("float32" if floating is float else "float64")
+    cdef int n_panels = (n_out + pw - 1) // pw
+    cdef int blk, lo, hi, n_col_blocks
     cdef const floating *x_ptr
     cdef const floating *w_ptr
     cdef const floating *wp_ptr
@@ -158,6 +166,17 @@ def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     w_ptr = &w_ih[0, 0]
     wp_ptr = &w_ih_p[0]
     g_ptr = &gates[0, 0]
+    if n_blocks < num_threads and rows < blas_min_rows:
+        # Few rows: split the weight panels (columns) among the threads instead,
+        # so each thread streams only its share of the weights.
+        n_col_blocks = min(num_threads, n_panels)
+        for blk in prange(n_col_blocks, nogil=True, num_threads=n_col_blocks,
+                          schedule="static", chunksize=1):
+            lo = blk * n_panels // n_col_blocks
+            hi = (blk + 1) * n_panels // n_col_blocks
+            _matmul(False, rows, min(n_out, hi * pw) - lo * pw, n_in, x_ptr, n_in,
+                    wp_ptr + <Py_ssize_t>lo * n_in * pw, g_ptr + lo * pw, n_out)
+        return
     for blk in prange(n_blocks, nogil=True, num_threads=n_blocks, schedule="static", chunksize=1):
         lo = <int>(<long long>blk * rows // n_blocks)
         hi = <int>((<long long>blk + 1) * rows // n_blocks)
@@ -220,12 +239,76 @@ cdef void _run_task(
                out_size * sizeof(floating))
 
 
+cdef void _run_split(
+    int d, int part, int n_parts, int seq_len, int batch, int hidden, int out_size,
+    int num_dirs, bint batch_first, bint has_proj,
+    floating *gates, const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
+    const floating *w_hr_p, Py_ssize_t hr_stride,
+    const floating *h0, floating *c, floating *hcell, floating *out,
+) noexcept nogil:
+    """Part ``part`` of ``n_parts`` of direction ``d``, all batch rows, all steps.
+
+    The parts split the hidden units (panels) and, with a projection, the
+    projected columns; a barrier after each phase of a step lets every part
+    read the whole of h_{t-1}.  Every thread of the region must call this with
+    the same ``seq_len`` (the barriers are team-wide).
+    """
+    cdef int unit = FL_PANEL_BYTES // sizeof(floating) // 4
+    cdef int pw = 4 * unit
+    cdef int n_panels = (hidden + unit - 1) // unit
+    cdef int g_cols = pw * n_panels
+    # part >= n_parts: an empty share (a spare thread that only keeps the barriers).
+    cdef int p_lo = min(part, n_parts) * n_panels // n_parts
+    cdef int p_hi = min(part + 1, n_parts) * n_panels // n_parts
+    cdef int r_panels = (out_size + pw - 1) // pw
+    cdef int r_lo = min(part, n_parts) * r_panels // n_parts
+    cdef int r_hi = min(part + 1, n_parts) * r_panels // n_parts
+    cdef int r_width = min(out_size, r_hi * pw) - r_lo * pw
+    cdef int row_step = seq_len if batch_first else 1
+    cdef Py_ssize_t g_ld = <Py_ssize_t>row_step * num_dirs * g_cols
+    cdef Py_ssize_t o_ld = <Py_ssize_t>row_step * num_dirs * out_size
+    cdef const floating *hprev = h0 + <Py_ssize_t>d * batch * out_size
+    cdef Py_ssize_t hprev_ld = out_size
+    cdef const floating *w_hh_d = w_hh_p + <Py_ssize_t>d * hh_stride
+    cdef const floating *w_hr_d = w_hr_p + <Py_ssize_t>d * hr_stride
+    cdef const floating *b_d = bias + <Py_ssize_t>d * g_cols
+    cdef floating *c_d = c + <Py_ssize_t>d * batch * hidden
+    cdef floating *hc_d = hcell + <Py_ssize_t>d * batch * hidden
+    cdef floating *g_t
+    cdef floating *o_t
+    cdef Py_ssize_t s, t, row
+
+    for s in range(seq_len):
+        t = s if d == 0 else seq_len - 1 - s
+        row = t if batch_first else t * batch
+        g_t = gates + row * num_dirs * g_cols + d * g_cols
+        o_t = out + row * num_dirs * out_size + d * out_size
+        if has_proj:
+            _lstm_step(batch, out_size, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
+                       c_d, hidden, hc_d, hidden, p_lo, p_hi)
+            fl_omp_barrier()
+            if r_width > 0:
+                _matmul(False, batch, r_width, hidden, hc_d, hidden,
+                        w_hr_d + <Py_ssize_t>r_lo * hidden * pw, o_t + r_lo * pw, o_ld)
+        else:
+            _lstm_step(batch, out_size, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
+                       c_d, hidden, o_t, o_ld, p_lo, p_hi)
+        fl_omp_barrier()
+        hprev = o_t
+        hprev_ld = o_ld
+
+
 def recurrence(floating[:, ::1] gates, const floating[:, ::1] w_hh_p,
                const floating[:, ::1] bias, const floating[:, ::1] w_hr_p,
                const floating[:, :, ::1] h0, floating[:, :, ::1] c,
                floating[:, :, ::1] hcell, floating[:, ::1] out, floating[:, :, ::1] h_n,
                int seq_len, bint batch_first, int n_chunks, int num_threads):
     """Sequential part of one layer; see the module docstring.
+
+    ``n_chunks`` > 0: one task per (direction, batch chunk), no synchronisation.
+    ``n_chunks`` == 0: split mode, for batches too small to give every thread
+    rows of its own: each direction's hidden units are split among
+    ``num_threads // D`` threads, which meet at a barrier after every step.
 
     Shapes (D directions, N batch, H hidden, P output size, R = L*N rows):
     gates (R, D*4Hp) from ``input_projection``, modified in place; w_hh_p (D, *),
@@ -241,7 +324,7 @@ def recurrence(floating[:, ::1] gates, const floating[:, ::1] w_hh_p,
     cdef int hidden = c.shape[2]
     cdef bint has_proj = w_hr_p.shape[1] > 0
     cdef int n_tasks = num_dirs * n_chunks
-    cdef int task, d, chunk
+    cdef int task, d, chunk, tid, team, n_parts, r
     cdef const floating *w_hr_ptr = &w_hr_p[0, 0] if has_proj else NULL
     cdef floating *hcell_ptr = &hcell[0, 0, 0] if has_proj else NULL
     if batch == 0 or seq_len == 0:
@@ -253,6 +336,31 @@ def recurrence(floating[:, ::1] gates, const floating[:, ::1] w_hh_p,
     cdef floating *c_ptr = &c[0, 0, 0]
     cdef floating *out_ptr = &out[0, 0]
     cdef floating *h_n_ptr = &h_n[0, 0, 0]
+    cdef Py_ssize_t last
+    if n_chunks == 0:
+        with nogil, parallel(num_threads=num_threads):
+            tid = omp_get_thread_num()
+            team = omp_get_num_threads()
+            n_parts = team // num_dirs
+            if n_parts == 0:  # fewer threads than directions: one runs them in turn
+                for d in range(num_dirs):
+                    _run_split(d, 0, 1, seq_len, batch, hidden, out_size, num_dirs,
+                               batch_first, has_proj, gates_ptr, w_hh_ptr, w_hh_p.shape[1],
+                               bias_ptr, w_hr_ptr, w_hr_p.shape[1], h0_ptr, c_ptr, hcell_ptr,
+                               out_ptr)
+            else:  # threads past n_parts * num_dirs get an empty part but keep the barriers
+                _run_split(min(tid // n_parts, num_dirs - 1), tid % n_parts if
+                           tid < n_parts * num_dirs else n_parts, n_parts, seq_len, batch,
+                           hidden, out_size, num_dirs, batch_first, has_proj, gates_ptr,
+                           w_hh_ptr, w_hh_p.shape[1], bias_ptr, w_hr_ptr, w_hr_p.shape[1],
+                           h0_ptr, c_ptr, hcell_ptr, out_ptr)
+        for d in range(num_dirs):
+            last = seq_len - 1 if d == 0 else 0
+            for r in range(batch):
+                memcpy(h_n_ptr + (<Py_ssize_t>d * batch + r) * out_size,
+                       out_ptr + ((r * seq_len + last) if batch_first else (last * batch + r))
+                       * num_dirs * out_size + d * out_size, out_size * sizeof(floating))
+        return
     num_threads = max(1, min(num_threads, n_tasks))
     for task in prange(n_tasks, nogil=True, num_threads=num_threads,
                        schedule="static", chunksize=1):

@@ -104,6 +104,20 @@ def _check_int(name: str, value: Any) -> None:
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
 
 
+def _batch_chunks(batch: int, n_dirs: int, threads: int) -> int:
+    """How the recurrence shares the work among threads (see ``_lstm.recurrence``).
+
+    Batch chunks (one task per direction and chunk, no synchronisation) while
+    every thread gets at least 4 rows; otherwise 0, the split mode: each
+    direction's hidden units are shared by several threads, which streams
+    each weight matrix once per step in total instead of once per thread.
+    """
+    per_dir = threads // n_dirs
+    if per_dir >= 2 and batch < 4 * per_dir:
+        return 0
+    return max(1, min(batch, per_dir))
+
+
 def _as_count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
@@ -713,7 +727,7 @@ class LSTM:
         h_n = np.empty((n_states, batch, out_size), dt)
 
         threads = get_num_threads()
-        n_chunks = max(1, min(batch, threads // n_dirs))
+        n_chunks = _batch_chunks(batch, n_dirs, threads)
         padded_h = -(-hidden // _gate_unit(dt)) * _gate_unit(dt)
         gates = np.empty((rows, n_dirs * 4 * padded_h), dt)
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n

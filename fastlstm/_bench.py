@@ -1,0 +1,465 @@
+"""``fastlstm bench``: time fastlstm against torch.nn.LSTM and ONNX Runtime.
+
+All libraries run in this one process on the same weights, the same inputs and
+the same number of threads.  Every case is first checked against torch (max
+abs difference of output, h_n and c_n); a case whose fastlstm difference
+exceeds 1e-4 (float32) or 1e-10 (float64) is reported and not timed, and ONNX
+Runtime is timed only where it matches torch just as closely.  Timing warms
+each library up, then alternates blocks of repetitions of the libraries with a
+short pause after each block (an idle thread pool keeps spinning for a while
+and would slow the next library), and reports the median over the blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+import fastlstm
+from fastlstm import _threads
+from fastlstm._bench_cases import (
+    DEFAULT_GRID,
+    FLOPS_FORMULA,
+    FULL_GRID,
+    SHAPE_SYNTAX,
+    Case,
+    parse_shape,
+    select_cases,
+    slug,
+)
+from fastlstm._bench_report import (
+    LIBS,
+    Progress,
+    Table,
+    geomean,
+    machine_info,
+    matplotlib_available,
+    now_iso,
+    versions,
+    write_json,
+    write_markdown,
+    write_plot,
+)
+from fastlstm._bench_timing import measure_peak, time_interleaved
+from fastlstm.cli import CLIError
+
+__all__ = ["DESCRIPTION", "EPILOG", "TOLERANCE", "add_arguments", "run", "run_case"]
+
+DESCRIPTION = __doc__.split("\n", 1)[1].strip()
+EPILOG = textwrap.fill(
+    f"GFLOP/s: {FLOPS_FORMULA}.  'peak' is that rate as a fraction of the best GEMM "
+    "measured in this process (torch.mm and scipy's BLAS sgemm/dgemm, same threads, "
+    "per dtype).  ONNX Runtime's LSTM has no projection and no float64: those cells "
+    "are n/a.", 79) + """
+
+Exit status: 0, or 1 if a case disagrees with torch or fails, 2 on a usage
+error (or without torch).  The JSON fields are described in benchmarks/README.md.
+
+examples:
+  fastlstm bench                                  # the default grid (< 3 min on 2 cores)
+  fastlstm bench --cases small-batch,double --threads 1
+  fastlstm bench --shape 32,50,128,256,2,yes --shape 8,20,64,64,1,no,0,float64
+  fastlstm bench --full --json bench.json --markdown bench.md --plot bench.png
+"""
+
+#: Largest max abs difference from torch that a case may have to be timed.
+TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
+
+
+# ---------------------------------------------------------------- arguments
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _case_list(text: str) -> List[Case]:
+    try:
+        cases = select_cases(text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not cases:
+        raise argparse.ArgumentTypeError("no case named")
+    return cases
+
+
+def _shape(text: str) -> Case:
+    try:
+        return parse_shape(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``fastlstm bench``."""
+    pick = parser.add_argument_group("cases (default: the default grid)")
+    pick.add_argument("--cases", metavar="NAME,...", type=_case_list, action="append",
+                      help="cases by name, from the default or full grid (see --list)")
+    pick.add_argument("--shape", metavar=SHAPE_SYNTAX, type=_shape, action="append",
+                      help="a custom case (repeatable); bidir 0/1, dtype float32/float64")
+    pick.add_argument("--full", action="store_true", help="the larger grid (default + more)")
+    pick.add_argument("--list", action="store_true", help="list the cases and exit")
+
+    timing = parser.add_argument_group("timing")
+    timing.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="threads for every library (default: fastlstm's default, "
+                             f"now {fastlstm.get_num_threads()})")
+    timing.add_argument("--budget", type=_positive_float, default=2.0, metavar="SECONDS",
+                        help="seconds of timed calls per case, all libraries (default 2)")
+    timing.add_argument("--repeat", type=_positive_int, metavar="N",
+                        help="calls per block for each library (default: from --budget)")
+    timing.add_argument("--blocks", type=_positive_int, default=5, metavar="B",
+                        help="alternating blocks per case (default 5; fewer for slow cases)")
+    timing.add_argument("--pause", type=_non_negative_float, default=0.025, metavar="SECONDS",
+                        help="sleep after each block (default 0.025)")
+    timing.add_argument("--peak-size", type=_non_negative_int, default=2048, metavar="N",
+                        help="size of the GEMM measuring the peak (default 2048; 0: skip)")
+    timing.add_argument("--no-onnx", action="store_true",
+                        help="leave ONNX Runtime out even if it is installed")
+    timing.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    out.add_argument("--markdown", metavar="PATH", help="write the results as Markdown")
+    out.add_argument("--plot", metavar="PNG", help="plot the speedups (needs matplotlib)")
+    out.add_argument("-q", "--quiet", action="store_true",
+                     help="no progress bar and no preamble (the table is still printed)")
+
+
+# ---------------------------------------------------------------- one case
+def _max_diff(result: Tuple[Any, Tuple[Any, Any]], ref: Tuple[np.ndarray, ...]) -> float:
+    out, (h, c) = result
+    return max(float(np.max(np.abs(np.asarray(a, dtype=np.float64) - b)))
+               for a, b in zip((out, h, c), ref))
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    msg = text[-1] if text else ""
+    for line in text:  # ONNX Runtime puts the useful part after "Status Message:"
+        if "Status Message:" in line:
+            msg = line.split("Status Message:", 1)[1]
+    return f"{type(err).__name__}: {msg.strip()}"[:160]
+
+
+def _ort_runner(module: Any, x: np.ndarray, case: Case, threads: int,
+                ref: Tuple[np.ndarray, ...]) -> Tuple[Optional[Callable[[], Any]],
+                                                     Optional[float], Optional[float],
+                                                     Optional[str]]:
+    """ONNX Runtime's runner for ``case``, its max abs diff, first-call time, or why not."""
+    from fastlstm._onnx import OrtLSTM
+
+    if case.proj_size:
+        return None, None, None, "no projection in ONNX's LSTM"
+    try:
+        ort_lstm = OrtLSTM(module, threads)
+        start = time.perf_counter()
+        result = ort_lstm(x)
+        first = time.perf_counter() - start
+    except Exception as err:  # e.g. "LSTM operator does not support double yet"
+        if case.dtype == "float64" and "double" in str(err):
+            return None, None, None, "ONNX Runtime's LSTM has no float64"
+        return None, None, None, _one_line(err)
+    diff = _max_diff(result, ref)
+    if not diff <= TOLERANCE[case.dtype]:
+        return None, diff, first, f"ONNX Runtime differs from torch by {diff:.1e}"
+    return ort_lstm.runner(x), diff, first, None
+
+
+def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
+             use_ort: bool, peak: Optional[Dict[str, Dict[str, float]]] = None,
+             on_progress: Optional[Callable[[float, str], None]] = None) -> Dict[str, Any]:
+    """Check ``case`` against torch, then time it.
+
+    Parameters
+    ----------
+    case : Case
+    torch : module
+        The torch module (the reference).
+    threads : int
+        Threads of every library.
+    args : argparse.Namespace
+        ``budget``, ``blocks``, ``repeat``, ``pause`` and ``seed``.
+    use_ort : bool
+        Time ONNX Runtime too.
+    peak : dict, optional
+        From :func:`~fastlstm._bench_timing.measure_peak`.
+    on_progress : callable, optional
+        Called as ``on_progress(fraction_done, stage)``.
+
+    Returns
+    -------
+    dict
+        The case's record, as written to the JSON (see benchmarks/README.md).
+    """
+    progress = on_progress or (lambda frac, stage: None)
+    tdtype = getattr(torch, case.dtype)
+    record: Dict[str, Any] = {
+        **case.as_dict(), "slug": slug(case.name), "shape": case.shape, "extra": case.extra,
+        "flops": case.flops, "status": "ok", "note": None,
+        "tolerance": TOLERANCE[case.dtype], "check_passed": False,
+        "max_abs_diff": {lib: None for lib in LIBS},
+        "time_s": {lib: None for lib in LIBS}, "block_s": {lib: None for lib in LIBS},
+        "reps_per_block": {lib: None for lib in LIBS}, "gflops": {lib: None for lib in LIBS},
+        "peak_fraction": None, "speedup_vs_torch": None, "speedup_vs_onnxruntime": None,
+        "onnxruntime_note": None if use_ort else "onnxruntime not used",
+    }
+    progress(0.0, "checking")
+    torch.manual_seed(args.seed)
+    module = torch.nn.LSTM(**case.torch_kwargs(), dtype=tdtype).eval()
+    x = np.random.default_rng(args.seed).standard_normal(
+        (case.L, case.N, case.I)).astype(case.dtype)
+    xt = torch.from_numpy(x)
+    first: Dict[str, float] = {}
+    with torch.inference_mode():
+        start = time.perf_counter()
+        ref_out, (ref_h, ref_c) = module(xt)
+        first["torch"] = time.perf_counter() - start
+        ref = (ref_out.double().numpy(), ref_h.double().numpy(), ref_c.double().numpy())
+        try:
+            fast = fastlstm.LSTM.from_torch(module)
+            start = time.perf_counter()
+            diff = _max_diff(fast(x), ref)
+            first["fastlstm"] = time.perf_counter() - start
+        except Exception as err:
+            record.update(status="error", note=f"fastlstm failed: {_one_line(err)}")
+            return record
+        record["max_abs_diff"]["fastlstm"] = diff
+        if not diff <= TOLERANCE[case.dtype]:
+            record.update(status="check_failed",
+                          note=f"NOT TIMED: fastlstm differs from torch by {diff:.1e} "
+                               f"(tolerance {TOLERANCE[case.dtype]:.0e})")
+            return record
+        record["check_passed"] = True
+
+        runners: Dict[str, Callable[[], Any]] = {"fastlstm": lambda: fast(x),
+                                                 "torch": lambda: module(xt)}
+        if use_ort:
+            run_ort, ort_diff, ort_first, note = _ort_runner(module, x, case, threads, ref)
+            record["max_abs_diff"]["onnxruntime"] = ort_diff
+            record["onnxruntime_note"] = note
+            if run_ort is not None:
+                runners["onnxruntime"] = run_ort
+                first["onnxruntime"] = ort_first
+
+        progress(0.05, "timing")
+        timings = time_interleaved(
+            runners, budget=args.budget, blocks=args.blocks, repeat=args.repeat,
+            pause=args.pause, first_call_s=first,
+            on_block=lambda done, total: progress(0.05 + 0.95 * done / total, "timing"))
+
+    for lib, timing in timings.items():
+        record["time_s"][lib] = timing.median_s
+        record["block_s"][lib] = timing.block_s
+        record["reps_per_block"][lib] = timing.reps
+        record["gflops"][lib] = case.flops / timing.median_s / 1e9
+    t = record["time_s"]
+    record["speedup_vs_torch"] = t["torch"] / t["fastlstm"]
+    if t["onnxruntime"] is not None:
+        record["speedup_vs_onnxruntime"] = t["onnxruntime"] / t["fastlstm"]
+    if peak and case.dtype in peak:
+        record["peak_fraction"] = record["gflops"]["fastlstm"] / peak[case.dtype]["best"]
+    return record
+
+
+# -------------------------------------------------------------- the command
+def _chosen_cases(args: argparse.Namespace) -> Tuple[List[Case], str]:
+    cases: List[Case] = []
+    for group in args.cases or []:
+        cases += [c for c in group if c not in cases]
+    cases += [c for c in args.shape or [] if c not in cases]
+    if cases:
+        return cases, "custom"
+    return (list(FULL_GRID), "full") if args.full else (list(DEFAULT_GRID), "default")
+
+
+def _print_list() -> int:
+    print(f"{'name':26s} {'N,L,I,H':18s} {'extra':24s} grid")
+    for case in FULL_GRID:
+        grid = "default" if case in DEFAULT_GRID else "full"
+        print(f"{slug(case.name):26s} {case.shape:18s} {case.extra:24s} {grid}")
+    return 0
+
+
+def _check_output_path(option: str, path: Optional[str]) -> None:
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CLIError(f"fastlstm bench: error: {option} {path}: no such directory {parent}", 2)
+    if os.path.isdir(path):
+        raise CLIError(f"fastlstm bench: error: {option} {path}: is a directory", 2)
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise CLIError("fastlstm bench: error: torch is not installed; the benchmark needs it "
+                       "as the reference (pip install torch)", 2) from None
+    return torch
+
+
+def _ort_available() -> Tuple[bool, Optional[str]]:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        return False, f"{err.name or 'onnxruntime'} is not installed"
+    return True, None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``fastlstm bench`` with parsed ``args``; returns the exit status."""
+    if args.list:
+        return _print_list()
+    for option in ("json", "markdown", "plot"):
+        _check_output_path(f"--{option}", getattr(args, option))
+    if args.plot and not matplotlib_available():
+        raise CLIError("fastlstm bench: error: --plot needs matplotlib, which is not installed "
+                       "(pip install matplotlib)", 2)
+    torch = _import_torch()
+    use_ort, ort_missing = (False, "disabled by --no-onnx") if args.no_onnx else _ort_available()
+
+    cases, grid = _chosen_cases(args)
+    threads = args.threads or fastlstm.get_num_threads()
+    saved_fast = getattr(_threads, "_num_threads", None)
+    saved_torch = torch.get_num_threads()
+    started = time.perf_counter()
+    interactive = not args.quiet and sys.stderr.isatty()
+    try:
+        fastlstm.set_num_threads(threads)
+        torch.set_num_threads(threads)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*projections is not supported.*")
+            return _run(args, torch, cases, grid, threads, use_ort, ort_missing, started,
+                        interactive)
+    finally:
+        fastlstm.set_num_threads(saved_fast)
+        torch.set_num_threads(saved_torch)
+
+
+def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, threads: int,
+         use_ort: bool, ort_missing: Optional[str], started: float, interactive: bool) -> int:
+    machine = machine_info(threads)
+    progress = Progress(len(cases), enabled=interactive)
+    if not args.quiet:
+        print(f"fastlstm {fastlstm.__version__} vs torch {torch.__version__}"
+              + (f" and onnxruntime {sys.modules['onnxruntime'].__version__}" if use_ort
+                 else f" (ONNX Runtime n/a: {ort_missing})")
+              + f"; {machine['cpu']}, SIMD {machine['simd']}, {threads} threads",
+              flush=True)
+    peak = None
+    if args.peak_size:
+        progress.show(0, f"measuring the GEMM peak ({args.peak_size}^3)")
+        peak = measure_peak(threads, size=args.peak_size)
+        progress.clear()
+        if not args.quiet:
+            print("measured peak: " + ", ".join(
+                f"{dtype} {found['best']:.1f} GFLOP/s" for dtype, found in peak.items()),
+                flush=True)
+
+    table = Table(sys.stdout)
+    table.header()
+    records = []
+    for k, case in enumerate(cases):
+        def on_progress(frac: float, stage: str, k: int = k, case: Case = case) -> None:
+            progress.show(k + frac, f"{case.name}: {stage}")
+
+        record = run_case(case, torch, threads, args, use_ort=use_ort, peak=peak,
+                          on_progress=on_progress)
+        if not use_ort:
+            record["onnxruntime_note"] = ort_missing
+        records.append(record)
+        progress.clear()
+        table.row(record)
+    progress.clear()
+
+    failed = [r["name"] for r in records if r["status"] != "ok"]
+    summary = {
+        "geomean_speedup_vs_torch": geomean(r["speedup_vs_torch"] for r in records),
+        "geomean_speedup_vs_onnxruntime": geomean(
+            r["speedup_vs_onnxruntime"] for r in records),
+        "cases": len(records),
+        "failed": failed,
+        "wall_s": None,
+    }
+    gm_t, gm_o = summary["geomean_speedup_vs_torch"], summary["geomean_speedup_vs_onnxruntime"]
+    print(f"\ngeometric mean speedup: "
+          f"{'n/a' if gm_t is None else f'{gm_t:.2f}x'} vs torch, "
+          f"{'n/a' if gm_o is None else f'{gm_o:.2f}x'} vs ONNX Runtime", flush=True)
+    summary["wall_s"] = time.perf_counter() - started
+
+    report = {
+        "schema": 1,
+        "created": now_iso(),
+        "command": ["fastlstm", *getattr(args, "_argv", ["bench"])],
+        "grid": grid,
+        "machine": machine,
+        "versions": versions(),
+        "settings": {"threads": threads, "budget_s": args.budget, "blocks": args.blocks,
+                     "repeat": args.repeat, "pause_s": args.pause, "seed": args.seed,
+                     "peak_size": args.peak_size, "peak_reps": 3,
+                     "onnxruntime": use_ort, "onnxruntime_note": ort_missing,
+                     "tolerance": TOLERANCE},
+        "flops_formula": FLOPS_FORMULA,
+        "peak_gflops": peak,
+        "cases": records,
+        "summary": summary,
+    }
+    if args.json:
+        write_json(args.json, report)
+    if args.markdown:
+        write_markdown(args.markdown, report)
+    if args.plot:
+        write_plot(args.plot, report)
+    if not args.quiet:
+        written = [p for p in (args.json, args.markdown, args.plot) if p]
+        print(f"done in {summary['wall_s']:.1f} s" + (
+            f"; wrote {', '.join(written)}" if written else ""), file=sys.stderr)
+    if failed:
+        print(f"fastlstm bench: {len(failed)} case(s) failed: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,327 @@
+"""The benchmark's reports: machine and versions, terminal table and progress bar,
+JSON, Markdown and an optional plot (matplotlib)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
+
+import numpy as np
+
+import fastlstm
+
+__all__ = [
+    "LIBS",
+    "machine_info",
+    "versions",
+    "Progress",
+    "Table",
+    "geomean",
+    "write_json",
+    "write_markdown",
+    "write_plot",
+]
+
+#: The libraries timed, as they are named in the JSON.
+LIBS = ("fastlstm", "torch", "onnxruntime")
+
+
+# ------------------------------------------------------------- environment
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> List[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    wanted = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                              "avx512_bf16", "amx_tile")
+                    return [flag for flag in wanted if flag in flags]
+    except OSError:
+        pass
+    return []
+
+
+def fastlstm_config() -> Optional[Dict[str, Any]]:
+    """``fastlstm.show_config(as_dict=True)``, or None where it does not exist yet."""
+    show_config = getattr(fastlstm, "show_config", None)
+    if show_config is None:
+        return None
+    try:
+        config = show_config(as_dict=True)
+    except Exception:  # an older or half-built show_config: report without it
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def machine_info(threads: int) -> Dict[str, Any]:
+    """CPU model, cores, SIMD level in use, OpenMP and thread count."""
+    config = fastlstm_config() or {}
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    return {
+        "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "simd": config.get("simd", "unknown"),
+        "simd_available": config.get("simd_available"),
+        "openmp": config.get("openmp"),
+        "threads": threads,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> Dict[str, Any]:
+    """Versions of fastlstm, numpy, scipy, torch, onnx, onnxruntime and the BLAS in use."""
+    import scipy
+
+    out: Dict[str, Any] = {"fastlstm": fastlstm.__version__, "numpy": np.__version__,
+                           "scipy": scipy.__version__}
+    for name in ("torch", "onnxruntime", "onnx", "threadpoolctl"):
+        module = sys.modules.get(name)
+        out[name] = getattr(module, "__version__", None) if module else None
+    config = fastlstm_config()
+    if config is not None and config.get("blas") is not None:
+        out["blas"] = config["blas"]
+    else:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads scipy's BLAS)
+        from threadpoolctl import threadpool_info
+
+        out["blas"] = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return out
+
+
+def geomean(values: Iterable[Optional[float]]) -> Optional[float]:
+    """Geometric mean of the positive finite values, None if there are none."""
+    vals = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    return float(math.exp(sum(math.log(v) for v in vals) / len(vals))) if vals else None
+
+
+# ----------------------------------------------------------------- formats
+def fmt_time(seconds: Optional[float]) -> str:
+    """``12.3 us``, ``4.56 ms``, ``1.23 s``; ``n/a`` for None."""
+    if seconds is None:
+        return "n/a"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _row_cells(case: Dict[str, Any]) -> List[str]:
+    """The table cells of one case record (see ``_bench.run_case``)."""
+    times = case["time_s"]
+    diff = case["max_abs_diff"]
+    if case["status"] != "ok":
+        note = case.get("note") or case["status"]
+        return [case["name"], case["shape"], case["extra"], note, "", "", "", "", "", "", "",
+                _fmt(diff.get("fastlstm"), ".1e")]
+    ort_diff = diff.get("onnxruntime")
+    return [
+        case["name"], case["shape"], case["extra"],
+        fmt_time(times["fastlstm"]), fmt_time(times["torch"]), fmt_time(times["onnxruntime"]),
+        _fmt(case["gflops"]["fastlstm"], ".1f"),
+        _fmt(None if case["peak_fraction"] is None else 100 * case["peak_fraction"], ".1f", "%"),
+        _fmt(case["speedup_vs_torch"], ".2f", "x"),
+        _fmt(case["speedup_vs_onnxruntime"], ".2f", "x"),
+        _fmt(diff.get("fastlstm"), ".1e"),
+        _fmt(ort_diff, ".1e"),
+    ]
+
+
+HEADERS = ["case", "N,L,I,H", "extra", "fastlstm", "torch", "ORT", "GFLOP/s", "peak",
+           "vs torch", "vs ORT", "diff", "ORT diff"]
+_WIDTHS = [23, 16, 16, 10, 10, 10, 8, 6, 8, 7, 8, 8]
+_LEFT = 3  # the first three columns are left-aligned
+
+
+class Table:
+    """The results table on the terminal, printed a row at a time."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def _line(self, cells: Sequence[str]) -> str:
+        parts = []
+        for k, (cell, width) in enumerate(zip(cells, _WIDTHS)):
+            parts.append(cell.ljust(width) if k < _LEFT else cell.rjust(width))
+        return " ".join(parts).rstrip()
+
+    def header(self) -> None:
+        self.stream.write(self._line(HEADERS) + "\n")
+        self.stream.write("-" * len(self._line(HEADERS)) + "\n")
+        self.stream.flush()
+
+    def row(self, case: Dict[str, Any]) -> None:
+        cells = _row_cells(case)
+        if case["status"] != "ok":  # a failure note spans the timing columns
+            line = self._line(cells[:3]).ljust(sum(_WIDTHS[:3]) + 3) + cells[3]
+            line += f"  (fastlstm diff {cells[-1]})"
+        else:
+            line = self._line(cells)
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+class Progress:
+    """A one-line progress bar on stderr (plain text, rewritten with ``\\r``).
+
+    Parameters
+    ----------
+    total : int
+        Number of steps (cases).
+    enabled : bool
+        If False every method does nothing (``--quiet``, or stderr not a TTY).
+    """
+
+    def __init__(self, total: int, enabled: bool, stream: TextIO = sys.stderr) -> None:
+        self.total = max(1, total)
+        self.enabled = enabled
+        self.stream = stream
+        self._width = 0
+
+    def show(self, done: float, label: str) -> None:
+        """Draw the bar at ``done`` steps (fractions allowed) with ``label``."""
+        if not self.enabled:
+            return
+        frac = min(1.0, max(0.0, done / self.total))
+        bar = "#" * int(round(24 * frac))
+        text = f"[{bar:<24}] {int(done)}/{self.total} {label}"[:110]
+        self.stream.write("\r" + text.ljust(self._width))
+        self.stream.flush()
+        self._width = len(text)
+
+    def clear(self) -> None:
+        """Erase the bar (before a table row is printed)."""
+        if self.enabled and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+
+# ------------------------------------------------------------------- files
+def write_json(path: str, report: Dict[str, Any]) -> None:
+    """Write the whole report as JSON."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, default=str)
+        f.write("\n")
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    """The report as a Markdown document: machine, versions, settings, table."""
+    m, v, s = report["machine"], report["versions"], report["settings"]
+    peak = report.get("peak_gflops") or {}
+    blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} "
+                     f"({b.get('architecture', '?')}, {b.get('num_threads')} threads)"
+                     for b in v.get("blas") or []) or "unknown"
+    lines = [
+        "# fastlstm benchmark",
+        "",
+        f"- date: {report['created']}",
+        f"- machine: {m['cpu']}, {m['usable_cpus']} usable CPUs, "
+        f"flags {' '.join(m['cpu_flags']) or 'unknown'}",
+        f"- fastlstm SIMD level: {m['simd']}, OpenMP: {m['openmp']}, "
+        f"threads: {m['threads']} (all libraries)",
+        f"- versions: fastlstm {v['fastlstm']}, numpy {v['numpy']}, scipy {v['scipy']}, "
+        f"torch {v['torch']}, onnxruntime {v['onnxruntime'] or 'not installed'}, "
+        f"python {m['python']}",
+        f"- BLAS: {blas}",
+    ]
+    for dtype, found in peak.items():
+        parts = ", ".join(f"{k} {val:.1f}" for k, val in found.items() if k != "best")
+        lines.append(f"- measured peak {dtype}: {found['best']:.1f} GFLOP/s ({parts}; "
+                     f"{s['peak_size']}^3 GEMM, best of {s['peak_reps']})")
+    lines += [
+        f"- timing: {s['budget_s']} s per case, {s['blocks']} alternating blocks, "
+        f"{s['pause_s']} s pause after each block, median of blocks",
+        f"- FLOPs: {report['flops_formula']}",
+        "",
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "|".join(["---"] * _LEFT + ["---:"] * (len(HEADERS) - _LEFT)) + "|",
+    ]
+    for case in report["cases"]:
+        cells = [_md_escape(c) for c in _row_cells(case)]
+        lines.append("| " + " | ".join(cells) + " |")
+    summary = report["summary"]
+    lines += [
+        "",
+        f"Geometric mean speedup: {_fmt(summary['geomean_speedup_vs_torch'], '.2f', 'x')} "
+        f"vs torch, {_fmt(summary['geomean_speedup_vs_onnxruntime'], '.2f', 'x')} "
+        f"vs ONNX Runtime.",
+        "",
+    ]
+    notes = sorted({n for c in report["cases"] for n in [c.get("onnxruntime_note")] if n})
+    if notes:
+        lines += ["ONNX Runtime n/a: " + "; ".join(notes) + ".", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(path: str, report: Dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(markdown(report))
+
+
+def matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_plot(path: str, report: Dict[str, Any]) -> None:
+    """A bar chart of the speedups over torch and ONNX Runtime (needs matplotlib)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cases = [c for c in report["cases"] if c["status"] == "ok"]
+    names = [c["name"] for c in cases]
+    fig = Figure(figsize=(max(6.0, 0.7 * len(cases) + 2), 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    pos = np.arange(len(cases))
+    for k, (key, label) in enumerate((("speedup_vs_torch", "vs torch"),
+                                      ("speedup_vs_onnxruntime", "vs ONNX Runtime"))):
+        vals = [c[key] if c[key] is not None else np.nan for c in cases]
+        ax.bar(pos + (k - 0.5) * 0.4, vals, width=0.4, label=label)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(pos, names, rotation=40, ha="right")
+    ax.set_ylabel("speedup of fastlstm (x)")
+    m = report["machine"]
+    ax.set_title(f"fastlstm {report['versions']['fastlstm']}: {m['cpu']}, "
+                 f"{m['threads']} threads", fontsize=10)
+    ax.legend()
+    fig.savefig(path, dpi=120)
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,189 @@
+"""Fair timing of several libraries in one process, and the measured GEMM peak.
+
+Each library keeps a pool of threads that spin for a while after a call, and a
+spinning pool slows whichever library runs next.  So the libraries are timed in
+alternating blocks of repetitions, with a short pause after each block, and each
+library's time per call is the median over its blocks.  The order of the
+libraries rotates from block to block, so that none always runs right after the
+same other one.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional
+
+import numpy as np
+
+__all__ = ["Timing", "time_interleaved", "measure_peak"]
+
+
+@dataclass
+class Timing:
+    """Result of timing one library on one case.
+
+    Attributes
+    ----------
+    median_s : float
+        Median over the blocks of the mean time per call, in seconds.
+    block_s : list of float
+        Mean time per call of each block.
+    reps : int
+        Calls per block.
+    """
+
+    median_s: float
+    block_s: List[float] = field(default_factory=list)
+    reps: int = 1
+
+
+def _call_block(fn: Callable[[], object], reps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps
+
+
+def time_interleaved(
+    runners: Mapping[str, Callable[[], object]],
+    *,
+    budget: float,
+    blocks: int = 5,
+    repeat: Optional[int] = None,
+    pause: float = 0.025,
+    first_call_s: Optional[Mapping[str, float]] = None,
+    min_blocks: int = 3,
+    on_block: Optional[Callable[[int, int], None]] = None,
+) -> Dict[str, Timing]:
+    """Time each runner in alternating blocks of repetitions.
+
+    Parameters
+    ----------
+    runners : mapping of str to callable
+        No-argument callables, one per library.
+    budget : float
+        Target seconds of timed calls for all runners together.  Each runner
+        gets an equal share; a runner slower than its share per block runs
+        once per block, and then the number of blocks drops (to no fewer than
+        ``min_blocks``) so that the total stays near the budget.
+    blocks : int, default=5
+        Number of alternating blocks.
+    repeat : int, optional
+        Calls per block for every runner, instead of deriving it from the budget.
+    pause : float, default=0.025
+        Seconds of sleep after every block, while the last library's idle
+        threads stop spinning.
+    first_call_s : mapping of str to float, optional
+        Time of a call already made (e.g. the correctness check), to size the
+        warm-up.
+    min_blocks : int, default=3
+    on_block : callable, optional
+        Called as ``on_block(done, total)`` after each block of all runners.
+
+    Returns
+    -------
+    dict of str to Timing
+    """
+    names = list(runners)
+    if not names:
+        return {}
+    # Warm-up: about 5% of the budget per runner (at least two calls), which
+    # also estimates the time per call.
+    estimate: Dict[str, float] = {}
+    for name in names:
+        fn = runners[name]
+        guess = (first_call_s or {}).get(name) or _call_block(fn, 1)
+        calls = int(min(max(2, 0.05 * budget / len(names) / max(guess, 1e-7)), 10_000))
+        estimate[name] = max(_call_block(fn, calls), 1e-7)
+        time.sleep(pause)
+
+    share = budget / len(names)
+    if repeat is not None:
+        reps = {name: max(1, int(repeat)) for name in names}
+    else:
+        reps = {name: max(1, round(share / blocks / estimate[name])) for name in names}
+        one_round = sum(reps[name] * estimate[name] for name in names)
+        if one_round * blocks > 1.2 * budget:
+            blocks = max(min_blocks, math.floor(budget / one_round))
+
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for block in range(blocks):
+            shift = block % len(names)
+            for name in names[shift:] + names[:shift]:
+                times[name].append(_call_block(runners[name], reps[name]))
+                time.sleep(pause)
+            if on_block is not None:
+                on_block(block + 1, blocks)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {name: Timing(float(np.median(times[name])), times[name], reps[name])
+            for name in names}
+
+
+def _best_of(fn: Callable[[], object], reps: int) -> float:
+    fn()
+    return min(_call_block(fn, 1) for _ in range(reps))
+
+
+def measure_peak(threads: int, size: int = 2048, reps: int = 3,
+                 dtypes: tuple = ("float32", "float64")) -> Dict[str, Dict[str, float]]:
+    """GFLOP/s of the fastest GEMM available in this process, per dtype.
+
+    Times ``size``-cubed matrix products with ``torch.mm`` (if torch is
+    imported) and with scipy's BLAS (``sgemm``/``dgemm``), both on
+    ``threads`` threads, and keeps the best of ``reps`` calls of each.
+
+    Parameters
+    ----------
+    threads : int
+        Threads for torch (``torch.set_num_threads``) and for scipy's BLAS
+        (threadpoolctl).
+    size : int, default=2048
+    reps : int, default=3
+    dtypes : tuple of str, default=("float32", "float64")
+
+    Returns
+    -------
+    dict
+        ``{dtype: {"torch.mm": gflops, "scipy.sgemm": gflops, "best": gflops}}``
+        (``scipy.dgemm`` for float64); a GEMM that cannot run is left out.
+    """
+    import sys
+
+    from scipy.linalg import blas
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")
+    flops = 2.0 * size ** 3
+    rng = np.random.default_rng(0)
+    result: Dict[str, Dict[str, float]] = {}
+    for dtype in dtypes:
+        a = np.asfortranarray(rng.standard_normal((size, size)).astype(dtype))
+        b = np.asfortranarray(rng.standard_normal((size, size)).astype(dtype))
+        found: Dict[str, float] = {}
+        if torch is not None:
+            saved = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                ta, tb = torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(
+                    np.ascontiguousarray(b))
+                with torch.inference_mode():
+                    found["torch.mm"] = flops / _best_of(lambda: torch.mm(ta, tb), reps) / 1e9
+            finally:
+                torch.set_num_threads(saved)
+            time.sleep(0.05)
+        gemm = blas.sgemm if dtype == "float32" else blas.dgemm
+        with threadpool_limits(limits=threads, user_api="blas"):
+            found[f"scipy.{gemm.__name__}"] = flops / _best_of(
+                lambda: gemm(1.0, a, b), reps) / 1e9
+        time.sleep(0.05)
+        found["best"] = max(found.values())
+        result[dtype] = found
+    return result

@@ -1,0 +1,134 @@
+"""The ``fastlstm`` command line: ``fastlstm <command> [options]``.
+
+Each command lives in its own module, which provides
+
+* ``DESCRIPTION``: a paragraph for the command's ``--help``;
+* ``add_arguments(parser)``: its options, on an ``argparse`` parser;
+* ``run(args) -> int``: the command itself, returning the exit status.
+
+and is listed once in :data:`COMMANDS`.  A module is imported only when its
+command is parsed, so ``fastlstm --help`` stays fast and ``import fastlstm``
+never imports the CLI.  Errors are reported as one line on stderr with exit
+status 2 (usage) or 1 (failure), never as a traceback: commands raise
+:class:`CLIError` for that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, NamedTuple, NoReturn, Optional, Sequence
+
+__all__ = ["CLIError", "COMMANDS", "main", "build_parser"]
+
+
+class CLIError(Exception):
+    """An error to report as one line on stderr, with exit status ``status``."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Command(NamedTuple):
+    name: str
+    module: str
+    summary: str
+
+
+#: The subcommands, in the order ``fastlstm --help`` lists them.  To add one
+#: (``info``, ``inspect``, ``convert``, ...), write its module and add a line.
+COMMANDS: List[Command] = [
+    Command("bench", "fastlstm._bench",
+            "time fastlstm against torch.nn.LSTM and ONNX Runtime"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors raise :class:`CLIError` (one line, status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(f"{self.prog}: error: {message}", 2)
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser of ``fastlstm`` and its subcommands.
+
+    Parameters
+    ----------
+    only : str, optional
+        Import and configure only this command's module (the others get a
+        bare subparser, enough for ``fastlstm --help``).
+    """
+    from fastlstm import __version__
+
+    parser = _Parser(
+        prog="fastlstm",
+        description="fastlstm: a fast CPU LSTM for inference, a drop-in for torch.nn.LSTM.",
+        epilog="Run 'fastlstm COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastlstm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for command in COMMANDS:
+        if only is not None and command.name != only:
+            sub.add_parser(command.name, help=command.summary)
+            continue
+        module = importlib.import_module(command.module)
+        cmd_parser = sub.add_parser(
+            command.name, help=command.summary, description=module.DESCRIPTION,
+            epilog=getattr(module, "EPILOG", None),
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(cmd_parser)
+        cmd_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def _command_of(argv: Sequence[str]) -> Optional[str]:
+    names = {c.name for c in COMMANDS}
+    for arg in argv:
+        if arg in names:
+            return arg
+        if not arg.startswith("-"):
+            return None
+    return None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``fastlstm`` with ``argv`` (default ``sys.argv[1:]``).
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 1 on a failure (e.g. a benchmark case
+        whose result disagrees with torch), 2 on a usage error, 130 when
+        interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(only=_command_of(argv))
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as stop:  # --help and --version
+            return int(stop.code or 0)
+        if getattr(args, "_run", None) is None:
+            raise CLIError("fastlstm: error: a command is required "
+                           "('fastlstm --help' lists them)", 2)
+        args._argv = argv
+        return int(args._run(args))
+    except CLIError as err:
+        print(str(err), file=sys.stderr)
+        return err.status
+    except KeyboardInterrupt:
+        print("fastlstm: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. 'fastlstm bench | head'
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
