@@ -1,0 +1,112 @@
+"""Every kernel path against the oracles: each SIMD level this CPU supports
+(the portable one always), threads 1 and 2, batch-chunk and split modes."""
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm import _lstm
+from fastlstm.lstm import _batch_chunks
+from _reference import reference_forward
+from conftest import TOL
+
+LEVELS = _lstm.simd_available()
+
+
+@pytest.fixture(params=LEVELS)
+def level(request):
+    _lstm.set_simd_level(request.param)
+    try:
+        yield request.param
+    finally:
+        _lstm.set_simd_level(None)
+
+
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def threads(request):
+    fastlstm.set_num_threads(request.param)
+    try:
+        yield request.param
+    finally:
+        fastlstm.set_num_threads(None)
+
+
+def test_portable_always_available():
+    assert LEVELS[0] == "portable"
+    assert _lstm.simd_level() == LEVELS[-1]
+
+
+def test_unknown_or_unsupported_level_raises():
+    with pytest.raises(ValueError, match="unknown SIMD level"):
+        _lstm.set_simd_level("sse9")
+    if "avx512" not in LEVELS:
+        with pytest.raises(ValueError, match="does not support"):
+            _lstm.set_simd_level("avx512")
+
+
+CONFIGS = [
+    # (batch, kwargs): batch 1 and 3 take the split mode with 2 threads
+    (1, dict()),
+    (3, dict(proj_size=5)),
+    (9, dict(bidirectional=True, num_layers=2)),
+    (1, dict(bidirectional=True, proj_size=7, batch_first=True)),
+    (6, dict(num_layers=2, batch_first=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch,kwargs", CONFIGS)
+def test_levels_match_oracle(level, threads, dtype, batch, kwargs):
+    m = fastlstm.LSTM(13, 37, dtype=dtype, rng=batch, **kwargs)
+    rng = np.random.default_rng(7)
+    shape = (batch, 11, 13) if kwargs.get("batch_first") else (11, batch, 13)
+    x = rng.standard_normal(shape).astype(dtype)
+    out, (h, c) = m(x)
+    ref, (ref_h, ref_c) = reference_forward(m, x)
+    tol = TOL[dtype]
+    assert np.abs(out - ref).max() <= tol
+    assert np.abs(h - ref_h).max() <= tol
+    assert np.abs(c - ref_c).max() <= tol
+
+
+def test_split_mode_is_taken():
+    # The configurations above must exercise both modes with 2 threads.
+    assert _batch_chunks(1, 1, 2) == 0
+    assert _batch_chunks(3, 1, 2) == 0
+    assert _batch_chunks(9, 2, 2) == 1
+    assert _batch_chunks(16, 1, 2) == 2
+    assert _batch_chunks(5, 1, 16) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_levels_match_torch(level, threads, dtype, torch):
+    tdtype = torch.float32 if dtype == np.float32 else torch.float64
+    t = torch.nn.LSTM(24, 70, num_layers=2, bidirectional=True, dtype=tdtype).eval()
+    m = fastlstm.LSTM.from_torch(t)
+    for batch in (1, 2, 8):
+        x = torch.randn(15, batch, 24, dtype=tdtype)
+        with torch.no_grad():
+            ref, (ref_h, ref_c) = t(x)
+        out, (h, c) = m(x.numpy())
+        for a, b in ((out, ref), (h, ref_h), (c, ref_c)):
+            assert np.abs(a - b.numpy()).max() <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_levels_activations(level, dtype):
+    x = np.concatenate([np.linspace(-30, 30, 200001), [0.0, -0.0, np.inf, -np.inf, np.nan]])
+    x = x.astype(dtype)
+    y = np.empty_like(x)
+    bound = {np.float32: (4e-7, 2.5e-7), np.float64: (1e-15, 1e-15)}[dtype]
+    with np.errstate(over="ignore"):
+        x64 = x.astype(np.float64)
+        refs = (np.tanh(x64), 1 / (1 + np.exp(-x64)))
+    for sigmoid, ref, tol in zip((False, True), refs, bound):
+        _lstm._activation_for_tests(x, y, sigmoid)
+        finite = np.isfinite(x)
+        assert np.abs(y[finite] - ref[finite]).max() <= tol
+        assert np.isnan(y[-1])
+        lo = 0.0 if sigmoid else -1.0
+        assert y[:-1].min() >= lo and y[:-1].max() <= 1.0
+    _lstm._activation_for_tests(x, y, False)
+    assert np.signbit(y[-4]) and y[-3] == 1.0 and y[-2] == -1.0
