@@ -7,9 +7,10 @@ Parameters use torch's names and layout, so ``rnn.load_state_dict(torch_lstm.sta
 or ``fastlstm.LSTM.from_torch(torch_lstm)`` gives the same numbers as PyTorch.
 """
 
-from fastlstm._threads import get_num_threads, set_num_threads
-from fastlstm.lstm import LSTM
-
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "get_num_threads", "set_num_threads", "__version__"]
+from fastlstm._info import show_config  # noqa: E402
+from fastlstm._threads import get_num_threads, set_num_threads  # noqa: E402
+from fastlstm.lstm import LSTM  # noqa: E402
+
+__all__ = ["LSTM", "get_num_threads", "set_num_threads", "show_config", "__version__"]

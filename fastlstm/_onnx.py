@@ -26,7 +26,7 @@ import numpy as np
 
 from fastlstm._common import to_numpy
 
-__all__ = ["OPSET", "lstm_to_onnx", "make_session", "OrtLSTM"]
+__all__ = ["OPSET", "lstm_to_onnx", "matmul_to_onnx", "make_session", "OrtLSTM"]
 
 #: ONNX opset of the graphs (LSTM-14, Squeeze with axes as an input).
 OPSET = 14
@@ -168,6 +168,26 @@ def lstm_to_onnx(module: Any, *, with_state: bool = False) -> Any:
                               opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
+    return model
+
+
+def matmul_to_onnx(dtype: Any) -> Any:
+    """An ONNX model of one ``MatMul`` ``C = A @ B`` (inputs ``A``, ``B``), for the GEMM peak.
+
+    Parameters
+    ----------
+    dtype : {"float32", "float64"} or numpy dtype
+    """
+    from onnx import TensorProto, helper
+
+    elem = TensorProto.FLOAT if np.dtype(dtype) == np.float32 else TensorProto.DOUBLE
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["A", "B"], ["C"])], "matmul",
+        [helper.make_tensor_value_info(n, elem, ["m", "k"] if n == "A" else ["k", "n"])
+         for n in ("A", "B")],
+        [helper.make_tensor_value_info("C", elem, ["m", "n"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
     return model
 
 

@@ -28,14 +28,6 @@ __all__ = ["LSTM"]
 ArrayLike = Any
 
 
-def _blas_min_rows(w_ih: np.ndarray) -> int:
-    """Rows per thread from which the input projection goes to BLAS GEMM.
-
-    Measured here (Zen 5, scipy's OpenBLAS): the small-M kernel is faster at
-    every row count while W_ih fits in about 4 MiB (H <= 512 in float32), and
-    below 16 rows for larger weights.
-    """
-    return 1 << 30 if w_ih.nbytes <= (4 << 20) else 16
 RngLike = Union[None, int, np.random.Generator]
 
 
@@ -62,6 +54,17 @@ class _PackedLayer(NamedTuple):
     w_hh_p: np.ndarray  # (D, *): each interleaved W_hh^T in panels
     bias: np.ndarray  # (D, 4Hp): b_ih + b_hh interleaved, zeros without bias
     w_hr_p: np.ndarray  # (D, *): each W_hr^T in panels, or (D, 0) without projection
+    blas_min_rows: int  # rows per thread from which the input projection uses BLAS
+
+
+def _blas_min_rows(w_ih: np.ndarray) -> int:
+    """Rows per thread from which the input projection goes to BLAS GEMM.
+
+    Measured here (Zen 5, scipy's OpenBLAS): the small-M kernel is faster at
+    every row count while W_ih fits in about 4 MiB (H <= 512 in float32), and
+    below 16 rows for larger weights.
+    """
+    return 1 << 30 if w_ih.nbytes <= (4 << 20) else 16
 
 
 def _gate_unit(dtype: np.dtype) -> int:
@@ -514,7 +517,8 @@ class LSTM:
                     w_hr_p = np.stack([_pack_panels(p["weight_hr" + s]) for s in sfxs])
                 else:
                     w_hr_p = np.empty((len(sfxs), 0), dtype=dt)
-                layers.append(_PackedLayer(w_ih, _pack_panels(w_ih), w_hh_p, bias, w_hr_p))
+                layers.append(_PackedLayer(w_ih, _pack_panels(w_ih), w_hh_p, bias, w_hr_p,
+                                           _blas_min_rows(w_ih)))
             self.__dict__["_packed"] = layers
             return layers
 
@@ -728,18 +732,25 @@ class LSTM:
 
         threads = get_num_threads()
         n_chunks = _batch_chunks(batch, n_dirs, threads)
-        padded_h = -(-hidden // _gate_unit(dt)) * _gate_unit(dt)
-        gates = np.empty((rows, n_dirs * 4 * padded_h), dt)
+        layers = self._packed_layers()
+        gates = np.empty((rows, n_dirs * layers[0].bias.shape[1]), dt)
+        # Rows per thread in the input projection (see _lstm.input_projection).
+        block_rows = rows // max(1, min(threads, rows // 16))
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
         dropout = self._dropout if self.training else 0.0
 
-        for layer, w in enumerate(self._packed_layers()):
+        for layer, w in enumerate(layers):
             s = slice(layer * n_dirs, (layer + 1) * n_dirs)
             out = np.empty((rows, n_dirs * out_size), dt)
-            with single_threaded_blas():
+            # Only the input projection may call BLAS; pin it only then.
+            if block_rows >= w.blas_min_rows:
+                with single_threaded_blas():
+                    _lstm.input_projection(layer_in, w.w_ih, w.w_ih_p, gates, threads,
+                                           w.blas_min_rows)
+            else:
                 _lstm.input_projection(layer_in, w.w_ih, w.w_ih_p, gates, threads,
-                                       _blas_min_rows(w.w_ih))
-                _lstm.recurrence(gates, w.w_hh_p, w.bias, w.w_hr_p, h0[s], c_n[s], hcell, out,
+                                       w.blas_min_rows)
+            _lstm.recurrence(gates, w.w_hh_p, w.bias, w.w_hr_p, h0[s], c_n[s], hcell, out,
                                  h_n[s], seq_len, batch_first, n_chunks, threads)
             if dropout > 0 and layer < self._num_layers - 1:
                 keep = self._rng.random(out.shape) >= dropout

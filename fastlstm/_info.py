@@ -1,0 +1,73 @@
+"""``fastlstm.show_config``: what this build of fastlstm runs with."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, Optional
+
+__all__ = ["show_config"]
+
+
+def _config() -> Dict[str, Any]:
+    import numpy
+    import scipy
+
+    from fastlstm import __version__, _lstm
+    from fastlstm._openmp import openmp_enabled
+    from fastlstm._threads import _scipy_blas_controllers, get_num_threads
+
+    blas = [
+        {key: c.info().get(key) for key in ("internal_api", "version", "num_threads",
+                                              "threading_layer", "architecture", "filepath")}
+        for c in _scipy_blas_controllers()
+    ]
+    return {
+        "version": __version__,
+        "simd": _lstm.simd_level(),
+        "simd_available": _lstm.simd_available(),
+        "openmp": openmp_enabled(),
+        "num_threads": get_num_threads(),
+        "blas": blas,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def show_config(as_dict: bool = False) -> Optional[Dict[str, Any]]:
+    """Print (or return) the configuration fastlstm runs with.
+
+    Parameters
+    ----------
+    as_dict : bool, default=False
+        Return the information as a dict instead of printing it.
+
+    Returns
+    -------
+    dict or None
+        Keys: ``version``; ``simd``, the SIMD level the kernels use
+        ("avx512", "avx2" or "portable"); ``simd_available``, the levels this
+        CPU supports; ``openmp``, whether the build has OpenMP;
+        ``num_threads``; ``blas``, scipy's BLAS as threadpoolctl reports it;
+        ``numpy``, ``scipy`` and ``python`` versions.
+
+    Examples
+    --------
+    >>> import fastlstm
+    >>> fastlstm.show_config(as_dict=True)["simd"] in ("avx512", "avx2", "portable")
+    True
+    """
+    info = _config()
+    if as_dict:
+        return info
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if key == "blas":
+            for lib in value:
+                print(f"{'blas':<{width}}  {lib['internal_api']} {lib['version']} "
+                      f"({lib['architecture']}, {lib['threading_layer']}, "
+                      f"{lib['num_threads']} threads) {lib['filepath']}")
+        else:
+            shown = ", ".join(value) if isinstance(value, list) else value
+            print(f"{key:<{width}}  {shown}")
+    return None
