@@ -393,19 +393,19 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
     peak = None
     if args.peak_size:
         progress.show(0, f"measuring the GEMM peak ({args.peak_size}^3)")
-        peak = measure_peak(threads, size=args.peak_size)
+        peak = measure_peak(threads, size=args.peak_size, onnxruntime=use_ort)
         progress.clear()
         if not args.quiet:
             print("measured peak: " + ", ".join(
                 f"{dtype} {found['best']:.1f} GFLOP/s" for dtype, found in peak.items()),
                 flush=True)
 
-    table = Table(sys.stdout)
+    table = Table(sys.stdout, cases)
     table.header()
     records = []
     for k, case in enumerate(cases):
         def on_progress(frac: float, stage: str, k: int = k, case: Case = case) -> None:
-            progress.show(k + frac, f"{case.name}: {stage}")
+            progress.show(k + frac, f"{k + 1}/{len(cases)} {case.name}: {stage}")
 
         record = run_case(case, torch, threads, args, use_ort=use_ort, peak=peak,
                           on_progress=on_progress)

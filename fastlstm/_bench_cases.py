@@ -170,13 +170,14 @@ SHAPE_SYNTAX = "N,L,I,H[,layers[,bidir[,proj[,dtype]]]]"
 def parse_shape(text: str) -> Case:
     """Parse a ``--shape`` argument ``N,L,I,H[,layers[,bidir[,proj[,dtype]]]]``.
 
-    ``bidir`` is one of 0/1, yes/no, true/false; ``dtype`` float32 or float64
+    The case is named ``shape`` and the argument (without spaces).  ``bidir`` is one of 0/1, yes/no, true/false; ``dtype`` float32 or float64
     (or f32/f64, single/double).
 
     Examples
     --------
-    >>> parse_shape("16,100,256,256,2,yes").extra
-    '2 layers bidir'
+    >>> case = parse_shape("16,100,256,256,2,yes")
+    >>> case.name, case.extra
+    ('shape 16,100,256,256,2,yes', '2 layers bidir')
 
     Raises
     ------
@@ -220,5 +221,4 @@ def parse_shape(text: str) -> Case:
     case = Case("", values["N"], values["L"], values["I"], values["H"],
                 layers=values.get("layers", 1), bidirectional=bidir, proj_size=proj,
                 dtype=dtype)
-    return Case(**{**case.as_dict(), "name": f"shape {case.shape}" + (
-        f" {case.extra}" if case.extra else "")})
+    return Case(**{**case.as_dict(), "name": "shape " + ",".join(fields)})

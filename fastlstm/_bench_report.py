@@ -155,19 +155,29 @@ def _row_cells(case: Dict[str, Any]) -> List[str]:
 
 HEADERS = ["case", "N,L,I,H", "extra", "fastlstm", "torch", "ORT", "GFLOP/s", "peak",
            "vs torch", "vs ORT", "diff", "ORT diff"]
-_WIDTHS = [23, 16, 16, 10, 10, 10, 8, 6, 8, 7, 8, 8]
+_WIDTHS = [0, 0, 0, 10, 10, 10, 8, 6, 8, 7, 8, 8]  # the first three fit the cases
 _LEFT = 3  # the first three columns are left-aligned
 
 
 class Table:
-    """The results table on the terminal, printed a row at a time."""
+    """The results table on the terminal, printed a row at a time.
 
-    def __init__(self, stream: TextIO) -> None:
+    Parameters
+    ----------
+    stream : file
+    cases : sequence of Case
+        The cases to come, to size the name, shape and extra columns.
+    """
+
+    def __init__(self, stream: TextIO, cases: Sequence[Any]) -> None:
         self.stream = stream
+        self.widths = list(_WIDTHS)
+        for k, attr in enumerate(("name", "shape", "extra")):
+            self.widths[k] = max([len(HEADERS[k])] + [len(getattr(c, attr)) for c in cases])
 
     def _line(self, cells: Sequence[str]) -> str:
         parts = []
-        for k, (cell, width) in enumerate(zip(cells, _WIDTHS)):
+        for k, (cell, width) in enumerate(zip(cells, self.widths)):
             parts.append(cell.ljust(width) if k < _LEFT else cell.rjust(width))
         return " ".join(parts).rstrip()
 
@@ -179,7 +189,7 @@ class Table:
     def row(self, case: Dict[str, Any]) -> None:
         cells = _row_cells(case)
         if case["status"] != "ok":  # a failure note spans the timing columns
-            line = self._line(cells[:3]).ljust(sum(_WIDTHS[:3]) + 3) + cells[3]
+            line = self._line(cells[:3]).ljust(sum(self.widths[:3]) + 3) + cells[3]
             line += f"  (fastlstm diff {cells[-1]})"
         else:
             line = self._line(cells)
@@ -205,12 +215,12 @@ class Progress:
         self._width = 0
 
     def show(self, done: float, label: str) -> None:
-        """Draw the bar at ``done`` steps (fractions allowed) with ``label``."""
+        """Draw the bar at ``done`` of ``total`` steps (fractions allowed), then ``label``."""
         if not self.enabled:
             return
         frac = min(1.0, max(0.0, done / self.total))
         bar = "#" * int(round(24 * frac))
-        text = f"[{bar:<24}] {int(done)}/{self.total} {label}"[:110]
+        text = f"[{bar:<24}] {label}"[:110]
         self.stream.write("\r" + text.ljust(self._width))
         self.stream.flush()
         self._width = len(text)
@@ -301,6 +311,7 @@ def write_plot(path: str, report: Dict[str, Any]) -> None:
     """A bar chart of the speedups over torch and ONNX Runtime (needs matplotlib)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     cases = [c for c in report["cases"] if c["status"] == "ok"]
     names = [c["name"] for c in cases]
@@ -310,15 +321,19 @@ def write_plot(path: str, report: Dict[str, Any]) -> None:
     pos = np.arange(len(cases))
     for k, (key, label) in enumerate((("speedup_vs_torch", "vs torch"),
                                       ("speedup_vs_onnxruntime", "vs ONNX Runtime"))):
-        vals = [c[key] if c[key] is not None else np.nan for c in cases]
-        ax.bar(pos + (k - 0.5) * 0.4, vals, width=0.4, label=label)
+        vals = np.array([c[key] if c[key] is not None else np.nan for c in cases])
+        # Bars grow from 1x, up for faster and down for slower.
+        ax.bar(pos + (k - 0.5) * 0.4, vals - 1.0, bottom=1.0, width=0.4, label=label)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=2))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(pos, names, rotation=40, ha="right")
-    ax.set_ylabel("speedup of fastlstm (x)")
+    ax.set_ylabel("fastlstm speedup (log scale)")
     m = report["machine"]
-    ax.set_title(f"fastlstm {report['versions']['fastlstm']}: {m['cpu']}, "
-                 f"{m['threads']} threads", fontsize=10)
+    ax.set_title(f"fastlstm {report['versions']['fastlstm']} on {m['cpu']}, "
+                 f"{m['threads']} threads (higher is better)", fontsize=10)
     ax.legend()
     fig.savefig(path, dpi=120)
 

@@ -14,6 +14,7 @@ import gc
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
@@ -40,11 +41,36 @@ class Timing:
     reps: int = 1
 
 
-def _call_block(fn: Callable[[], object], reps: int) -> float:
+def _call_block(fn: Callable[[], object], reps: int, deadline: float = math.inf) -> float:
+    """Mean seconds per call of ``reps`` calls, stopping early (after one call) at ``deadline``."""
     start = time.perf_counter()
-    for _ in range(reps):
+    done = 0
+    while done < reps:
         fn()
-    return (time.perf_counter() - start) / reps
+        done += 1
+        if time.perf_counter() > deadline:
+            break
+    return (time.perf_counter() - start) / done
+
+
+def _estimate(fn: Callable[[], object], seconds: float, first: Optional[float]) -> float:
+    """Warm ``fn`` up for about ``seconds`` and return a robust time per call.
+
+    The median of short groups of calls, so that one call delayed by another
+    process does not inflate the estimate.
+    """
+    end = time.perf_counter() + 2 * seconds + (first or 0.0)
+    # First calls are often slow (allocations, oneDNN primitives): up to 3 to settle.
+    settle = [first] if first else [_call_block(fn, 1)]
+    while len(settle) < 3 and time.perf_counter() < end:
+        settle.append(_call_block(fn, 1))
+    guess = min(settle)
+    group = max(1, int(0.002 / max(guess, 1e-7)))  # groups of about 2 ms
+    groups = int(min(max(3, seconds / max(guess * group, 1e-7)), 200))
+    samples = [_call_block(fn, group, end)]
+    while len(samples) < groups and time.perf_counter() < end:
+        samples.append(_call_block(fn, group, end))
+    return max(float(np.median(samples)), 1e-7)
 
 
 def time_interleaved(
@@ -68,7 +94,11 @@ def time_interleaved(
         Target seconds of timed calls for all runners together.  Each runner
         gets an equal share; a runner slower than its share per block runs
         once per block, and then the number of blocks drops (to no fewer than
-        ``min_blocks``) so that the total stays near the budget.
+        ``min_blocks``) so that the total stays near the budget.  If the
+        machine is much slower than the warm-up said (another process took
+        the CPUs), blocks are cut short past three times their planned
+        length, and no block starts after ``3 * budget`` once ``min_blocks``
+        are done: the time per case stays bounded.
     blocks : int, default=5
         Number of alternating blocks.
     repeat : int, optional
@@ -90,14 +120,11 @@ def time_interleaved(
     names = list(runners)
     if not names:
         return {}
-    # Warm-up: about 5% of the budget per runner (at least two calls), which
-    # also estimates the time per call.
+    # Warm-up: about 5% of the budget per runner, which also estimates the time per call.
     estimate: Dict[str, float] = {}
     for name in names:
-        fn = runners[name]
-        guess = (first_call_s or {}).get(name) or _call_block(fn, 1)
-        calls = int(min(max(2, 0.05 * budget / len(names) / max(guess, 1e-7)), 10_000))
-        estimate[name] = max(_call_block(fn, calls), 1e-7)
+        estimate[name] = _estimate(runners[name], 0.05 * budget / len(names),
+                                   (first_call_s or {}).get(name))
         time.sleep(pause)
 
     share = budget / len(names)
@@ -110,13 +137,19 @@ def time_interleaved(
             blocks = max(min_blocks, math.floor(budget / one_round))
 
     times: Dict[str, List[float]] = {name: [] for name in names}
+    stop_after = time.perf_counter() + 3 * max(budget, sum(
+        reps[name] * estimate[name] for name in names) * min_blocks)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for block in range(blocks):
+            if block >= min_blocks and time.perf_counter() > stop_after:
+                break
             shift = block % len(names)
             for name in names[shift:] + names[:shift]:
-                times[name].append(_call_block(runners[name], reps[name]))
+                planned = reps[name] * estimate[name]
+                deadline = time.perf_counter() + 3 * planned + 0.01
+                times[name].append(_call_block(runners[name], reps[name], deadline))
                 time.sleep(pause)
             if on_block is not None:
                 on_block(block + 1, blocks)
@@ -133,27 +166,33 @@ def _best_of(fn: Callable[[], object], reps: int) -> float:
 
 
 def measure_peak(threads: int, size: int = 2048, reps: int = 3,
-                 dtypes: tuple = ("float32", "float64")) -> Dict[str, Dict[str, float]]:
+                 dtypes: tuple = ("float32", "float64"),
+                 onnxruntime: bool = False) -> Dict[str, Dict[str, float]]:
     """GFLOP/s of the fastest GEMM available in this process, per dtype.
 
     Times ``size``-cubed matrix products with ``torch.mm`` (if torch is
-    imported) and with scipy's BLAS (``sgemm``/``dgemm``), both on
-    ``threads`` threads, and keeps the best of ``reps`` calls of each.
+    imported), scipy's BLAS (``sgemm``/``dgemm``) and, if asked, ONNX
+    Runtime's ``MatMul``, all on ``threads`` threads, and keeps the best of
+    ``reps`` calls of each.
 
     Parameters
     ----------
     threads : int
-        Threads for torch (``torch.set_num_threads``) and for scipy's BLAS
-        (threadpoolctl).
+        Threads for torch (``torch.set_num_threads``), scipy's BLAS
+        (threadpoolctl) and ONNX Runtime (``intra_op_num_threads``).
     size : int, default=2048
     reps : int, default=3
     dtypes : tuple of str, default=("float32", "float64")
+    onnxruntime : bool, default=False
+        Also time ONNX Runtime's ``MatMul`` (MLAS, often the only GEMM of the
+        three with AVX-512 kernels).
 
     Returns
     -------
     dict
-        ``{dtype: {"torch.mm": gflops, "scipy.sgemm": gflops, "best": gflops}}``
-        (``scipy.dgemm`` for float64); a GEMM that cannot run is left out.
+        ``{dtype: {"torch.mm": gflops, "scipy.sgemm": gflops,
+        "onnxruntime.MatMul": gflops, "best": gflops}}`` (``scipy.dgemm`` for
+        float64); a GEMM that cannot run is left out.
     """
     import sys
 
@@ -175,15 +214,26 @@ def measure_peak(threads: int, size: int = 2048, reps: int = 3,
                 ta, tb = torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(
                     np.ascontiguousarray(b))
                 with torch.inference_mode():
-                    found["torch.mm"] = flops / _best_of(lambda: torch.mm(ta, tb), reps) / 1e9
+                    found["torch.mm"] = flops / _best_of(partial(torch.mm, ta, tb), reps) / 1e9
             finally:
                 torch.set_num_threads(saved)
             time.sleep(0.05)
-        gemm = blas.sgemm if dtype == "float32" else blas.dgemm
+        name, gemm = ("scipy.sgemm", blas.sgemm) if dtype == "float32" else (
+            "scipy.dgemm", blas.dgemm)
         with threadpool_limits(limits=threads, user_api="blas"):
-            found[f"scipy.{gemm.__name__}"] = flops / _best_of(
-                lambda: gemm(1.0, a, b), reps) / 1e9
+            found[name] = flops / _best_of(partial(gemm, 1.0, a, b), reps) / 1e9
         time.sleep(0.05)
+        if onnxruntime:
+            from fastlstm._onnx import make_session, matmul_to_onnx
+
+            try:
+                session = make_session(matmul_to_onnx(dtype), threads)
+                feed = {"A": np.ascontiguousarray(a), "B": np.ascontiguousarray(b)}
+                found["onnxruntime.MatMul"] = flops / _best_of(
+                    partial(session.run, None, feed), reps) / 1e9
+            except Exception:  # no MatMul kernel for this dtype: leave it out
+                pass
+            time.sleep(0.05)
         found["best"] = max(found.values())
         result[dtype] = found
     return result
