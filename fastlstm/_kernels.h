@@ -27,6 +27,8 @@
 enum { FL_PORTABLE = 0, FL_AVX2 = 1, FL_AVX512 = 2 };
 
 #define FL_PANEL_BYTES 256
+#define FL_KC 256   /* K slice of the products */
+#define FL_MC 256   /* rows per chunk of the products */
 #define FL_INLINE static inline __attribute__((always_inline))
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -144,10 +146,12 @@ FL_INLINE double fl_tanh_d(double x)
 /* ------------------------------------------------------------------------
  * One register block of a product: R rows by NV vectors of columns of one
  * panel (row stride PW), G = beta*G + A @ B.  R and NV are compile-time
- * constants so the accumulators stay in registers.
+ * constants so the accumulators stay in registers; the block is a function
+ * of its own (noinline) because, inlined into the larger kernels, GCC spills
+ * the weight vectors to the stack.
  * ------------------------------------------------------------------------ */
-#define FL_DEFINE_BLOCK(REAL, V, VU, NAME, R, NV, PW)                               \
-FL_INLINE void NAME(int beta, int K, const REAL *A, ptrdiff_t lda, const REAL *B,   \
+#define FL_DEFINE_BLOCK(REAL, V, VU, NAME, R, NV, PW, TGT)                          \
+TGT static __attribute__((noinline)) void NAME(int beta, int K, const REAL *A, ptrdiff_t lda, const REAL *B,   \
                     REAL *G, ptrdiff_t ldg)                                         \
 {                                                                                   \
     const int W = (int)(sizeof(V) / sizeof(REAL));                                  \
@@ -156,13 +160,18 @@ FL_INLINE void NAME(int beta, int K, const REAL *A, ptrdiff_t lda, const REAL *B
         for (int v = 0; v < NV; v++)                                                \
             acc[r][v] = beta ? *(const VU *)(G + r * ldg + v * W) : (V){0};         \
     for (int k = 0; k < K; k++) {                                                   \
-        V b[NV];                                                                    \
-        for (int v = 0; v < NV; v++)                                                \
-            b[v] = *(const VU *)(B + (ptrdiff_t)k * (PW) + v * W);                  \
+        const REAL *bk = B + (ptrdiff_t)k * (PW);                                   \
+        const V b0 = *(const VU *)bk;                                               \
+        const V b1 = NV > 1 ? *(const VU *)(bk + W) : b0;                           \
+        const V b2 = NV > 2 ? *(const VU *)(bk + 2 * W) : b0;                       \
+        const V b3 = NV > 3 ? *(const VU *)(bk + 3 * W) : b0;                       \
+        _Pragma("GCC unroll 8")                                                     \
         for (int r = 0; r < R; r++) {                                               \
             const REAL a = A[r * lda + k];                                          \
-            for (int v = 0; v < NV; v++)                                            \
-                acc[r][v] += a * b[v];                                              \
+            acc[r][0] += a * b0;                                                    \
+            if (NV > 1) acc[r][1 % NV] += a * b1;                                   \
+            if (NV > 2) acc[r][2 % NV] += a * b2;                                   \
+            if (NV > 3) acc[r][3 % NV] += a * b3;                                   \
         }                                                                           \
     }                                                                               \
     for (int r = 0; r < R; r++)                                                     \
@@ -176,8 +185,10 @@ FL_INLINE void NAME(int beta, int K, const REAL *A, ptrdiff_t lda, const REAL *B
  * ------------------------------------------------------------------------ */
 #define FL_DEFINE_LEVEL(REAL, S, ISA, V, VU, RB, NVB, NV1)                          \
 enum { fl_pw_##S##_##ISA = FL_PANEL_BYTES / (int)sizeof(REAL) };                    \
-FL_DEFINE_BLOCK(REAL, V, VU, fl_blk_##S##_##ISA, RB, NVB, fl_pw_##S##_##ISA)        \
-FL_DEFINE_BLOCK(REAL, V, VU, fl_blk1_##S##_##ISA, 1, NV1, fl_pw_##S##_##ISA)        \
+FL_DEFINE_BLOCK(REAL, V, VU, fl_blk_##S##_##ISA, RB, NVB, fl_pw_##S##_##ISA,        \
+                FL_TGT_##ISA)                                                       \
+FL_DEFINE_BLOCK(REAL, V, VU, fl_blk1_##S##_##ISA, 1, NV1, fl_pw_##S##_##ISA,        \
+                FL_TGT_##ISA)                                                       \
                                                                                     \
 /* R rows (RB or 1) by one whole panel (PW columns); G has row stride ldg. */       \
 FL_INLINE void fl_rows_panel_##S##_##ISA(int R, int beta, int K, const REAL *A,     \
@@ -207,33 +218,38 @@ FL_INLINE void fl_rows_part_##S##_##ISA(int R, int beta, int K, const REAL *A,  
             G[r * ldg + j] = tmp[r * PW + j];                                       \
 }                                                                                   \
                                                                                     \
-/* G (M x N) = beta*G + A (M x K) @ B (K x N), B packed in panels.  Rows are        \
- * taken in chunks whose A fits in L2, panels inside a chunk, row blocks            \
- * inside a panel, so each panel is read from memory once per chunk. */            \
+/* G (M x N) = beta*G + A (M x K) @ B (K x N), B packed in panels.  Blocked   \
+ * like a GEMM: K in slices of FL_KC (a panel's slice, FL_KC x PW, stays in     \
+ * L1/L2 while every row block of a chunk uses it), rows in chunks of FL_MC     \
+ * (the chunk's A slice stays in L2 across all panels). */                      \
 FL_TGT_##ISA static void fl_matmul_##S##_##ISA(int beta, int M, int N, int K,       \
         const REAL *A, ptrdiff_t lda, const REAL *BP, REAL *G, ptrdiff_t ldg)       \
 {                                                                                   \
     const int PW = fl_pw_##S##_##ISA;                                               \
     const int n_panels = (N + PW - 1) / PW;                                         \
-    int chunk = (int)((128 * 1024 / sizeof(REAL)) / (K > 0 ? K : 1));               \
-    chunk = chunk < RB ? RB : chunk - chunk % RB;                                   \
-    for (int m_lo = 0; m_lo < M; m_lo += chunk) {                                   \
-        const int m_hi = M - m_lo < chunk ? M : m_lo + chunk;                       \
-        for (int p = 0; p < n_panels; p++) {                                        \
-            const REAL *P = BP + (ptrdiff_t)p * K * PW;                             \
-            const int width = N - p * PW < PW ? N - p * PW : PW;                    \
-            for (int m = m_lo; m < m_hi; ) {                                        \
-                const int R = m_hi - m >= RB ? RB : 1;                              \
-                const REAL *a = A + m * lda;                                        \
-                REAL *g = G + m * ldg + p * PW;                                     \
-                if (width == PW)                                                    \
-                    fl_rows_panel_##S##_##ISA(R, beta, K, a, lda, P, g, ldg);       \
-                else                                                                \
-                    fl_rows_part_##S##_##ISA(R, beta, K, a, lda, P, g, ldg, width); \
-                m += R;                                                             \
+    int k0 = 0;                                                                     \
+    do {                                                                            \
+        const int kb = K - k0 < FL_KC ? K - k0 : FL_KC;                             \
+        const int b = beta || k0 > 0;                                               \
+        for (int m_lo = 0; m_lo < M; m_lo += FL_MC) {                               \
+            const int m_hi = M - m_lo < FL_MC ? M : m_lo + FL_MC;                   \
+            for (int p = 0; p < n_panels; p++) {                                    \
+                const REAL *P = BP + ((ptrdiff_t)p * K + k0) * PW;                  \
+                const int width = N - p * PW < PW ? N - p * PW : PW;                \
+                for (int m = m_lo; m < m_hi; ) {                                    \
+                    const int R = m_hi - m >= RB ? RB : 1;                          \
+                    const REAL *a = A + m * lda + k0;                               \
+                    REAL *g = G + m * ldg + p * PW;                                 \
+                    if (width == PW)                                                \
+                        fl_rows_panel_##S##_##ISA(R, b, kb, a, lda, P, g, ldg);     \
+                    else                                                            \
+                        fl_rows_part_##S##_##ISA(R, b, kb, a, lda, P, g, ldg, width); \
+                    m += R;                                                         \
+                }                                                                   \
             }                                                                       \
         }                                                                           \
-    }                                                                               \
+        k0 += FL_KC;                                                                \
+    } while (k0 < K);                                                               \
 }                                                                                   \
                                                                                     \
 /* Gate math for U units of one row; `n` of them are real (n <= U).  g holds        \
@@ -279,16 +295,19 @@ FL_TGT_##ISA static void fl_lstm_step_##S##_##ISA(int M, int K, int H,          
     for (int p = p_lo; p < p_hi; p++) {                                             \
         const REAL *P = BP + (ptrdiff_t)p * K * PW;                                 \
         const int n = H - p * U < U ? H - p * U : U;                                \
-        for (int m = 0; m < M; ) {                                                  \
-            const int R = M - m >= RB ? RB : 1;                                     \
-            REAL *g = G + m * ldg + p * PW;                                         \
-            fl_rows_panel_##S##_##ISA(R, 1, K, A + m * lda, lda, P, g, ldg);        \
-            for (int r = 0; r < R; r++)                                             \
-                fl_gates_##S##_##ISA(g + r * ldg, bias + p * PW,                    \
-                                     C + (m + r) * ldc + p * U,                     \
-                                     Hout + (m + r) * ldh + p * U, n);              \
-            m += R;                                                                 \
+        for (int k0 = 0; k0 < K; k0 += FL_KC) {                                     \
+            const int kb = K - k0 < FL_KC ? K - k0 : FL_KC;                         \
+            for (int m = 0; m < M; ) {                                              \
+                const int R = M - m >= RB ? RB : 1;                                 \
+                fl_rows_panel_##S##_##ISA(R, 1, kb, A + m * lda + k0, lda,          \
+                                          P + (ptrdiff_t)k0 * PW, G + m * ldg + p * PW, \
+                                          ldg);                                     \
+                m += R;                                                             \
+            }                                                                       \
         }                                                                           \
+        for (int m = 0; m < M; m++)                                                 \
+            fl_gates_##S##_##ISA(G + m * ldg + p * PW, bias + p * PW,               \
+                                 C + m * ldc + p * U, Hout + m * ldh + p * U, n);   \
     }                                                                               \
 }                                                                                   \
                                                                                     \

@@ -54,17 +54,14 @@ class _PackedLayer(NamedTuple):
     w_hh_p: np.ndarray  # (D, *): each interleaved W_hh^T in panels
     bias: np.ndarray  # (D, 4Hp): b_ih + b_hh interleaved, zeros without bias
     w_hr_p: np.ndarray  # (D, *): each W_hr^T in panels, or (D, 0) without projection
-    blas_min_rows: int  # rows per thread from which the input projection uses BLAS
 
 
-def _blas_min_rows(w_ih: np.ndarray) -> int:
-    """Rows per thread from which the input projection goes to BLAS GEMM.
-
-    Measured here (Zen 5, scipy's OpenBLAS): the small-M kernel is faster at
-    every row count while W_ih fits in about 4 MiB (H <= 512 in float32), and
-    below 16 rows for larger weights.
-    """
-    return 1 << 30 if w_ih.nbytes <= (4 << 20) else 16
+# Rows per thread from which the input projection goes to BLAS GEMM, by SIMD
+# level.  Measured on Zen 5 against scipy's OpenBLAS (which runs its AVX2
+# kernels there): the small-M kernel is about twice as fast at every size with
+# AVX-512, a little slower than BLAS on large blocks with AVX2 only, and far
+# slower in the portable build (docs/kernels.md has the figures).
+_BLAS_MIN_ROWS = {"avx512": 1 << 30, "avx2": 64, "portable": 16}
 
 
 def _gate_unit(dtype: np.dtype) -> int:
@@ -517,8 +514,7 @@ class LSTM:
                     w_hr_p = np.stack([_pack_panels(p["weight_hr" + s]) for s in sfxs])
                 else:
                     w_hr_p = np.empty((len(sfxs), 0), dtype=dt)
-                layers.append(_PackedLayer(w_ih, _pack_panels(w_ih), w_hh_p, bias, w_hr_p,
-                                           _blas_min_rows(w_ih)))
+                layers.append(_PackedLayer(w_ih, _pack_panels(w_ih), w_hh_p, bias, w_hr_p))
             self.__dict__["_packed"] = layers
             return layers
 
@@ -736,6 +732,7 @@ class LSTM:
         gates = np.empty((rows, n_dirs * layers[0].bias.shape[1]), dt)
         # Rows per thread in the input projection (see _lstm.input_projection).
         block_rows = rows // max(1, min(threads, rows // 16))
+        blas_min_rows = _BLAS_MIN_ROWS[_lstm.simd_level()]
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
         dropout = self._dropout if self.training else 0.0
 
@@ -743,13 +740,13 @@ class LSTM:
             s = slice(layer * n_dirs, (layer + 1) * n_dirs)
             out = np.empty((rows, n_dirs * out_size), dt)
             # Only the input projection may call BLAS; pin it only then.
-            if block_rows >= w.blas_min_rows:
+            if block_rows >= blas_min_rows:
                 with single_threaded_blas():
                     _lstm.input_projection(layer_in, w.w_ih, w.w_ih_p, gates, threads,
-                                           w.blas_min_rows)
+                                           blas_min_rows)
             else:
                 _lstm.input_projection(layer_in, w.w_ih, w.w_ih_p, gates, threads,
-                                       w.blas_min_rows)
+                                       blas_min_rows)
             _lstm.recurrence(gates, w.w_hh_p, w.bias, w.w_hr_p, h0[s], c_n[s], hcell, out,
                                  h_n[s], seq_len, batch_first, n_chunks, threads)
             if dropout > 0 and layer < self._num_layers - 1:
