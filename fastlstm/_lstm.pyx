@@ -139,54 +139,53 @@ def _matmul_for_tests(const floating[:, ::1] a, const floating[::1] bp, floating
             &g[0, 0], g.shape[1])
 
 
-def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
-                     const floating[::1] w_ih_p, floating[:, ::1] gates, int num_threads,
-                     int blas_min_rows):
-    """gates (R, D*4Hp) = x (R, I) @ w_ih (D*4Hp, I)^T for all timesteps.
-
-    ``w_ih`` holds the interleaved gate rows of both directions; ``w_ih_p`` is
-    the same matrix packed in panels.  The rows are split into one contiguous
-    block per thread.  A block of at least ``blas_min_rows`` rows is one
-    single-threaded BLAS GEMM; smaller blocks use the small-M kernel.
-    """
-    cdef int rows = x.shape[0]
-    cdef int n_in = x.shape[1]
-    cdef int n_out = gates.shape[1]
+cdef void _project(const floating *x, int rows, int n_in, const floating *w_ih,
+                   const floating *w_ih_p, floating *gates, int n_out, int num_threads,
+                   int blas_min_rows) noexcept nogil:
+    """gates (rows, n_out) = x (rows, n_in) @ W_ih^T; see ``input_projection``."""
     cdef int n_blocks = max(1, min(num_threads, rows // 16))
-    cdef int pw = panel_width("float32" if floating is float else "float64")
+    cdef int pw = FL_PANEL_BYTES // sizeof(floating)
     cdef int n_panels = (n_out + pw - 1) // pw
     cdef int blk, lo, hi, n_col_blocks
-    cdef const floating *x_ptr
-    cdef const floating *w_ptr
-    cdef const floating *wp_ptr
-    cdef floating *g_ptr
     if rows == 0:
         return
-    x_ptr = &x[0, 0]
-    w_ptr = &w_ih[0, 0]
-    wp_ptr = &w_ih_p[0]
-    g_ptr = &gates[0, 0]
     if n_blocks < num_threads and rows < blas_min_rows:
         # Few rows: split the weight panels (columns) among the threads instead,
         # so each thread streams only its share of the weights.
         n_col_blocks = min(num_threads, n_panels)
-        for blk in prange(n_col_blocks, nogil=True, num_threads=n_col_blocks,
-                          schedule="static", chunksize=1):
+        for blk in prange(n_col_blocks, num_threads=n_col_blocks, schedule="static",
+                          chunksize=1):
             lo = blk * n_panels // n_col_blocks
             hi = (blk + 1) * n_panels // n_col_blocks
-            _matmul(False, rows, min(n_out, hi * pw) - lo * pw, n_in, x_ptr, n_in,
-                    wp_ptr + <Py_ssize_t>lo * n_in * pw, g_ptr + lo * pw, n_out)
+            _matmul(False, rows, min(n_out, hi * pw) - lo * pw, n_in, x, n_in,
+                    w_ih_p + <Py_ssize_t>lo * n_in * pw, gates + lo * pw, n_out)
         return
-    for blk in prange(n_blocks, nogil=True, num_threads=n_blocks, schedule="static", chunksize=1):
+    for blk in prange(n_blocks, num_threads=n_blocks, schedule="static", chunksize=1):
         lo = <int>(<long long>blk * rows // n_blocks)
         hi = <int>((<long long>blk + 1) * rows // n_blocks)
         if hi - lo >= blas_min_rows:
             gemm(NoTrans, Trans, hi - lo, n_out, n_in, <floating>1.0,
-                 x_ptr + <Py_ssize_t>lo * n_in, n_in, w_ptr, n_in, <floating>0.0,
-                 g_ptr + <Py_ssize_t>lo * n_out, n_out)
+                 x + <Py_ssize_t>lo * n_in, n_in, w_ih, n_in, <floating>0.0,
+                 gates + <Py_ssize_t>lo * n_out, n_out)
         else:
-            _matmul(False, hi - lo, n_out, n_in, x_ptr + <Py_ssize_t>lo * n_in, n_in, wp_ptr,
-                    g_ptr + <Py_ssize_t>lo * n_out, n_out)
+            _matmul(False, hi - lo, n_out, n_in, x + <Py_ssize_t>lo * n_in, n_in, w_ih_p,
+                    gates + <Py_ssize_t>lo * n_out, n_out)
+
+
+def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
+                     const floating[::1] w_ih_p, floating[:, ::1] gates, int num_threads,
+                     int blas_min_rows):
+    """gates (R, n_out) = x (R, I) @ w_ih (n_out, I)^T for all timesteps.
+
+    ``w_ih`` holds the interleaved gate rows of both directions; ``w_ih_p`` is
+    the same matrix packed in panels.  The rows are split into one contiguous
+    block per thread.  A block of at least ``blas_min_rows`` rows is one
+    single-threaded BLAS GEMM; smaller blocks use the small-M kernel.  With too
+    few rows for every thread, the weight panels are split instead.
+    """
+    with nogil:
+        _project(&x[0, 0], x.shape[0], x.shape[1], &w_ih[0, 0], &w_ih_p[0], &gates[0, 0],
+                 gates.shape[1], num_threads, blas_min_rows)
 
 
 cdef void _run_task(
@@ -195,10 +194,12 @@ cdef void _run_task(
     floating *gates, const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
     const floating *w_hr_p, Py_ssize_t hr_stride,
     const floating *h0, floating *c, floating *hcell, floating *out, floating *h_n,
+    bint h0_zero,
 ) noexcept nogil:
     """Run direction ``d`` over all timesteps for batch rows ``[n_lo, n_hi)``.
 
-    ``c`` (the layer's c_n, already holding c_0) is updated in place.
+    ``c`` (the layer's c_n, already holding c_0) is updated in place.  With
+    ``h0_zero`` the first step skips its recurrent product (h_{-1} = 0).
     """
     cdef int m = n_hi - n_lo
     cdef int unit = FL_PANEL_BYTES // sizeof(floating) // 4
@@ -218,18 +219,20 @@ cdef void _run_task(
     cdef floating *g_t
     cdef floating *o_t
     cdef Py_ssize_t s, t, r, row
+    cdef int k
 
     for s in range(seq_len):
         t = s if d == 0 else seq_len - 1 - s
         row = n_lo * seq_len + t if batch_first else t * batch + n_lo
         g_t = gates + row * num_dirs * g_cols + d * g_cols
         o_t = out + row * num_dirs * out_size + d * out_size
+        k = 0 if s == 0 and h0_zero else out_size
         if has_proj:
-            _lstm_step(m, out_size, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
+            _lstm_step(m, k, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
                        c_d, hidden, hc_d, hidden, 0, n_panels)
             _matmul(False, m, out_size, hidden, hc_d, hidden, w_hr_d, o_t, o_ld)
         else:
-            _lstm_step(m, out_size, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
+            _lstm_step(m, k, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
                        c_d, hidden, o_t, o_ld, 0, n_panels)
         hprev = o_t
         hprev_ld = o_ld
@@ -245,8 +248,12 @@ cdef void _run_split(
     floating *gates, const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
     const floating *w_hr_p, Py_ssize_t hr_stride,
     const floating *h0, floating *c, floating *hcell, floating *out,
+    const floating *x, int n_in, const floating *w_ih_p, bint h0_zero,
 ) noexcept nogil:
     """Part ``part`` of ``n_parts`` of direction ``d``, all batch rows, all steps.
+
+    The part first computes the input projection of its own gate columns (no
+    other part reads them, so no barrier is needed before the first step).
 
     The parts split the hidden units (panels) and, with a projection, the
     projected columns; a barrier after each phase of a step lets every part
@@ -277,46 +284,61 @@ cdef void _run_split(
     cdef floating *g_t
     cdef floating *o_t
     cdef Py_ssize_t s, t, row
+    cdef int k
+    cdef int rows = seq_len * batch
 
+    if p_hi > p_lo:
+        _matmul(False, rows, (p_hi - p_lo) * pw, n_in, x, n_in,
+                w_ih_p + (<Py_ssize_t>d * n_panels + p_lo) * n_in * pw,
+                gates + d * g_cols + p_lo * pw, num_dirs * g_cols)
     for s in range(seq_len):
         t = s if d == 0 else seq_len - 1 - s
         row = t if batch_first else t * batch
         g_t = gates + row * num_dirs * g_cols + d * g_cols
         o_t = out + row * num_dirs * out_size + d * out_size
+        k = 0 if s == 0 and h0_zero else out_size
         if has_proj:
-            _lstm_step(batch, out_size, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
+            _lstm_step(batch, k, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
                        c_d, hidden, hc_d, hidden, p_lo, p_hi)
             fl_omp_barrier()
             if r_width > 0:
                 _matmul(False, batch, r_width, hidden, hc_d, hidden,
                         w_hr_d + <Py_ssize_t>r_lo * hidden * pw, o_t + r_lo * pw, o_ld)
         else:
-            _lstm_step(batch, out_size, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
+            _lstm_step(batch, k, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
                        c_d, hidden, o_t, o_ld, p_lo, p_hi)
         fl_omp_barrier()
         hprev = o_t
         hprev_ld = o_ld
 
 
-def recurrence(floating[:, ::1] gates, const floating[:, ::1] w_hh_p,
-               const floating[:, ::1] bias, const floating[:, ::1] w_hr_p,
-               const floating[:, :, ::1] h0, floating[:, :, ::1] c,
-               floating[:, :, ::1] hcell, floating[:, ::1] out, floating[:, :, ::1] h_n,
-               int seq_len, bint batch_first, int n_chunks, int num_threads):
-    """Sequential part of one layer; see the module docstring.
-
-    ``n_chunks`` > 0: one task per (direction, batch chunk), no synchronisation.
-    ``n_chunks`` == 0: split mode, for batches too small to give every thread
-    rows of its own: each direction's hidden units are split among
-    ``num_threads // D`` threads, which meet at a barrier after every step.
+def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
+          const floating[::1] w_ih_p, floating[:, ::1] gates,
+          const floating[:, ::1] w_hh_p, const floating[:, ::1] bias,
+          const floating[:, ::1] w_hr_p, const floating[:, :, ::1] h0,
+          floating[:, :, ::1] c, floating[:, :, ::1] hcell, floating[:, ::1] out,
+          floating[:, :, ::1] h_n, int seq_len, bint batch_first, int n_chunks,
+          int num_threads, int blas_min_rows, bint h0_zero=False):
+    """One layer, both phases; see the module docstring.
 
     Shapes (D directions, N batch, H hidden, P output size, R = L*N rows):
-    gates (R, D*4Hp) from ``input_projection``, modified in place; w_hh_p (D, *),
-    each direction's interleaved W_hh^T (P x 4Hp) packed in panels; bias
-    (D, 4Hp), b_ih + b_hh interleaved; w_hr_p (D, *), each W_hr^T (H x P) packed,
-    or (D, 0) without projection; h0 (D, N, P); c (D, N, H) holds c_0 on entry
+    x (R, I); w_ih (D*4Hp, I), both directions' interleaved W_ih, and w_ih_p
+    the same in panels; gates (R, D*4Hp) scratch; w_hh_p (D, *), each
+    direction's interleaved W_hh^T (P x 4Hp) in panels; bias (D, 4Hp),
+    b_ih + b_hh interleaved; w_hr_p (D, *), each W_hr^T (H x P) in panels, or
+    (D, 0) without projection; h0 (D, N, P); c (D, N, H) holds c_0 on entry
     and c_n on exit; hcell (D, N, H) scratch for the unprojected h (unused
     without projection); out (R, D*P); h_n (D, N, P).
+
+    ``n_chunks`` > 0: the input projection over all rows (``blas_min_rows`` as
+    in ``input_projection``), then one task per (direction, batch chunk), with
+    no synchronisation.  ``n_chunks`` == 0: split mode, for batches too small
+    to give every thread rows of its own: each direction's hidden units are
+    split among ``num_threads // D`` threads, each projecting and running its
+    own units and meeting the others at a barrier after every step.
+
+    ``h0_zero`` says that h0 is all zeros (no initial state was given): the
+    first step then skips its recurrent product.
     """
     cdef int num_dirs = w_hh_p.shape[0]
     cdef int batch = h0.shape[1]
@@ -337,6 +359,10 @@ def recurrence(floating[:, ::1] gates, const floating[:, ::1] w_hh_p,
     cdef floating *out_ptr = &out[0, 0]
     cdef floating *h_n_ptr = &h_n[0, 0, 0]
     cdef Py_ssize_t last
+    cdef const floating *x_ptr = &x[0, 0]
+    cdef const floating *w_ih_p_ptr = &w_ih_p[0]
+    cdef int n_in = x.shape[1]
+    tid = team = n_parts = d = 0  # assigned before the parallel block copies them in
     if n_chunks == 0:
         with nogil, parallel(num_threads=num_threads):
             tid = omp_get_thread_num()
@@ -347,13 +373,13 @@ def recurrence(floating[:, ::1] gates, const floating[:, ::1] w_hh_p,
                     _run_split(d, 0, 1, seq_len, batch, hidden, out_size, num_dirs,
                                batch_first, has_proj, gates_ptr, w_hh_ptr, w_hh_p.shape[1],
                                bias_ptr, w_hr_ptr, w_hr_p.shape[1], h0_ptr, c_ptr, hcell_ptr,
-                               out_ptr)
+                               out_ptr, x_ptr, n_in, w_ih_p_ptr, h0_zero)
             else:  # threads past n_parts * num_dirs get an empty part but keep the barriers
                 _run_split(min(tid // n_parts, num_dirs - 1), tid % n_parts if
                            tid < n_parts * num_dirs else n_parts, n_parts, seq_len, batch,
                            hidden, out_size, num_dirs, batch_first, has_proj, gates_ptr,
                            w_hh_ptr, w_hh_p.shape[1], bias_ptr, w_hr_ptr, w_hr_p.shape[1],
-                           h0_ptr, c_ptr, hcell_ptr, out_ptr)
+                           h0_ptr, c_ptr, hcell_ptr, out_ptr, x_ptr, n_in, w_ih_p_ptr, h0_zero)
         for d in range(num_dirs):
             last = seq_len - 1 if d == 0 else 0
             for r in range(batch):
@@ -361,6 +387,9 @@ def recurrence(floating[:, ::1] gates, const floating[:, ::1] w_hh_p,
                        out_ptr + ((r * seq_len + last) if batch_first else (last * batch + r))
                        * num_dirs * out_size + d * out_size, out_size * sizeof(floating))
         return
+    with nogil:
+        _project(x_ptr, seq_len * batch, n_in, &w_ih[0, 0], w_ih_p_ptr, gates_ptr,
+                 gates.shape[1], num_threads, blas_min_rows)
     num_threads = max(1, min(num_threads, n_tasks))
     for task in prange(n_tasks, nogil=True, num_threads=num_threads,
                        schedule="static", chunksize=1):
@@ -369,4 +398,4 @@ def recurrence(floating[:, ::1] gates, const floating[:, ::1] w_hh_p,
         _run_task(d, chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks,
                   seq_len, batch, hidden, out_size, num_dirs, batch_first, has_proj,
                   gates_ptr, w_hh_ptr, w_hh_p.shape[1], bias_ptr, w_hr_ptr, w_hr_p.shape[1],
-                  h0_ptr, c_ptr, hcell_ptr, out_ptr, h_n_ptr)
+                  h0_ptr, c_ptr, hcell_ptr, out_ptr, h_n_ptr, h0_zero)

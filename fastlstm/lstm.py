@@ -718,6 +718,7 @@ class LSTM:
 
         rows = seq_len * batch
         layer_in = np.ascontiguousarray(x, dtype=dt).reshape(rows, -1)
+        h0_zero = h0 is None
         if h0 is None:
             h0 = np.zeros((n_states, batch, out_size), dt)
             c_n = np.zeros((n_states, batch, hidden), dt)
@@ -739,16 +740,16 @@ class LSTM:
         for layer, w in enumerate(layers):
             s = slice(layer * n_dirs, (layer + 1) * n_dirs)
             out = np.empty((rows, n_dirs * out_size), dt)
-            # Only the input projection may call BLAS; pin it only then.
-            if block_rows >= blas_min_rows:
+            args = (layer_in, w.w_ih, w.w_ih_p, gates, w.w_hh_p, w.bias, w.w_hr_p, h0[s], c_n[s],
+                    hcell, out, h_n[s], seq_len, batch_first, n_chunks, threads, blas_min_rows,
+                    h0_zero)
+            # Only the input projection of the batch-chunk mode may call BLAS;
+            # pin BLAS to one thread only then.
+            if n_chunks and block_rows >= blas_min_rows:
                 with single_threaded_blas():
-                    _lstm.input_projection(layer_in, w.w_ih, w.w_ih_p, gates, threads,
-                                           blas_min_rows)
+                    _lstm.layer(*args)
             else:
-                _lstm.input_projection(layer_in, w.w_ih, w.w_ih_p, gates, threads,
-                                       blas_min_rows)
-            _lstm.recurrence(gates, w.w_hh_p, w.bias, w.w_hr_p, h0[s], c_n[s], hcell, out,
-                                 h_n[s], seq_len, batch_first, n_chunks, threads)
+                _lstm.layer(*args)
             if dropout > 0 and layer < self._num_layers - 1:
                 keep = self._rng.random(out.shape) >= dropout
                 out = out * keep / (1.0 - dropout) if dropout < 1 else np.zeros_like(out)
