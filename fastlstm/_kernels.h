@@ -56,6 +56,25 @@ static int fl_cpu_level(void)
     return FL_PORTABLE;
 }
 
+/* Denormals: the cell state of a saturated gate decays towards zero and
+ * arithmetic on denormal floats is many times slower, so the kernels flush
+ * them (FTZ and DAZ in MXCSR) and restore the caller's MXCSR when they end. */
+#if FL_X86
+#include <xmmintrin.h>
+static inline unsigned int fl_ftz_begin(void)
+{
+    const unsigned int old = _mm_getcsr();
+    _mm_setcsr(old | 0x8040u);  /* FTZ (bit 15) | DAZ (bit 6) */
+    return old;
+}
+static inline void fl_ftz_end(unsigned int old) { _mm_setcsr(old); }
+static inline unsigned int fl_mxcsr(void) { return _mm_getcsr(); }
+#else
+static inline unsigned int fl_ftz_begin(void) { return 0; }
+static inline void fl_ftz_end(unsigned int old) { (void)old; }
+static inline unsigned int fl_mxcsr(void) { return 0; }
+#endif
+
 /* Vectors of 64, 32 and 16 bytes; the _u variants load and store at element
  * alignment. */
 typedef float fl_f64b __attribute__((vector_size(64)));

@@ -37,6 +37,9 @@ from fastlstm._blas cimport NoTrans, Trans, gemm
 cdef extern from "_kernels.h" nogil:
     int FL_PORTABLE, FL_AVX2, FL_AVX512, FL_PANEL_BYTES
     int fl_cpu_level() noexcept
+    unsigned int fl_ftz_begin() noexcept
+    void fl_ftz_end(unsigned int old) noexcept
+    unsigned int fl_mxcsr() noexcept
     void fl_matmul_f(int level, int beta, int M, int N, int K, const float *A,
                      Py_ssize_t lda, const float *BP, float *G, Py_ssize_t ldg) noexcept
     void fl_matmul_d(int level, int beta, int M, int N, int K, const double *A,
@@ -97,6 +100,11 @@ if os.environ.get("FASTLSTM_SIMD"):
     set_simd_level(os.environ["FASTLSTM_SIMD"])
 
 
+def _mxcsr_for_tests():
+    """The calling thread's MXCSR (0 off x86): the kernels must leave it as it was."""
+    return fl_mxcsr()
+
+
 def panel_width(dtype):
     """Columns per weight panel (256 bytes) for ``dtype``."""
     return FL_PANEL_BYTES // (4 if dtype == "float32" else 8)
@@ -147,6 +155,7 @@ cdef void _project(const floating *x, int rows, int n_in, const floating *w_ih,
     cdef int pw = FL_PANEL_BYTES // sizeof(floating)
     cdef int n_panels = (n_out + pw - 1) // pw
     cdef int blk, lo, hi, n_col_blocks
+    cdef unsigned int csr
     if rows == 0:
         return
     if n_blocks < num_threads and rows < blas_min_rows:
@@ -157,12 +166,15 @@ cdef void _project(const floating *x, int rows, int n_in, const floating *w_ih,
                           chunksize=1):
             lo = blk * n_panels // n_col_blocks
             hi = (blk + 1) * n_panels // n_col_blocks
+            csr = fl_ftz_begin()
             _matmul(False, rows, min(n_out, hi * pw) - lo * pw, n_in, x, n_in,
                     w_ih_p + <Py_ssize_t>lo * n_in * pw, gates + lo * pw, n_out)
+            fl_ftz_end(csr)
         return
     for blk in prange(n_blocks, num_threads=n_blocks, schedule="static", chunksize=1):
         lo = <int>(<long long>blk * rows // n_blocks)
         hi = <int>((<long long>blk + 1) * rows // n_blocks)
+        csr = fl_ftz_begin()
         if hi - lo >= blas_min_rows:
             gemm(NoTrans, Trans, hi - lo, n_out, n_in, <floating>1.0,
                  x + <Py_ssize_t>lo * n_in, n_in, w_ih, n_in, <floating>0.0,
@@ -170,6 +182,7 @@ cdef void _project(const floating *x, int rows, int n_in, const floating *w_ih,
         else:
             _matmul(False, hi - lo, n_out, n_in, x + <Py_ssize_t>lo * n_in, n_in, w_ih_p,
                     gates + <Py_ssize_t>lo * n_out, n_out)
+        fl_ftz_end(csr)
 
 
 def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
@@ -220,6 +233,7 @@ cdef void _run_task(
     cdef floating *o_t
     cdef Py_ssize_t s, t, r, row
     cdef int k
+    cdef unsigned int csr = fl_ftz_begin()
 
     for s in range(seq_len):
         t = s if d == 0 else seq_len - 1 - s
@@ -240,6 +254,7 @@ cdef void _run_task(
     for r in range(m):
         memcpy(h_n + (<Py_ssize_t>d * batch + n_lo + r) * out_size, hprev + r * hprev_ld,
                out_size * sizeof(floating))
+    fl_ftz_end(csr)
 
 
 cdef void _run_split(
@@ -286,6 +301,7 @@ cdef void _run_split(
     cdef Py_ssize_t s, t, row
     cdef int k
     cdef int rows = seq_len * batch
+    cdef unsigned int csr = fl_ftz_begin()
 
     if p_hi > p_lo:
         _matmul(False, rows, (p_hi - p_lo) * pw, n_in, x, n_in,
@@ -310,6 +326,7 @@ cdef void _run_split(
         fl_omp_barrier()
         hprev = o_t
         hprev_ld = o_ld
+    fl_ftz_end(csr)
 
 
 def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,

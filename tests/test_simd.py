@@ -110,3 +110,22 @@ def test_levels_activations(level, dtype):
         assert y[:-1].min() >= lo and y[:-1].max() <= 1.0
     _lstm._activation_for_tests(x, y, False)
     assert np.signbit(y[-4]) and y[-3] == 1.0 and y[-2] == -1.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_denormals_flushed_and_fp_state_restored(level, threads, dtype):
+    # Forget gates near 0.5 and no input drive: the cell state decays through
+    # the denormal range within the sequence.
+    m = fastlstm.LSTM(4, 6, bias=False, dtype=dtype, rng=0)
+    m.weight_hh_l0 = np.zeros((24, 6), dtype)
+    tiny = np.finfo(dtype).tiny
+    steps = 200 if dtype == np.float32 else 1100  # c halves each step: past 2**-150 / 2**-1075
+    x = np.full((steps, 2, 4), tiny / 4, dtype=dtype)  # denormal inputs
+    c0 = np.ones((1, 2, 6), dtype)
+    before = _lstm._mxcsr_for_tests()
+    out, (h, c) = m(x, (np.zeros((1, 2, 6), dtype), c0))
+    assert _lstm._mxcsr_for_tests() == before
+    ref, (ref_h, ref_c) = reference_forward(m, x, (np.zeros((1, 2, 6), dtype), c0))
+    assert np.abs(out - ref).max() <= TOL[dtype]
+    assert np.abs(c - ref_c).max() <= TOL[dtype]
+    assert np.abs(c).max() < tiny  # the state did reach the denormal range (flushed to 0)
