@@ -201,132 +201,127 @@ def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                  gates.shape[1], num_threads, blas_min_rows)
 
 
-cdef void _run_task(
-    int d, int n_lo, int n_hi, int seq_len, int batch, int hidden, int out_size,
-    int num_dirs, bint batch_first, bint has_proj,
-    floating *gates, const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
-    const floating *w_hr_p, Py_ssize_t hr_stride,
-    const floating *h0, floating *c, floating *hcell, floating *out, floating *h_n,
-    bint h0_zero,
-) noexcept nogil:
-    """Run direction ``d`` over all timesteps for batch rows ``[n_lo, n_hi)``.
+cdef inline Py_ssize_t _row(bint batch_first, int seq_len, int batch, Py_ssize_t t,
+                            Py_ssize_t n) noexcept nogil:
+    """Row of (timestep t, batch entry n) in the caller's layout."""
+    return n * seq_len + t if batch_first else t * batch + n
 
-    ``c`` (the layer's c_n, already holding c_0) is updated in place.  With
-    ``h0_zero`` the first step skips its recurrent product (h_{-1} = 0).
+
+cdef void _project_item(
+    int d, int t0, int steps, int p_lo, int p_hi, int b_lo, int b_hi,
+    int seq_len, int batch, bint batch_first, int num_dirs, int g_cols,
+    const floating *x, int n_in, const floating *w_ih, const floating *w_ih_p,
+    floating *gbuf, int blas_min_rows,
+) noexcept nogil:
+    """Input projection of direction ``d`` for timesteps [t0, t0 + steps), into
+    gate panels [p_lo, p_hi) of that direction.
+
+    The gate buffer holds one time chunk, time-major: row ``j * N + n`` is
+    timestep ``t0 + j`` of batch entry ``n``.  Time-major input: buffer rows
+    [b_lo, b_hi) (contiguous in x).  Batch-first input: batch entries
+    [b_lo, b_hi), each ``steps`` contiguous rows of x.
+    """
+    cdef int pw = FL_PANEL_BYTES // sizeof(floating)
+    cdef int cols = min(g_cols, p_hi * pw) - p_lo * pw
+    cdef Py_ssize_t gb_ld = <Py_ssize_t>num_dirs * g_cols
+    cdef const floating *w = w_ih + (<Py_ssize_t>d * g_cols + p_lo * pw) * n_in
+    cdef const floating *wp = w_ih_p + (<Py_ssize_t>d * (g_cols // pw) + p_lo) * n_in * pw
+    cdef floating *g0 = gbuf + d * g_cols + p_lo * pw
+    cdef const floating *a
+    cdef floating *g
+    cdef Py_ssize_t ldg
+    cdef int m, n, group
+    cdef unsigned int csr = fl_ftz_begin()
+    for group in range(b_hi - b_lo if batch_first else 1):
+        if batch_first:
+            n = b_lo + group
+            a = x + (<Py_ssize_t>n * seq_len + t0) * n_in
+            g = g0 + n * gb_ld
+            ldg = batch * gb_ld
+            m = steps
+        else:
+            a = x + (<Py_ssize_t>t0 * batch + b_lo) * n_in
+            g = g0 + b_lo * gb_ld
+            ldg = gb_ld
+            m = b_hi - b_lo
+        if m >= blas_min_rows:
+            gemm(NoTrans, Trans, m, cols, n_in, <floating>1.0, a, n_in, w, n_in,
+                 <floating>0.0, g, <int>ldg)
+        elif m > 0:
+            _matmul(False, m, cols, n_in, a, n_in, wp, g, ldg)
+    fl_ftz_end(csr)
+
+
+cdef void _steps(
+    int d, int s0, int s1, int n_lo, int n_hi, int p_lo, int p_hi, int r_lo, int r_hi,
+    bint sync, int seq_len, int batch, int hidden, int out_size, int num_dirs,
+    bint batch_first, bint has_proj, floating *gbuf,
+    const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
+    const floating *w_hr_p, Py_ssize_t hr_stride,
+    const floating *h0, floating *c, floating *hcell, floating *out, bint h0_zero,
+) noexcept nogil:
+    """Steps [s0, s1) of direction ``d`` (step s is timestep s forward, L-1-s
+    backward) for batch entries [n_lo, n_hi) and the hidden units of gate
+    panels [p_lo, p_hi) (projected columns in panels [r_lo, r_hi)).
+
+    The gate buffer holds this time chunk as ``_project_item`` wrote it.  The
+    state is read back from ``out`` (h of the previous step) and ``c`` (updated
+    in place), so consecutive chunks need nothing else.  With ``sync`` (split
+    mode) every thread of the region meets at a barrier after each phase of a
+    step.  With ``h0_zero`` step 0 skips its recurrent product (h_{-1} = 0).
     """
     cdef int m = n_hi - n_lo
     cdef int unit = FL_PANEL_BYTES // sizeof(floating) // 4
-    cdef int n_panels = (hidden + unit - 1) // unit
-    cdef int g_cols = 4 * unit * n_panels  # one direction's gate columns
-    # Distance in rows between consecutive batch entries of one timestep.
-    cdef int row_step = seq_len if batch_first else 1
-    cdef Py_ssize_t g_ld = <Py_ssize_t>row_step * num_dirs * g_cols
-    cdef Py_ssize_t o_ld = <Py_ssize_t>row_step * num_dirs * out_size
-    cdef const floating *hprev = h0 + (<Py_ssize_t>d * batch + n_lo) * out_size
-    cdef Py_ssize_t hprev_ld = out_size
+    cdef int pw = 4 * unit
+    cdef int g_cols = pw * ((hidden + unit - 1) // unit)  # one direction's gate columns
+    cdef Py_ssize_t gb_ld = <Py_ssize_t>num_dirs * g_cols
+    cdef Py_ssize_t o_ld = <Py_ssize_t>(seq_len if batch_first else 1) * num_dirs * out_size
+    cdef int r_width = min(out_size, r_hi * pw) - r_lo * pw
     cdef const floating *w_hh_d = w_hh_p + <Py_ssize_t>d * hh_stride
     cdef const floating *w_hr_d = w_hr_p + <Py_ssize_t>d * hr_stride
     cdef const floating *b_d = bias + <Py_ssize_t>d * g_cols
     cdef floating *c_d = c + (<Py_ssize_t>d * batch + n_lo) * hidden
     cdef floating *hc_d = hcell + (<Py_ssize_t>d * batch + n_lo) * hidden
+    cdef const floating *hprev
+    cdef Py_ssize_t hprev_ld
     cdef floating *g_t
     cdef floating *o_t
-    cdef Py_ssize_t s, t, r, row
+    cdef Py_ssize_t s, t, j
     cdef int k
     cdef unsigned int csr = fl_ftz_begin()
-
-    for s in range(seq_len):
+    for s in range(s0, s1):
         t = s if d == 0 else seq_len - 1 - s
-        row = n_lo * seq_len + t if batch_first else t * batch + n_lo
-        g_t = gates + row * num_dirs * g_cols + d * g_cols
-        o_t = out + row * num_dirs * out_size + d * out_size
-        k = 0 if s == 0 and h0_zero else out_size
-        if has_proj:
-            _lstm_step(m, k, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
-                       c_d, hidden, hc_d, hidden, 0, n_panels)
-            _matmul(False, m, out_size, hidden, hc_d, hidden, w_hr_d, o_t, o_ld)
+        j = s - s0 if d == 0 else s1 - 1 - s
+        g_t = gbuf + (j * batch + n_lo) * gb_ld + d * g_cols
+        o_t = out + _row(batch_first, seq_len, batch, t, n_lo) * num_dirs * out_size + d * out_size
+        if s == 0:
+            hprev = h0 + (<Py_ssize_t>d * batch + n_lo) * out_size
+            hprev_ld = out_size
+            k = 0 if h0_zero else out_size
         else:
-            _lstm_step(m, k, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
-                       c_d, hidden, o_t, o_ld, 0, n_panels)
-        hprev = o_t
-        hprev_ld = o_ld
-
-    for r in range(m):
-        memcpy(h_n + (<Py_ssize_t>d * batch + n_lo + r) * out_size, hprev + r * hprev_ld,
-               out_size * sizeof(floating))
-    fl_ftz_end(csr)
-
-
-cdef void _run_split(
-    int d, int part, int n_parts, int seq_len, int batch, int hidden, int out_size,
-    int num_dirs, bint batch_first, bint has_proj,
-    floating *gates, const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
-    const floating *w_hr_p, Py_ssize_t hr_stride,
-    const floating *h0, floating *c, floating *hcell, floating *out,
-    const floating *x, int n_in, const floating *w_ih_p, bint h0_zero,
-) noexcept nogil:
-    """Part ``part`` of ``n_parts`` of direction ``d``, all batch rows, all steps.
-
-    The part first computes the input projection of its own gate columns (no
-    other part reads them, so no barrier is needed before the first step).
-
-    The parts split the hidden units (panels) and, with a projection, the
-    projected columns; a barrier after each phase of a step lets every part
-    read the whole of h_{t-1}.  Every thread of the region must call this with
-    the same ``seq_len`` (the barriers are team-wide).
-    """
-    cdef int unit = FL_PANEL_BYTES // sizeof(floating) // 4
-    cdef int pw = 4 * unit
-    cdef int n_panels = (hidden + unit - 1) // unit
-    cdef int g_cols = pw * n_panels
-    # part >= n_parts: an empty share (a spare thread that only keeps the barriers).
-    cdef int p_lo = min(part, n_parts) * n_panels // n_parts
-    cdef int p_hi = min(part + 1, n_parts) * n_panels // n_parts
-    cdef int r_panels = (out_size + pw - 1) // pw
-    cdef int r_lo = min(part, n_parts) * r_panels // n_parts
-    cdef int r_hi = min(part + 1, n_parts) * r_panels // n_parts
-    cdef int r_width = min(out_size, r_hi * pw) - r_lo * pw
-    cdef int row_step = seq_len if batch_first else 1
-    cdef Py_ssize_t g_ld = <Py_ssize_t>row_step * num_dirs * g_cols
-    cdef Py_ssize_t o_ld = <Py_ssize_t>row_step * num_dirs * out_size
-    cdef const floating *hprev = h0 + <Py_ssize_t>d * batch * out_size
-    cdef Py_ssize_t hprev_ld = out_size
-    cdef const floating *w_hh_d = w_hh_p + <Py_ssize_t>d * hh_stride
-    cdef const floating *w_hr_d = w_hr_p + <Py_ssize_t>d * hr_stride
-    cdef const floating *b_d = bias + <Py_ssize_t>d * g_cols
-    cdef floating *c_d = c + <Py_ssize_t>d * batch * hidden
-    cdef floating *hc_d = hcell + <Py_ssize_t>d * batch * hidden
-    cdef floating *g_t
-    cdef floating *o_t
-    cdef Py_ssize_t s, t, row
-    cdef int k
-    cdef int rows = seq_len * batch
-    cdef unsigned int csr = fl_ftz_begin()
-
-    if p_hi > p_lo:
-        _matmul(False, rows, (p_hi - p_lo) * pw, n_in, x, n_in,
-                w_ih_p + (<Py_ssize_t>d * n_panels + p_lo) * n_in * pw,
-                gates + d * g_cols + p_lo * pw, num_dirs * g_cols)
-    for s in range(seq_len):
-        t = s if d == 0 else seq_len - 1 - s
-        row = t if batch_first else t * batch
-        g_t = gates + row * num_dirs * g_cols + d * g_cols
-        o_t = out + row * num_dirs * out_size + d * out_size
-        k = 0 if s == 0 and h0_zero else out_size
+            hprev = out + (_row(batch_first, seq_len, batch, t - 1 if d == 0 else t + 1, n_lo)
+                           * num_dirs * out_size + d * out_size)
+            hprev_ld = o_ld
+            k = out_size
         if has_proj:
-            _lstm_step(batch, k, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
+            _lstm_step(m, k, hidden, hprev, hprev_ld, w_hh_d, g_t, gb_ld, b_d,
                        c_d, hidden, hc_d, hidden, p_lo, p_hi)
-            fl_omp_barrier()
+            if sync:
+                fl_omp_barrier()
             if r_width > 0:
-                _matmul(False, batch, r_width, hidden, hc_d, hidden,
+                _matmul(False, m, r_width, hidden, hc_d, hidden,
                         w_hr_d + <Py_ssize_t>r_lo * hidden * pw, o_t + r_lo * pw, o_ld)
         else:
-            _lstm_step(batch, k, hidden, hprev, hprev_ld, w_hh_d, g_t, g_ld, b_d,
+            _lstm_step(m, k, hidden, hprev, hprev_ld, w_hh_d, g_t, gb_ld, b_d,
                        c_d, hidden, o_t, o_ld, p_lo, p_hi)
-        fl_omp_barrier()
-        hprev = o_t
-        hprev_ld = o_ld
+        if sync:
+            fl_omp_barrier()
     fl_ftz_end(csr)
+
+
+cdef inline int _share(int i, int total, int parts) noexcept nogil:
+    """Start of share ``i`` of ``total`` items split into ``parts`` (i <= parts)."""
+    return <int>(<long long>i * total // parts)
 
 
 def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
@@ -335,84 +330,141 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
           const floating[:, ::1] w_hr_p, const floating[:, :, ::1] h0,
           floating[:, :, ::1] c, floating[:, :, ::1] hcell, floating[:, ::1] out,
           floating[:, :, ::1] h_n, int seq_len, bint batch_first, int n_chunks,
-          int num_threads, int blas_min_rows, bint h0_zero=False):
-    """One layer, both phases; see the module docstring.
+          int num_threads, int blas_min_rows, bint h0_zero, int t_chunk):
+    """One layer; see the module docstring.
 
     Shapes (D directions, N batch, H hidden, P output size, R = L*N rows):
     x (R, I); w_ih (D*4Hp, I), both directions' interleaved W_ih, and w_ih_p
-    the same in panels; gates (R, D*4Hp) scratch; w_hh_p (D, *), each
-    direction's interleaved W_hh^T (P x 4Hp) in panels; bias (D, 4Hp),
-    b_ih + b_hh interleaved; w_hr_p (D, *), each W_hr^T (H x P) in panels, or
-    (D, 0) without projection; h0 (D, N, P); c (D, N, H) holds c_0 on entry
-    and c_n on exit; hcell (D, N, H) scratch for the unprojected h (unused
-    without projection); out (R, D*P); h_n (D, N, P).
+    the same in panels; gates (t_chunk * N, D*4Hp) scratch for one time
+    chunk; w_hh_p (D, *), each direction's interleaved W_hh^T (P x 4Hp) in
+    panels; bias (D, 4Hp), b_ih + b_hh interleaved; w_hr_p (D, *), each W_hr^T
+    (H x P) in panels, or (D, 0) without projection; h0 (D, N, P); c (D, N, H)
+    holds c_0 on entry and c_n on exit; hcell (D, N, H) scratch for the
+    unprojected h (unused without projection); out (R, D*P); h_n (D, N, P).
 
-    ``n_chunks`` > 0: the input projection over all rows (``blas_min_rows`` as
-    in ``input_projection``), then one task per (direction, batch chunk), with
-    no synchronisation.  ``n_chunks`` == 0: split mode, for batches too small
-    to give every thread rows of its own: each direction's hidden units are
-    split among ``num_threads // D`` threads, each projecting and running its
-    own units and meeting the others at a barrier after every step.
-
-    ``h0_zero`` says that h0 is all zeros (no initial state was given): the
-    first step then skips its recurrent product.
+    The sequence runs in time chunks of ``t_chunk`` steps, so the gate buffer
+    stays small.  Per chunk, ``n_chunks`` > 0 (batch-chunk mode): the threads
+    share the chunk's input projection (BLAS for blocks of at least
+    ``blas_min_rows`` rows), meet at a barrier, then run one task per
+    (direction, batch chunk) with no synchronisation, and meet again.
+    ``n_chunks`` == 0 (split mode, for batches too small to give every thread
+    rows of its own): each direction's hidden units are shared by
+    ``num_threads // D`` threads; each projects and runs its own units and
+    meets the others at a barrier after every step.  ``h0_zero``: h0 is all
+    zeros, so step 0 skips its recurrent product.
     """
     cdef int num_dirs = w_hh_p.shape[0]
     cdef int batch = h0.shape[1]
     cdef int out_size = h0.shape[2]
     cdef int hidden = c.shape[2]
+    cdef int n_in = x.shape[1]
+    cdef int g_cols = bias.shape[1]
+    cdef int pw = FL_PANEL_BYTES // sizeof(floating)
+    cdef int n_panels = g_cols // pw
+    cdef int r_panels = (out_size + pw - 1) // pw
     cdef bint has_proj = w_hr_p.shape[1] > 0
     cdef int n_tasks = num_dirs * n_chunks
-    cdef int task, d, chunk, tid, team, n_parts, r
-    cdef const floating *w_hr_ptr = &w_hr_p[0, 0] if has_proj else NULL
-    cdef floating *hcell_ptr = &hcell[0, 0, 0] if has_proj else NULL
+    cdef int n_tc = (seq_len + t_chunk - 1) // t_chunk if t_chunk > 0 else 0
+    cdef int tid = 0, team = 0, n_parts = 0, d = 0, part = 0, tc = 0, s0 = 0, s1 = 0
+    cdef int item = 0, n_items = 0, nb = 0, units = 0, blk = 0, task = 0, chunk = 0
+    cdef bint by_rows = False
+    cdef Py_ssize_t last, r
     if batch == 0 or seq_len == 0:
         return
-    cdef floating *gates_ptr = &gates[0, 0]
+    cdef const floating *x_ptr = &x[0, 0]
+    cdef const floating *w_ih_ptr = &w_ih[0, 0]
+    cdef const floating *w_ih_p_ptr = &w_ih_p[0]
+    cdef floating *g_ptr = &gates[0, 0]
     cdef const floating *w_hh_ptr = &w_hh_p[0, 0]
     cdef const floating *bias_ptr = &bias[0, 0]
+    cdef const floating *w_hr_ptr = &w_hr_p[0, 0] if has_proj else NULL
     cdef const floating *h0_ptr = &h0[0, 0, 0]
     cdef floating *c_ptr = &c[0, 0, 0]
+    cdef floating *hcell_ptr = &hcell[0, 0, 0] if has_proj else NULL
     cdef floating *out_ptr = &out[0, 0]
-    cdef floating *h_n_ptr = &h_n[0, 0, 0]
-    cdef Py_ssize_t last
-    cdef const floating *x_ptr = &x[0, 0]
-    cdef const floating *w_ih_p_ptr = &w_ih_p[0]
-    cdef int n_in = x.shape[1]
-    tid = team = n_parts = d = 0  # assigned before the parallel block copies them in
-    if n_chunks == 0:
-        with nogil, parallel(num_threads=num_threads):
-            tid = omp_get_thread_num()
-            team = omp_get_num_threads()
-            n_parts = team // num_dirs
-            if n_parts == 0:  # fewer threads than directions: one runs them in turn
-                for d in range(num_dirs):
-                    _run_split(d, 0, 1, seq_len, batch, hidden, out_size, num_dirs,
-                               batch_first, has_proj, gates_ptr, w_hh_ptr, w_hh_p.shape[1],
-                               bias_ptr, w_hr_ptr, w_hr_p.shape[1], h0_ptr, c_ptr, hcell_ptr,
-                               out_ptr, x_ptr, n_in, w_ih_p_ptr, h0_zero)
-            else:  # threads past n_parts * num_dirs get an empty part but keep the barriers
-                _run_split(min(tid // n_parts, num_dirs - 1), tid % n_parts if
-                           tid < n_parts * num_dirs else n_parts, n_parts, seq_len, batch,
-                           hidden, out_size, num_dirs, batch_first, has_proj, gates_ptr,
-                           w_hh_ptr, w_hh_p.shape[1], bias_ptr, w_hr_ptr, w_hr_p.shape[1],
-                           h0_ptr, c_ptr, hcell_ptr, out_ptr, x_ptr, n_in, w_ih_p_ptr, h0_zero)
-        for d in range(num_dirs):
-            last = seq_len - 1 if d == 0 else 0
-            for r in range(batch):
-                memcpy(h_n_ptr + (<Py_ssize_t>d * batch + r) * out_size,
-                       out_ptr + ((r * seq_len + last) if batch_first else (last * batch + r))
-                       * num_dirs * out_size + d * out_size, out_size * sizeof(floating))
-        return
-    with nogil:
-        _project(x_ptr, seq_len * batch, n_in, &w_ih[0, 0], w_ih_p_ptr, gates_ptr,
-                 gates.shape[1], num_threads, blas_min_rows)
-    num_threads = max(1, min(num_threads, n_tasks))
-    for task in prange(n_tasks, nogil=True, num_threads=num_threads,
-                       schedule="static", chunksize=1):
-        d = task // n_chunks
-        chunk = task % n_chunks
-        _run_task(d, chunk * batch // n_chunks, (chunk + 1) * batch // n_chunks,
-                  seq_len, batch, hidden, out_size, num_dirs, batch_first, has_proj,
-                  gates_ptr, w_hh_ptr, w_hh_p.shape[1], bias_ptr, w_hr_ptr, w_hr_p.shape[1],
-                  h0_ptr, c_ptr, hcell_ptr, out_ptr, h_n_ptr, h0_zero)
+    cdef Py_ssize_t hh_stride = w_hh_p.shape[1]
+    cdef Py_ssize_t hr_stride = w_hr_p.shape[1]
+
+    with nogil, parallel(num_threads=num_threads):
+        tid = omp_get_thread_num()
+        team = omp_get_num_threads()
+        for tc in range(n_tc):
+            s0 = tc * t_chunk
+            s1 = min(seq_len, s0 + t_chunk)
+            if n_chunks == 0:
+                n_parts = team // num_dirs
+                if n_parts == 0:  # fewer threads than directions: one runs them in turn
+                    for d in range(num_dirs):
+                        _project_item(d, s0 if d == 0 else seq_len - s1, s1 - s0, 0, n_panels,
+                                      0, batch if batch_first else (s1 - s0) * batch,
+                                      seq_len, batch, batch_first, num_dirs, g_cols, x_ptr,
+                                      n_in, w_ih_ptr, w_ih_p_ptr, g_ptr, blas_min_rows)
+                        _steps(d, s0, s1, 0, batch, 0, n_panels, 0, r_panels, True, seq_len,
+                               batch, hidden, out_size, num_dirs, batch_first, has_proj, g_ptr,
+                               w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
+                               c_ptr, hcell_ptr, out_ptr, h0_zero)
+                else:
+                    # Threads past n_parts * D get an empty share but keep the barriers.
+                    d = min(tid // n_parts, num_dirs - 1)
+                    part = tid % n_parts if tid < n_parts * num_dirs else n_parts
+                    if part < n_parts:
+                        _project_item(d, s0 if d == 0 else seq_len - s1, s1 - s0,
+                                      _share(part, n_panels, n_parts),
+                                      _share(part + 1, n_panels, n_parts),
+                                      0, batch if batch_first else (s1 - s0) * batch,
+                                      seq_len, batch, batch_first, num_dirs, g_cols, x_ptr,
+                                      n_in, w_ih_ptr, w_ih_p_ptr, g_ptr, blas_min_rows)
+                    _steps(d, s0, s1, 0, batch,
+                           _share(min(part, n_parts), n_panels, n_parts),
+                           _share(min(part + 1, n_parts), n_panels, n_parts),
+                           _share(min(part, n_parts), r_panels, n_parts),
+                           _share(min(part + 1, n_parts), r_panels, n_parts), True,
+                           seq_len, batch, hidden, out_size, num_dirs, batch_first, has_proj,
+                           g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
+                           c_ptr, hcell_ptr, out_ptr, h0_zero)
+            else:
+                # The chunk's input projection, shared: by blocks of rows (or of
+                # batch entries with batch-first input) when there are enough,
+                # else by blocks of gate panels.
+                units = batch if batch_first else (s1 - s0) * batch
+                nb = max(1, min(team, units if batch_first else units // 16))
+                by_rows = num_dirs * nb >= team or nb > 1
+                if by_rows:
+                    n_items = num_dirs * nb
+                else:
+                    nb = max(1, min(n_panels, team // num_dirs))
+                    n_items = num_dirs * nb
+                item = tid
+                while item < n_items:
+                    d = item // nb
+                    blk = item % nb
+                    if by_rows:
+                        _project_item(d, s0 if d == 0 else seq_len - s1, s1 - s0, 0, n_panels,
+                                      _share(blk, units, nb), _share(blk + 1, units, nb),
+                                      seq_len, batch, batch_first, num_dirs, g_cols, x_ptr,
+                                      n_in, w_ih_ptr, w_ih_p_ptr, g_ptr, blas_min_rows)
+                    else:
+                        _project_item(d, s0 if d == 0 else seq_len - s1, s1 - s0,
+                                      _share(blk, n_panels, nb), _share(blk + 1, n_panels, nb),
+                                      0, units, seq_len, batch, batch_first, num_dirs, g_cols,
+                                      x_ptr, n_in, w_ih_ptr, w_ih_p_ptr, g_ptr, blas_min_rows)
+                    item = item + team
+                fl_omp_barrier()
+                task = tid
+                while task < n_tasks:
+                    d = task // n_chunks
+                    chunk = task % n_chunks
+                    _steps(d, s0, s1, _share(chunk, batch, n_chunks),
+                           _share(chunk + 1, batch, n_chunks), 0, n_panels, 0, r_panels, False,
+                           seq_len, batch, hidden, out_size, num_dirs, batch_first, has_proj,
+                           g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
+                           c_ptr, hcell_ptr, out_ptr, h0_zero)
+                    task = task + team
+                fl_omp_barrier()
+
+    for d in range(num_dirs):
+        last = seq_len - 1 if d == 0 else 0
+        for r in range(batch):
+            memcpy(&h_n[d, r, 0],
+                   out_ptr + _row(batch_first, seq_len, batch, last, r) * num_dirs * out_size
+                   + d * out_size, out_size * sizeof(floating))

@@ -104,6 +104,20 @@ def _check_int(name: str, value: Any) -> None:
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
 
 
+# Bytes of the gate buffer (input projections of one time chunk), and the
+# fewest rows a chunk's projection should have to be an efficient product.
+_GATE_BUFFER_BYTES = 16 << 20
+_MIN_CHUNK_ROWS = 256
+
+
+def _time_chunk(seq_len: int, batch: int, row_bytes: int) -> int:
+    """Timesteps per chunk: the gate buffer stays under ``_GATE_BUFFER_BYTES``
+    but holds at least ``_MIN_CHUNK_ROWS`` rows."""
+    steps = max(_GATE_BUFFER_BYTES // max(1, batch * row_bytes),
+                -(-_MIN_CHUNK_ROWS // max(1, batch)))
+    return max(1, min(seq_len, steps))
+
+
 def _batch_chunks(batch: int, n_dirs: int, threads: int) -> int:
     """How the recurrence shares the work among threads (see ``_lstm.recurrence``).
 
@@ -730,7 +744,9 @@ class LSTM:
         threads = get_num_threads()
         n_chunks = _batch_chunks(batch, n_dirs, threads)
         layers = self._packed_layers()
-        gates = np.empty((rows, n_dirs * layers[0].bias.shape[1]), dt)
+        gate_cols = n_dirs * layers[0].bias.shape[1]
+        t_chunk = _time_chunk(seq_len, batch, gate_cols * dt.itemsize)
+        gates = np.empty((t_chunk * batch, gate_cols), dt)
         # Rows per thread in the input projection (see _lstm.input_projection).
         block_rows = rows // max(1, min(threads, rows // 16))
         blas_min_rows = _BLAS_MIN_ROWS[_lstm.simd_level()]
@@ -742,7 +758,7 @@ class LSTM:
             out = np.empty((rows, n_dirs * out_size), dt)
             args = (layer_in, w.w_ih, w.w_ih_p, gates, w.w_hh_p, w.bias, w.w_hr_p, h0[s], c_n[s],
                     hcell, out, h_n[s], seq_len, batch_first, n_chunks, threads, blas_min_rows,
-                    h0_zero)
+                    h0_zero, t_chunk)
             # Only the input projection of the batch-chunk mode may call BLAS;
             # pin BLAS to one thread only then.
             if n_chunks and block_rows >= blas_min_rows:

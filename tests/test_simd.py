@@ -129,3 +129,24 @@ def test_denormals_flushed_and_fp_state_restored(level, threads, dtype):
     assert np.abs(out - ref).max() <= TOL[dtype]
     assert np.abs(c - ref_c).max() <= TOL[dtype]
     assert np.abs(c).max() < tiny  # the state did reach the denormal range (flushed to 0)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 7])
+@pytest.mark.parametrize("batch,kwargs", CONFIGS)
+def test_time_chunks_match_oracle(level, threads, monkeypatch, chunk_rows, batch, kwargs):
+    # A tiny gate buffer: the sequence runs in chunks of ceil(chunk_rows / N)
+    # steps, which need not divide L, in both directions.
+    import fastlstm.lstm as lstm_module
+
+    monkeypatch.setattr(lstm_module, "_GATE_BUFFER_BYTES", 1)
+    monkeypatch.setattr(lstm_module, "_MIN_CHUNK_ROWS", chunk_rows)
+    m = fastlstm.LSTM(13, 37, dtype=np.float64, rng=batch, **kwargs)
+    shape = (batch, 11, 13) if kwargs.get("batch_first") else (11, batch, 13)
+    x = np.random.default_rng(3).standard_normal(shape)
+    n_states = m.num_layers * (2 if m.bidirectional else 1)
+    hx = (np.full((n_states, batch, m.proj_size or 37), 0.1), np.full((n_states, batch, 37), -0.2))
+    for state in (None, hx):
+        out, (h, c) = m(x, state)
+        ref, (ref_h, ref_c) = reference_forward(m, x, state)
+        assert np.abs(out - ref).max() <= 1e-12
+        assert np.abs(h - ref_h).max() <= 1e-12 and np.abs(c - ref_c).max() <= 1e-12
