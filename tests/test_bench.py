@@ -123,6 +123,7 @@ def test_bench_in_process_json_and_markdown(torch, tmp_path, capsys):
         assert cases[0]["max_abs_diff"]["onnxruntime"] <= 1e-4
         assert cases[0]["speedup_vs_onnxruntime"] > 0
         assert report["peak_gflops"]["float32"]["onnxruntime.MatMul"] > 0
+    assert report["peak_gflops"]["float32"]["fastlstm.matmul"] > 0
     assert cases[1]["time_s"]["onnxruntime"] is None and cases[1]["onnxruntime_note"]
 
     markdown = out_md.read_text()
