@@ -104,6 +104,9 @@ def _check_int(name: str, value: Any) -> None:
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
 
 
+# Most rows (steps x sequences) one call may have: the kernels use 32-bit row indices.
+_MAX_ROWS = 2**31 - 1
+
 # Bytes of the gate buffer (input projections of one time chunk), and the
 # fewest rows a chunk's projection should have to be an efficient product.
 _GATE_BUFFER_BYTES = 16 << 20
@@ -731,6 +734,12 @@ class LSTM:
                     np.zeros((n_states, 0, hidden), dt))
 
         rows = seq_len * batch
+        if rows > _MAX_ROWS:
+            # The kernels index rows (and BLAS its dimensions) with 32-bit ints.
+            raise ValueError(
+                f"fastlstm: input of {seq_len} steps x {batch} sequences = {rows} rows; "
+                f"at most {_MAX_ROWS} rows per call are supported, split the batch"
+            )
         layer_in = np.ascontiguousarray(x, dtype=dt).reshape(rows, -1)
         h0_zero = h0 is None
         if h0 is None:

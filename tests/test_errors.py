@@ -543,3 +543,11 @@ def test_nan_only_in_one_batch_element():
     assert np.isnan(y[2:, 1]).all()
     assert np.isnan(h[:, 1]).all() and np.isnan(c[:, 1]).all()
     assert np.isfinite(h[:, [0, 2]]).all()
+
+
+def test_too_many_rows_raise_value_error():
+    # L * N beyond 32-bit row indices: a clear error before any allocation.
+    m = fastlstm.LSTM(1, 2)
+    x = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (2**16, 2**15 + 1, 1), (0, 0, 0))
+    with pytest.raises(ValueError, match="rows per call are supported"):
+        m(x)
