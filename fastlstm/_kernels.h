@@ -272,33 +272,31 @@ FL_TGT_##ISA static void fl_matmul_##S##_##ISA(int beta, int M, int N, int K,   
 }                                                                                   \
                                                                                     \
 /* Gate math for U units of one row; `n` of them are real (n <= U).  g holds        \
- * the interleaved pre-activations [i(U) f(U) g(U) o(U)], b the bias alike. */      \
+ * the interleaved pre-activations [i(U) f(U) g(U) o(U)], b the bias alike.         \
+ * A full panel takes the loop with the constant bound, which vectorises. */        \
+FL_INLINE void fl_unit_##S##_##ISA(const REAL *g, const REAL *b, REAL *c, REAL *h,  \
+                                   int u)                                           \
+{                                                                                   \
+    enum { U = fl_pw_##S##_##ISA / 4 };                                             \
+    const REAL half = (REAL)0.5;                                                    \
+    const REAL i_t = half + half * fl_tanh_##S(half * (g[u] + b[u]));               \
+    const REAL f_t = half + half * fl_tanh_##S(half * (g[U + u] + b[U + u]));       \
+    const REAL g_t = fl_tanh_##S(g[2 * U + u] + b[2 * U + u]);                      \
+    const REAL o_t = half + half * fl_tanh_##S(half * (g[3 * U + u] + b[3 * U + u])); \
+    const REAL c_t = f_t * c[u] + i_t * g_t;                                        \
+    c[u] = c_t;                                                                     \
+    h[u] = o_t * fl_tanh_##S(c_t);                                                  \
+}                                                                                   \
 FL_INLINE void fl_gates_##S##_##ISA(const REAL *g, const REAL *b, REAL *c, REAL *h, \
                                     int n)                                          \
 {                                                                                   \
     enum { U = fl_pw_##S##_##ISA / 4 };                                             \
-    const REAL half = (REAL)0.5;                                                    \
-    if (n == U) {                                                                   \
-        for (int u = 0; u < U; u++) {                                               \
-            const REAL i_t = half + half * fl_tanh_##S(half * (g[u] + b[u]));       \
-            const REAL f_t = half + half * fl_tanh_##S(half * (g[U + u] + b[U + u])); \
-            const REAL g_t = fl_tanh_##S(g[2 * U + u] + b[2 * U + u]);              \
-            const REAL o_t = half + half * fl_tanh_##S(half * (g[3 * U + u] + b[3 * U + u])); \
-            const REAL c_t = f_t * c[u] + i_t * g_t;                                \
-            c[u] = c_t;                                                             \
-            h[u] = o_t * fl_tanh_##S(c_t);                                          \
-        }                                                                           \
-    } else {                                                                        \
-        for (int u = 0; u < n; u++) {                                               \
-            const REAL i_t = half + half * fl_tanh_##S(half * (g[u] + b[u]));       \
-            const REAL f_t = half + half * fl_tanh_##S(half * (g[U + u] + b[U + u])); \
-            const REAL g_t = fl_tanh_##S(g[2 * U + u] + b[2 * U + u]);              \
-            const REAL o_t = half + half * fl_tanh_##S(half * (g[3 * U + u] + b[3 * U + u])); \
-            const REAL c_t = f_t * c[u] + i_t * g_t;                                \
-            c[u] = c_t;                                                             \
-            h[u] = o_t * fl_tanh_##S(c_t);                                          \
-        }                                                                           \
-    }                                                                               \
+    if (n == U)                                                                     \
+        for (int u = 0; u < U; u++)                                                 \
+            fl_unit_##S##_##ISA(g, b, c, h, u);                                     \
+    else                                                                            \
+        for (int u = 0; u < n; u++)                                                 \
+            fl_unit_##S##_##ISA(g, b, c, h, u);                                     \
 }                                                                                   \
                                                                                     \
 /* One timestep for M rows and the hidden units of panels [p_lo, p_hi):             \

@@ -104,6 +104,10 @@ def _check_int(name: str, value: Any) -> None:
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
 
 
+# Constructor arguments shared with torch.nn.LSTM (also its attribute names).
+_CONFIG = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+           "bidirectional", "proj_size")
+
 # Most rows (steps x sequences) one call may have: the kernels use 32-bit row indices.
 _MAX_ROWS = 2**31 - 1
 
@@ -558,17 +562,7 @@ class LSTM:
                 raise TypeError(f"from_torch expects a torch.nn.LSTM, got {type(module).__name__}")
         if dtype is None:
             dtype = np.float64 if str(module.weight_ih_l0.dtype) == "torch.float64" else np.float32
-        new = cls(
-            module.input_size,
-            module.hidden_size,
-            num_layers=module.num_layers,
-            bias=module.bias,
-            batch_first=module.batch_first,
-            dropout=module.dropout,
-            bidirectional=module.bidirectional,
-            proj_size=module.proj_size,
-            dtype=dtype,
-        )
+        new = cls(**{name: getattr(module, name) for name in _CONFIG}, dtype=dtype)
         new.load_state_dict(module.state_dict())
         return new
 
@@ -583,17 +577,7 @@ class LSTM:
         import torch
 
         tdtype = torch.float64 if self._dtype == np.float64 else torch.float32
-        module = torch.nn.LSTM(
-            self._input_size,
-            self._hidden_size,
-            num_layers=self._num_layers,
-            bias=self._bias,
-            batch_first=self._batch_first,
-            dropout=self._dropout,
-            bidirectional=self._bidirectional,
-            proj_size=self._proj_size,
-            dtype=tdtype,
-        )
+        module = torch.nn.LSTM(**{name: getattr(self, name) for name in _CONFIG}, dtype=tdtype)
         module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._params.items()})
         module.train(self.training)
         return module

@@ -39,5 +39,18 @@ def rng():
     return np.random.default_rng(12345)
 
 
+def torch_single_thread():
+    """Generator for a fixture: torch on one thread while it runs, restored after."""
+    if _TORCH is None:
+        yield
+        return
+    n = _TORCH.get_num_threads()
+    _TORCH.set_num_threads(1)
+    try:
+        yield
+    finally:
+        _TORCH.set_num_threads(n)
+
+
 # Tolerances of the parity tests (max abs error on output, h_n and c_n).
 TOL = {np.float32: 1e-5, np.float64: 1e-12}

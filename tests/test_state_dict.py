@@ -10,6 +10,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
+from conftest import torch_single_thread
+
 import fastlstm
 
 pytestmark = pytest.mark.filterwarnings(
@@ -21,20 +23,8 @@ pytestmark = pytest.mark.filterwarnings(
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    """torch's tiny-LSTM calls are ~100x slower with OpenMP threads on a busy
-    machine; one thread keeps this file fast.  Restored afterwards."""
-    torch = sys.modules.get("torch")  # conftest imports it when installed
-    if torch is None:
-        yield
-        return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+# torch's tiny-LSTM calls are ~100x slower with OpenMP threads on a busy machine.
+_torch_single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
 
 CONFIGS = [
     dict(input_size=3, hidden_size=8),
