@@ -431,7 +431,9 @@ class LSTM:
         """
         return OrderedDict((k, v.copy()) for k, v in self._params.items())
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> _IncompatibleKeys:
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True
+    ) -> _IncompatibleKeys:
         """Copy parameters from a mapping of torch's names to arrays or torch tensors.
 
         Values are cast to the module's dtype.  torch itself is never imported:

@@ -82,7 +82,7 @@ def lstm_reference(params, input, hx=None, *, num_layers, bidirectional, proj_si
         x = x[:, None, :]  # (L, 1, H_in)
     elif batch_first:
         x = x.transpose(1, 0, 2)  # (L, N, H_in)
-    seq_len, batch = x.shape[0], x.shape[1]
+    batch = x.shape[1]
 
     dirs = 2 if bidirectional else 1
     out_size = proj_size if proj_size > 0 else hidden_size

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import IN_CI
 
 import fastlstm
 from fastlstm import cli
 from fastlstm._bench_cases import DEFAULT_GRID, FULL_GRID, Case, parse_shape, select_cases
 from fastlstm._bench_report import Progress
 from fastlstm._bench_timing import time_interleaved
-
-from conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--budget", "0.03", "--blocks", "3", "--pause", "0", "--peak-size", "64"]

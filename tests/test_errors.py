@@ -8,12 +8,10 @@ instead of torch's), the type and the stable prefix are checked.
 """
 
 import re
-import sys
 import warnings
 
 import numpy as np
 import pytest
-
 from conftest import torch_single_thread
 
 import fastlstm
@@ -48,7 +46,9 @@ def assert_same_error(torch_fn, fast_fn, *, same_message=True):
     t_exc = _raised(torch_fn)
     f_exc = _raised(fast_fn)
     assert t_exc is not None, "torch did not raise: the test case is not an error case"
-    assert f_exc is not None, f"fastlstm did not raise; torch raised {type(t_exc).__name__}: {t_exc}"
+    assert f_exc is not None, (
+        f"fastlstm did not raise; torch raised {type(t_exc).__name__}: {t_exc}"
+    )
     assert type(f_exc) is type(t_exc), (
         f"exception type differs: torch {type(t_exc).__name__}: {t_exc} / "
         f"fastlstm {type(f_exc).__name__}: {f_exc}"
@@ -273,7 +273,9 @@ def test_hx_list_of_two_accepted():
 @pytest.mark.parametrize("mode", ["yes", 1, 0, None, np.bool_(True)], ids=repr)
 def test_train_not_bool(torch, mode):
     # fastlstm-only in spirit, but torch's Module.train has the same check
-    assert_same_error(lambda: torch.nn.LSTM(3, 4).train(mode), lambda: fastlstm.LSTM(3, 4).train(mode))
+    assert_same_error(
+        lambda: torch.nn.LSTM(3, 4).train(mode), lambda: fastlstm.LSTM(3, 4).train(mode)
+    )
     with pytest.raises(ValueError, match="training mode is expected to be boolean"):
         fastlstm.LSTM(3, 4).train(mode)
 
@@ -415,7 +417,9 @@ def test_input_dtype_error(torch, model_dtype, x_shape, x_dtype):
     x = np.zeros(x_shape, dtype=x_dtype)
     xt = torch.from_numpy(x)
     for f_input in (x, xt):
-        t_exc, f_exc = assert_same_error(lambda: t(xt), lambda: f(f_input), same_message=False)
+        t_exc, f_exc = assert_same_error(
+            lambda: t(xt), lambda f_input=f_input: f(f_input), same_message=False
+        )
         assert isinstance(f_exc, ValueError)
         np_in, np_w = np.dtype(x_dtype).name, np.dtype(model_dtype).name
         prefix = f"RNN input dtype ({np_in}) does not match weight dtype ({np_w})"

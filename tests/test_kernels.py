@@ -13,13 +13,12 @@ import itertools
 
 import numpy as np
 import pytest
+from _reference import reference_forward
+from conftest import TOL
 
 import fastlstm
 from fastlstm import _blas, _lstm
 from fastlstm.lstm import _pack_panels
-
-from _reference import reference_forward
-from conftest import TOL
 
 DTYPES = [np.float32, np.float64]
 GEMM_RTOL = {np.float32: 1e-5, np.float64: 1e-12}

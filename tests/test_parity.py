@@ -14,10 +14,10 @@ import itertools
 
 import numpy as np
 import pytest
-
-import fastlstm
 from _reference import reference_forward
 from conftest import TOL
+
+import fastlstm
 
 # torch's CPU LSTM notes it falls back from oneDNN with projections: not our concern.
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")

@@ -6,7 +6,6 @@ is not installed.
 
 import numpy as np
 import pytest
-
 from _reference import lstm_reference, reference_forward
 
 TOL64 = 1e-12

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[1]

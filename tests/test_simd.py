@@ -3,12 +3,12 @@
 
 import numpy as np
 import pytest
+from _reference import reference_forward
+from conftest import TOL
 
 import fastlstm
 from fastlstm import _lstm
 from fastlstm.lstm import _batch_chunks
-from _reference import reference_forward
-from conftest import TOL
 
 LEVELS = _lstm.simd_available()
 

@@ -4,12 +4,10 @@ import copy
 import math
 import pickle
 import re
-import sys
 from collections import OrderedDict
 
 import numpy as np
 import pytest
-
 from conftest import torch_single_thread
 
 import fastlstm
@@ -153,11 +151,11 @@ def test_state_dict_returns_writable_copies():
 def test_missing_parameter_attribute():
     m = fastlstm.LSTM(3, 4, bias=False)
     with pytest.raises(AttributeError):
-        m.bias_ih_l0
+        _ = m.bias_ih_l0
     with pytest.raises(AttributeError):
-        m.weight_hr_l0
+        _ = m.weight_hr_l0
     with pytest.raises(AttributeError):
-        m.weight_ih_l1
+        _ = m.weight_ih_l1
 
 
 # ------------------------------------------------------------------ load / round trips
@@ -751,7 +749,9 @@ def test_repr_example():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[5], CONFIGS[6]], ids=[CONFIG_IDS[0], CONFIG_IDS[5], CONFIG_IDS[6]])
+@pytest.mark.parametrize(
+    "cfg", [CONFIGS[0], CONFIGS[5], CONFIGS[6]], ids=[CONFIG_IDS[0], CONFIG_IDS[5], CONFIG_IDS[6]]
+)
 def test_pickle_round_trip(cfg, dtype):
     m = fastlstm.LSTM(**cfg, dtype=dtype, rng=0)
     x = _x(cfg, dtype)

@@ -10,12 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from conftest import TOL
 
 import fastlstm
 from fastlstm import _openmp
 from fastlstm._threads import single_threaded_blas
-
-from conftest import TOL
 
 DTYPES = [np.float32, np.float64]
 OPENMP = _openmp.openmp_enabled()
