@@ -8,6 +8,8 @@ Runtime is timed only where it matches torch just as closely.  Timing warms
 each library up, then alternates blocks of repetitions of the libraries with a
 short pause after each block (an idle thread pool keeps spinning for a while
 and would slow the next library), and reports the median over the blocks.
+With --memory, each library's peak memory during one forward is measured too,
+in a fresh process per case and library (Linux).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 import fastlstm
-from fastlstm import _threads
+from fastlstm import _bench_memory, _threads
 from fastlstm._bench_cases import (
     DEFAULT_GRID,
     FLOPS_FORMULA,
@@ -41,6 +43,7 @@ from fastlstm._bench_report import (
     geomean,
     machine_info,
     matplotlib_available,
+    memory_summary,
     now_iso,
     versions,
     write_json,
@@ -50,7 +53,8 @@ from fastlstm._bench_report import (
 from fastlstm._bench_timing import measure_peak, time_interleaved
 from fastlstm.cli import CLIError
 
-__all__ = ["DESCRIPTION", "EPILOG", "TOLERANCE", "add_arguments", "run", "run_case"]
+__all__ = ["DESCRIPTION", "EPILOG", "TOLERANCE", "add_arguments", "measure_memory", "run",
+           "run_case"]
 
 DESCRIPTION = __doc__.split("\n", 1)[1].strip()
 EPILOG = textwrap.fill(
@@ -67,6 +71,7 @@ examples:
   fastlstm bench --cases small-batch,double --threads 1
   fastlstm bench --shape 32,50,128,256,2,yes --shape 8,20,64,64,1,no,0,float64
   fastlstm bench --full --json bench.json --markdown bench.md --plot bench.png
+  fastlstm bench --memory --cases large,projection  # + peak memory of one forward
 """
 
 #: Largest max abs difference from torch that a case may have to be timed.
@@ -159,6 +164,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave ONNX Runtime out even if it is installed")
     timing.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
 
+    memory = parser.add_argument_group("memory")
+    memory.add_argument("--memory", action="store_true",
+                        help="also measure each library's peak memory during one forward, in a "
+                             "fresh process per case and library (Linux; a few seconds per "
+                             "case)")
+
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the results as JSON")
     out.add_argument("--markdown", metavar="PATH", help="write the results as Markdown")
@@ -220,7 +231,9 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
     threads : int
         Threads of every library.
     args : argparse.Namespace
-        ``budget``, ``blocks``, ``repeat``, ``pause`` and ``seed``.
+        ``budget``, ``blocks``, ``repeat``, ``pause`` and ``seed``; and
+        ``memory`` (optional, default False): also measure the peak memory of
+        one forward of each library timed (see :func:`measure_memory`).
     use_ort : bool
         Time ONNX Runtime too.
     peak : dict, optional
@@ -244,6 +257,9 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
         "reps_per_block": {lib: None for lib in LIBS}, "gflops": {lib: None for lib in LIBS},
         "peak_fraction": None, "speedup_vs_torch": None, "speedup_vs_onnxruntime": None,
         "onnxruntime_note": None if use_ort else "onnxruntime not used",
+        "peak_memory_mib": {lib: None for lib in LIBS},
+        "peak_memory_total_mib": {lib: None for lib in LIBS},
+        "peak_memory_note": None,
     }
     progress(0.0, "checking")
     torch.manual_seed(args.seed)
@@ -283,11 +299,21 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
                 runners["onnxruntime"] = run_ort
                 first["onnxruntime"] = ort_first
 
+        memory = bool(getattr(args, "memory", False))
+        timed_part = 0.75 if memory else 0.95
         progress(0.05, "timing")
         timings = time_interleaved(
             runners, budget=args.budget, blocks=args.blocks, repeat=args.repeat,
             pause=args.pause, first_call_s=first,
-            on_block=lambda done, total: progress(0.05 + 0.95 * done / total, "timing"))
+            on_block=lambda done, total: progress(0.05 + timed_part * done / total, "timing"))
+
+    if memory:
+        # After the timing, so that the child processes do not disturb it.
+        libs = list(runners)
+        timeout = 120.0 + 20.0 * max(first.values())
+        measure_memory(record, case, libs, threads, args.seed, timeout=timeout,
+                       on_lib=lambda k, lib: progress(0.8 + 0.2 * k / len(libs),
+                                                      f"peak memory ({lib})"))
 
     for lib, timing in timings.items():
         record["time_s"][lib] = timing.median_s
@@ -301,6 +327,32 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
     if peak and case.dtype in peak:
         record["peak_fraction"] = record["gflops"]["fastlstm"] / peak[case.dtype]["best"]
     return record
+
+
+def measure_memory(record: Dict[str, Any], case: Case, libs: List[str], threads: int,
+                   seed: int, *, timeout: float = 600.0,
+                   on_lib: Optional[Callable[[int, str], None]] = None) -> None:
+    """Fill ``record``'s ``peak_memory_*`` fields for ``libs``, one fresh process each.
+
+    See :mod:`fastlstm._bench_memory`.  A library whose measurement fails
+    keeps null, and the reason goes to ``peak_memory_note``.
+    """
+    notes = []
+    for k, lib in enumerate(libs):
+        if on_lib is not None:
+            on_lib(k, lib)
+        if not _bench_memory.AVAILABLE:
+            notes.append(_bench_memory.UNAVAILABLE_NOTE)
+            break
+        result = _bench_memory.measure_in_subprocess(lib, case.as_dict(), threads, seed,
+                                                     timeout=timeout)
+        record["peak_memory_mib"][lib] = result.get("peak_mib")
+        record["peak_memory_total_mib"][lib] = result.get("total_mib")
+        if result.get("error"):
+            notes.append(f"{lib}: {result['error']}")
+        elif result.get("peak_mib") is None:
+            notes.append(f"{lib}: hidden by an earlier peak ({result.get('method')})")
+    record["peak_memory_note"] = "; ".join(notes) or None
 
 
 # -------------------------------------------------------------- the command
@@ -400,7 +452,7 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
                 f"{dtype} {found['best']:.1f} GFLOP/s" for dtype, found in peak.items()),
                 flush=True)
 
-    table = Table(sys.stdout, cases)
+    table = Table(sys.stdout, cases, memory=args.memory)
     table.header()
     records = []
     for k, case in enumerate(cases):
@@ -423,12 +475,24 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
             r["speedup_vs_onnxruntime"] for r in records),
         "cases": len(records),
         "failed": failed,
+        "peak_memory_le_torch": None,
+        "peak_memory_compared": None,
         "wall_s": None,
     }
+    if args.memory:
+        pairs = [(r["peak_memory_mib"]["fastlstm"], r["peak_memory_mib"]["torch"])
+                 for r in records]
+        pairs = [(f, t) for f, t in pairs if f is not None and t is not None]
+        summary["peak_memory_le_torch"] = sum(f <= t for f, t in pairs)
+        summary["peak_memory_compared"] = len(pairs)
     gm_t, gm_o = summary["geomean_speedup_vs_torch"], summary["geomean_speedup_vs_onnxruntime"]
     print(f"\ngeometric mean speedup: "
           f"{'n/a' if gm_t is None else f'{gm_t:.2f}x'} vs torch, "
           f"{'n/a' if gm_o is None else f'{gm_o:.2f}x'} vs ONNX Runtime", flush=True)
+    if args.memory:
+        print(memory_summary(summary) + (
+            "" if _bench_memory.AVAILABLE else f" ({_bench_memory.UNAVAILABLE_NOTE})"),
+            flush=True)
     summary["wall_s"] = time.perf_counter() - started
 
     report = {
@@ -442,7 +506,8 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
                      "repeat": args.repeat, "pause_s": args.pause, "seed": args.seed,
                      "peak_size": args.peak_size, "peak_reps": 3,
                      "onnxruntime": use_ort, "onnxruntime_note": ort_missing,
-                     "tolerance": TOLERANCE},
+                     "tolerance": TOLERANCE, "memory": args.memory,
+                     "memory_method": _bench_memory.METHOD if args.memory else None},
         "flops_formula": FLOPS_FORMULA,
         "peak_gflops": peak,
         "cases": records,

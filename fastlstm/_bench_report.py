@@ -22,6 +22,8 @@ __all__ = [
     "Progress",
     "Table",
     "geomean",
+    "headers",
+    "memory_summary",
     "write_json",
     "write_markdown",
     "write_plot",
@@ -132,14 +134,27 @@ def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
 
-def _row_cells(case: Dict[str, Any]) -> List[str]:
-    """The table cells of one case record (see ``_bench.run_case``)."""
+def _mib(value: Optional[float]) -> str:
+    """``12.3`` (MiB), ``1234`` from 1000 MiB on; ``n/a`` for None."""
+    if value is None:
+        return "n/a"
+    return f"{value:.0f}" if value >= 1000 else f"{value:.1f}"
+
+
+def _row_cells(case: Dict[str, Any], memory: bool = False) -> List[str]:
+    """The table cells of one case record (see ``_bench.run_case``).
+
+    With ``memory``, three more: the peak memory of fastlstm, torch and ONNX
+    Runtime (MiB).
+    """
     times = case["time_s"]
     diff = case["max_abs_diff"]
+    mem = case.get("peak_memory_mib") or {}
+    mem_cells = [_mib(mem.get(lib)) for lib in LIBS] if memory else []
     if case["status"] != "ok":
         note = case.get("note") or case["status"]
         return [case["name"], case["shape"], case["extra"], note, "", "", "", "", "", "", "",
-                _fmt(diff.get("fastlstm"), ".1e")]
+                _fmt(diff.get("fastlstm"), ".1e")] + ["" for _ in mem_cells]
     ort_diff = diff.get("onnxruntime")
     return [
         case["name"], case["shape"], case["extra"],
@@ -150,13 +165,30 @@ def _row_cells(case: Dict[str, Any]) -> List[str]:
         _fmt(case["speedup_vs_onnxruntime"], ".2f", "x"),
         _fmt(diff.get("fastlstm"), ".1e"),
         _fmt(ort_diff, ".1e"),
-    ]
+    ] + mem_cells
 
 
 HEADERS = ["case", "N,L,I,H", "extra", "fastlstm", "torch", "ORT", "GFLOP/s", "peak",
            "vs torch", "vs ORT", "diff", "ORT diff"]
+#: The columns added by ``--memory``: peak memory of one forward (MiB) per library.
+MEMORY_HEADERS = ["MiB fast", "MiB torch", "MiB ORT"]
 _WIDTHS = [0, 0, 0, 10, 10, 10, 8, 6, 8, 7, 8, 8]  # the first three fit the cases
+_MEMORY_WIDTHS = [8, 9, 7]
 _LEFT = 3  # the first three columns are left-aligned
+
+
+def headers(memory: bool = False) -> List[str]:
+    """The column headers, with the memory columns if ``memory``."""
+    return HEADERS + (MEMORY_HEADERS if memory else [])
+
+
+def memory_summary(summary: Dict[str, Any]) -> Optional[str]:
+    """``peak memory: fastlstm <= torch in 9 of 11 cases``, or None if not measured."""
+    compared = summary.get("peak_memory_compared")
+    if compared is None:
+        return None
+    return (f"peak memory: fastlstm <= torch in {summary['peak_memory_le_torch']} "
+            f"of {compared} cases")
 
 
 class Table:
@@ -167,11 +199,15 @@ class Table:
     stream : file
     cases : sequence of Case
         The cases to come, to size the name, shape and extra columns.
+    memory : bool, default=False
+        Add the peak-memory columns (``--memory``).
     """
 
-    def __init__(self, stream: TextIO, cases: Sequence[Any]) -> None:
+    def __init__(self, stream: TextIO, cases: Sequence[Any], memory: bool = False) -> None:
         self.stream = stream
-        self.widths = list(_WIDTHS)
+        self.memory = memory
+        self.headers = headers(memory)
+        self.widths = list(_WIDTHS) + (list(_MEMORY_WIDTHS) if memory else [])
         for k, attr in enumerate(("name", "shape", "extra")):
             self.widths[k] = max([len(HEADERS[k])] + [len(getattr(c, attr)) for c in cases])
 
@@ -182,17 +218,19 @@ class Table:
         return " ".join(parts).rstrip()
 
     def header(self) -> None:
-        self.stream.write(self._line(HEADERS) + "\n")
-        self.stream.write("-" * len(self._line(HEADERS)) + "\n")
+        self.stream.write(self._line(self.headers) + "\n")
+        self.stream.write("-" * len(self._line(self.headers)) + "\n")
         self.stream.flush()
 
     def row(self, case: Dict[str, Any]) -> None:
-        cells = _row_cells(case)
+        cells = _row_cells(case, self.memory)
         if case["status"] != "ok":  # a failure note spans the timing columns
             line = self._line(cells[:3]).ljust(sum(self.widths[:3]) + 3) + cells[3]
-            line += f"  (fastlstm diff {cells[-1]})"
+            line += f"  (fastlstm diff {cells[len(HEADERS) - 1]})"
         else:
             line = self._line(cells)
+        if self.memory and case.get("peak_memory_note"):
+            line += f"\n    peak memory: {case['peak_memory_note']}"
         self.stream.write(line + "\n")
         self.stream.flush()
 
@@ -273,12 +311,18 @@ def markdown(report: Dict[str, Any]) -> str:
         f"- timing: {s['budget_s']} s per case, {s['blocks']} alternating blocks, "
         f"{s['pause_s']} s pause after each block, median of blocks",
         f"- FLOPs: {report['flops_formula']}",
+    ]
+    memory = bool(s.get("memory"))
+    if memory:
+        lines.append(f"- peak memory (MiB columns): {s['memory_method']}")
+    cols = headers(memory)
+    lines += [
         "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join(["---"] * _LEFT + ["---:"] * (len(HEADERS) - _LEFT)) + "|",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join(["---"] * _LEFT + ["---:"] * (len(cols) - _LEFT)) + "|",
     ]
     for case in report["cases"]:
-        cells = [_md_escape(c) for c in _row_cells(case)]
+        cells = [_md_escape(c) for c in _row_cells(case, memory)]
         lines.append("| " + " | ".join(cells) + " |")
     summary = report["summary"]
     lines += [
@@ -288,9 +332,16 @@ def markdown(report: Dict[str, Any]) -> str:
         f"vs ONNX Runtime.",
         "",
     ]
+    mem_line = memory_summary(summary)
+    if mem_line:
+        lines += [mem_line[0].upper() + mem_line[1:] + ".", ""]
     notes = sorted({n for c in report["cases"] for n in [c.get("onnxruntime_note")] if n})
     if notes:
         lines += ["ONNX Runtime n/a: " + "; ".join(notes) + ".", ""]
+    mem_notes = [f"{c['name']}: {c['peak_memory_note']}" for c in report["cases"]
+                 if memory and c.get("peak_memory_note")]
+    if mem_notes:
+        lines += ["Peak memory n/a: " + "; ".join(_md_escape(n) for n in mem_notes) + ".", ""]
     return "\n".join(lines)
 
 

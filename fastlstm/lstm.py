@@ -113,7 +113,7 @@ _MAX_ROWS = 2**31 - 1
 
 # Bytes of the gate buffer (input projections of one time chunk), and the
 # fewest rows a chunk's projection should have to be an efficient product.
-_GATE_BUFFER_BYTES = 16 << 20
+_GATE_BUFFER_BYTES = 2 << 20
 _MIN_CHUNK_ROWS = 256
 
 

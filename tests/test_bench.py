@@ -67,7 +67,8 @@ CASE_FIELDS = {
     "name", "slug", "N", "L", "I", "H", "layers", "bidirectional", "proj_size", "dtype",
     "shape", "extra", "flops", "status", "note", "tolerance", "check_passed", "max_abs_diff",
     "time_s", "block_s", "reps_per_block", "gflops", "peak_fraction", "speedup_vs_torch",
-    "speedup_vs_onnxruntime", "onnxruntime_note",
+    "speedup_vs_onnxruntime", "onnxruntime_note", "peak_memory_mib", "peak_memory_total_mib",
+    "peak_memory_note",
 }
 
 
@@ -114,6 +115,14 @@ def test_bench_in_process_json_and_markdown(torch, tmp_path, capsys):
         assert case["speedup_vs_torch"] == pytest.approx(
             case["time_s"]["torch"] / case["time_s"]["fastlstm"])
         assert case["peak_fraction"] > 0
+        # Without --memory: no memory measured.
+        assert case["peak_memory_mib"] == {"fastlstm": None, "torch": None, "onnxruntime": None}
+        assert case["peak_memory_total_mib"] == case["peak_memory_mib"]
+        assert case["peak_memory_note"] is None
+    assert report["settings"]["memory"] is False and report["settings"]["memory_method"] is None
+    assert report["summary"]["peak_memory_le_torch"] is None
+    assert report["summary"]["peak_memory_compared"] is None
+    assert "peak memory" not in captured.out
     assert cases[0]["tolerance"] == 1e-4 and cases[1]["tolerance"] == 1e-10
     assert cases[0]["flops"] == Case("", 2, 3, 8, 16, 2, True).flops
     # ONNX Runtime: timed and checked in float32, n/a (no double LSTM) in float64.
@@ -130,6 +139,80 @@ def test_bench_in_process_json_and_markdown(torch, tmp_path, capsys):
     assert "| case | N,L,I,H |" in markdown
     assert "| shape 2,3,8,16,2,yes | 2,3,8,16 | 2 layers bidir |" in markdown
     assert "measured peak float32" in markdown and "Geometric mean speedup" in markdown
+    assert "MiB fast" not in markdown and "Peak memory" not in markdown
+
+
+# --------------------------------------------------------------- peak memory
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="peak memory is measured on Linux only")
+
+
+@linux_only
+@pytest.mark.parametrize("lib", ["fastlstm", "torch"])
+def test_memory_subprocess_tiny_case(torch, lib):
+    from fastlstm._bench_memory import measure_in_subprocess
+
+    case = Case("tiny", 2, 3, 8, 16, layers=2, bidirectional=True).as_dict()
+    result = measure_in_subprocess(lib, case, threads=1, seed=0, timeout=60)
+    assert result.get("error") is None, result
+    assert result["lib"] == lib
+    assert result["peak_mib"] >= 0 and result["total_mib"] >= result["peak_mib"]
+    assert result["file_mib"] >= 0 and result["baseline_mib"] > 0
+    assert result["peak_rss_mib"] >= result["baseline_mib"]
+    # A forward of this size needs well under 64 MiB besides the libraries' code.
+    assert result["peak_mib"] < 64
+
+
+def test_memory_subprocess_reports_failures_as_one_line():
+    from fastlstm import _bench_memory
+
+    result = _bench_memory.measure_in_subprocess(
+        "no-such-library", Case("tiny", 1, 2, 4, 4).as_dict(), timeout=60)
+    if not _bench_memory.AVAILABLE:
+        assert result == {"lib": "no-such-library", "peak_mib": None,
+                          "error": _bench_memory.UNAVAILABLE_NOTE}
+        return
+    assert result["peak_mib"] is None
+    assert "unknown library" in result["error"] and "\n" not in result["error"]
+
+
+def test_memory_not_measured_off_linux(monkeypatch):
+    from fastlstm import _bench, _bench_memory
+
+    monkeypatch.setattr(_bench_memory, "AVAILABLE", False)
+    record = {"peak_memory_mib": {"fastlstm": None, "torch": None},
+              "peak_memory_total_mib": {"fastlstm": None, "torch": None}}
+    _bench.measure_memory(record, Case("tiny", 1, 2, 4, 4), ["fastlstm", "torch"], 1, 0)
+    assert record["peak_memory_mib"] == {"fastlstm": None, "torch": None}
+    assert record["peak_memory_note"] == "peak memory is measured on Linux only"
+
+
+@linux_only
+def test_bench_memory_fills_json_and_markdown(torch, tmp_path, capsys):
+    out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
+    status = cli.main(["bench", "--shape", "2,3,8,16", "--memory", "--threads", "1", *TINY,
+                       "--peak-size", "0", "--json", str(out_json), "--markdown", str(out_md)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "MiB fast" in captured.out and "MiB torch" in captured.out
+    assert "peak memory: fastlstm <= torch in " in captured.out
+    report = json.loads(out_json.read_text())
+    assert report["settings"]["memory"] is True and "fresh process" in report["settings"][
+        "memory_method"]
+    (case,) = report["cases"]
+    mem, total = case["peak_memory_mib"], case["peak_memory_total_mib"]
+    assert case["peak_memory_note"] is None
+    for lib in ("fastlstm", "torch"):
+        assert mem[lib] >= 0 and total[lib] >= mem[lib]
+    if _ORT is not None:
+        assert mem["onnxruntime"] >= 0
+    summary = report["summary"]
+    assert summary["peak_memory_compared"] == 1
+    assert summary["peak_memory_le_torch"] == int(mem["fastlstm"] <= mem["torch"])
+    markdown = out_md.read_text()
+    assert "| MiB fast | MiB torch | MiB ORT |" in markdown
+    assert "- peak memory (MiB columns): " in markdown
+    assert "Peak memory: fastlstm <= torch in " in markdown
 
 
 def test_python_m_fastlstm_bench(torch, tmp_path):
