@@ -2,58 +2,32 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 import sys
-import threading
 import warnings
 from collections import OrderedDict
-from typing import Any, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
 from fastlstm import _lstm
-from fastlstm._common import (
-    check_device,
-    dtype_name,
-    freeze,
-    is_torch_tensor,
-    resolve_dtype,
-    to_numpy,
+from fastlstm._common import check_device, dtype_name, is_torch_tensor, to_numpy
+from fastlstm._module import (  # noqa: F401  (_pack_panels: used by tests and the bench)
+    ArrayLike,
+    RngLike,
+    _Module,
+    _pack_panels,
+    _PackedLayer,
+    pack_layer,
 )
 from fastlstm._threads import get_num_threads, single_threaded_blas
 
 __all__ = ["LSTM"]
 
-ArrayLike = Any
 
-
-RngLike = Union[None, int, np.random.Generator]
-
-
-class _IncompatibleKeys(NamedTuple):
-    missing_keys: List[str]
-    unexpected_keys: List[str]
-
-    def __repr__(self) -> str:
-        if not self.missing_keys and not self.unexpected_keys:
-            return "<All keys matched successfully>"
-        return (f"_IncompatibleKeys(missing_keys={self.missing_keys!r}, "
-                f"unexpected_keys={self.unexpected_keys!r})")
-
-
-class _PackedLayer(NamedTuple):
-    """One layer's weights laid out for the kernels (built once, reused by every call).
-
-    Gate rows are interleaved by panels (``_interleave_gates``), so the gate
-    buffer has ``4 * Hp`` columns per direction.
-    """
-
-    w_ih: np.ndarray  # (D*4Hp, I_layer): both directions, interleaved, for BLAS
-    w_ih_p: np.ndarray  # the same transposed, in panels, for the small-M kernel
-    w_hh_p: np.ndarray  # (D, *): each interleaved W_hh^T in panels
-    bias: np.ndarray  # (D, 4Hp): b_ih + b_hh interleaved, zeros without bias
-    w_hr_p: np.ndarray  # (D, *): each W_hr^T in panels, or (D, 0) without projection
+def _check_int(name: str, value: Any) -> None:
+    if not isinstance(value, int):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
 
 
 # Rows per thread from which the input projection goes to BLAS GEMM, by SIMD
@@ -62,46 +36,6 @@ class _PackedLayer(NamedTuple):
 # AVX-512, a little slower than BLAS on large blocks with AVX2 only, and far
 # slower in the portable build (docs/kernels.md has the figures).
 _BLAS_MIN_ROWS = {"avx512": 1 << 30, "avx2": 64, "portable": 16}
-
-
-def _gate_unit(dtype: np.dtype) -> int:
-    """Hidden units per weight panel: a panel holds their i, f, g and o columns."""
-    return _lstm.panel_width(np.dtype(dtype).name) // 4
-
-
-def _interleave_gates(w: np.ndarray, hidden: int) -> np.ndarray:
-    """Reorder gate rows (i, f, g, o blocks of ``hidden``) panel by panel.
-
-    Rows of ``w`` (shape ``(4*hidden, ...)``) become, for each panel of U
-    units, ``[i(U) f(U) g(U) o(U)]`` of those units, with hidden padded to a
-    multiple of U by zero rows.
-    """
-    unit = _gate_unit(w.dtype)
-    padded_h = -(-hidden // unit) * unit
-    rest = w.shape[1:]
-    gates = np.zeros((4, padded_h) + rest, dtype=w.dtype)
-    gates[:, :hidden] = w.reshape((4, hidden) + rest)
-    gates = gates.reshape((4, padded_h // unit, unit) + rest).swapaxes(0, 1)
-    return np.ascontiguousarray(gates).reshape((4 * padded_h,) + rest)
-
-
-def _pack_panels(weight: np.ndarray) -> np.ndarray:
-    """Lay out ``weight.T`` (K x N) for the small-M kernel, flattened.
-
-    Panel ``p`` is columns ``[p*W, (p+1)*W)`` of ``weight.T`` as a contiguous
-    K x W block, zero-padded past N (W from ``_lstm.panel_width``).
-    """
-    n, k = weight.shape
-    width = _lstm.panel_width(weight.dtype.name)
-    n_panels = -(-n // width)
-    padded = np.zeros((n_panels * width, k), dtype=weight.dtype)
-    padded[:n] = weight
-    return np.ascontiguousarray(padded.reshape(n_panels, width, k).transpose(0, 2, 1)).ravel()
-
-
-def _check_int(name: str, value: Any) -> None:
-    if not isinstance(value, int):
-        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
 
 
 # Constructor arguments shared with torch.nn.LSTM (also its attribute names).
@@ -145,7 +79,7 @@ def _as_count(name: str, value: Any) -> int:
     return int(value)
 
 
-class LSTM:
+class LSTM(_Module):
     r"""Multi-layer LSTM for inference on CPUs, a drop-in for ``torch.nn.LSTM``.
 
     Each layer computes, for every element of the input sequence,
@@ -292,14 +226,7 @@ class LSTM:
         d["_dropout"] = float(dropout)
         d["_bidirectional"] = bool(bidirectional)
         d["_proj_size"] = proj_size
-        d["_dtype"] = resolve_dtype(dtype)
-        d["training"] = False
-        d["_rng"] = np.random.default_rng(rng)
-        d["_params"] = OrderedDict()
-        d["_shapes"] = self._parameter_shapes()
-        d["_packed"] = None
-        d["_pack_lock"] = threading.Lock()
-        self.reset_parameters()
+        self._init_module(dtype, rng)
 
     # ------------------------------------------------------------------ config
     input_size = property(lambda self: self._input_size, doc="Features of the input.")
@@ -310,7 +237,6 @@ class LSTM:
     dropout = property(lambda self: self._dropout, doc="Inter-layer dropout (training only).")
     bidirectional = property(lambda self: self._bidirectional, doc="Two directions per layer.")
     proj_size = property(lambda self: self._proj_size, doc="Projection size, 0 for none.")
-    dtype = property(lambda self: self._dtype, doc="numpy dtype of parameters and results.")
 
     @property
     def _num_directions(self) -> int:
@@ -355,61 +281,6 @@ class LSTM:
             s += f", dtype={dtype_name(self._dtype)}"
         return s + ")"
 
-    # -------------------------------------------------------------- parameters
-    def reset_parameters(self, rng: RngLike = None) -> None:
-        """Draw every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)).
-
-        Parameters
-        ----------
-        rng : None, int or numpy.random.Generator, optional
-            Source of randomness; by default the module's own generator.
-        """
-        gen = self._rng if rng is None else np.random.default_rng(rng)
-        bound = 1.0 / math.sqrt(self._hidden_size)
-        for name, shape in self._shapes.items():
-            value = gen.uniform(-bound, bound, size=shape).astype(self._dtype)
-            self._params[name] = freeze(value)
-        self.__dict__["_packed"] = None
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        params = self.__dict__.get("_params")
-        if params is not None and name in params:
-            return params[name]
-        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in self.__dict__.get("_shapes", ()):
-            self._set_parameters({name: value}, strict=False)
-        elif name == "training":
-            self.__dict__["training"] = bool(value)
-        elif hasattr(type(self), name) or name.startswith("_"):
-            raise AttributeError(f"attribute '{name}' of {type(self).__name__} is read-only")
-        else:
-            self.__dict__[name] = value
-
-    def __dir__(self) -> List[str]:
-        return sorted(set(super().__dir__()) | set(self._params))
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_packed"] = None
-        del state["_pack_lock"]
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.__dict__["_pack_lock"] = threading.Lock()
-        for array in self._params.values():  # pickle does not keep the read-only flag
-            freeze(array)
-
-    def named_parameters(self) -> Iterator[Tuple[str, np.ndarray]]:
-        """Yield ``(name, array)`` for every parameter, in torch's order."""
-        yield from self._params.items()
-
-    def parameters(self) -> Iterator[np.ndarray]:
-        """Yield every parameter array, in torch's order."""
-        yield from self._params.values()
-
     @property
     def all_weights(self) -> List[List[np.ndarray]]:
         """Parameters grouped per layer and direction, as torch's ``all_weights``."""
@@ -420,126 +291,18 @@ class LSTM:
                 groups.append([v for k, v in self._params.items() if k.endswith(sfx)])
         return groups
 
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Return a copy of the parameters keyed by torch's names, in torch's order.
-
-        Returns
-        -------
-        OrderedDict of str to ndarray
-            Writable copies; ``torch.nn.LSTM.load_state_dict`` accepts them after
-            ``torch.from_numpy``, and :meth:`load_state_dict` accepts them as they are.
-        """
-        return OrderedDict((k, v.copy()) for k, v in self._params.items())
-
-    def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True
-    ) -> _IncompatibleKeys:
-        """Copy parameters from a mapping of torch's names to arrays or torch tensors.
-
-        Values are cast to the module's dtype.  torch itself is never imported:
-        tensors are recognised only when torch is already loaded.
-
-        Parameters
-        ----------
-        state_dict : Mapping of str to array-like or torch.Tensor
-            For example ``torch_lstm.state_dict()`` or :meth:`state_dict`.
-        strict : bool, default=True
-            If True, missing and unexpected keys raise ``RuntimeError``; if False
-            they are returned.  Shape mismatches always raise.
-
-        Returns
-        -------
-        NamedTuple with ``missing_keys`` and ``unexpected_keys``
-
-        Raises
-        ------
-        TypeError
-            If ``state_dict`` is not a mapping.
-        RuntimeError
-            Listing missing keys, unexpected keys and every shape mismatch (with
-            the key, the shape in the mapping and the module's shape), as torch.
-            Nothing is changed when it raises.
-        """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
-        return self._set_parameters(state_dict, strict=strict)
-
-    def _set_parameters(self, values: Mapping[str, Any], strict: bool) -> _IncompatibleKeys:
-        missing = [k for k in self._shapes if k not in values]
-        unexpected = [k for k in values if k not in self._shapes]
-        errors = []
-        converted = {}
-        for key, value in values.items():
-            if key not in self._shapes:
-                continue
-            array = to_numpy(value)
-            expected = self._shapes[key]
-            if array.shape != expected:
-                errors.append(
-                    f"size mismatch for {key}: copying a param with shape {tuple(array.shape)} "
-                    f"from checkpoint, the shape in current model is {expected}."
-                )
-                continue
-            if array.dtype.kind not in "fiub":
-                errors.append(f"cannot load {key}: dtype {array.dtype} is not a real number type")
-                continue
-            converted[key] = freeze(np.array(array, dtype=self._dtype, order="C", copy=True))
-        if strict:
-            if unexpected:
-                errors.insert(
-                    0,
-                    "Unexpected key(s) in state_dict: {}. ".format(
-                        ", ".join(f'"{k}"' for k in unexpected)
-                    ),
-                )
-            if missing:
-                errors.insert(
-                    0,
-                    "Missing key(s) in state_dict: {}. ".format(
-                        ", ".join(f'"{k}"' for k in missing)
-                    ),
-                )
-        if errors:
-            raise RuntimeError(
-                "Error(s) in loading state_dict for {}:\n\t{}".format(
-                    type(self).__name__, "\n\t".join(errors)
-                )
-            )
-        with self._pack_lock:
-            self._params.update(converted)
-            self.__dict__["_packed"] = None
-        return _IncompatibleKeys(missing, unexpected)
-
-    def _packed_layers(self) -> List[_PackedLayer]:
-        """The kernel layout of the weights, built on first use after any change."""
-        packed = self._packed
-        if packed is not None:
-            return packed
-        with self._pack_lock:
-            if self._packed is not None:
-                return self._packed
-            p = self._params
-            dt = self._dtype
-            hidden = self._hidden_size
-            layers = []
-            for layer in range(self._num_layers):
-                sfxs = [f"_l{layer}"] + ([f"_l{layer}_reverse"] if self._bidirectional else [])
-                w_ih = np.concatenate(
-                    [_interleave_gates(p["weight_ih" + s], hidden) for s in sfxs])
-                w_hh_p = np.stack(
-                    [_pack_panels(_interleave_gates(p["weight_hh" + s], hidden)) for s in sfxs])
-                if self._bias:
-                    bias = np.stack([_interleave_gates(p["bias_ih" + s] + p["bias_hh" + s], hidden)
-                                     for s in sfxs])
-                else:
-                    bias = np.zeros((len(sfxs), w_ih.shape[0] // len(sfxs)), dtype=dt)
-                if self._proj_size > 0:
-                    w_hr_p = np.stack([_pack_panels(p["weight_hr" + s]) for s in sfxs])
-                else:
-                    w_hr_p = np.empty((len(sfxs), 0), dtype=dt)
-                layers.append(_PackedLayer(w_ih, _pack_panels(w_ih), w_hh_p, bias, w_hr_p))
-            self.__dict__["_packed"] = layers
-            return layers
+    def _pack(self) -> List[_PackedLayer]:
+        p = self._params
+        layers = []
+        for layer in range(self._num_layers):
+            sfxs = [f"_l{layer}"] + ([f"_l{layer}_reverse"] if self._bidirectional else [])
+            layers.append(pack_layer(
+                [p["weight_ih" + s] for s in sfxs],
+                [p["weight_hh" + s] for s in sfxs],
+                [p["bias_ih" + s] + p["bias_hh" + s] for s in sfxs] if self._bias else None,
+                [p["weight_hr" + s] for s in sfxs] if self._proj_size > 0 else None,
+                self._hidden_size, self._dtype))
+        return layers
 
     # ------------------------------------------------------------ torch interop
     @classmethod
@@ -584,22 +347,7 @@ class LSTM:
         module.train(self.training)
         return module
 
-    # ------------------------------------------------------------------- modes
-    def train(self, mode: bool = True) -> "LSTM":
-        """Set training mode (inter-layer dropout active) and return self."""
-        if not isinstance(mode, bool):
-            raise ValueError("training mode is expected to be boolean")
-        self.__dict__["training"] = mode
-        return self
-
-    def eval(self) -> "LSTM":
-        """Set eval mode (no dropout; the default for a new module) and return self."""
-        return self.train(False)
-
     # ----------------------------------------------------------------- forward
-    def __call__(self, input: ArrayLike, hx: Optional[Tuple[ArrayLike, ArrayLike]] = None):
-        return self.forward(input, hx)
-
     def forward(
         self, input: ArrayLike, hx: Optional[Tuple[ArrayLike, ArrayLike]] = None
     ) -> Tuple[Any, Tuple[Any, Any]]:

@@ -1,0 +1,303 @@
+"""The parameter machinery shared by fastlstm's modules, and weight packing.
+
+A module keeps its parameters as read-only arrays under torch's names, in
+torch's order, and the kernels' packed layout of them, rebuilt on first use
+after any change.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from typing import Any, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+
+from fastlstm import _lstm
+from fastlstm._common import freeze, resolve_dtype, to_numpy
+
+ArrayLike = Any
+RngLike = Union[None, int, np.random.Generator]
+
+
+class _IncompatibleKeys(NamedTuple):
+    missing_keys: List[str]
+    unexpected_keys: List[str]
+
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return (f"_IncompatibleKeys(missing_keys={self.missing_keys!r}, "
+                f"unexpected_keys={self.unexpected_keys!r})")
+
+
+class _PackedLayer(NamedTuple):
+    """One layer's weights laid out for the kernels (built once, reused by every call).
+
+    Gate rows are interleaved by panels (``_interleave_gates``), so the gate
+    buffer has ``4 * Hp`` columns per direction.
+    """
+
+    w_ih: np.ndarray  # (D*4Hp, I_layer): both directions, interleaved, for BLAS
+    w_ih_p: np.ndarray  # the same transposed, in panels, for the small-M kernel
+    w_hh_p: np.ndarray  # (D, *): each interleaved W_hh^T in panels
+    bias: np.ndarray  # (D, 4Hp): b_ih + b_hh interleaved, zeros without bias
+    w_hr_p: np.ndarray  # (D, *): each W_hr^T in panels, or (D, 0) without projection
+
+
+
+
+def _gate_unit(dtype: np.dtype) -> int:
+    """Hidden units per weight panel: a panel holds their i, f, g and o columns."""
+    return _lstm.panel_width(np.dtype(dtype).name) // 4
+
+
+def _interleave_gates(w: np.ndarray, hidden: int) -> np.ndarray:
+    """Reorder gate rows (i, f, g, o blocks of ``hidden``) panel by panel.
+
+    Rows of ``w`` (shape ``(4*hidden, ...)``) become, for each panel of U
+    units, ``[i(U) f(U) g(U) o(U)]`` of those units, with hidden padded to a
+    multiple of U by zero rows.
+    """
+    unit = _gate_unit(w.dtype)
+    padded_h = -(-hidden // unit) * unit
+    rest = w.shape[1:]
+    gates = np.zeros((4, padded_h) + rest, dtype=w.dtype)
+    gates[:, :hidden] = w.reshape((4, hidden) + rest)
+    gates = gates.reshape((4, padded_h // unit, unit) + rest).swapaxes(0, 1)
+    return np.ascontiguousarray(gates).reshape((4 * padded_h,) + rest)
+
+
+def _pack_panels(weight: np.ndarray) -> np.ndarray:
+    """Lay out ``weight.T`` (K x N) for the small-M kernel, flattened.
+
+    Panel ``p`` is columns ``[p*W, (p+1)*W)`` of ``weight.T`` as a contiguous
+    K x W block, zero-padded past N (W from ``_lstm.panel_width``).
+    """
+    n, k = weight.shape
+    width = _lstm.panel_width(weight.dtype.name)
+    n_panels = -(-n // width)
+    padded = np.zeros((n_panels * width, k), dtype=weight.dtype)
+    padded[:n] = weight
+    return np.ascontiguousarray(padded.reshape(n_panels, width, k).transpose(0, 2, 1)).ravel()
+
+
+def pack_layer(
+    w_ih: List[np.ndarray],
+    w_hh: List[np.ndarray],
+    biases: Optional[List[np.ndarray]],
+    w_hr: Optional[List[np.ndarray]],
+    hidden: int,
+    dtype: np.dtype,
+) -> _PackedLayer:
+    """Pack one layer's weights, one list entry per direction (torch's layouts)."""
+    n_dirs = len(w_ih)
+    w_ih_all = np.concatenate([_interleave_gates(w, hidden) for w in w_ih])
+    w_hh_p = np.stack([_pack_panels(_interleave_gates(w, hidden)) for w in w_hh])
+    if biases is not None:
+        bias = np.stack([_interleave_gates(b, hidden) for b in biases])
+    else:
+        bias = np.zeros((n_dirs, w_ih_all.shape[0] // n_dirs), dtype=dtype)
+    if w_hr is not None:
+        w_hr_p = np.stack([_pack_panels(w) for w in w_hr])
+    else:
+        w_hr_p = np.empty((n_dirs, 0), dtype=dtype)
+    return _PackedLayer(w_ih_all, _pack_panels(w_ih_all), w_hh_p, bias, w_hr_p)
+
+
+class _Module:
+    """Parameters under torch's names, state dicts, modes, pickling."""
+
+    _shapes: "OrderedDict[str, Tuple[int, ...]]"
+
+    def _init_module(self, dtype: Any, rng: RngLike) -> None:
+        """Set up the state every module has; ``_shapes`` comes from the subclass."""
+        d = self.__dict__
+        d["_dtype"] = resolve_dtype(dtype)
+        d["training"] = False
+        d["_rng"] = np.random.default_rng(rng)
+        d["_params"] = OrderedDict()
+        d["_shapes"] = self._parameter_shapes()
+        d["_packed"] = None
+        d["_pack_lock"] = threading.Lock()
+        self.reset_parameters()
+
+    dtype = property(lambda self: self._dtype, doc="numpy dtype of parameters and results.")
+
+    def _parameter_shapes(self) -> "OrderedDict[str, Tuple[int, ...]]":
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- parameters
+    def reset_parameters(self, rng: RngLike = None) -> None:
+        """Draw every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)).
+
+        Parameters
+        ----------
+        rng : None, int or numpy.random.Generator, optional
+            Source of randomness; by default the module's own generator.
+        """
+        gen = self._rng if rng is None else np.random.default_rng(rng)
+        bound = 1.0 / math.sqrt(self._hidden_size)
+        for name, shape in self._shapes.items():
+            value = gen.uniform(-bound, bound, size=shape).astype(self._dtype)
+            self._params[name] = freeze(value)
+        self.__dict__["_packed"] = None
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__.get("_shapes", ()):
+            self._set_parameters({name: value}, strict=False)
+        elif name == "training":
+            self.__dict__["training"] = bool(value)
+        elif hasattr(type(self), name) or name.startswith("_"):
+            raise AttributeError(f"attribute '{name}' of {type(self).__name__} is read-only")
+        else:
+            self.__dict__[name] = value
+
+    def __dir__(self) -> List[str]:
+        return sorted(set(super().__dir__()) | set(self._params))
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_packed"] = None
+        del state["_pack_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__dict__["_pack_lock"] = threading.Lock()
+        for array in self._params.values():  # pickle does not keep the read-only flag
+            freeze(array)
+
+    def named_parameters(self) -> Iterator[Tuple[str, np.ndarray]]:
+        """Yield ``(name, array)`` for every parameter, in torch's order."""
+        yield from self._params.items()
+
+    def parameters(self) -> Iterator[np.ndarray]:
+        """Yield every parameter array, in torch's order."""
+        yield from self._params.values()
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Return a copy of the parameters keyed by torch's names, in torch's order.
+
+        Returns
+        -------
+        OrderedDict of str to ndarray
+            Writable copies; ``torch.nn.LSTM.load_state_dict`` accepts them after
+            ``torch.from_numpy``, and :meth:`load_state_dict` accepts them as they are.
+        """
+        return OrderedDict((k, v.copy()) for k, v in self._params.items())
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True
+    ) -> _IncompatibleKeys:
+        """Copy parameters from a mapping of torch's names to arrays or torch tensors.
+
+        Values are cast to the module's dtype.  torch itself is never imported:
+        tensors are recognised only when torch is already loaded.
+
+        Parameters
+        ----------
+        state_dict : Mapping of str to array-like or torch.Tensor
+            For example ``torch_lstm.state_dict()`` or :meth:`state_dict`.
+        strict : bool, default=True
+            If True, missing and unexpected keys raise ``RuntimeError``; if False
+            they are returned.  Shape mismatches always raise.
+
+        Returns
+        -------
+        NamedTuple with ``missing_keys`` and ``unexpected_keys``
+
+        Raises
+        ------
+        TypeError
+            If ``state_dict`` is not a mapping.
+        RuntimeError
+            Listing missing keys, unexpected keys and every shape mismatch (with
+            the key, the shape in the mapping and the module's shape), as torch.
+            Nothing is changed when it raises.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
+        return self._set_parameters(state_dict, strict=strict)
+
+    def _set_parameters(self, values: Mapping[str, Any], strict: bool) -> _IncompatibleKeys:
+        missing = [k for k in self._shapes if k not in values]
+        unexpected = [k for k in values if k not in self._shapes]
+        errors = []
+        converted = {}
+        for key, value in values.items():
+            if key not in self._shapes:
+                continue
+            array = to_numpy(value)
+            expected = self._shapes[key]
+            if array.shape != expected:
+                errors.append(
+                    f"size mismatch for {key}: copying a param with shape {tuple(array.shape)} "
+                    f"from checkpoint, the shape in current model is {expected}."
+                )
+                continue
+            if array.dtype.kind not in "fiub":
+                errors.append(f"cannot load {key}: dtype {array.dtype} is not a real number type")
+                continue
+            converted[key] = freeze(np.array(array, dtype=self._dtype, order="C", copy=True))
+        if strict:
+            if unexpected:
+                errors.insert(
+                    0,
+                    "Unexpected key(s) in state_dict: {}. ".format(
+                        ", ".join(f'"{k}"' for k in unexpected)
+                    ),
+                )
+            if missing:
+                errors.insert(
+                    0,
+                    "Missing key(s) in state_dict: {}. ".format(
+                        ", ".join(f'"{k}"' for k in missing)
+                    ),
+                )
+        if errors:
+            raise RuntimeError(
+                "Error(s) in loading state_dict for {}:\n\t{}".format(
+                    type(self).__name__, "\n\t".join(errors)
+                )
+            )
+        with self._pack_lock:
+            self._params.update(converted)
+            self.__dict__["_packed"] = None
+        return _IncompatibleKeys(missing, unexpected)
+
+    def _packed_layers(self) -> List[_PackedLayer]:
+        """The kernel layout of the weights, built on first use after any change."""
+        packed = self._packed
+        if packed is not None:
+            return packed
+        with self._pack_lock:
+            if self._packed is None:
+                self.__dict__["_packed"] = self._pack()
+            return self._packed
+
+    def _pack(self) -> List[_PackedLayer]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------- modes
+    def train(self, mode: bool = True) -> "_Module":
+        """Set training mode (inter-layer dropout of LSTM active) and return self."""
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.__dict__["training"] = mode
+        return self
+
+    def eval(self) -> "_Module":
+        """Set eval mode (no dropout; the default for a new module) and return self."""
+        return self.train(False)
+
+    # ----------------------------------------------------------------- forward
+    def __call__(self, input: ArrayLike, hx: Optional[Tuple[ArrayLike, ArrayLike]] = None):
+        return self.forward(input, hx)
