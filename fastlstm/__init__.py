@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 
 from fastlstm._info import show_config  # noqa: E402
 from fastlstm._threads import get_num_threads, set_num_threads  # noqa: E402
+from fastlstm.cell import LSTMCell  # noqa: E402
 from fastlstm.lstm import LSTM  # noqa: E402
 
-__all__ = ["LSTM", "get_num_threads", "set_num_threads", "show_config", "__version__"]
+__all__ = ["LSTM", "LSTMCell", "get_num_threads", "set_num_threads", "show_config",
+           "__version__"]

@@ -1,0 +1,269 @@
+"""``fastlstm.LSTMCell``: a ``torch.nn.LSTMCell``-compatible cell for CPU inference."""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
+
+from fastlstm import _lstm
+from fastlstm._common import check_device, dtype_name, is_torch_tensor, to_numpy
+from fastlstm._module import ArrayLike, RngLike, _Module, _PackedLayer, pack_layer
+from fastlstm._threads import get_num_threads
+from fastlstm.lstm import _batch_chunks, _check_int
+
+__all__ = ["LSTMCell"]
+
+_NO_BLAS = 1 << 30
+
+
+class LSTMCell(_Module):
+    r"""One LSTM step, a drop-in for ``torch.nn.LSTMCell``.
+
+    .. math::
+        i = \sigma(W_{ii} x + b_{ii} + W_{hi} h + b_{hi}) \\
+        f = \sigma(W_{if} x + b_{if} + W_{hf} h + b_{hf}) \\
+        g = \tanh(W_{ig} x + b_{ig} + W_{hg} h + b_{hg}) \\
+        o = \sigma(W_{io} x + b_{io} + W_{ho} h + b_{ho}) \\
+        c' = f \odot c + i \odot g \\
+        h' = o \odot \tanh(c')
+
+    Parameters
+    ----------
+    input_size : int
+        Number of features of the input ``x``.
+    hidden_size : int
+        Number of features of ``h`` and ``c``.
+    bias : bool, default=True
+        If False, the cell has no ``bias_ih``/``bias_hh``.
+    device : None or "cpu", default=None
+        Accepted for compatibility; fastlstm runs on the CPU only.
+    dtype : {None, "float32", "float64"} or numpy dtype, default=None (float32)
+        Precision of the parameters and of the computation.
+    rng : None, int or numpy.random.Generator, keyword-only
+        Source of the initial parameters, drawn from
+        :math:`\mathcal{U}(-1/\sqrt{H}, 1/\sqrt{H})` as in torch.
+
+    Attributes
+    ----------
+    weight_ih : ndarray of shape (4*hidden_size, input_size)
+    weight_hh : ndarray of shape (4*hidden_size, hidden_size)
+    bias_ih, bias_hh : ndarray of shape (4*hidden_size,)
+        Read-only, gates in the order i, f, g, o; assign new arrays or use
+        :meth:`load_state_dict` to change them.
+
+    Notes
+    -----
+    The kernels are the fused step of :class:`fastlstm.LSTM` (one timestep),
+    with the weights packed once.  Constructor arguments are checked like
+    ``torch.nn.LSTM``'s (``torch.nn.LSTMCell`` itself does not check them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastlstm
+    >>> cell = fastlstm.LSTMCell(10, 20, rng=0)
+    >>> x = np.zeros((3, 10), dtype=np.float32)
+    >>> h, c = cell(x)
+    >>> h.shape, c.shape
+    ((3, 20), (3, 20))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        rng: RngLike = None,
+    ) -> None:
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+        _check_int("input_size", input_size)
+        if input_size <= 0:
+            raise ValueError("input_size must be greater than zero")
+        _check_int("hidden_size", hidden_size)
+        if hidden_size <= 0:
+            raise ValueError("hidden_size must be greater than zero")
+        check_device(device)
+        d = self.__dict__
+        d["_input_size"] = input_size
+        d["_hidden_size"] = hidden_size
+        d["_bias"] = bias
+        self._init_module(dtype, rng)
+
+    input_size = property(lambda self: self._input_size, doc="Features of the input.")
+    hidden_size = property(lambda self: self._hidden_size, doc="Features of h and c.")
+    bias = property(lambda self: self._bias, doc="Whether the cell has biases.")
+
+    def _parameter_shapes(self) -> "OrderedDict[str, Tuple[int, ...]]":
+        h4 = 4 * self._hidden_size
+        shapes: "OrderedDict[str, Tuple[int, ...]]" = OrderedDict()
+        shapes["weight_ih"] = (h4, self._input_size)
+        shapes["weight_hh"] = (h4, self._hidden_size)
+        if self._bias:
+            shapes["bias_ih"] = (h4,)
+            shapes["bias_hh"] = (h4,)
+        return shapes
+
+    def _pack(self) -> List[_PackedLayer]:
+        p = self._params
+        bias = [p["bias_ih"] + p["bias_hh"]] if self._bias else None
+        return [pack_layer([p["weight_ih"]], [p["weight_hh"]], bias, None,
+                           self._hidden_size, self._dtype)]
+
+    def __repr__(self) -> str:
+        s = f"{type(self).__name__}({self._input_size}, {self._hidden_size}"
+        if not self._bias:
+            s += ", bias=False"
+        if self._dtype != np.float32:
+            s += f", dtype={dtype_name(self._dtype)}"
+        return s + ")"
+
+    # ------------------------------------------------------------ torch interop
+    @classmethod
+    def from_torch(cls, module: Any, *, dtype: Any = None) -> "LSTMCell":
+        """Build an equivalent cell from a ``torch.nn.LSTMCell`` (config and weights).
+
+        Parameters
+        ----------
+        module : torch.nn.LSTMCell
+        dtype : None or dtype, optional
+            Defaults to the module's dtype (float64 stays float64, other float
+            types become float32).
+
+        Returns
+        -------
+        LSTMCell
+        """
+        for attr in ("input_size", "hidden_size", "weight_ih", "state_dict"):
+            if not hasattr(module, attr):
+                raise TypeError(
+                    f"from_torch expects a torch.nn.LSTMCell, got {type(module).__name__}")
+        if dtype is None:
+            dtype = np.float64 if str(module.weight_ih.dtype) == "torch.float64" else np.float32
+        bias = getattr(module, "bias", module.bias_ih is not None)
+        new = cls(module.input_size, module.hidden_size, bias=bool(bias), dtype=dtype)
+        new.load_state_dict(module.state_dict())
+        return new
+
+    def to_torch(self) -> Any:
+        """Return an equivalent ``torch.nn.LSTMCell`` (imports torch, only here)."""
+        import torch
+
+        tdtype = torch.float64 if self._dtype == np.float64 else torch.float32
+        module = torch.nn.LSTMCell(self._input_size, self._hidden_size, bias=self._bias,
+                                   dtype=tdtype)
+        module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._params.items()})
+        return module
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self, input: ArrayLike, hx: Optional[Tuple[ArrayLike, ArrayLike]] = None
+    ) -> Tuple[Any, Any]:
+        """One step: ``(h', c')`` from the input and the previous state.
+
+        Parameters
+        ----------
+        input : array-like of shape (N, input_size) or (input_size,)
+        hx : tuple (h, c) of arrays of shape (N, hidden_size) or (hidden_size,), optional
+            Zeros when omitted.
+
+        Returns
+        -------
+        (h', c') : tuple of ndarray, shaped like ``h`` (torch tensors when the
+            input was one).
+
+        Raises
+        ------
+        ValueError
+            Input or states that are not 1-D or 2-D.
+        RuntimeError
+            Sizes that do not match the cell or each other, as torch; non-floating
+            input or states.
+        """
+        tensor_in = is_torch_tensor(input)
+        x = to_numpy(input)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {x.ndim}D instead")
+        states = None
+        if hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("LSTMCell: hx must be a tuple (h, c) of two arrays")
+            tensor_in = tensor_in or is_torch_tensor(hx[0])
+            states = [to_numpy(v) for v in hx]
+            for idx, value in enumerate(states):
+                if value.ndim not in (1, 2):
+                    raise ValueError(
+                        f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.ndim}D instead"
+                    )
+        batched = x.ndim == 2
+        if not batched:
+            x = x[None, :]
+            if states is not None:
+                states = [v[None, ...] for v in states]
+        if x.dtype.kind != "f":
+            # torch fails in its matrix product, with a RuntimeError.
+            raise RuntimeError(
+                f"LSTMCell input dtype ({x.dtype}) does not match weight dtype ({self._dtype}). "
+                f"Convert input: input.astype({self._dtype})"
+            )
+        if x.shape[1] != self._input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {x.shape[1]} "
+                f"expected {self._input_size}"
+            )
+        if states is not None:
+            for idx, value in enumerate(states):
+                if value.shape[0] != x.shape[0]:
+                    raise RuntimeError(
+                        f"Input batch size {x.shape[0]} doesn't match hidden{idx} "
+                        f"batch size {value.shape[0]}"
+                    )
+                if value.ndim != 2 or value.shape[1] != self._hidden_size:
+                    raise RuntimeError(
+                        f"hidden{idx} has inconsistent hidden_size: got {value.shape[1]}, "
+                        f"expected {self._hidden_size}"
+                    )
+                if value.dtype.kind != "f":
+                    raise RuntimeError(
+                        f"hx[{idx}] dtype ({value.dtype}) does not match weight dtype "
+                        f"({self._dtype})"
+                    )
+        h, c = self._step(x, states)
+        if not batched:
+            h, c = h[0], c[0]
+        if tensor_in:
+            torch = sys.modules["torch"]
+            h, c = torch.from_numpy(h), torch.from_numpy(c)
+        return h, c
+
+    def _step(self, x: np.ndarray, states: Optional[List[np.ndarray]]) -> Tuple[np.ndarray,
+                                                                                   np.ndarray]:
+        """Run the fused step kernel on validated 2-D arrays."""
+        dt = self._dtype
+        batch, hidden = x.shape[0], self._hidden_size
+        if batch == 0:
+            return np.zeros((0, hidden), dt), np.zeros((0, hidden), dt)
+        x = np.ascontiguousarray(x, dtype=dt)
+        if states is None:
+            h0 = np.zeros((1, batch, hidden), dt)
+            c = np.zeros((1, batch, hidden), dt)
+        else:
+            h0 = np.ascontiguousarray(states[0], dtype=dt).reshape(1, batch, hidden)
+            c = np.array(states[1], dtype=dt, order="C", copy=True).reshape(1, batch, hidden)
+        w = self._packed_layers()[0]
+        threads = get_num_threads()
+        h = np.empty((batch, hidden), dt)
+        h_n = np.empty((1, batch, hidden), dt)
+        gates = np.empty((batch, w.bias.shape[1]), dt)
+        # One step: a single-layer, single-direction sequence of length 1.  A
+        # step's few rows never go to BLAS (it would pack the weights each call).
+        _lstm.layer(x, w.w_ih, w.w_ih_p, gates, w.w_hh_p, w.bias, w.w_hr_p, h0, c, c, h, h_n,
+                    1, False, _batch_chunks(batch, 1, threads), threads, _NO_BLAS,
+                    states is None, 1)
+        return h, c[0]
