@@ -13,6 +13,7 @@ from fastlstm._info import show_config  # noqa: E402
 from fastlstm._threads import get_num_threads, set_num_threads  # noqa: E402
 from fastlstm.cell import LSTMCell  # noqa: E402
 from fastlstm.lstm import LSTM  # noqa: E402
+from fastlstm.stream import Stream  # noqa: E402
 
-__all__ = ["LSTM", "LSTMCell", "get_num_threads", "set_num_threads", "show_config",
+__all__ = ["LSTM", "LSTMCell", "Stream", "get_num_threads", "set_num_threads", "show_config",
            "__version__"]

@@ -1,0 +1,151 @@
+"""``fastlstm.Stream``: frame-by-frame inference that owns its state and allocates nothing."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
+import numpy as np
+
+from fastlstm import _lstm
+from fastlstm._common import to_numpy
+from fastlstm._threads import get_num_threads
+from fastlstm.cell import LSTMCell
+from fastlstm.lstm import LSTM, _batch_chunks
+
+__all__ = ["Stream"]
+
+_NO_BLAS = 1 << 30
+
+
+class Stream:
+    """Run an LSTM or LSTMCell one frame at a time, carrying its state in place.
+
+    The stream owns ``h`` and ``c`` and every buffer a step needs, allocated
+    once; :meth:`step` validates little and allocates nothing, which is what a
+    speech or voice-activity loop on a server thread wants.  The GIL is
+    released while the kernels run.
+
+    Parameters
+    ----------
+    module : LSTM or LSTMCell
+        A unidirectional :class:`fastlstm.LSTM` (any number of layers,
+        ``proj_size`` allowed) or a :class:`fastlstm.LSTMCell`.  Its weights are
+        read at every step, so later parameter changes take effect.  Steps
+        compute in eval mode (no dropout).
+    batch_size : int or None, default=None
+        Number of independent streams stepped together; None for one unbatched
+        stream (frames of shape ``(input_size,)``).
+
+    Attributes
+    ----------
+    h : ndarray of shape (num_layers, N, H_out), or (num_layers, H_out) unbatched
+    c : ndarray of shape (num_layers, N, hidden_size), or (num_layers, hidden_size)
+        The state, updated in place by every step; the same layout as torch's
+        ``h_n`` / ``c_n`` (for an LSTMCell, ``num_layers`` is 1).
+
+    Examples
+    --------
+    A frame loop; the result equals one call over the whole sequence:
+
+    >>> import numpy as np
+    >>> import fastlstm
+    >>> lstm = fastlstm.LSTM(40, 64, num_layers=2, rng=0)
+    >>> frames = np.random.default_rng(0).standard_normal((100, 40), dtype=np.float32)
+    >>> stream = fastlstm.Stream(lstm)
+    >>> for frame in frames:
+    ...     y = stream.step(frame)          # (64,), a view overwritten by the next step
+    >>> out, (h_n, c_n) = lstm(frames)
+    >>> bool(np.allclose(y, out[-1], atol=1e-5) and np.allclose(stream.h, h_n, atol=1e-5))
+    True
+    """
+
+    def __init__(self, module: Union[LSTM, LSTMCell], batch_size: Optional[int] = None) -> None:
+        if isinstance(module, LSTM):
+            if module.bidirectional:
+                raise ValueError("Stream needs a unidirectional LSTM: a bidirectional one "
+                                 "reads the sequence backwards from its end")
+            layers, out_size = module.num_layers, module.proj_size or module.hidden_size
+        elif isinstance(module, LSTMCell):
+            layers, out_size = 1, module.hidden_size
+        else:
+            raise TypeError(f"Stream expects a fastlstm.LSTM or LSTMCell, got "
+                            f"{type(module).__name__}")
+        if batch_size is not None and (isinstance(batch_size, bool)
+                                       or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        self._module = module
+        self._batched = batch_size is not None
+        n = batch_size if batch_size is not None else 1
+        dt = module.dtype
+        hidden = module.hidden_size
+        self._n = n
+        self._h = np.zeros((layers, n, out_size), dt)
+        self._c = np.zeros((layers, n, hidden), dt)
+        self._x = np.zeros((n, module.input_size), dt)
+        self._out = [np.zeros((n, out_size), dt) for _ in range(layers)]
+        self._hcell = np.zeros((1, n, hidden), dt)
+        w = module._packed_layers()[0]
+        self._gates = np.zeros((n, w.bias.shape[1]), dt)
+        self._zero = True  # the state is all zeros: the first step can skip W_hh
+
+    @property
+    def h(self) -> np.ndarray:
+        """Hidden state (see the class docstring); a view, updated in place."""
+        return self._h if self._batched else self._h[:, 0]
+
+    @property
+    def c(self) -> np.ndarray:
+        """Cell state (see the class docstring); a view, updated in place."""
+        return self._c if self._batched else self._c[:, 0]
+
+    def reset(self, hx: Optional[Tuple[Any, Any]] = None) -> None:
+        """Set the state to zeros, or to ``hx = (h, c)`` shaped like :attr:`h` and :attr:`c`."""
+        if hx is None:
+            self._h.fill(0)
+            self._c.fill(0)
+            self._zero = True
+            return
+        h, c = (to_numpy(v) for v in hx)
+        if h.shape != self.h.shape or c.shape != self.c.shape:
+            raise ValueError(f"Stream.reset: expected h of shape {self.h.shape} and c of shape "
+                             f"{self.c.shape}, got {h.shape} and {c.shape}")
+        self.h[...] = h
+        self.c[...] = c
+        self._zero = False
+
+    def step(self, x: Any) -> np.ndarray:
+        """Advance every stream by one frame and return the last layer's output.
+
+        Parameters
+        ----------
+        x : array-like of shape (N, input_size), or (input_size,) unbatched
+            Cast to the module's dtype.
+
+        Returns
+        -------
+        ndarray of shape (N, H_out), or (H_out,) unbatched
+            A view of the stream's output buffer: the next step overwrites it
+            (copy it to keep it).
+        """
+        x = np.asarray(x)
+        expected = self._x.shape if self._batched else self._x.shape[1:]
+        if x.shape != expected:
+            raise ValueError(f"Stream.step: expected a frame of shape {expected}, got {x.shape}")
+        if x.dtype.kind != "f":
+            raise ValueError(f"Stream.step: frames must be floating point, got {x.dtype}")
+        self._x[...] = x if self._batched else x[None]
+        threads = get_num_threads()
+        n_chunks = _batch_chunks(self._n, 1, threads)
+        layer_in = self._x
+        for layer, w in enumerate(self._module._packed_layers()):
+            h = self._h[layer:layer + 1]
+            c = self._c[layer:layer + 1]
+            out = self._out[layer]
+            # h is both the initial state and h_n: the kernel reads h_{t-1}
+            # before it writes h_n.
+            _lstm.layer(layer_in, w.w_ih, w.w_ih_p, self._gates, w.w_hh_p, w.bias, w.w_hr_p,
+                        h, c, self._hcell, out, h, 1, False, n_chunks, threads, _NO_BLAS,
+                        self._zero, 1)
+            layer_in = out
+        self._zero = False
+        return layer_in if self._batched else layer_in[0]

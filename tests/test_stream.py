@@ -1,0 +1,99 @@
+"""fastlstm.Stream: frame-by-frame steps with the state carried in place."""
+
+import numpy as np
+import pytest
+
+import fastlstm
+from _reference import reference_forward
+from conftest import torch_single_thread
+
+_torch_single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
+
+
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def threads(request):
+    fastlstm.set_num_threads(request.param)
+    try:
+        yield request.param
+    finally:
+        fastlstm.set_num_threads(None)
+
+
+@pytest.mark.parametrize("batch", [None, 1, 3, 9])
+@pytest.mark.parametrize("kwargs", [dict(), dict(num_layers=2, proj_size=5)])
+def test_frames_equal_one_call(threads, batch, kwargs):
+    m = fastlstm.LSTM(6, 17, dtype=np.float64, rng=4, **kwargs)
+    shape = (30, 6) if batch is None else (30, batch, 6)
+    x = np.random.default_rng(5).standard_normal(shape)
+    stream = fastlstm.Stream(m, batch)
+    outs = [stream.step(frame).copy() for frame in x]
+    ref, (ref_h, ref_c) = reference_forward(m, x)
+    assert np.abs(np.stack(outs) - ref).max() <= 1e-12
+    assert np.abs(stream.h - ref_h).max() <= 1e-12
+    assert np.abs(stream.c - ref_c).max() <= 1e-12
+
+
+def test_reset_with_state_and_chunks(threads):
+    m = fastlstm.LSTM(4, 12, num_layers=2, dtype=np.float64, rng=0)
+    x = np.random.default_rng(1).standard_normal((20, 2, 4))
+    hx = (np.full((2, 2, 12), 0.3), np.full((2, 2, 12), -0.1))
+    stream = fastlstm.Stream(m, 2)
+    stream.reset(hx)
+    for frame in x[:10]:
+        stream.step(frame)
+    # Continue with one call from the stream's state: the same as one call over all.
+    out, (h, c) = m(x[10:], (stream.h.copy(), stream.c.copy()))
+    ref, (ref_h, ref_c) = m(x, hx)
+    assert np.abs(out - ref[10:]).max() <= 1e-12 and np.abs(h - ref_h).max() <= 1e-12
+    stream.reset()
+    assert not stream.h.any() and not stream.c.any()
+
+
+def test_cell_frame_loop_matches_torch(torch):
+    # 1000 frames, state in place, against torch's LSTMCell loop.
+    t = torch.nn.LSTMCell(32, 48, dtype=torch.float64)
+    stream = fastlstm.Stream(fastlstm.LSTMCell.from_torch(t), batch_size=2)
+    frames = np.random.default_rng(0).standard_normal((1000, 2, 32))
+    th = tc = torch.zeros(2, 48, dtype=torch.float64)
+    with torch.no_grad():
+        for frame in frames:
+            y = stream.step(frame)
+            th, tc = t(torch.from_numpy(frame), (th, tc))
+    assert np.abs(y - th.numpy()).max() <= 1e-12
+    assert np.abs(stream.c[0] - tc.numpy()).max() <= 1e-12
+
+
+def test_float32_stream_matches_torch_lstm(torch):
+    t = torch.nn.LSTM(16, 32, num_layers=2)
+    stream = fastlstm.Stream(fastlstm.LSTM.from_torch(t))
+    x = torch.randn(50, 16)
+    with torch.no_grad():
+        ref, (ref_h, _) = t(x)
+    outs = np.stack([stream.step(frame).copy() for frame in x.numpy()])
+    assert np.abs(outs - ref.numpy()).max() <= 1e-5
+    assert np.abs(stream.h - ref_h.numpy()).max() <= 1e-5
+
+
+def test_step_returns_a_reused_buffer():
+    stream = fastlstm.Stream(fastlstm.LSTMCell(3, 4, rng=0))
+    first = stream.step(np.ones(3, np.float32))
+    kept = first.copy()
+    second = stream.step(np.zeros(3, np.float32))
+    assert second is first or np.shares_memory(first, second)
+    assert not np.array_equal(kept, second)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unidirectional"):
+        fastlstm.Stream(fastlstm.LSTM(3, 4, bidirectional=True))
+    with pytest.raises(TypeError, match="fastlstm.LSTM or LSTMCell"):
+        fastlstm.Stream(object())
+    with pytest.raises(ValueError, match="batch_size"):
+        fastlstm.Stream(fastlstm.LSTM(3, 4), 0)
+    stream = fastlstm.Stream(fastlstm.LSTM(3, 4), 2)
+    with pytest.raises(ValueError, match=r"expected a frame of shape \(2, 3\)"):
+        stream.step(np.zeros(3))
+    with pytest.raises(ValueError, match="floating point"):
+        stream.step(np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match="Stream.reset"):
+        stream.reset((np.zeros((1, 2, 4)), np.zeros((2, 4))))
