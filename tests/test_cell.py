@@ -4,10 +4,10 @@ import pickle
 
 import numpy as np
 import pytest
-
-import fastlstm
 from _reference import lstm_reference
 from conftest import TOL, torch_single_thread
+
+import fastlstm
 
 _torch_single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
 

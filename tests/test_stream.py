@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-
-import fastlstm
 from _reference import reference_forward
 from conftest import torch_single_thread
+
+import fastlstm
 
 _torch_single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
 
