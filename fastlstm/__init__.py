@@ -13,7 +13,26 @@ from fastlstm._info import show_config  # noqa: E402
 from fastlstm._threads import get_num_threads, set_num_threads  # noqa: E402
 from fastlstm.cell import LSTMCell  # noqa: E402
 from fastlstm.lstm import LSTM  # noqa: E402
+from fastlstm.rnn import (  # noqa: E402
+    PackedSequence,
+    pack_padded_sequence,
+    pack_sequence,
+    pad_packed_sequence,
+    pad_sequence,
+)
 from fastlstm.stream import Stream  # noqa: E402
 
-__all__ = ["LSTM", "LSTMCell", "Stream", "get_num_threads", "set_num_threads", "show_config",
-           "__version__"]
+__all__ = [
+    "LSTM",
+    "LSTMCell",
+    "PackedSequence",
+    "Stream",
+    "get_num_threads",
+    "pack_padded_sequence",
+    "pack_sequence",
+    "pad_packed_sequence",
+    "pad_sequence",
+    "set_num_threads",
+    "show_config",
+    "__version__",
+]

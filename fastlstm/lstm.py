@@ -21,6 +21,7 @@ from fastlstm._module import (  # noqa: F401  (_pack_panels: used by tests and t
     pack_layer,
 )
 from fastlstm._threads import get_num_threads, single_threaded_blas
+from fastlstm.rnn import is_packed_sequence
 
 __all__ = ["LSTM"]
 
@@ -379,6 +380,11 @@ class LSTM(_Module):
         RuntimeError
             Wrong feature size, wrong state shapes, or an empty sequence.
         """
+        if is_packed_sequence(input):
+            raise NotImplementedError(
+                "fastlstm.LSTM does not take packed sequences yet; pad them with "
+                "fastlstm.pad_packed_sequence and run sequences of equal length together"
+            )
         tensor_in = is_torch_tensor(input)
         x = to_numpy(input)
         if x.ndim not in (2, 3):
