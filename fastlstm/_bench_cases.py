@@ -170,8 +170,9 @@ SHAPE_SYNTAX = "N,L,I,H[,layers[,bidir[,proj[,dtype]]]]"
 def parse_shape(text: str) -> Case:
     """Parse a ``--shape`` argument ``N,L,I,H[,layers[,bidir[,proj[,dtype]]]]``.
 
-    The case is named ``shape`` and the argument (without spaces).  ``bidir`` is one of 0/1, yes/no, true/false; ``dtype`` float32 or float64
-    (or f32/f64, single/double).
+    The case is named ``shape`` and the argument (without spaces).  ``bidir``
+    is one of 0/1, yes/no, true/false; ``dtype`` float32 or float64 (or
+    f32/f64, single/double).
 
     Examples
     --------

@@ -191,8 +191,9 @@ def measure_peak(threads: int, size: int = 2048, reps: int = 3,
     -------
     dict
         ``{dtype: {"torch.mm": gflops, "scipy.sgemm": gflops,
-        "fastlstm.matmul": gflops, "onnxruntime.MatMul": gflops, "best": gflops}}`` (``scipy.dgemm`` for
-        float64); a GEMM that cannot run is left out.
+        "fastlstm.matmul": gflops, "onnxruntime.MatMul": gflops,
+        "best": gflops}}`` (``scipy.dgemm`` for float64); a GEMM that cannot
+        run is left out.
     """
     import sys
 
