@@ -12,7 +12,7 @@ from fastlstm import _lstm
 from fastlstm._common import check_device, dtype_name, is_torch_tensor, to_numpy
 from fastlstm._module import ArrayLike, RngLike, _Module, _PackedLayer, pack_layer
 from fastlstm._threads import get_num_threads
-from fastlstm.lstm import _batch_chunks, _check_int
+from fastlstm.lstm import _batch_chunks, _check_sizes
 
 __all__ = ["LSTMCell"]
 
@@ -83,12 +83,7 @@ class LSTMCell(_Module):
     ) -> None:
         if not isinstance(bias, bool):
             raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
-        _check_int("input_size", input_size)
-        if input_size <= 0:
-            raise ValueError("input_size must be greater than zero")
-        _check_int("hidden_size", hidden_size)
-        if hidden_size <= 0:
-            raise ValueError("hidden_size must be greater than zero")
+        _check_sizes(input_size, hidden_size)
         check_device(device)
         d = self.__dict__
         d["_input_size"] = input_size

@@ -31,6 +31,16 @@ def _check_int(name: str, value: Any) -> None:
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
 
 
+def _check_sizes(input_size: Any, hidden_size: Any) -> None:
+    """torch.nn.RNNBase's checks of the two sizes: types first, then values."""
+    _check_int("input_size", input_size)
+    if input_size <= 0:
+        raise ValueError("input_size must be greater than zero")
+    _check_int("hidden_size", hidden_size)
+    if hidden_size <= 0:
+        raise ValueError("hidden_size must be greater than zero")
+
+
 # Rows per thread from which the input projection goes to BLAS GEMM, by SIMD
 # level.  Measured on Zen 5 against scipy's OpenBLAS (which runs its AVX2
 # kernels there): the small-M kernel is about twice as fast at every size with
@@ -198,12 +208,7 @@ class LSTM(_Module):
             raise TypeError(
                 f"batch_first should be of type bool, got: {type(batch_first).__name__}"
             )
-        _check_int("input_size", input_size)
-        if input_size <= 0:
-            raise ValueError("input_size must be greater than zero")
-        _check_int("hidden_size", hidden_size)
-        if hidden_size <= 0:
-            raise ValueError("hidden_size must be greater than zero")
+        _check_sizes(input_size, hidden_size)
         # torch checks the type of input_size and hidden_size only; numpy
         # integers pass for num_layers and proj_size there, and so here.
         num_layers = _as_count("num_layers", num_layers)

@@ -7,6 +7,7 @@ never silently skipped there.
 
 import importlib
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -34,6 +35,18 @@ def torch():
     return _TORCH
 
 
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def threads(request):
+    """Run the test with fastlstm on 1 and on 2 threads; the default is restored after."""
+    import fastlstm
+
+    fastlstm.set_num_threads(request.param)
+    try:
+        yield request.param
+    finally:
+        fastlstm.set_num_threads(None)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
@@ -50,6 +63,17 @@ def torch_single_thread():
         yield
     finally:
         _TORCH.set_num_threads(n)
+
+
+def raised(fn):
+    """The exception ``fn()`` raises (warnings silenced), or None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - any exception is data here
+            return exc
+    return None
 
 
 # Tolerances of the parity tests (max abs error on output, h_n and c_n).

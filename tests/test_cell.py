@@ -12,15 +12,6 @@ import fastlstm
 _torch_single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
 
 
-@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
-def threads(request):
-    fastlstm.set_num_threads(request.param)
-    try:
-        yield request.param
-    finally:
-        fastlstm.set_num_threads(None)
-
-
 def _oracle(cell, x, hx=None):
     """One step of the NumPy LSTM oracle, with the cell's parameters."""
     params = {k + "_l0": v for k, v in cell.state_dict().items()}

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import raised as _raised
 from conftest import torch_single_thread
 
 import fastlstm
@@ -30,15 +31,6 @@ _torch_single_thread = pytest.fixture(autouse=True, scope="module")(torch_single
 # --------------------------------------------------------------------- helpers
 
 
-def _raised(fn):
-    """The exception ``fn()`` raises (warnings silenced), or None."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - any exception is data here
-            return exc
-    return None
 
 
 def assert_same_error(torch_fn, fast_fn, *, same_message=True):

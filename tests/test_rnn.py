@@ -10,11 +10,11 @@ import doctest
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import raised as _raised
 
 from fastlstm import rnn
 
@@ -52,15 +52,6 @@ def _assert_packed_equal(ours, ref):
             np.testing.assert_array_equal(mine, _np(theirs))
 
 
-def _raised(fn):
-    """The exception ``fn()`` raises (warnings silenced), or None."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - any exception is data here
-            return exc
-    return None
 
 
 def _map_args(torch, value, numpy):

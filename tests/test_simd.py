@@ -22,15 +22,6 @@ def level(request):
         _lstm.set_simd_level(None)
 
 
-@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
-def threads(request):
-    fastlstm.set_num_threads(request.param)
-    try:
-        yield request.param
-    finally:
-        fastlstm.set_num_threads(None)
-
-
 def test_portable_always_available():
     assert LEVELS[0] == "portable"
     assert _lstm.simd_level() == LEVELS[-1]

@@ -10,15 +10,6 @@ import fastlstm
 _torch_single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
 
 
-@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
-def threads(request):
-    fastlstm.set_num_threads(request.param)
-    try:
-        yield request.param
-    finally:
-        fastlstm.set_num_threads(None)
-
-
 @pytest.mark.parametrize("batch", [None, 1, 3, 9])
 @pytest.mark.parametrize("kwargs", [dict(), dict(num_layers=2, proj_size=5)])
 def test_frames_equal_one_call(threads, batch, kwargs):
