@@ -1,29 +1,31 @@
-"""LSTM layer kernels (one layer, one or two directions).
+"""LSTM layer kernels (one layer, one or two directions): ``layer``.
 
-A layer runs in two phases:
+A layer runs in one OpenMP parallel region, over time chunks of the sequence
+(the gate buffer holds one chunk).  Per chunk:
 
-1. ``input_projection``: the input-to-gate product for every timestep and both
-   directions at once, ``gates = x @ W_ih^T`` with the two directions' W_ih
-   stacked, split over the OpenMP threads by blocks of rows.  Large weights go
-   to BLAS GEMM (``scipy.linalg.cython_blas``); otherwise the small-M kernel of
-   ``_kernels.h`` is faster.
-2. ``recurrence``: the sequential part.  Work is split into independent tasks,
-   one per (direction, batch chunk), run under one OpenMP parallel region with
-   no synchronisation per timestep.  Each step of a task is one call of the
-   fused kernel ``fl_lstm_step``: ``h_{t-1} @ W_hh^T`` added into that step's
-   gate rows panel by panel, each panel's gate math and state update done while
-   its rows are in L1; then, with ``proj_size``, ``h @ W_hr^T``.
+1. the input projection, ``gates = x @ W_ih^T`` for the chunk's timesteps and
+   both directions (their W_ih stacked), shared among the threads;
+2. the recurrence: per timestep one call of the fused kernel
+   ``fl_lstm_step`` (``h_{t-1} @ W_hh^T`` added into the step's gate rows panel
+   by panel, each panel's gate math and state update done while its rows are in
+   L1), then, with ``proj_size``, ``h @ W_hr^T``.
 
-Gate columns are interleaved by panels (see ``_kernels.h``): the ``gates``
-buffer has ``D * 4 * Hp`` columns, Hp = hidden_size rounded up to the panel's
-unit count.  Rows of ``x``, ``gates`` and ``out`` are ordered as the caller's
-layout: time-major rows ``t*N + n`` or, with ``batch_first``, batch-major rows
+Two ways to share the recurrence (see ``layer``): one task per (direction,
+batch chunk) with no synchronisation between timesteps, or, for small
+batches, the hidden units split among threads that meet at a barrier after
+every step.
+
+Gate columns are interleaved by panels (see ``_kernels.h``): a direction has
+``4 * Hp`` gate columns, Hp = hidden_size rounded up to the panel's unit
+count.  Rows of ``x`` and ``out`` are ordered as the caller's layout:
+time-major rows ``t*N + n`` or, with ``batch_first``, batch-major rows
 ``n*L + t``.  Either way the rows of one timestep are evenly spaced, so every
 kernel reads and writes them in place through a row stride and no transpose
 is ever made.
 
-BLAS runs single-threaded (the caller pins it): all threads are OpenMP
-threads, so ``set_num_threads`` is the one knob and nothing oversubscribes.
+BLAS, used only where it beats the small-M kernel (``blas_min_rows``), runs
+single-threaded (the caller pins it): all threads are OpenMP threads, so
+``set_num_threads`` is the one knob and nothing oversubscribes.
 """
 import os
 
@@ -145,60 +147,6 @@ def _matmul_for_tests(const floating[:, ::1] a, const floating[::1] bp, floating
     """g = beta * g + a @ B with B packed in panels (``lstm._pack_panels``)."""
     _matmul(beta, g.shape[0], g.shape[1], a.shape[1], &a[0, 0], a.shape[1], &bp[0],
             &g[0, 0], g.shape[1])
-
-
-cdef void _project(const floating *x, int rows, int n_in, const floating *w_ih,
-                   const floating *w_ih_p, floating *gates, int n_out, int num_threads,
-                   int blas_min_rows) noexcept nogil:
-    """gates (rows, n_out) = x (rows, n_in) @ W_ih^T; see ``input_projection``."""
-    cdef int n_blocks = max(1, min(num_threads, rows // 16))
-    cdef int pw = FL_PANEL_BYTES // sizeof(floating)
-    cdef int n_panels = (n_out + pw - 1) // pw
-    cdef int blk, lo, hi, n_col_blocks
-    cdef unsigned int csr
-    if rows == 0:
-        return
-    if n_blocks < num_threads and rows < blas_min_rows:
-        # Few rows: split the weight panels (columns) among the threads instead,
-        # so each thread streams only its share of the weights.
-        n_col_blocks = min(num_threads, n_panels)
-        for blk in prange(n_col_blocks, num_threads=n_col_blocks, schedule="static",
-                          chunksize=1):
-            lo = blk * n_panels // n_col_blocks
-            hi = (blk + 1) * n_panels // n_col_blocks
-            csr = fl_ftz_begin()
-            _matmul(False, rows, min(n_out, hi * pw) - lo * pw, n_in, x, n_in,
-                    w_ih_p + <Py_ssize_t>lo * n_in * pw, gates + lo * pw, n_out)
-            fl_ftz_end(csr)
-        return
-    for blk in prange(n_blocks, num_threads=n_blocks, schedule="static", chunksize=1):
-        lo = <int>(<long long>blk * rows // n_blocks)
-        hi = <int>((<long long>blk + 1) * rows // n_blocks)
-        csr = fl_ftz_begin()
-        if hi - lo >= blas_min_rows:
-            gemm(NoTrans, Trans, hi - lo, n_out, n_in, <floating>1.0,
-                 x + <Py_ssize_t>lo * n_in, n_in, w_ih, n_in, <floating>0.0,
-                 gates + <Py_ssize_t>lo * n_out, n_out)
-        else:
-            _matmul(False, hi - lo, n_out, n_in, x + <Py_ssize_t>lo * n_in, n_in, w_ih_p,
-                    gates + <Py_ssize_t>lo * n_out, n_out)
-        fl_ftz_end(csr)
-
-
-def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
-                     const floating[::1] w_ih_p, floating[:, ::1] gates, int num_threads,
-                     int blas_min_rows):
-    """gates (R, n_out) = x (R, I) @ w_ih (n_out, I)^T for all timesteps.
-
-    ``w_ih`` holds the interleaved gate rows of both directions; ``w_ih_p`` is
-    the same matrix packed in panels.  The rows are split into one contiguous
-    block per thread.  A block of at least ``blas_min_rows`` rows is one
-    single-threaded BLAS GEMM; smaller blocks use the small-M kernel.  With too
-    few rows for every thread, the weight panels are split instead.
-    """
-    with nogil:
-        _project(&x[0, 0], x.shape[0], x.shape[1], &w_ih[0, 0], &w_ih_p[0], &gates[0, 0],
-                 gates.shape[1], num_threads, blas_min_rows)
 
 
 cdef inline Py_ssize_t _row(bint batch_first, int seq_len, int batch, Py_ssize_t t,
@@ -324,6 +272,68 @@ cdef inline int _share(int i, int total, int parts) noexcept nogil:
     return <int>(<long long>i * total // parts)
 
 
+cdef void _project_shared(
+    int tid, int team, int s0, int s1, int n_panels, int seq_len, int batch,
+    bint batch_first, int num_dirs, int g_cols, const floating *x, int n_in,
+    const floating *w_ih, const floating *w_ih_p, floating *gbuf, int blas_min_rows,
+) noexcept nogil:
+    """Thread ``tid``'s share of the input projection of steps [s0, s1).
+
+    Shared by blocks of rows (of batch entries with batch-first input) when
+    there are enough, else by blocks of gate panels, so that each thread
+    streams only its part of the weights.  Every thread of the team calls it.
+    """
+    cdef int units = batch if batch_first else (s1 - s0) * batch
+    cdef int nb = max(1, min(team, units if batch_first else units // 16))
+    cdef bint by_rows = num_dirs * nb >= team or nb > 1
+    cdef int n_items, item, d, blk
+    if not by_rows:
+        nb = max(1, min(n_panels, team // num_dirs))
+    n_items = num_dirs * nb
+    item = tid
+    while item < n_items:
+        d = item // nb
+        blk = item % nb
+        if by_rows:
+            _project_item(d, s0 if d == 0 else seq_len - s1, s1 - s0, 0, n_panels,
+                          _share(blk, units, nb), _share(blk + 1, units, nb),
+                          seq_len, batch, batch_first, num_dirs, g_cols, x, n_in, w_ih,
+                          w_ih_p, gbuf, blas_min_rows)
+        else:
+            _project_item(d, s0 if d == 0 else seq_len - s1, s1 - s0,
+                          _share(blk, n_panels, nb), _share(blk + 1, n_panels, nb),
+                          0, units, seq_len, batch, batch_first, num_dirs, g_cols, x, n_in,
+                          w_ih, w_ih_p, gbuf, blas_min_rows)
+        item = item + team
+
+
+def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
+                     const floating[::1] w_ih_p, floating[:, ::1] gates, int num_threads,
+                     int blas_min_rows):
+    """gates (R, n_out) = x (R, I) @ w_ih (n_out, I)^T, shared by ``num_threads``.
+
+    The input projection of a layer on its own (as one time chunk of R steps
+    of one sequence), for the tests and the benchmark's peak measurement;
+    ``w_ih_p`` is ``w_ih`` packed in panels.  Blocks of at least
+    ``blas_min_rows`` rows go to BLAS GEMM, smaller ones to the small-M kernel.
+    """
+    cdef int rows = x.shape[0]
+    cdef int n_out = gates.shape[1]
+    cdef int pw = FL_PANEL_BYTES // sizeof(floating)
+    cdef int tid = 0, team = 0
+    if rows == 0:
+        return
+    cdef const floating *x_ptr = &x[0, 0]
+    cdef const floating *w_ptr = &w_ih[0, 0]
+    cdef const floating *wp_ptr = &w_ih_p[0]
+    cdef floating *g_ptr = &gates[0, 0]
+    with nogil, parallel(num_threads=num_threads):
+        tid = omp_get_thread_num()
+        team = omp_get_num_threads()
+        _project_shared(tid, team, 0, rows, (n_out + pw - 1) // pw, rows, 1, False, 1, n_out,
+                        x_ptr, x.shape[1], w_ptr, wp_ptr, g_ptr, blas_min_rows)
+
+
 def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
           const floating[::1] w_ih_p, floating[:, ::1] gates,
           const floating[:, ::1] w_hh_p, const floating[:, ::1] bias,
@@ -366,8 +376,7 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     cdef int n_tasks = num_dirs * n_chunks
     cdef int n_tc = (seq_len + t_chunk - 1) // t_chunk if t_chunk > 0 else 0
     cdef int tid = 0, team = 0, n_parts = 0, d = 0, part = 0, tc = 0, s0 = 0, s1 = 0
-    cdef int item = 0, n_items = 0, nb = 0, units = 0, blk = 0, task = 0, chunk = 0
-    cdef bint by_rows = False
+    cdef int task = 0, chunk = 0
     cdef Py_ssize_t last, r
     if batch == 0 or seq_len == 0:
         return
@@ -423,32 +432,9 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                            g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
                            c_ptr, hcell_ptr, out_ptr, h0_zero)
             else:
-                # The chunk's input projection, shared: by blocks of rows (or of
-                # batch entries with batch-first input) when there are enough,
-                # else by blocks of gate panels.
-                units = batch if batch_first else (s1 - s0) * batch
-                nb = max(1, min(team, units if batch_first else units // 16))
-                by_rows = num_dirs * nb >= team or nb > 1
-                if by_rows:
-                    n_items = num_dirs * nb
-                else:
-                    nb = max(1, min(n_panels, team // num_dirs))
-                    n_items = num_dirs * nb
-                item = tid
-                while item < n_items:
-                    d = item // nb
-                    blk = item % nb
-                    if by_rows:
-                        _project_item(d, s0 if d == 0 else seq_len - s1, s1 - s0, 0, n_panels,
-                                      _share(blk, units, nb), _share(blk + 1, units, nb),
-                                      seq_len, batch, batch_first, num_dirs, g_cols, x_ptr,
-                                      n_in, w_ih_ptr, w_ih_p_ptr, g_ptr, blas_min_rows)
-                    else:
-                        _project_item(d, s0 if d == 0 else seq_len - s1, s1 - s0,
-                                      _share(blk, n_panels, nb), _share(blk + 1, n_panels, nb),
-                                      0, units, seq_len, batch, batch_first, num_dirs, g_cols,
-                                      x_ptr, n_in, w_ih_ptr, w_ih_p_ptr, g_ptr, blas_min_rows)
-                    item = item + team
+                _project_shared(tid, team, s0, s1, n_panels, seq_len, batch, batch_first,
+                                num_dirs, g_cols, x_ptr, n_in, w_ih_ptr, w_ih_p_ptr, g_ptr,
+                                blas_min_rows)
                 fl_omp_barrier()
                 task = tid
                 while task < n_tasks:

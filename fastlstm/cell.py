@@ -12,11 +12,10 @@ from fastlstm import _lstm
 from fastlstm._common import check_device, dtype_name, is_torch_tensor, to_numpy
 from fastlstm._module import ArrayLike, RngLike, _Module, _PackedLayer, pack_layer
 from fastlstm._threads import get_num_threads
-from fastlstm.lstm import _batch_chunks, _check_sizes
+from fastlstm.lstm import _NO_BLAS, _batch_chunks, _check_sizes
 
 __all__ = ["LSTMCell"]
 
-_NO_BLAS = 1 << 30
 
 
 class LSTMCell(_Module):

@@ -46,7 +46,8 @@ def _check_sizes(input_size: Any, hidden_size: Any) -> None:
 # kernels there): the small-M kernel is about twice as fast at every size with
 # AVX-512, a little slower than BLAS on large blocks with AVX2 only, and far
 # slower in the portable build (docs/kernels.md has the figures).
-_BLAS_MIN_ROWS = {"avx512": 1 << 30, "avx2": 64, "portable": 16}
+_NO_BLAS = 1 << 30
+_BLAS_MIN_ROWS = {"avx512": _NO_BLAS, "avx2": 64, "portable": 16}
 
 
 # Constructor arguments shared with torch.nn.LSTM (also its attribute names).
@@ -501,8 +502,6 @@ class LSTM(_Module):
         gate_cols = n_dirs * layers[0].bias.shape[1]
         t_chunk = _time_chunk(seq_len, batch, gate_cols * dt.itemsize)
         gates = np.empty((t_chunk * batch, gate_cols), dt)
-        # Rows per thread in the input projection (see _lstm.input_projection).
-        block_rows = rows // max(1, min(threads, rows // 16))
         blas_min_rows = _BLAS_MIN_ROWS[_lstm.simd_level()]
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
         dropout = self._dropout if self.training else 0.0
@@ -513,9 +512,9 @@ class LSTM(_Module):
             args = (layer_in, w.w_ih, w.w_ih_p, gates, w.w_hh_p, w.bias, w.w_hr_p, h0[s], c_n[s],
                     hcell, out, h_n[s], seq_len, batch_first, n_chunks, threads, blas_min_rows,
                     h0_zero, t_chunk)
-            # Only the input projection of the batch-chunk mode may call BLAS;
-            # pin BLAS to one thread only then.
-            if n_chunks and block_rows >= blas_min_rows:
+            # Only the input projection may call BLAS, on blocks of at least
+            # blas_min_rows rows; pin BLAS to one thread whenever that can happen.
+            if rows >= blas_min_rows:
                 with single_threaded_blas():
                     _lstm.layer(*args)
             else:

@@ -10,11 +10,10 @@ from fastlstm import _lstm
 from fastlstm._common import to_numpy
 from fastlstm._threads import get_num_threads
 from fastlstm.cell import LSTMCell
-from fastlstm.lstm import LSTM, _batch_chunks
+from fastlstm.lstm import _NO_BLAS, LSTM, _batch_chunks
 
 __all__ = ["Stream"]
 
-_NO_BLAS = 1 << 30
 
 
 class Stream:
