@@ -207,6 +207,7 @@ cdef void _steps(
     const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
     const floating *w_hr_p, Py_ssize_t hr_stride,
     const floating *h0, floating *c, floating *hcell, floating *out, bint h0_zero,
+    const long long *bsizes, const long long *offs,
 ) noexcept nogil:
     """Steps [s0, s1) of direction ``d`` (step s is timestep s forward, L-1-s
     backward) for batch entries [n_lo, n_hi) and the hidden units of gate
@@ -217,8 +218,12 @@ cdef void _steps(
     in place), so consecutive chunks need nothing else.  With ``sync`` (split
     mode) every thread of the region meets at a barrier after each phase of a
     step.  With ``h0_zero`` step 0 skips its recurrent product (h_{-1} = 0).
+
+    Packed input (``bsizes`` not NULL): timestep t has the ``bsizes[t]``
+    longest sequences, rows ``offs[t]`` on of ``out`` (and of ``x``); the rows
+    of a step that have no previous step in this direction (every row at step
+    0, and backward the sequences that end at t) start from ``h0`` and ``c``.
     """
-    cdef int m = n_hi - n_lo
     cdef int unit = FL_PANEL_BYTES // sizeof(floating) // 4
     cdef int pw = 4 * unit
     cdef int g_cols = pw * ((hidden + unit - 1) // unit)  # one direction's gate columns
@@ -230,38 +235,52 @@ cdef void _steps(
     cdef const floating *b_d = bias + <Py_ssize_t>d * g_cols
     cdef floating *c_d = c + (<Py_ssize_t>d * batch + n_lo) * hidden
     cdef floating *hc_d = hcell + (<Py_ssize_t>d * batch + n_lo) * hidden
-    cdef const floating *hprev
-    cdef Py_ssize_t hprev_ld
+    cdef const floating *h0_d = h0 + (<Py_ssize_t>d * batch + n_lo) * out_size
+    cdef Py_ssize_t g_base = 0
+    cdef const floating *hprev = NULL
     cdef floating *g_t
     cdef floating *o_t
-    cdef Py_ssize_t s, t, j
-    cdef int k
+    cdef floating *dst
+    cdef Py_ssize_t dst_ld = hidden if has_proj else o_ld
+    cdef Py_ssize_t s, t, tp, j
+    cdef int m, n_cont
     cdef unsigned int csr = fl_ftz_begin()
+    if bsizes != NULL:
+        g_base = offs[s0] if d == 0 else offs[seq_len - s1]
     for s in range(s0, s1):
         t = s if d == 0 else seq_len - 1 - s
-        j = s - s0 if d == 0 else s1 - 1 - s
-        g_t = gbuf + (j * batch + n_lo) * gb_ld + d * g_cols
-        o_t = out + _row(batch_first, seq_len, batch, t, n_lo) * num_dirs * out_size + d * out_size
-        if s == 0:
-            hprev = h0 + (<Py_ssize_t>d * batch + n_lo) * out_size
-            hprev_ld = out_size
-            k = 0 if h0_zero else out_size
+        tp = t - 1 if d == 0 else t + 1  # the previous timestep in this direction
+        if bsizes == NULL:
+            j = s - s0 if d == 0 else s1 - 1 - s
+            m = n_hi - n_lo
+            n_cont = 0 if s == 0 else m
+            g_t = gbuf + (j * batch + n_lo) * gb_ld + d * g_cols
+            o_t = out + _row(batch_first, seq_len, batch, t, n_lo) * num_dirs * out_size
+            if n_cont > 0:
+                hprev = out + _row(batch_first, seq_len, batch, tp, n_lo) * num_dirs * out_size
         else:
-            hprev = out + (_row(batch_first, seq_len, batch, t - 1 if d == 0 else t + 1, n_lo)
-                           * num_dirs * out_size + d * out_size)
-            hprev_ld = o_ld
-            k = out_size
+            m = max(0, <int>min(<long long>n_hi, bsizes[t]) - n_lo)
+            n_cont = 0 if s == 0 else max(0, min(m, <int>bsizes[tp] - n_lo))
+            g_t = gbuf + (offs[t] - g_base + n_lo) * gb_ld + d * g_cols
+            o_t = out + (offs[t] + n_lo) * o_ld
+            if n_cont > 0:
+                hprev = out + (offs[tp] + n_lo) * o_ld
+        o_t = o_t + d * out_size
+        dst = hc_d if has_proj else o_t
+        if n_cont > 0:
+            _lstm_step(n_cont, out_size, hidden, hprev + d * out_size, o_ld, w_hh_d, g_t,
+                       gb_ld, b_d, c_d, hidden, dst, dst_ld, p_lo, p_hi)
+        if m > n_cont:  # rows starting from the initial state
+            _lstm_step(m - n_cont, 0 if h0_zero else out_size, hidden,
+                       h0_d + <Py_ssize_t>n_cont * out_size, out_size, w_hh_d,
+                       g_t + n_cont * gb_ld, gb_ld, b_d, c_d + <Py_ssize_t>n_cont * hidden,
+                       hidden, dst + n_cont * dst_ld, dst_ld, p_lo, p_hi)
         if has_proj:
-            _lstm_step(m, k, hidden, hprev, hprev_ld, w_hh_d, g_t, gb_ld, b_d,
-                       c_d, hidden, hc_d, hidden, p_lo, p_hi)
             if sync:
                 fl_omp_barrier()
-            if r_width > 0:
+            if r_width > 0 and m > 0:
                 _matmul(False, m, r_width, hidden, hc_d, hidden,
                         w_hr_d + <Py_ssize_t>r_lo * hidden * pw, o_t + r_lo * pw, o_ld)
-        else:
-            _lstm_step(m, k, hidden, hprev, hprev_ld, w_hh_d, g_t, gb_ld, b_d,
-                       c_d, hidden, o_t, o_ld, p_lo, p_hi)
         if sync:
             fl_omp_barrier()
     fl_ftz_end(csr)
@@ -273,20 +292,24 @@ cdef inline int _share(int i, int total, int parts) noexcept nogil:
 
 
 cdef void _project_shared(
-    int tid, int team, int s0, int s1, int n_panels, int seq_len, int batch,
-    bint batch_first, int num_dirs, int g_cols, const floating *x, int n_in,
-    const floating *w_ih, const floating *w_ih_p, floating *gbuf, int blas_min_rows,
+    int tid, int team, int t0_fw, int units_fw, int t0_bw, int units_bw, int steps,
+    int n_panels, int seq_len, int batch, bint batch_first, int num_dirs, int g_cols,
+    const floating *x, int n_in, const floating *w_ih, const floating *w_ih_p,
+    floating *gbuf, int blas_min_rows,
 ) noexcept nogil:
-    """Thread ``tid``'s share of the input projection of steps [s0, s1).
+    """Thread ``tid``'s share of the input projection of one time chunk.
 
-    Shared by blocks of rows (of batch entries with batch-first input) when
-    there are enough, else by blocks of gate panels, so that each thread
-    streams only its part of the weights.  Every thread of the team calls it.
+    Direction d's chunk starts at timestep ``t0_d`` and has ``units_d`` units
+    to share: rows (time-major input; packed input passes batch = 1 and its
+    rows as timesteps) or batch entries of ``steps`` rows each (batch-first).
+    Shared by blocks of units when there are enough, else by blocks of gate
+    panels, so that each thread streams only its part of the weights.  Every
+    thread of the team calls it.
     """
-    cdef int units = batch if batch_first else (s1 - s0) * batch
-    cdef int nb = max(1, min(team, units if batch_first else units // 16))
+    cdef int most = max(units_fw, units_bw if num_dirs == 2 else 0)
+    cdef int nb = max(1, min(team, most if batch_first else most // 16))
     cdef bint by_rows = num_dirs * nb >= team or nb > 1
-    cdef int n_items, item, d, blk
+    cdef int n_items, item, d, blk, t0, units
     if not by_rows:
         nb = max(1, min(n_panels, team // num_dirs))
     n_items = num_dirs * nb
@@ -294,14 +317,14 @@ cdef void _project_shared(
     while item < n_items:
         d = item // nb
         blk = item % nb
+        t0 = t0_fw if d == 0 else t0_bw
+        units = units_fw if d == 0 else units_bw
         if by_rows:
-            _project_item(d, s0 if d == 0 else seq_len - s1, s1 - s0, 0, n_panels,
-                          _share(blk, units, nb), _share(blk + 1, units, nb),
-                          seq_len, batch, batch_first, num_dirs, g_cols, x, n_in, w_ih,
-                          w_ih_p, gbuf, blas_min_rows)
+            _project_item(d, t0, steps, 0, n_panels, _share(blk, units, nb),
+                          _share(blk + 1, units, nb), seq_len, batch, batch_first, num_dirs,
+                          g_cols, x, n_in, w_ih, w_ih_p, gbuf, blas_min_rows)
         else:
-            _project_item(d, s0 if d == 0 else seq_len - s1, s1 - s0,
-                          _share(blk, n_panels, nb), _share(blk + 1, n_panels, nb),
+            _project_item(d, t0, steps, _share(blk, n_panels, nb), _share(blk + 1, n_panels, nb),
                           0, units, seq_len, batch, batch_first, num_dirs, g_cols, x, n_in,
                           w_ih, w_ih_p, gbuf, blas_min_rows)
         item = item + team
@@ -330,8 +353,32 @@ def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     with nogil, parallel(num_threads=num_threads):
         tid = omp_get_thread_num()
         team = omp_get_num_threads()
-        _project_shared(tid, team, 0, rows, (n_out + pw - 1) // pw, rows, 1, False, 1, n_out,
-                        x_ptr, x.shape[1], w_ptr, wp_ptr, g_ptr, blas_min_rows)
+        _project_shared(tid, team, 0, rows, 0, 0, rows, (n_out + pw - 1) // pw, rows, 1, False,
+                        1, n_out, x_ptr, x.shape[1], w_ptr, wp_ptr, g_ptr, blas_min_rows)
+
+
+cdef int _bound(int i, int parts, int batch, const long long *lengths, int t_lo,
+                int steps) noexcept nogil:
+    """Start of batch chunk ``i`` of ``parts``: an even share of the batch, or
+    with packed input (``lengths`` of the sorted sequences, non-increasing)
+    the first entry past an equal share of the rows in timesteps
+    [t_lo, t_lo + steps), so that the chunk's tasks take about equally long."""
+    cdef long long total = 0, done = 0, target
+    cdef int n
+    if lengths == NULL:
+        return _share(i, batch, parts)
+    if i == 0:
+        return 0
+    if i == parts:
+        return batch
+    for n in range(batch):
+        total += min(<long long>steps, max(0, lengths[n] - t_lo))
+    target = total * i  # compared with done * parts
+    for n in range(batch):
+        if done * parts >= target:
+            return n
+        done += min(<long long>steps, max(0, lengths[n] - t_lo))
+    return batch
 
 
 def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
@@ -340,7 +387,9 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
           const floating[:, ::1] w_hr_p, const floating[:, :, ::1] h0,
           floating[:, :, ::1] c, floating[:, :, ::1] hcell, floating[:, ::1] out,
           floating[:, :, ::1] h_n, int seq_len, bint batch_first, int n_chunks,
-          int num_threads, int blas_min_rows, bint h0_zero, int t_chunk):
+          int num_threads, int blas_min_rows, bint h0_zero, int t_chunk,
+          const long long[::1] batch_sizes=None, const long long[::1] offsets=None,
+          const long long[::1] lengths=None):
     """One layer; see the module docstring.
 
     Shapes (D directions, N batch, H hidden, P output size, R = L*N rows):
@@ -362,6 +411,12 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     ``num_threads // D`` threads; each projects and runs its own units and
     meets the others at a barrier after every step.  ``h0_zero``: h0 is all
     zeros, so step 0 skips its recurrent product.
+
+    Packed input: ``batch_sizes`` (L,) the sequences at each timestep (N =
+    batch_sizes[0], sorted by decreasing length), ``offsets`` (L + 1,) the
+    first row of each timestep, R = offsets[L] rows; ``lengths`` (N,) the
+    sorted sequences' lengths, to balance the batch chunks by rows.  ``h_n``
+    is then left to the caller (each sequence ends at its own step).
     """
     cdef int num_dirs = w_hh_p.shape[0]
     cdef int batch = h0.shape[1]
@@ -373,13 +428,21 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     cdef int n_panels = g_cols // pw
     cdef int r_panels = (out_size + pw - 1) // pw
     cdef bint has_proj = w_hr_p.shape[1] > 0
+    cdef bint packed = batch_sizes is not None
     cdef int n_tasks = num_dirs * n_chunks
     cdef int n_tc = (seq_len + t_chunk - 1) // t_chunk if t_chunk > 0 else 0
     cdef int tid = 0, team = 0, n_parts = 0, d = 0, part = 0, tc = 0, s0 = 0, s1 = 0
-    cdef int task = 0, chunk = 0
+    cdef int task = 0, chunk = 0, t_lo = 0, steps = 0, t0_fw = 0, t0_bw = 0, u_fw = 0, u_bw = 0
+    cdef int p_batch = 1 if packed else batch
     cdef Py_ssize_t last, r
     if batch == 0 or seq_len == 0:
         return
+    if packed and (batch_sizes.shape[0] < seq_len or offsets.shape[0] < seq_len + 1
+                   or lengths is None or lengths.shape[0] < batch):
+        raise ValueError("layer: packed input needs batch_sizes, offsets and lengths")
+    cdef const long long *bs_ptr = &batch_sizes[0] if packed else NULL
+    cdef const long long *offs_ptr = &offsets[0] if packed else NULL
+    cdef const long long *len_ptr = &lengths[0] if packed else NULL
     cdef const floating *x_ptr = &x[0, 0]
     cdef const floating *w_ih_ptr = &w_ih[0, 0]
     cdef const floating *w_ih_p_ptr = &w_ih_p[0]
@@ -400,29 +463,43 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
         for tc in range(n_tc):
             s0 = tc * t_chunk
             s1 = min(seq_len, s0 + t_chunk)
+            # Where each direction's part of the chunk starts, and its units
+            # (rows, or batch entries of `steps` rows with batch-first input).
+            if packed:
+                steps = 0
+                t0_fw = <int>offs_ptr[s0]
+                u_fw = <int>(offs_ptr[s1] - offs_ptr[s0])
+                t0_bw = <int>offs_ptr[seq_len - s1]
+                u_bw = <int>(offs_ptr[seq_len - s0] - offs_ptr[seq_len - s1])
+            else:
+                steps = s1 - s0
+                t0_fw = s0
+                t0_bw = seq_len - s1
+                u_fw = batch if batch_first else steps * batch
+                u_bw = u_fw
             if n_chunks == 0:
                 n_parts = team // num_dirs
                 if n_parts == 0:  # fewer threads than directions: one runs them in turn
                     for d in range(num_dirs):
-                        _project_item(d, s0 if d == 0 else seq_len - s1, s1 - s0, 0, n_panels,
-                                      0, batch if batch_first else (s1 - s0) * batch,
-                                      seq_len, batch, batch_first, num_dirs, g_cols, x_ptr,
-                                      n_in, w_ih_ptr, w_ih_p_ptr, g_ptr, blas_min_rows)
+                        _project_item(d, t0_fw if d == 0 else t0_bw, steps, 0, n_panels, 0,
+                                      u_fw if d == 0 else u_bw, seq_len, p_batch, batch_first,
+                                      num_dirs, g_cols, x_ptr, n_in, w_ih_ptr, w_ih_p_ptr,
+                                      g_ptr, blas_min_rows)
                         _steps(d, s0, s1, 0, batch, 0, n_panels, 0, r_panels, True, seq_len,
                                batch, hidden, out_size, num_dirs, batch_first, has_proj, g_ptr,
                                w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
-                               c_ptr, hcell_ptr, out_ptr, h0_zero)
+                               c_ptr, hcell_ptr, out_ptr, h0_zero, bs_ptr, offs_ptr)
                 else:
                     # Threads past n_parts * D get an empty share but keep the barriers.
                     d = min(tid // n_parts, num_dirs - 1)
                     part = tid % n_parts if tid < n_parts * num_dirs else n_parts
                     if part < n_parts:
-                        _project_item(d, s0 if d == 0 else seq_len - s1, s1 - s0,
+                        _project_item(d, t0_fw if d == 0 else t0_bw, steps,
                                       _share(part, n_panels, n_parts),
                                       _share(part + 1, n_panels, n_parts),
-                                      0, batch if batch_first else (s1 - s0) * batch,
-                                      seq_len, batch, batch_first, num_dirs, g_cols, x_ptr,
-                                      n_in, w_ih_ptr, w_ih_p_ptr, g_ptr, blas_min_rows)
+                                      0, u_fw if d == 0 else u_bw, seq_len, p_batch,
+                                      batch_first, num_dirs, g_cols, x_ptr, n_in, w_ih_ptr,
+                                      w_ih_p_ptr, g_ptr, blas_min_rows)
                     _steps(d, s0, s1, 0, batch,
                            _share(min(part, n_parts), n_panels, n_parts),
                            _share(min(part + 1, n_parts), n_panels, n_parts),
@@ -430,24 +507,29 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                            _share(min(part + 1, n_parts), r_panels, n_parts), True,
                            seq_len, batch, hidden, out_size, num_dirs, batch_first, has_proj,
                            g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
-                           c_ptr, hcell_ptr, out_ptr, h0_zero)
+                           c_ptr, hcell_ptr, out_ptr, h0_zero, bs_ptr, offs_ptr)
             else:
-                _project_shared(tid, team, s0, s1, n_panels, seq_len, batch, batch_first,
-                                num_dirs, g_cols, x_ptr, n_in, w_ih_ptr, w_ih_p_ptr, g_ptr,
-                                blas_min_rows)
+                _project_shared(tid, team, t0_fw, u_fw, t0_bw, u_bw, steps, n_panels, seq_len,
+                                p_batch, batch_first, num_dirs, g_cols, x_ptr, n_in, w_ih_ptr,
+                                w_ih_p_ptr, g_ptr, blas_min_rows)
                 fl_omp_barrier()
                 task = tid
                 while task < n_tasks:
                     d = task // n_chunks
                     chunk = task % n_chunks
-                    _steps(d, s0, s1, _share(chunk, batch, n_chunks),
-                           _share(chunk + 1, batch, n_chunks), 0, n_panels, 0, r_panels, False,
-                           seq_len, batch, hidden, out_size, num_dirs, batch_first, has_proj,
-                           g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
-                           c_ptr, hcell_ptr, out_ptr, h0_zero)
+                    t_lo = s0 if d == 0 else seq_len - s1
+                    _steps(d, s0, s1, _bound(chunk, n_chunks, batch, len_ptr, t_lo, s1 - s0),
+                           _bound(chunk + 1, n_chunks, batch, len_ptr, t_lo, s1 - s0),
+                           0, n_panels, 0,
+                           r_panels, False, seq_len, batch, hidden, out_size, num_dirs,
+                           batch_first, has_proj, g_ptr, w_hh_ptr, hh_stride, bias_ptr,
+                           w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr, out_ptr, h0_zero,
+                           bs_ptr, offs_ptr)
                     task = task + team
                 fl_omp_barrier()
 
+    if packed:
+        return
     for d in range(num_dirs):
         last = seq_len - 1 if d == 0 else 0
         for r in range(batch):

@@ -21,7 +21,13 @@ from fastlstm._module import (  # noqa: F401  (_pack_panels: used by tests and t
     pack_layer,
 )
 from fastlstm._threads import get_num_threads, single_threaded_blas
-from fastlstm.rnn import is_packed_sequence
+from fastlstm.rnn import (
+    PackedSequence,
+    _check_batch_sizes,
+    _count_greater,
+    from_torch_packed,
+    is_packed_sequence,
+)
 
 __all__ = ["LSTM"]
 
@@ -387,10 +393,7 @@ class LSTM(_Module):
             Wrong feature size, wrong state shapes, or an empty sequence.
         """
         if is_packed_sequence(input):
-            raise NotImplementedError(
-                "fastlstm.LSTM does not take packed sequences yet; pad them with "
-                "fastlstm.pad_packed_sequence and run sequences of equal length together"
-            )
+            return self._forward_packed(input, hx)
         tensor_in = is_torch_tensor(input)
         x = to_numpy(input)
         if x.ndim not in (2, 3):
@@ -457,33 +460,93 @@ class LSTM(_Module):
                 f"{what} dtype ({state.dtype}) does not match weight dtype ({self._dtype})"
             )
 
+    def _forward_packed(
+        self, input: Any, hx: Optional[Tuple[ArrayLike, ArrayLike]]
+    ) -> Tuple[Any, Tuple[Any, Any]]:
+        """``forward`` for a fastlstm or torch ``PackedSequence`` (see ``forward``)."""
+        torch_packed = not isinstance(input, PackedSequence)
+        packed = from_torch_packed(input)
+        x = to_numpy(packed.data)
+        batch_sizes = np.asarray(packed.batch_sizes)
+        if x.ndim != 2:
+            raise RuntimeError(f"input must have 2 dimensions, got {x.ndim}")
+        self._check_input(x)
+        if batch_sizes.ndim != 1 or batch_sizes.size == 0:
+            raise IndexError(
+                "index 0 is out of bounds for dimension 0 with size 0: "
+                "the packed sequence has no timesteps (batch_sizes is empty)"
+            )
+        if batch_sizes.dtype.kind not in "iu":
+            raise TypeError(f"batch_sizes must be integers, got {batch_sizes.dtype}")
+        batch_sizes = batch_sizes.astype(np.int64, copy=False)
+        _check_batch_sizes(x, batch_sizes)
+        batch = int(batch_sizes[0])
+        sorted_indices, unsorted_indices = packed.sorted_indices, packed.unsorted_indices
+        for name, perm in (("sorted_indices", sorted_indices),
+                           ("unsorted_indices", unsorted_indices)):
+            if perm is not None and (perm.shape != (batch,) or perm.dtype.kind not in "iu"
+                                     or not np.array_equal(np.sort(perm), np.arange(batch))):
+                raise ValueError(f"{name} must be a permutation of the {batch} sequences, "
+                                 f"got {np.asarray(perm).tolist()}")
+        tensor_in = torch_packed
+        n_states = self._num_layers * self._num_directions
+        if hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two arrays")
+            tensor_in = tensor_in or is_torch_tensor(hx[0])
+            h0, c0 = to_numpy(hx[0]), to_numpy(hx[1])
+            # torch checks nothing here and fails later or not at all (a state
+            # of a larger batch is silently cut); fastlstm wants the exact shapes.
+            self._check_state(h0, (n_states, batch, self._out_size), "hidden[0]")
+            self._check_state(c0, (n_states, batch, self._hidden_size), "hidden[1]")
+            if sorted_indices is not None:
+                h0, c0 = h0[:, sorted_indices], c0[:, sorted_indices]
+        else:
+            h0 = c0 = None
+
+        data, h_n, c_n = self._run(x, h0, c0, False, batch_sizes)
+        if unsorted_indices is not None:
+            h_n, c_n = h_n[:, unsorted_indices], c_n[:, unsorted_indices]
+        if tensor_in:
+            torch = sys.modules["torch"]
+            data, h_n, c_n = (torch.from_numpy(a) for a in (data, h_n, c_n))
+        if torch_packed:
+            output = type(input)(data, input.batch_sizes, input.sorted_indices,
+                                 input.unsorted_indices)
+        else:
+            output = PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
+        return output, (h_n, c_n)
+
     def _run(
         self,
         x: np.ndarray,
         h0: Optional[np.ndarray],
         c0: Optional[np.ndarray],
         batch_first: bool,
+        batch_sizes: Optional[np.ndarray] = None,
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Run all layers on validated 3-D input; returns (output, h_n, c_n) as ndarrays."""
+        """Run all layers on validated 3-D input, or packed 2-D input with its
+        ``batch_sizes`` (int64); returns (output, h_n, c_n) as ndarrays."""
         dt = self._dtype
         n_dirs = self._num_directions
         hidden, out_size = self._hidden_size, self._out_size
-        if batch_first:
-            batch, seq_len = x.shape[0], x.shape[1]
+        offsets = lengths = None
+        if batch_sizes is not None:
+            seq_len, batch, rows = batch_sizes.size, int(batch_sizes[0]), x.shape[0]
+            out_shape: Tuple[int, ...] = (rows, n_dirs * out_size)
         else:
-            seq_len, batch = x.shape[0], x.shape[1]
+            seq_len, batch = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
+            rows = seq_len * batch
+            out_shape = ((batch, seq_len, n_dirs * out_size) if batch_first
+                         else (seq_len, batch, n_dirs * out_size))
         n_states = self._num_layers * n_dirs
-        out_shape = (batch, seq_len, n_dirs * out_size) if batch_first else (
-            seq_len, batch, n_dirs * out_size)
         if batch == 0:
             return (np.zeros(out_shape, dt), np.zeros((n_states, 0, out_size), dt),
                     np.zeros((n_states, 0, hidden), dt))
-
-        rows = seq_len * batch
         if rows > _MAX_ROWS:
             # The kernels index rows (and BLAS its dimensions) with 32-bit ints.
             raise ValueError(
-                f"fastlstm: input of {seq_len} steps x {batch} sequences = {rows} rows; "
+                f"fastlstm: input of {rows} rows (steps x sequences); "
                 f"at most {_MAX_ROWS} rows per call are supported, split the batch"
             )
         layer_in = np.ascontiguousarray(x, dtype=dt).reshape(rows, -1)
@@ -498,6 +561,10 @@ class LSTM(_Module):
 
         threads = get_num_threads()
         n_chunks = _batch_chunks(batch, n_dirs, threads)
+        if batch_sizes is not None:
+            offsets = np.zeros(seq_len + 1, np.int64)
+            np.cumsum(batch_sizes, out=offsets[1:])
+            lengths = _count_greater(batch_sizes, np.arange(batch))  # sorted sequences
         layers = self._packed_layers()
         gate_cols = n_dirs * layers[0].bias.shape[1]
         t_chunk = _time_chunk(seq_len, batch, gate_cols * dt.itemsize)
@@ -511,7 +578,7 @@ class LSTM(_Module):
             out = np.empty((rows, n_dirs * out_size), dt)
             args = (layer_in, w.w_ih, w.w_ih_p, gates, w.w_hh_p, w.bias, w.w_hr_p, h0[s], c_n[s],
                     hcell, out, h_n[s], seq_len, batch_first, n_chunks, threads, blas_min_rows,
-                    h0_zero, t_chunk)
+                    h0_zero, t_chunk, batch_sizes, offsets, lengths)
             # Only the input projection may call BLAS, on blocks of at least
             # blas_min_rows rows; pin BLAS to one thread whenever that can happen.
             if rows >= blas_min_rows:
@@ -519,6 +586,11 @@ class LSTM(_Module):
                     _lstm.layer(*args)
             else:
                 _lstm.layer(*args)
+            if offsets is not None:
+                # Each sequence's last step forward; backward, its first step.
+                h_n[layer * n_dirs] = out[offsets[lengths - 1] + np.arange(batch), :out_size]
+                if n_dirs == 2:
+                    h_n[layer * n_dirs + 1] = out[:batch, out_size:]
             if dropout > 0 and layer < self._num_layers - 1:
                 keep = self._rng.random(out.shape) >= dropout
                 out = out * keep / (1.0 - dropout) if dropout < 1 else np.zeros_like(out)

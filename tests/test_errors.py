@@ -537,15 +537,3 @@ def test_too_many_rows_raise_value_error():
     x = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (2**16, 2**15 + 1, 1), (0, 0, 0))
     with pytest.raises(ValueError, match="rows per call are supported"):
         m(x)
-
-
-def test_packed_input_is_refused_clearly(torch):
-    # Packed sequences are not supported by the kernels yet: a clear error, for
-    # fastlstm's and torch's PackedSequence alike.
-    m = fastlstm.LSTM(3, 4)
-    x = np.zeros((5, 2, 3), np.float32)
-    packed = fastlstm.pack_padded_sequence(x, [5, 3])
-    tpacked = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), [5, 3])
-    for p in (packed, tpacked):
-        with pytest.raises(NotImplementedError, match="packed sequences"):
-            m(p)
