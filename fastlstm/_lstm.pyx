@@ -286,6 +286,66 @@ cdef void _steps(
     fl_ftz_end(csr)
 
 
+cdef void _single_step(
+    int d, int n_lo, int n_hi, int p_lo, int p_hi, int r_lo, int r_hi, bint sync,
+    bint backward_order, int batch, int hidden, int out_size, int num_dirs, bint has_proj,
+    const floating *x, int n_in, const floating *w_ih_p, floating *gbuf,
+    const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
+    const floating *w_hr_p, Py_ssize_t hr_stride,
+    const floating *h0, floating *c, floating *hcell, floating *out, bint h0_zero,
+) noexcept nogil:
+    """A sequence of one timestep (a streaming call): direction ``d``, batch
+    entries [n_lo, n_hi), gate panels [p_lo, p_hi) (projected columns in
+    panels [r_lo, r_hi)).
+
+    Panel by panel: the input product of the panel, then its recurrent product
+    and gate math, so a panel's two weight blocks are read one after the
+    other.  ``backward_order`` runs the panels last to first: callers alternate
+    it from call to call, so that the weights read last by one call, still in
+    the cache, are the first the next call reads (a thread's weights about fill
+    its L2 at H = 256, which an identical order would evict just before use).
+    """
+    cdef int pw = FL_PANEL_BYTES // sizeof(floating)
+    cdef int g_cols = bias_cols(hidden, pw)
+    cdef Py_ssize_t gb_ld = <Py_ssize_t>num_dirs * g_cols
+    cdef Py_ssize_t o_ld = <Py_ssize_t>num_dirs * out_size
+    cdef int m = n_hi - n_lo
+    cdef int r_width = min(out_size, r_hi * pw) - r_lo * pw
+    cdef int i, p
+    cdef const floating *w_ih_d = w_ih_p + <Py_ssize_t>d * (g_cols // pw) * n_in * pw
+    cdef const floating *w_hh_d = w_hh_p + <Py_ssize_t>d * hh_stride
+    cdef const floating *w_hr_d = w_hr_p + <Py_ssize_t>d * hr_stride
+    cdef const floating *b_d = bias + <Py_ssize_t>d * g_cols
+    cdef floating *c_d = c + (<Py_ssize_t>d * batch + n_lo) * hidden
+    cdef floating *hc_d = hcell + (<Py_ssize_t>d * batch + n_lo) * hidden
+    cdef const floating *h0_d = h0 + (<Py_ssize_t>d * batch + n_lo) * out_size
+    cdef floating *g = gbuf + n_lo * gb_ld + d * g_cols
+    cdef floating *o_t = out + n_lo * o_ld + d * out_size
+    cdef floating *dst = hc_d if has_proj else o_t
+    cdef Py_ssize_t dst_ld = hidden if has_proj else o_ld
+    cdef unsigned int csr = fl_ftz_begin()
+    if m > 0:
+        for i in range(p_hi - p_lo):
+            p = p_hi - 1 - i if backward_order else p_lo + i
+            _matmul(False, m, pw, n_in, x + <Py_ssize_t>n_lo * n_in, n_in,
+                    w_ih_d + <Py_ssize_t>p * n_in * pw, g + p * pw, gb_ld)
+            _lstm_step(m, 0 if h0_zero else out_size, hidden, h0_d, out_size, w_hh_d, g, gb_ld,
+                       b_d, c_d, hidden, dst, dst_ld, p, p + 1)
+    if has_proj:
+        if sync:
+            fl_omp_barrier()
+        if r_width > 0 and m > 0:
+            _matmul(False, m, r_width, hidden, hc_d, hidden,
+                    w_hr_d + <Py_ssize_t>r_lo * hidden * pw, o_t + r_lo * pw, o_ld)
+    fl_ftz_end(csr)
+
+
+cdef inline int bias_cols(int hidden, int pw) noexcept nogil:
+    """Gate columns of one direction: 4 * hidden rounded up to whole panels."""
+    cdef int unit = pw // 4
+    return pw * ((hidden + unit - 1) // unit)
+
+
 cdef inline int _share(int i, int total, int parts) noexcept nogil:
     """Start of share ``i`` of ``total`` items split into ``parts`` (i <= parts)."""
     return <int>(<long long>i * total // parts)
@@ -389,7 +449,7 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
           floating[:, :, ::1] h_n, int seq_len, bint batch_first, int n_chunks,
           int num_threads, int blas_min_rows, bint h0_zero, int t_chunk,
           const long long[::1] batch_sizes=None, const long long[::1] offsets=None,
-          const long long[::1] lengths=None):
+          const long long[::1] lengths=None, bint backward_order=False):
     """One layer; see the module docstring.
 
     Shapes (D directions, N batch, H hidden, P output size, R = L*N rows):
@@ -457,6 +517,36 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     cdef Py_ssize_t hh_stride = w_hh_p.shape[1]
     cdef Py_ssize_t hr_stride = w_hr_p.shape[1]
 
+    if seq_len == 1 and not packed:
+        with nogil, parallel(num_threads=num_threads):
+            tid = omp_get_thread_num()
+            team = omp_get_num_threads()
+            n_parts = team // num_dirs
+            if n_chunks == 0 and n_parts > 0:
+                d = min(tid // n_parts, num_dirs - 1)
+                part = tid % n_parts if tid < n_parts * num_dirs else n_parts
+                _single_step(d, 0, batch, _share(min(part, n_parts), n_panels, n_parts),
+                             _share(min(part + 1, n_parts), n_panels, n_parts),
+                             _share(min(part, n_parts), r_panels, n_parts),
+                             _share(min(part + 1, n_parts), r_panels, n_parts), True,
+                             backward_order, batch, hidden, out_size, num_dirs, has_proj,
+                             x_ptr, n_in, w_ih_p_ptr, g_ptr, w_hh_ptr, hh_stride, bias_ptr,
+                             w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr, out_ptr, h0_zero)
+            else:
+                n_chunks = max(1, n_chunks)
+                n_tasks = num_dirs * n_chunks
+                task = tid
+                while task < n_tasks:
+                    d = task // n_chunks
+                    chunk = task % n_chunks
+                    _single_step(d, _share(chunk, batch, n_chunks),
+                                 _share(chunk + 1, batch, n_chunks), 0, n_panels, 0, r_panels,
+                                 False, backward_order, batch, hidden, out_size, num_dirs,
+                                 has_proj, x_ptr, n_in, w_ih_p_ptr, g_ptr, w_hh_ptr, hh_stride,
+                                 bias_ptr, w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr,
+                                 out_ptr, h0_zero)
+                    task = task + team
+        n_tc = 0  # done
     with nogil, parallel(num_threads=num_threads):
         tid = omp_get_thread_num()
         team = omp_get_num_threads()

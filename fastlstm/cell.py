@@ -257,7 +257,9 @@ class LSTMCell(_Module):
         gates = np.empty((batch, w.bias.shape[1]), dt)
         # One step: a single-layer, single-direction sequence of length 1.  A
         # step's few rows never go to BLAS (it would pack the weights each call).
+        flip = not self.__dict__.get("_flip", False)  # panel order, see LSTM._run
+        self.__dict__["_flip"] = flip
         _lstm.layer(x, w.w_ih, w.w_ih_p, gates, w.w_hh_p, w.bias, w.w_hr_p, h0, c, c, h, h_n,
                     1, False, _batch_chunks(batch, 1, threads), threads, _NO_BLAS,
-                    states is None, 1)
+                    states is None, 1, None, None, None, flip)
         return h, c[0]

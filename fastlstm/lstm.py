@@ -572,13 +572,17 @@ class LSTM(_Module):
         blas_min_rows = _BLAS_MIN_ROWS[_lstm.simd_level()]
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
         dropout = self._dropout if self.training else 0.0
+        # One-step calls alternate the panel order from call to call (see
+        # _lstm._single_step); a race between threads only costs cache hits.
+        flip = seq_len == 1 and not self.__dict__.get("_flip", False)
+        self.__dict__["_flip"] = flip
 
         for layer, w in enumerate(layers):
             s = slice(layer * n_dirs, (layer + 1) * n_dirs)
             out = np.empty((rows, n_dirs * out_size), dt)
             args = (layer_in, w.w_ih, w.w_ih_p, gates, w.w_hh_p, w.bias, w.w_hr_p, h0[s], c_n[s],
                     hcell, out, h_n[s], seq_len, batch_first, n_chunks, threads, blas_min_rows,
-                    h0_zero, t_chunk, batch_sizes, offsets, lengths)
+                    h0_zero, t_chunk, batch_sizes, offsets, lengths, flip)
             # Only the input projection may call BLAS, on blocks of at least
             # blas_min_rows rows; pin BLAS to one thread whenever that can happen.
             if rows >= blas_min_rows:
