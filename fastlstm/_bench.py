@@ -45,6 +45,7 @@ from fastlstm._bench_report import (
     matplotlib_available,
     memory_summary,
     now_iso,
+    padded_lines,
     versions,
     write_json,
     write_markdown,
@@ -179,10 +180,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------- one case
-def _max_diff(result: Tuple[Any, Tuple[Any, Any]], ref: Tuple[np.ndarray, ...]) -> float:
-    out, (h, c) = result
-    return max(float(np.max(np.abs(np.asarray(a, dtype=np.float64) - b)))
-               for a, b in zip((out, h, c), ref))
+def _max_diff(result: Any, ref: Tuple[np.ndarray, ...]) -> float:
+    """Max abs difference of a forward's ``(out, (h, c))`` (or a cell's ``(h, c)``)
+    from ``ref``, (out, h, c) in float64."""
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(_as_float64(result), ref))
 
 
 def _one_line(err: BaseException) -> str:
@@ -194,19 +195,22 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {msg.strip()}"[:160]
 
 
+_OrtResult = Tuple[Optional[Callable[[], Any]], Optional[float], Optional[float],
+                   Optional[str]]
+
+
 def _ort_runner(module: Any, x: np.ndarray, case: Case, threads: int,
-                ref: Tuple[np.ndarray, ...]) -> Tuple[Optional[Callable[[], Any]],
-                                                     Optional[float], Optional[float],
-                                                     Optional[str]]:
+                ref: Tuple[np.ndarray, ...],
+                hx: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> _OrtResult:
     """ONNX Runtime's runner for ``case``, its max abs diff, first-call time, or why not."""
     from fastlstm._onnx import OrtLSTM
 
     if case.proj_size:
         return None, None, None, "no projection in ONNX's LSTM"
     try:
-        ort_lstm = OrtLSTM(module, threads)
+        ort_lstm = OrtLSTM(module, threads, with_state=hx is not None)
         start = time.perf_counter()
-        result = ort_lstm(x)
+        result = ort_lstm(x, hx)
         first = time.perf_counter() - start
     except Exception as err:  # e.g. "LSTM operator does not support double yet"
         if case.dtype == "float64" and "double" in str(err):
@@ -215,7 +219,83 @@ def _ort_runner(module: Any, x: np.ndarray, case: Case, threads: int,
     diff = _max_diff(result, ref)
     if not diff <= TOLERANCE[case.dtype]:
         return None, diff, first, f"ONNX Runtime differs from torch by {diff:.1e}"
-    return ort_lstm.runner(x), diff, first, None
+    feed, run = ort_lstm.feed(x, hx), ort_lstm.session.run
+    return (lambda: run(None, feed)), diff, first, None
+
+
+#: Runner key of a packed case's padded forward (fastlstm on the same batch, padded).
+_PADDED = "fastlstm padded"
+
+
+def _as_float64(result: Any) -> Tuple[np.ndarray, ...]:
+    """(out, h, c) as float64 arrays from a forward's ``(out, (h, c))`` (or a cell's
+    ``(h, c)``, whose out is h); a packed output counts by its data."""
+    if len(result) == 2 and isinstance(result[1], tuple):
+        out, (h, c) = result
+    else:
+        h, c = result
+        out = h
+    out = getattr(out, "data", out) if not isinstance(out, np.ndarray) else out
+    return tuple(np.asarray(a, dtype=np.float64) for a in (out, h, c))
+
+
+class _Calls:
+    """The calls a case times, on the same weights and inputs for every library.
+
+    ``forward``: ``module(x)``; ``carried``: ``module(x, hx)`` with a random
+    ``hx``; ``cell``: an ``LSTMCell`` step ``cell(x[0], hx)``; ``packed``: the
+    forward of a ``PackedSequence`` (torch's for torch, fastlstm's for
+    fastlstm), and ``padded_call``, fastlstm's forward of the same batch padded.
+    """
+
+    def __init__(self, case: Case, torch: Any, seed: int) -> None:
+        self.case, self.torch = case, torch
+        tdtype = getattr(torch, case.dtype)
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        if case.kind == "cell":
+            self.module = torch.nn.LSTMCell(case.I, case.H, dtype=tdtype).eval()
+        else:
+            self.module = torch.nn.LSTM(**case.torch_kwargs(), dtype=tdtype).eval()
+        self.x = rng.standard_normal((case.L, case.N, case.I)).astype(case.dtype)
+        self.hx: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        if case.kind in ("carried", "cell"):
+            states = () if case.kind == "cell" else (case.layers * case.directions,)
+            self.hx = (rng.standard_normal(states + (case.N, case.proj_size or case.H)),
+                       rng.standard_normal(states + (case.N, case.H)))
+            self.hx = (self.hx[0].astype(case.dtype), self.hx[1].astype(case.dtype))
+        self.padded_call: Optional[Callable[[], Any]] = None
+        self._torch_in: Any = torch.from_numpy(self.x)
+        self._fast_in: Any = self.x
+        if case.kind == "cell":
+            self._torch_in = self._torch_in[0]
+            self._fast_in = self.x[0]
+        elif case.kind == "packed":
+            lengths = np.array(case.lengths())
+            order = rng.permutation(case.N)
+            self._torch_in = torch.nn.utils.rnn.pack_padded_sequence(
+                self._torch_in, torch.from_numpy(lengths[order]), enforce_sorted=False)
+            self._fast_in = fastlstm.pack_padded_sequence(self.x, lengths[order],
+                                                          enforce_sorted=False)
+        self._torch_hx = (None if self.hx is None
+                          else tuple(torch.from_numpy(a) for a in self.hx))
+        self.fast: Any = None
+
+    def torch_call(self) -> Any:
+        return self.module(self._torch_in, self._torch_hx)
+
+    def build_fastlstm(self) -> None:
+        cls = fastlstm.LSTMCell if self.case.kind == "cell" else fastlstm.LSTM
+        self.fast = cls.from_torch(self.module)
+        if self.case.kind == "packed":
+            self.padded_call = lambda: self.fast(self.x)
+
+    def fast_call(self) -> Any:
+        return self.fast(self._fast_in, self.hx)
+
+    def padded_ref(self) -> Tuple[np.ndarray, ...]:
+        """torch's padded forward, the reference of ``padded_call``."""
+        return _as_float64(self.module(self.torch.from_numpy(self.x)))
 
 
 def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
@@ -247,7 +327,6 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
         The case's record, as written to the JSON (see benchmarks/README.md).
     """
     progress = on_progress or (lambda frac, stage: None)
-    tdtype = getattr(torch, case.dtype)
     record: Dict[str, Any] = {
         **case.as_dict(), "slug": slug(case.name), "shape": case.shape, "extra": case.extra,
         "flops": case.flops, "status": "ok", "note": None,
@@ -259,25 +338,23 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
         "onnxruntime_note": None if use_ort else "onnxruntime not used",
         "peak_memory_mib": {lib: None for lib in LIBS},
         "peak_memory_total_mib": {lib: None for lib in LIBS},
-        "peak_memory_note": None,
+        "peak_memory_note": None, "padded_time_s": None, "speedup_vs_padded": None,
     }
     progress(0.0, "checking")
-    torch.manual_seed(args.seed)
-    module = torch.nn.LSTM(**case.torch_kwargs(), dtype=tdtype).eval()
-    x = np.random.default_rng(args.seed).standard_normal(
-        (case.L, case.N, case.I)).astype(case.dtype)
-    xt = torch.from_numpy(x)
+    calls = _Calls(case, torch, args.seed)
     first: Dict[str, float] = {}
     with torch.inference_mode():
         start = time.perf_counter()
-        ref_out, (ref_h, ref_c) = module(xt)
+        ref = _as_float64(calls.torch_call())
         first["torch"] = time.perf_counter() - start
-        ref = (ref_out.double().numpy(), ref_h.double().numpy(), ref_c.double().numpy())
         try:
-            fast = fastlstm.LSTM.from_torch(module)
+            calls.build_fastlstm()
             start = time.perf_counter()
-            diff = _max_diff(fast(x), ref)
+            diff = _max_diff(calls.fast_call(), ref)
             first["fastlstm"] = time.perf_counter() - start
+            if calls.padded_call is not None:
+                padded_diff = _max_diff(calls.padded_call(), calls.padded_ref())
+                diff = max(diff, padded_diff)
         except Exception as err:
             record.update(status="error", note=f"fastlstm failed: {_one_line(err)}")
             return record
@@ -289,13 +366,19 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
             return record
         record["check_passed"] = True
 
-        runners: Dict[str, Callable[[], Any]] = {"fastlstm": lambda: fast(x),
-                                                 "torch": lambda: module(xt)}
-        if use_ort:
-            run_ort, ort_diff, ort_first, note = _ort_runner(module, x, case, threads, ref)
+        runners: Dict[str, Callable[[], Any]] = {"fastlstm": calls.fast_call,
+                                                 "torch": calls.torch_call}
+        if calls.padded_call is not None:
+            runners[_PADDED] = calls.padded_call
+        module, x = calls.module, calls.x
+        if use_ort and case.kind in ("cell", "packed"):
+            record["onnxruntime_note"] = f"not compared for {case.kind} cases"
+        elif use_ort:
+            run_ort, ort_diff, ort_first, note = _ort_runner(module, x, case, threads, ref,
+                                                             calls.hx)
             record["max_abs_diff"]["onnxruntime"] = ort_diff
             record["onnxruntime_note"] = note
-            if run_ort is not None:
+            if run_ort is not None and ort_first is not None:
                 runners["onnxruntime"] = run_ort
                 first["onnxruntime"] = ort_first
 
@@ -307,14 +390,20 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
             pause=args.pause, first_call_s=first,
             on_block=lambda done, total: progress(0.05 + timed_part * done / total, "timing"))
 
-    if memory:
+    if memory and case.kind != "forward":
+        record["peak_memory_note"] = "measured for forward cases only"
+    elif memory:
         # After the timing, so that the child processes do not disturb it.
-        libs = list(runners)
+        libs = [lib for lib in runners if lib != _PADDED]
         timeout = 120.0 + 20.0 * max(first.values())
         measure_memory(record, case, libs, threads, args.seed, timeout=timeout,
                        on_lib=lambda k, lib: progress(0.8 + 0.2 * k / len(libs),
                                                       f"peak memory ({lib})"))
 
+    padded = timings.pop(_PADDED, None)
+    if padded is not None:
+        record["padded_time_s"] = padded.median_s
+        record["speedup_vs_padded"] = padded.median_s / timings["fastlstm"].median_s
     for lib, timing in timings.items():
         record["time_s"][lib] = timing.median_s
         record["block_s"][lib] = timing.block_s
@@ -486,11 +575,14 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
         summary["peak_memory_le_torch"] = sum(f <= t for f, t in pairs)
         summary["peak_memory_compared"] = len(pairs)
     gm_t, gm_o = summary["geomean_speedup_vs_torch"], summary["geomean_speedup_vs_onnxruntime"]
+    for line in padded_lines(records):
+        print(line, flush=True)
     print(f"\ngeometric mean speedup: "
           f"{'n/a' if gm_t is None else f'{gm_t:.2f}x'} vs torch, "
           f"{'n/a' if gm_o is None else f'{gm_o:.2f}x'} vs ONNX Runtime", flush=True)
-    if args.memory:
-        print(memory_summary(summary) + (
+    line = memory_summary(summary) if args.memory else None
+    if line is not None:
+        print(line + (
             "" if _bench_memory.AVAILABLE else f" ({_bench_memory.UNAVAILABLE_NOTE})"),
             flush=True)
     summary["wall_s"] = time.perf_counter() - started

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Dict, Iterable, List, Sequence
 
 __all__ = [
@@ -40,6 +40,12 @@ class Case:
     bidirectional : bool, default=False
     proj_size : int, default=0
     dtype : {"float32", "float64"}, default="float32"
+    kind : {"forward", "carried", "cell", "packed"}, default="forward"
+        What is timed: ``forward``, a forward from zero state; ``carried``, a
+        forward given ``(h, c)`` (a streaming call); ``cell``, an ``LSTMCell``
+        step given ``(h, c)`` (L must be 1); ``packed``, a forward of a
+        ``PackedSequence`` of N sequences with the lengths of
+        :meth:`lengths`, in shuffled order.
     """
 
     name: str
@@ -51,6 +57,14 @@ class Case:
     bidirectional: bool = False
     proj_size: int = 0
     dtype: str = "float32"
+    kind: str = "forward"
+
+    def lengths(self) -> List[int]:
+        """Sequence lengths of a ``packed`` case: evenly spread from 44% to 100%
+        of L, longest first (mean 72% of L); L for every other case."""
+        if self.kind != "packed" or self.N == 1:
+            return [self.L] * self.N
+        return [max(1, round(self.L * (1 - 0.56 * n / (self.N - 1)))) for n in range(self.N)]
 
     @property
     def directions(self) -> int:
@@ -60,7 +74,7 @@ class Case:
     def flops(self) -> int:
         """Floating-point operations of one forward (see :data:`FLOPS_FORMULA`)."""
         h, r, d = self.H, self.proj_size or self.H, self.directions
-        steps = self.N * self.L
+        steps = sum(self.lengths())
         total = 0
         for layer in range(self.layers):
             i_layer = self.I if layer == 0 else d * r
@@ -87,7 +101,8 @@ class Case:
             parts.append(f"proj {self.proj_size}")
         if self.dtype != "float32":
             parts.append(self.dtype)
-        return " ".join(parts)
+        parts.append(_KIND_NOTES[self.kind])
+        return " ".join(p for p in parts if p)
 
     def torch_kwargs(self) -> Dict[str, object]:
         """Constructor arguments of ``torch.nn.LSTM`` (without the dtype)."""
@@ -96,6 +111,11 @@ class Case:
 
     def as_dict(self) -> Dict[str, object]:
         return asdict(self)
+
+
+_KIND_NOTES = {"forward": "", "carried": "carried (h, c)", "cell": "LSTMCell",
+               "packed": "packed, lengths 44-100%"}
+KINDS = tuple(_KIND_NOTES)
 
 
 DEFAULT_GRID: List[Case] = [
@@ -110,6 +130,10 @@ DEFAULT_GRID: List[Case] = [
     Case("many short", 256, 50, 128, 128),
     Case("projection", 16, 100, 256, 512, proj_size=128),
     Case("double", 16, 100, 256, 256, dtype="float64"),
+    Case("one step carried", 1, 1, 256, 256, kind="carried"),
+    Case("cell step", 1, 1, 256, 256, kind="cell"),
+    Case("cell step 128", 1, 1, 128, 128, kind="cell"),
+    Case("packed batch", 16, 100, 256, 256, kind="packed"),
 ]
 
 FULL_GRID: List[Case] = DEFAULT_GRID + [
@@ -128,6 +152,10 @@ FULL_GRID: List[Case] = DEFAULT_GRID + [
     Case("double batch", 64, 100, 512, 512, dtype="float64"),
     Case("double bidirectional", 16, 100, 256, 256, layers=2, bidirectional=True,
          dtype="float64"),
+    Case("cell batch", 16, 1, 256, 256, kind="cell"),
+    Case("chunk carried", 1, 10, 256, 256, kind="carried"),
+    Case("packed bidirectional", 16, 100, 256, 256, layers=2, bidirectional=True,
+         kind="packed"),
 ]
 
 
@@ -222,4 +250,4 @@ def parse_shape(text: str) -> Case:
     case = Case("", values["N"], values["L"], values["I"], values["H"],
                 layers=values.get("layers", 1), bidirectional=bidir, proj_size=proj,
                 dtype=dtype)
-    return Case(**{**case.as_dict(), "name": "shape " + ",".join(fields)})
+    return replace(case, name="shape " + ",".join(fields))

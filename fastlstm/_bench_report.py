@@ -283,6 +283,14 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def padded_lines(cases: List[Dict[str, Any]]) -> List[str]:
+    """One line per packed case: fastlstm's packed forward against its padded one."""
+    return [f"{c['name']}: fastlstm packed {_fmt(c['time_s']['fastlstm'] * 1e3, '.2f', ' ms')}"
+            f", padded {_fmt(c['padded_time_s'] * 1e3, '.2f', ' ms')} (packed is "
+            f"{_fmt(c['speedup_vs_padded'], '.2f', 'x')} the speed of padded)"
+            for c in cases if c.get("speedup_vs_padded") is not None]
+
+
 def markdown(report: Dict[str, Any]) -> str:
     """The report as a Markdown document: machine, versions, settings, table."""
     m, v, s = report["machine"], report["versions"], report["settings"]
@@ -325,6 +333,9 @@ def markdown(report: Dict[str, Any]) -> str:
         cells = [_md_escape(c) for c in _row_cells(case, memory)]
         lines.append("| " + " | ".join(cells) + " |")
     summary = report["summary"]
+    padded = padded_lines(report["cases"])
+    if padded:
+        lines += [""] + [f"- {line}" for line in padded]
     lines += [
         "",
         f"Geometric mean speedup: {_fmt(summary['geomean_speedup_vs_torch'], '.2f', 'x')} "

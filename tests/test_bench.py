@@ -6,6 +6,7 @@ ONNX Runtime is optional: its tests skip without it, except in CI (``CI=true``),
 where a missing onnx/onnxruntime fails them (as a missing torch does, see conftest).
 """
 
+import argparse
 import importlib
 import io
 import json
@@ -20,6 +21,7 @@ from conftest import IN_CI
 
 import fastlstm
 from fastlstm import cli
+from fastlstm._bench import run_case
 from fastlstm._bench_cases import DEFAULT_GRID, FULL_GRID, Case, parse_shape, select_cases
 from fastlstm._bench_report import Progress
 from fastlstm._bench_timing import time_interleaved
@@ -68,7 +70,7 @@ CASE_FIELDS = {
     "shape", "extra", "flops", "status", "note", "tolerance", "check_passed", "max_abs_diff",
     "time_s", "block_s", "reps_per_block", "gflops", "peak_fraction", "speedup_vs_torch",
     "speedup_vs_onnxruntime", "onnxruntime_note", "peak_memory_mib", "peak_memory_total_mib",
-    "peak_memory_note",
+    "peak_memory_note", "kind", "padded_time_s", "speedup_vs_padded",
 }
 
 
@@ -312,7 +314,7 @@ def test_help_lists_commands(capsys):
 # ------------------------------------------------------------ cases and parts
 def test_default_grid_is_the_documented_one():
     table = [(c.name, c.N, c.L, c.I, c.H, c.layers, c.bidirectional, c.proj_size, c.dtype)
-             for c in DEFAULT_GRID]
+             for c in DEFAULT_GRID if c.kind == "forward"]
     assert table == [
         ("streaming step", 1, 1, 256, 256, 1, False, 0, "float32"),
         ("single sequence", 1, 100, 256, 256, 1, False, 0, "float32"),
@@ -326,8 +328,70 @@ def test_default_grid_is_the_documented_one():
         ("projection", 16, 100, 256, 512, 1, False, 128, "float32"),
         ("double", 16, 100, 256, 256, 1, False, 0, "float64"),
     ]
+    others = [(c.name, c.kind, c.N, c.L, c.I, c.H) for c in DEFAULT_GRID if c.kind != "forward"]
+    assert others == [
+        ("one step carried", "carried", 1, 1, 256, 256),
+        ("cell step", "cell", 1, 1, 256, 256),
+        ("cell step 128", "cell", 1, 1, 128, 128),
+        ("packed batch", "packed", 16, 100, 256, 256),
+    ]
     assert FULL_GRID[:len(DEFAULT_GRID)] == DEFAULT_GRID
     assert len({c.name for c in FULL_GRID}) == len(FULL_GRID)
+
+
+def test_packed_case_lengths():
+    case = select_cases(["packed batch"])[0]
+    lengths = case.lengths()
+    assert len(lengths) == 16 and max(lengths) == 100 and min(lengths) == 44
+    assert abs(np.mean(lengths) - 72) < 1
+    assert case.flops == Case("", 1, sum(lengths), 256, 256).flops
+    assert Case("", 4, 10, 8, 8).lengths() == [10] * 4
+
+
+@pytest.mark.parametrize("case", [
+    Case("carried", 2, 1, 8, 16, kind="carried"),
+    Case("carried stack", 2, 3, 8, 16, layers=2, bidirectional=True, proj_size=4,
+         kind="carried"),
+    Case("cell", 3, 1, 8, 16, kind="cell"),
+    Case("cell double", 1, 1, 8, 16, dtype="float64", kind="cell"),
+    Case("packed", 5, 7, 8, 16, bidirectional=True, kind="packed"),
+], ids=lambda c: c.name)
+def test_case_kinds_are_checked_and_timed(torch, case):
+    args = argparse.Namespace(budget=0.03, blocks=3, repeat=None, pause=0.0, seed=0,
+                              memory=False)
+    record = run_case(case, torch, 1, args, use_ort=_ORT is not None)
+    assert record["status"] == "ok" and record["check_passed"], record["note"]
+    assert record["kind"] == case.kind
+    assert record["max_abs_diff"]["fastlstm"] <= record["tolerance"]
+    assert record["time_s"]["fastlstm"] > 0 and record["time_s"]["torch"] > 0
+    if case.kind == "packed":
+        assert record["padded_time_s"] > 0
+        assert record["speedup_vs_padded"] == pytest.approx(
+            record["padded_time_s"] / record["time_s"]["fastlstm"])
+    else:
+        assert record["padded_time_s"] is None and record["speedup_vs_padded"] is None
+    if _ORT is not None:
+        if case.kind == "carried" and not case.proj_size:
+            assert record["max_abs_diff"]["onnxruntime"] <= 1e-4
+            assert record["time_s"]["onnxruntime"] > 0
+        else:
+            assert record["time_s"]["onnxruntime"] is None and record["onnxruntime_note"]
+
+
+def test_case_kind_check_catches_a_wrong_answer(torch, monkeypatch):
+    """The packed case checks fastlstm's packed output against torch's: a wrong
+    packed result is not timed."""
+    real = fastlstm.LSTM._forward_packed
+
+    def wrong(self, input, hx):
+        out, (h, c) = real(self, input, hx)
+        return out._replace(data=out.data + 1), (h, c)
+
+    monkeypatch.setattr(fastlstm.LSTM, "_forward_packed", wrong)
+    args = argparse.Namespace(budget=0.03, blocks=3, repeat=None, pause=0.0, seed=0,
+                              memory=False)
+    record = run_case(Case("packed", 3, 4, 8, 8, kind="packed"), torch, 1, args, use_ort=False)
+    assert record["status"] == "check_failed" and record["time_s"]["fastlstm"] is None
 
 
 def test_flops_formula():
