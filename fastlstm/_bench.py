@@ -51,6 +51,7 @@ from fastlstm._bench_report import (
     write_markdown,
     write_plot,
 )
+from fastlstm._bench_streams import measure_stream_scaling, scaling_line
 from fastlstm._bench_timing import measure_peak, time_interleaved
 from fastlstm.cli import CLIError
 
@@ -164,6 +165,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--no-onnx", action="store_true",
                         help="leave ONNX Runtime out even if it is installed")
     timing.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+
+    timing.add_argument("--streams", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time streams stepped on several Python threads at once "
+                             "(default: with the default and full grids and 2+ threads)")
 
     memory = parser.add_argument_group("memory")
     memory.add_argument("--memory", action="store_true",
@@ -577,6 +582,12 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
     gm_t, gm_o = summary["geomean_speedup_vs_torch"], summary["geomean_speedup_vs_onnxruntime"]
     for line in padded_lines(records):
         print(line, flush=True)
+    streams = None
+    if args.streams or (args.streams is None and grid != "custom" and threads >= 2):
+        progress.show(len(cases), f"streams on {threads} Python threads")
+        streams = measure_stream_scaling(torch, max(2, threads), seed=args.seed)
+        progress.clear()
+        print(scaling_line(streams), flush=True)
     print(f"\ngeometric mean speedup: "
           f"{'n/a' if gm_t is None else f'{gm_t:.2f}x'} vs torch, "
           f"{'n/a' if gm_o is None else f'{gm_o:.2f}x'} vs ONNX Runtime", flush=True)
@@ -604,6 +615,7 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
         "peak_gflops": peak,
         "cases": records,
         "summary": summary,
+        "stream_scaling": streams,
     }
     if args.json:
         write_json(args.json, report)

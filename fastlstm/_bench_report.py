@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
 import numpy as np
 
 import fastlstm
+from fastlstm._bench_streams import scaling_line
 
 __all__ = [
     "LIBS",
@@ -334,8 +335,9 @@ def markdown(report: Dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     summary = report["summary"]
     padded = padded_lines(report["cases"])
-    if padded:
-        lines += [""] + [f"- {line}" for line in padded]
+    streams = scaling_line(report.get("stream_scaling"))
+    if padded or streams:
+        lines += [""] + [f"- {line}" for line in padded + ([streams] if streams else [])]
     lines += [
         "",
         f"Geometric mean speedup: {_fmt(summary['geomean_speedup_vs_torch'], '.2f', 'x')} "

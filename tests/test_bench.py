@@ -508,3 +508,19 @@ def test_onnx_graph_refuses_projection_and_state_without_inputs(ort):
     zeros = np.zeros((1, 2, 6), np.float32)
     with pytest.raises(ValueError, match="with_state"):
         ort_lstm(np.zeros((3, 2, 4), np.float32), (zeros, zeros))
+
+
+def test_stream_scaling_measure_and_line(torch):
+    from fastlstm._bench_streams import measure_stream_scaling, scaling_line
+
+    threads_before = fastlstm.get_num_threads()
+    result = measure_stream_scaling(torch, 2, hidden=8, steps=20, repeats=1)
+    assert fastlstm.get_num_threads() == threads_before
+    assert result["threads"] == 2 and result["hidden"] == 8
+    for lib in ("fastlstm", "torch"):
+        r = result[lib]
+        assert r["step_s_one"] > 0 and r["step_s_all"] > 0
+        assert r["scaling"] == pytest.approx(2 * r["step_s_one"] / r["step_s_all"])
+    line = scaling_line(result)
+    assert line.startswith("streams on 2 Python threads") and "ideal 2.00x" in line
+    assert scaling_line(None) is None

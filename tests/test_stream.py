@@ -88,3 +88,29 @@ def test_errors():
         stream.step(np.zeros((2, 3), np.int64))
     with pytest.raises(ValueError, match="Stream.reset"):
         stream.reset((np.zeros((1, 2, 4)), np.zeros((2, 4))))
+
+
+def test_streams_on_several_python_threads_match_one_by_one():
+    """Each Python thread steps its own stream at the same time (the GIL is
+    released in the kernels); every stream's outputs equal the same frames run
+    alone."""
+    import threading
+
+    lstm = fastlstm.LSTM(12, 24, num_layers=2, rng=0)
+    rng = np.random.default_rng(1)
+    frames = [rng.standard_normal((300, 2, 12)).astype(np.float32) for _ in range(4)]
+    expected = [lstm(f)[0] for f in frames]
+    got = [np.empty_like(e) for e in expected]
+
+    def run(k):
+        stream = fastlstm.Stream(lstm, 2)
+        for t in range(frames[k].shape[0]):
+            got[k][t] = stream.step(frames[k][t])
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for e, g in zip(expected, got):
+        assert np.max(np.abs(e - g)) < 1e-5
