@@ -9,6 +9,7 @@ or ``fastlstm.LSTM.from_torch(torch_lstm)`` gives the same numbers as PyTorch.
 
 __version__ = "0.1.0"
 
+from fastlstm._errors import StateDictError, UnsafeFileError, WeightsFormatError  # noqa: E402
 from fastlstm._info import show_config  # noqa: E402
 from fastlstm._threads import get_num_threads, set_num_threads  # noqa: E402
 from fastlstm.cell import LSTMCell  # noqa: E402
@@ -20,18 +21,25 @@ from fastlstm.rnn import (  # noqa: E402
     pad_packed_sequence,
     pad_sequence,
 )
+from fastlstm.serialization import inspect, load, save  # noqa: E402
 from fastlstm.stream import Stream  # noqa: E402
 
 __all__ = [
     "LSTM",
     "LSTMCell",
     "PackedSequence",
+    "StateDictError",
     "Stream",
+    "UnsafeFileError",
+    "WeightsFormatError",
     "get_num_threads",
+    "inspect",
+    "load",
     "pack_padded_sequence",
     "pack_sequence",
     "pad_packed_sequence",
     "pad_sequence",
+    "save",
     "set_num_threads",
     "show_config",
     "__version__",

@@ -8,17 +8,37 @@ after any change.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import OrderedDict
-from typing import Any, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+)
 
 import numpy as np
 
 from fastlstm import _lstm
 from fastlstm._common import freeze, resolve_dtype, to_numpy
+from fastlstm._state_dict import SKIP_INIT
+
+if TYPE_CHECKING:
+    from fastlstm._state_dict import Inferred
 
 ArrayLike = Any
 RngLike = Union[None, int, np.random.Generator]
+PathLike = Union[str, "os.PathLike[str]"]
+_M = TypeVar("_M", bound="_Module")
 
 
 class _IncompatibleKeys(NamedTuple):
@@ -121,7 +141,11 @@ class _Module:
         d["_shapes"] = self._parameter_shapes()
         d["_packed"] = None
         d["_pack_lock"] = threading.Lock()
-        self.reset_parameters()
+        if SKIP_INIT.get():  # built by from_state_dict: the weights come next
+            for name, shape in self._shapes.items():
+                self._params[name] = freeze(np.zeros(shape, dtype=self._dtype))
+        else:
+            self.reset_parameters()
 
     dtype = property(lambda self: self._dtype, doc="numpy dtype of parameters and results.")
 
@@ -285,6 +309,144 @@ class _Module:
 
     def _pack(self) -> List[_PackedLayer]:
         raise NotImplementedError
+
+    # ------------------------------------------------------------ weights files
+    @classmethod
+    def _config_from_state_dict(
+        cls, params: Mapping[str, np.ndarray], prefix: str = ""
+    ) -> "Inferred":
+        """Constructor arguments from parameter names and shapes (the hook of
+        :meth:`from_state_dict`).
+
+        ``params`` maps the last component of each key under ``prefix`` to its
+        array.  Returns ``Inferred(config, keys)``: the arguments, and the names
+        in ``params`` that are this kind of module's parameters (the others
+        are ignored).  The default handles ``LSTM`` and ``LSTMCell`` and their
+        subclasses; a new module class overrides it.
+        """
+        from fastlstm._state_dict import infer_config
+
+        return infer_config(cls, params, prefix)
+
+    @classmethod
+    def from_state_dict(
+        cls: Type[_M],
+        source: Union[PathLike, IO[bytes], Mapping[str, Any]],
+        prefix: str = "",
+        dtype: Any = None,
+        **options: Any,
+    ) -> _M:
+        """Build a module from a state dict or a weights file, inferring its configuration.
+
+        Parameters
+        ----------
+        source : path, binary file or mapping of str to array-like or torch.Tensor
+            A file that :func:`fastlstm.load` reads (PyTorch checkpoint,
+            safetensors, ``.npz``), or a state dict already in memory (for
+            example ``torch_model.state_dict()``).
+        prefix : str, default=""
+            What the module's keys start with, e.g. ``"encoder.rnn."`` (the
+            trailing dot may be left out); ``""`` for keys such as
+            ``weight_ih_l0`` at the top level.  ``fastlstm.inspect(path)`` lists
+            the prefixes of every LSTM and LSTMCell in a file.
+        dtype : None or dtype, optional
+            float32 or float64.  By default float64 when all the module's
+            weights are float64, otherwise float32 (float16 and bfloat16
+            weights are widened exactly to float32).
+        **options
+            Other constructor arguments, which weights do not record:
+            ``batch_first`` and ``dropout`` for ``LSTM``.  Arguments that the
+            weights determine (``input_size``, ``hidden_size``, ``num_layers``,
+            ``bias``, ``bidirectional``, ``proj_size``) may be given too, as a
+            check.
+
+        Returns
+        -------
+        LSTM or LSTMCell
+            A new module in eval mode holding the weights.
+
+        Raises
+        ------
+        fastlstm.StateDictError
+            If the keys under ``prefix`` do not make a consistent module: no
+            parameters there (the message lists where modules of this kind
+            are), a missing or unexpected key, a shape that does not fit, or an
+            option that contradicts the weights; every problem is listed with
+            the full key names.
+        fastlstm.WeightsFormatError, fastlstm.UnsafeFileError, OSError
+            From reading ``source`` (see :func:`fastlstm.load`).
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> weights = fastlstm.LSTM(8, 16, num_layers=2, rng=0).state_dict()
+        >>> state_dict = {"encoder.rnn." + k: v for k, v in weights.items()}
+        >>> rnn = fastlstm.LSTM.from_state_dict(state_dict, prefix="encoder.rnn.")
+        >>> rnn
+        LSTM(8, 16, num_layers=2)
+        """
+        from fastlstm._errors import StateDictError
+        from fastlstm._state_dict import build_module, find_modules, group_of, normalize_prefix
+
+        prefix = normalize_prefix(prefix)
+        if isinstance(source, Mapping):
+            arrays: Mapping[str, Any] = source
+        else:
+            from fastlstm.serialization import load
+
+            arrays = load(source)
+        params = {name: to_numpy(value) for name, value in group_of(arrays, prefix).items()}
+        try:
+            module, names = build_module(cls, params, prefix, dtype, options)
+        except StateDictError as exc:
+            if not str(exc).startswith("no "):
+                raise
+            everything = {k: to_numpy(v) for k, v in arrays.items() if isinstance(k, str)}
+            found = [m.prefix for m in find_modules(everything)[0] if m.kind == cls.__name__]
+            where = (f"; {cls.__name__} weights were found under "
+                     + ", ".join(repr(p) for p in found) + ": pass one as prefix="
+                     if found else f"; the source holds no {cls.__name__} weights")
+            raise StateDictError(str(exc) + where) from None
+        module.load_state_dict({name: params[name] for name in names})
+        return module
+
+    def save(
+        self, path: Union[PathLike, IO[bytes]], *, format: Optional[str] = None, prefix: str = ""
+    ) -> None:
+        """Write the parameters to a safetensors or ``.npz`` file, under torch's names.
+
+        Parameters
+        ----------
+        path : path or binary file
+        format : {None, "safetensors", "npz"}, optional
+            By default from the extension of ``path`` (``.safetensors``,
+            ``.npz``).
+        prefix : str, default=""
+            Put before every key, e.g. ``"encoder.rnn."`` to write the keys of
+            the module as part of a larger model.
+
+        Notes
+        -----
+        The file holds the weights, not ``batch_first`` or ``dropout``; pass
+        those again to :meth:`from_state_dict`.  safetensors files load in
+        torch with ``safetensors.torch.load_file`` and
+        ``torch_lstm.load_state_dict``; see :func:`fastlstm.save`.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(8, 16, rng=0)
+        >>> path = os.path.join(tempfile.mkdtemp(), "rnn.safetensors")
+        >>> rnn.save(path)
+        >>> fastlstm.LSTM.from_state_dict(path)
+        LSTM(8, 16)
+        """
+        from fastlstm._state_dict import normalize_prefix
+        from fastlstm.serialization import save
+
+        prefix = normalize_prefix(prefix)
+        save(OrderedDict((prefix + k, v) for k, v in self._params.items()), path, format=format)
 
     # ------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> "_Module":

@@ -1,0 +1,272 @@
+"""Finding LSTMs in a state dict: configurations from key names and shapes.
+
+A module's parameters sit under a *prefix* (``"encoder.rnn."``): the part of
+each key up to and including its last dot.  The configuration of an
+``LSTM`` comes from ``weight_ih_l0`` (``4*hidden_size x input_size``), the
+layer indices, ``_reverse`` keys, ``weight_hr_l0`` and the presence of biases;
+then every key of the group is checked against the shapes of the module that
+configuration makes, and every problem is reported at once.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Tuple,
+    Type,
+)
+
+import numpy as np
+
+from fastlstm._errors import StateDictError
+
+if TYPE_CHECKING:
+    from fastlstm._module import _Module
+
+__all__ = ["Inferred", "build_module", "find_modules", "infer_config", "normalize_prefix"]
+
+LSTM_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
+CELL_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)$")
+
+#: Set while a module is built only to receive loaded weights: its parameters
+#: start as zeros instead of random draws (read by ``_Module._init_module``).
+SKIP_INIT: "contextvars.ContextVar[bool]" = contextvars.ContextVar("fastlstm_skip_init",
+                                                                  default=False)
+
+
+class Inferred(NamedTuple):
+    """What a state dict says of a module: constructor arguments and its keys."""
+
+    config: Dict[str, Any]
+    keys: List[str]  # names (under the prefix) that belong to this kind of module
+
+
+def normalize_prefix(prefix: str) -> str:
+    """``"encoder.rnn"`` and ``"encoder.rnn."`` both become ``"encoder.rnn."``."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a string, got {type(prefix).__name__}")
+    return prefix + "." if prefix and not prefix.endswith(".") else prefix
+
+
+def split_key(key: str) -> Tuple[str, str]:
+    """``"encoder.rnn.weight_ih_l0"`` -> ``("encoder.rnn.", "weight_ih_l0")``."""
+    cut = key.rfind(".") + 1
+    return key[:cut], key[cut:]
+
+
+def group_of(arrays: Mapping[str, np.ndarray], prefix: str) -> Dict[str, np.ndarray]:
+    """The entries directly under ``prefix``, keyed by their last name component."""
+    out = {}
+    for key, value in arrays.items():
+        if key.startswith(prefix) and "." not in key[len(prefix):]:
+            out[key[len(prefix):]] = value
+    return out
+
+
+def _shape(params: Mapping[str, np.ndarray], name: str, prefix: str, ndim: int) -> Tuple[int, ...]:
+    shape = tuple(np.shape(params[name]))
+    if len(shape) != ndim:
+        raise StateDictError(f"'{prefix}{name}' has shape {shape}; a {ndim}-D array is expected")
+    return shape
+
+
+def _gate_rows(rows: int, name: str, prefix: str, hh: Optional[Tuple[int, ...]]) -> int:
+    """hidden_size from the 4*hidden_size rows of a weight, with a hint for GRUs and RNNs."""
+    if hh is not None and len(hh) == 2 and hh[1] > 0:
+        if hh[0] == 3 * hh[1]:
+            raise StateDictError(f"'{prefix}{name}' has 3 gate blocks of {hh[1]} rows "
+                                 "(weight_hh is 3*hidden x hidden): a GRU, not an LSTM")
+        if hh[0] == hh[1]:
+            raise StateDictError(f"'{prefix}{name}' has 1 gate block (weight_hh is "
+                                 "hidden x hidden): an RNN, not an LSTM")
+    if rows % 4 or rows == 0:
+        raise StateDictError(f"'{prefix}{name}' has {rows} rows, not 4*hidden_size "
+                             "(gates i, f, g, o): not an LSTM weight")
+    return rows // 4
+
+
+def infer_lstm(params: Mapping[str, np.ndarray], prefix: str = "") -> Inferred:
+    """The ``LSTM`` configuration of the parameters directly under ``prefix``."""
+    matches = {name: LSTM_KEY.match(name) for name in params}
+    keys = [name for name, m in matches.items() if m]
+    if not keys:
+        raise StateDictError(f"no LSTM parameters under prefix {prefix!r} (keys such as "
+                             f"'{prefix}weight_ih_l0')")
+    if "weight_ih_l0" not in params:
+        raise StateDictError(f"missing '{prefix}weight_ih_l0', needed to infer input_size and "
+                             f"hidden_size (found {', '.join(prefix + k for k in keys)})")
+    rows, input_size = _shape(params, "weight_ih_l0", prefix, 2)
+    proj_size = 0
+    hh = None
+    if "weight_hr_l0" in params:
+        proj_size = _shape(params, "weight_hr_l0", prefix, 2)[0]
+    elif "weight_hh_l0" in params:
+        hh = tuple(np.shape(params["weight_hh_l0"]))
+    hidden_size = _gate_rows(rows, "weight_ih_l0", prefix, hh)
+    layers = [int(m.group(2)) for m in matches.values() if m]
+    config = {
+        "input_size": input_size,
+        "hidden_size": hidden_size,
+        "num_layers": max(layers) + 1,
+        "bias": any(k.startswith("bias_") for k in keys),
+        "bidirectional": any(m.group(3) for m in matches.values() if m),
+        "proj_size": proj_size,
+    }
+    return Inferred(config, keys)
+
+
+def infer_cell(params: Mapping[str, np.ndarray], prefix: str = "") -> Inferred:
+    """The ``LSTMCell`` configuration of the parameters directly under ``prefix``."""
+    keys = [name for name in params if CELL_KEY.match(name)]
+    if not keys:
+        raise StateDictError(f"no LSTMCell parameters under prefix {prefix!r} (keys such as "
+                             f"'{prefix}weight_ih')")
+    if "weight_ih" not in params:
+        raise StateDictError(f"missing '{prefix}weight_ih', needed to infer input_size and "
+                             f"hidden_size (found {', '.join(prefix + k for k in keys)})")
+    rows, input_size = _shape(params, "weight_ih", prefix, 2)
+    hh = tuple(np.shape(params["weight_hh"])) if "weight_hh" in params else None
+    hidden_size = _gate_rows(rows, "weight_ih", prefix, hh)
+    config = {"input_size": input_size, "hidden_size": hidden_size,
+              "bias": any(k.startswith("bias_") for k in keys)}
+    return Inferred(config, keys)
+
+
+def infer_config(cls: "Type[_Module]", params: Mapping[str, np.ndarray],
+                 prefix: str = "") -> Inferred:
+    """Dispatch on the module class (the default of ``_config_from_state_dict``)."""
+    from fastlstm.cell import LSTMCell
+    from fastlstm.lstm import LSTM
+
+    if issubclass(cls, LSTMCell):
+        return infer_cell(params, prefix)
+    if issubclass(cls, LSTM):
+        return infer_lstm(params, prefix)
+    raise NotImplementedError(f"{cls.__name__} does not infer its configuration from a "
+                              "state dict (override _config_from_state_dict)")
+
+
+def _default_dtype(arrays: List[np.ndarray]) -> type:
+    """float64 when every weight is float64, else float32 (half precision widens)."""
+    return np.float64 if {a.dtype for a in arrays} == {np.dtype(np.float64)} else np.float32
+
+
+def build_module(cls: "Type[_Module]", params: Mapping[str, np.ndarray], prefix: str,
+                 dtype: Any, options: Mapping[str, Any]) -> Tuple["_Module", List[str]]:
+    """A zero-initialised module of ``cls`` for ``params`` (the group under ``prefix``).
+
+    Returns the module and the names of ``params`` that are its parameters;
+    raises :class:`StateDictError` listing every missing key, unexpected key
+    and shape mismatch, and when ``options`` contradict the file.
+    """
+    inferred = cls._config_from_state_dict(params, prefix)
+    config = dict(inferred.config)
+    for name, value in options.items():
+        if name in ("input_size", "hidden_size", "num_layers", "bias", "bidirectional",
+                    "proj_size") and name in config and value != config[name]:
+            raise StateDictError(f"{name}={value!r} was given, but the weights under "
+                                 f"{prefix!r} have {name}={config[name]!r}")
+        config[name] = value
+    if dtype is None:
+        dtype = _default_dtype([params[k] for k in inferred.keys])
+    factory: Callable[..., "_Module"] = cls  # the subclass's own constructor
+    token = SKIP_INIT.set(True)
+    try:
+        module = factory(**config, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise StateDictError(f"the weights under {prefix!r} imply {cls.__name__}("
+                             f"{_format_config(config)}), which is invalid: {exc}") from None
+    finally:
+        SKIP_INIT.reset(token)
+    expected = module._shapes
+    problems = []
+    missing = [prefix + k for k in expected if k not in params]
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    unexpected = [prefix + k for k in inferred.keys if k not in expected]
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected)}")
+    for name, shape in expected.items():
+        if name in params and tuple(np.shape(params[name])) != shape:
+            problems.append(f"'{prefix}{name}' has shape {tuple(np.shape(params[name]))}, "
+                            f"expected {shape}")
+    if problems:
+        raise StateDictError(
+            f"the weights under {prefix!r} do not make a consistent {cls.__name__}("
+            f"{_format_config(inferred.config)}): " + "; ".join(problems))
+    return module, list(expected)
+
+
+def _format_config(config: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in config.items())
+
+
+class FoundModule(NamedTuple):
+    """An LSTM or LSTMCell found in a state dict (see :func:`fastlstm.inspect`).
+
+    Attributes
+    ----------
+    kind : {"LSTM", "LSTMCell"}
+    prefix : str
+        What its keys start with, e.g. ``"encoder.rnn."`` (``""`` at the top level).
+    config : dict
+        Constructor arguments inferred from the keys and shapes.
+    dtype : str
+        The dtype of its weights in the file (e.g. ``"float32"``, ``"float16"``).
+    keys : list of str
+        Its full keys, in torch's order.
+    num_parameters : int
+        Total number of elements of its parameters.
+    """
+
+    kind: str
+    prefix: str
+    config: Dict[str, Any]
+    dtype: str
+    keys: List[str]
+    num_parameters: int
+
+
+def find_modules(arrays: Mapping[str, np.ndarray]) -> Tuple[List[FoundModule], List[str]]:
+    """Every consistent LSTM and LSTMCell in ``arrays``, and notes on near misses.
+
+    Returns ``(modules, notes)``: groups of keys named like an LSTM's that do
+    not make one (a GRU, a missing key, ...) are explained in ``notes``.
+    """
+    from fastlstm.cell import LSTMCell
+    from fastlstm.lstm import LSTM
+
+    prefixes: Dict[str, None] = {}
+    for key in arrays:
+        prefixes.setdefault(split_key(key)[0])
+    found: List[FoundModule] = []
+    notes: List[str] = []
+    for prefix in prefixes:
+        params = group_of(arrays, prefix)
+        for cls, pattern in ((LSTM, LSTM_KEY), (LSTMCell, CELL_KEY)):
+            if not any(pattern.match(name) for name in params):
+                continue
+            try:
+                module, names = build_module(cls, params, prefix, None, {})
+            except StateDictError as exc:
+                notes.append(str(exc))
+                continue
+            first = params[names[0]]
+            found.append(FoundModule(
+                cls.__name__, prefix, _public_config(module, cls), str(np.asarray(first).dtype),
+                [prefix + n for n in names], sum(int(np.size(params[n])) for n in names)))
+    return found, notes
+
+
+def _public_config(module: Any, cls: type) -> Dict[str, Any]:
+    names = ("input_size", "hidden_size", "num_layers", "bias", "bidirectional", "proj_size")
+    return {n: getattr(module, n) for n in names if hasattr(cls, n)}

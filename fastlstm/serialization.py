@@ -1,0 +1,439 @@
+"""Weights files: read PyTorch checkpoints, safetensors and ``.npz`` without torch; write them.
+
+``load`` reads the files people have -- ``torch.save(model.state_dict(), path)``
+in torch's zip format (the default since torch 1.6) or its legacy format,
+safetensors, and NumPy's ``.npz`` -- detecting the format from the content.
+It never imports torch and never runs anything from the file: PyTorch's
+pickles go through a restricted unpickler (see ``docs/weights.md``, "Security
+model").  ``save`` writes safetensors and ``.npz``; ``inspect`` lists the
+LSTMs and LSTMCells in a file with the configuration that builds them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+from fastlstm._common import to_numpy
+from fastlstm._errors import StateDictError, UnsafeFileError, WeightsFormatError
+from fastlstm._npz import is_npz, read_npz, write_npz
+from fastlstm._safetensors import looks_like_safetensors, read_safetensors, write_safetensors
+from fastlstm._state_dict import FoundModule, find_modules
+from fastlstm._torch_format import open_zip, read_legacy, read_zip, torch_zip_prefix
+
+__all__ = [
+    "FORMATS",
+    "FoundModule",
+    "Inspection",
+    "StateDictError",
+    "UnsafeFileError",
+    "WeightsFormatError",
+    "detect_format",
+    "inspect",
+    "load",
+    "save",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Source = Union[PathLike, IO[bytes]]
+
+#: Formats :func:`load` reads, by the name :func:`detect_format` gives them.
+FORMATS = {
+    "torch-zip": "PyTorch checkpoint (zip format, torch.save since torch 1.6)",
+    "torch-legacy": "PyTorch checkpoint (legacy format, _use_new_zipfile_serialization=False)",
+    "safetensors": "safetensors",
+    "npz": "NumPy .npz archive",
+}
+#: Formats :func:`save` writes, by file extension.
+_EXTENSIONS = {".safetensors": "safetensors", ".npz": "npz"}
+
+
+class _Opened:
+    """A binary file from a path or a file object, with its size; closes what it opened.
+
+    A file object that is not seekable, or not at its start, is read into memory,
+    so that offsets in the file are offsets from its start.
+    """
+
+    def __init__(self, source: Source) -> None:
+        if hasattr(source, "read"):
+            file: IO[bytes] = source  # type: ignore[assignment]
+            self.close_file = False
+            if not file.seekable() or file.tell() != 0:
+                file = io.BytesIO(file.read())
+            self.file = file
+        else:
+            self.file = open(os.fspath(source), "rb")  # noqa: SIM115 - closed in __exit__
+            self.close_file = True
+        self.size = self.file.seek(0, os.SEEK_END)
+        self.file.seek(0)
+
+    def __enter__(self) -> "_Opened":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.close_file:
+            self.file.close()
+
+
+def _sniff(opened: _Opened) -> Tuple[str, Any]:
+    """The format of an opened file, and its zip records for the zip-based formats."""
+    head = opened.file.read(512)
+    opened.file.seek(0)
+    if not head:
+        raise WeightsFormatError("empty file (a file object is read from its current "
+                                 "position)" if not opened.close_file else "empty file")
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        records = open_zip(opened.file, opened.size)
+        names = list(records.infos)
+        prefix = torch_zip_prefix(names)
+        if prefix is not None:
+            return "torch-zip", (records, prefix)
+        if is_npz(names):
+            return "npz", records
+        raise WeightsFormatError("a zip archive that is neither a PyTorch checkpoint (no "
+                                 "data.pkl) nor an .npz (members other than .npy)")
+    if head[:1] == b"\x80":
+        return "torch-legacy", None
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        raise WeightsFormatError("a tar archive: PyTorch's tar format (torch < 0.4) is not "
+                                 "supported; load it with torch and save it again")
+    if head.startswith(b"\x93NUMPY"):
+        raise WeightsFormatError("a single .npy array, not a state dict: save a dict of arrays "
+                                 "with numpy.savez (.npz)")
+    if looks_like_safetensors(head, opened.size):
+        return "safetensors", None
+    raise WeightsFormatError(
+        f"not a PyTorch checkpoint, safetensors or .npz file (starts with {head[:8]!r})")
+
+
+def detect_format(source: Source) -> str:
+    """The format of a weights file, from its content: one of :data:`FORMATS`.
+
+    Parameters
+    ----------
+    source : path or binary file
+
+    Returns
+    -------
+    str
+        ``"torch-zip"``, ``"torch-legacy"``, ``"safetensors"`` or ``"npz"``.
+
+    Raises
+    ------
+    fastlstm.WeightsFormatError
+        If the file is none of these.
+
+    Examples
+    --------
+    >>> import io, numpy as np, fastlstm
+    >>> buf = io.BytesIO()
+    >>> fastlstm.save({"w": np.ones(3, np.float32)}, buf, format="safetensors")
+    >>> _ = buf.seek(0)
+    >>> fastlstm.serialization.detect_format(buf)
+    'safetensors'
+    """
+    with _Opened(source) as opened:
+        return _sniff(opened)[0]
+
+
+def _read(opened: _Opened) -> Tuple[str, Dict[str, np.ndarray]]:
+    try:
+        fmt, extra = _sniff(opened)
+        if fmt == "torch-zip":
+            records, prefix = extra
+            return fmt, read_zip(records, prefix)
+        if fmt == "npz":
+            return fmt, read_npz(extra.zip)
+        if fmt == "torch-legacy":
+            return fmt, read_legacy(opened.file)
+        return fmt, read_safetensors(opened.file, opened.size)
+    except WeightsFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt file may fail anywhere in a reader
+        raise WeightsFormatError(f"corrupt or truncated file: {type(exc).__name__}: {exc}") \
+            from None
+
+
+def load(source: Source) -> Dict[str, np.ndarray]:
+    """Read every tensor of a weights file, without torch and without running the file.
+
+    Parameters
+    ----------
+    source : path or binary file
+        A PyTorch checkpoint (``torch.save``, zip or legacy format),
+        safetensors file or ``.npz`` archive; the format is detected from the
+        content, not the name.  A file object is read from its current
+        position (as ``torch.load`` does).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Keys as in the file, in its order.  Nested containers (a checkpoint
+        ``{"model": state_dict, "epoch": 3}``) are flattened with dots
+        (``"model.encoder.rnn.weight_ih_l0"``); values that are not tensors
+        (numbers, strings) are left out.  Every array is a new, writable,
+        C-ordered, native-byte-order copy: tensors that were views of one
+        storage (offsets, strides, shared storages) become independent
+        arrays.  dtypes are kept, except bfloat16, which numpy lacks: it
+        becomes float32 (exactly).  float16 stays float16.
+
+    Raises
+    ------
+    fastlstm.UnsafeFileError
+        A PyTorch pickle that names a global outside the allow-list (e.g.
+        ``posix.system``, ``builtins.eval``, a model class) or uses an opcode
+        that constructs objects; nothing from the file has been called.
+    fastlstm.WeightsFormatError
+        Any other file that cannot be read: unknown format, truncated or
+        corrupt data, sizes, offsets or strides outside the data present,
+        unsupported tensor types (quantized, sparse, float8, TorchScript).
+    OSError
+        If the file cannot be opened.
+
+    Examples
+    --------
+    >>> import io, numpy as np, fastlstm
+    >>> buf = io.BytesIO()
+    >>> fastlstm.save({"rnn.weight_ih_l0": np.zeros((8, 3), np.float32)}, buf, format="npz")
+    >>> _ = buf.seek(0)
+    >>> {k: v.shape for k, v in fastlstm.load(buf).items()}
+    {'rnn.weight_ih_l0': (8, 3)}
+    """
+    with _Opened(source) as opened:
+        return _read(opened)[1]
+
+
+def _arrays(state_dict: Mapping[str, Any]) -> "OrderedDict[str, np.ndarray]":
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"expected a mapping of names to arrays, got {type(state_dict).__name__}")
+    out: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise TypeError(f"keys must be strings, got {type(key).__name__}")
+        out[key] = to_numpy(value)
+    return out
+
+
+def _format_of(path: Any, format: Optional[str]) -> str:
+    if format is not None:
+        if format not in _EXTENSIONS.values():
+            raise ValueError(f"format must be 'safetensors' or 'npz', got {format!r}")
+        return format
+    if hasattr(path, "write"):
+        raise ValueError("format= is required when writing to a file object")
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in _EXTENSIONS:
+        raise ValueError(f"cannot tell the format from the extension {ext!r} of {path!r}: use "
+                         "'.safetensors' or '.npz', or pass format='safetensors' or 'npz'")
+    return _EXTENSIONS[ext]
+
+
+def save(
+    state_dict: Mapping[str, Any],
+    path: Union[PathLike, IO[bytes]],
+    *,
+    format: Optional[str] = None,
+    metadata: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Write a state dict as safetensors or ``.npz``.
+
+    Parameters
+    ----------
+    state_dict : mapping of str to array-like or torch.Tensor
+        E.g. ``module.state_dict()`` of fastlstm or torch, or what
+        :func:`load` returned.  Keys are written as they are (torch's names
+        stay torch's names).
+    path : path or binary file
+        A path is written atomically (a temporary file in the same folder,
+        then renamed).
+    format : {None, "safetensors", "npz"}, optional
+        By default from the extension of ``path``: ``.safetensors`` or ``.npz``.
+    metadata : mapping of str to str, optional
+        safetensors only: the header's ``__metadata__``; by default
+        ``{"format": "pt"}``, which ``transformers`` and others expect.
+
+    Notes
+    -----
+    safetensors files written here load with the ``safetensors`` package
+    (``safetensors.torch.load_file`` gives tensors for ``torch_module.
+    load_state_dict``; ``safetensors.numpy.load_file`` gives arrays), and
+    ``.npz`` files with ``numpy.load``.  torch tensors are saved as their
+    values; bfloat16 tensors become float32.
+
+    Raises
+    ------
+    TypeError
+        Non-string keys, or arrays of a dtype the format cannot hold (object,
+        strings; safetensors: also float128, complex128).
+    ValueError
+        An unknown format or extension.
+
+    Examples
+    --------
+    >>> import io, numpy as np, fastlstm
+    >>> buf = io.BytesIO()
+    >>> fastlstm.save({"weight": np.eye(2, dtype=np.float32)}, buf, format="safetensors")
+    >>> _ = buf.seek(0)
+    >>> fastlstm.load(buf)["weight"]
+    array([[1., 0.],
+           [0., 1.]], dtype=float32)
+    """
+    fmt = _format_of(path, format)
+    arrays = _arrays(state_dict)
+    if metadata is None:
+        metadata = {"format": "pt"}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError("safetensors metadata must map strings to strings")
+
+    def write(file: IO[bytes]) -> None:
+        if fmt == "safetensors":
+            write_safetensors(arrays, file, metadata)
+        else:
+            write_npz(arrays, file)
+
+    if hasattr(path, "write"):
+        write(path)  # type: ignore[arg-type]
+        return
+    target = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".fastlstm-", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(target)))
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class Inspection:
+    """What :func:`inspect` found in a weights file.
+
+    Attributes
+    ----------
+    path : str
+        The file (``"<mapping>"`` for a state dict in memory).
+    format : str
+        One of :data:`FORMATS` (``"mapping"`` for a state dict in memory).
+    modules : list of FoundModule
+        Every LSTM and LSTMCell, with ``kind``, ``prefix``, ``config``,
+        ``dtype``, ``keys`` and ``num_parameters``.
+    tensors : dict of str to (shape, dtype name)
+        Every other tensor.
+    notes : list of str
+        Groups of keys named like an LSTM's that do not make one, and why.
+    """
+
+    def __init__(self, path: str, format: str, modules: List[FoundModule],
+                 tensors: Dict[str, Tuple[Tuple[int, ...], str]], notes: List[str]) -> None:
+        self.path = path
+        self.format = format
+        self.modules = modules
+        self.tensors = tensors
+        self.notes = notes
+
+    def __iter__(self) -> Iterator[FoundModule]:
+        return iter(self.modules)
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def __repr__(self) -> str:
+        return (f"<Inspection of {self.path!r}: {len(self.modules)} module(s), "
+                f"{len(self.tensors)} other tensor(s)>")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-serialisable dict of everything found."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "modules": [m._asdict() for m in self.modules],
+            "tensors": {k: {"shape": list(s), "dtype": d} for k, (s, d) in self.tensors.items()},
+            "notes": list(self.notes),
+        }
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    def __str__(self) -> str:
+        description = FORMATS.get(self.format, self.format)
+        n_tensors = len(self.tensors) + sum(len(m.keys) for m in self.modules)
+        lines = [f"{self.path}: {description}, {n_tensors} tensors"]
+        if not self.modules:
+            lines.append("no LSTM or LSTMCell found")
+        source = repr(self.path) if self.format != "mapping" else "state_dict"
+        for m in self.modules:
+            config = ", ".join(f"{k}={v}" for k, v in m.config.items())
+            where = repr(m.prefix) if m.prefix else "(top level)"
+            lines.append(f"{m.kind} at {where} ({len(m.keys)} tensors, "
+                         f"{m.num_parameters:,} {m.dtype} parameters)")
+            lines.append(f"    {config}")
+            prefix_arg = f", prefix={m.prefix!r}" if m.prefix else ""
+            lines.append(f"    fastlstm.{m.kind}.from_state_dict({source}{prefix_arg})")
+        if self.tensors:
+            lines.append(f"other tensors ({len(self.tensors)}):")
+            width = min(max(len(k) for k in self.tensors), 48)
+            for key, (shape, dtype) in self.tensors.items():
+                lines.append(f"    {key:<{width}}  {dtype:<8} {shape}")
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        return "\n".join(lines)
+
+
+def inspect(source: Union[Source, Mapping[str, Any]]) -> Inspection:
+    """List the LSTMs and LSTMCells in a weights file, with their prefixes and configurations.
+
+    Parameters
+    ----------
+    source : path, binary file or mapping of str to array-like
+        Anything :func:`load` reads, or a state dict in memory.
+
+    Returns
+    -------
+    Inspection
+        ``str()`` of it is the report ``fastlstm inspect FILE`` prints, with
+        the line that builds each module; ``.modules`` lists them (kind,
+        prefix, config, dtype, keys), ``.tensors`` the other tensors,
+        ``.notes`` groups of LSTM-like keys that do not make a module (a GRU,
+        a missing key, ...).
+
+    Raises
+    ------
+    fastlstm.UnsafeFileError, fastlstm.WeightsFormatError, OSError
+        As :func:`load`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlstm
+    >>> weights = fastlstm.LSTM(4, 8, rng=0).state_dict()
+    >>> state_dict = {"head.weight": np.zeros((2, 8))}
+    >>> state_dict.update({"rnn." + k: v for k, v in weights.items()})
+    >>> found = fastlstm.inspect(state_dict)
+    >>> [(m.kind, m.prefix, m.config["hidden_size"]) for m in found.modules]
+    [('LSTM', 'rnn.', 8)]
+    >>> list(found.tensors)
+    ['head.weight']
+    """
+    arrays: Mapping[str, np.ndarray]
+    if isinstance(source, Mapping):
+        path, fmt = "<mapping>", "mapping"
+        arrays = _arrays(source)
+    else:
+        if hasattr(source, "read"):
+            path = str(getattr(source, "name", "<file>"))
+        else:
+            path = os.fspath(source)
+        with _Opened(source) as opened:
+            fmt, arrays = _read(opened)
+    modules, notes = find_modules(arrays)
+    used = {key for m in modules for key in m.keys}
+    tensors = {k: (tuple(v.shape), str(v.dtype)) for k, v in arrays.items() if k not in used}
+    return Inspection(path, fmt, modules, tensors, notes)
