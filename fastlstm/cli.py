@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, NamedTuple, NoReturn, Optional, Sequence
 
-__all__ = ["CLIError", "COMMANDS", "main", "build_parser"]
+__all__ = ["CLIError", "COMMANDS", "main", "build_parser", "file_error", "one_line"]
 
 
 class CLIError(Exception):
@@ -31,17 +32,43 @@ class CLIError(Exception):
         self.status = status
 
 
+def one_line(text: object) -> str:
+    """``str(text)`` with every run of whitespace (newlines too) made one space."""
+    return " ".join(str(text).split())
+
+
+def file_error(command: str, path: str, exc: BaseException) -> str:
+    """The one-line message of a file that could not be read or written."""
+    if isinstance(exc, FileNotFoundError):
+        reason = "no such file"
+    elif isinstance(exc, IsADirectoryError):
+        reason = "is a directory"
+    elif isinstance(exc, PermissionError):
+        reason = "permission denied"
+    elif isinstance(exc, OSError):
+        reason = exc.strerror or one_line(exc)
+    else:
+        reason = f"{type(exc).__name__}: {one_line(exc)}"
+    return f"fastlstm {command}: error: {path}: {reason}"
+
+
 class Command(NamedTuple):
     name: str
     module: str
     summary: str
 
 
-#: The subcommands, in the order ``fastlstm --help`` lists them.  To add one
-#: (``info``, ``inspect``, ``convert``, ...), write its module and add a line.
+#: The subcommands, in the order ``fastlstm --help`` lists them.  To add one,
+#: write its module and add a line.
 COMMANDS: List[Command] = [
     Command("bench", "fastlstm._bench",
             "time fastlstm against torch.nn.LSTM and ONNX Runtime"),
+    Command("info", "fastlstm._cli_info",
+            "print the build's configuration (version, SIMD, OpenMP, threads, BLAS)"),
+    Command("inspect", "fastlstm._cli_inspect",
+            "list the LSTMs and LSTMCells in a weights file (no PyTorch needed)"),
+    Command("convert", "fastlstm._cli_convert",
+            "rewrite a weights file as safetensors or .npz (no PyTorch needed)"),
 ]
 
 
@@ -105,8 +132,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     -------
     int
         The exit status: 0 on success, 1 on a failure (e.g. a benchmark case
-        whose result disagrees with torch), 2 on a usage error, 130 when
-        interrupted.
+        whose result disagrees with torch, a file that cannot be read), 2 on a
+        usage error, 130 when interrupted.  Every error is one line on stderr;
+        an unexpected exception too (``FASTLSTM_TRACEBACK=1`` shows its
+        traceback instead).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -121,12 +150,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args._argv = argv
         return int(args._run(args))
     except CLIError as err:
-        print(str(err), file=sys.stderr)
+        print(one_line(err), file=sys.stderr)
         return err.status
     except KeyboardInterrupt:
         print("fastlstm: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. 'fastlstm bench | head'
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+        if os.environ.get("FASTLSTM_TRACEBACK"):
+            raise
+        print(f"fastlstm: error: {type(exc).__name__}: {one_line(exc)} "
+              "(set FASTLSTM_TRACEBACK=1 for the traceback)", file=sys.stderr)
         return 1
 
 

@@ -1,0 +1,119 @@
+"""The ``fastlstm`` command line: info, inspect, convert, help and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _weights_files import glob, seq2seq, torch_zip
+
+import fastlstm
+from fastlstm.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args):
+    """``python -m fastlstm ARGS`` in a fresh process: (status, stdout, stderr)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get(
+        "PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "fastlstm", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_help_lists_every_command_and_each_has_its_own_help(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    names = [c.name for c in COMMANDS]
+    assert {"bench", "info", "inspect", "convert"} <= set(names)
+    for name in names:
+        assert name in out
+        assert main([name, "--help"]) == 0
+        assert f"usage: fastlstm {name}" in capsys.readouterr().out
+
+
+def test_info_prints_show_config(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    fastlstm.show_config()
+    assert out == capsys.readouterr().out
+    for key in ("version", "simd", "simd_available", "openmp", "num_threads", "blas", "numpy",
+                "scipy"):
+        assert key in out
+    assert main(["info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(
+        fastlstm.show_config(as_dict=True)))
+
+
+def test_inspect_and_convert(torch, tmp_path, capsys):
+    model = seq2seq(torch)
+    path = tmp_path / "model.pt"
+    torch.save(model.state_dict(), path)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "LSTM at 'encoder.rnn.' (8 tensors, 3,840 float32 parameters)" in out
+    assert "    input_size=8, hidden_size=16, num_layers=2, bias=True" in out
+    assert "prefix='decoder.rnn.'" in out and "head.weight" in out
+    assert main(["inspect", "--json", str(path)]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [m["prefix"] for m in found["modules"]] == ["encoder.rnn.", "decoder.rnn."]
+
+    out_path = tmp_path / "encoder.safetensors"
+    assert main(["convert", str(path), str(out_path), "--prefix", "encoder.rnn"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    rnn = fastlstm.LSTM.from_state_dict(out_path)
+    np.testing.assert_array_equal(rnn.weight_hh_l1,
+                                  model["encoder"]["rnn"].weight_hh_l1.detach().numpy())
+    assert main(["convert", str(path), str(tmp_path / "half.bin"), "--format", "npz",
+                 "--dtype", "float16"]) == 0
+    half = fastlstm.load(tmp_path / "half.bin")
+    assert half["head.weight"].dtype == np.float16 and len(half) == len(model.state_dict())
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "refused", "directory", "not weights"])
+def test_errors_are_one_line_without_traceback(tmp_path, capsys, case):
+    marker = tmp_path / "marker"
+    path = {
+        "missing": tmp_path / "missing.pt",
+        "corrupt": tmp_path / "corrupt.pt",
+        "refused": tmp_path / "evil.pt",
+        "directory": tmp_path,
+        "not weights": tmp_path / "notes.txt",
+    }[case]
+    if case == "corrupt":
+        arrays = {"w": np.ones((4, 4), np.float32)}
+        fastlstm.save(arrays, tmp_path / "ok.npz")
+        path.write_bytes((tmp_path / "ok.npz").read_bytes()[:-30])
+    elif case == "refused":
+        torch_zip(path, b"\x80\x02" + glob("os", "system") + b"(X\x05\x00\x00\x00touch"
+                  + f" {marker}".encode() + b"tR.")
+    elif case == "not weights":
+        path.write_text("not weights\nat all\n")
+    for command in (["inspect", path], ["convert", path, tmp_path / "out.npz"]):
+        if case == "refused" and command[0] == "inspect":  # once as a real program
+            status, out, err = run_cli(*command)
+        else:
+            status = main([str(arg) for arg in command])
+            err = capsys.readouterr().err
+        assert status == 1
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith(f"fastlstm {command[0]}: error: {path}: ")
+        if case == "refused":
+            assert "refused global 'os.system'" in err
+        if case == "missing":
+            assert err.strip().endswith("no such file")
+    assert not marker.exists()
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_usage_errors(capsys):
+    assert main([]) == 2
+    assert main(["inspect"]) == 2
+    assert main(["convert", "a.pt", "b.weird"]) == 2
+    assert main(["nonsense"]) == 2
+    for line in capsys.readouterr().err.splitlines():
+        assert line.startswith("fastlstm")
