@@ -580,8 +580,8 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
         summary["peak_memory_le_torch"] = sum(f <= t for f, t in pairs)
         summary["peak_memory_compared"] = len(pairs)
     gm_t, gm_o = summary["geomean_speedup_vs_torch"], summary["geomean_speedup_vs_onnxruntime"]
-    for line in padded_lines(records):
-        print(line, flush=True)
+    for text in padded_lines(records):
+        print(text, flush=True)
     streams = None
     if args.streams or (args.streams is None and grid != "custom" and threads >= 2):
         progress.show(len(cases), f"streams on {threads} Python threads")
