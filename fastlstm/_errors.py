@@ -15,6 +15,16 @@ class WeightsFormatError(ValueError):
     declares sizes, offsets or strides outside the data it holds, or holds a
     tensor of a type fastlstm does not support (quantized, sparse, float8,
     ...).  A subclass of ``ValueError``.
+
+    Examples
+    --------
+    >>> import io
+    >>> import fastlstm
+    >>> try:
+    ...     fastlstm.load(io.BytesIO(b"not a weights file"))
+    ... except fastlstm.WeightsFormatError as exc:
+    ...     print(exc)
+    not a PyTorch checkpoint, safetensors or .npz file (starts with b'not a we')
     """
 
 
@@ -26,6 +36,19 @@ class UnsafeFileError(WeightsFormatError, pickle.UnpicklingError):
     subclass of :class:`WeightsFormatError` (so of ``ValueError``) and of
     ``pickle.UnpicklingError`` (what ``torch.load(..., weights_only=True)``
     raises in the same case).
+
+    Examples
+    --------
+    A pickle that would call ``os.system`` when unpickled:
+
+    >>> import io, os, pickle
+    >>> import fastlstm
+    >>> payload = io.BytesIO(pickle.dumps({"weight": os.system}, protocol=2))
+    >>> try:
+    ...     fastlstm.load(payload)
+    ... except fastlstm.UnsafeFileError as exc:
+    ...     print(exc)  # doctest: +ELLIPSIS
+    refused global '...system': fastlstm loads only tensors, ... nothing from this file was run
     """
 
 
@@ -35,4 +58,15 @@ class StateDictError(ValueError):
     Raised by ``from_state_dict`` when the parameters under a prefix are
     missing, unexpected or of inconsistent shapes; the message lists every
     problem with the full key names.  A subclass of ``ValueError``.
+
+    Examples
+    --------
+    >>> import fastlstm
+    >>> state_dict = fastlstm.LSTM(4, 8, rng=0).state_dict()
+    >>> del state_dict["bias_hh_l0"]
+    >>> try:
+    ...     fastlstm.LSTM.from_state_dict(state_dict)
+    ... except fastlstm.StateDictError as exc:
+    ...     print(exc)  # doctest: +ELLIPSIS
+    the weights under '' do not make a consistent LSTM(...): missing bias_hh_l0
     """

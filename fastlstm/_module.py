@@ -160,6 +160,15 @@ class _Module:
         ----------
         rng : None, int or numpy.random.Generator, optional
             Source of randomness; by default the module's own generator.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(4, 8, rng=0)
+        >>> rnn.reset_parameters(rng=1)
+        >>> bool(np.abs(rnn.weight_hh_l0).max() <= 1 / np.sqrt(8))
+        True
         """
         gen = self._rng if rng is None else np.random.default_rng(rng)
         bound = 1.0 / math.sqrt(self._hidden_size)
@@ -200,11 +209,40 @@ class _Module:
             freeze(array)
 
     def named_parameters(self) -> Iterator[Tuple[str, np.ndarray]]:
-        """Yield ``(name, array)`` for every parameter, in torch's order."""
+        """Yield ``(name, array)`` for every parameter, in torch's order.
+
+        Yields
+        ------
+        name : str
+            torch's name, e.g. ``"weight_ih_l0"``.
+        array : ndarray
+            The read-only parameter, e.g. of shape ``(4*hidden_size, input_size)``.
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(4, 8, rng=0)
+        >>> [(name, p.shape) for name, p in rnn.named_parameters()]
+        [('weight_ih_l0', (32, 4)), ('weight_hh_l0', (32, 8)), ('bias_ih_l0', (32,)), \
+('bias_hh_l0', (32,))]
+        """
         yield from self._params.items()
 
     def parameters(self) -> Iterator[np.ndarray]:
-        """Yield every parameter array, in torch's order."""
+        """Yield every parameter array, in torch's order.
+
+        Yields
+        ------
+        ndarray
+            Each read-only parameter, as :meth:`named_parameters` without the names.
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(4, 8, num_layers=2, rng=0)
+        >>> sum(p.size for p in rnn.parameters())
+        1024
+        """
         yield from self._params.values()
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
@@ -215,6 +253,19 @@ class _Module:
         OrderedDict of str to ndarray
             Writable copies; ``torch.nn.LSTM.load_state_dict`` accepts them after
             ``torch.from_numpy``, and :meth:`load_state_dict` accepts them as they are.
+            Shapes are torch's: ``weight_ih_l{k}`` ``(4*hidden_size, in)``,
+            ``weight_hh_l{k}`` ``(4*hidden_size, H_out)``, ``bias_ih_l{k}`` and
+            ``bias_hh_l{k}`` ``(4*hidden_size,)``, ``weight_hr_l{k}``
+            ``(proj_size, hidden_size)``; for an LSTMCell, ``weight_ih``,
+            ``weight_hh``, ``bias_ih``, ``bias_hh``.
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(4, 8, proj_size=2, rng=0)
+        >>> {name: value.shape for name, value in rnn.state_dict().items()}
+        {'weight_ih_l0': (32, 4), 'weight_hh_l0': (32, 2), 'bias_ih_l0': (32,), \
+'bias_hh_l0': (32,), 'weight_hr_l0': (2, 8)}
         """
         return OrderedDict((k, v.copy()) for k, v in self._params.items())
 
@@ -246,6 +297,26 @@ class _Module:
             Listing missing keys, unexpected keys and every shape mismatch (with
             the key, the shape in the mapping and the module's shape), as torch.
             Nothing is changed when it raises.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastlstm
+        >>> source = fastlstm.LSTM(4, 8, rng=0)
+        >>> rnn = fastlstm.LSTM(4, 8, dtype="float64")
+        >>> rnn.load_state_dict(source.state_dict())
+        <All keys matched successfully>
+        >>> rnn.weight_ih_l0.dtype
+        dtype('float64')
+        >>> rnn.load_state_dict({"bias_ih_l0": np.zeros(32)}, strict=False).missing_keys
+        ['weight_ih_l0', 'weight_hh_l0', 'bias_hh_l0']
+
+        From PyTorch (torch's tensors are accepted as they are):
+
+        >>> import torch
+        >>> torch_lstm = torch.nn.LSTM(4, 8)
+        >>> rnn.load_state_dict(torch_lstm.state_dict())
+        <All keys matched successfully>
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
@@ -450,14 +521,45 @@ class _Module:
 
     # ------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> "_Module":
-        """Set training mode (inter-layer dropout of LSTM active) and return self."""
+        """Set training mode (inter-layer dropout of LSTM active) and return self.
+
+        Parameters
+        ----------
+        mode : bool, default=True
+            True for training mode, False for eval mode.
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(4, 8, num_layers=2, dropout=0.5, rng=0)
+        >>> rnn.training                # a new module is in eval mode, unlike torch
+        False
+        >>> rnn.train().training
+        True
+        """
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
         self.__dict__["training"] = mode
         return self
 
     def eval(self) -> "_Module":
-        """Set eval mode (no dropout; the default for a new module) and return self."""
+        """Set eval mode (no dropout; the default for a new module) and return self.
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(4, 8, num_layers=2, dropout=0.5, rng=0).train()
+        >>> rnn.eval().training
+        False
+        """
         return self.train(False)
 
     # ----------------------------------------------------------------- forward

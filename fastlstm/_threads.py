@@ -71,6 +71,16 @@ def get_num_threads() -> int:
     int
         The value given to :func:`set_num_threads`, or by default
         ``omp_get_max_threads()`` (``OMP_NUM_THREADS`` or the usable cores).
+
+    Examples
+    --------
+    >>> import fastlstm
+    >>> fastlstm.get_num_threads() >= 1
+    True
+    >>> fastlstm.set_num_threads(2)
+    >>> fastlstm.get_num_threads() == (2 if fastlstm.show_config(as_dict=True)["openmp"] else 1)
+    True
+    >>> fastlstm.set_num_threads(None)
     """
     if not openmp_enabled():
         return 1

@@ -133,6 +133,19 @@ class LSTMCell(_Module):
         Returns
         -------
         LSTMCell
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import torch
+        >>> import fastlstm
+        >>> torch_cell = torch.nn.LSTMCell(10, 20)
+        >>> cell = fastlstm.LSTMCell.from_torch(torch_cell)
+        >>> x = np.ones((3, 10), dtype=np.float32)              # (N, input_size)
+        >>> with torch.no_grad():
+        ...     expected, _ = torch_cell(torch.from_numpy(x))
+        >>> bool(np.abs(cell(x)[0] - expected.numpy()).max() < 1e-5)
+        True
         """
         for attr in ("input_size", "hidden_size", "weight_ih", "state_dict"):
             if not hasattr(module, attr):
@@ -146,7 +159,23 @@ class LSTMCell(_Module):
         return new
 
     def to_torch(self) -> Any:
-        """Return an equivalent ``torch.nn.LSTMCell`` (imports torch, only here)."""
+        """Return an equivalent ``torch.nn.LSTMCell`` (imports torch, only here).
+
+        Returns
+        -------
+        torch.nn.LSTMCell
+            Same sizes, bias, dtype and weights.
+
+        Examples
+        --------
+        >>> import torch
+        >>> import fastlstm
+        >>> torch_cell = fastlstm.LSTMCell(10, 20, rng=0).to_torch()
+        >>> torch_cell
+        LSTMCell(10, 20)
+        >>> tuple(torch_cell.weight_hh.shape)
+        (80, 20)
+        """
         import torch
 
         tdtype = torch.float64 if self._dtype == np.float64 else torch.float32
@@ -179,6 +208,19 @@ class LSTMCell(_Module):
         RuntimeError
             Sizes that do not match the cell or each other, as torch; non-floating
             input or states.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastlstm
+        >>> cell = fastlstm.LSTMCell(10, 20, rng=0)
+        >>> x = np.ones((3, 10), dtype=np.float32)              # (N, input_size)
+        >>> h, c = cell(x)                                      # zero initial state
+        >>> h, c = cell(x, (h, c))
+        >>> h.shape, c.shape
+        ((3, 20), (3, 20))
+        >>> [a.shape for a in cell(x[0], (h[0], c[0]))]        # unbatched
+        [(20,), (20,)]
         """
         tensor_in = is_torch_tensor(input)
         x = to_numpy(input)

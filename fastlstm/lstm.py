@@ -334,6 +334,21 @@ class LSTM(_Module):
         -------
         LSTM
             In eval mode, whatever the mode of ``module``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import torch
+        >>> import fastlstm
+        >>> torch_lstm = torch.nn.LSTM(10, 20, num_layers=2, batch_first=True)
+        >>> rnn = fastlstm.LSTM.from_torch(torch_lstm)
+        >>> rnn
+        LSTM(10, 20, num_layers=2, batch_first=True)
+        >>> x = np.ones((3, 5, 10), dtype=np.float32)     # (N, L, H_in)
+        >>> with torch.no_grad():
+        ...     expected, _ = torch_lstm(torch.from_numpy(x))
+        >>> bool(np.abs(rnn(x)[0] - expected.numpy()).max() < 1e-5)
+        True
         """
         for attr in ("input_size", "hidden_size", "num_layers", "proj_size", "state_dict"):
             if not hasattr(module, attr):
@@ -351,6 +366,17 @@ class LSTM(_Module):
         -------
         torch.nn.LSTM
             Same configuration, dtype, weights and training mode.
+
+        Examples
+        --------
+        >>> import torch
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(10, 20, bidirectional=True, dtype="float64", rng=0)
+        >>> torch_lstm = rnn.to_torch()
+        >>> torch_lstm
+        LSTM(10, 20, bidirectional=True)
+        >>> torch_lstm.weight_ih_l0.dtype, tuple(torch_lstm.weight_ih_l0.shape)
+        (torch.float64, (80, 10))
         """
         import torch
 
@@ -391,6 +417,27 @@ class LSTM(_Module):
             Input that is not 2-D or 3-D, or not of a floating dtype.
         RuntimeError
             Wrong feature size, wrong state shapes, or an empty sequence.
+
+        Notes
+        -----
+        ``input`` may also be a :class:`fastlstm.rnn.PackedSequence` (or torch's) of
+        data ``(sum(lengths), H_in)``; ``output`` is then packed the same way, and
+        ``h_n``, ``c_n`` hold each sequence's final state, in the original batch order
+        (see :doc:`rnn`).  Calling the module, ``rnn(input, hx)``, is the same as
+        ``rnn.forward(input, hx)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(10, 20, num_layers=2, bidirectional=True, rng=0)
+        >>> x = np.zeros((5, 3, 10), dtype=np.float32)          # (L, N, H_in)
+        >>> output, (h_n, c_n) = rnn(x)
+        >>> output.shape, h_n.shape, c_n.shape                   # D = 2
+        ((5, 3, 40), (4, 3, 20), (4, 3, 20))
+        >>> output, (h_n, c_n) = rnn(x, (h_n, c_n))              # carry the state
+        >>> rnn(x[:, 0])[0].shape                                # unbatched (L, H_in)
+        (5, 40)
         """
         if is_packed_sequence(input):
             return self._forward_packed(input, hx)

@@ -335,10 +335,11 @@ def from_torch_packed(sequence: Any) -> PackedSequence:
 
     Examples
     --------
-    >>> import torch  # doctest: +SKIP
-    >>> from torch.nn.utils.rnn import pack_sequence  # doctest: +SKIP
-    >>> torch_packed = pack_sequence([torch.tensor([1, 2]), torch.tensor([3])])  # doctest: +SKIP
-    >>> from_torch_packed(torch_packed).data  # doctest: +SKIP
+    >>> import torch
+    >>> from torch.nn.utils.rnn import pack_sequence
+    >>> from fastlstm.rnn import from_torch_packed
+    >>> torch_packed = pack_sequence([torch.tensor([1, 2]), torch.tensor([3])])
+    >>> from_torch_packed(torch_packed).data
     array([1, 3, 2])
     """
     if isinstance(sequence, PackedSequence):
@@ -367,9 +368,10 @@ def to_torch_packed(sequence: PackedSequence) -> Any:
     Examples
     --------
     >>> import numpy as np
+    >>> import torch
     >>> from fastlstm.rnn import pack_sequence, to_torch_packed
     >>> packed = pack_sequence([np.array([1, 2]), np.array([3])])
-    >>> to_torch_packed(packed).data  # doctest: +SKIP
+    >>> to_torch_packed(packed).data
     tensor([1, 3, 2])
     """
     if _is_torch_packed(sequence):

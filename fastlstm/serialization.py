@@ -43,7 +43,7 @@ __all__ = [
 PathLike = Union[str, "os.PathLike[str]"]
 Source = Union[PathLike, IO[bytes]]
 
-#: Formats :func:`load` reads, by the name :func:`detect_format` gives them.
+#: Formats :func:`fastlstm.load` reads, by the name :func:`detect_format` gives them.
 FORMATS = {
     "torch-zip": "PyTorch checkpoint (zip format, torch.save since torch 1.6)",
     "torch-legacy": "PyTorch checkpoint (legacy format, _use_new_zipfile_serialization=False)",
@@ -314,7 +314,7 @@ def save(
 
 
 class Inspection:
-    """What :func:`inspect` found in a weights file.
+    """What :func:`fastlstm.inspect` found in a weights file.
 
     Attributes
     ----------
@@ -329,6 +329,24 @@ class Inspection:
         Every other tensor.
     notes : list of str
         Groups of keys named like an LSTM's that do not make one, and why.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastlstm
+    >>> state_dict = {"head.weight": np.zeros((2, 8), np.float32)}
+    >>> for key, value in fastlstm.LSTM(4, 8, num_layers=2, rng=0).state_dict().items():
+    ...     state_dict["encoder." + key] = value
+    >>> found = fastlstm.inspect(state_dict)
+    >>> found
+    <Inspection of '<mapping>': 1 module(s), 1 other tensor(s)>
+    >>> print(found)
+    <mapping>: mapping, 9 tensors
+    LSTM at 'encoder.' (8 tensors, 1,024 float32 parameters)
+        input_size=4, hidden_size=8, num_layers=2, bias=True, bidirectional=False, proj_size=0
+        fastlstm.LSTM.from_state_dict(state_dict, prefix='encoder.')
+    other tensors (1):
+        head.weight  float32  (2, 8)
     """
 
     def __init__(self, path: str, format: str, modules: List[FoundModule],
@@ -350,7 +368,23 @@ class Inspection:
                 f"{len(self.tensors)} other tensor(s)>")
 
     def to_dict(self) -> Dict[str, Any]:
-        """A JSON-serialisable dict of everything found."""
+        """A JSON-serialisable dict of everything found.
+
+        Returns
+        -------
+        dict
+            Keys ``path``, ``format``, ``modules`` (each a dict of ``kind``,
+            ``prefix``, ``config``, ``dtype``, ``keys``, ``num_parameters``),
+            ``tensors`` (name to ``{"shape": [...], "dtype": ...}``) and ``notes``.
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> found = fastlstm.inspect(fastlstm.LSTMCell(4, 8, rng=0).state_dict())
+        >>> module = found.to_dict()["modules"][0]
+        >>> module["kind"], module["config"], module["num_parameters"]
+        ('LSTMCell', {'input_size': 4, 'hidden_size': 8, 'bias': True}, 448)
+        """
         return {
             "path": self.path,
             "format": self.format,
@@ -360,7 +394,16 @@ class Inspection:
         }
 
     def to_json(self) -> str:
-        """:meth:`to_dict` as indented JSON."""
+        """:meth:`to_dict` as indented JSON (what ``fastlstm inspect --json FILE`` prints).
+
+        Examples
+        --------
+        >>> import json
+        >>> import fastlstm
+        >>> found = fastlstm.inspect(fastlstm.LSTM(4, 8, rng=0).state_dict())
+        >>> json.loads(found.to_json())["modules"][0]["keys"]
+        ['weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0', 'bias_hh_l0']
+        """
         return json.dumps(self.to_dict(), indent=2)
 
     def __str__(self) -> str:

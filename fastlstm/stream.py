@@ -98,7 +98,34 @@ class Stream:
         return self._c if self._batched else self._c[:, 0]
 
     def reset(self, hx: Optional[Tuple[Any, Any]] = None) -> None:
-        """Set the state to zeros, or to ``hx = (h, c)`` shaped like :attr:`h` and :attr:`c`."""
+        """Set the state to zeros, or to ``hx = (h, c)`` shaped like :attr:`h` and :attr:`c`.
+
+        Parameters
+        ----------
+        hx : tuple (h, c) of array-like, optional
+            ``h`` of shape ``(num_layers, N, H_out)`` and ``c`` of shape
+            ``(num_layers, N, hidden_size)``, without the ``N`` axis for an
+            unbatched stream; copied into the stream's state.  Zeros when omitted.
+
+        Raises
+        ------
+        ValueError
+            If the shapes are not those of :attr:`h` and :attr:`c`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastlstm
+        >>> lstm = fastlstm.LSTM(4, 8, num_layers=2, rng=0)
+        >>> stream = fastlstm.Stream(lstm, batch_size=3)
+        >>> _ = stream.step(np.ones((3, 4), dtype=np.float32))
+        >>> stream.reset()                                      # the next utterance
+        >>> bool(np.all(stream.h == 0))
+        True
+        >>> stream.reset((np.ones((2, 3, 8)), np.zeros((2, 3, 8))))
+        >>> stream.h.shape, stream.c.shape
+        ((2, 3, 8), (2, 3, 8))
+        """
         if hx is None:
             self._h.fill(0)
             self._c.fill(0)
@@ -125,6 +152,27 @@ class Stream:
         ndarray of shape (N, H_out), or (H_out,) unbatched
             A view of the stream's output buffer: the next step overwrites it
             (copy it to keep it).
+
+        Raises
+        ------
+        ValueError
+            A frame of another shape, or not of a floating dtype.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastlstm
+        >>> cell = fastlstm.LSTMCell(4, 8, rng=0)
+        >>> stream = fastlstm.Stream(cell, batch_size=2)
+        >>> frames = np.ones((10, 2, 4), dtype=np.float32)      # 10 frames of 2 streams
+        >>> outputs = [stream.step(frame).copy() for frame in frames]
+        >>> outputs[-1].shape                                   # (N, H_out)
+        (2, 8)
+        >>> h, c = None, None
+        >>> for frame in frames:                                # the same with the cell
+        ...     h, c = cell(frame, None if h is None else (h, c))
+        >>> bool(np.allclose(outputs[-1], h, atol=1e-6))
+        True
         """
         x = np.asarray(x)
         expected = self._x.shape if self._batched else self._x.shape[1:]
