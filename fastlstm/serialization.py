@@ -99,6 +99,9 @@ def _sniff(opened: _Opened) -> Tuple[str, Any]:
             return "npz", records
         raise WeightsFormatError("a zip archive that is neither a PyTorch checkpoint (no "
                                  "data.pkl) nor an .npz (members other than .npy)")
+    # Before the pickle test: a safetensors header length can start with 0x80.
+    if looks_like_safetensors(head, opened.size):
+        return "safetensors", None
     if head[:1] == b"\x80":
         return "torch-legacy", None
     if len(head) >= 262 and head[257:262] == b"ustar":
@@ -107,8 +110,6 @@ def _sniff(opened: _Opened) -> Tuple[str, Any]:
     if head.startswith(b"\x93NUMPY"):
         raise WeightsFormatError("a single .npy array, not a state dict: save a dict of arrays "
                                  "with numpy.savez (.npz)")
-    if looks_like_safetensors(head, opened.size):
-        return "safetensors", None
     raise WeightsFormatError(
         f"not a PyTorch checkpoint, safetensors or .npz file (starts with {head[:8]!r})")
 

@@ -743,3 +743,23 @@ def test_docstring_examples():
     for module in (serialization, _module):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.attempted > 0 and result.failed == 0
+
+
+def test_safetensors_header_length_starting_like_a_pickle(tmp_path):
+    """A safetensors header length of 128 mod 256 starts the file with 0x80, the
+    first byte of a pickle: the content decides, and it is safetensors."""
+    for pad in range(300):
+        state = {"w": np.arange(3, dtype=np.float32), "x" * (pad + 1): np.zeros(1, np.float32)}
+        path = tmp_path / "t.safetensors"
+        fastlstm.save(state, path)
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no header length of 128 mod 256 was produced")
+    loaded = fastlstm.load(path)
+    assert set(loaded) == set(state)
+    assert np.array_equal(loaded["w"], state["w"])
+    module = fastlstm.LSTM(8, 16, bidirectional=True, rng=0)
+    module.save(tmp_path / "m.safetensors")
+    again = fastlstm.LSTM.from_state_dict(tmp_path / "m.safetensors")
+    assert all(np.array_equal(a, b) for a, b in zip(module.parameters(), again.parameters()))
