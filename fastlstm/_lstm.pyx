@@ -546,77 +546,77 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                                  bias_ptr, w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr,
                                  out_ptr, h0_zero)
                     task = task + team
-        n_tc = 0  # done
-    with nogil, parallel(num_threads=num_threads):
-        tid = omp_get_thread_num()
-        team = omp_get_num_threads()
-        for tc in range(n_tc):
-            s0 = tc * t_chunk
-            s1 = min(seq_len, s0 + t_chunk)
-            # Where each direction's part of the chunk starts, and its units
-            # (rows, or batch entries of `steps` rows with batch-first input).
-            if packed:
-                steps = 0
-                t0_fw = <int>offs_ptr[s0]
-                u_fw = <int>(offs_ptr[s1] - offs_ptr[s0])
-                t0_bw = <int>offs_ptr[seq_len - s1]
-                u_bw = <int>(offs_ptr[seq_len - s0] - offs_ptr[seq_len - s1])
-            else:
-                steps = s1 - s0
-                t0_fw = s0
-                t0_bw = seq_len - s1
-                u_fw = batch if batch_first else steps * batch
-                u_bw = u_fw
-            if n_chunks == 0:
-                n_parts = team // num_dirs
-                if n_parts == 0:  # fewer threads than directions: one runs them in turn
-                    for d in range(num_dirs):
-                        _project_item(d, t0_fw if d == 0 else t0_bw, steps, 0, n_panels, 0,
-                                      u_fw if d == 0 else u_bw, seq_len, p_batch, batch_first,
-                                      num_dirs, g_cols, x_ptr, n_in, w_ih_ptr, w_ih_p_ptr,
-                                      g_ptr, blas_min_rows)
-                        _steps(d, s0, s1, 0, batch, 0, n_panels, 0, r_panels, True, seq_len,
-                               batch, hidden, out_size, num_dirs, batch_first, has_proj, g_ptr,
-                               w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
+    else:
+        with nogil, parallel(num_threads=num_threads):
+            tid = omp_get_thread_num()
+            team = omp_get_num_threads()
+            for tc in range(n_tc):
+                s0 = tc * t_chunk
+                s1 = min(seq_len, s0 + t_chunk)
+                # Where each direction's part of the chunk starts, and its units
+                # (rows, or batch entries of `steps` rows with batch-first input).
+                if packed:
+                    steps = 0
+                    t0_fw = <int>offs_ptr[s0]
+                    u_fw = <int>(offs_ptr[s1] - offs_ptr[s0])
+                    t0_bw = <int>offs_ptr[seq_len - s1]
+                    u_bw = <int>(offs_ptr[seq_len - s0] - offs_ptr[seq_len - s1])
+                else:
+                    steps = s1 - s0
+                    t0_fw = s0
+                    t0_bw = seq_len - s1
+                    u_fw = batch if batch_first else steps * batch
+                    u_bw = u_fw
+                if n_chunks == 0:
+                    n_parts = team // num_dirs
+                    if n_parts == 0:  # fewer threads than directions: one runs them in turn
+                        for d in range(num_dirs):
+                            _project_item(d, t0_fw if d == 0 else t0_bw, steps, 0, n_panels, 0,
+                                          u_fw if d == 0 else u_bw, seq_len, p_batch, batch_first,
+                                          num_dirs, g_cols, x_ptr, n_in, w_ih_ptr, w_ih_p_ptr,
+                                          g_ptr, blas_min_rows)
+                            _steps(d, s0, s1, 0, batch, 0, n_panels, 0, r_panels, True, seq_len,
+                                   batch, hidden, out_size, num_dirs, batch_first, has_proj, g_ptr,
+                                   w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
+                                   c_ptr, hcell_ptr, out_ptr, h0_zero, bs_ptr, offs_ptr)
+                    else:
+                        # Threads past n_parts * D get an empty share but keep the barriers.
+                        d = min(tid // n_parts, num_dirs - 1)
+                        part = tid % n_parts if tid < n_parts * num_dirs else n_parts
+                        if part < n_parts:
+                            _project_item(d, t0_fw if d == 0 else t0_bw, steps,
+                                          _share(part, n_panels, n_parts),
+                                          _share(part + 1, n_panels, n_parts),
+                                          0, u_fw if d == 0 else u_bw, seq_len, p_batch,
+                                          batch_first, num_dirs, g_cols, x_ptr, n_in, w_ih_ptr,
+                                          w_ih_p_ptr, g_ptr, blas_min_rows)
+                        _steps(d, s0, s1, 0, batch,
+                               _share(min(part, n_parts), n_panels, n_parts),
+                               _share(min(part + 1, n_parts), n_panels, n_parts),
+                               _share(min(part, n_parts), r_panels, n_parts),
+                               _share(min(part + 1, n_parts), r_panels, n_parts), True,
+                               seq_len, batch, hidden, out_size, num_dirs, batch_first, has_proj,
+                               g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
                                c_ptr, hcell_ptr, out_ptr, h0_zero, bs_ptr, offs_ptr)
                 else:
-                    # Threads past n_parts * D get an empty share but keep the barriers.
-                    d = min(tid // n_parts, num_dirs - 1)
-                    part = tid % n_parts if tid < n_parts * num_dirs else n_parts
-                    if part < n_parts:
-                        _project_item(d, t0_fw if d == 0 else t0_bw, steps,
-                                      _share(part, n_panels, n_parts),
-                                      _share(part + 1, n_panels, n_parts),
-                                      0, u_fw if d == 0 else u_bw, seq_len, p_batch,
-                                      batch_first, num_dirs, g_cols, x_ptr, n_in, w_ih_ptr,
-                                      w_ih_p_ptr, g_ptr, blas_min_rows)
-                    _steps(d, s0, s1, 0, batch,
-                           _share(min(part, n_parts), n_panels, n_parts),
-                           _share(min(part + 1, n_parts), n_panels, n_parts),
-                           _share(min(part, n_parts), r_panels, n_parts),
-                           _share(min(part + 1, n_parts), r_panels, n_parts), True,
-                           seq_len, batch, hidden, out_size, num_dirs, batch_first, has_proj,
-                           g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
-                           c_ptr, hcell_ptr, out_ptr, h0_zero, bs_ptr, offs_ptr)
-            else:
-                _project_shared(tid, team, t0_fw, u_fw, t0_bw, u_bw, steps, n_panels, seq_len,
-                                p_batch, batch_first, num_dirs, g_cols, x_ptr, n_in, w_ih_ptr,
-                                w_ih_p_ptr, g_ptr, blas_min_rows)
-                fl_omp_barrier()
-                task = tid
-                while task < n_tasks:
-                    d = task // n_chunks
-                    chunk = task % n_chunks
-                    t_lo = s0 if d == 0 else seq_len - s1
-                    _steps(d, s0, s1, _bound(chunk, n_chunks, batch, len_ptr, t_lo, s1 - s0),
-                           _bound(chunk + 1, n_chunks, batch, len_ptr, t_lo, s1 - s0),
-                           0, n_panels, 0,
-                           r_panels, False, seq_len, batch, hidden, out_size, num_dirs,
-                           batch_first, has_proj, g_ptr, w_hh_ptr, hh_stride, bias_ptr,
-                           w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr, out_ptr, h0_zero,
-                           bs_ptr, offs_ptr)
-                    task = task + team
-                fl_omp_barrier()
+                    _project_shared(tid, team, t0_fw, u_fw, t0_bw, u_bw, steps, n_panels, seq_len,
+                                    p_batch, batch_first, num_dirs, g_cols, x_ptr, n_in, w_ih_ptr,
+                                    w_ih_p_ptr, g_ptr, blas_min_rows)
+                    fl_omp_barrier()
+                    task = tid
+                    while task < n_tasks:
+                        d = task // n_chunks
+                        chunk = task % n_chunks
+                        t_lo = s0 if d == 0 else seq_len - s1
+                        _steps(d, s0, s1, _bound(chunk, n_chunks, batch, len_ptr, t_lo, s1 - s0),
+                               _bound(chunk + 1, n_chunks, batch, len_ptr, t_lo, s1 - s0),
+                               0, n_panels, 0,
+                               r_panels, False, seq_len, batch, hidden, out_size, num_dirs,
+                               batch_first, has_proj, g_ptr, w_hh_ptr, hh_stride, bias_ptr,
+                               w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr, out_ptr, h0_zero,
+                               bs_ptr, offs_ptr)
+                        task = task + team
+                    fl_omp_barrier()
 
     if packed:
         return
