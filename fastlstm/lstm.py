@@ -614,7 +614,7 @@ class LSTM(_Module):
             lengths = _count_greater(batch_sizes, np.arange(batch))  # sorted sequences
         layers = self._packed_layers()
         gate_cols = n_dirs * layers[0].bias.shape[1]
-        t_chunk = _time_chunk(seq_len, batch, gate_cols * dt.itemsize)
+        t_chunk = 1 if seq_len == 1 else _time_chunk(seq_len, batch, gate_cols * dt.itemsize)
         gates = np.empty((t_chunk * batch, gate_cols), dt)
         blas_min_rows = _BLAS_MIN_ROWS[_lstm.simd_level()]
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
