@@ -7,6 +7,10 @@ Environment switches:
   link an OpenMP program.
 * ``FASTLSTM_DEBUG=1`` turns Cython's bounds checks and wraparound back on and
   compiles with ``-O0 -g`` (for running the test suite under a debugger).
+* ``FASTLSTM_SANITIZE=1`` builds for AddressSanitizer and UndefinedBehaviorSanitizer
+  (``-fsanitize=address,undefined``, ``-O1 -g``, UB is fatal).  Python itself is not
+  instrumented, so the sanitizer runtimes must be preloaded: ``tools/sanitize.sh``
+  builds this variant in a temporary copy and runs the test suite under it.
 """
 
 import os
@@ -63,8 +67,15 @@ def _openmp_flags():
 
 
 DEBUG = _env_flag("FASTLSTM_DEBUG")
+SANITIZE = _env_flag("FASTLSTM_SANITIZE")
 OMP = _openmp_flags()
 OPT = ["-O0", "-g"] if DEBUG else ["-O3"]
+SAN = []
+if SANITIZE:
+    print("fastlstm: building for AddressSanitizer and UndefinedBehaviorSanitizer")
+    SAN = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+           "-fno-sanitize-recover=undefined"]
+    OPT = ["-O1", "-g"] if not DEBUG else OPT
 
 directives = {
     "language_level": 3,
@@ -81,8 +92,8 @@ def _ext(name, openmp=False):
         f"fastlstm.{name}",
         [f"fastlstm/{name}.pyx"],
         include_dirs=["fastlstm"],
-        extra_compile_args=OPT + (OMP if openmp else []),
-        extra_link_args=OMP if openmp else [],
+        extra_compile_args=OPT + SAN + (OMP if openmp else []),
+        extra_link_args=SAN + (OMP if openmp else []),
     )
 
 
