@@ -44,7 +44,7 @@ import numbers
 import operator
 import sys
 from collections.abc import Iterable
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
@@ -147,7 +147,7 @@ def _scalar_arg(value: Any, fn: str, name: str, position: int, kind: str) -> Any
         return int(value)
     if isinstance(value, numbers.Real):
         return float(value)
-    return complex(value)
+    return complex(cast(complex, value))
 
 
 def _fill_value(value: Any, dtype: np.dtype) -> Any:
@@ -621,7 +621,8 @@ def pad_packed_sequence(
     unsorted = packed.unsorted_indices
     unsorted = None if unsorted is None else np.asarray(unsorted)
     if unsorted is not None and _is_permutation(unsorted, batch):
-        b = invert_permutation(unsorted)[b]  # scatter straight to the original order
+        # scatter straight to the original order
+        b = cast(np.ndarray, invert_permutation(unsorted))[b]
         lengths = lengths[unsorted]
         unsorted = None
     if batch_first:
