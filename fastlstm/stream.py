@@ -10,7 +10,7 @@ from fastlstm import _lstm
 from fastlstm._common import to_numpy
 from fastlstm._threads import get_num_threads
 from fastlstm.cell import LSTMCell
-from fastlstm.lstm import _NO_BLAS, LSTM, _batch_chunks
+from fastlstm.lstm import _MAX_ROWS, _NO_BLAS, LSTM, _batch_chunks
 
 __all__ = ["Stream"]
 
@@ -72,6 +72,10 @@ class Stream:
         if batch_size is not None and (isinstance(batch_size, bool)
                                        or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        if batch_size is not None and batch_size > _MAX_ROWS:
+            # The kernels index rows with 32-bit ints, as for LSTM's L * N rows.
+            raise ValueError(f"batch_size {batch_size} is too large: at most {_MAX_ROWS} "
+                             "streams are supported")
         self._module = module
         self._batched = batch_size is not None
         n = batch_size if batch_size is not None else 1
