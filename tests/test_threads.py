@@ -1,11 +1,13 @@
 """Threads: the thread-count setting, its effect on results, concurrent calls
 from Python threads, the GIL, scipy's BLAS thread count, and memory use."""
 
+import gc
 import os
 import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 from conftest import TOL
 
 import fastlstm
-from fastlstm import _openmp
+from fastlstm import _openmp, rnn
 from fastlstm._threads import single_threaded_blas
 
 DTYPES = [np.float32, np.float64]
@@ -283,6 +285,21 @@ def _count_while_alive(thread):
     return n, time.perf_counter() - t0
 
 
+def _assert_releases_gil(run, what):
+    """``run()`` (lasting 0.3 s or more) leaves the main thread free to loop."""
+    # The main thread's loop rate while another thread only sleeps (GIL free) ...
+    t0 = time.perf_counter()
+    run()
+    alone = time.perf_counter() - t0
+    n_idle, t_idle = _count_while_alive(threading.Thread(target=time.sleep, args=(alone,)))
+    # ... and while it runs the computation.
+    n_busy, t_busy = _count_while_alive(threading.Thread(target=run))
+    idle_rate, busy_rate = n_idle / t_idle, n_busy / t_busy
+    assert busy_rate >= 0.3 * idle_rate, (
+        f"main thread ran {busy_rate:.3g} loops/s during {what} of {t_busy:.2f} s "
+        f"vs {idle_rate:.3g} loops/s idle: {what} seems to hold the GIL")
+
+
 def test_forward_releases_the_gil():
     fastlstm.set_num_threads(1)  # leave the other core to the main thread
     module = fastlstm.LSTM(256, 512, rng=0)
@@ -299,41 +316,205 @@ def test_forward_releases_the_gil():
             break
         seq_len = int(seq_len * min(8.0, 0.4 / alone)) + 1
     assert alone >= 0.3, f"could not make a forward last 0.3 s (got {alone:.3f} s)"
+    _assert_releases_gil(lambda: module(x), "a forward")
 
-    # The main thread's loop rate while another thread only sleeps (GIL free) ...
-    n_idle, t_idle = _count_while_alive(threading.Thread(target=time.sleep, args=(alone,)))
-    # ... and while it runs the forward.
-    n_busy, t_busy = _count_while_alive(threading.Thread(target=module, args=(x,)))
-    idle_rate, busy_rate = n_idle / t_idle, n_busy / t_busy
-    assert busy_rate >= 0.3 * idle_rate, (
-        f"main thread ran {busy_rate:.3g} loops/s during a forward of {t_busy:.2f} s "
-        f"vs {idle_rate:.3g} loops/s idle: the forward seems to hold the GIL")
+
+def test_cell_step_releases_the_gil():
+    # One LSTMCell step on a large batch: the same kernel, reached another way.
+    fastlstm.set_num_threads(1)
+    cell = fastlstm.LSTMCell(256, 512, rng=0)
+    rng = np.random.default_rng(1)
+    cell(rng.standard_normal((4, 256), dtype=np.float32))  # packs the weights
+    batch = 2048
+    for _ in range(4):
+        x = rng.standard_normal((batch, 256), dtype=np.float32)
+        t0 = time.perf_counter()
+        cell(x)
+        alone = time.perf_counter() - t0
+        if alone >= 0.3:
+            break
+        batch = int(batch * min(8.0, 0.4 / alone)) + 1
+    assert alone >= 0.3, f"could not make a step last 0.3 s (got {alone:.3f} s)"
+    _assert_releases_gil(lambda: cell(x), "an LSTMCell step")
+
+
+# --------------------------------------------- cells and streams in threads
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+def test_cells_and_streams_shared_by_threads(dtype):
+    """8 threads at once: 4 call one shared LSTMCell, 4 each step a Stream of
+    their own over one shared 2-layer LSTM (and 2 more Streams over a shared
+    cell); every result equals the single-threaded one."""
+    cell = fastlstm.LSTMCell(9, 21, dtype=dtype, rng=3)
+    lstm = fastlstm.LSTM(9, 21, num_layers=2, proj_size=6, dtype=dtype, rng=4)
+    rng = np.random.default_rng(5)
+    cell_work = [[(rng.standard_normal((1 + (i + j) % 5, 9)).astype(dtype),
+                   None if j % 3 else tuple(rng.standard_normal((1 + (i + j) % 5, 21))
+                                            .astype(dtype) for _ in range(2)))
+                  for j in range(30)] for i in range(4)]
+    stream_frames = [rng.standard_normal((40, 1 + i, 9)).astype(dtype) for i in range(6)]
+    owners = [lstm] * 4 + [cell] * 2
+
+    def run_cell(items):
+        return [tuple(np.array(v) for v in cell(x, hx)) for x, hx in items]
+
+    def run_stream(module, frames):
+        stream = fastlstm.Stream(module, batch_size=frames.shape[1])
+        outs = [stream.step(f).copy() for f in frames]
+        return outs, stream.h.copy(), stream.c.copy()
+
+    expected_cell = [run_cell(items) for items in cell_work]
+    expected_stream = [run_stream(m, f) for m, f in zip(owners, stream_frames)]
+    for m in (cell, lstm):  # the threads also race to pack the weights
+        m.load_state_dict(m.state_dict())
+
+    jobs = [lambda items=items: run_cell(items) for items in cell_work]
+    jobs += [lambda m=m, f=f: run_stream(m, f) for m, f in zip(owners, stream_frames)]
+    results = _run_concurrently(jobs)
+    for i, (got, want) in enumerate(zip(results[:4], expected_cell)):
+        for j, (g, w) in enumerate(zip(got, want)):
+            for a, b in zip(g, w):
+                np.testing.assert_allclose(a, b, rtol=0, atol=TOL[dtype],
+                                           err_msg=f"cell thread {i} call {j}")
+    for i, (got, want) in enumerate(zip(results[4:], expected_stream)):
+        for j, (a, b) in enumerate(zip(got[0], want[0])):
+            np.testing.assert_allclose(a, b, rtol=0, atol=TOL[dtype],
+                                       err_msg=f"stream thread {i} step {j}")
+        for a, b in zip(got[1:], want[1:]):
+            np.testing.assert_allclose(a, b, rtol=0, atol=TOL[dtype],
+                                       err_msg=f"stream thread {i} state")
 
 
 # --------------------------------------------------------------- memory
+# Under AddressSanitizer freed memory sits in a quarantine, so RSS grows by design.
+SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
 def _rss_bytes():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.exists("/proc/self/statm"),
-                    reason="reads /proc/self/statm")
-@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
-def test_memory_stays_flat(dtype):
-    import gc
-
+def _lstm_workload(dtype):
     module = fastlstm.LSTM(8, 16, num_layers=2, bidirectional=True, proj_size=5, dtype=dtype,
                            rng=0)
+    bf = fastlstm.LSTM(8, 12, batch_first=True, dtype=dtype, rng=1)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 3, 8)).astype(dtype)
     hx = (rng.standard_normal((4, 3, 5)).astype(dtype),
           rng.standard_normal((4, 3, 16)).astype(dtype))
-    for i in range(300):
-        module(x, hx if i % 2 else None)
+    x_bf = np.asfortranarray(rng.standard_normal((3, 6, 8)))  # cast and copied
+    x_1 = rng.standard_normal((6, 8)).astype(dtype)
+    bad = np.zeros((6, 3, 7), dtype)
+    calls = iter(range(10**9))
+
+    def call():
+        i = next(calls)
+        if i % 4 == 0:
+            module(x, hx)
+        elif i % 4 == 1:
+            module(x_1)
+        elif i % 4 == 2:
+            bf(x_bf)
+        else:
+            try:
+                module(bad, hx)  # fails its checks: nothing may stay behind
+            except RuntimeError:
+                pass
+            module(x)
+    return call
+
+
+def _cell_workload(dtype):
+    cell = fastlstm.LSTMCell(8, 16, dtype=dtype, rng=0)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 8)).astype(dtype)
+    hx = tuple(rng.standard_normal((5, 16)).astype(dtype) for _ in range(2))
+    x_1 = rng.standard_normal(8).astype(dtype)
+    calls = iter(range(10**9))
+
+    def call():
+        i = next(calls)
+        if i % 3 == 0:
+            cell(x, hx)
+        elif i % 3 == 1:
+            cell(x_1)
+        else:
+            try:
+                cell(x, (hx[0][:4], hx[1]))
+            except RuntimeError:
+                pass
+    return call
+
+
+def _stream_workload(dtype):
+    lstm = fastlstm.LSTM(8, 16, num_layers=2, proj_size=5, dtype=dtype, rng=0)
+    streams = [fastlstm.Stream(lstm, batch_size=3),
+               fastlstm.Stream(fastlstm.LSTMCell(8, 16, dtype=dtype, rng=1))]
+    rng = np.random.default_rng(2)
+    frames = [rng.standard_normal((3, 8)).astype(dtype), rng.standard_normal(8)]
+    calls = iter(range(10**9))
+
+    def call():
+        i = next(calls)
+        s = i % 2
+        streams[s].step(frames[s])
+        if i % 100 == 0:
+            streams[s].reset()
+        elif i % 100 == 51:
+            streams[s].reset((streams[s].h * 0.5, streams[s].c))
+    return call
+
+
+def _rnn_workload(dtype):
+    rng = np.random.default_rng(3)
+    padded = rng.standard_normal((7, 4, 3)).astype(dtype)
+    lengths = [7, 5, 2, 1]
+    seqs = [rng.standard_normal((n, 3)).astype(dtype) for n in (4, 6, 1)]
+    calls = iter(range(10**9))
+
+    def call():
+        i = next(calls)
+        packed = fastlstm.pack_padded_sequence(padded, lengths)
+        fastlstm.pad_packed_sequence(packed, batch_first=True, total_length=9)
+        if i % 2:
+            rnn.unpack_sequence(rnn.pack_sequence(seqs, enforce_sorted=False))
+            rnn.unpad_sequence(fastlstm.pad_sequence(seqs), [4, 6, 1])
+        else:
+            try:
+                fastlstm.pack_padded_sequence(padded, [1, 7, 5, 2])  # not sorted
+            except RuntimeError:
+                pass
+    return call
+
+
+WORKLOADS = {"LSTM": (_lstm_workload, 5000), "LSTMCell": (_cell_workload, 10000),
+             "Stream": (_stream_workload, 10000), "rnn": (_rnn_workload, 3000)}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.exists("/proc/self/statm"),
+                    reason="reads /proc/self/statm")
+@pytest.mark.skipif(SANITIZED, reason="ASan's quarantine keeps freed memory")
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+@pytest.mark.parametrize("api", list(WORKLOADS))
+def test_memory_stays_flat(api, dtype):
+    """Thousands of calls (failing ones among them) leave no Python objects or
+    C memory behind: traced allocations flat to 64 KiB (a few bytes a call at most)
+    and RSS to 4 MiB."""
+    make, calls = WORKLOADS[api]
+    call = make(dtype)
+    for _ in range(300):
+        call()
     gc.collect()
-    before = _rss_bytes()
-    for i in range(2000):
-        module(x, hx if i % 2 else None)
-    gc.collect()
-    grown = _rss_bytes() - before
-    assert grown < 4 << 20, f"RSS grew by {grown / 2**20:.1f} MiB over 2000 calls"
+    rss_before = _rss_bytes()
+    tracemalloc.start()
+    try:
+        traced_before = tracemalloc.get_traced_memory()[0]
+        for _ in range(calls):
+            call()
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - traced_before
+    finally:
+        tracemalloc.stop()
+    grown = _rss_bytes() - rss_before
+    assert traced < 64 << 10, f"{api}: {traced} bytes of Python allocations left by {calls} calls"
+    assert grown < 4 << 20, f"{api}: RSS grew by {grown / 2**20:.1f} MiB over {calls} calls"
