@@ -90,6 +90,7 @@ class Stream:
         w = module._packed_layers()[0]
         self._gates = np.zeros((n, w.bias.shape[1]), dt)
         self._zero = True  # the state is all zeros: the first step can skip W_hh
+        self._flip = False  # panel order of the next step
 
     @property
     def h(self) -> np.ndarray:
@@ -188,6 +189,8 @@ class Stream:
         threads = get_num_threads()
         n_chunks = _batch_chunks(self._n, 1, threads)
         layer_in = self._x
+        # Alternate the panel order from step to step (see _lstm._single_step).
+        flip = self._flip = not self._flip
         for layer, w in enumerate(self._module._packed_layers()):
             h = self._h[layer:layer + 1]
             c = self._c[layer:layer + 1]
@@ -196,7 +199,7 @@ class Stream:
             # before it writes h_n.
             _lstm.layer(layer_in, w.w_ih, w.w_ih_p, self._gates, w.w_hh_p, w.bias, w.w_hr_p,
                         h, c, self._hcell, out, h, 1, False, n_chunks, threads, _NO_BLAS,
-                        self._zero, 1)
+                        self._zero, 1, None, None, None, flip)
             layer_in = out
         self._zero = False
         return layer_in if self._batched else layer_in[0]
