@@ -30,7 +30,7 @@ single-threaded (the caller pins it): all threads are OpenMP threads, so
 import os
 
 from cython cimport floating
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel
 from libc.string cimport memcpy
 
 from fastlstm._blas cimport NoTrans, Trans, gemm

@@ -24,6 +24,7 @@ from typing import (
     Type,
     TypeVar,
     Union,
+    cast,
 )
 
 import numpy as np
@@ -177,7 +178,8 @@ class _Module:
             self._params[name] = freeze(value)
         self.__dict__["_packed"] = None
 
-    def __getattr__(self, name: str) -> np.ndarray:
+    def __getattr__(self, name: str) -> Any:
+        # Parameters by name; typed Any, as the private state in __dict__ is.
         params = self.__dict__.get("_params")
         if params is not None and name in params:
             return params[name]
@@ -479,7 +481,7 @@ class _Module:
                      if found else f"; the source holds no {cls.__name__} weights")
             raise StateDictError(str(exc) + where) from None
         module.load_state_dict({name: params[name] for name in names})
-        return module
+        return cast(_M, module)
 
     def save(
         self, path: Union[PathLike, IO[bytes]], *, format: Optional[str] = None, prefix: str = ""

@@ -12,7 +12,7 @@ from fastlstm import _lstm
 from fastlstm._common import check_device, dtype_name, is_torch_tensor, to_numpy
 from fastlstm._module import ArrayLike, RngLike, _Module, _PackedLayer, pack_layer
 from fastlstm._threads import get_num_threads
-from fastlstm.lstm import _NO_BLAS, _batch_chunks, _check_sizes
+from fastlstm.lstm import _MAX_ROWS, _NO_BLAS, _batch_chunks, _check_sizes
 
 __all__ = ["LSTMCell"]
 
@@ -285,6 +285,9 @@ class LSTMCell(_Module):
         batch, hidden = x.shape[0], self._hidden_size
         if batch == 0:
             return np.zeros((0, hidden), dt), np.zeros((0, hidden), dt)
+        if batch > _MAX_ROWS:  # the kernels use 32-bit row indices, as for LSTM
+            raise ValueError(f"fastlstm: input of {batch} rows; at most {_MAX_ROWS} rows per "
+                             "call are supported, split the batch")
         x = np.ascontiguousarray(x, dtype=dt)
         if states is None:
             h0 = np.zeros((1, batch, hidden), dt)

@@ -449,6 +449,8 @@ class LSTM(_Module):
         batch_first = self._batch_first and batched
         if not batched:
             x = x[:, None, :]
+        h0: Optional[np.ndarray] = None
+        c0: Optional[np.ndarray] = None
         if hx is not None:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two arrays")
@@ -466,13 +468,11 @@ class LSTM(_Module):
                         f"also be 2-D but got ({h0.ndim}-D, {c0.ndim}-D) tensors"
                     )
                 h0, c0 = h0[:, None, :], c0[:, None, :]
-        else:
-            h0 = c0 = None
 
         self._check_input(x)
         seq_len, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
         n_states = self._num_layers * self._num_directions
-        if h0 is not None:
+        if h0 is not None and c0 is not None:
             self._check_state(h0, (n_states, batch, self._out_size), "hidden[0]")
             self._check_state(c0, (n_states, batch, self._hidden_size), "hidden[1]")
         if seq_len == 0:
@@ -537,6 +537,8 @@ class LSTM(_Module):
                                  f"got {np.asarray(perm).tolist()}")
         tensor_in = torch_packed
         n_states = self._num_layers * self._num_directions
+        h0: Optional[np.ndarray] = None
+        c0: Optional[np.ndarray] = None
         if hx is not None:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two arrays")
@@ -548,8 +550,6 @@ class LSTM(_Module):
             self._check_state(c0, (n_states, batch, self._hidden_size), "hidden[1]")
             if sorted_indices is not None:
                 h0, c0 = h0[:, sorted_indices], c0[:, sorted_indices]
-        else:
-            h0 = c0 = None
 
         data, h_n, c_n = self._run(x, h0, c0, False, batch_sizes)
         if unsorted_indices is not None:
@@ -638,6 +638,7 @@ class LSTM(_Module):
             else:
                 _lstm.layer(*args)
             if offsets is not None:
+                assert lengths is not None
                 # Each sequence's last step forward; backward, its first step.
                 h_n[layer * n_dirs] = out[offsets[lengths - 1] + np.arange(batch), :out_size]
                 if n_dirs == 2:

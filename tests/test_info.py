@@ -1,9 +1,8 @@
 """show_config reports what the kernels really run with."""
 
-from fastlstm._openmp import openmp_enabled
-
 import fastlstm
 from fastlstm import _lstm
+from fastlstm._openmp import openmp_enabled
 
 
 def test_show_config_dict_matches_runtime():

@@ -16,14 +16,6 @@ from conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Findings allowed for now, per file: reported to the file's owner and to be
-# removed from here with the fix.  Any other finding fails the test, and so
-# does an entry for a file that no longer exists.
-CYTHON_LINT_KNOWN = {
-    "fastlstm/_lstm.pyx": [r"'prange' imported but unused"],
-}
-
-
 def _require(module):
     if importlib.util.find_spec(module) is None:
         if IN_CI:
@@ -54,15 +46,8 @@ def test_cython_lint_clean(path):
     code, out = _run(["-c", "import sys; from cython_lint.cython_lint import main; "
                             "sys.exit(main())", path])
     findings = [line for line in out.splitlines() if line.strip()]
-    allowed = CYTHON_LINT_KNOWN.get(path, [])
-    unexpected = [f for f in findings if not any(re.search(p, f) for p in allowed)]
-    assert not unexpected, "\n".join(findings)
-    assert code == 0 or findings, out  # a crash with no findings is a failure too
-
-
-def test_cython_lint_known_findings_are_current():
-    for path in CYTHON_LINT_KNOWN:
-        assert (ROOT / path).exists(), f"{path} is gone: drop it from CYTHON_LINT_KNOWN"
+    assert not findings, "\n".join(findings)
+    assert code == 0, out
 
 
 def test_cython_lint_finds_a_planted_error(tmp_path):
