@@ -5,7 +5,8 @@ here steps its own ``fastlstm.Stream`` (batch 1, one OpenMP thread) frame by
 frame; the throughput of T threads together, over that of one thread, shows
 whether the steps run in parallel (the GIL released) or in turn.  torch's
 ``nn.LSTMCell`` runs the same loop (``torch.set_num_threads(1)``) for
-comparison.  Runs of 1 and T threads alternate; medians are reported.
+comparison.  Runs of 1 and T threads alternate (which runs first alternates too);
+medians are reported.
 """
 
 from __future__ import annotations
@@ -109,9 +110,10 @@ def measure_stream_scaling(torch: Any, n_threads: int, *, hidden: int = 256, ste
             torch.set_num_threads(1)
         for make in libs.values():
             _run_threads(make, 1)  # warm-up
-        for _ in range(repeats):
+        for rep in range(repeats):
             for lib, make in libs.items():
-                for count in (1, n_threads):
+                # Alternate which count runs first, so neither always follows the other.
+                for count in (1, n_threads) if rep % 2 == 0 else (n_threads, 1):
                     times[lib][count].append(_run_threads(make, count))
                     time.sleep(0.01)
     finally:

@@ -226,6 +226,14 @@ class FoundModule(NamedTuple):
         Its full keys, in torch's order.
     num_parameters : int
         Total number of elements of its parameters.
+
+    Examples
+    --------
+    >>> import fastlstm
+    >>> found = fastlstm.inspect(fastlstm.LSTM(4, 8, proj_size=2, rng=0).state_dict())
+    >>> module = found.modules[0]
+    >>> module.kind, module.prefix, module.config["proj_size"], module.num_parameters
+    ('LSTM', '', 2, 272)
     """
 
     kind: str
