@@ -554,12 +554,14 @@ class LSTM(_Module):
         data, h_n, c_n = self._run(x, h0, c0, False, batch_sizes)
         if unsorted_indices is not None:
             h_n, c_n = h_n[:, unsorted_indices], c_n[:, unsorted_indices]
+        # The output is packed as the input was (torch's or fastlstm's); h_n and c_n
+        # are tensors when the input or hx holds tensors.
         if tensor_in:
             torch = sys.modules["torch"]
-            data, h_n, c_n = (torch.from_numpy(a) for a in (data, h_n, c_n))
+            h_n, c_n = torch.from_numpy(h_n), torch.from_numpy(c_n)
         if torch_packed:
-            output = type(input)(data, input.batch_sizes, input.sorted_indices,
-                                 input.unsorted_indices)
+            output = type(input)(sys.modules["torch"].from_numpy(data), input.batch_sizes,
+                                 input.sorted_indices, input.unsorted_indices)
         else:
             output = PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
         return output, (h_n, c_n)

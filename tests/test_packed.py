@@ -253,3 +253,15 @@ def test_packed_hx_errors_raised_by_torch_too(torch):
         with torch.no_grad():
             assert raised(lambda: ref(t_packed, hx_t)) is not None  # noqa: B023
         assert isinstance(raised(lambda: mod(t_packed, hx_t)), (RuntimeError, IndexError))  # noqa: B023
+
+
+def test_packed_mixed_kinds(torch):
+    """fastlstm's PackedSequence with torch states: the output stays fastlstm's (NumPy),
+    h_n and c_n are tensors, as with padded input and tensor states."""
+    mod = fastlstm.LSTM(3, 4, rng=0)
+    packed = pack_sequence([np.ones((n, 3), np.float32) for n in (2, 3)], enforce_sorted=False)
+    out, (h_n, c_n) = mod(packed, (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
+    ref, (h_ref, c_ref) = mod(packed)
+    assert isinstance(out, PackedSequence) and isinstance(out.data, np.ndarray)
+    assert isinstance(h_n, torch.Tensor) and isinstance(c_n, torch.Tensor)
+    assert np.array_equal(out.data, ref.data) and np.array_equal(h_n.numpy(), h_ref)
