@@ -97,6 +97,15 @@ def _as_count(name: str, value: Any) -> int:
     return int(value)
 
 
+def _states(hx: Any) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], bool]:
+    """``(h_0, c_0, given as tensors)`` from a forward's ``hx`` (None: no states)."""
+    if hx is None:
+        return None, None, False
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two arrays")
+    return to_numpy(hx[0]), to_numpy(hx[1]), is_torch_tensor(hx[0])
+
+
 class LSTM(_Module):
     r"""Multi-layer LSTM for inference on CPUs, a drop-in for ``torch.nn.LSTM``.
 
@@ -449,13 +458,9 @@ class LSTM(_Module):
         batch_first = self._batch_first and batched
         if not batched:
             x = x[:, None, :]
-        h0: Optional[np.ndarray] = None
-        c0: Optional[np.ndarray] = None
-        if hx is not None:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two arrays")
-            tensor_in = tensor_in or is_torch_tensor(hx[0])
-            h0, c0 = to_numpy(hx[0]), to_numpy(hx[1])
+        h0, c0, tensor_hx = _states(hx)
+        tensor_in = tensor_in or tensor_hx
+        if h0 is not None and c0 is not None:
             if batched and (h0.ndim != 3 or c0.ndim != 3):
                 raise RuntimeError(
                     "For batched 3-D input, hx and cx should "
@@ -537,13 +542,9 @@ class LSTM(_Module):
                                  f"got {np.asarray(perm).tolist()}")
         tensor_in = torch_packed
         n_states = self._num_layers * self._num_directions
-        h0: Optional[np.ndarray] = None
-        c0: Optional[np.ndarray] = None
-        if hx is not None:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two arrays")
-            tensor_in = tensor_in or is_torch_tensor(hx[0])
-            h0, c0 = to_numpy(hx[0]), to_numpy(hx[1])
+        h0, c0, tensor_hx = _states(hx)
+        tensor_in = tensor_in or tensor_hx
+        if h0 is not None and c0 is not None:
             # torch checks nothing here and fails later or not at all (a state
             # of a larger batch is silently cut); fastlstm wants the exact shapes.
             self._check_state(h0, (n_states, batch, self._out_size), "hidden[0]")
