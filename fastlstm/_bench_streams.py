@@ -23,15 +23,19 @@ import fastlstm
 __all__ = ["measure_stream_scaling", "scaling_line"]
 
 
-def _run_threads(make_loop: Callable[[int], Callable[[], None]], n_threads: int) -> float:
-    """Wall time of ``n_threads`` threads each running its own loop, started together."""
+def _run_threads(make_loop: Callable[[int], Callable[[int], None]], n_threads: int,
+                 steps: int) -> float:
+    """Wall time of ``n_threads`` threads each running ``steps`` steps of its own loop,
+    started together after a few warm-up steps in each thread (a library's first call
+    on a new thread may set up per-thread state, which is not what is measured)."""
     loops = [make_loop(k) for k in range(n_threads)]
     start = threading.Barrier(n_threads + 1)
     done = threading.Barrier(n_threads + 1)
 
-    def body(loop: Callable[[], None]) -> None:
+    def body(loop: Callable[[int], None]) -> None:
+        loop(20)
         start.wait()
-        loop()
+        loop(steps)
         done.wait()
 
     workers = [threading.Thread(target=body, args=(loop,), daemon=True) for loop in loops]
@@ -75,13 +79,13 @@ def measure_stream_scaling(torch: Any, n_threads: int, *, hidden: int = 256, ste
     rng = np.random.default_rng(seed)
     frames = rng.standard_normal((64, 1, hidden)).astype(np.float32)
     lstm = fastlstm.LSTM(hidden, hidden, rng=seed)
-    libs: Dict[str, Callable[[int], Callable[[], None]]] = {}
+    libs: Dict[str, Callable[[int], Callable[[int], None]]] = {}
 
-    def fast_loop(_: int) -> Callable[[], None]:
+    def fast_loop(_: int) -> Callable[[int], None]:
         stream = fastlstm.Stream(lstm, 1)
 
-        def loop() -> None:
-            for k in range(steps):
+        def loop(n: int) -> None:
+            for k in range(n):
                 stream.step(frames[k % 64])
         return loop
 
@@ -90,13 +94,15 @@ def measure_stream_scaling(torch: Any, n_threads: int, *, hidden: int = 256, ste
         cell = torch.nn.LSTMCell(hidden, hidden).eval()
         t_frames = torch.from_numpy(frames)
 
-        def torch_loop(_: int) -> Callable[[], None]:
-            def loop() -> None:
-                h = torch.zeros(1, hidden)
-                c = torch.zeros(1, hidden)
+        def torch_loop(_: int) -> Callable[[int], None]:
+            state = [torch.zeros(1, hidden), torch.zeros(1, hidden)]
+
+            def loop(n: int) -> None:
+                h, c = state
                 with torch.inference_mode():
-                    for k in range(steps):
+                    for k in range(n):
                         h, c = cell(t_frames[k % 64], (h, c))
+                state[:] = [h, c]
             return loop
 
         libs["torch"] = torch_loop
@@ -109,12 +115,12 @@ def measure_stream_scaling(torch: Any, n_threads: int, *, hidden: int = 256, ste
         if torch is not None:
             torch.set_num_threads(1)
         for make in libs.values():
-            _run_threads(make, 1)  # warm-up
+            _run_threads(make, 1, steps)  # warm-up
         for rep in range(repeats):
             for lib, make in libs.items():
                 # Alternate which count runs first, so neither always follows the other.
                 for count in (1, n_threads) if rep % 2 == 0 else (n_threads, 1):
-                    times[lib][count].append(_run_threads(make, count))
+                    times[lib][count].append(_run_threads(make, count, steps))
                     time.sleep(0.01)
     finally:
         fastlstm.set_num_threads(saved)
