@@ -98,6 +98,8 @@ def measure_stream_scaling(torch: Any, n_threads: int, *, hidden: int = 256, ste
             state = [torch.zeros(1, hidden), torch.zeros(1, hidden)]
 
             def loop(n: int) -> None:
+                # OpenMP's thread count is per thread: set it on this one.
+                torch.set_num_threads(1)
                 h, c = state
                 with torch.inference_mode():
                     for k in range(n):
