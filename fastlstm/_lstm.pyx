@@ -23,6 +23,10 @@ time-major rows ``t*N + n`` or, with ``batch_first``, batch-major rows
 kernel reads and writes them in place through a row stride and no transpose
 is ever made.
 
+``StepPlan`` binds a stream's buffers and weights once, so that a stream's
+step (one timestep of every layer) acquires no buffer and holds the GIL only
+to check its frame.
+
 BLAS, used only where it beats the small-M kernel (``blas_min_rows``), runs
 single-threaded (the caller pins it): all threads are OpenMP threads, so
 ``set_num_threads`` is the one knob and nothing oversubscribes.
@@ -31,6 +35,7 @@ import os
 
 from cython cimport floating
 from cython.parallel cimport parallel
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcpy
 
 from fastlstm._blas cimport NoTrans, Trans, gemm
@@ -340,6 +345,46 @@ cdef void _single_step(
     fl_ftz_end(csr)
 
 
+cdef void _single_step_region(
+    int num_threads, int n_chunks, bint backward_order, int batch, int hidden, int out_size,
+    int num_dirs, bint has_proj, int n_panels, int r_panels,
+    const floating *x, int n_in, const floating *w_ih_p, floating *gbuf,
+    const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
+    const floating *w_hr_p, Py_ssize_t hr_stride,
+    const floating *h0, floating *c, floating *hcell, floating *out, bint h0_zero,
+) noexcept nogil:
+    """A one-timestep layer on ``num_threads`` threads: split mode (``n_chunks``
+    == 0, panels shared) or batch chunks, as in ``layer``."""
+    cdef int tid = 0, team = 0, n_parts = 0, d = 0, part = 0, task = 0, chunk = 0
+    cdef int n_tasks = 0
+    cdef int chunks = max(1, n_chunks)
+    with parallel(num_threads=num_threads):
+        tid = omp_get_thread_num()
+        team = omp_get_num_threads()
+        n_parts = team // num_dirs
+        if n_chunks == 0 and n_parts > 0:
+            d = min(tid // n_parts, num_dirs - 1)
+            part = tid % n_parts if tid < n_parts * num_dirs else n_parts
+            _single_step(d, 0, batch, _share(min(part, n_parts), n_panels, n_parts),
+                         _share(min(part + 1, n_parts), n_panels, n_parts),
+                         _share(min(part, n_parts), r_panels, n_parts),
+                         _share(min(part + 1, n_parts), r_panels, n_parts), True,
+                         backward_order, batch, hidden, out_size, num_dirs, has_proj,
+                         x, n_in, w_ih_p, gbuf, w_hh_p, hh_stride, bias, w_hr_p, hr_stride,
+                         h0, c, hcell, out, h0_zero)
+        else:
+            n_tasks = num_dirs * chunks
+            task = tid
+            while task < n_tasks:
+                d = task // chunks
+                chunk = task % chunks
+                _single_step(d, _share(chunk, batch, chunks), _share(chunk + 1, batch, chunks),
+                             0, n_panels, 0, r_panels, False, backward_order, batch, hidden,
+                             out_size, num_dirs, has_proj, x, n_in, w_ih_p, gbuf, w_hh_p,
+                             hh_stride, bias, w_hr_p, hr_stride, h0, c, hcell, out, h0_zero)
+                task = task + team
+
+
 cdef inline int bias_cols(int hidden, int pw) noexcept nogil:
     """Gate columns of one direction: 4 * hidden rounded up to whole panels."""
     cdef int unit = pw // 4
@@ -518,34 +563,11 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     cdef Py_ssize_t hr_stride = w_hr_p.shape[1]
 
     if seq_len == 1 and not packed:
-        with nogil, parallel(num_threads=num_threads):
-            tid = omp_get_thread_num()
-            team = omp_get_num_threads()
-            n_parts = team // num_dirs
-            if n_chunks == 0 and n_parts > 0:
-                d = min(tid // n_parts, num_dirs - 1)
-                part = tid % n_parts if tid < n_parts * num_dirs else n_parts
-                _single_step(d, 0, batch, _share(min(part, n_parts), n_panels, n_parts),
-                             _share(min(part + 1, n_parts), n_panels, n_parts),
-                             _share(min(part, n_parts), r_panels, n_parts),
-                             _share(min(part + 1, n_parts), r_panels, n_parts), True,
-                             backward_order, batch, hidden, out_size, num_dirs, has_proj,
-                             x_ptr, n_in, w_ih_p_ptr, g_ptr, w_hh_ptr, hh_stride, bias_ptr,
-                             w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr, out_ptr, h0_zero)
-            else:
-                n_chunks = max(1, n_chunks)
-                n_tasks = num_dirs * n_chunks
-                task = tid
-                while task < n_tasks:
-                    d = task // n_chunks
-                    chunk = task % n_chunks
-                    _single_step(d, _share(chunk, batch, n_chunks),
-                                 _share(chunk + 1, batch, n_chunks), 0, n_panels, 0, r_panels,
-                                 False, backward_order, batch, hidden, out_size, num_dirs,
-                                 has_proj, x_ptr, n_in, w_ih_p_ptr, g_ptr, w_hh_ptr, hh_stride,
-                                 bias_ptr, w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr,
-                                 out_ptr, h0_zero)
-                    task = task + team
+        with nogil:
+            _single_step_region(num_threads, n_chunks, backward_order, batch, hidden, out_size,
+                                num_dirs, has_proj, n_panels, r_panels, x_ptr, n_in, w_ih_p_ptr,
+                                g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride,
+                                h0_ptr, c_ptr, hcell_ptr, out_ptr, h0_zero)
     else:
         with nogil, parallel(num_threads=num_threads):
             tid = omp_get_thread_num()
@@ -626,3 +648,135 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
             memcpy(&h_n[d, r, 0],
                    out_ptr + _row(batch_first, seq_len, batch, last, r) * num_dirs * out_size
                    + d * out_size, out_size * sizeof(floating))
+
+
+# ------------------------------------------------------------ stream steps
+cdef struct _PlanLayer:
+    const void *x
+    int n_in
+    const void *w_ih_p
+    const void *w_hh_p
+    const void *bias
+    const void *w_hr_p
+    Py_ssize_t hh_stride
+    Py_ssize_t hr_stride
+    void *h
+    void *c
+    void *out
+    int n_panels
+    int r_panels
+
+
+cdef Py_ssize_t _address(object array, object dtype, tuple shape) except -1:
+    """The data address of a C-contiguous array of ``dtype`` and ``shape``."""
+    if array.dtype != dtype or not array.flags.c_contiguous or tuple(array.shape) != shape:
+        raise ValueError(f"StepPlan: expected a C-contiguous {dtype} array of shape {shape}, "
+                         f"got {array.dtype} {tuple(array.shape)}")
+    return <Py_ssize_t>array.__array_interface__["data"][0]
+
+
+cdef class StepPlan:
+    """The buffers of a stream bound once, so that a step acquires none.
+
+    ``StepPlan(layers, x, h, c, hcell, outs, gates)``: ``layers``, a
+    unidirectional module's packed layers (``_module._PackedLayer``); ``x``
+    (N, I) the frame buffer; ``h`` (L, N, P) and ``c`` (L, N, H) the state,
+    updated in place; ``hcell`` (1, N, H) scratch; ``outs`` a list of L (N, P)
+    output buffers; ``gates`` (N, 4Hp) scratch.  The arrays are kept alive by
+    the plan and must not be reallocated while it is in use.
+    """
+    cdef _PlanLayer *layers
+    cdef int n_layers, batch, hidden, out_size, is_double
+    cdef bint has_proj
+    cdef void *gates
+    cdef void *hcell
+    cdef object refs
+
+    def __cinit__(self):
+        self.layers = NULL
+        self.n_layers = 0
+
+    def __init__(self, list layers, x, h, c, hcell, list outs, gates):
+        cdef int k, itemsize
+        cdef Py_ssize_t pw, n, p, hid
+        dtype = x.dtype
+        if dtype != "float32" and dtype != "float64":
+            raise ValueError(f"StepPlan: float32 or float64 buffers, got {dtype}")
+        itemsize = dtype.itemsize
+        pw = FL_PANEL_BYTES // itemsize
+        self.is_double = itemsize == 8
+        self.n_layers = len(layers)
+        self.batch = x.shape[0]
+        self.hidden = c.shape[2]
+        self.out_size = h.shape[2]
+        if len(outs) != self.n_layers or h.shape[0] != self.n_layers or c.shape[0] != self.n_layers:
+            raise ValueError("StepPlan: one state and one output buffer per layer")
+        self.has_proj = layers[0].w_hr_p.shape[1] > 0
+        self.refs = (layers, x, h, c, hcell, outs, gates)
+        self.gates = <void *>_address(gates, dtype, tuple(gates.shape))
+        self.layers = <_PlanLayer *>PyMem_Malloc(self.n_layers * sizeof(_PlanLayer))
+        if self.layers == NULL:
+            raise MemoryError()
+        n, p, hid = self.batch, self.out_size, self.hidden
+        for k in range(self.n_layers):
+            w = layers[k]
+            if w.w_hh_p.shape[0] != 1:
+                raise ValueError("StepPlan: unidirectional layers only")
+            layer_in = x if k == 0 else outs[k - 1]
+            self.layers[k].x = <const void *>_address(layer_in, dtype, tuple(layer_in.shape))
+            self.layers[k].n_in = layer_in.shape[1]
+            self.layers[k].w_ih_p = <const void *>_address(w.w_ih_p, dtype, tuple(w.w_ih_p.shape))
+            self.layers[k].w_hh_p = <const void *>_address(w.w_hh_p, dtype, tuple(w.w_hh_p.shape))
+            self.layers[k].bias = <const void *>_address(w.bias, dtype, tuple(w.bias.shape))
+            self.layers[k].w_hr_p = NULL
+            if self.has_proj:
+                self.layers[k].w_hr_p = <const void *>_address(w.w_hr_p, dtype,
+                                                               tuple(w.w_hr_p.shape))
+            self.layers[k].hh_stride = w.w_hh_p.shape[1]
+            self.layers[k].hr_stride = w.w_hr_p.shape[1]
+            self.layers[k].h = <void *>(_address(h, dtype, (self.n_layers, n, p))
+                                        + k * n * p * itemsize)
+            self.layers[k].c = <void *>(_address(c, dtype, (self.n_layers, n, hid))
+                                        + k * n * hid * itemsize)
+            self.layers[k].out = <void *>_address(outs[k], dtype, (n, p))
+            self.layers[k].n_panels = w.bias.shape[1] // pw
+            self.layers[k].r_panels = (p + pw - 1) // pw
+            if gates.shape[1] != w.bias.shape[1] or gates.shape[0] != n:
+                raise ValueError("StepPlan: gates buffer of the wrong shape")
+        if hcell.shape != (1, n, hid):
+            raise ValueError("StepPlan: hcell buffer of the wrong shape")
+        self.hcell = <void *>_address(hcell, dtype, (1, n, hid))
+
+    def __dealloc__(self):
+        PyMem_Free(self.layers)
+
+    def step(self, int n_chunks, int num_threads, bint h0_zero, bint backward_order):
+        """One timestep of every layer on the frame in ``x``; ``h`` and ``c``
+        are updated in place and layer k's output is in ``outs[k]``."""
+        cdef int k
+        cdef _PlanLayer *L
+        cdef size_t row_bytes = self.batch * self.out_size * (8 if self.is_double else 4)
+        if self.batch == 0:
+            return
+        with nogil:
+            for k in range(self.n_layers):
+                L = &self.layers[k]
+                if self.is_double:
+                    _single_step_region(
+                        num_threads, n_chunks, backward_order, self.batch, self.hidden,
+                        self.out_size, 1, self.has_proj, L.n_panels, L.r_panels,
+                        <const double *>L.x, L.n_in, <const double *>L.w_ih_p,
+                        <double *>self.gates, <const double *>L.w_hh_p, L.hh_stride,
+                        <const double *>L.bias, <const double *>L.w_hr_p, L.hr_stride,
+                        <const double *>L.h, <double *>L.c, <double *>self.hcell,
+                        <double *>L.out, h0_zero)
+                else:
+                    _single_step_region(
+                        num_threads, n_chunks, backward_order, self.batch, self.hidden,
+                        self.out_size, 1, self.has_proj, L.n_panels, L.r_panels,
+                        <const float *>L.x, L.n_in, <const float *>L.w_ih_p,
+                        <float *>self.gates, <const float *>L.w_hh_p, L.hh_stride,
+                        <const float *>L.bias, <const float *>L.w_hr_p, L.hr_stride,
+                        <const float *>L.h, <float *>L.c, <float *>self.hcell,
+                        <float *>L.out, h0_zero)
+                memcpy(L.h, L.out, row_bytes)  # h_n of the step is the layer's output

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -10,7 +10,7 @@ from fastlstm import _lstm
 from fastlstm._common import to_numpy
 from fastlstm._threads import get_num_threads
 from fastlstm.cell import LSTMCell
-from fastlstm.lstm import _MAX_ROWS, _NO_BLAS, LSTM, _batch_chunks
+from fastlstm.lstm import _MAX_ROWS, LSTM, _batch_chunks
 
 __all__ = ["Stream"]
 
@@ -91,6 +91,8 @@ class Stream:
         self._gates = np.zeros((n, w.bias.shape[1]), dt)
         self._zero = True  # the state is all zeros: the first step can skip W_hh
         self._flip = False  # panel order of the next step
+        self._plan_layers: Optional[List[Any]] = None  # what _step_plan is bound to
+        self._step_plan: Optional[_lstm.StepPlan] = None
 
     @property
     def h(self) -> np.ndarray:
@@ -187,19 +189,20 @@ class Stream:
             raise ValueError(f"Stream.step: frames must be floating point, got {x.dtype}")
         self._x[...] = x if self._batched else x[None]
         threads = get_num_threads()
-        n_chunks = _batch_chunks(self._n, 1, threads)
-        layer_in = self._x
         # Alternate the panel order from step to step (see _lstm._single_step).
         flip = self._flip = not self._flip
-        for layer, w in enumerate(self._module._packed_layers()):
-            h = self._h[layer:layer + 1]
-            c = self._c[layer:layer + 1]
-            out = self._out[layer]
-            # h is both the initial state and h_n: the kernel reads h_{t-1}
-            # before it writes h_n.
-            _lstm.layer(layer_in, w.w_ih, w.w_ih_p, self._gates, w.w_hh_p, w.bias, w.w_hr_p,
-                        h, c, self._hcell, out, h, 1, False, n_chunks, threads, _NO_BLAS,
-                        self._zero, 1, None, None, None, flip)
-            layer_in = out
+        self._plan().step(_batch_chunks(self._n, 1, threads), threads, self._zero, flip)
         self._zero = False
-        return layer_in if self._batched else layer_in[0]
+        out = self._out[-1]
+        return out if self._batched else out[0]
+
+    def _plan(self) -> _lstm.StepPlan:
+        """The stream's buffers bound to the module's packed weights, made again
+        when those change (new weights loaded into the module)."""
+        layers = self._module._packed_layers()
+        plan = self._step_plan
+        if plan is None or layers is not self._plan_layers:
+            plan = self._step_plan = _lstm.StepPlan(layers, self._x, self._h, self._c,
+                                                    self._hcell, self._out, self._gates)
+            self._plan_layers = layers
+        return plan

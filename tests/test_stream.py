@@ -6,6 +6,7 @@ from _reference import reference_forward
 from conftest import torch_single_thread
 
 import fastlstm
+from fastlstm import _lstm
 
 _torch_single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
 
@@ -114,3 +115,34 @@ def test_streams_on_several_python_threads_match_one_by_one():
         w.join()
     for e, g in zip(expected, got):
         assert np.max(np.abs(e - g)) < 1e-5
+
+
+def test_new_weights_take_effect_at_the_next_step():
+    """A stream binds the module's packed weights once; loading new weights into the
+    module rebinds them, and the state carries over."""
+    m = fastlstm.LSTM(5, 9, num_layers=2, proj_size=4, rng=0)
+    other = fastlstm.LSTM(5, 9, num_layers=2, proj_size=4, rng=1)
+    rng = np.random.default_rng(0)
+    frames = rng.standard_normal((6, 2, 5)).astype(np.float32)
+    stream = fastlstm.Stream(m, 2)
+    for frame in frames[:3]:
+        stream.step(frame)
+    state = (stream.h.copy(), stream.c.copy())
+    m.load_state_dict(other.state_dict())
+    got = np.stack([stream.step(frame).copy() for frame in frames[3:]])
+    expected, _ = other(frames[3:], state)
+    assert np.max(np.abs(got - expected)) < 1e-5
+
+
+@pytest.mark.parametrize("level", _lstm.simd_available())
+def test_stream_every_simd_level(level):
+    m = fastlstm.LSTM(7, 40, num_layers=2, rng=0)
+    frames = np.random.default_rng(1).standard_normal((5, 3, 7)).astype(np.float32)
+    expected, _ = m(frames)
+    _lstm.set_simd_level(level)
+    try:
+        stream = fastlstm.Stream(m, 3)
+        got = np.stack([stream.step(frame).copy() for frame in frames])
+    finally:
+        _lstm.set_simd_level(None)
+    assert np.max(np.abs(got - expected)) < 1e-5
