@@ -248,7 +248,8 @@ class _Calls:
     """The calls a case times, on the same weights and inputs for every library.
 
     ``forward``: ``module(x)``; ``carried``: ``module(x, hx)`` with a random
-    ``hx``; ``cell``: an ``LSTMCell`` step ``cell(x[0], hx)``; ``packed``: the
+    ``hx``; ``cell``: an ``LSTMCell`` step ``cell(x[0], hx)``; ``stream``: a
+    ``Stream`` step over the same cell (torch: the ``LSTMCell`` step); ``packed``: the
     forward of a ``PackedSequence`` (torch's for torch, fastlstm's for
     fastlstm), and ``padded_call``, fastlstm's forward of the same batch padded.
     """
@@ -258,21 +259,21 @@ class _Calls:
         tdtype = getattr(torch, case.dtype)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        if case.kind == "cell":
+        if case.kind in ("cell", "stream"):
             self.module = torch.nn.LSTMCell(case.I, case.H, dtype=tdtype).eval()
         else:
             self.module = torch.nn.LSTM(**case.torch_kwargs(), dtype=tdtype).eval()
         self.x = rng.standard_normal((case.L, case.N, case.I)).astype(case.dtype)
         self.hx: Optional[Tuple[np.ndarray, np.ndarray]] = None
-        if case.kind in ("carried", "cell"):
-            states = () if case.kind == "cell" else (case.layers * case.directions,)
+        if case.kind in ("carried", "cell", "stream"):
+            states = () if case.kind != "carried" else (case.layers * case.directions,)
             self.hx = (rng.standard_normal(states + (case.N, case.proj_size or case.H)),
                        rng.standard_normal(states + (case.N, case.H)))
             self.hx = (self.hx[0].astype(case.dtype), self.hx[1].astype(case.dtype))
         self.padded_call: Optional[Callable[[], Any]] = None
         self._torch_in: Any = torch.from_numpy(self.x)
         self._fast_in: Any = self.x
-        if case.kind == "cell":
+        if case.kind in ("cell", "stream"):
             self._torch_in = self._torch_in[0]
             self._fast_in = self.x[0]
         elif case.kind == "packed":
@@ -285,18 +286,33 @@ class _Calls:
         self._torch_hx = (None if self.hx is None
                           else tuple(torch.from_numpy(a) for a in self.hx))
         self.fast: Any = None
+        self.stream: Any = None
 
     def torch_call(self) -> Any:
         return self.module(self._torch_in, self._torch_hx)
 
     def build_fastlstm(self) -> None:
-        cls = fastlstm.LSTMCell if self.case.kind == "cell" else fastlstm.LSTM
+        cls = fastlstm.LSTMCell if self.case.kind in ("cell", "stream") else fastlstm.LSTM
         self.fast = cls.from_torch(self.module)
+        if self.case.kind == "stream":
+            self.stream = fastlstm.Stream(self.fast, self.case.N)
         if self.case.kind == "packed":
             self.padded_call = lambda: self.fast(self.x)
 
     def fast_call(self) -> Any:
+        if self.stream is not None:
+            return self.stream.step(self._fast_in)
         return self.fast(self._fast_in, self.hx)
+
+    def fast_check(self) -> Any:
+        """``fast_call``'s result to compare with torch's: a stream is first set
+        to the state torch's cell starts from, and gives its (h, c)."""
+        if self.stream is None:
+            return self.fast_call()
+        assert self.hx is not None
+        self.stream.reset((self.hx[0][None], self.hx[1][None]))
+        h = self.stream.step(self._fast_in).copy()
+        return h, self.stream.c[0].copy()
 
     def padded_ref(self) -> Tuple[np.ndarray, ...]:
         """torch's padded forward, the reference of ``padded_call``."""
@@ -355,7 +371,7 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
         try:
             calls.build_fastlstm()
             start = time.perf_counter()
-            diff = _max_diff(calls.fast_call(), ref)
+            diff = _max_diff(calls.fast_check(), ref)
             first["fastlstm"] = time.perf_counter() - start
             if calls.padded_call is not None:
                 padded_diff = _max_diff(calls.padded_call(), calls.padded_ref())
@@ -376,7 +392,7 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
         if calls.padded_call is not None:
             runners[_PADDED] = calls.padded_call
         module, x = calls.module, calls.x
-        if use_ort and case.kind in ("cell", "packed"):
+        if use_ort and case.kind in ("cell", "stream", "packed"):
             record["onnxruntime_note"] = f"not compared for {case.kind} cases"
         elif use_ort:
             run_ort, ort_diff, ort_first, note = _ort_runner(module, x, case, threads, ref,

@@ -40,10 +40,11 @@ class Case:
     bidirectional : bool, default=False
     proj_size : int, default=0
     dtype : {"float32", "float64"}, default="float32"
-    kind : {"forward", "carried", "cell", "packed"}, default="forward"
+    kind : {"forward", "carried", "cell", "stream", "packed"}, default="forward"
         What is timed: ``forward``, a forward from zero state; ``carried``, a
         forward given ``(h, c)`` (a streaming call); ``cell``, an ``LSTMCell``
-        step given ``(h, c)`` (L must be 1); ``packed``, a forward of a
+        step given ``(h, c)`` (L must be 1); ``stream``, a ``fastlstm.Stream``
+        step of that cell against torch's ``LSTMCell`` step; ``packed``, a forward of a
         ``PackedSequence`` of N sequences with the lengths of
         :meth:`lengths`, in shuffled order.
     """
@@ -114,7 +115,7 @@ class Case:
 
 
 _KIND_NOTES = {"forward": "", "carried": "carried (h, c)", "cell": "LSTMCell",
-               "packed": "packed, lengths 44-100%"}
+               "stream": "Stream vs LSTMCell", "packed": "packed, lengths 44-100%"}
 KINDS = tuple(_KIND_NOTES)
 
 
@@ -133,6 +134,8 @@ DEFAULT_GRID: List[Case] = [
     Case("one step carried", 1, 1, 256, 256, kind="carried"),
     Case("cell step", 1, 1, 256, 256, kind="cell"),
     Case("cell step 128", 1, 1, 128, 128, kind="cell"),
+    Case("stream step", 1, 1, 256, 256, kind="stream"),
+    Case("stream step 128", 1, 1, 128, 128, kind="stream"),
     Case("packed batch", 16, 100, 256, 256, kind="packed"),
 ]
 

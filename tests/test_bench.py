@@ -333,6 +333,8 @@ def test_default_grid_is_the_documented_one():
         ("one step carried", "carried", 1, 1, 256, 256),
         ("cell step", "cell", 1, 1, 256, 256),
         ("cell step 128", "cell", 1, 1, 128, 128),
+        ("stream step", "stream", 1, 1, 256, 256),
+        ("stream step 128", "stream", 1, 1, 128, 128),
         ("packed batch", "packed", 16, 100, 256, 256),
     ]
     assert FULL_GRID[:len(DEFAULT_GRID)] == DEFAULT_GRID
@@ -355,6 +357,7 @@ def test_packed_case_lengths():
          kind="carried"),
     Case("cell", 3, 1, 8, 16, kind="cell"),
     Case("cell double", 1, 1, 8, 16, dtype="float64", kind="cell"),
+    Case("stream", 3, 1, 8, 16, kind="stream"),
     Case("packed", 5, 7, 8, 16, bidirectional=True, kind="packed"),
 ], ids=lambda c: c.name)
 def test_case_kinds_are_checked_and_timed(torch, case):
@@ -525,3 +528,13 @@ def test_stream_scaling_measure_and_line(torch):
     line = scaling_line(result)
     assert line.startswith("streams on 2 Python threads") and "ideal 2.00x" in line
     assert scaling_line(None) is None
+
+
+def test_stream_case_check_catches_a_wrong_state(torch, monkeypatch):
+    """The stream case checks the stream's (h, c) after one step from torch's state:
+    a stream that ignored the state it was given would not be timed."""
+    monkeypatch.setattr(fastlstm.Stream, "reset", lambda self, hx=None: None)
+    args = argparse.Namespace(budget=0.03, blocks=3, repeat=None, pause=0.0, seed=0,
+                              memory=False)
+    record = run_case(Case("stream", 2, 1, 8, 8, kind="stream"), torch, 1, args, use_ort=False)
+    assert record["status"] == "check_failed" and record["time_s"]["fastlstm"] is None
