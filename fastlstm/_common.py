@@ -38,12 +38,16 @@ def check_device(device: Any) -> None:
 
 def is_torch_tensor(obj: Any) -> bool:
     """True for a torch.Tensor, decided without importing torch."""
+    if type(obj) is np.ndarray:  # the common case, first
+        return False
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(obj, torch.Tensor)
 
 
 def to_numpy(obj: Any) -> np.ndarray:
     """An ndarray view or copy of ``obj`` (array-like or torch tensor on any device)."""
+    if type(obj) is np.ndarray:
+        return obj
     if is_torch_tensor(obj):
         tensor = obj.detach().cpu()
         if str(tensor.dtype) in ("torch.bfloat16", "torch.float16"):

@@ -780,3 +780,64 @@ cdef class StepPlan:
                         <const float *>L.h, <float *>L.c, <float *>self.hcell,
                         <float *>L.out, h0_zero)
                 memcpy(L.h, L.out, row_bytes)  # h_n of the step is the layer's output
+
+
+# ------------------------------------------------------------- cell steps
+cdef class CellWeights:
+    """A unidirectional single layer's packed weights bound once, for
+    ``cell_step`` (``LSTMCell`` calls): a call then acquires only its arrays."""
+    cdef const void *w_ih_p
+    cdef const void *w_hh_p
+    cdef const void *bias
+    cdef int n_in, hidden, g_cols, n_panels, is_double
+    cdef Py_ssize_t hh_stride
+    cdef object refs
+
+    def __init__(self, layer, int hidden):
+        dtype = layer.bias.dtype
+        if dtype != "float32" and dtype != "float64":
+            raise ValueError(f"CellWeights: float32 or float64 weights, got {dtype}")
+        if layer.w_hh_p.shape[0] != 1 or layer.w_hr_p.shape[1] != 0:
+            raise ValueError("CellWeights: one direction, no projection")
+        self.is_double = dtype.itemsize == 8
+        self.refs = layer
+        self.hidden = hidden
+        self.n_in = layer.w_ih.shape[1]
+        self.g_cols = layer.bias.shape[1]
+        self.n_panels = self.g_cols // (FL_PANEL_BYTES // dtype.itemsize)
+        self.hh_stride = layer.w_hh_p.shape[1]
+        self.w_ih_p = <const void *>_address(layer.w_ih_p, dtype, tuple(layer.w_ih_p.shape))
+        self.w_hh_p = <const void *>_address(layer.w_hh_p, dtype, tuple(layer.w_hh_p.shape))
+        self.bias = <const void *>_address(layer.bias, dtype, tuple(layer.bias.shape))
+
+
+def cell_step(CellWeights w, const floating[:, ::1] x, const floating[:, ::1] h0,
+              floating[:, ::1] c, floating[:, ::1] h, int n_chunks, int num_threads,
+              bint h0_zero, bint backward_order):
+    """One LSTM step of N rows: ``h`` (N, H) = the new hidden state, ``c`` (N, H)
+    updated in place from the previous cell state; ``x`` (N, I), ``h0`` (N, H)
+    the previous hidden state (not read when ``h0_zero``)."""
+    cdef int batch = x.shape[0]
+    cdef int pw = FL_PANEL_BYTES // sizeof(floating)
+    cdef floating *gates
+    if sizeof(floating) != (8 if w.is_double else 4):
+        raise ValueError("cell_step: arrays and weights of different dtypes")
+    if (x.shape[1] != w.n_in or h0.shape[0] != batch or c.shape[0] != batch
+            or h.shape[0] != batch or h0.shape[1] != w.hidden or c.shape[1] != w.hidden
+            or h.shape[1] != w.hidden):
+        raise ValueError("cell_step: arrays of inconsistent shapes")
+    if batch == 0:
+        return
+    gates = <floating *>PyMem_Malloc(<size_t>batch * w.g_cols * sizeof(floating))
+    if gates == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            _single_step_region(num_threads, n_chunks, backward_order, batch, w.hidden,
+                                w.hidden, 1, False, w.n_panels, (w.hidden + pw - 1) // pw,
+                                &x[0, 0], w.n_in, <const floating *>w.w_ih_p, gates,
+                                <const floating *>w.w_hh_p, w.hh_stride,
+                                <const floating *>w.bias, NULL, 0, &h0[0, 0], &c[0, 0],
+                                &c[0, 0], &h[0, 0], h0_zero)
+    finally:
+        PyMem_Free(gates)

@@ -12,7 +12,7 @@ from fastlstm import _lstm
 from fastlstm._common import check_device, dtype_name, is_torch_tensor, to_numpy
 from fastlstm._module import ArrayLike, RngLike, _Module, _PackedLayer, pack_layer
 from fastlstm._threads import get_num_threads
-from fastlstm.lstm import _MAX_ROWS, _NO_BLAS, _batch_chunks, _check_sizes
+from fastlstm.lstm import _MAX_ROWS, _batch_chunks, _check_sizes
 
 __all__ = ["LSTMCell"]
 
@@ -289,22 +289,26 @@ class LSTMCell(_Module):
             raise ValueError(f"fastlstm: input of {batch} rows; at most {_MAX_ROWS} rows per "
                              "call are supported, split the batch")
         x = np.ascontiguousarray(x, dtype=dt)
-        if states is None:
-            h0 = np.zeros((1, batch, hidden), dt)
-            c = np.zeros((1, batch, hidden), dt)
-        else:
-            h0 = np.ascontiguousarray(states[0], dtype=dt).reshape(1, batch, hidden)
-            c = np.array(states[1], dtype=dt, order="C", copy=True).reshape(1, batch, hidden)
-        w = self._packed_layers()[0]
-        threads = get_num_threads()
         h = np.empty((batch, hidden), dt)
-        h_n = np.empty((1, batch, hidden), dt)
-        gates = np.empty((batch, w.bias.shape[1]), dt)
-        # One step: a single-layer, single-direction sequence of length 1.  A
-        # step's few rows never go to BLAS (it would pack the weights each call).
+        if states is None:
+            h0 = h  # not read: the step skips its recurrent product
+            c = np.zeros((batch, hidden), dt)
+        else:
+            h0 = np.ascontiguousarray(states[0], dtype=dt)
+            c = np.array(states[1], dtype=dt, order="C", copy=True)  # updated in place
+        threads = get_num_threads()
         flip = not self.__dict__.get("_flip", False)  # panel order, see LSTM._run
         self.__dict__["_flip"] = flip
-        _lstm.layer(x, w.w_ih, w.w_ih_p, gates, w.w_hh_p, w.bias, w.w_hr_p, h0, c, c, h, h_n,
-                    1, False, _batch_chunks(batch, 1, threads), threads, _NO_BLAS,
-                    states is None, 1, None, None, None, flip)
-        return h, c[0]
+        _lstm.cell_step(self._cell_weights(), x, h0, c, h, _batch_chunks(batch, 1, threads),
+                        threads, states is None, flip)
+        return h, c
+
+    def _cell_weights(self) -> _lstm.CellWeights:
+        """The packed weights bound for ``_lstm.cell_step``, made again when they
+        change."""
+        layers = self._packed_layers()
+        bound = self.__dict__.get("_bound")
+        if bound is None or bound[0] is not layers:
+            bound = (layers, _lstm.CellWeights(layers[0], self._hidden_size))
+            self.__dict__["_bound"] = bound
+        return bound[1]
