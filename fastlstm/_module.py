@@ -202,6 +202,7 @@ class _Module:
         state = dict(self.__dict__)
         state["_packed"] = None
         del state["_pack_lock"]
+        state.pop("_bound", None)  # kernel bindings of the packed weights: made again
         return state
 
     def __setstate__(self, state: dict) -> None:

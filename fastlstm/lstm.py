@@ -611,6 +611,13 @@ class LSTM(_Module):
 
         threads = get_num_threads()
         n_chunks = _batch_chunks(batch, n_dirs, threads)
+        if (seq_len == 1 and n_dirs == 1 and self._proj_size == 0 and batch_sizes is None
+                and not (self.training and self._dropout > 0)):
+            for layer, w in enumerate(self._bound_layers()):
+                _lstm.cell_step(w, layer_in, h0[layer], c_n[layer], h_n[layer], n_chunks,
+                                threads, h0_zero, self._next_order())
+                layer_in = h_n[layer]
+            return h_n[-1].reshape(out_shape).copy(), h_n, c_n
         if batch_sizes is not None:
             offsets = np.zeros(seq_len + 1, np.int64)
             np.cumsum(batch_sizes, out=offsets[1:])
@@ -622,10 +629,7 @@ class LSTM(_Module):
         blas_min_rows = _BLAS_MIN_ROWS[_lstm.simd_level()]
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
         dropout = self._dropout if self.training else 0.0
-        # One-step calls alternate the panel order from call to call (see
-        # _lstm._single_step); a race between threads only costs cache hits.
-        flip = seq_len == 1 and not self.__dict__.get("_flip", False)
-        self.__dict__["_flip"] = flip
+        flip = self._next_order() if seq_len == 1 else False
 
         for layer, w in enumerate(layers):
             s = slice(layer * n_dirs, (layer + 1) * n_dirs)
@@ -651,3 +655,21 @@ class LSTM(_Module):
                 out = out * keep / (1.0 - dropout) if dropout < 1 else np.zeros_like(out)
             layer_in = out
         return layer_in.reshape(out_shape), h_n, c_n
+
+    def _next_order(self) -> bool:
+        """Panel order of the next one-step call: it alternates from call to call
+        (see _lstm._single_step); a race between threads only costs cache hits."""
+        flip = not self.__dict__.get("_flip", False)
+        self.__dict__["_flip"] = flip
+        return flip
+
+    def _bound_layers(self) -> List[Any]:
+        """Each layer's packed weights bound for ``_lstm.cell_step`` (one-step
+        calls of unidirectional layers without projection), made again when the
+        weights change."""
+        layers = self._packed_layers()
+        bound = self.__dict__.get("_bound")
+        if bound is None or bound[0] is not layers:
+            bound = (layers, [_lstm.CellWeights(w, self._hidden_size) for w in layers])
+            self.__dict__["_bound"] = bound
+        return bound[1]

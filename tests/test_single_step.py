@@ -16,7 +16,7 @@ from fastlstm.lstm import _NO_BLAS, _batch_chunks
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
 @pytest.mark.parametrize("batch", [1, 3, 16])
-@pytest.mark.parametrize("kwargs", [dict(), dict(bidirectional=True),
+@pytest.mark.parametrize("kwargs", [dict(), dict(bidirectional=True), dict(num_layers=3),
                                     dict(proj_size=5, num_layers=2),
                                     dict(bidirectional=True, proj_size=7, bias=False)], ids=str)
 @pytest.mark.parametrize("with_hx", [False, True])
@@ -64,3 +64,32 @@ def test_panel_order_gives_the_same_bits(backward_order, level):
         _lstm.set_simd_level(None)
     assert np.array_equal(results[0][0], results[1][0])
     assert np.array_equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])
+def test_one_step_after_new_weights_and_pickling(cls):
+    """One-step calls bind the packed weights once; new weights rebind them, and a
+    module pickles (and copies) after such calls, without the bindings."""
+    import copy
+    import pickle
+
+    make = getattr(fastlstm, cls)
+    mod, other = make(5, 7, rng=0), make(5, 7, rng=1)
+    x = np.random.default_rng(0).standard_normal((1, 2, 5) if cls == "LSTM" else (2, 5))
+    x = x.astype(np.float32)
+    first = mod(x)
+    mod.load_state_dict(other.state_dict())
+    again = mod(x)
+    expected = other(x)
+    for got, want in zip(_flat(again), _flat(expected)):
+        assert np.array_equal(got, want)
+    assert not np.array_equal(_flat(first)[0], _flat(again)[0])
+    for clone in (pickle.loads(pickle.dumps(mod)), copy.deepcopy(mod)):
+        assert all(np.array_equal(a, b) for a, b in zip(_flat(clone(x)), _flat(expected)))
+
+
+def _flat(result):
+    """(out, h, c) of an LSTM call, (h, c) of a cell call."""
+    if isinstance(result[1], tuple):
+        return [result[0], *result[1]]
+    return list(result)
