@@ -229,9 +229,8 @@ cdef void _steps(
     of a step that have no previous step in this direction (every row at step
     0, and backward the sequences that end at t) start from ``h0`` and ``c``.
     """
-    cdef int unit = FL_PANEL_BYTES // sizeof(floating) // 4
-    cdef int pw = 4 * unit
-    cdef int g_cols = pw * ((hidden + unit - 1) // unit)  # one direction's gate columns
+    cdef int pw = FL_PANEL_BYTES // sizeof(floating)
+    cdef int g_cols = bias_cols(hidden, pw)  # one direction's gate columns
     cdef Py_ssize_t gb_ld = <Py_ssize_t>num_dirs * g_cols
     cdef Py_ssize_t o_ld = <Py_ssize_t>(seq_len if batch_first else 1) * num_dirs * out_size
     cdef int r_width = min(out_size, r_hi * pw) - r_lo * pw
@@ -675,6 +674,18 @@ cdef Py_ssize_t _address(object array, object dtype, tuple shape) except -1:
     return <Py_ssize_t>array.__array_interface__["data"][0]
 
 
+cdef void _plan_layer(const _PlanLayer *L, floating *gates, floating *hcell, int num_threads,
+                      int n_chunks, bint backward_order, int batch, int hidden, int out_size,
+                      bint has_proj, bint h0_zero) noexcept nogil:
+    """One timestep of a bound layer, its pointers read as ``floating``."""
+    _single_step_region(num_threads, n_chunks, backward_order, batch, hidden, out_size, 1,
+                        has_proj, L.n_panels, L.r_panels, <const floating *>L.x, L.n_in,
+                        <const floating *>L.w_ih_p, gates, <const floating *>L.w_hh_p,
+                        L.hh_stride, <const floating *>L.bias, <const floating *>L.w_hr_p,
+                        L.hr_stride, <const floating *>L.h, <floating *>L.c, hcell,
+                        <floating *>L.out, h0_zero)
+
+
 cdef class StepPlan:
     """The buffers of a stream bound once, so that a step acquires none.
 
@@ -762,23 +773,13 @@ cdef class StepPlan:
             for k in range(self.n_layers):
                 L = &self.layers[k]
                 if self.is_double:
-                    _single_step_region(
-                        num_threads, n_chunks, backward_order, self.batch, self.hidden,
-                        self.out_size, 1, self.has_proj, L.n_panels, L.r_panels,
-                        <const double *>L.x, L.n_in, <const double *>L.w_ih_p,
-                        <double *>self.gates, <const double *>L.w_hh_p, L.hh_stride,
-                        <const double *>L.bias, <const double *>L.w_hr_p, L.hr_stride,
-                        <const double *>L.h, <double *>L.c, <double *>self.hcell,
-                        <double *>L.out, h0_zero)
+                    _plan_layer(L, <double *>self.gates, <double *>self.hcell, num_threads,
+                                n_chunks, backward_order, self.batch, self.hidden,
+                                self.out_size, self.has_proj, h0_zero)
                 else:
-                    _single_step_region(
-                        num_threads, n_chunks, backward_order, self.batch, self.hidden,
-                        self.out_size, 1, self.has_proj, L.n_panels, L.r_panels,
-                        <const float *>L.x, L.n_in, <const float *>L.w_ih_p,
-                        <float *>self.gates, <const float *>L.w_hh_p, L.hh_stride,
-                        <const float *>L.bias, <const float *>L.w_hr_p, L.hr_stride,
-                        <const float *>L.h, <float *>L.c, <float *>self.hcell,
-                        <float *>L.out, h0_zero)
+                    _plan_layer(L, <float *>self.gates, <float *>self.hcell, num_threads,
+                                n_chunks, backward_order, self.batch, self.hidden,
+                                self.out_size, self.has_proj, h0_zero)
                 memcpy(L.h, L.out, row_bytes)  # h_n of the step is the layer's output
 
 

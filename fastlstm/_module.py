@@ -522,6 +522,24 @@ class _Module:
         prefix = normalize_prefix(prefix)
         save(OrderedDict((prefix + k, v) for k, v in self._params.items()), path, format=format)
 
+    def _next_order(self) -> bool:
+        """Panel order of the next one-step call: it alternates from call to call
+        (see _lstm._single_step); a race between threads only costs cache hits."""
+        flip = not self.__dict__.get("_flip", False)
+        self.__dict__["_flip"] = flip
+        return flip
+
+    def _bound_layers(self) -> List[Any]:
+        """Each layer's packed weights bound for ``_lstm.cell_step`` (LSTMCell calls,
+        and one-step calls of unidirectional LSTM layers without projection), made
+        again when the weights change."""
+        layers = self._packed_layers()
+        bound = self.__dict__.get("_bound")
+        if bound is None or bound[0] is not layers:
+            bound = (layers, [_lstm.CellWeights(w, self._hidden_size) for w in layers])
+            self.__dict__["_bound"] = bound
+        return bound[1]
+
     # ------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> "_Module":
         """Set training mode (inter-layer dropout of LSTM active) and return self.

@@ -94,17 +94,24 @@ def _gate_rows(rows: int, name: str, prefix: str, hh: Optional[Tuple[int, ...]])
     return rows // 4
 
 
+def _first_weight(params: Mapping[str, np.ndarray], prefix: str, keys: List[str], kind: str,
+                  name: str) -> Tuple[int, ...]:
+    """The shape of ``name``, the first input weight of a ``kind`` whose parameters
+    under ``prefix`` are ``keys``: it gives input_size and hidden_size."""
+    if not keys:
+        raise StateDictError(f"no {kind} parameters under prefix {prefix!r} (keys such as "
+                             f"'{prefix}{name}')")
+    if name not in params:
+        raise StateDictError(f"missing '{prefix}{name}', needed to infer input_size and "
+                             f"hidden_size (found {', '.join(prefix + k for k in keys)})")
+    return _shape(params, name, prefix, 2)
+
+
 def infer_lstm(params: Mapping[str, np.ndarray], prefix: str = "") -> Inferred:
     """The ``LSTM`` configuration of the parameters directly under ``prefix``."""
     matches = {name: LSTM_KEY.match(name) for name in params}
     keys = [name for name, m in matches.items() if m]
-    if not keys:
-        raise StateDictError(f"no LSTM parameters under prefix {prefix!r} (keys such as "
-                             f"'{prefix}weight_ih_l0')")
-    if "weight_ih_l0" not in params:
-        raise StateDictError(f"missing '{prefix}weight_ih_l0', needed to infer input_size and "
-                             f"hidden_size (found {', '.join(prefix + k for k in keys)})")
-    rows, input_size = _shape(params, "weight_ih_l0", prefix, 2)
+    rows, input_size = _first_weight(params, prefix, keys, "LSTM", "weight_ih_l0")
     proj_size = 0
     hh = None
     if "weight_hr_l0" in params:
@@ -127,13 +134,7 @@ def infer_lstm(params: Mapping[str, np.ndarray], prefix: str = "") -> Inferred:
 def infer_cell(params: Mapping[str, np.ndarray], prefix: str = "") -> Inferred:
     """The ``LSTMCell`` configuration of the parameters directly under ``prefix``."""
     keys = [name for name in params if CELL_KEY.match(name)]
-    if not keys:
-        raise StateDictError(f"no LSTMCell parameters under prefix {prefix!r} (keys such as "
-                             f"'{prefix}weight_ih')")
-    if "weight_ih" not in params:
-        raise StateDictError(f"missing '{prefix}weight_ih', needed to infer input_size and "
-                             f"hidden_size (found {', '.join(prefix + k for k in keys)})")
-    rows, input_size = _shape(params, "weight_ih", prefix, 2)
+    rows, input_size = _first_weight(params, prefix, keys, "LSTMCell", "weight_ih")
     hh = tuple(np.shape(params["weight_hh"])) if "weight_hh" in params else None
     hidden_size = _gate_rows(rows, "weight_ih", prefix, hh)
     config = {"input_size": input_size, "hidden_size": hidden_size,

@@ -297,18 +297,6 @@ class LSTMCell(_Module):
             h0 = np.ascontiguousarray(states[0], dtype=dt)
             c = np.array(states[1], dtype=dt, order="C", copy=True)  # updated in place
         threads = get_num_threads()
-        flip = not self.__dict__.get("_flip", False)  # panel order, see LSTM._run
-        self.__dict__["_flip"] = flip
-        _lstm.cell_step(self._cell_weights(), x, h0, c, h, _batch_chunks(batch, 1, threads),
-                        threads, states is None, flip)
+        _lstm.cell_step(self._bound_layers()[0], x, h0, c, h, _batch_chunks(batch, 1, threads),
+                        threads, states is None, self._next_order())
         return h, c
-
-    def _cell_weights(self) -> _lstm.CellWeights:
-        """The packed weights bound for ``_lstm.cell_step``, made again when they
-        change."""
-        layers = self._packed_layers()
-        bound = self.__dict__.get("_bound")
-        if bound is None or bound[0] is not layers:
-            bound = (layers, _lstm.CellWeights(layers[0], self._hidden_size))
-            self.__dict__["_bound"] = bound
-        return bound[1]

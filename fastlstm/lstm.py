@@ -25,6 +25,7 @@ from fastlstm.rnn import (
     PackedSequence,
     _check_batch_sizes,
     _count_greater,
+    _is_permutation,
     from_torch_packed,
     is_packed_sequence,
 )
@@ -523,7 +524,7 @@ class LSTM(_Module):
         if x.ndim != 2:
             raise RuntimeError(f"input must have 2 dimensions, got {x.ndim}")
         self._check_input(x)
-        if batch_sizes.ndim != 1 or batch_sizes.size == 0:
+        if batch_sizes.size == 0:
             raise IndexError(
                 "index 0 is out of bounds for dimension 0 with size 0: "
                 "the packed sequence has no timesteps (batch_sizes is empty)"
@@ -536,8 +537,8 @@ class LSTM(_Module):
         sorted_indices, unsorted_indices = packed.sorted_indices, packed.unsorted_indices
         for name, perm in (("sorted_indices", sorted_indices),
                            ("unsorted_indices", unsorted_indices)):
-            if perm is not None and (perm.shape != (batch,) or perm.dtype.kind not in "iu"
-                                     or not np.array_equal(np.sort(perm), np.arange(batch))):
+            if perm is not None and (perm.dtype.kind not in "iu"
+                                     or not _is_permutation(perm, batch)):
                 raise ValueError(f"{name} must be a permutation of the {batch} sequences, "
                                  f"got {np.asarray(perm).tolist()}")
         tensor_in = torch_packed
@@ -655,21 +656,3 @@ class LSTM(_Module):
                 out = out * keep / (1.0 - dropout) if dropout < 1 else np.zeros_like(out)
             layer_in = out
         return layer_in.reshape(out_shape), h_n, c_n
-
-    def _next_order(self) -> bool:
-        """Panel order of the next one-step call: it alternates from call to call
-        (see _lstm._single_step); a race between threads only costs cache hits."""
-        flip = not self.__dict__.get("_flip", False)
-        self.__dict__["_flip"] = flip
-        return flip
-
-    def _bound_layers(self) -> List[Any]:
-        """Each layer's packed weights bound for ``_lstm.cell_step`` (one-step
-        calls of unidirectional layers without projection), made again when the
-        weights change."""
-        layers = self._packed_layers()
-        bound = self.__dict__.get("_bound")
-        if bound is None or bound[0] is not layers:
-            bound = (layers, [_lstm.CellWeights(w, self._hidden_size) for w in layers])
-            self.__dict__["_bound"] = bound
-        return bound[1]
