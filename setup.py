@@ -20,6 +20,7 @@ import sys
 import sysconfig
 import tempfile
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -91,7 +92,8 @@ def _ext(name, openmp=False):
     return Extension(
         f"fastlstm.{name}",
         [f"fastlstm/{name}.pyx"],
-        include_dirs=["fastlstm"],
+        include_dirs=["fastlstm", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=OPT + SAN + (OMP if openmp else []),
         extra_link_args=SAN + (OMP if openmp else []),
     )

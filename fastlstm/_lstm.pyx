@@ -36,7 +36,9 @@ import os
 from cython cimport floating
 from cython.parallel cimport parallel
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memmove, memset
+
+cimport numpy as cnp
 
 from fastlstm._blas cimport NoTrans, Trans, gemm
 
@@ -67,6 +69,9 @@ cdef extern from "_omp_compat.h" nogil:
     int omp_get_thread_num() noexcept
     int omp_get_num_threads() noexcept
     void fl_omp_barrier() noexcept
+
+
+cnp.import_array()
 
 
 # ---------------------------------------------------------------- SIMD level
@@ -686,6 +691,31 @@ cdef void _plan_layer(const _PlanLayer *L, floating *gates, floating *hcell, int
                         <floating *>L.out, h0_zero)
 
 
+cdef inline int _chunks(int batch, int n_dirs, int threads) noexcept nogil:
+    cdef int per_dir = threads // n_dirs
+    if per_dir >= 2 and batch < 4 * per_dir:
+        return 0
+    return max(1, min(batch, per_dir))
+
+
+cdef inline bint _plain(object a, int typenum, int ndim) noexcept:
+    """``a`` is exactly an ndarray of ``typenum`` (native byte order), ``ndim``
+    dimensions, C-contiguous and aligned: the kernels can read it in place."""
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == ndim
+            and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISBEHAVED_RO(arr))
+
+
+cdef inline bint _dims(object a, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d2) noexcept:
+    """The first (up to three) dimensions of ndarray ``a`` are d0, d1, d2 (-1: any)."""
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(<cnp.ndarray>a)
+    cdef int nd = cnp.PyArray_NDIM(<cnp.ndarray>a)
+    return ((nd < 1 or d0 < 0 or dims[0] == d0) and (nd < 2 or d1 < 0 or dims[1] == d1)
+            and (nd < 3 or d2 < 0 or dims[2] == d2))
+
+
 cdef class StepPlan:
     """The buffers of a stream bound once, so that a step acquires none.
 
@@ -697,7 +727,7 @@ cdef class StepPlan:
     the plan and must not be reallocated while it is in use.
     """
     cdef _PlanLayer *layers
-    cdef int n_layers, batch, hidden, out_size, is_double
+    cdef int n_layers, batch, hidden, out_size, is_double, flip
     cdef bint has_proj
     cdef void *gates
     cdef void *hcell
@@ -761,84 +791,312 @@ cdef class StepPlan:
     def __dealloc__(self):
         PyMem_Free(self.layers)
 
-    def step(self, int n_chunks, int num_threads, bint h0_zero, bint backward_order):
-        """One timestep of every layer on the frame in ``x``; ``h`` and ``c``
-        are updated in place and layer k's output is in ``outs[k]``."""
-        cdef int k
+    def step(self, frame, int num_threads, bint h0_zero):
+        """One timestep of every layer; ``h`` and ``c`` are updated in place and
+        layer k's output is in ``outs[k]``.
+
+        ``frame``: None when the caller has put the frame in ``x``; else a
+        C-contiguous ndarray of ``x``'s dtype and size, of shape ``x.shape`` or,
+        for one row, ``x.shape[1:]``, copied into ``x`` first.  Returns False,
+        having done nothing, for any other frame (the caller converts it).
+        """
+        cdef int k, nd
         cdef _PlanLayer *L
-        cdef size_t row_bytes = self.batch * self.out_size * (8 if self.is_double else 4)
+        cdef int n_chunks = _chunks(self.batch, 1, num_threads)
+        cdef size_t item = 8 if self.is_double else 4
+        cdef size_t row_bytes = self.batch * self.out_size * item
+        cdef bint order
+        if frame is not None:
+            if not cnp.PyArray_CheckExact(frame):
+                return False
+            nd = cnp.PyArray_NDIM(<cnp.ndarray>frame)
+            if not _plain(frame, cnp.NPY_DOUBLE if self.is_double else cnp.NPY_FLOAT, nd):
+                return False
+            if not (_dims(frame, self.batch, self.layers[0].n_in, -1) if nd == 2
+                    else nd == 1 and self.batch == 1 and _dims(frame, self.layers[0].n_in, -1, -1)):
+                return False
+            memmove(<void *>self.layers[0].x, cnp.PyArray_DATA(<cnp.ndarray>frame),
+                    <size_t>self.batch * self.layers[0].n_in * item)
+        self.flip = not self.flip  # alternate the panel order (see _single_step)
+        order = self.flip
         if self.batch == 0:
-            return
+            return True
         with nogil:
             for k in range(self.n_layers):
                 L = &self.layers[k]
                 if self.is_double:
                     _plan_layer(L, <double *>self.gates, <double *>self.hcell, num_threads,
-                                n_chunks, backward_order, self.batch, self.hidden,
+                                n_chunks, order, self.batch, self.hidden,
                                 self.out_size, self.has_proj, h0_zero)
                 else:
                     _plan_layer(L, <float *>self.gates, <float *>self.hcell, num_threads,
-                                n_chunks, backward_order, self.batch, self.hidden,
+                                n_chunks, order, self.batch, self.hidden,
                                 self.out_size, self.has_proj, h0_zero)
                 memcpy(L.h, L.out, row_bytes)  # h_n of the step is the layer's output
+        return True
 
 
 # ------------------------------------------------------------- cell steps
-cdef class CellWeights:
-    """A unidirectional single layer's packed weights bound once, for
-    ``cell_step`` (``LSTMCell`` calls): a call then acquires only its arrays."""
-    cdef const void *w_ih_p
-    cdef const void *w_hh_p
-    cdef const void *bias
-    cdef int n_in, hidden, g_cols, n_panels, is_double
-    cdef Py_ssize_t hh_stride
+cdef struct _CellLayer:
+    const void *w_ih_p
+    const void *w_hh_p
+    const void *bias
+    int n_in
+    int n_panels
+    Py_ssize_t hh_stride
+
+
+def batch_chunks(int batch, int n_dirs, int threads):
+    """How the recurrence shares the work among threads: batch chunks (one task
+    per direction and chunk, no synchronisation) while every thread gets at
+    least 4 rows; otherwise 0, the split mode, where each direction's hidden
+    units are shared by several threads (each weight matrix is then streamed
+    once per step in total instead of once per thread)."""
+    return _chunks(batch, n_dirs, threads)
+
+
+cdef void _cell_layer(const _CellLayer *L, int batch, int hidden, const floating *x,
+                      const floating *h0, floating *c, floating *h, floating *gates,
+                      int n_chunks, int num_threads, bint h0_zero,
+                      bint backward_order) noexcept nogil:
+    """One LSTM step of one bound layer (see ``cell_step``)."""
+    cdef int pw = FL_PANEL_BYTES // sizeof(floating)
+    _single_step_region(num_threads, n_chunks, backward_order, batch, hidden, hidden, 1, False,
+                        L.n_panels, (hidden + pw - 1) // pw, x, L.n_in,
+                        <const floating *>L.w_ih_p, gates, <const floating *>L.w_hh_p,
+                        L.hh_stride, <const floating *>L.bias, NULL, 0, h0, c, c, h, h0_zero)
+
+
+cdef void _cell_layers(const _CellLayer *layers, int n_layers, int batch, int hidden,
+                       const floating *x, const floating *h0, floating *c, floating *h,
+                       floating *gates, int num_threads, bint h0_zero,
+                       bint backward_order) noexcept nogil:
+    """One timestep of a stack of layers: layer k reads layer k-1's new h
+    (``x`` for the first), its own h0 and c (N, H) blocks, and writes h."""
+    cdef int k
+    cdef Py_ssize_t block = <Py_ssize_t>batch * hidden
+    cdef int n_chunks = _chunks(batch, 1, num_threads)
+    for k in range(n_layers):
+        _cell_layer(&layers[k], batch, hidden, x if k == 0 else h + (k - 1) * block,
+                    h0 + k * block, c + k * block, h + k * block, gates, n_chunks,
+                    num_threads, h0_zero, backward_order)
+
+
+cdef enum:
+    _STACK_GATES = 2048  # gate buffers up to this many doubles live on a one-step call's stack
+
+
+cdef class CellStack:
+    """A unidirectional stack's packed layers (no projection) bound once, for
+    one-timestep calls: ``LSTMCell`` steps and one-step ``LSTM`` calls.
+
+    ``CellStack(layers, hidden)`` with ``layers`` the module's packed layers
+    (``_module._PackedLayer``).  ``step`` is the whole one-step call for plain
+    arrays (checks, outputs, kernels, in C); ``cell_step`` runs one layer on
+    arrays the caller made, for everything else.
+    """
+    cdef _CellLayer *layers
+    cdef int n_layers, n_in, hidden, typenum, flip
     cdef object refs
 
-    def __init__(self, layer, int hidden):
-        dtype = layer.bias.dtype
+    def __cinit__(self):
+        self.layers = NULL
+        self.n_layers = 0
+
+    def __init__(self, list layers, int hidden):
+        cdef int k
+        dtype = layers[0].bias.dtype
         if dtype != "float32" and dtype != "float64":
-            raise ValueError(f"CellWeights: float32 or float64 weights, got {dtype}")
-        if layer.w_hh_p.shape[0] != 1 or layer.w_hr_p.shape[1] != 0:
-            raise ValueError("CellWeights: one direction, no projection")
-        self.is_double = dtype.itemsize == 8
-        self.refs = layer
+            raise ValueError(f"CellStack: float32 or float64 weights, got {dtype}")
+        self.typenum = cnp.NPY_FLOAT if dtype == "float32" else cnp.NPY_DOUBLE
+        self.refs = layers
         self.hidden = hidden
-        self.n_in = layer.w_ih.shape[1]
-        self.g_cols = layer.bias.shape[1]
-        self.n_panels = self.g_cols // (FL_PANEL_BYTES // dtype.itemsize)
-        self.hh_stride = layer.w_hh_p.shape[1]
-        self.w_ih_p = <const void *>_address(layer.w_ih_p, dtype, tuple(layer.w_ih_p.shape))
-        self.w_hh_p = <const void *>_address(layer.w_hh_p, dtype, tuple(layer.w_hh_p.shape))
-        self.bias = <const void *>_address(layer.bias, dtype, tuple(layer.bias.shape))
+        self.n_in = layers[0].w_ih.shape[1]
+        self.layers = <_CellLayer *>PyMem_Malloc(len(layers) * sizeof(_CellLayer))
+        if self.layers == NULL:
+            raise MemoryError()
+        for k, w in enumerate(layers):
+            if w.w_hh_p.shape[0] != 1 or w.w_hr_p.shape[1] != 0:
+                raise ValueError("CellStack: one direction, no projection")
+            self.layers[k].w_ih_p = <const void *>_address(w.w_ih_p, dtype, tuple(w.w_ih_p.shape))
+            self.layers[k].w_hh_p = <const void *>_address(w.w_hh_p, dtype, tuple(w.w_hh_p.shape))
+            self.layers[k].bias = <const void *>_address(w.bias, dtype, tuple(w.bias.shape))
+            self.layers[k].n_in = w.w_ih.shape[1]
+            self.layers[k].n_panels = w.bias.shape[1] // (FL_PANEL_BYTES // dtype.itemsize)
+            self.layers[k].hh_stride = w.w_hh_p.shape[1]
+            self.n_layers = k + 1
+
+    def __dealloc__(self):
+        PyMem_Free(self.layers)
+
+    def next_order(self):
+        """Panel order of the next one-step call: it alternates from call to
+        call (see ``_single_step``); a race between threads only costs cache hits."""
+        self.flip = not self.flip
+        return bool(self.flip)
+
+    def step(self, x, hx, int num_threads, int layout):
+        """A whole one-step call on plain arrays, or None when the call needs
+        the general path (any other input, or input it must check and refuse).
+
+        ``layout`` 0: ``LSTMCell.forward(x, hx)`` -> ``(h, c)``, x (N, I) or
+        (I,), h and c shaped alike.  1 (time-major) and 2 (batch-first):
+        ``LSTM.forward`` of one timestep -> ``(output, (h_n, c_n))``, x (1, N, I),
+        (N, 1, I) or unbatched (1, I), states (layers, N, H) or (layers, H).
+        Every array must be a C-contiguous ndarray of the weights' dtype.
+        """
+        cdef int typenum = self.typenum
+        cdef int nl = self.n_layers
+        cdef int hidden = self.hidden
+        cdef int x_nd, s_nd, batch
+        cdef Py_ssize_t i_batch
+        cdef cnp.npy_intp dims[3]
+        cdef bint h0_zero = hx is None
+        cdef bint order
+        cdef size_t item = 4 if typenum == cnp.NPY_FLOAT else 8
+        cdef size_t state_bytes
+        cdef double stack_gates[_STACK_GATES]
+        cdef void *gates
+        cdef void *h0_ptr
+        cdef void *h_ptr
+        cdef void *c_ptr
+        cdef const void *x_ptr
+        cdef size_t gate_bytes
+        if not cnp.PyArray_CheckExact(x):
+            return None
+        x_nd = cnp.PyArray_NDIM(<cnp.ndarray>x)
+        if layout == 0:
+            if x_nd == 2:
+                i_batch = cnp.PyArray_DIMS(<cnp.ndarray>x)[0]
+            elif x_nd == 1:
+                i_batch = 1
+            else:
+                return None
+            if not _plain(x, typenum, x_nd):
+                return None
+            if not (_dims(x, i_batch, self.n_in, -1) if x_nd == 2 else _dims(x, self.n_in, -1, -1)):
+                return None
+            s_nd = x_nd
+        else:
+            if x_nd == 3:
+                i_batch = cnp.PyArray_DIMS(<cnp.ndarray>x)[0 if layout == 2 else 1]
+                if not _dims(x, i_batch if layout == 2 else 1, 1 if layout == 2 else i_batch,
+                             self.n_in):
+                    return None
+            elif x_nd == 2:
+                i_batch = 1
+                if not _dims(x, 1, self.n_in, -1):
+                    return None
+            else:
+                return None
+            if not _plain(x, typenum, x_nd):
+                return None
+            s_nd = x_nd
+        if i_batch < 1 or i_batch * (4 * hidden + FL_PANEL_BYTES) * item > (1 << 30):
+            return None  # empty or huge: the general path handles it
+        batch = <int>i_batch
+        # The states: (h, c) of the shapes above, or None.
+        if hx is not None:
+            if type(hx) is not tuple or len(<tuple>hx) != 2:
+                return None
+            h0, c0 = <tuple>hx
+            for s in (h0, c0):
+                if not _plain(s, typenum, s_nd):
+                    return None
+                if layout == 0:
+                    if not _dims(s, batch if s_nd == 2 else hidden, hidden, -1):
+                        return None
+                elif s_nd == 3:
+                    if not _dims(s, nl, batch, hidden):
+                        return None
+                elif not _dims(s, nl, hidden, -1):
+                    return None
+        # Outputs: h and c of every layer (layers, N, H), as the caller sees them.
+        if layout == 0:
+            dims[0] = batch
+            dims[1] = hidden
+            h_n = cnp.PyArray_EMPTY(s_nd, &dims[2 - s_nd], typenum, 0)
+            c_n = cnp.PyArray_EMPTY(s_nd, &dims[2 - s_nd], typenum, 0)
+        else:
+            dims[0] = nl
+            dims[1] = batch
+            dims[2] = hidden
+            if s_nd == 2:
+                dims[1] = hidden
+            h_n = cnp.PyArray_EMPTY(s_nd, dims, typenum, 0)
+            c_n = cnp.PyArray_EMPTY(s_nd, dims, typenum, 0)
+        state_bytes = <size_t>nl * batch * hidden * item
+        h_ptr = cnp.PyArray_DATA(<cnp.ndarray>h_n)
+        c_ptr = cnp.PyArray_DATA(<cnp.ndarray>c_n)
+        x_ptr = cnp.PyArray_DATA(<cnp.ndarray>x)
+        if h0_zero:
+            h0_ptr = h_ptr  # not read
+            memset(c_ptr, 0, state_bytes)
+        else:
+            h0_ptr = cnp.PyArray_DATA(<cnp.ndarray>h0)
+            memcpy(c_ptr, cnp.PyArray_DATA(<cnp.ndarray>c0), state_bytes)
+        self.flip = not self.flip
+        order = self.flip
+        gates = <void *>stack_gates
+        gate_bytes = <size_t>batch * self.layers[0].n_panels * FL_PANEL_BYTES
+        if gate_bytes > sizeof(stack_gates):
+            gates = PyMem_Malloc(gate_bytes)
+            if gates == NULL:
+                raise MemoryError()
+        try:
+            with nogil:
+                if typenum == cnp.NPY_FLOAT:
+                    _cell_layers(self.layers, nl, batch, hidden, <const float *>x_ptr,
+                                 <const float *>h0_ptr, <float *>c_ptr, <float *>h_ptr,
+                                 <float *>gates, num_threads, h0_zero, order)
+                else:
+                    _cell_layers(self.layers, nl, batch, hidden, <const double *>x_ptr,
+                                 <const double *>h0_ptr, <double *>c_ptr, <double *>h_ptr,
+                                 <double *>gates, num_threads, h0_zero, order)
+        finally:
+            if gates != <void *>stack_gates:
+                PyMem_Free(gates)
+        if layout == 0:
+            return h_n, c_n
+        # The output is the last layer's h, shaped as the input.
+        if x_nd == 3:
+            dims[0] = 1 if layout == 1 else batch
+            dims[1] = batch if layout == 1 else 1
+            dims[2] = hidden
+        else:
+            dims[0] = 1
+            dims[1] = hidden
+        out = cnp.PyArray_EMPTY(x_nd, dims, typenum, 0)
+        memcpy(cnp.PyArray_DATA(<cnp.ndarray>out), <char *>h_ptr + state_bytes // nl * (nl - 1),
+               state_bytes // nl)
+        return out, (h_n, c_n)
 
 
-def cell_step(CellWeights w, const floating[:, ::1] x, const floating[:, ::1] h0,
-              floating[:, ::1] c, floating[:, ::1] h, int n_chunks, int num_threads,
-              bint h0_zero, bint backward_order):
-    """One LSTM step of N rows: ``h`` (N, H) = the new hidden state, ``c`` (N, H)
-    updated in place from the previous cell state; ``x`` (N, I), ``h0`` (N, H)
-    the previous hidden state (not read when ``h0_zero``)."""
+def cell_step(CellStack w, int k, const floating[:, ::1] x, const floating[:, ::1] h0,
+              floating[:, ::1] c, floating[:, ::1] h, int num_threads, bint h0_zero,
+              bint backward_order):
+    """One LSTM step of layer ``k`` for N rows: ``h`` (N, H) = the new hidden
+    state, ``c`` (N, H) updated in place from the previous cell state; ``x``
+    (N, I), ``h0`` (N, H) the previous hidden state (not read when ``h0_zero``)."""
     cdef int batch = x.shape[0]
-    cdef int pw = FL_PANEL_BYTES // sizeof(floating)
     cdef floating *gates
-    if sizeof(floating) != (8 if w.is_double else 4):
+    if sizeof(floating) != (4 if w.typenum == cnp.NPY_FLOAT else 8):
         raise ValueError("cell_step: arrays and weights of different dtypes")
-    if (x.shape[1] != w.n_in or h0.shape[0] != batch or c.shape[0] != batch
+    if not 0 <= k < w.n_layers:
+        raise ValueError("cell_step: no such layer")
+    if (x.shape[1] != w.layers[k].n_in or h0.shape[0] != batch or c.shape[0] != batch
             or h.shape[0] != batch or h0.shape[1] != w.hidden or c.shape[1] != w.hidden
             or h.shape[1] != w.hidden):
         raise ValueError("cell_step: arrays of inconsistent shapes")
     if batch == 0:
         return
-    gates = <floating *>PyMem_Malloc(<size_t>batch * w.g_cols * sizeof(floating))
+    gates = <floating *>PyMem_Malloc(<size_t>batch * w.layers[k].n_panels * FL_PANEL_BYTES)
     if gates == NULL:
         raise MemoryError()
     try:
         with nogil:
-            _single_step_region(num_threads, n_chunks, backward_order, batch, w.hidden,
-                                w.hidden, 1, False, w.n_panels, (w.hidden + pw - 1) // pw,
-                                &x[0, 0], w.n_in, <const floating *>w.w_ih_p, gates,
-                                <const floating *>w.w_hh_p, w.hh_stride,
-                                <const floating *>w.bias, NULL, 0, &h0[0, 0], &c[0, 0],
-                                &c[0, 0], &h[0, 0], h0_zero)
+            _cell_layer(&w.layers[k], batch, w.hidden, &x[0, 0], &h0[0, 0], &c[0, 0], &h[0, 0],
+                        gates, _chunks(batch, 1, num_threads), num_threads, h0_zero,
+                        backward_order)
     finally:
         PyMem_Free(gates)

@@ -32,6 +32,7 @@ import numpy as np
 from fastlstm import _lstm
 from fastlstm._common import freeze, resolve_dtype, to_numpy
 from fastlstm._state_dict import SKIP_INIT
+from fastlstm._threads import get_num_threads
 
 if TYPE_CHECKING:
     from fastlstm._state_dict import Inferred
@@ -529,16 +530,25 @@ class _Module:
         self.__dict__["_flip"] = flip
         return flip
 
-    def _bound_layers(self) -> List[Any]:
-        """Each layer's packed weights bound for ``_lstm.cell_step`` (LSTMCell calls,
-        and one-step calls of unidirectional LSTM layers without projection), made
-        again when the weights change."""
+    def _bound_layers(self) -> Any:
+        """The packed layers bound for one-timestep calls (``_lstm.CellStack``:
+        LSTMCell calls, and one-step calls of unidirectional LSTMs without
+        projection), made again when the weights change."""
         layers = self._packed_layers()
         bound = self.__dict__.get("_bound")
         if bound is None or bound[0] is not layers:
-            bound = (layers, [_lstm.CellWeights(w, self._hidden_size) for w in layers])
+            bound = (layers, _lstm.CellStack(layers, self._hidden_size))
             self.__dict__["_bound"] = bound
         return bound[1]
+
+    def _one_step(self, input: np.ndarray, hx: Any, layout: int) -> Any:
+        """The compiled one-timestep call (``_lstm.CellStack.step``) on plain
+        arrays, or None when the call needs the general path."""
+        bound = self.__dict__.get("_bound")
+        stack = bound[1] if bound is not None and bound[0] is self._packed else None
+        if stack is None:
+            stack = self._bound_layers()
+        return stack.step(input, hx, get_num_threads(), layout)
 
     # ------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> "_Module":

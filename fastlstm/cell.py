@@ -12,7 +12,7 @@ from fastlstm import _lstm
 from fastlstm._common import check_device, dtype_name, is_torch_tensor, to_numpy
 from fastlstm._module import ArrayLike, RngLike, _Module, _PackedLayer, pack_layer
 from fastlstm._threads import get_num_threads
-from fastlstm.lstm import _MAX_ROWS, _batch_chunks, _check_sizes
+from fastlstm.lstm import _MAX_ROWS, _check_sizes
 
 __all__ = ["LSTMCell"]
 
@@ -222,6 +222,10 @@ class LSTMCell(_Module):
         >>> [a.shape for a in cell(x[0], (h[0], c[0]))]        # unbatched
         [(20,), (20,)]
         """
+        if type(input) is np.ndarray:
+            result = self._one_step(input, hx, 0)
+            if result is not None:
+                return result
         tensor_in = is_torch_tensor(input)
         x = to_numpy(input)
         if x.ndim not in (1, 2):
@@ -296,7 +300,7 @@ class LSTMCell(_Module):
         else:
             h0 = np.ascontiguousarray(states[0], dtype=dt)
             c = np.array(states[1], dtype=dt, order="C", copy=True)  # updated in place
-        threads = get_num_threads()
-        _lstm.cell_step(self._bound_layers()[0], x, h0, c, h, _batch_chunks(batch, 1, threads),
-                        threads, states is None, self._next_order())
+        stack = self._bound_layers()
+        _lstm.cell_step(stack, 0, x, h0, c, h, get_num_threads(), states is None,
+                        stack.next_order())
         return h, c

@@ -78,18 +78,7 @@ def _time_chunk(seq_len: int, batch: int, row_bytes: int) -> int:
     return max(1, min(seq_len, steps))
 
 
-def _batch_chunks(batch: int, n_dirs: int, threads: int) -> int:
-    """How the recurrence shares the work among threads (see ``_lstm.recurrence``).
-
-    Batch chunks (one task per direction and chunk, no synchronisation) while
-    every thread gets at least 4 rows; otherwise 0, the split mode: each
-    direction's hidden units are shared by several threads, which streams
-    each weight matrix once per step in total instead of once per thread.
-    """
-    per_dir = threads // n_dirs
-    if per_dir >= 2 and batch < 4 * per_dir:
-        return 0
-    return max(1, min(batch, per_dir))
+_batch_chunks = _lstm.batch_chunks  # batch chunks of the recurrence, or 0 (split mode)
 
 
 def _as_count(name: str, value: Any) -> int:
@@ -184,6 +173,8 @@ class LSTM(_Module):
     ((5, 3, 20), (2, 3, 20), (2, 3, 20))
     """
 
+    _stackable = False  # set per instance (a module pickled without it keeps the general path)
+
     def __init__(
         self,
         input_size: int,
@@ -249,6 +240,8 @@ class LSTM(_Module):
         d["_dropout"] = float(dropout)
         d["_bidirectional"] = bool(bidirectional)
         d["_proj_size"] = proj_size
+        # One-timestep calls of such stacks can go through _lstm.CellStack.
+        d["_stackable"] = not bidirectional and proj_size == 0
         self._init_module(dtype, rng)
 
     # ------------------------------------------------------------------ config
@@ -449,6 +442,11 @@ class LSTM(_Module):
         >>> rnn(x[:, 0])[0].shape                                # unbatched (L, H_in)
         (5, 40)
         """
+        if (type(input) is np.ndarray and self._stackable
+                and not (self.training and self._dropout > 0)):
+            result = self._one_step(input, hx, 2 if self._batch_first else 1)
+            if result is not None:  # one timestep of plain arrays: done in C
+                return result
         if is_packed_sequence(input):
             return self._forward_packed(input, hx)
         tensor_in = is_torch_tensor(input)
@@ -614,9 +612,11 @@ class LSTM(_Module):
         n_chunks = _batch_chunks(batch, n_dirs, threads)
         if (seq_len == 1 and n_dirs == 1 and self._proj_size == 0 and batch_sizes is None
                 and not (self.training and self._dropout > 0)):
-            for layer, w in enumerate(self._bound_layers()):
-                _lstm.cell_step(w, layer_in, h0[layer], c_n[layer], h_n[layer], n_chunks,
-                                threads, h0_zero, self._next_order())
+            stack = self._bound_layers()
+            order = stack.next_order()
+            for layer in range(self._num_layers):
+                _lstm.cell_step(stack, layer, layer_in, h0[layer], c_n[layer], h_n[layer],
+                                threads, h0_zero, order)
                 layer_in = h_n[layer]
             return h_n[-1].reshape(out_shape).copy(), h_n, c_n
         if batch_sizes is not None:

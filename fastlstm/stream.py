@@ -10,7 +10,7 @@ from fastlstm import _lstm
 from fastlstm._common import to_numpy
 from fastlstm._threads import get_num_threads
 from fastlstm.cell import LSTMCell
-from fastlstm.lstm import _MAX_ROWS, LSTM, _batch_chunks
+from fastlstm.lstm import _MAX_ROWS, LSTM
 
 __all__ = ["Stream"]
 
@@ -90,7 +90,6 @@ class Stream:
         w = module._packed_layers()[0]
         self._gates = np.zeros((n, w.bias.shape[1]), dt)
         self._zero = True  # the state is all zeros: the first step can skip W_hh
-        self._flip = False  # panel order of the next step
         self._plan_layers: Optional[List[Any]] = None  # what _step_plan is bound to
         self._step_plan: Optional[_lstm.StepPlan] = None
 
@@ -181,17 +180,20 @@ class Stream:
         >>> bool(np.allclose(outputs[-1], h, atol=1e-6))
         True
         """
-        x = np.asarray(x)
-        expected = self._x.shape if self._batched else self._x.shape[1:]
-        if x.shape != expected:
-            raise ValueError(f"Stream.step: expected a frame of shape {expected}, got {x.shape}")
-        if x.dtype.kind != "f":
-            raise ValueError(f"Stream.step: frames must be floating point, got {x.dtype}")
-        self._x[...] = x if self._batched else x[None]
-        threads = get_num_threads()
-        # Alternate the panel order from step to step (see _lstm._single_step).
-        flip = self._flip = not self._flip
-        self._plan().step(_batch_chunks(self._n, 1, threads), threads, self._zero, flip)
+        plan = self._plan()
+        # A plain frame of the expected shape is checked and copied in C; any
+        # other is checked and converted here.
+        if not (type(x) is np.ndarray and x.ndim == (2 if self._batched else 1)
+                and plan.step(x, get_num_threads(), self._zero)):
+            x = np.asarray(x)
+            expected = self._x.shape if self._batched else self._x.shape[1:]
+            if x.shape != expected:
+                raise ValueError(
+                    f"Stream.step: expected a frame of shape {expected}, got {x.shape}")
+            if x.dtype.kind != "f":
+                raise ValueError(f"Stream.step: frames must be floating point, got {x.dtype}")
+            self._x[...] = x if self._batched else x[None]
+            plan.step(None, get_num_threads(), self._zero)
         self._zero = False
         out = self._out[-1]
         return out if self._batched else out[0]

@@ -75,6 +75,40 @@ def test_step_returns_a_reused_buffer():
     assert not np.array_equal(kept, second)
 
 
+@pytest.mark.parametrize("kind", ["plain", "float64", "strided", "list", "fortran"])
+@pytest.mark.parametrize("batch", [None, 1, 4])
+def test_every_kind_of_frame(kind, batch):
+    """Plain frames are checked and copied in C, others converted in Python:
+    both give the oracle's answer."""
+    m = fastlstm.LSTM(5, 9, num_layers=2, rng=2)
+    shape = (12, 5) if batch is None else (12, batch, 5)
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    stream = fastlstm.Stream(m, batch)
+    plan_takes = []
+    outs = []
+    for frame in x:
+        if kind == "float64":
+            frame = frame.astype(np.float64)
+        elif kind == "strided":
+            frame = np.repeat(frame, 2, axis=-1)[..., ::2]
+        elif kind == "list":
+            frame = frame.tolist()
+        elif kind == "fortran" and frame.ndim == 2:
+            frame = np.asfortranarray(frame)
+        plan_takes.append(type(frame) is np.ndarray and frame.dtype == np.float32
+                          and frame.flags.c_contiguous)
+        outs.append(stream.step(frame).copy())
+    ref, (ref_h, ref_c) = reference_forward(m, x)
+    assert np.abs(np.stack(outs) - ref).max() <= 2e-6
+    assert np.abs(stream.h - ref_h).max() <= 2e-6 and np.abs(stream.c - ref_c).max() <= 2e-6
+    assert all(plan_takes) == (kind == "plain" or (kind == "fortran" and batch in (None, 1)))
+    # The plan itself refuses what it cannot copy as it is.
+    plan = stream._plan()
+    assert plan.step(np.zeros((batch or 1, 5), np.float32), 1, False) is True
+    assert plan.step(np.zeros((batch or 1, 6), np.float32), 1, False) is False
+    assert plan.step(np.zeros((batch or 1) * 5, np.float64), 1, False) is False
+
+
 def test_errors():
     with pytest.raises(ValueError, match="unidirectional"):
         fastlstm.Stream(fastlstm.LSTM(3, 4, bidirectional=True))

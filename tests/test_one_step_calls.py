@@ -1,0 +1,185 @@
+"""The compiled one-step call (``_lstm.CellStack.step``): LSTMCell steps and
+one-timestep LSTM calls on plain ndarrays are checked, allocated and run in C.
+
+It must take exactly the calls it can do (C-contiguous ndarrays of the
+module's dtype and the expected shapes), hand every other call back to the
+general path (which casts, copies, converts tensors and raises torch's
+errors), and give the NumPy oracle's answer either way.
+"""
+
+import numpy as np
+import pytest
+from _reference import reference_forward
+
+import fastlstm
+
+TOL = {np.float32: 2e-6, np.float64: 1e-12}
+
+
+def _cell_reference(cell, x, hx):
+    """The cell's step through the LSTM oracle: one layer, one timestep."""
+    params = {k + "_l0": v for k, v in cell.state_dict().items()}
+    rnn = fastlstm.LSTM(cell.input_size, cell.hidden_size, bias=cell.bias, dtype=cell.dtype)
+    rnn.load_state_dict(params)
+    batched = x.ndim == 2
+    xs = x[None] if batched else x[None, None]
+    states = None
+    if hx is not None:
+        states = tuple(np.asarray(s)[None] if batched else np.asarray(s)[None, None]
+                       for s in hx)
+    _, (h_n, c_n) = reference_forward(rnn, xs, states)
+    return (h_n[0], c_n[0]) if batched else (h_n[0, 0], c_n[0, 0])
+
+
+def _close(got, want, dtype):
+    assert got.shape == want.shape
+    assert np.max(np.abs(np.asarray(got, np.float64) - want), initial=0.0) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [None, 1, 3, 70])  # None: unbatched; 70 rows: heap gates
+@pytest.mark.parametrize("with_hx", [False, True])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_cell_compiled_path(dtype, batch, with_hx, n_threads):
+    rng = np.random.default_rng(7)
+    cell = fastlstm.LSTMCell(12, 40, dtype=dtype, rng=1)
+    shape = (12,) if batch is None else (batch, 12)
+    sshape = (40,) if batch is None else (batch, 40)
+    x = rng.standard_normal(shape).astype(dtype)
+    hx = (rng.standard_normal(sshape).astype(dtype), rng.standard_normal(sshape).astype(dtype))
+    hx = hx if with_hx else None
+    kept = None if hx is None else (hx[0].copy(), hx[1].copy())
+    assert cell._bound_layers().step(x, hx, n_threads, 0) is not None  # takes this call
+    want = _cell_reference(cell, x, hx)
+    fastlstm.set_num_threads(n_threads)
+    try:
+        for _ in range(3):  # the panel order alternates from call to call
+            h, c = cell(x, hx)
+            for got, exp in zip((h, c), want):
+                _close(got, exp, dtype)
+                assert got.dtype == dtype and got.flags.writeable and got.flags.c_contiguous
+    finally:
+        fastlstm.set_num_threads(None)
+    if kept is not None:  # the caller's state is left alone
+        assert np.array_equal(hx[0], kept[0]) and np.array_equal(hx[1], kept[1])
+        assert not np.shares_memory(c, hx[1]) and not np.shares_memory(h, hx[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout, batch", [("time_major", 1), ("time_major", 5),
+                                           ("batch_first", 1), ("batch_first", 5),
+                                           ("unbatched", 1)])
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_lstm_compiled_path(dtype, layout, batch, layers, with_hx):
+    rng = np.random.default_rng(layers * 10 + batch)
+    rnn = fastlstm.LSTM(9, 33, num_layers=layers, batch_first=layout == "batch_first",
+                        dtype=dtype, rng=2)
+    if layout == "unbatched":
+        x, sshape = rng.standard_normal((1, 9)), (layers, 33)
+    else:
+        x = rng.standard_normal((batch, 1, 9) if layout == "batch_first" else (1, batch, 9))
+        sshape = (layers, batch, 33)
+    x = x.astype(dtype)
+    hx = tuple(rng.standard_normal(sshape).astype(dtype) for _ in range(2)) if with_hx else None
+    assert rnn._one_step(x, hx, 2 if layout == "batch_first" else 1) is not None
+    out_want, (h_want, c_want) = reference_forward(rnn, x, hx)
+    for _ in range(2):
+        out, (h_n, c_n) = rnn(x, hx)
+        _close(out, out_want, dtype)
+        _close(h_n, h_want, dtype)
+        _close(c_n, c_want, dtype)
+    assert not np.shares_memory(out, h_n)  # the output is its own array, as torch's
+
+
+def _noncontiguous(a):
+    b = np.empty(a.shape + (2,), a.dtype)
+    b[..., 0] = a
+    return b[..., 0]
+
+
+class _Sub(np.ndarray):
+    pass
+
+
+@pytest.mark.parametrize("case", [
+    "float64 input", "strided input", "strided state", "subclass", "list hx",
+    "int input", "big-endian", "wrong batch", "wrong features", "3-D state", "empty batch",
+])
+def test_cell_other_calls_take_the_general_path(case):
+    """Calls the compiled path declines still work (or raise torch's error)."""
+    rng = np.random.default_rng(3)
+    cell = fastlstm.LSTMCell(6, 10, rng=4)
+    x = rng.standard_normal((2, 6)).astype(np.float32)
+    h = rng.standard_normal((2, 10)).astype(np.float32)
+    c = rng.standard_normal((2, 10)).astype(np.float32)
+    hx = (h, c)
+    error = None
+    if case == "float64 input":
+        x = x.astype(np.float64)
+    elif case == "strided input":
+        x = _noncontiguous(x)
+    elif case == "strided state":
+        hx = (h, _noncontiguous(c))
+    elif case == "subclass":
+        x = x.view(_Sub)
+    elif case == "list hx":
+        hx = [h, c]
+    elif case == "int input":
+        x, error = x.astype(np.int64), RuntimeError
+    elif case == "big-endian":
+        x = x.astype(">f4")
+    elif case == "wrong batch":
+        hx, error = (h[:1], c[:1]), RuntimeError
+    elif case == "wrong features":
+        x, error = x[:, :5].copy(), RuntimeError
+    elif case == "3-D state":
+        hx, error = (h[None], c[None]), ValueError
+    elif case == "empty batch":
+        x, hx = x[:0], (h[:0], c[:0])
+    assert cell._bound_layers().step(x, hx, 1, 0) is None
+    if error is not None:
+        with pytest.raises(error):
+            cell(x, hx)
+        return
+    got = cell(x, hx)
+    plain = (np.ascontiguousarray(x, np.float32),
+             tuple(np.ascontiguousarray(s, np.float32) for s in hx))
+    want = _cell_reference(cell, *plain)
+    for g, w in zip(got, want):
+        _close(g, w, np.float32)
+
+
+def test_lstm_calls_the_compiled_path_declines():
+    rng = np.random.default_rng(5)
+    rnn = fastlstm.LSTM(4, 8, num_layers=2, rng=6)
+    x1 = rng.standard_normal((1, 3, 4)).astype(np.float32)
+    step = rnn._bound_layers().step
+    assert step(rng.standard_normal((2, 3, 4)).astype(np.float32), None, 1, 1) is None  # L=2
+    assert step(x1, (np.zeros((1, 3, 8), np.float32),) * 2, 1, 1) is None  # 1 layer of 2
+    assert step(x1, None, 1, 2) is None  # batch-first reading of (1, 3, 4): L=3
+    # Bidirectional, projected and training-with-dropout modules never take it.
+    for kwargs in (dict(bidirectional=True), dict(proj_size=3)):
+        mod = fastlstm.LSTM(4, 8, rng=6, **kwargs)
+        assert not mod._stackable
+        out, _ = mod(x1)
+        _close(out, reference_forward(mod, x1)[0], np.float32)
+    # With dropout 1 in training mode, layer 1 sees zeros: the general path ran.
+    drop = fastlstm.LSTM(4, 8, num_layers=2, dropout=1.0, rng=6).train()
+    top = fastlstm.LSTM(8, 8, rng=0)
+    top.load_state_dict({k.replace("_l1", "_l0"): v for k, v in drop.state_dict().items()
+                         if k.endswith("_l1")})
+    out, _ = drop(x1)
+    _close(out, reference_forward(top, np.zeros((1, 3, 8), np.float32))[0], np.float32)
+    _close(drop.eval()(x1)[0], reference_forward(drop, x1)[0], np.float32)  # now compiled
+
+
+def test_compiled_path_follows_new_weights():
+    rng = np.random.default_rng(8)
+    cell = fastlstm.LSTMCell(5, 7, rng=0)
+    x = rng.standard_normal((1, 5)).astype(np.float32)
+    before = cell(x)[0]
+    cell.load_state_dict({k: v * 2 for k, v in cell.state_dict().items()})
+    after = cell(x)[0]
+    assert not np.allclose(before, after)
+    _close(after, _cell_reference(cell, x, None)[0], np.float32)
