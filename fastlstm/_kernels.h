@@ -302,14 +302,16 @@ FL_INLINE void fl_gates_##S##_##ISA(const REAL *g, const REAL *b, REAL *c, REAL 
 /* One timestep for M rows and the hidden units of panels [p_lo, p_hi):             \
  * G (gates, interleaved, holding the input projection) += A (h_{t-1}, M x K)       \
  * @ W_hh^T, then the gate math straight after each panel's product: c (M x H,      \
- * row stride ldc) is updated in place and h (row stride ldh) written. */           \
+ * row stride ldc) is updated in place and h (row stride ldh) written.  With        \
+ * `reverse` the panels run last to first. */                                       \
 FL_TGT_##ISA static void fl_lstm_step_##S##_##ISA(int M, int K, int H,             \
         const REAL *A, ptrdiff_t lda, const REAL *BP, REAL *G, ptrdiff_t ldg,       \
         const REAL *bias, REAL *C, ptrdiff_t ldc, REAL *Hout, ptrdiff_t ldh,        \
-        int p_lo, int p_hi)                                                         \
+        int p_lo, int p_hi, int reverse)                                            \
 {                                                                                   \
     enum { PW = fl_pw_##S##_##ISA, U = fl_pw_##S##_##ISA / 4 };                     \
-    for (int p = p_lo; p < p_hi; p++) {                                             \
+    for (int i = p_lo; i < p_hi; i++) {                                             \
+        const int p = reverse ? p_hi - 1 - (i - p_lo) : i;                          \
         const REAL *P = BP + (ptrdiff_t)p * K * PW;                                 \
         const int n = H - p * U < U ? H - p * U : U;                                \
         for (int k0 = 0; k0 < K; k0 += FL_KC) {                                     \
@@ -361,10 +363,11 @@ static void fl_matmul_##S(int level, int beta, int M, int N, int K, const REAL *
 }                                                                                   \
 static void fl_lstm_step_##S(int level, int M, int K, int H, const REAL *A,         \
         ptrdiff_t lda, const REAL *BP, REAL *G, ptrdiff_t ldg, const REAL *bias,    \
-        REAL *C, ptrdiff_t ldc, REAL *Hout, ptrdiff_t ldh, int p_lo, int p_hi)      \
+        REAL *C, ptrdiff_t ldc, REAL *Hout, ptrdiff_t ldh, int p_lo, int p_hi,      \
+        int reverse)                                                                \
 {                                                                                   \
-    FL_DISPATCH(level, fl_lstm_step, S,                                             \
-                (M, K, H, A, lda, BP, G, ldg, bias, C, ldc, Hout, ldh, p_lo, p_hi)); \
+    FL_DISPATCH(level, fl_lstm_step, S, (M, K, H, A, lda, BP, G, ldg, bias, C, ldc, \
+                                         Hout, ldh, p_lo, p_hi, reverse));          \
 }                                                                                   \
 static void fl_act_##S(int level, ptrdiff_t n, const REAL *x, REAL *y, int sigmoid) \
 {                                                                                   \

@@ -56,11 +56,11 @@ cdef extern from "_kernels.h" nogil:
     void fl_lstm_step_f(int level, int M, int K, int H, const float *A, Py_ssize_t lda,
                         const float *BP, float *G, Py_ssize_t ldg, const float *bias,
                         float *C, Py_ssize_t ldc, float *Hout, Py_ssize_t ldh,
-                        int p_lo, int p_hi) noexcept
+                        int p_lo, int p_hi, int reverse) noexcept
     void fl_lstm_step_d(int level, int M, int K, int H, const double *A, Py_ssize_t lda,
                         const double *BP, double *G, Py_ssize_t ldg, const double *bias,
                         double *C, Py_ssize_t ldc, double *Hout, Py_ssize_t ldh,
-                        int p_lo, int p_hi) noexcept
+                        int p_lo, int p_hi, int reverse) noexcept
     void fl_act_f(int level, Py_ssize_t n, const float *x, float *y, int sigmoid) noexcept
     void fl_act_d(int level, Py_ssize_t n, const double *x, double *y, int sigmoid) noexcept
 
@@ -135,13 +135,14 @@ cdef inline void _matmul(bint beta, int m, int n, int k, const floating *a, Py_s
 cdef inline void _lstm_step(int m, int k, int hidden, const floating *a, Py_ssize_t lda,
                             const floating *bp, floating *g, Py_ssize_t ldg,
                             const floating *bias, floating *c, Py_ssize_t ldc,
-                            floating *h, Py_ssize_t ldh, int p_lo, int p_hi) noexcept nogil:
+                            floating *h, Py_ssize_t ldh, int p_lo, int p_hi,
+                            bint reverse=False) noexcept nogil:
     if floating is float:
         fl_lstm_step_f(_level, m, k, hidden, a, lda, bp, g, ldg, bias, c, ldc, h, ldh,
-                       p_lo, p_hi)
+                       p_lo, p_hi, reverse)
     else:
         fl_lstm_step_d(_level, m, k, hidden, a, lda, bp, g, ldg, bias, c, ldc, h, ldh,
-                       p_lo, p_hi)
+                       p_lo, p_hi, reverse)
 
 
 def _activation_for_tests(const floating[::1] x, floating[::1] y, bint sigmoid):
@@ -276,14 +277,17 @@ cdef void _steps(
                 hprev = out + (offs[tp] + n_lo) * o_ld
         o_t = o_t + d * out_size
         dst = hc_d if has_proj else o_t
+        # Odd steps run the panels last to first: the weights read last by a
+        # step, still in the cache, are the first the next one reads (a
+        # thread's W_hh share about fills its L2 at H = 256).
         if n_cont > 0:
             _lstm_step(n_cont, out_size, hidden, hprev + d * out_size, o_ld, w_hh_d, g_t,
-                       gb_ld, b_d, c_d, hidden, dst, dst_ld, p_lo, p_hi)
+                       gb_ld, b_d, c_d, hidden, dst, dst_ld, p_lo, p_hi, s & 1)
         if m > n_cont:  # rows starting from the initial state
             _lstm_step(m - n_cont, 0 if h0_zero else out_size, hidden,
                        h0_d + <Py_ssize_t>n_cont * out_size, out_size, w_hh_d,
                        g_t + n_cont * gb_ld, gb_ld, b_d, c_d + <Py_ssize_t>n_cont * hidden,
-                       hidden, dst + n_cont * dst_ld, dst_ld, p_lo, p_hi)
+                       hidden, dst + n_cont * dst_ld, dst_ld, p_lo, p_hi, s & 1)
         if has_proj:
             if sync:
                 fl_omp_barrier()
