@@ -933,11 +933,14 @@ cdef class CellStack:
     def __dealloc__(self):
         PyMem_Free(self.layers)
 
+    cdef inline bint _next_order(self) noexcept:
+        self.flip = not self.flip
+        return self.flip
+
     def next_order(self):
         """Panel order of the next one-step call: it alternates from call to
         call (see ``_single_step``); a race between threads only costs cache hits."""
-        self.flip = not self.flip
-        return bool(self.flip)
+        return self._next_order()
 
     def step(self, x, hx, int num_threads, int layout):
         """A whole one-step call on plain arrays, or None when the call needs
@@ -1039,8 +1042,7 @@ cdef class CellStack:
         else:
             h0_ptr = cnp.PyArray_DATA(<cnp.ndarray>h0)
             memcpy(c_ptr, cnp.PyArray_DATA(<cnp.ndarray>c0), state_bytes)
-        self.flip = not self.flip
-        order = self.flip
+        order = self._next_order()
         gates = <void *>stack_gates
         gate_bytes = <size_t>batch * self.layers[0].n_panels * FL_PANEL_BYTES
         if gate_bytes > sizeof(stack_gates):

@@ -534,9 +534,9 @@ class _Module:
         """The packed layers bound for one-timestep calls (``_lstm.CellStack``:
         LSTMCell calls, and one-step calls of unidirectional LSTMs without
         projection), made again when the weights change."""
-        layers = self._packed_layers()
         bound = self.__dict__.get("_bound")
-        if bound is None or bound[0] is not layers:
+        if bound is None or bound[0] is not self._packed:  # also when not packed yet
+            layers = self._packed_layers()
             bound = (layers, _lstm.CellStack(layers, self._hidden_size))
             self.__dict__["_bound"] = bound
         return bound[1]
@@ -544,11 +544,7 @@ class _Module:
     def _one_step(self, input: np.ndarray, hx: Any, layout: int) -> Any:
         """The compiled one-timestep call (``_lstm.CellStack.step``) on plain
         arrays, or None when the call needs the general path."""
-        bound = self.__dict__.get("_bound")
-        stack = bound[1] if bound is not None and bound[0] is self._packed else None
-        if stack is None:
-            stack = self._bound_layers()
-        return stack.step(input, hx, get_num_threads(), layout)
+        return self._bound_layers().step(input, hx, get_num_threads(), layout)
 
     # ------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> "_Module":
