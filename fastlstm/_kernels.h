@@ -15,7 +15,8 @@
  *
  * Every kernel is compiled three times, for AVX-512 (F/VL/BW/DQ), AVX2+FMA
  * and baseline x86-64, from one source through GCC's portable vector
- * extensions and target attributes; fl_cpu_level() picks one at run time.
+ * extensions and target attributes (intrinsics only for MIN/MAX and the
+ * AVX-512 reciprocal); fl_cpu_level() picks one at run time.
  * float and double share the same source too.
  */
 #ifndef FASTLSTM_KERNELS_H
@@ -90,77 +91,133 @@ typedef double fl_d32b_u __attribute__((vector_size(32), aligned(8)));
 typedef double fl_d16b __attribute__((vector_size(16)));
 typedef double fl_d16b_u __attribute__((vector_size(16), aligned(8)));
 
+/* Integer vectors of the same sizes, for comparisons and bit operations. */
+typedef int fl_i64b __attribute__((vector_size(64)));
+typedef int fl_i32b __attribute__((vector_size(32)));
+typedef int fl_i16b __attribute__((vector_size(16)));
+typedef long long fl_l64b __attribute__((vector_size(64)));
+typedef long long fl_l32b __attribute__((vector_size(32)));
+typedef long long fl_l16b __attribute__((vector_size(16)));
+
+/* m ? a : b per element (m from a vector comparison: all bits set or clear). */
+#define FL_SEL(IV, m, a, b) ((__typeof__(a))(((IV)(a) & (m)) | ((IV)(b) & ~(m))))
+
 /* ------------------------------------------------------------------------
- * Activations.  sigmoid(x) = 0.5 + 0.5*tanh(x/2), so one tanh serves all
- * gates.
+ * Activations, on whole vectors.  sigmoid(x) = 0.5 + 0.5*tanh(x/2), so one
+ * tanh serves all gates.
  *
  * float: tanh is a rational function x*P(s)/Q(s), s = (x/9)^2, on x clamped
- * to [-9, 9] (tanh rounds to +-1 in float32 beyond), so loops over it
- * vectorise with no calls and no branches.  The coefficients are a weighted
- * least-squares fit (docs/fit_tanh.py); the maximum absolute error over all
- * float32 inputs is 3.1e-7 for tanh and 1.7e-7 for sigmoid with FMA (AVX2,
- * AVX-512), 3.6e-7 and 2.2e-7 without (tests/test_kernels.py checks every
- * level the CPU has); results stay within [-1, 1].  NaN stays NaN; +-inf
- * gives +-1.
- * ------------------------------------------------------------------------ */
-FL_INLINE float fl_tanh_f(float x)
-{
-    x = x < -9.0f ? -9.0f : (x > 9.0f ? 9.0f : x);
-    const float s = (x * x) * (1.0f / 81.0f);
-    const float p = 0.9999999403953552f + s * (10.594123840332031f + s * (20.33028221130371f
-                  + s * (5.899973392486572f + s * (-0.8622098565101624f
-                  + s * (0.18105918169021606f + s * -0.02341737598180771f)))));
-    const float q = 1.0f + s * (37.594112396240234f + s * (160.57240295410156f
-                  + s * 134.91180419921875f));
-    const float t = x * p / q;
-    /* The fit overshoots 1 by an ulp near the clamp: keep |tanh| <= 1, so that
-     * sigmoid stays in [0, 1].  NaN passes through (comparisons are false). */
-    return t > 1.0f ? 1.0f : (t < -1.0f ? -1.0f : t);
-}
-
-/* double: tanh(x) = sign(x) * (1 - 2 / (exp(2|x|) + 1)), |x| clamped to 20
+ * to [-9, 9] (tanh rounds to +-1 in float32 beyond): no calls, no branches.
+ * The coefficients are a weighted least-squares fit (docs/fit_tanh.py).
+ * With AVX-512 the division is a reciprocal estimate (VRCP14PS, 14 bits)
+ * refined by one residual step, t = t0 + r*(a - q*t0), within an ulp of the
+ * quotient and several times cheaper than VDIVPS, which bounded the gate
+ * math.  Maximum absolute error over every float32 input: 3.4e-7 for tanh and
+ * 1.8e-7 for sigmoid with FMA (AVX2, AVX-512), 3.8e-7 and 2.2e-7 without
+ * (tests/test_kernels.py checks every level the CPU has); results stay
+ * within [-1, 1].  NaN stays NaN; +-inf gives +-1.
+ *
+ * double: tanh(x) = sign(x) * (1 - 2 / (exp(2|x|) + 1)), |x| clamped to 20
  * (tanh rounds to 1 in double beyond 19.1).  exp(y) = 2^n * exp(r) with n =
  * round(y / ln 2), r = y - n ln 2 in two parts (|r| <= ln2/2), exp(r) by its
  * Taylor series to r^12 (truncation below 2e-16), and 2^n added to the
  * exponent bits; the rounding uses the 1.5 * 2^52 shift, so no float-to-int
- * conversion is needed and the loop vectorises.  Maximum absolute error of
- * tanh and sigmoid over double inputs: 4e-16 (tests/test_kernels.py). */
-FL_INLINE double fl_exp_small_d(double y)  /* 0 <= y <= 40 */
+ * conversion is needed.  Maximum absolute error of tanh and sigmoid over
+ * double inputs: 4e-16 (tests/test_kernels.py).
+ * ------------------------------------------------------------------------ */
+/* Per level: a / q for float (with AVX-512 through a reciprocal estimate, see
+ * above), and lo <= x <= hi clamps that keep a NaN x (x86 MIN/MAX return their
+ * second operand when either is NaN, so x goes second). */
+#if FL_X86
+#include <immintrin.h>
+FL_TGT_avx512 FL_INLINE fl_f64b fl_div_f_avx512(fl_f64b a, fl_f64b q)
 {
-    const double shift = 6755399441055744.0;  /* 1.5 * 2^52 */
-    const double t = y * 1.4426950408889634 + shift;
-    const double n = t - shift;
-    const double r = (y - n * 0.6931471803691238) - n * 1.9082149292705877e-10;
-    double p = 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    unsigned long long tb, pb;
-    __builtin_memcpy(&tb, &t, 8);
-    __builtin_memcpy(&pb, &p, 8);
-    pb += tb << 52;
-    __builtin_memcpy(&p, &pb, 8);
-    return p;
+    const __m512 r = _mm512_rcp14_ps((__m512)q);
+    const __m512 t = _mm512_mul_ps((__m512)a, r);
+    /* t - r*(q*t - a) rather than t + r*(a - q*t): the same value, and -0 stays -0. */
+    return (fl_f64b)_mm512_fnmadd_ps(r, _mm512_fmsub_ps((__m512)q, t, (__m512)a), t);
+}
+#define FL_CLAMP_f_avx512(x, lo, hi) \
+    ((fl_f64b)_mm512_min_ps((__m512)(hi), _mm512_max_ps((__m512)(lo), (__m512)(x))))
+#define FL_CLAMP_f_avx2(x, lo, hi) \
+    ((fl_f32b)_mm256_min_ps((__m256)(hi), _mm256_max_ps((__m256)(lo), (__m256)(x))))
+#define FL_CLAMP_f_portable(x, lo, hi) \
+    ((fl_f16b)_mm_min_ps((__m128)(hi), _mm_max_ps((__m128)(lo), (__m128)(x))))
+#define FL_MIN_d_avx512(a, x) ((fl_d64b)_mm512_min_pd((__m512d)(a), (__m512d)(x)))
+#define FL_MIN_d_avx2(a, x) ((fl_d32b)_mm256_min_pd((__m256d)(a), (__m256d)(x)))
+#define FL_MIN_d_portable(a, x) ((fl_d16b)_mm_min_pd((__m128d)(a), (__m128d)(x)))
+#else
+FL_INLINE fl_f64b fl_div_f_avx512(fl_f64b a, fl_f64b q) { return a / q; }
+#define FL_CLAMP_GENERIC(IV, x, lo, hi) \
+    FL_SEL(IV, (x) > (hi), (hi), FL_SEL(IV, (x) < (lo), (lo), (x)))
+#define FL_CLAMP_f_avx512(x, lo, hi) FL_CLAMP_GENERIC(fl_i64b, x, lo, hi)
+#define FL_CLAMP_f_avx2(x, lo, hi) FL_CLAMP_GENERIC(fl_i32b, x, lo, hi)
+#define FL_CLAMP_f_portable(x, lo, hi) FL_CLAMP_GENERIC(fl_i16b, x, lo, hi)
+#define FL_MIN_d_avx512(a, x) FL_SEL(fl_l64b, (x) < (a), (x), (a))
+#define FL_MIN_d_avx2(a, x) FL_SEL(fl_l32b, (x) < (a), (x), (a))
+#define FL_MIN_d_portable(a, x) FL_SEL(fl_l16b, (x) < (a), (x), (a))
+#endif
+FL_TGT_avx2 FL_INLINE fl_f32b fl_div_f_avx2(fl_f32b a, fl_f32b q) { return a / q; }
+FL_INLINE fl_f16b fl_div_f_portable(fl_f16b a, fl_f16b q) { return a / q; }
+
+#define FL_DEFINE_ACT(ISA, VF, IVF, VD, IVD)                                        \
+/* k*tanh(k*x) for k = 1 or 1/2: with k = 1/2 every constant is scaled by a     \
+ * power of two, so the result is exactly half of tanh(x/2), one multiply less. */  \
+FL_TGT_##ISA FL_INLINE VF fl_ktanh_f_##ISA(VF x, const float k)                     \
+{                                                                                   \
+    x = FL_CLAMP_f_##ISA(x, (VF){} - 9.0f / k, (VF){} + 9.0f / k);  /* NaN stays */ \
+    const VF s = (x * x) * ((1.0f / 81.0f) * k * k);                                \
+    const float k2 = k * k;                                                         \
+    const VF p = k2 * 0.9999999403953552f + s * (k2 * 10.594123840332031f           \
+               + s * (k2 * 20.33028221130371f + s * (k2 * 5.899973392486572f        \
+               + s * (k2 * -0.8622098565101624f + s * (k2 * 0.18105918169021606f    \
+               + s * (k2 * -0.02341737598180771f))))));                             \
+    const VF q = 1.0f + s * (37.594112396240234f + s * (160.57240295410156f          \
+               + s * 134.91180419921875f));                                         \
+    /* The fit overshoots 1 by an ulp near the clamp: keep |tanh| <= 1, so that     \
+     * sigmoid stays in [0, 1]. */                                                  \
+    return FL_CLAMP_f_##ISA(fl_div_f_##ISA(x * p, q), (VF){} - k, (VF){} + k);      \
+}                                                                                   \
+FL_TGT_##ISA FL_INLINE VF fl_tanh_f_##ISA(VF x) { return fl_ktanh_f_##ISA(x, 1.0f); } \
+FL_TGT_##ISA FL_INLINE VF fl_sigmoid_f_##ISA(VF x)                                  \
+{                                                                                   \
+    return 0.5f + fl_ktanh_f_##ISA(x, 0.5f);                                        \
+}                                                                                   \
+FL_TGT_##ISA FL_INLINE VD fl_tanh_d_##ISA(VD x)                                     \
+{                                                                                   \
+    const IVD sign = (IVD){} + (long long)0x8000000000000000ULL;                    \
+    const VD a = (VD)((IVD)x & ~sign), lim = (VD){} + 20.0;                         \
+    const VD y = 2.0 * FL_MIN_d_##ISA(lim, a);  /* NaN stays NaN (restored below) */ \
+    const VD shift = (VD){} + 6755399441055744.0;  /* 1.5 * 2^52 */                 \
+    const VD t = y * 1.4426950408889634 + shift;                                    \
+    const VD n = t - shift;                                                         \
+    const VD r = (y - n * 0.6931471803691238) - n * 1.9082149292705877e-10;         \
+    VD p = (VD){} + 1.0 / 479001600.0;                                              \
+    p = p * r + 1.0 / 39916800.0;                                                   \
+    p = p * r + 1.0 / 3628800.0;                                                    \
+    p = p * r + 1.0 / 362880.0;                                                     \
+    p = p * r + 1.0 / 40320.0;                                                      \
+    p = p * r + 1.0 / 5040.0;                                                       \
+    p = p * r + 1.0 / 720.0;                                                        \
+    p = p * r + 1.0 / 120.0;                                                        \
+    p = p * r + 1.0 / 24.0;                                                         \
+    p = p * r + 1.0 / 6.0;                                                          \
+    p = p * r + 0.5;                                                                \
+    p = p * r + 1.0;                                                                \
+    p = p * r + 1.0;                                                                \
+    const VD e = (VD)((IVD)p + ((IVD)t << 52));                                     \
+    const VD m = 1.0 - 2.0 / (e + 1.0);                                             \
+    /* sign(x) restored (tanh(-0) = -0); NaN passed through. */                     \
+    return FL_SEL(IVD, x != x, x, (VD)((IVD)m | ((IVD)x & sign)));                  \
+}                                                                                   \
+FL_TGT_##ISA FL_INLINE VD fl_sigmoid_d_##ISA(VD x)                                  \
+{                                                                                   \
+    return 0.5 + 0.5 * fl_tanh_d_##ISA(0.5 * x);                                    \
 }
 
-FL_INLINE double fl_tanh_d(double x)
-{
-    const double a = x < 0 ? -x : x;
-    const double e = fl_exp_small_d(2.0 * (a < 20.0 ? a : 20.0));
-    const double m = 1.0 - 2.0 / (e + 1.0);
-    /* NaN: a < 20.0 is false, so a NaN would be replaced by 20; keep it.
-     * copysign keeps tanh(-0) = -0. */
-    return x != x ? x : __builtin_copysign(m, x);
-}
+FL_DEFINE_ACT(avx512, fl_f64b, fl_i64b, fl_d64b, fl_l64b)
+FL_DEFINE_ACT(avx2, fl_f32b, fl_i32b, fl_d32b, fl_l32b)
+FL_DEFINE_ACT(portable, fl_f16b, fl_i16b, fl_d16b, fl_l16b)
 
 /* ------------------------------------------------------------------------
  * One register block of a product: R rows by NV vectors of columns of one
@@ -271,32 +328,40 @@ FL_TGT_##ISA static void fl_matmul_##S##_##ISA(int beta, int M, int N, int K,   
     } while (k0 < K);                                                               \
 }                                                                                   \
                                                                                     \
-/* Gate math for U units of one row; `n` of them are real (n <= U).  g holds        \
- * the interleaved pre-activations [i(U) f(U) g(U) o(U)], b the bias alike.         \
- * A full panel takes the loop with the constant bound, which vectorises. */        \
-FL_INLINE void fl_unit_##S##_##ISA(const REAL *g, const REAL *b, REAL *c, REAL *h,  \
-                                   int u)                                           \
+/* Gate math for the U units of one row of a panel: g holds the interleaved   \
+ * pre-activations [i(U) f(U) g(U) o(U)], b the bias alike; c (U) is updated  \
+ * in place and h (U) written. */                                                   \
+FL_TGT_##ISA FL_INLINE void fl_gates_##S##_##ISA(const REAL *g, const REAL *b, REAL *c, REAL *h) \
 {                                                                                   \
-    enum { U = fl_pw_##S##_##ISA / 4 };                                             \
-    const REAL half = (REAL)0.5;                                                    \
-    const REAL i_t = half + half * fl_tanh_##S(half * (g[u] + b[u]));               \
-    const REAL f_t = half + half * fl_tanh_##S(half * (g[U + u] + b[U + u]));       \
-    const REAL g_t = fl_tanh_##S(g[2 * U + u] + b[2 * U + u]);                      \
-    const REAL o_t = half + half * fl_tanh_##S(half * (g[3 * U + u] + b[3 * U + u])); \
-    const REAL c_t = f_t * c[u] + i_t * g_t;                                        \
-    c[u] = c_t;                                                                     \
-    h[u] = o_t * fl_tanh_##S(c_t);                                                  \
+    enum { U = fl_pw_##S##_##ISA / 4, W = (int)(sizeof(V) / sizeof(REAL)) };        \
+    for (int j = 0; j < U; j += W) {                                                \
+        const V zi = *(const VU *)(g + j) + *(const VU *)(b + j);                   \
+        const V zf = *(const VU *)(g + U + j) + *(const VU *)(b + U + j);           \
+        const V zg = *(const VU *)(g + 2 * U + j) + *(const VU *)(b + 2 * U + j);   \
+        const V zo = *(const VU *)(g + 3 * U + j) + *(const VU *)(b + 3 * U + j);   \
+        const V i_t = fl_sigmoid_##S##_##ISA(zi);                 \
+        const V f_t = fl_sigmoid_##S##_##ISA(zf);                 \
+        const V g_t = fl_tanh_##S##_##ISA(zg);                                      \
+        const V o_t = fl_sigmoid_##S##_##ISA(zo);                 \
+        const V c_t = f_t * *(const VU *)(c + j) + i_t * g_t;                       \
+        *(VU *)(c + j) = c_t;                                                       \
+        *(VU *)(h + j) = o_t * fl_tanh_##S##_##ISA(c_t);                            \
+    }                                                                               \
 }                                                                                   \
-FL_INLINE void fl_gates_##S##_##ISA(const REAL *g, const REAL *b, REAL *c, REAL *h, \
-                                    int n)                                          \
+/* The same for the first n < U units (the last panel of a hidden size that is     \
+ * not a multiple of U), through buffers: g and b always hold whole panels. */      \
+FL_TGT_##ISA FL_INLINE void fl_gates_part_##S##_##ISA(const REAL *g, const REAL *b, REAL *c,     \
+                                         REAL *h, int n)                            \
 {                                                                                   \
     enum { U = fl_pw_##S##_##ISA / 4 };                                             \
-    if (n == U)                                                                     \
-        for (int u = 0; u < U; u++)                                                 \
-            fl_unit_##S##_##ISA(g, b, c, h, u);                                     \
-    else                                                                            \
-        for (int u = 0; u < n; u++)                                                 \
-            fl_unit_##S##_##ISA(g, b, c, h, u);                                     \
+    REAL cb[U], hb[U];                                                              \
+    for (int u = 0; u < U; u++)                                                     \
+        cb[u] = u < n ? c[u] : (REAL)0;                                             \
+    fl_gates_##S##_##ISA(g, b, cb, hb);                                             \
+    for (int u = 0; u < n; u++) {                                                   \
+        c[u] = cb[u];                                                               \
+        h[u] = hb[u];                                                               \
+    }                                                                               \
 }                                                                                   \
                                                                                     \
 /* One timestep for M rows and the hidden units of panels [p_lo, p_hi):             \
@@ -324,9 +389,14 @@ FL_TGT_##ISA static void fl_lstm_step_##S##_##ISA(int M, int K, int H,          
                 m += R;                                                             \
             }                                                                       \
         }                                                                           \
-        for (int m = 0; m < M; m++)                                                 \
-            fl_gates_##S##_##ISA(G + m * ldg + p * PW, bias + p * PW,               \
-                                 C + m * ldc + p * U, Hout + m * ldh + p * U, n);   \
+        for (int m = 0; m < M; m++) {                                               \
+            const REAL *g = G + m * ldg + p * PW, *b = bias + p * PW;               \
+            if (n == U)                                                             \
+                fl_gates_##S##_##ISA(g, b, C + m * ldc + p * U, Hout + m * ldh + p * U); \
+            else                                                                    \
+                fl_gates_part_##S##_##ISA(g, b, C + m * ldc + p * U,                \
+                                          Hout + m * ldh + p * U, n);               \
+        }                                                                           \
     }                                                                               \
 }                                                                                   \
                                                                                     \
@@ -334,9 +404,17 @@ FL_TGT_##ISA static void fl_lstm_step_##S##_##ISA(int M, int K, int H,          
 FL_TGT_##ISA static void fl_act_##S##_##ISA(ptrdiff_t n, const REAL *x, REAL *y,    \
                                             int sigmoid)                            \
 {                                                                                   \
-    const REAL half = (REAL)0.5;                                                    \
-    for (ptrdiff_t j = 0; j < n; j++)                                               \
-        y[j] = sigmoid ? half + half * fl_tanh_##S(half * x[j]) : fl_tanh_##S(x[j]); \
+    enum { W = (int)(sizeof(V) / sizeof(REAL)) };                                   \
+    for (ptrdiff_t j = 0; j < n; j += W) {                                          \
+        REAL buf[W];                                                                \
+        for (int k = 0; k < W; k++)                                                 \
+            buf[k] = j + k < n ? x[j + k] : (REAL)0;                                \
+        V v = *(const VU *)buf;                                                     \
+        v = sigmoid ? fl_sigmoid_##S##_##ISA(v) : fl_tanh_##S##_##ISA(v);              \
+        *(VU *)buf = v;                                                             \
+        for (int k = 0; k < W && j + k < n; k++)                                    \
+            y[j + k] = buf[k];                                                      \
+    }                                                                               \
 }
 
 /* Block shapes per level: AVX-512 has 32 vector registers, AVX2 and SSE 16. */

@@ -376,7 +376,7 @@ cdef void _single_step_region(
             _single_step(d, 0, batch, _share(min(part, n_parts), n_panels, n_parts),
                          _share(min(part + 1, n_parts), n_panels, n_parts),
                          _share(min(part, n_parts), r_panels, n_parts),
-                         _share(min(part + 1, n_parts), r_panels, n_parts), True,
+                         _share(min(part + 1, n_parts), r_panels, n_parts), n_parts > 1,
                          backward_order, batch, hidden, out_size, num_dirs, has_proj,
                          x, n_in, w_ih_p, gbuf, w_hh_p, hh_stride, bias, w_hr_p, hr_stride,
                          h0, c, hcell, out, h0_zero)
@@ -624,7 +624,7 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                                _share(min(part, n_parts), n_panels, n_parts),
                                _share(min(part + 1, n_parts), n_panels, n_parts),
                                _share(min(part, n_parts), r_panels, n_parts),
-                               _share(min(part + 1, n_parts), r_panels, n_parts), True,
+                               _share(min(part + 1, n_parts), r_panels, n_parts), n_parts > 1,
                                seq_len, batch, hidden, out_size, num_dirs, batch_first, has_proj,
                                g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
                                c_ptr, hcell_ptr, out_ptr, h0_zero, bs_ptr, offs_ptr)
