@@ -68,7 +68,10 @@ cdef extern from "_kernels.h" nogil:
 cdef extern from "_omp_compat.h" nogil:
     int omp_get_thread_num() noexcept
     int omp_get_num_threads() noexcept
+    int omp_get_num_procs() noexcept
     void fl_omp_barrier() noexcept
+    void fl_count_signal(int *count) noexcept
+    void fl_count_wait(const int *count, int target) noexcept
 
 
 cnp.import_array()
@@ -110,6 +113,18 @@ def set_simd_level(name=None):
 
 if os.environ.get("FASTLSTM_SIMD"):
     set_simd_level(os.environ["FASTLSTM_SIMD"])
+
+
+cdef int _step_counters = 0  # 0: when every thread has a CPU; 1: always; -1: never
+
+
+def _set_step_counters_for_tests(mode=None):
+    """How split-mode threads synchronise their steps (see ``_steps``):
+    None, step counters when every thread has a CPU of its own (the
+    default); True, always; False, never (OpenMP barriers).  For the tests,
+    which compare both on any machine."""
+    global _step_counters
+    _step_counters = 0 if mode is None else (1 if mode else -1)
 
 
 def _mxcsr_for_tests():
@@ -218,7 +233,7 @@ cdef void _steps(
     const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
     const floating *w_hr_p, Py_ssize_t hr_stride,
     const floating *h0, floating *c, floating *hcell, floating *out, bint h0_zero,
-    const long long *bsizes, const long long *offs,
+    const long long *bsizes, const long long *offs, int *count=NULL, int n_parts=0,
 ) noexcept nogil:
     """Steps [s0, s1) of direction ``d`` (step s is timestep s forward, L-1-s
     backward) for batch entries [n_lo, n_hi) and the hidden units of gate
@@ -234,6 +249,12 @@ cdef void _steps(
     longest sequences, rows ``offs[t]`` on of ``out`` (and of ``x``); the rows
     of a step that have no previous step in this direction (every row at step
     0, and backward the sequences that end at t) start from ``h0`` and ``c``.
+
+    ``count`` (split mode without projection, instead of ``sync``): this
+    direction's step counter, shared by its ``n_parts`` threads.  A thread
+    adds 1 when its part of step s is written and, before step s + 1, waits
+    until all parts are (count >= n_parts * (s + 1)): one atomic add and a
+    short spin per step, lighter than an OpenMP barrier.
     """
     cdef int pw = FL_PANEL_BYTES // sizeof(floating)
     cdef int g_cols = bias_cols(hidden, pw)  # one direction's gate columns
@@ -281,6 +302,8 @@ cdef void _steps(
         # step, still in the cache, are the first the next one reads (a
         # thread's W_hh share about fills its L2 at H = 256).
         if n_cont > 0:
+            if count != NULL:
+                fl_count_wait(count, n_parts * <int>s)
             _lstm_step(n_cont, out_size, hidden, hprev + d * out_size, o_ld, w_hh_d, g_t,
                        gb_ld, b_d, c_d, hidden, dst, dst_ld, p_lo, p_hi, s & 1)
         if m > n_cont:  # rows starting from the initial state
@@ -288,6 +311,8 @@ cdef void _steps(
                        h0_d + <Py_ssize_t>n_cont * out_size, out_size, w_hh_d,
                        g_t + n_cont * gb_ld, gb_ld, b_d, c_d + <Py_ssize_t>n_cont * hidden,
                        hidden, dst + n_cont * dst_ld, dst_ld, p_lo, p_hi, s & 1)
+        if count != NULL:
+            fl_count_signal(count)
         if has_proj:
             if sync:
                 fl_omp_barrier()
@@ -570,6 +595,11 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     cdef Py_ssize_t hh_stride = w_hh_p.shape[1]
     cdef Py_ssize_t hr_stride = w_hr_p.shape[1]
 
+    cdef int counts[2]  # split mode: each direction's step counter (see _steps)
+    cdef bint pipelined = False
+    cdef int procs = omp_get_num_procs()  # step counters only with a CPU per thread
+    counts[0] = 0
+    counts[1] = 0
     if seq_len == 1 and not packed:
         with nogil:
             _single_step_region(num_threads, n_chunks, backward_order, batch, hidden, out_size,
@@ -611,8 +641,15 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                                    c_ptr, hcell_ptr, out_ptr, h0_zero, bs_ptr, offs_ptr)
                     else:
                         # Threads past n_parts * D get an empty share but keep the barriers.
+                        # Without a projection, a direction's threads count its steps
+                        # instead of meeting at barriers (see _steps) when each has a CPU;
+                        # packed input keeps the barriers, and directions with a thread
+                        # of their own need neither.
                         d = min(tid // n_parts, num_dirs - 1)
                         part = tid % n_parts if tid < n_parts * num_dirs else n_parts
+                        pipelined = (n_parts > 1 and not has_proj and not packed
+                                     and (_step_counters == 1
+                                          or (_step_counters == 0 and team <= procs)))
                         if part < n_parts:
                             _project_item(d, t0_fw if d == 0 else t0_bw, steps,
                                           _share(part, n_panels, n_parts),
@@ -624,10 +661,12 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                                _share(min(part, n_parts), n_panels, n_parts),
                                _share(min(part + 1, n_parts), n_panels, n_parts),
                                _share(min(part, n_parts), r_panels, n_parts),
-                               _share(min(part + 1, n_parts), r_panels, n_parts), n_parts > 1,
-                               seq_len, batch, hidden, out_size, num_dirs, batch_first, has_proj,
-                               g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
-                               c_ptr, hcell_ptr, out_ptr, h0_zero, bs_ptr, offs_ptr)
+                               _share(min(part + 1, n_parts), r_panels, n_parts),
+                               n_parts > 1 and not pipelined, seq_len, batch, hidden, out_size,
+                               num_dirs, batch_first, has_proj, g_ptr, w_hh_ptr, hh_stride,
+                               bias_ptr, w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr, out_ptr,
+                               h0_zero, bs_ptr, offs_ptr,
+                               &counts[d] if pipelined and part < n_parts else NULL, n_parts)
                 else:
                     _project_shared(tid, team, t0_fw, u_fw, t0_bw, u_bw, steps, n_panels, seq_len,
                                     p_batch, batch_first, num_dirs, g_cols, x_ptr, n_in, w_ih_ptr,

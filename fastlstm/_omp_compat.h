@@ -14,6 +14,33 @@ static inline void fl_omp_barrier(void) {
 static inline int omp_get_max_threads(void) { return 1; }
 static inline int omp_get_thread_num(void) { return 0; }
 static inline int omp_get_num_threads(void) { return 1; }
+static inline int omp_get_num_procs(void) { return 1; }
 static inline void fl_omp_barrier(void) {}
 #endif
+
+/* A step counter for threads that share a direction in split mode: each
+ * thread adds 1 when its part of a step's h is written, and waits until all
+ * n parts of step s - 1 are there (count >= n * s) before reading the
+ * others'.  Cheaper than an OpenMP barrier (one atomic add and a load per
+ * step).  The wait spins (with PAUSE), then yields the CPU; callers use it
+ * only when every thread can have a CPU of its own, since a thread that
+ * spins while the one it waits for is not running wastes its time slice. */
+#include <sched.h>
+static inline void fl_count_signal(int *count)
+{
+    __atomic_fetch_add(count, 1, __ATOMIC_RELEASE);
+}
+static inline void fl_count_wait(const int *count, int target)
+{
+    int spins = 0;
+    while (__atomic_load_n(count, __ATOMIC_ACQUIRE) < target) {
+        if (++spins < 4000) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            sched_yield();
+        }
+    }
+}
 #endif

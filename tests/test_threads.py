@@ -119,6 +119,49 @@ def test_results_do_not_depend_on_thread_count(dtype, batch_first):
                           f"threads={threads} hx={state is not None}")
 
 
+@pytest.fixture
+def step_counters():
+    """Lets a test choose how split-mode threads synchronise; restores the default."""
+    from fastlstm import _lstm
+
+    try:
+        yield _lstm._set_step_counters_for_tests
+    finally:
+        _lstm._set_step_counters_for_tests(None)
+
+
+@pytest.mark.skipif(not OPENMP, reason="a serial build has one thread")
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_split_mode_step_counters_match_barriers(dtype, bidirectional, step_counters):
+    """Split mode (batch 1) with threads sharing a direction: the step counters
+    that replace the per-step barriers (used when every thread has a CPU of its
+    own, so forced on here as well) give the same bits as the barriers, and the
+    oracle's result; also across time chunks and with an initial state."""
+    from _reference import reference_forward
+
+    rng = np.random.default_rng(11)
+    for hidden, seq_len in ((40, 9), (256, 700)):
+        module = fastlstm.LSTM(8, hidden, bidirectional=bidirectional, dtype=dtype, rng=rng)
+        d = 2 if bidirectional else 1
+        x = rng.standard_normal((seq_len, 1, 8)).astype(dtype)
+        hx = (rng.standard_normal((d, 1, hidden)).astype(dtype),
+              rng.standard_normal((d, 1, hidden)).astype(dtype))
+        for state in (None, hx):
+            out, (h, c) = reference_forward(module, x, state)
+            expected = (out.astype(dtype), (h.astype(dtype), c.astype(dtype)))
+            for threads in (2, 3, 4):
+                fastlstm.set_num_threads(threads)
+                results = []
+                for mode in (True, False):
+                    step_counters(mode)
+                    results.append(_copy(module(x, state)))
+                what = f"H={hidden} threads={threads} hx={state is not None}"
+                for a, b in zip(results[0][1] + (results[0][0],), results[1][1] + (results[1][0],)):
+                    np.testing.assert_array_equal(a, b, err_msg=what)
+                _assert_close(results[0], expected, dtype, what)
+
+
 # ---------------------------------------------------------- concurrency
 def _scipy_blas_threads():
     """{filepath: num_threads} for the BLAS that scipy calls (all BLAS if unknown)."""
