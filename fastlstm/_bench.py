@@ -142,7 +142,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--blocks", type=_positive_int, default=5, metavar="B",
                         help="alternating blocks per case (default 5; fewer for slow cases)")
     timing.add_argument("--pause", type=_non_negative_float, default=0.025, metavar="SECONDS",
-                        help="sleep after each block (default 0.025)")
+                        help="sleep after each block, then until the process is idle "
+                             "(default 0.025; 0: no pause)")
     timing.add_argument("--peak-size", type=_non_negative_int, default=2048, metavar="N",
                         help="size of the GEMM measuring the peak (default 2048; 0: skip)")
     timing.add_argument("--no-onnx", action="store_true",

@@ -15,6 +15,7 @@ import numpy as np
 
 import fastlstm
 from fastlstm._bench_streams import scaling_line
+from fastlstm._bench_timing import SETTLE_LIMIT_S
 
 __all__ = [
     "LIBS",
@@ -318,7 +319,8 @@ def markdown(report: Dict[str, Any]) -> str:
                      f"{s['peak_size']}^3 GEMM, best of {s['peak_reps']})")
     lines += [
         f"- timing: {s['budget_s']} s per case, {s['blocks']} alternating blocks, "
-        f"{s['pause_s']} s pause after each block, median of blocks",
+        f"{s['pause_s']} s pause after each block and then until the process is idle "
+        f"(at most {SETTLE_LIMIT_S} s more), median of blocks",
         f"- FLOPs: {report['flops_formula']}",
     ]
     memory = bool(s.get("memory"))

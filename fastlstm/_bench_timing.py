@@ -1,8 +1,10 @@
 """Fair timing of several libraries in one process, and the measured GEMM peak.
 
 Each library keeps a pool of threads that spin for a while after a call, and a
-spinning pool slows whichever library runs next.  So the libraries are timed in
-alternating blocks of repetitions, with a short pause after each block, and each
+spinning pool slows whichever library runs next (measured here: ONNX Runtime's
+pool spins about 50 ms after a call, torch's and fastlstm's about 10 ms).  So
+the libraries are timed in alternating blocks of repetitions, with a pause after
+each block that lasts until the process is idle (``settle``), and each
 library's time per call is the median over its blocks.  The order of the
 libraries rotates from block to block, so that none always runs right after the
 same other one.
@@ -19,7 +21,31 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
-__all__ = ["Timing", "time_interleaved", "measure_peak"]
+__all__ = ["Timing", "time_interleaved", "measure_peak", "settle"]
+
+SETTLE_LIMIT_S = 0.25  # longest wait for the process to go idle after a block
+_SETTLE_SLICE_S = 0.005
+_SETTLE_IDLE = 0.1  # "idle": under a tenth of a CPU over a slice
+
+
+def settle(pause: float, limit: float = SETTLE_LIMIT_S) -> None:
+    """Sleep ``pause`` seconds, then until no thread of this process is busy.
+
+    Idle thread pools keep spinning for a while after their last call; waiting
+    until the process uses less than a tenth of a CPU over a 5 ms slice lets
+    them stop before the next library runs.  Waits at most ``limit`` seconds
+    past ``pause`` (a thread of the caller's own that stays busy cannot hold
+    it up for long).  ``pause`` <= 0 returns at once: no pause at all.
+    """
+    if pause <= 0:
+        return
+    time.sleep(pause)
+    end = time.perf_counter() + limit
+    while time.perf_counter() < end:
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        time.sleep(_SETTLE_SLICE_S)
+        if time.process_time() - cpu0 < _SETTLE_IDLE * (time.perf_counter() - wall0):
+            return
 
 
 @dataclass
@@ -104,8 +130,9 @@ def time_interleaved(
     repeat : int, optional
         Calls per block for every runner, instead of deriving it from the budget.
     pause : float, default=0.025
-        Seconds of sleep after every block, while the last library's idle
-        threads stop spinning.
+        Seconds of sleep after every block, and then until the process is idle
+        (the last library's idle threads stopped spinning, see ``settle``); 0
+        for no pause.
     first_call_s : mapping of str to float, optional
         Time of a call already made (e.g. the correctness check), to size the
         warm-up.
@@ -125,7 +152,7 @@ def time_interleaved(
     for name in names:
         estimate[name] = _estimate(runners[name], 0.05 * budget / len(names),
                                    (first_call_s or {}).get(name))
-        time.sleep(pause)
+        settle(pause)
 
     share = budget / len(names)
     if repeat is not None:
@@ -150,7 +177,7 @@ def time_interleaved(
                 planned = reps[name] * estimate[name]
                 deadline = time.perf_counter() + 3 * planned + 0.01
                 times[name].append(_call_block(runners[name], reps[name], deadline))
-                time.sleep(pause)
+                settle(pause)
             if on_block is not None:
                 on_block(block + 1, blocks)
     finally:

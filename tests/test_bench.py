@@ -13,6 +13,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from fastlstm import cli
 from fastlstm._bench import run_case
 from fastlstm._bench_cases import DEFAULT_GRID, FULL_GRID, Case, parse_shape, select_cases
 from fastlstm._bench_report import Progress
-from fastlstm._bench_timing import time_interleaved
+from fastlstm._bench_timing import settle, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--budget", "0.03", "--blocks", "3", "--pause", "0", "--peak-size", "64"]
@@ -440,6 +442,29 @@ def test_time_interleaved_alternates_blocks():
         assert len(timing.block_s) == 4 and timing.reps == 2 and timing.median_s > 0
     timed = calls[-16:]  # after the warm-up: blocks of 2 calls, the order rotating
     assert timed == ["a", "a", "b", "b", "b", "b", "a", "a"] * 2
+
+
+def test_settle_waits_for_busy_threads_of_the_process():
+    """The pause after a block lasts until no thread of the process spins (as
+    an idle thread pool does after a call), up to its limit; 0 is no pause."""
+    start = time.perf_counter()
+    settle(0)
+    assert time.perf_counter() - start < 0.05
+
+    start = time.perf_counter()
+    settle(0.01, limit=2.0)  # idle: back after the pause and a slice or two
+    assert 0.01 <= time.perf_counter() - start < 1.0
+
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)])
+    spinner.start()
+    try:
+        start = time.perf_counter()
+        settle(0.01, limit=0.1)  # a busy thread: waits the whole limit
+        assert time.perf_counter() - start >= 0.11
+    finally:
+        stop.set()
+        spinner.join()
 
 
 def test_progress_bar():
