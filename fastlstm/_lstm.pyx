@@ -69,6 +69,7 @@ cdef extern from "_omp_compat.h" nogil:
     int omp_get_thread_num() noexcept
     int omp_get_num_threads() noexcept
     int omp_get_num_procs() noexcept
+    int omp_get_max_threads() noexcept
     void fl_omp_barrier() noexcept
     void fl_count_signal(int *count) noexcept
     void fl_count_wait(const int *count, int target) noexcept
@@ -842,9 +843,12 @@ cdef class StepPlan:
         C-contiguous ndarray of ``x``'s dtype and size, of shape ``x.shape`` or,
         for one row, ``x.shape[1:]``, copied into ``x`` first.  Returns False,
         having done nothing, for any other frame (the caller converts it).
+        ``num_threads`` 0 or less: ``omp_get_max_threads()``.
         """
         cdef int k, nd
         cdef _PlanLayer *L
+        if num_threads <= 0:
+            num_threads = max(1, omp_get_max_threads())
         cdef int n_chunks = _chunks(self.batch, 1, num_threads)
         cdef size_t item = 8 if self.is_double else 4
         cdef size_t row_bytes = self.batch * self.out_size * item
@@ -990,6 +994,8 @@ cdef class CellStack:
         ``LSTM.forward`` of one timestep -> ``(output, (h_n, c_n))``, x (1, N, I),
         (N, 1, I) or unbatched (1, I), states (layers, N, H) or (layers, H).
         Every array must be a C-contiguous ndarray of the weights' dtype.
+        ``num_threads`` 0 or less: ``omp_get_max_threads()``, the default of
+        ``fastlstm.get_num_threads()``.
         """
         cdef int typenum = self.typenum
         cdef int nl = self.n_layers
@@ -1010,6 +1016,8 @@ cdef class CellStack:
         cdef size_t gate_bytes
         if not cnp.PyArray_CheckExact(x):
             return None
+        if num_threads <= 0:
+            num_threads = max(1, omp_get_max_threads())
         x_nd = cnp.PyArray_NDIM(<cnp.ndarray>x)
         if layout == 0:
             if x_nd == 2:

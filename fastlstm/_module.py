@@ -29,10 +29,9 @@ from typing import (
 
 import numpy as np
 
-from fastlstm import _lstm
+from fastlstm import _lstm, _threads
 from fastlstm._common import freeze, resolve_dtype, to_numpy
 from fastlstm._state_dict import SKIP_INIT
-from fastlstm._threads import get_num_threads
 
 if TYPE_CHECKING:
     from fastlstm._state_dict import Inferred
@@ -544,7 +543,11 @@ class _Module:
     def _one_step(self, input: np.ndarray, hx: Any, layout: int) -> Any:
         """The compiled one-timestep call (``_lstm.CellStack.step``) on plain
         arrays, or None when the call needs the general path."""
-        return self._bound_layers().step(input, hx, get_num_threads(), layout)
+        # The checks of _bound_layers and get_num_threads, inlined: this is the
+        # per-frame path of streaming callers.
+        bound = self.__dict__.get("_bound")
+        stack = bound[1] if bound is not None and bound[0] is self._packed else self._bound_layers()
+        return stack.step(input, hx, _threads._num_threads or 0, layout)
 
     # ------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> "_Module":

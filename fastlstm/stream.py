@@ -6,9 +6,8 @@ from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
-from fastlstm import _lstm
+from fastlstm import _lstm, _threads
 from fastlstm._common import to_numpy
-from fastlstm._threads import get_num_threads
 from fastlstm.cell import LSTMCell
 from fastlstm.lstm import _MAX_ROWS, LSTM
 
@@ -184,7 +183,7 @@ class Stream:
         # A plain frame of the expected shape is checked and copied in C; any
         # other is checked and converted here.
         if not (type(x) is np.ndarray and x.ndim == (2 if self._batched else 1)
-                and plan.step(x, get_num_threads(), self._zero)):
+                and plan.step(x, _threads._num_threads or 0, self._zero)):
             x = np.asarray(x)
             expected = self._x.shape if self._batched else self._x.shape[1:]
             if x.shape != expected:
@@ -193,7 +192,7 @@ class Stream:
             if x.dtype.kind != "f":
                 raise ValueError(f"Stream.step: frames must be floating point, got {x.dtype}")
             self._x[...] = x if self._batched else x[None]
-            plan.step(None, get_num_threads(), self._zero)
+            plan.step(None, _threads._num_threads or 0, self._zero)
         self._zero = False
         out = self._out[-1]
         return out if self._batched else out[0]
