@@ -72,6 +72,7 @@ cdef extern from "_omp_compat.h" nogil:
     int omp_get_max_threads() noexcept
     void fl_omp_barrier() noexcept
     void fl_count_signal(int *count) noexcept
+    int fl_atomic_add(int *value, int n) noexcept
     void fl_count_wait(const int *count, int target) noexcept
 
 
@@ -117,6 +118,7 @@ if os.environ.get("FASTLSTM_SIMD"):
 
 
 cdef int _step_counters = 0  # 0: when every thread has a CPU; 1: always; -1: never
+cdef int _busy_threads = 0  # threads of the layers running now, in every Python thread
 
 
 def _set_step_counters_for_tests(mode=None):
@@ -598,7 +600,10 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
 
     cdef int counts[2]  # split mode: each direction's step counter (see _steps)
     cdef bint pipelined = False
-    cdef int procs = omp_get_num_procs()  # step counters only with a CPU per thread
+    # Step counters only with a CPU per thread, counting the layers that other
+    # Python threads run at the same time.
+    cdef int procs = omp_get_num_procs()
+    cdef int busy = 0
     counts[0] = 0
     counts[1] = 0
     if seq_len == 1 and not packed:
@@ -608,6 +613,7 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                                 g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride,
                                 h0_ptr, c_ptr, hcell_ptr, out_ptr, h0_zero)
     else:
+        busy = fl_atomic_add(&_busy_threads, num_threads)
         with nogil, parallel(num_threads=num_threads):
             tid = omp_get_thread_num()
             team = omp_get_num_threads()
@@ -650,7 +656,7 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                         part = tid % n_parts if tid < n_parts * num_dirs else n_parts
                         pipelined = (n_parts > 1 and not has_proj and not packed
                                      and (_step_counters == 1
-                                          or (_step_counters == 0 and team <= procs)))
+                                          or (_step_counters == 0 and busy <= procs)))
                         if part < n_parts:
                             _project_item(d, t0_fw if d == 0 else t0_bw, steps,
                                           _share(part, n_panels, n_parts),
@@ -687,6 +693,7 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                                bs_ptr, offs_ptr)
                         task = task + team
                     fl_omp_barrier()
+        fl_atomic_add(&_busy_threads, -num_threads)
 
     if packed:
         return

@@ -22,10 +22,15 @@ static inline void fl_omp_barrier(void) {}
  * thread adds 1 when its part of a step's h is written, and waits until all
  * n parts of step s - 1 are there (count >= n * s) before reading the
  * others'.  Cheaper than an OpenMP barrier (one atomic add and a load per
- * step).  The wait spins (with PAUSE), then yields the CPU; callers use it
- * only when every thread can have a CPU of its own, since a thread that
- * spins while the one it waits for is not running wastes its time slice. */
+ * step).  The wait spins briefly (with PAUSE), then yields the CPU; callers
+ * use it only when every thread can have a CPU of its own (fl_atomic_add
+ * keeps the count of threads in such regions), since a thread that spins
+ * while the one it waits for is not running wastes its time slice. */
 #include <sched.h>
+static inline int fl_atomic_add(int *value, int n)
+{
+    return __atomic_add_fetch(value, n, __ATOMIC_ACQ_REL);
+}
 static inline void fl_count_signal(int *count)
 {
     __atomic_fetch_add(count, 1, __ATOMIC_RELEASE);
@@ -34,7 +39,7 @@ static inline void fl_count_wait(const int *count, int target)
 {
     int spins = 0;
     while (__atomic_load_n(count, __ATOMIC_ACQUIRE) < target) {
-        if (++spins < 4000) {
+        if (++spins < 500) {
 #if defined(__x86_64__) || defined(__i386__)
             __builtin_ia32_pause();
 #endif
