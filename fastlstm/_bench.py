@@ -6,8 +6,9 @@ abs difference of output, h_n and c_n); a case whose fastlstm difference
 exceeds 1e-4 (float32) or 1e-10 (float64) is reported and not timed, and ONNX
 Runtime is timed only where it matches torch just as closely.  Timing warms
 each library up, then alternates blocks of repetitions of the libraries with a
-short pause after each block (an idle thread pool keeps spinning for a while
-and would slow the next library), and reports the median over the blocks.
+pause after each block that lasts until the process is idle (an idle thread
+pool keeps spinning for a while and would slow the next library), and reports
+the median over the blocks.
 With --memory, each library's peak memory during one forward is measured too,
 in a fresh process per case and library (Linux).
 """
