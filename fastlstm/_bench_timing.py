@@ -245,12 +245,12 @@ def measure_peak(threads: int, size: int = 2048, reps: int = 3,
                     found["torch.mm"] = flops / _best_of(partial(torch.mm, ta, tb), reps) / 1e9
             finally:
                 torch.set_num_threads(saved)
-            time.sleep(0.05)
+            settle(0.05)
         name, gemm = ("scipy.sgemm", blas.sgemm) if dtype == "float32" else (
             "scipy.dgemm", blas.dgemm)
         with threadpool_limits(limits=threads, user_api="blas"):
             found[name] = flops / _best_of(partial(gemm, 1.0, a, b), reps) / 1e9
-        time.sleep(0.05)
+        settle(0.05)
         if onnxruntime:
             from fastlstm._onnx import make_session, matmul_to_onnx
 
@@ -261,7 +261,7 @@ def measure_peak(threads: int, size: int = 2048, reps: int = 3,
                     partial(session.run, None, feed), reps) / 1e9
             except Exception:  # no MatMul kernel for this dtype: leave it out
                 pass
-            time.sleep(0.05)
+            settle(0.05)
         # fastlstm's own product (the weight packed once, as in a layer); with
         # AVX-512 it is often the fastest GEMM in the process.
         from fastlstm import _lstm
@@ -273,7 +273,7 @@ def measure_peak(threads: int, size: int = 2048, reps: int = 3,
         out = np.empty((size, size), dtype=dtype)
         found["fastlstm.matmul"] = flops / _best_of(
             partial(_lstm.input_projection, x, w, packed, out, threads, 1 << 30), reps) / 1e9
-        time.sleep(0.05)
+        settle(0.05)
         found["best"] = max(found.values())
         result[dtype] = found
     return result

@@ -427,6 +427,11 @@ cdef inline int bias_cols(int hidden, int pw) noexcept nogil:
     return pw * ((hidden + unit - 1) // unit)
 
 
+cdef inline int _threads_or_default(int num_threads) noexcept nogil:
+    """``num_threads``, or for 0 and less the default of ``fastlstm.get_num_threads()``."""
+    return num_threads if num_threads > 0 else max(1, omp_get_max_threads())
+
+
 cdef inline int _share(int i, int total, int parts) noexcept nogil:
     """Start of share ``i`` of ``total`` items split into ``parts`` (i <= parts)."""
     return <int>(<long long>i * total // parts)
@@ -854,8 +859,7 @@ cdef class StepPlan:
         """
         cdef int k, nd
         cdef _PlanLayer *L
-        if num_threads <= 0:
-            num_threads = max(1, omp_get_max_threads())
+        num_threads = _threads_or_default(num_threads)
         cdef int n_chunks = _chunks(self.batch, 1, num_threads)
         cdef size_t item = 8 if self.is_double else 4
         cdef size_t row_bytes = self.batch * self.out_size * item
@@ -1023,8 +1027,7 @@ cdef class CellStack:
         cdef size_t gate_bytes
         if not cnp.PyArray_CheckExact(x):
             return None
-        if num_threads <= 0:
-            num_threads = max(1, omp_get_max_threads())
+        num_threads = _threads_or_default(num_threads)
         x_nd = cnp.PyArray_NDIM(<cnp.ndarray>x)
         if layout == 0:
             if x_nd == 2:

@@ -543,11 +543,9 @@ class _Module:
     def _one_step(self, input: np.ndarray, hx: Any, layout: int) -> Any:
         """The compiled one-timestep call (``_lstm.CellStack.step``) on plain
         arrays, or None when the call needs the general path."""
-        # The checks of _bound_layers and get_num_threads, inlined: this is the
-        # per-frame path of streaming callers.
-        bound = self.__dict__.get("_bound")
-        stack = bound[1] if bound is not None and bound[0] is self._packed else self._bound_layers()
-        return stack.step(input, hx, _threads._num_threads or 0, layout)
+        # Thread count 0: the kernels take the default themselves, which spares
+        # this per-frame path the Python calls of get_num_threads.
+        return self._bound_layers().step(input, hx, _threads._num_threads or 0, layout)
 
     # ------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> "_Module":

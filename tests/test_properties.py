@@ -282,17 +282,22 @@ def test_stream_matches_reference(use_cell, cfg, dtype, seq_len, batch, with_hx,
     _close(stream.c, ref_c, TOL[dtype], "c")
 
 
+def _lstm_pair(cfg, dtype, seed):
+    """``(torch, torch.nn.LSTM, the fastlstm.LSTM from it, a NumPy rng)`` for a
+    configuration, seeded by ``seed``."""
+    torch = _needs_torch()
+    torch.manual_seed(seed % 2**31)
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    t = torch.nn.LSTM(**cfg, dtype=tdtype).eval()
+    return torch, t, fastlstm.LSTM.from_torch(t), np.random.default_rng(seed)
+
+
 @_settings(80)
 @given(cfg=lstm_configs(), dtype=st.sampled_from(DTYPES), seq_len=st.integers(1, 7),
        batch=st.one_of(st.none(), st.integers(0, 6)), with_hx=st.booleans(),
        tensors=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_lstm_matches_torch(cfg, dtype, seq_len, batch, with_hx, tensors, seed):
-    torch = _needs_torch()
-    torch.manual_seed(seed % 2**31)
-    tdtype = torch.float64 if dtype == np.float64 else torch.float32
-    t = torch.nn.LSTM(**cfg, dtype=tdtype).eval()
-    f = fastlstm.LSTM.from_torch(t)
-    rng = np.random.default_rng(seed)
+    torch, t, f, rng = _lstm_pair(cfg, dtype, seed)
     x = torch.from_numpy(rng.standard_normal(_x_shape(cfg, seq_len, batch)).astype(dtype))
     hx = None
     if with_hx:
@@ -455,12 +460,7 @@ def test_invalid_cell_input_raises_like_torch(input_size, hidden, batch, with_hx
        values=st.lists(st.sampled_from([np.nan, np.inf, -np.inf]), min_size=1, max_size=4),
        seed=st.integers(0, 2**32 - 1))
 def test_nonfinite_values_propagate_like_torch(cfg, dtype, seq_len, batch, in_hx, values, seed):
-    torch = _needs_torch()
-    torch.manual_seed(seed % 2**31)
-    tdtype = torch.float64 if dtype == np.float64 else torch.float32
-    t = torch.nn.LSTM(**cfg, dtype=tdtype).eval()
-    f = fastlstm.LSTM.from_torch(t)
-    rng = np.random.default_rng(seed)
+    torch, t, f, rng = _lstm_pair(cfg, dtype, seed)
     x = rng.standard_normal(_x_shape(cfg, seq_len, batch)).astype(dtype)
     hx = tuple(rng.standard_normal(s).astype(dtype) for s in _state_shapes(cfg, batch))
     target = hx[rng.integers(2)] if in_hx else x

@@ -343,22 +343,28 @@ def _assert_releases_gil(run, what):
         f"vs {idle_rate:.3g} loops/s idle: {what} seems to hold the GIL")
 
 
+def _input_lasting(module, make, size, what):
+    """An input ``make(n)`` for which one call of ``module`` takes at least 0.3 s,
+    growing ``n`` from ``size``."""
+    for _ in range(4):
+        x = make(size)
+        t0 = time.perf_counter()
+        module(x)
+        alone = time.perf_counter() - t0
+        if alone >= 0.3:
+            return x
+        size = int(size * min(8.0, 0.4 / alone)) + 1
+    raise AssertionError(f"could not make {what} last 0.3 s (got {alone:.3f} s)")
+
+
 def test_forward_releases_the_gil():
     fastlstm.set_num_threads(1)  # leave the other core to the main thread
     module = fastlstm.LSTM(256, 512, rng=0)
     rng = np.random.default_rng(0)
     module(rng.standard_normal((2, 8, 256), dtype=np.float32))  # packs the weights
 
-    seq_len = 400
-    for _ in range(4):
-        x = rng.standard_normal((seq_len, 8, 256), dtype=np.float32)
-        t0 = time.perf_counter()
-        module(x)
-        alone = time.perf_counter() - t0
-        if alone >= 0.3:
-            break
-        seq_len = int(seq_len * min(8.0, 0.4 / alone)) + 1
-    assert alone >= 0.3, f"could not make a forward last 0.3 s (got {alone:.3f} s)"
+    x = _input_lasting(module, lambda n: rng.standard_normal((n, 8, 256), dtype=np.float32),
+                       400, "a forward")
     _assert_releases_gil(lambda: module(x), "a forward")
 
 
@@ -368,16 +374,8 @@ def test_cell_step_releases_the_gil():
     cell = fastlstm.LSTMCell(256, 512, rng=0)
     rng = np.random.default_rng(1)
     cell(rng.standard_normal((4, 256), dtype=np.float32))  # packs the weights
-    batch = 2048
-    for _ in range(4):
-        x = rng.standard_normal((batch, 256), dtype=np.float32)
-        t0 = time.perf_counter()
-        cell(x)
-        alone = time.perf_counter() - t0
-        if alone >= 0.3:
-            break
-        batch = int(batch * min(8.0, 0.4 / alone)) + 1
-    assert alone >= 0.3, f"could not make a step last 0.3 s (got {alone:.3f} s)"
+    x = _input_lasting(cell, lambda n: rng.standard_normal((n, 256), dtype=np.float32),
+                       2048, "a step")
     _assert_releases_gil(lambda: cell(x), "an LSTMCell step")
 
 
