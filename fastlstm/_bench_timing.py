@@ -33,9 +33,15 @@ def settle(pause: float, limit: float = SETTLE_LIMIT_S) -> None:
 
     Idle thread pools keep spinning for a while after their last call; waiting
     until the process uses less than a tenth of a CPU over a 5 ms slice lets
-    them stop before the next library runs.  Waits at most ``limit`` seconds
-    past ``pause`` (a thread of the caller's own that stays busy cannot hold
-    it up for long).  ``pause`` <= 0 returns at once: no pause at all.
+    them stop before the next library runs.
+
+    Parameters
+    ----------
+    pause : float
+        Seconds to sleep first; 0 or less returns at once (no pause at all).
+    limit : float, default=SETTLE_LIMIT_S
+        Most seconds to wait past ``pause`` for the process to go idle (a
+        thread of the caller's own that stays busy cannot hold it up longer).
     """
     if pause <= 0:
         return
