@@ -551,11 +551,12 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     stays small.  Per chunk, ``n_chunks`` > 0 (batch-chunk mode): the threads
     share the chunk's input projection (BLAS for blocks of at least
     ``blas_min_rows`` rows), meet at a barrier, then run one task per
-    (direction, batch chunk) with no synchronisation, and meet again.
-    ``n_chunks`` == 0 (split mode, for batches too small to give every thread
-    rows of its own): each direction's hidden units are shared by
-    ``num_threads // D`` threads; each projects and runs its own units and
-    meets the others at a barrier after every step.  ``h0_zero``: h0 is all
+    (direction, batch chunk) with no synchronisation, and meet again; with one
+    chunk and a thread per direction, each thread projects and runs its own
+    direction, with no barrier.  ``n_chunks`` == 0 (split mode, for batches
+    too small to give every thread rows of its own): each direction's hidden
+    units are shared by ``num_threads // D`` threads; each projects and runs
+    its own units and meets the others after every step.  ``h0_zero``: h0 is all
     zeros, so step 0 skips its recurrent product.
 
     Packed input: ``batch_sizes`` (L,) the sequences at each timestep (N =
@@ -679,6 +680,19 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                                bias_ptr, w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr, out_ptr,
                                h0_zero, bs_ptr, offs_ptr,
                                &counts[d] if pipelined and part < n_parts else NULL, n_parts)
+                elif n_chunks == 1 and team == num_dirs:
+                    # A thread per direction: each projects its own direction's rows
+                    # and runs its steps, with no barrier (the directions share only
+                    # the gate buffer, whose columns they split).
+                    d = tid
+                    _project_item(d, t0_fw if d == 0 else t0_bw, steps, 0, n_panels, 0,
+                                  u_fw if d == 0 else u_bw, seq_len, p_batch, batch_first,
+                                  num_dirs, g_cols, x_ptr, n_in, w_ih_ptr, w_ih_p_ptr, g_ptr,
+                                  blas_min_rows)
+                    _steps(d, s0, s1, 0, batch, 0, n_panels, 0, r_panels, False, seq_len, batch,
+                           hidden, out_size, num_dirs, batch_first, has_proj, g_ptr, w_hh_ptr,
+                           hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr,
+                           out_ptr, h0_zero, bs_ptr, offs_ptr)
                 else:
                     _project_shared(tid, team, t0_fw, u_fw, t0_bw, u_bw, steps, n_panels, seq_len,
                                     p_batch, batch_first, num_dirs, g_cols, x_ptr, n_in, w_ih_ptr,

@@ -36,7 +36,8 @@ def test_unknown_or_unsupported_level_raises():
 
 
 CONFIGS = [
-    # (batch, kwargs): batch 1 and 3 take the split mode with 2 threads
+    # (batch, kwargs): batch 1 and 3 take the split mode with 2 threads, the bidirectional
+    # ones a thread per direction
     (1, dict()),
     (3, dict(proj_size=5)),
     (9, dict(bidirectional=True, num_layers=2)),
