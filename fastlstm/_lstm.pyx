@@ -535,7 +535,8 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
           floating[:, :, ::1] h_n, int seq_len, bint batch_first, int n_chunks,
           int num_threads, int blas_min_rows, bint h0_zero, int t_chunk,
           const long long[::1] batch_sizes=None, const long long[::1] offsets=None,
-          const long long[::1] lengths=None, bint backward_order=False):
+          const long long[::1] lengths=None, bint backward_order=False,
+          bint dirs_in_turn=False):
     """One layer; see the module docstring.
 
     Shapes (D directions, N batch, H hidden, P output size, R = L*N rows):
@@ -556,8 +557,10 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     direction, with no barrier.  ``n_chunks`` == 0 (split mode, for batches
     too small to give every thread rows of its own): each direction's hidden
     units are shared by ``num_threads // D`` threads; each projects and runs
-    its own units and meets the others after every step.  ``h0_zero``: h0 is all
-    zeros, so step 0 skips its recurrent product.
+    its own units and meets the others after every step; with
+    ``dirs_in_turn``, the whole team runs the directions one after the other
+    that way.  ``h0_zero``: h0 is all zeros, so step 0 skips its recurrent
+    product.
 
     Packed input: ``batch_sizes`` (L,) the sequences at each timestep (N =
     batch_sizes[0], sorted by decreasing length), ``offsets`` (L + 1,) the
@@ -605,7 +608,7 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     cdef Py_ssize_t hr_stride = w_hr_p.shape[1]
 
     cdef int counts[2]  # split mode: each direction's step counter (see _steps)
-    cdef bint pipelined = False
+    cdef bint pipelined = False, counters_ok = False
     # Step counters only with a CPU per thread, counting the layers that other
     # Python threads run at the same time.
     cdef int procs = omp_get_num_procs()
@@ -620,6 +623,8 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                                 h0_ptr, c_ptr, hcell_ptr, out_ptr, h0_zero)
     else:
         busy = fl_atomic_add(&_busy_threads, num_threads)
+        counters_ok = (not has_proj and not packed
+                       and (_step_counters == 1 or (_step_counters == 0 and busy <= procs)))
         with nogil, parallel(num_threads=num_threads):
             tid = omp_get_thread_num()
             team = omp_get_num_threads()
@@ -642,16 +647,24 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                     u_bw = u_fw
                 if n_chunks == 0:
                     n_parts = team // num_dirs
-                    if n_parts == 0:  # fewer threads than directions: one runs them in turn
+                    if dirs_in_turn or n_parts == 0:
+                        # The whole team runs the directions one after the other,
+                        # sharing each one's units (with one thread: simply in turn).
+                        pipelined = team > 1 and counters_ok
                         for d in range(num_dirs):
-                            _project_item(d, t0_fw if d == 0 else t0_bw, steps, 0, n_panels, 0,
+                            _project_item(d, t0_fw if d == 0 else t0_bw, steps,
+                                          _share(tid, n_panels, team),
+                                          _share(tid + 1, n_panels, team), 0,
                                           u_fw if d == 0 else u_bw, seq_len, p_batch, batch_first,
                                           num_dirs, g_cols, x_ptr, n_in, w_ih_ptr, w_ih_p_ptr,
                                           g_ptr, blas_min_rows)
-                            _steps(d, s0, s1, 0, batch, 0, n_panels, 0, r_panels, True, seq_len,
-                                   batch, hidden, out_size, num_dirs, batch_first, has_proj, g_ptr,
-                                   w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr,
-                                   c_ptr, hcell_ptr, out_ptr, h0_zero, bs_ptr, offs_ptr)
+                            _steps(d, s0, s1, 0, batch, _share(tid, n_panels, team),
+                                   _share(tid + 1, n_panels, team), _share(tid, r_panels, team),
+                                   _share(tid + 1, r_panels, team), team > 1 and not pipelined,
+                                   seq_len, batch, hidden, out_size, num_dirs, batch_first,
+                                   has_proj, g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr,
+                                   hr_stride, h0_ptr, c_ptr, hcell_ptr, out_ptr, h0_zero, bs_ptr,
+                                   offs_ptr, &counts[d] if pipelined else NULL, team)
                     else:
                         # Threads past n_parts * D get an empty share but keep the barriers.
                         # Without a projection, a direction's threads count its steps
@@ -660,9 +673,7 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                         # of their own need neither.
                         d = min(tid // n_parts, num_dirs - 1)
                         part = tid % n_parts if tid < n_parts * num_dirs else n_parts
-                        pipelined = (n_parts > 1 and not has_proj and not packed
-                                     and (_step_counters == 1
-                                          or (_step_counters == 0 and busy <= procs)))
+                        pipelined = n_parts > 1 and counters_ok
                         if part < n_parts:
                             _project_item(d, t0_fw if d == 0 else t0_bw, steps,
                                           _share(part, n_panels, n_parts),

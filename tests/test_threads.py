@@ -162,6 +162,58 @@ def test_split_mode_step_counters_match_barriers(dtype, bidirectional, step_coun
                 _assert_close(results[0], expected, dtype, what)
 
 
+@pytest.mark.skipif(not OPENMP, reason="a serial build has one thread")
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+@pytest.mark.parametrize("proj_size,batch_first", [(0, False), (5, True)])
+def test_directions_in_turn_match_oracle(dtype, proj_size, batch_first, step_counters,
+                                         monkeypatch):
+    """A bidirectional layer whose directions run one after the other on all the
+    threads (what a single sequence with a large W_hh gets on 2 threads; forced
+    here for small sizes): the oracle's result for 1 to 4 threads, with step
+    counters and with barriers, across time chunks, stacked, with and without
+    an initial state, batch 1 and 3."""
+    from _reference import reference_forward
+
+    import fastlstm.lstm as lstm_module
+
+    rng = np.random.default_rng(12)
+    module = fastlstm.LSTM(6, 40, num_layers=2, bidirectional=True, proj_size=proj_size,
+                           batch_first=batch_first, dtype=dtype, rng=rng)
+    out_size = proj_size or 40
+    monkeypatch.setattr(lstm_module, "_DIRS_IN_TURN_FORCE", True)
+    monkeypatch.setattr(lstm_module, "_GATE_BUFFER_BYTES", 1)  # time chunks of 7 steps
+    monkeypatch.setattr(lstm_module, "_MIN_CHUNK_ROWS", 7)
+    for batch in (1, 3):
+        shape = (batch, 23, 6) if batch_first else (23, batch, 6)
+        x = rng.standard_normal(shape).astype(dtype)
+        hx = (rng.standard_normal((4, batch, out_size)).astype(dtype),
+              rng.standard_normal((4, batch, 40)).astype(dtype))
+        for state in (None, hx):
+            out, (h, c) = reference_forward(module, x, state)
+            expected = (out.astype(dtype), (h.astype(dtype), c.astype(dtype)))
+            for threads in (1, 2, 3, 4):
+                fastlstm.set_num_threads(threads)
+                for mode in (True, False):
+                    step_counters(mode)
+                    _assert_close(module(x, state), expected, dtype,
+                                  f"N={batch} threads={threads} counters={mode} "
+                                  f"hx={state is not None}")
+
+
+def test_directions_in_turn_rule():
+    """In turn only for a single sequence on 2 threads whose W_hh per direction
+    is at least an L2; the rule's force switch for the tests works both ways."""
+    from fastlstm import lstm as lstm_module
+
+    l2 = lstm_module._L2_BYTES
+    assert l2 > 0
+    rule = lstm_module._dirs_in_turn
+    assert rule(1, 2, 2, l2) and rule(1, 2, 2, 4 * l2)
+    assert not rule(1, 2, 2, l2 - 1)  # fits a thread's L2: a thread per direction
+    assert not rule(2, 2, 2, 4 * l2) and not rule(1, 2, 4, 4 * l2)
+    assert not rule(1, 1, 2, 4 * l2)  # one direction: nothing to run in turn
+
+
 # ---------------------------------------------------------- concurrency
 def _scipy_blas_threads():
     """{filepath: num_threads} for the BLAS that scipy calls (all BLAS if unknown)."""
