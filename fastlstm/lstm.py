@@ -104,10 +104,11 @@ def _dirs_in_turn(batch: int, n_dirs: int, threads: int, hh_bytes: int) -> bool:
     ``hh_bytes``) from the cache.  On 2 threads, a thread per direction
     streams a whole ``W_hh``; from the size of an L2 on, it comes from L3.  In
     turn, each thread streams half of it (from its L2 up to twice that size),
-    for one more wait per step.  Measured on 2 cores
-    with a 1 MiB L2 (interleaved, same process): H = 256 in turn 11-23%
-    faster (the speech encoder 11-15%), H = 320-512 2-11% faster, H = 128-224
-    6-16% slower; 2 sequences -1 to +4%, 3 to 8 sequences 3-5% slower.
+    for one more wait per step.  Measured on 2 cores with a 1 MiB L2
+    (interleaved, same process): the speech encoder 11-15% faster in all 9
+    comparisons; one layer at H = 256 11-23% faster in 8 of 10 (2-4% slower
+    in the other 2); H = 320-512 2-11% faster; H = 128-224 6-16% slower;
+    2 sequences -1 to +4%, 3 to 8 sequences 3-5% slower.
     """
     if _DIRS_IN_TURN_FORCE is not None:
         return _DIRS_IN_TURN_FORCE and n_dirs == 2
