@@ -582,6 +582,8 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     cdef int n_tasks = num_dirs * n_chunks
     cdef int n_tc = (seq_len + t_chunk - 1) // t_chunk if t_chunk > 0 else 0
     cdef int tid = 0, team = 0, n_parts = 0, d = 0, part = 0, tc = 0, s0 = 0, s1 = 0
+    cdef int d_lo = 0, d_hi = 0
+    cdef bint own = False
     cdef int task = 0, chunk = 0, t_lo = 0, steps = 0, t0_fw = 0, t0_bw = 0, u_fw = 0, u_bw = 0
     cdef int p_batch = 1 if packed else batch
     cdef Py_ssize_t last, r
@@ -650,30 +652,17 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                     if dirs_in_turn or n_parts == 0:
                         # The whole team runs the directions one after the other,
                         # sharing each one's units (with one thread: simply in turn).
-                        pipelined = team > 1 and counters_ok
-                        for d in range(num_dirs):
-                            _project_item(d, t0_fw if d == 0 else t0_bw, steps,
-                                          _share(tid, n_panels, team),
-                                          _share(tid + 1, n_panels, team), 0,
-                                          u_fw if d == 0 else u_bw, seq_len, p_batch, batch_first,
-                                          num_dirs, g_cols, x_ptr, n_in, w_ih_ptr, w_ih_p_ptr,
-                                          g_ptr, blas_min_rows)
-                            _steps(d, s0, s1, 0, batch, _share(tid, n_panels, team),
-                                   _share(tid + 1, n_panels, team), _share(tid, r_panels, team),
-                                   _share(tid + 1, r_panels, team), team > 1 and not pipelined,
-                                   seq_len, batch, hidden, out_size, num_dirs, batch_first,
-                                   has_proj, g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr,
-                                   hr_stride, h0_ptr, c_ptr, hcell_ptr, out_ptr, h0_zero, bs_ptr,
-                                   offs_ptr, &counts[d] if pipelined else NULL, team)
+                        d_lo, d_hi, part, n_parts = 0, num_dirs, tid, team
                     else:
                         # Threads past n_parts * D get an empty share but keep the barriers.
-                        # Without a projection, a direction's threads count its steps
-                        # instead of meeting at barriers (see _steps) when each has a CPU;
-                        # packed input keeps the barriers, and directions with a thread
-                        # of their own need neither.
-                        d = min(tid // n_parts, num_dirs - 1)
+                        d_lo = min(tid // n_parts, num_dirs - 1)
+                        d_hi = d_lo + 1
                         part = tid % n_parts if tid < n_parts * num_dirs else n_parts
-                        pipelined = n_parts > 1 and counters_ok
+                    # Without a projection, a direction's threads count its steps instead
+                    # of meeting at barriers (see _steps) when each has a CPU; packed
+                    # input keeps the barriers, and a direction of one thread needs neither.
+                    pipelined = n_parts > 1 and counters_ok
+                    for d in range(d_lo, d_hi):
                         if part < n_parts:
                             _project_item(d, t0_fw if d == 0 else t0_bw, steps,
                                           _share(part, n_panels, n_parts),
@@ -691,24 +680,22 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                                bias_ptr, w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr, out_ptr,
                                h0_zero, bs_ptr, offs_ptr,
                                &counts[d] if pipelined and part < n_parts else NULL, n_parts)
-                elif n_chunks == 1 and team == num_dirs:
-                    # A thread per direction: each projects its own direction's rows
-                    # and runs its steps, with no barrier (the directions share only
-                    # the gate buffer, whose columns they split).
-                    d = tid
-                    _project_item(d, t0_fw if d == 0 else t0_bw, steps, 0, n_panels, 0,
-                                  u_fw if d == 0 else u_bw, seq_len, p_batch, batch_first,
-                                  num_dirs, g_cols, x_ptr, n_in, w_ih_ptr, w_ih_p_ptr, g_ptr,
-                                  blas_min_rows)
-                    _steps(d, s0, s1, 0, batch, 0, n_panels, 0, r_panels, False, seq_len, batch,
-                           hidden, out_size, num_dirs, batch_first, has_proj, g_ptr, w_hh_ptr,
-                           hh_stride, bias_ptr, w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr,
-                           out_ptr, h0_zero, bs_ptr, offs_ptr)
                 else:
-                    _project_shared(tid, team, t0_fw, u_fw, t0_bw, u_bw, steps, n_panels, seq_len,
-                                    p_batch, batch_first, num_dirs, g_cols, x_ptr, n_in, w_ih_ptr,
-                                    w_ih_p_ptr, g_ptr, blas_min_rows)
-                    fl_omp_barrier()
+                    # With a thread per direction (one chunk each), each projects its own
+                    # direction's rows: no barrier at all, as the directions share only
+                    # the gate buffer, whose columns they split.  Otherwise the team
+                    # shares the projection and meets before and after the steps.
+                    own = n_chunks == 1 and team == num_dirs
+                    if own:
+                        _project_item(tid, t0_fw if tid == 0 else t0_bw, steps, 0, n_panels, 0,
+                                      u_fw if tid == 0 else u_bw, seq_len, p_batch, batch_first,
+                                      num_dirs, g_cols, x_ptr, n_in, w_ih_ptr, w_ih_p_ptr, g_ptr,
+                                      blas_min_rows)
+                    else:
+                        _project_shared(tid, team, t0_fw, u_fw, t0_bw, u_bw, steps, n_panels,
+                                        seq_len, p_batch, batch_first, num_dirs, g_cols, x_ptr,
+                                        n_in, w_ih_ptr, w_ih_p_ptr, g_ptr, blas_min_rows)
+                        fl_omp_barrier()
                     task = tid
                     while task < n_tasks:
                         d = task // n_chunks
@@ -722,7 +709,8 @@ def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
                                w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr, out_ptr, h0_zero,
                                bs_ptr, offs_ptr)
                         task = task + team
-                    fl_omp_barrier()
+                    if not own:
+                        fl_omp_barrier()
         fl_atomic_add(&_busy_threads, -num_threads)
 
     if packed:

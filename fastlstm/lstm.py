@@ -658,8 +658,9 @@ class LSTM(_Module):
             np.cumsum(batch_sizes, out=offsets[1:])
             lengths = _count_greater(batch_sizes, np.arange(batch))  # sorted sequences
         layers = self._packed_layers()
-        in_turn = batch_sizes is None and _dirs_in_turn(batch, n_dirs, threads,
-                                                        layers[0].w_hh_p[0].nbytes)
+        # (A one-timestep call has a thread per direction in any case.)
+        in_turn = (seq_len > 1 and batch_sizes is None
+                   and _dirs_in_turn(batch, n_dirs, threads, layers[0].w_hh_p[0].nbytes))
         if in_turn:
             n_chunks = 0
         gate_cols = n_dirs * layers[0].bias.shape[1]
