@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numbers
-import os
 import sys
 import warnings
 from collections import OrderedDict
@@ -82,16 +81,7 @@ def _time_chunk(seq_len: int, batch: int, row_bytes: int) -> int:
 _batch_chunks = _lstm.batch_chunks  # batch chunks of the recurrence, or 0 (split mode)
 
 
-def _l2_bytes() -> int:
-    """One core's L2 cache as the OS reports it; 1 MiB when it does not."""
-    try:
-        size = os.sysconf("SC_LEVEL2_CACHE_SIZE")
-    except (AttributeError, OSError, ValueError):
-        size = 0
-    return size if size > 0 else 1 << 20
-
-
-_L2_BYTES = _l2_bytes()
+_L2_BYTES = _lstm.L2_BYTES  # one core's L2, as the OS reports it
 _DIRS_IN_TURN_FORCE: Optional[bool] = None  # tests: True/False overrides the rule below
 
 
@@ -643,7 +633,6 @@ class LSTM(_Module):
         h_n = np.empty((n_states, batch, out_size), dt)
 
         threads = get_num_threads()
-        n_chunks = _batch_chunks(batch, n_dirs, threads)
         if (seq_len == 1 and n_dirs == 1 and self._proj_size == 0 and batch_sizes is None
                 and not (self.training and self._dropout > 0)):
             stack = self._bound_layers()
@@ -658,9 +647,12 @@ class LSTM(_Module):
             np.cumsum(batch_sizes, out=offsets[1:])
             lengths = _count_greater(batch_sizes, np.arange(batch))  # sorted sequences
         layers = self._packed_layers()
+        w_hh_p = layers[0].w_hh_p
+        n_chunks = _batch_chunks(batch, n_dirs, threads,
+                                 layers[0].bias.shape[1] // _lstm.panel_width(dt), w_hh_p[0].nbytes)
         # (A one-timestep call has a thread per direction in any case.)
         in_turn = (seq_len > 1 and batch_sizes is None
-                   and _dirs_in_turn(batch, n_dirs, threads, layers[0].w_hh_p[0].nbytes))
+                   and _dirs_in_turn(batch, n_dirs, threads, w_hh_p[0].nbytes))
         if in_turn:
             n_chunks = 0
         gate_cols = n_dirs * layers[0].bias.shape[1]

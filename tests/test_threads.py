@@ -200,6 +200,103 @@ def test_directions_in_turn_match_oracle(dtype, proj_size, batch_first, step_cou
                                   f"hx={state is not None}")
 
 
+@pytest.fixture
+def split_rule():
+    """Lets a test force large batches into split mode or out of it; restores the rule."""
+    from fastlstm import _lstm
+
+    try:
+        yield _lstm._set_split_rule_for_tests
+    finally:
+        _lstm._set_split_rule_for_tests(None)
+
+
+@pytest.mark.skipif(not OPENMP, reason="a serial build has one thread")
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+def test_split_by_size_matches_oracle(dtype, split_rule, step_counters, monkeypatch):
+    """Batches with rows enough for batch chunks, forced into split mode (what
+    a large W_hh gets) and out of it: the oracle's result on 2 to 4 threads,
+    with step counters and barriers, for sequences across time chunks (with
+    an initial state, with a projection, bidirectional), packed input,
+    one-step calls and LSTMCell steps."""
+    from _reference import lstm_reference, reference_forward
+
+    import fastlstm.lstm as lstm_module
+
+    rng = np.random.default_rng(21)
+    monkeypatch.setattr(lstm_module, "_GATE_BUFFER_BYTES", 1)  # time chunks of 2 steps
+    monkeypatch.setattr(lstm_module, "_MIN_CHUNK_ROWS", 24)
+    batch, hidden = 12, 72
+    modules = [fastlstm.LSTM(6, hidden, dtype=dtype, rng=rng),
+               fastlstm.LSTM(6, hidden, proj_size=5, batch_first=True, dtype=dtype, rng=rng),
+               fastlstm.LSTM(6, hidden, num_layers=2, bidirectional=True, dtype=dtype, rng=rng)]
+    cell = fastlstm.LSTMCell(6, hidden, dtype=dtype, rng=rng)
+    x = rng.standard_normal((9, batch, 6)).astype(dtype)
+    lengths = np.sort(rng.integers(1, 10, batch))[::-1].copy()
+    lengths[0] = 9
+    packed = rnn.pack_padded_sequence(x, lengths)
+    cases = []
+    for m in modules:
+        d = m.num_layers * (2 if m.bidirectional else 1)
+        hx = (rng.standard_normal((d, batch, m.proj_size or hidden)).astype(dtype),
+              rng.standard_normal((d, batch, hidden)).astype(dtype))
+        xm = x.transpose(1, 0, 2).copy() if m.batch_first else x
+        cases.append((m, xm, hx, reference_forward(m, xm, hx)))
+    m = modules[0]
+    cases.append((m, x[:1], cases[0][2], reference_forward(m, x[:1], cases[0][2])))
+    c_hx = (rng.standard_normal((batch, hidden)).astype(dtype),
+            rng.standard_normal((batch, hidden)).astype(dtype))
+    params = {k + "_l0": v for k, v in cell.state_dict().items()}
+    _, (c_h, c_c) = lstm_reference(params, x[:1], tuple(v[None] for v in c_hx), num_layers=1,
+                                   bidirectional=False, proj_size=0, batch_first=False,
+                                   hidden_size=hidden)
+    lens = lengths.tolist()
+    p_ref = [reference_forward(m, x[:n, i]) for i, n in enumerate(lens)]
+    for threads in (2, 3, 4):
+        fastlstm.set_num_threads(threads)
+        for forced in (True, False):
+            split_rule(forced)
+            for counters in (True, False):
+                step_counters(counters)
+                what = f"threads={threads} split={forced} counters={counters}"
+                for k, (m, xm, hx, expected) in enumerate(cases):
+                    expected = (expected[0].astype(dtype),
+                                tuple(v.astype(dtype) for v in expected[1]))
+                    _assert_close(m(xm, hx), expected, dtype, f"{what} case {k}")
+                h, c = cell(x[0], c_hx)
+                np.testing.assert_allclose(h, c_h[0], rtol=0, atol=TOL[dtype], err_msg=what)
+                np.testing.assert_allclose(c, c_c[0], rtol=0, atol=TOL[dtype], err_msg=what)
+                out, (h_n, c_n) = m(packed)
+                padded, _ = rnn.pad_packed_sequence(out)
+                for i, (n, (ref, (ref_h, ref_c))) in enumerate(zip(lens, p_ref)):
+                    for a, b in ((padded[:n, i], ref), (h_n[:, i], ref_h), (c_n[:, i], ref_c)):
+                        np.testing.assert_allclose(a, b, rtol=0, atol=TOL[dtype],
+                                                   err_msg=f"{what} packed {i}")
+
+
+def test_split_by_size_rule():
+    """Split mode from half an L2 of W_hh per direction on, for directions of 2
+    threads that get 4 panels each; batch chunks otherwise; the test switch
+    works both ways."""
+    from fastlstm import _lstm
+
+    rule = _lstm.batch_chunks
+    half = _lstm.L2_BYTES // 2
+    assert rule(64, 1, 2, 16, half) == 0 and rule(16, 2, 4, 64, 4 * half) == 0
+    assert rule(64, 1, 2, 16, half - 1) == 2  # fits: a chunk per thread
+    assert rule(64, 1, 2, 7, 4 * half) == 2  # fewer than 4 panels per thread
+    assert rule(64, 1, 4, 64, 4 * half) == 4  # 2 threads per direction only (measured)
+    assert rule(64, 2, 2, 64, 4 * half) == 1  # one thread per direction: nothing to split
+    assert rule(3, 1, 2, 16, 0) == 0  # rows too few for chunks, as before
+    try:
+        _lstm._set_split_rule_for_tests(True)
+        assert rule(64, 1, 2, 16, 0) == 0 and rule(64, 2, 2, 16, 0) == 1
+        _lstm._set_split_rule_for_tests(False)
+        assert rule(64, 1, 2, 64, 4 * half) == 2 and rule(3, 1, 2, 64, 4 * half) == 0
+    finally:
+        _lstm._set_split_rule_for_tests(None)
+
+
 def test_directions_in_turn_rule():
     """In turn only for a single sequence on 2 threads whose W_hh per direction
     is at least an L2; the rule's force switch for the tests works both ways."""
