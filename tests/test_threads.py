@@ -218,7 +218,7 @@ def test_split_by_size_matches_oracle(dtype, split_rule, step_counters, monkeypa
     a large W_hh gets) and out of it: the oracle's result on 2 to 4 threads,
     with step counters and barriers, for sequences across time chunks (with
     an initial state, with a projection, bidirectional), packed input,
-    one-step calls and LSTMCell steps."""
+    one-step calls, LSTMCell steps and a Stream with a projection."""
     from _reference import lstm_reference, reference_forward
 
     import fastlstm.lstm as lstm_module
@@ -252,6 +252,8 @@ def test_split_by_size_matches_oracle(dtype, split_rule, step_counters, monkeypa
                                    hidden_size=hidden)
     lens = lengths.tolist()
     p_ref = [reference_forward(m, x[:n, i]) for i, n in enumerate(lens)]
+    s_mod = fastlstm.LSTM(6, hidden, num_layers=2, proj_size=5, dtype=dtype, rng=rng)
+    s_ref, (s_h, s_c) = reference_forward(s_mod, x[:3])
     for threads in (2, 3, 4):
         fastlstm.set_num_threads(threads)
         for forced in (True, False):
@@ -266,6 +268,13 @@ def test_split_by_size_matches_oracle(dtype, split_rule, step_counters, monkeypa
                 h, c = cell(x[0], c_hx)
                 np.testing.assert_allclose(h, c_h[0], rtol=0, atol=TOL[dtype], err_msg=what)
                 np.testing.assert_allclose(c, c_c[0], rtol=0, atol=TOL[dtype], err_msg=what)
+                stream = fastlstm.Stream(s_mod, batch)
+                for t in range(3):
+                    y = stream.step(x[t])
+                    np.testing.assert_allclose(y, s_ref[t], rtol=0, atol=TOL[dtype],
+                                               err_msg=f"{what} stream step {t}")
+                np.testing.assert_allclose(stream.h, s_h, rtol=0, atol=TOL[dtype], err_msg=what)
+                np.testing.assert_allclose(stream.c, s_c, rtol=0, atol=TOL[dtype], err_msg=what)
                 out, (h_n, c_n) = m(packed)
                 padded, _ = rnn.pad_packed_sequence(out)
                 for i, (n, (ref, (ref_h, ref_c))) in enumerate(zip(lens, p_ref)):
