@@ -61,6 +61,27 @@ def test_levels_match_oracle(level, threads, dtype, batch, kwargs):
     assert np.abs(c - ref_c).max() <= tol
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kwargs", [dict(), dict(proj_size=5, batch_first=True)], ids=str)
+def test_levels_split_by_size_match_oracle(level, dtype, kwargs):
+    """A batch of 16 on 2 threads forced into split mode (what a large W_hh gets),
+    its projection of 176 rows going to BLAS on the levels that use it."""
+    m = fastlstm.LSTM(13, 37, dtype=dtype, rng=3, **kwargs)
+    rng = np.random.default_rng(8)
+    shape = (16, 11, 13) if kwargs.get("batch_first") else (11, 16, 13)
+    x = rng.standard_normal(shape).astype(dtype)
+    ref, (ref_h, ref_c) = reference_forward(m, x)
+    fastlstm.set_num_threads(2)
+    _lstm._set_split_rule_for_tests(True)
+    try:
+        out, (h, c) = m(x)
+    finally:
+        _lstm._set_split_rule_for_tests(None)
+        fastlstm.set_num_threads(None)
+    for a, b in ((out, ref), (h, ref_h), (c, ref_c)):
+        assert np.abs(a - b).max() <= TOL[dtype]
+
+
 def test_split_mode_is_taken():
     # The configurations above must exercise both modes with 2 threads.
     assert _batch_chunks(1, 1, 2) == 0
