@@ -119,15 +119,21 @@ def test_results_do_not_depend_on_thread_count(dtype, batch_first):
                           f"threads={threads} hx={state is not None}")
 
 
+def _switch(name):
+    """Yields the test switch ``fastlstm._lstm.<name>``; puts its default (None) back after."""
+    from fastlstm import _lstm
+
+    setter = getattr(_lstm, name)
+    try:
+        yield setter
+    finally:
+        setter(None)
+
+
 @pytest.fixture
 def step_counters():
     """Lets a test choose how split-mode threads synchronise; restores the default."""
-    from fastlstm import _lstm
-
-    try:
-        yield _lstm._set_step_counters_for_tests
-    finally:
-        _lstm._set_step_counters_for_tests(None)
+    yield from _switch("_set_step_counters_for_tests")
 
 
 @pytest.mark.skipif(not OPENMP, reason="a serial build has one thread")
@@ -203,12 +209,7 @@ def test_directions_in_turn_match_oracle(dtype, proj_size, batch_first, step_cou
 @pytest.fixture
 def split_rule():
     """Lets a test force large batches into split mode or out of it; restores the rule."""
-    from fastlstm import _lstm
-
-    try:
-        yield _lstm._set_split_rule_for_tests
-    finally:
-        _lstm._set_split_rule_for_tests(None)
+    yield from _switch("_set_split_rule_for_tests")
 
 
 @pytest.mark.skipif(not OPENMP, reason="a serial build has one thread")
