@@ -163,8 +163,8 @@ FL_INLINE fl_f64b fl_div_f_avx512(fl_f64b a, fl_f64b q) { return a / q; }
 FL_TGT_avx2 FL_INLINE fl_f32b fl_div_f_avx2(fl_f32b a, fl_f32b q) { return a / q; }
 FL_INLINE fl_f16b fl_div_f_portable(fl_f16b a, fl_f16b q) { return a / q; }
 
-#define FL_DEFINE_ACT(ISA, VF, IVF, VD, IVD)                                        \
-/* k*tanh(k*x) for k = 1 or 1/2: with k = 1/2 every constant is scaled by a     \
+#define FL_DEFINE_ACT(ISA, VF, VD, IVD)                                             \
+/* k*tanh(k*x) for k = 1 or 1/2: with k = 1/2 every constant is scaled by a         \
  * power of two, so the result is exactly half of tanh(x/2), one multiply less. */  \
 FL_TGT_##ISA FL_INLINE VF fl_ktanh_f_##ISA(VF x, const float k)                     \
 {                                                                                   \
@@ -175,7 +175,7 @@ FL_TGT_##ISA FL_INLINE VF fl_ktanh_f_##ISA(VF x, const float k)                 
                + s * (k2 * 20.33028221130371f + s * (k2 * 5.899973392486572f        \
                + s * (k2 * -0.8622098565101624f + s * (k2 * 0.18105918169021606f    \
                + s * (k2 * -0.02341737598180771f))))));                             \
-    const VF q = 1.0f + s * (37.594112396240234f + s * (160.57240295410156f          \
+    const VF q = 1.0f + s * (37.594112396240234f + s * (160.57240295410156f         \
                + s * 134.91180419921875f));                                         \
     /* The fit overshoots 1 by an ulp near the clamp: keep |tanh| <= 1, so that     \
      * sigmoid stays in [0, 1]. */                                                  \
@@ -218,9 +218,9 @@ FL_TGT_##ISA FL_INLINE VD fl_sigmoid_d_##ISA(VD x)                              
     return 0.5 + 0.5 * fl_tanh_d_##ISA(0.5 * x);                                    \
 }
 
-FL_DEFINE_ACT(avx512, fl_f64b, fl_i64b, fl_d64b, fl_l64b)
-FL_DEFINE_ACT(avx2, fl_f32b, fl_i32b, fl_d32b, fl_l32b)
-FL_DEFINE_ACT(portable, fl_f16b, fl_i16b, fl_d16b, fl_l16b)
+FL_DEFINE_ACT(avx512, fl_f64b, fl_d64b, fl_l64b)
+FL_DEFINE_ACT(avx2, fl_f32b, fl_d32b, fl_l32b)
+FL_DEFINE_ACT(portable, fl_f16b, fl_d16b, fl_l16b)
 
 /* ------------------------------------------------------------------------
  * One register block of a product: R rows by NV vectors of columns of one
@@ -297,10 +297,10 @@ FL_INLINE void fl_rows_part_##S##_##ISA(int R, int beta, int K, const REAL *A,  
             G[r * ldg + j] = tmp[r * PW + j];                                       \
 }                                                                                   \
                                                                                     \
-/* G (M x N) = beta*G + A (M x K) @ B (K x N), B packed in panels.  Blocked   \
- * like a GEMM: K in slices of FL_KC (a panel's slice, FL_KC x PW, stays in     \
- * L1/L2 while every row block of a chunk uses it), rows in chunks of FL_MC     \
- * (the chunk's A slice stays in L2 across all panels). */                      \
+/* G (M x N) = beta*G + A (M x K) @ B (K x N), B packed in panels.  Blocked         \
+ * like a GEMM: K in slices of FL_KC (a panel's slice, FL_KC x PW, stays in         \
+ * L1/L2 while every row block of a chunk uses it), rows in chunks of FL_MC         \
+ * (the chunk's A slice stays in L2 across all panels). */                          \
 FL_TGT_##ISA static void fl_matmul_##S##_##ISA(int beta, int M, int N, int K,       \
         const REAL *A, ptrdiff_t lda, const REAL *BP, REAL *G, ptrdiff_t ldg)       \
 {                                                                                   \
@@ -331,8 +331,8 @@ FL_TGT_##ISA static void fl_matmul_##S##_##ISA(int beta, int M, int N, int K,   
     } while (k0 < K);                                                               \
 }                                                                                   \
                                                                                     \
-/* Gate math for the U units of one row of a panel: g holds the interleaved   \
- * pre-activations [i(U) f(U) g(U) o(U)], b the bias alike; c (U) is updated  \
+/* Gate math for the U units of one row of a panel: g holds the interleaved         \
+ * pre-activations [i(U) f(U) g(U) o(U)], b the bias alike; c (U) is updated        \
  * in place and h (U) written. */                                                   \
 FL_TGT_##ISA FL_INLINE void fl_gates_##S##_##ISA(const REAL *g, const REAL *b, REAL *c, REAL *h) \
 {                                                                                   \
@@ -342,16 +342,16 @@ FL_TGT_##ISA FL_INLINE void fl_gates_##S##_##ISA(const REAL *g, const REAL *b, R
         const V zf = *(const VU *)(g + U + j) + *(const VU *)(b + U + j);           \
         const V zg = *(const VU *)(g + 2 * U + j) + *(const VU *)(b + 2 * U + j);   \
         const V zo = *(const VU *)(g + 3 * U + j) + *(const VU *)(b + 3 * U + j);   \
-        const V i_t = fl_sigmoid_##S##_##ISA(zi);                 \
-        const V f_t = fl_sigmoid_##S##_##ISA(zf);                 \
+        const V i_t = fl_sigmoid_##S##_##ISA(zi);                                   \
+        const V f_t = fl_sigmoid_##S##_##ISA(zf);                                   \
         const V g_t = fl_tanh_##S##_##ISA(zg);                                      \
-        const V o_t = fl_sigmoid_##S##_##ISA(zo);                 \
+        const V o_t = fl_sigmoid_##S##_##ISA(zo);                                   \
         const V c_t = f_t * *(const VU *)(c + j) + i_t * g_t;                       \
         *(VU *)(c + j) = c_t;                                                       \
         *(VU *)(h + j) = o_t * fl_tanh_##S##_##ISA(c_t);                            \
     }                                                                               \
 }                                                                                   \
-/* The same for the first n < U units (the last panel of a hidden size that is     \
+/* The same for the first n < U units (the last panel of a hidden size that is      \
  * not a multiple of U), through buffers: g and b always hold whole panels. */      \
 FL_TGT_##ISA FL_INLINE void fl_gates_part_##S##_##ISA(const REAL *g, const REAL *b, REAL *c,     \
                                          REAL *h, int n)                            \
@@ -372,7 +372,7 @@ FL_TGT_##ISA FL_INLINE void fl_gates_part_##S##_##ISA(const REAL *g, const REAL 
  * @ W_hh^T, then the gate math straight after each panel's product: c (M x H,      \
  * row stride ldc) is updated in place and h (row stride ldh) written.  With        \
  * `reverse` the panels run last to first. */                                       \
-FL_TGT_##ISA static void fl_lstm_step_##S##_##ISA(int M, int K, int H,             \
+FL_TGT_##ISA static void fl_lstm_step_##S##_##ISA(int M, int K, int H,              \
         const REAL *A, ptrdiff_t lda, const REAL *BP, REAL *G, ptrdiff_t ldg,       \
         const REAL *bias, REAL *C, ptrdiff_t ldc, REAL *Hout, ptrdiff_t ldh,        \
         int p_lo, int p_hi, int reverse)                                            \
@@ -413,7 +413,7 @@ FL_TGT_##ISA static void fl_act_##S##_##ISA(ptrdiff_t n, const REAL *x, REAL *y,
         for (int k = 0; k < W; k++)                                                 \
             buf[k] = j + k < n ? x[j + k] : (REAL)0;                                \
         V v = *(const VU *)buf;                                                     \
-        v = sigmoid ? fl_sigmoid_##S##_##ISA(v) : fl_tanh_##S##_##ISA(v);              \
+        v = sigmoid ? fl_sigmoid_##S##_##ISA(v) : fl_tanh_##S##_##ISA(v);           \
         *(VU *)buf = v;                                                             \
         for (int k = 0; k < W && j + k < n; k++)                                    \
             y[j + k] = buf[k];                                                      \

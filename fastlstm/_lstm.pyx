@@ -796,8 +796,8 @@ cdef inline int _chunks(int batch, int n_dirs, int threads, int n_panels,
         return max(1, min(batch, per_dir))
     if batch < 4 * per_dir:
         return 0
-    if _split_by_size == 1 or (_split_by_size == 0 and per_dir == 2 and n_panels >= 8
-                               and hh_bytes >= _split_min_bytes):
+    if _split_by_size == 1 or (_split_by_size == 0 and per_dir == 2
+                               and n_panels >= 4 * per_dir and hh_bytes >= _split_min_bytes):
         return 0
     return per_dir
 
@@ -964,13 +964,15 @@ def batch_chunks(int batch, int n_dirs, int threads, int n_panels=0,
     its ``W_hh`` (``hh_bytes`` packed, in ``n_panels`` gate panels) is at
     least half a core's L2, with 4 panels or more per thread.  A batch chunk
     streams the whole ``W_hh`` every step, from L3 once it outgrows the L2
-    beside the other data; in split mode each thread streams half of it.  Measured on 2 cores with a
-    1 MiB L2 (interleaved in one process, split against chunks): float32
-    H = 256-1024 with 8-256 sequences 4-22% faster (the benchmark's small
-    batch 5-9%, batch 10-12%, large 4-8%), projection 6-9%, float64 H = 256
-    5-9%, packed input 10-14%, one-step calls and LSTMCell steps of 16-64
-    rows 9-13%; with the AVX2 kernels 1-4% (packed 10%).  Below the size,
-    H = 128 float32 from 64 sequences on runs 1-3% slower in split mode.
+    beside the other data; in split mode each thread streams half of it.
+
+    Measured on 2 cores with a 1 MiB L2 (interleaved in one process, split
+    against chunks): float32 H = 256-1024 with 8-256 sequences 4-22% faster
+    (the benchmark's small batch 5-9%, batch 10-12%, large 4-8%), projection
+    6-9%, float64 H = 256 5-9%, packed input 10-14%, one-step calls and
+    LSTMCell steps of 16-64 rows 9-13%; with the AVX2 kernels 1-4% (packed
+    10%).  Below the size, H = 128 float32 from 64 sequences on runs 1-3%
+    slower in split mode.
     With more threads per direction the step's wait grows and its work per
     thread shrinks; that was not measured, so batch chunks stay there.
     """
