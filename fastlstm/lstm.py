@@ -34,7 +34,8 @@ __all__ = ["LSTM"]
 
 
 def _check_int(name: str, value: Any) -> None:
-    if not isinstance(value, int):
+    # torch takes True and False as 1 and 0; a flag given as a size is refused here.
+    if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
 
 

@@ -142,6 +142,23 @@ def test_constructor_nonint_count_type_parity(torch, kwargs):
     assert str(f_exc) == f"{name} should be of type int, got: {type(value).__name__}"
 
 
+@pytest.mark.parametrize("name", ["input_size", "hidden_size", "num_layers", "proj_size"])
+@pytest.mark.parametrize("flag", [True, False])
+def test_constructor_refuses_flags_as_sizes(name, flag):
+    # A deliberate difference (docs/porting.md): torch reads True and False as 1 and 0.
+    args = dict(input_size=3, hidden_size=4)
+    args[name] = flag
+    with pytest.raises(TypeError) as exc:
+        fastlstm.LSTM(**args)
+    assert str(exc.value) == f"{name} should be of type int, got: bool"
+    if name in ("input_size", "hidden_size"):
+        cell_args = dict(input_size=3, hidden_size=4)
+        cell_args[name] = flag
+        with pytest.raises(TypeError) as exc:
+            fastlstm.LSTMCell(**cell_args)
+        assert str(exc.value) == f"{name} should be of type int, got: bool"
+
+
 # Values that torch converts with float(dropout) *before* validating it, so
 # torch's error is float()'s own.  The exception type must match.
 @pytest.mark.parametrize("dropout", ["abc", None, [0.5]], ids=repr)
