@@ -169,8 +169,8 @@ FL_INLINE fl_f16b fl_div_f_portable(fl_f16b a, fl_f16b q) { return a / q; }
 FL_TGT_##ISA FL_INLINE VF fl_ktanh_f_##ISA(VF x, const float k)                     \
 {                                                                                   \
     x = FL_CLAMP_f_##ISA(x, (VF){} - 9.0f / k, (VF){} + 9.0f / k);  /* NaN stays */ \
-    const VF s = (x * x) * ((1.0f / 81.0f) * k * k);                                \
     const float k2 = k * k;                                                         \
+    const VF s = (x * x) * ((1.0f / 81.0f) * k2);                                   \
     const VF p = k2 * 0.9999999403953552f + s * (k2 * 10.594123840332031f           \
                + s * (k2 * 20.33028221130371f + s * (k2 * 5.899973392486572f        \
                + s * (k2 * -0.8622098565101624f + s * (k2 * 0.18105918169021606f    \

@@ -648,12 +648,12 @@ class LSTM(_Module):
             np.cumsum(batch_sizes, out=offsets[1:])
             lengths = _count_greater(batch_sizes, np.arange(batch))  # sorted sequences
         layers = self._packed_layers()
-        w_hh_p = layers[0].w_hh_p
+        hh_bytes = layers[0].w_hh_p[0].nbytes  # one direction's packed W_hh
         n_chunks = _batch_chunks(batch, n_dirs, threads,
-                                 layers[0].bias.shape[1] // _lstm.panel_width(dt), w_hh_p[0].nbytes)
+                                 layers[0].bias.shape[1] // _lstm.panel_width(dt), hh_bytes)
         # (A one-timestep call has a thread per direction in any case.)
         in_turn = (seq_len > 1 and batch_sizes is None
-                   and _dirs_in_turn(batch, n_dirs, threads, w_hh_p[0].nbytes))
+                   and _dirs_in_turn(batch, n_dirs, threads, hh_bytes))
         if in_turn:
             n_chunks = 0
         gate_cols = n_dirs * layers[0].bias.shape[1]

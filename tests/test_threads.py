@@ -284,7 +284,7 @@ def test_split_by_size_matches_oracle(dtype, split_rule, step_counters, monkeypa
                                                    err_msg=f"{what} packed {i}")
 
 
-def test_split_by_size_rule():
+def test_split_by_size_rule(split_rule):
     """Split mode from half an L2 of W_hh per direction on, for directions of 2
     threads that get 4 panels each; batch chunks otherwise; the test switch
     works both ways."""
@@ -298,13 +298,10 @@ def test_split_by_size_rule():
     assert rule(64, 1, 4, 64, 4 * half) == 4  # 2 threads per direction only (measured)
     assert rule(64, 2, 2, 64, 4 * half) == 1  # one thread per direction: nothing to split
     assert rule(3, 1, 2, 16, 0) == 0  # rows too few for chunks, as before
-    try:
-        _lstm._set_split_rule_for_tests(True)
-        assert rule(64, 1, 2, 16, 0) == 0 and rule(64, 2, 2, 16, 0) == 1
-        _lstm._set_split_rule_for_tests(False)
-        assert rule(64, 1, 2, 64, 4 * half) == 2 and rule(3, 1, 2, 64, 4 * half) == 0
-    finally:
-        _lstm._set_split_rule_for_tests(None)
+    split_rule(True)
+    assert rule(64, 1, 2, 16, 0) == 0 and rule(64, 2, 2, 16, 0) == 1
+    split_rule(False)
+    assert rule(64, 1, 2, 64, 4 * half) == 2 and rule(3, 1, 2, 64, 4 * half) == 0
 
 
 def test_directions_in_turn_rule():
