@@ -30,7 +30,7 @@ from typing import (
 import numpy as np
 
 from fastlstm import _lstm, _threads
-from fastlstm._common import freeze, resolve_dtype, to_numpy
+from fastlstm._common import check_device, freeze, is_torch_tensor, resolve_dtype, to_numpy
 from fastlstm._state_dict import SKIP_INIT
 
 if TYPE_CHECKING:
@@ -125,6 +125,21 @@ def pack_layer(
     else:
         w_hr_p = np.empty((n_dirs, 0), dtype=dtype)
     return _PackedLayer(w_ih_all, _pack_panels(w_ih_all), w_hh_p, bias, w_hr_p)
+
+
+def _dtype_like(obj: Any) -> bool:
+    """Whether a positional argument of ``to`` names a dtype (else a device)."""
+    if isinstance(obj, (np.dtype, type)):
+        return True
+    if type(obj).__name__ == "dtype" and type(obj).__module__ == "torch":
+        return True
+    if isinstance(obj, str):
+        try:
+            np.dtype(obj)
+        except TypeError:
+            return False
+        return True
+    return False
 
 
 class _Module:
@@ -589,6 +604,203 @@ class _Module:
         False
         """
         return self.train(False)
+
+    # ------------------------------------------------------ devices and dtypes
+    def to(self: _M, *args: Any, **kwargs: Any) -> _M:
+        """Move to a device and/or cast to a dtype, in place, as ``torch.nn.Module.to``.
+
+        The forms are torch's: ``to(device=None, dtype=None, non_blocking=False)``,
+        ``to(dtype, non_blocking=False)`` and ``to(tensor, non_blocking=False)``
+        (the tensor's or array's dtype, and a tensor's device).  The device must
+        be the CPU; ``non_blocking`` and ``memory_format`` are accepted and have
+        no effect, and ``copy`` is refused, as by torch.
+
+        Parameters
+        ----------
+        device : None, "cpu" or torch.device("cpu")
+        dtype : float32 or float64, as NumPy dtypes, their names or torch dtypes
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            Any device other than the CPU.
+        TypeError
+            A dtype other than float32 and float64, or arguments in no form of ``to``.
+        RuntimeError
+            A ``copy`` argument (torch's error).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(4, 8, rng=0)
+        >>> rnn.to("cpu", np.float64).weight_ih_l0.dtype
+        dtype('float64')
+        >>> rnn.to(np.zeros(2, np.float32)).dtype     # the dtype of an array or tensor
+        dtype('float32')
+        """
+        unknown = sorted(set(kwargs) - {"device", "dtype", "non_blocking", "memory_format"})
+        if "copy" in kwargs:
+            raise RuntimeError(".to() does not accept copy argument")  # torch's words
+        if unknown:
+            raise TypeError(f"to() got an unexpected keyword argument '{unknown[0]}'")
+        device, dtype = kwargs.get("device"), kwargs.get("dtype")
+        rest = list(args)
+        if rest:
+            first = rest.pop(0)
+            if isinstance(first, np.ndarray) or is_torch_tensor(first):
+                dtype, device = first.dtype, getattr(first, "device", None)
+            elif _dtype_like(first):
+                dtype = first
+            else:
+                device = first
+                if rest and not isinstance(rest[0], bool):
+                    dtype = rest.pop(0)
+        if rest and isinstance(rest[0], bool):
+            rest.pop(0)  # non_blocking
+            if rest and isinstance(rest[0], bool):
+                raise RuntimeError(".to() does not accept copy argument")
+        if rest:
+            raise TypeError(f"to() received an invalid combination of arguments: got "
+                            f"{len(args)} positional arguments, expected a device, a dtype "
+                            "or a tensor, then non_blocking")
+        check_device(device)
+        return self._cast(dtype) if dtype is not None else self
+
+    def _cast(self: _M, dtype: Any) -> _M:
+        """Cast every parameter to ``dtype`` in place (packed again on next use)."""
+        resolved = resolve_dtype(dtype)
+        if resolved != self._dtype:
+            with self._pack_lock:
+                params = OrderedDict(
+                    (name, freeze(value.astype(resolved))) for name, value in self._params.items()
+                )
+                self.__dict__.update(_params=params, _dtype=resolved, _packed=None)
+        return self
+
+    def float(self: _M) -> _M:
+        """Cast the parameters to float32 in place and return self, as torch's ``float()``.
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(4, 8, dtype="float64", rng=0)
+        >>> rnn.float().weight_hh_l0.dtype
+        dtype('float32')
+        """
+        return self._cast(np.float32)
+
+    def double(self: _M) -> _M:
+        """Cast the parameters to float64 in place and return self, as torch's ``double()``.
+
+        The results of later calls are float64; a :class:`fastlstm.Stream` of
+        the module casts its state at its next step.
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(4, 8, rng=0).double()
+        >>> output, (h_n, c_n) = rnn(np.ones((5, 4)))
+        >>> output.dtype, h_n.dtype
+        (dtype('float64'), dtype('float64'))
+        """
+        return self._cast(np.float64)
+
+    def half(self: _M) -> _M:
+        """Refused: fastlstm computes in float32 or float64 only.
+
+        Raises
+        ------
+        TypeError
+            Always; the module is left as it was.
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> fastlstm.LSTM(4, 8).half()
+        Traceback (most recent call last):
+            ...
+        TypeError: fastlstm supports dtype float32 and float64, got 'float16'
+        """
+        return self._cast("float16")
+
+    def cpu(self: _M) -> _M:
+        """Return self: the module is on the CPU already.
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(4, 8)
+        >>> rnn.cpu() is rnn
+        True
+        """
+        return self
+
+    def cuda(self: _M, device: Any = None) -> _M:
+        """Refused: fastlstm runs on the CPU only.
+
+        Raises
+        ------
+        ValueError
+            Always; the module is left as it was.
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> fastlstm.LSTM(4, 8).cuda()
+        Traceback (most recent call last):
+            ...
+        ValueError: fastlstm runs on the CPU only: device must be None or 'cpu', got 'cuda'
+        """
+        name = "cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else device
+        raise ValueError(f"fastlstm runs on the CPU only: device must be None or 'cpu', "
+                         f"got {str(name)!r}")
+
+    def requires_grad_(self: _M, requires_grad: bool = True) -> _M:
+        """Return self for ``requires_grad_(False)``, as inference code calls it.
+
+        Parameters
+        ----------
+        requires_grad : bool, default=True
+            Must be False: fastlstm has no autograd.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        RuntimeError
+            For ``requires_grad=True``.
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(4, 8)
+        >>> rnn.eval().requires_grad_(False) is rnn
+        True
+        """
+        if requires_grad:
+            raise RuntimeError("fastlstm runs inference only: its parameters have no "
+                               "gradients (use torch to train, then load the weights)")
+        return self
 
     # ----------------------------------------------------------------- forward
     def __call__(self, input: ArrayLike, hx: Optional[Tuple[ArrayLike, ArrayLike]] = None):

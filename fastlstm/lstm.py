@@ -322,6 +322,19 @@ class LSTM(_Module):
             s += f", dtype={dtype_name(self._dtype)}"
         return s + ")"
 
+    def flatten_parameters(self) -> None:
+        """Do nothing: kept so that code calling torch's ``flatten_parameters`` runs.
+
+        The kernels pack the weights once (again after any change), so there
+        is nothing to flatten.
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> rnn = fastlstm.LSTM(4, 8)
+        >>> rnn.flatten_parameters()
+        """
+
     @property
     def all_weights(self) -> List[List[np.ndarray]]:
         """Parameters grouped per layer and direction, as torch's ``all_weights``."""

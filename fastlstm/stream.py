@@ -28,8 +28,10 @@ class Stream:
     module : LSTM or LSTMCell
         A unidirectional :class:`fastlstm.LSTM` (any number of layers,
         ``proj_size`` allowed) or a :class:`fastlstm.LSTMCell`.  Its weights are
-        read at every step, so later parameter changes take effect.  Steps
-        compute in eval mode (no dropout).
+        read at every step, so later parameter changes take effect; when the
+        module is cast to the other dtype (``double()``, ``to(dtype)``), the
+        next step casts the state too, into new arrays.  Steps compute in
+        eval mode (no dropout).
     batch_size : int or None, default=None
         Number of independent streams stepped together; None for one unbatched
         stream (frames of shape ``(input_size,)``).
@@ -83,14 +85,20 @@ class Stream:
         self._n = n
         self._h = np.zeros((layers, n, out_size), dt)
         self._c = np.zeros((layers, n, hidden), dt)
-        self._x = np.zeros((n, module.input_size), dt)
-        self._out = [np.zeros((n, out_size), dt) for _ in range(layers)]
-        self._hcell = np.zeros((1, n, hidden), dt)
-        w = module._packed_layers()[0]
-        self._gates = np.zeros((n, w.bias.shape[1]), dt)
+        self._allocate(dt)
         self._zero = True  # the state is all zeros: the first step can skip W_hh
         self._plan_layers: Optional[List[Any]] = None  # what _step_plan is bound to
         self._step_plan: Optional[_lstm.StepPlan] = None
+
+    def _allocate(self, dt: np.dtype) -> None:
+        """The buffers of a step other than the state, in the module's dtype."""
+        module, n = self._module, self._n
+        layers, out_size = self._h.shape[0], self._h.shape[2]
+        self._x = np.zeros((n, module.input_size), dt)
+        self._out = [np.zeros((n, out_size), dt) for _ in range(layers)]
+        self._hcell = np.zeros((1, n, module.hidden_size), dt)
+        w = module._packed_layers()[0]
+        self._gates = np.zeros((n, w.bias.shape[1]), dt)
 
     @property
     def h(self) -> np.ndarray:
@@ -199,10 +207,16 @@ class Stream:
 
     def _plan(self) -> _lstm.StepPlan:
         """The stream's buffers bound to the module's packed weights, made again
-        when those change (new weights loaded into the module)."""
+        when those change (new weights loaded into the module, or a new dtype)."""
         layers = self._module._packed_layers()
         plan = self._step_plan
         if plan is None or layers is not self._plan_layers:
+            dt = layers[0].bias.dtype
+            if dt != self._h.dtype:
+                # The module was cast (``double()``, ``to(dtype)``): so is the state,
+                # into new arrays.
+                self._h, self._c = self._h.astype(dt), self._c.astype(dt)
+                self._allocate(dt)
             plan = self._step_plan = _lstm.StepPlan(layers, self._x, self._h, self._c,
                                                     self._hcell, self._out, self._gates)
             self._plan_layers = layers
