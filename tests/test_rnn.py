@@ -356,6 +356,7 @@ def _error_cases(torch):
         (pack, (x, [3, 2, 1, 1]), {}),
         (pack, (x, []), {}),
         (pack, (x, [3, 2, 1, 1]), {"enforce_sorted": False}),
+        (pack, (x.transpose(0, 1), [3, 2, 1, 1]), {"enforce_sorted": False, "batch_first": True}),
         (pack, (x, [3, 2, 1]), {"batch_first": True}),               # batch is 5
         (pack, (x, torch.tensor([3, 2])), {}),
         (pack, (x, [[3, 2, 1]]), {}),                                # 2-D lengths
