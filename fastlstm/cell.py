@@ -246,34 +246,47 @@ class LSTMCell(_Module):
             x = x[None, :]
             if states is not None:
                 states = [v[None, ...] for v in states]
+        # torch's order: the input's size, each state's batch and size, then (in its
+        # matrix products) the dtypes.
+        if x.shape[1] != self._input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {x.shape[1]} "
+                f"expected {self._input_size}"
+            )
+        for idx, value in enumerate(states or ()):
+            if value.shape[0] != x.shape[0]:
+                raise RuntimeError(
+                    f"Input batch size {x.shape[0]} doesn't match hidden{idx} "
+                    f"batch size {value.shape[0]}"
+                )
+            if value.ndim == 1:
+                raise IndexError("Dimension out of range (expected to be in range of [-1, 0], "
+                                 "but got 1)")
+            if value.shape[1] != self._hidden_size:
+                raise RuntimeError(
+                    f"hidden{idx} has inconsistent hidden_size: got {value.shape[1]}, "
+                    f"expected {self._hidden_size}"
+                )
+        for idx, value in enumerate(states or ()):
+            if value.ndim != 2:
+                # A 2-D state of unbatched input: torch goes on and fails in its
+                # products, crashes, or broadcasts c into a result of the wrong shape.
+                raise RuntimeError(
+                    f"LSTMCell: Expected hx[{idx}] of shape ({self._hidden_size},) for "
+                    f"unbatched 1D input, got shape {value.shape[1:]}"
+                )
         if x.dtype.kind != "f":
             # torch fails in its matrix product, with a RuntimeError.
             raise RuntimeError(
                 f"LSTMCell input dtype ({x.dtype}) does not match weight dtype ({self._dtype}). "
                 f"Convert input: input.astype({self._dtype})"
             )
-        if x.shape[1] != self._input_size:
-            raise RuntimeError(
-                f"input has inconsistent input_size: got {x.shape[1]} "
-                f"expected {self._input_size}"
-            )
-        if states is not None:
-            for idx, value in enumerate(states):
-                if value.shape[0] != x.shape[0]:
-                    raise RuntimeError(
-                        f"Input batch size {x.shape[0]} doesn't match hidden{idx} "
-                        f"batch size {value.shape[0]}"
-                    )
-                if value.ndim != 2 or value.shape[1] != self._hidden_size:
-                    raise RuntimeError(
-                        f"hidden{idx} has inconsistent hidden_size: got {value.shape[1]}, "
-                        f"expected {self._hidden_size}"
-                    )
-                if value.dtype.kind != "f":
-                    raise RuntimeError(
-                        f"hx[{idx}] dtype ({value.dtype}) does not match weight dtype "
-                        f"({self._dtype})"
-                    )
+        for idx, value in enumerate(states or ()):
+            if value.dtype.kind != "f":
+                raise RuntimeError(
+                    f"hx[{idx}] dtype ({value.dtype}) does not match weight dtype "
+                    f"({self._dtype})"
+                )
         h, c = self._step(x, states)
         if not batched:
             h, c = h[0], c[0]

@@ -513,12 +513,12 @@ class LSTM(_Module):
 
         self._check_input(x)
         seq_len, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
-        n_states = self._num_layers * self._num_directions
         if h0 is not None and c0 is not None:
-            self._check_state(h0, (n_states, batch, self._out_size), "hidden[0]")
-            self._check_state(c0, (n_states, batch, self._hidden_size), "hidden[1]")
+            self._check_states(h0, c0, batch)
         if seq_len == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        if h0 is not None and c0 is not None:
+            self._check_state_dtypes(h0, c0)
 
         output, h_n, c_n = self._run(x, h0, c0, batch_first)
         if not batched:
@@ -541,13 +541,22 @@ class LSTM(_Module):
                 f"Expected {self._input_size}, got {x.shape[-1]}"
             )
 
-    def _check_state(self, state: np.ndarray, expected: Tuple[int, int, int], what: str) -> None:
-        if tuple(state.shape) != expected:
-            raise RuntimeError(f"Expected {what} size {expected}, got {list(state.shape)}")
-        if state.dtype.kind != "f":
-            raise RuntimeError(
-                f"{what} dtype ({state.dtype}) does not match weight dtype ({self._dtype})"
-            )
+    # torch checks both states' shapes (and the sequence length) first; a wrong
+    # dtype fails later, in its kernels.
+    def _check_states(self, h0: np.ndarray, c0: np.ndarray, batch: int) -> None:
+        n_states = self._num_layers * self._num_directions
+        for state, size, what in ((h0, self._out_size, "hidden[0]"),
+                                  (c0, self._hidden_size, "hidden[1]")):
+            expected = (n_states, batch, size)
+            if tuple(state.shape) != expected:
+                raise RuntimeError(f"Expected {what} size {expected}, got {list(state.shape)}")
+
+    def _check_state_dtypes(self, h0: np.ndarray, c0: np.ndarray) -> None:
+        for state, what in ((h0, "hidden[0]"), (c0, "hidden[1]")):
+            if state.dtype.kind != "f":
+                raise RuntimeError(
+                    f"{what} dtype ({state.dtype}) does not match weight dtype ({self._dtype})"
+                )
 
     def _forward_packed(
         self, input: Any, hx: Optional[Tuple[ArrayLike, ArrayLike]]
@@ -578,14 +587,13 @@ class LSTM(_Module):
                 raise ValueError(f"{name} must be a permutation of the {batch} sequences, "
                                  f"got {np.asarray(perm).tolist()}")
         tensor_in = torch_packed
-        n_states = self._num_layers * self._num_directions
         h0, c0, tensor_hx = _states(hx)
         tensor_in = tensor_in or tensor_hx
         if h0 is not None and c0 is not None:
             # torch checks nothing here and fails later or not at all (a state
             # of a larger batch is silently cut); fastlstm wants the exact shapes.
-            self._check_state(h0, (n_states, batch, self._out_size), "hidden[0]")
-            self._check_state(c0, (n_states, batch, self._hidden_size), "hidden[1]")
+            self._check_states(h0, c0, batch)
+            self._check_state_dtypes(h0, c0)
             if sorted_indices is not None:
                 h0, c0 = h0[:, sorted_indices], c0[:, sorted_indices]
 

@@ -130,6 +130,12 @@ CASES = [
     ("hidden of h", lambda z: (z((2, 5)), (z((2, 8)), z((2, 9))))),
     ("hidden of c", lambda z: (z((2, 5)), (z((2, 9)), z((2, 7))))),
     ("unbatched input, 2-D hx", lambda z: (z((5,)), (z((2, 9)), z((2, 9))))),
+    ("batched input, 1-D c", lambda z: (z((2, 5)), (z((2, 9)), z((2,))))),
+    ("unbatched input, 2-D h, c's size", lambda z: (z((5,)), (z((9, 1)), z((8,))))),
+    # torch's order: sizes first, then (in its products) dtypes
+    ("input size, int input", lambda z: (z((2, 4), np.int64),)),
+    ("batch of h, int states", lambda z: (z((2, 5), np.bool_), (z((3, 9), np.int64), z((2, 9))))),
+    ("hidden of c, int h", lambda z: (z((2, 5)), (z((2, 9), np.int64), z((2, 7))))),
 ]
 
 
@@ -137,11 +143,22 @@ CASES = [
 def test_errors_match_torch(torch, name, make):
     t = torch.nn.LSTMCell(5, 9)
     cell = fastlstm.LSTMCell.from_torch(t)
-    t_exc = _error(lambda: t(*make(lambda s: torch.zeros(s))))
-    f_exc = _error(lambda: cell(*make(lambda s: np.zeros(s, np.float32))))
+    t_exc = _error(lambda: t(*make(lambda s, d=np.float32: torch.from_numpy(np.zeros(s, d)))))
+    f_exc = _error(lambda: cell(*make(lambda s, d=np.float32: np.zeros(s, d))))
     assert t_exc is not None and f_exc is not None
     assert type(f_exc) is type(t_exc)
     assert str(f_exc) == str(t_exc)
+
+
+def test_unbatched_input_with_2d_state_is_refused(torch):
+    """torch broadcasts a (H, 1) cell state of an unbatched call into an (H, H)
+    result; fastlstm refuses the state."""
+    t = torch.nn.LSTMCell(5, 9)
+    h, c = t(torch.zeros(5), (torch.zeros(9), torch.zeros(9, 1)))
+    assert h.shape == c.shape == (9, 9)
+    cell = fastlstm.LSTMCell.from_torch(t)
+    with pytest.raises(RuntimeError, match=r"Expected hx\[1\] of shape \(9,\) for unbatched"):
+        cell(np.zeros(5, np.float32), (np.zeros(9, np.float32), np.zeros((9, 1), np.float32)))
 
 
 def test_fastlstm_only_errors():

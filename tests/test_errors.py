@@ -393,6 +393,18 @@ def test_forward_error_parity(torch, cfg, x_shape, hx_shapes):
     _forward_parity(torch, cfg, x_shape, hx_shapes)
 
 
+# A wrong state shape, then an empty sequence, are reported before a state of a
+# non-floating dtype, as torch does (its dtype failures come later, in its kernels).
+@pytest.mark.parametrize("x_shape,hx_shapes", [
+    ((4, 2, 3), ((1, 2, 5), (1, 2, 6))),
+    ((4, 3), ((1, 5), (1, 4))),
+    ((0, 2, 3), ((1, 2, 5), (1, 2, 5))),
+])
+@pytest.mark.parametrize("hx_dtype", [np.int64, np.bool_])
+def test_state_shapes_before_state_dtypes(torch, x_shape, hx_shapes, hx_dtype):
+    _forward_parity(torch, BASE, x_shape, hx_shapes, hx_dtype=hx_dtype)
+
+
 def test_zero_length_message(torch):
     _, f_exc = _forward_parity(torch, BASE, (0, 2, 3))
     assert isinstance(f_exc, RuntimeError)
