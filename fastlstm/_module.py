@@ -104,6 +104,23 @@ def _pack_panels(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(n_panels, width, k).transpose(0, 2, 1)).ravel()
 
 
+# Packed weights start on a cache line, so that no 64-byte vector load of a panel
+# straddles two lines: with NumPy's 16-byte alignment a single sequence at
+# H = 256 ran about 9% slower, its steps bound by reading W_hh.
+_ALIGN = 64
+
+
+def _aligned(array: np.ndarray) -> np.ndarray:
+    """``array`` (C-contiguous) starting on a cache line: itself, or an aligned copy."""
+    if array.ctypes.data % _ALIGN == 0:
+        return array
+    buf = np.empty(array.nbytes + _ALIGN, np.uint8)
+    start = -buf.ctypes.data % _ALIGN
+    out = buf[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
+
+
 def pack_layer(
     w_ih: List[np.ndarray],
     w_hh: List[np.ndarray],
@@ -124,7 +141,8 @@ def pack_layer(
         w_hr_p = np.stack([_pack_panels(w) for w in w_hr])
     else:
         w_hr_p = np.empty((n_dirs, 0), dtype=dtype)
-    return _PackedLayer(w_ih_all, _pack_panels(w_ih_all), w_hh_p, bias, w_hr_p)
+    return _PackedLayer(*(_aligned(a) for a in (w_ih_all, _pack_panels(w_ih_all), w_hh_p,
+                                                bias, w_hr_p)))
 
 
 def _dtype_like(obj: Any) -> bool:

@@ -293,6 +293,30 @@ def test_pack_panels_layout(dtype, n, k):
     np.testing.assert_array_equal(panels, padded.reshape(k, n_panels, width).transpose(1, 0, 2))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+def test_packed_weights_start_on_cache_lines(dtype):
+    """Every packed array starts on a 64-byte line (NumPy gives 16 bytes: large
+    arrays land 16 bytes past a page), after packing, a new state dict, a cast
+    and unpickling; the packed values are the module's parameters."""
+    import pickle
+
+    m = fastlstm.LSTM(256, 256, num_layers=2, bidirectional=True, proj_size=64, dtype=dtype,
+                      rng=0)
+    cell = fastlstm.LSTMCell(256, 256, dtype=dtype, rng=0)
+    for _ in range(2):
+        for module in (m, cell, pickle.loads(pickle.dumps(m))):
+            for layer in module._packed_layers():
+                for name, array in zip(layer._fields, layer):
+                    assert array.ctypes.data % 64 == 0 or array.size == 0, name
+                    assert array.flags.c_contiguous, name
+        packed = m._packed_layers()[1]
+        np.testing.assert_array_equal(packed.w_hh_p[1], _pack_panels(
+            fastlstm._module._interleave_gates(m.weight_hh_l1_reverse, 256)))
+        m.load_state_dict(m.state_dict())
+        m.double() if dtype == np.float32 else m.float()
+        cell.to(m.dtype)
+
+
 # --------------------------------------------------------- input projection
 OWN_KERNEL = 1 << 30  # blas_min_rows that no block reaches: always the small-M kernel
 ALWAYS_BLAS = 1
