@@ -577,8 +577,11 @@ class _Module:
         """The compiled one-timestep call (``_lstm.CellStack.step``) on plain
         arrays, or None when the call needs the general path."""
         # Thread count 0: the kernels take the default themselves, which spares
-        # this per-frame path the Python calls of get_num_threads.
-        return self._bound_layers().step(input, hx, _threads._num_threads or 0, layout)
+        # this per-frame path the Python calls of get_num_threads; the binding is
+        # looked up here rather than through _bound_layers, one call fewer.
+        bound = self.__dict__.get("_bound")
+        stack = bound[1] if bound is not None and bound[0] is self._packed else self._bound_layers()
+        return stack.step(input, hx, _threads._num_threads or 0, layout)
 
     # ------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> "_Module":
@@ -823,3 +826,11 @@ class _Module:
     # ----------------------------------------------------------------- forward
     def __call__(self, input: ArrayLike, hx: Optional[Tuple[ArrayLike, ArrayLike]] = None):
         return self.forward(input, hx)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # LSTM and LSTMCell make __call__ their forward itself, one Python call
+        # fewer per frame; a subclass that overrides forward gets the __call__
+        # that calls it, as in torch.
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__ and "__call__" not in cls.__dict__:
+            cls.__call__ = _Module.__call__  # type: ignore[method-assign]

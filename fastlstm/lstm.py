@@ -528,6 +528,8 @@ class LSTM(_Module):
             output, h_n, c_n = (torch.from_numpy(a) for a in (output, h_n, c_n))
         return output, (h_n, c_n)
 
+    __call__ = forward  # see _Module.__init_subclass__
+
     def _check_input(self, x: np.ndarray) -> None:
         if x.dtype.kind != "f":
             raise ValueError(

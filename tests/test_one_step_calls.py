@@ -183,3 +183,29 @@ def test_compiled_path_follows_new_weights():
     after = cell(x)[0]
     assert not np.allclose(before, after)
     _close(after, _cell_reference(cell, x, None)[0], np.float32)
+
+
+@pytest.mark.parametrize("base", [fastlstm.LSTM, fastlstm.LSTMCell])
+def test_a_subclass_forward_runs_on_every_call(base):
+    """LSTM and LSTMCell are called straight through their forward (one Python
+    call fewer per frame); a subclass's own forward still runs on every call,
+    one-step calls of plain arrays included, as torch's __call__ runs it."""
+    class Scaled(base):
+        def forward(self, input, hx=None):
+            first, rest = super().forward(input, hx)
+            return 2 * first, rest
+
+    class Same(base):
+        pass
+
+    plain = base(6, 10, rng=4)
+    scaled, same = Scaled(6, 10, rng=4), Same(6, 10, rng=4)
+    x = np.random.default_rng(4).standard_normal(
+        (1, 3, 6) if base is fastlstm.LSTM else (3, 6)).astype(np.float32)
+    want = plain(x)[0]
+    oracle = (reference_forward(plain, x)[0] if base is fastlstm.LSTM
+              else _cell_reference(plain, x, None)[0])
+    _close(want, oracle, np.float32)
+    for _ in range(2):  # the second call runs on the bound one-step path
+        np.testing.assert_array_equal(scaled(x)[0], 2 * want)
+        np.testing.assert_array_equal(same(x)[0], want)
