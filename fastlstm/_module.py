@@ -712,9 +712,8 @@ class _Module:
 
         Examples
         --------
-        >>> import fastlstm
-        >>> rnn = fastlstm.LSTM(4, 8, dtype="float64", rng=0)
-        >>> rnn.float().weight_hh_l0.dtype
+        >>> from fastlstm import LSTM
+        >>> LSTM(4, 8, dtype="float64").float().weight_hh_l0.dtype
         dtype('float32')
         """
         return self._cast(np.float32)
@@ -768,27 +767,22 @@ class _Module:
         Examples
         --------
         >>> import fastlstm
-        >>> rnn = fastlstm.LSTM(4, 8)
-        >>> rnn.cpu() is rnn
+        >>> cell = fastlstm.LSTMCell(4, 8)
+        >>> cell.cpu() is cell
         True
         """
         return self
 
     def cuda(self: _M, device: Any = None) -> _M:
-        """Refused: fastlstm runs on the CPU only.
-
-        Raises
-        ------
-        ValueError
-            Always; the module is left as it was.
+        """Refused with ``ValueError``, whatever the device index: fastlstm runs on the CPU only.
 
         Examples
         --------
-        >>> import fastlstm
-        >>> fastlstm.LSTM(4, 8).cuda()
+        >>> from fastlstm import LSTMCell
+        >>> LSTMCell(4, 8).cuda(0)
         Traceback (most recent call last):
             ...
-        ValueError: fastlstm runs on the CPU only: device must be None or 'cpu', got 'cuda'
+        ValueError: fastlstm runs on the CPU only: device must be None or 'cpu', got 'cuda:0'
         """
         name = "cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else device
         raise ValueError(f"fastlstm runs on the CPU only: device must be None or 'cpu', "
