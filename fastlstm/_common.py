@@ -33,7 +33,14 @@ def check_device(device: Any) -> None:
     name = str(device)
     if name in ("cpu", "cpu:0"):
         return
-    raise ValueError(f"fastlstm runs on the CPU only: device must be None or 'cpu', got {device!r}")
+    raise cpu_only_error(device)
+
+
+def cpu_only_error(device: Any) -> ValueError:
+    """The error for any device but the CPU."""
+    return ValueError(
+        f"fastlstm runs on the CPU only: device must be None or 'cpu', got {device!r}"
+    )
 
 
 def is_torch_tensor(obj: Any) -> bool:

@@ -30,7 +30,14 @@ from typing import (
 import numpy as np
 
 from fastlstm import _lstm, _threads
-from fastlstm._common import check_device, freeze, is_torch_tensor, resolve_dtype, to_numpy
+from fastlstm._common import (
+    check_device,
+    cpu_only_error,
+    freeze,
+    is_torch_tensor,
+    resolve_dtype,
+    to_numpy,
+)
 from fastlstm._state_dict import SKIP_INIT
 
 if TYPE_CHECKING:
@@ -784,9 +791,8 @@ class _Module:
             ...
         ValueError: fastlstm runs on the CPU only: device must be None or 'cpu', got 'cuda:0'
         """
-        name = "cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else device
-        raise ValueError(f"fastlstm runs on the CPU only: device must be None or 'cpu', "
-                         f"got {str(name)!r}")
+        raise cpu_only_error("cuda" if device is None else
+                             f"cuda:{device}" if isinstance(device, int) else str(device))
 
     def requires_grad_(self: _M, requires_grad: bool = True) -> _M:
         """Return self for ``requires_grad_(False)``, as inference code calls it.

@@ -497,9 +497,9 @@ def pack_padded_sequence(
         sorted_indices = np.argsort(-lengths_arr.reshape(-1), kind="stable")
         lengths_arr = lengths_arr.reshape(-1)[sorted_indices].reshape(lengths_arr.shape)
         out_of_bounds = np.flatnonzero(sorted_indices >= x.shape[batch_dim])
-        if out_of_bounds.size and batch_dim == 0:
-            raise IndexError("index out of range in self")  # torch's index_select on dim 0
         if out_of_bounds.size:
+            if batch_dim == 0:
+                raise IndexError("index out of range in self")  # torch's index_select on dim 0
             raise RuntimeError("INDICES element is out of DATA bounds, "
                                f"id={sorted_indices[out_of_bounds[0]]} "
                                f"axis_dim={x.shape[batch_dim]}")
