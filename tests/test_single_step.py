@@ -93,3 +93,56 @@ def _flat(result):
     if isinstance(result[1], tuple):
         return [result[0], *result[1]]
     return list(result)
+
+
+def test_small_layers_run_on_one_thread():
+    """A one-timestep layer whose weights times rows come to 256 KiB or less
+    runs on the calling thread alone, whatever the threads asked for."""
+    steps = _lstm.one_step_threads
+    _lstm._set_serial_rule_for_tests(None)  # the default rule (conftest turns it off)
+    assert steps(2, 1, 64, 64, 64, 1, 4) == 1  # 128 KiB of float32 weights
+    assert steps(8, 2, 64, 64, 64, 1, 4) == 1  # 256 KiB: still one
+    assert steps(2, 1, 64, 64, 64, 1, 8) == 1
+    assert steps(2, 1, 64, 64, 64, 2, 8) == 2  # two directions of 256 KiB
+    assert steps(2, 3, 64, 64, 64, 1, 4) == 2  # 384 KiB
+    assert steps(4, 1, 128, 128, 128, 1, 4) == 4  # 512 KiB
+    assert steps(2, 1, 16, 64, 8, 1, 4) == 1  # projected: 80 x 256 x 4 + 64 x 8 x 4 bytes
+    assert steps(2, 1, 300, 64, 8, 1, 4) == 2  # 308 x 256 x 4 + 2 KiB
+    assert steps(1, 64, 512, 512, 512, 2, 8) == 1  # one asked for: one
+    _lstm._set_serial_rule_for_tests(False)
+    assert steps(2, 1, 64, 64, 64, 1, 4) == 2
+
+
+@pytest.mark.parametrize("hidden", [16, 96])  # one thread, and both threads, by the rule
+def test_one_step_by_the_size_rule_matches_oracle(hidden):
+    """The oracle's answer from one-step LSTM calls, LSTMCell steps and Stream
+    steps on 2 threads with the default rule, on both sides of its size."""
+    rng = np.random.default_rng(hidden)
+    _lstm._set_serial_rule_for_tests(None)
+    fastlstm.set_num_threads(2)
+    try:
+        for kwargs in (dict(), dict(num_layers=2), dict(bidirectional=True), dict(proj_size=5)):
+            mod = fastlstm.LSTM(hidden, hidden, rng=1, **kwargs)
+            states = mod.num_layers * (2 if mod.bidirectional else 1)
+            x = rng.standard_normal((1, 3, hidden)).astype(np.float32)
+            hx = (rng.standard_normal((states, 3, mod.proj_size or hidden)).astype(np.float32),
+                  rng.standard_normal((states, 3, hidden)).astype(np.float32))
+            want = reference_forward(mod, x, hx)
+            for _ in range(2):
+                out, (h_n, c_n) = mod(x, hx)
+                for got, ref in zip((out, h_n, c_n), (want[0], *want[1])):
+                    assert np.max(np.abs(got - ref)) < 2e-6
+            if not mod.bidirectional:
+                stream = fastlstm.Stream(mod, 3)
+                stream.reset(hx)
+                assert np.max(np.abs(stream.step(x[0]) - want[0][0])) < 2e-6
+        cell = fastlstm.LSTMCell(hidden, hidden, rng=2)
+        rnn = fastlstm.LSTM(hidden, hidden)
+        rnn.load_state_dict({k + "_l0": v for k, v in cell.state_dict().items()})
+        x = rng.standard_normal((3, hidden)).astype(np.float32)
+        h, c = cell(x)
+        _, (h_n, c_n) = reference_forward(rnn, x[None])
+        assert np.max(np.abs(h - h_n[0])) < 2e-6 and np.max(np.abs(c - c_n[0])) < 2e-6
+    finally:
+        fastlstm.set_num_threads(None)
+        _lstm._set_serial_rule_for_tests(False)
