@@ -576,9 +576,15 @@ class _Module:
         bound = self.__dict__.get("_bound")
         if bound is None or bound[0] is not self._packed:  # also when not packed yet
             layers = self._packed_layers()
-            bound = (layers, _lstm.CellStack(layers, self._hidden_size))
+            layout, needs_eval = self._call_layout()
+            bound = (layers, _lstm.CellStack(layers, self._hidden_size, layout, needs_eval))
             self.__dict__["_bound"] = bound
         return bound[1]
+
+    def _call_layout(self) -> Tuple[int, bool]:
+        """How calls of the module run one timestep (``_lstm.module_call``): the
+        layout of ``CellStack.step`` (-1: never), and whether only in eval mode."""
+        raise NotImplementedError
 
     def _one_step(self, input: np.ndarray, hx: Any, layout: int) -> Any:
         """The compiled one-timestep call (``_lstm.CellStack.step``) on plain
@@ -828,9 +834,10 @@ class _Module:
         return self.forward(input, hx)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        # LSTM and LSTMCell make __call__ their forward itself, one Python call
-        # fewer per frame; a subclass that overrides forward gets the __call__
-        # that calls it, as in torch.
+        # LSTM and LSTMCell are called through _lstm.module_call, which takes
+        # one-step calls of plain arrays straight to the kernels (forward's own
+        # check of that path, in C); a subclass that overrides forward gets the
+        # __call__ that calls it, as in torch.
         super().__init_subclass__(**kwargs)
         if "forward" in cls.__dict__ and "__call__" not in cls.__dict__:
             cls.__call__ = _Module.__call__  # type: ignore[method-assign]

@@ -295,7 +295,10 @@ class LSTMCell(_Module):
             h, c = torch.from_numpy(h), torch.from_numpy(c)
         return h, c
 
-    __call__ = forward  # see _Module.__init_subclass__
+    __call__ = _lstm.module_call  # forward, the one-step path in C; see _Module.__init_subclass__
+
+    def _call_layout(self) -> Tuple[int, bool]:
+        return 0, False
 
     def _step(self, x: np.ndarray, states: Optional[List[np.ndarray]]) -> Tuple[np.ndarray,
                                                                                    np.ndarray]:

@@ -528,7 +528,12 @@ class LSTM(_Module):
             output, h_n, c_n = (torch.from_numpy(a) for a in (output, h_n, c_n))
         return output, (h_n, c_n)
 
-    __call__ = forward  # see _Module.__init_subclass__
+    __call__ = _lstm.module_call  # forward, the one-step path in C; see _Module.__init_subclass__
+
+    def _call_layout(self) -> Tuple[int, bool]:
+        if not self._stackable:
+            return -1, False
+        return (2 if self._batch_first else 1), self._dropout > 0
 
     def _check_input(self, x: np.ndarray) -> None:
         if x.dtype.kind != "f":

@@ -174,6 +174,45 @@ def test_lstm_calls_the_compiled_path_declines():
     _close(drop.eval()(x1)[0], reference_forward(drop, x1)[0], np.float32)  # now compiled
 
 
+def test_calls_follow_the_mode_once_bound():
+    """A module called in eval mode has its one-step path bound; a later call
+    in training mode with dropout must still run the general path (dropout),
+    whichever way the mode was set, and eval mode the bound path again."""
+    rng = np.random.default_rng(5)
+    x1 = rng.standard_normal((1, 3, 4)).astype(np.float32)
+    drop = fastlstm.LSTM(4, 8, num_layers=2, dropout=1.0, rng=6)
+    top = fastlstm.LSTM(8, 8, rng=0)
+    top.load_state_dict({k.replace("_l1", "_l0"): v for k, v in drop.state_dict().items()
+                         if k.endswith("_l1")})
+    dropped = reference_forward(top, np.zeros((1, 3, 8), np.float32))[0]
+    kept = reference_forward(drop, x1)[0]
+    _close(drop(x1)[0], kept, np.float32)
+    assert drop._bound_layers().call_layout == 1  # bound by that call
+    for set_training in (lambda m: m.train(), lambda m: setattr(m, "training", True)):
+        set_training(drop)
+        _close(drop(x1)[0], dropped, np.float32)
+        _close(drop(x1, None)[0], dropped, np.float32)
+        _close(drop.eval()(x1)[0], kept, np.float32)
+
+
+@pytest.mark.parametrize("cls", [fastlstm.LSTM, fastlstm.LSTMCell])
+def test_calls_by_keyword(cls):
+    """``module(input=..., hx=...)`` as torch's forward takes them, on both paths."""
+    rng = np.random.default_rng(6)
+    mod = cls(5, 7, rng=2)
+    x = rng.standard_normal((1, 2, 5) if cls is fastlstm.LSTM else (2, 5)).astype(np.float32)
+    sshape = (1, 2, 7) if cls is fastlstm.LSTM else (2, 7)
+    hx = tuple(rng.standard_normal(sshape).astype(np.float32) for _ in range(2))
+    want = mod.forward(x, hx)
+    for _ in range(2):  # the first call binds the one-step path, the second takes it
+        for got in (mod(x, hx=hx), mod(input=x, hx=hx), mod(hx=hx, input=x)):
+            np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-6)
+    with pytest.raises(TypeError):
+        mod(x, hx, None)
+    with pytest.raises(TypeError):
+        mod(x, state=hx)
+
+
 def test_compiled_path_follows_new_weights():
     rng = np.random.default_rng(8)
     cell = fastlstm.LSTMCell(5, 7, rng=0)
