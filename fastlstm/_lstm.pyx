@@ -171,7 +171,9 @@ cdef inline int _step_threads(int num_threads, int batch, int n_in, int hidden, 
     cdef Py_ssize_t work
     if num_threads <= 1 or not _serial_by_size:
         return num_threads
-    work = (<Py_ssize_t>(n_in + out_size) * 4 * hidden + (hidden * out_size if has_proj else 0))
+    work = <Py_ssize_t>(n_in + out_size) * 4 * hidden
+    if has_proj:
+        work += <Py_ssize_t>hidden * out_size
     if work * num_dirs * batch * itemsize <= _SERIAL_BYTES:
         return 1
     return num_threads

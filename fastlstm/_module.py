@@ -590,11 +590,9 @@ class _Module:
         """The compiled one-timestep call (``_lstm.CellStack.step``) on plain
         arrays, or None when the call needs the general path."""
         # Thread count 0: the kernels take the default themselves, which spares
-        # this per-frame path the Python calls of get_num_threads; the binding is
-        # looked up here rather than through _bound_layers, one call fewer.
-        bound = self.__dict__.get("_bound")
-        stack = bound[1] if bound is not None and bound[0] is self._packed else self._bound_layers()
-        return stack.step(input, hx, _threads._num_threads or 0, layout)
+        # this per-frame path the Python calls of get_num_threads.  (Calls of the
+        # module reach the bound layers through _lstm.module_call, without this.)
+        return self._bound_layers().step(input, hx, _threads._num_threads or 0, layout)
 
     # ------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> "_Module":
