@@ -839,8 +839,9 @@ cdef Py_ssize_t _address(object array, object dtype, tuple shape) except -1:
 
 cdef void _plan_layer(const _PlanLayer *L, floating *gates, floating *hcell, int num_threads,
                       bint backward_order, int batch, int hidden, int out_size,
-                      bint has_proj, bint h0_zero) noexcept nogil:
-    """One timestep of a bound layer, its pointers read as ``floating``."""
+                      bint has_proj) noexcept nogil:
+    """One timestep of a bound layer, its pointers read as ``floating``; the
+    state is always read (a stream's ``h`` may be written by its owner)."""
     cdef int n_chunks = _chunks(batch, 1, num_threads, L.n_panels,
                                 L.hh_stride * <Py_ssize_t>sizeof(floating))
     _single_step_region(num_threads, n_chunks, backward_order, batch, hidden, out_size, 1,
@@ -848,7 +849,7 @@ cdef void _plan_layer(const _PlanLayer *L, floating *gates, floating *hcell, int
                         <const floating *>L.w_ih_p, gates, <const floating *>L.w_hh_p,
                         L.hh_stride, <const floating *>L.bias, <const floating *>L.w_hr_p,
                         L.hr_stride, <const floating *>L.h, <floating *>L.c, hcell,
-                        <floating *>L.out, h0_zero)
+                        <floating *>L.out, False)
 
 
 cdef inline int _chunks(int batch, int n_dirs, int threads, int n_panels,
@@ -960,7 +961,7 @@ cdef class StepPlan:
     def __dealloc__(self):
         PyMem_Free(self.layers)
 
-    def step(self, frame, int num_threads, bint h0_zero):
+    def step(self, frame, int num_threads):
         """One timestep of every layer; ``h`` and ``c`` are updated in place and
         layer k's output is in ``outs[k]``.
 
@@ -997,11 +998,11 @@ cdef class StepPlan:
                 if self.is_double:
                     _plan_layer(L, <double *>self.gates, <double *>self.hcell, num_threads,
                                 order, self.batch, self.hidden,
-                                self.out_size, self.has_proj, h0_zero)
+                                self.out_size, self.has_proj)
                 else:
                     _plan_layer(L, <float *>self.gates, <float *>self.hcell, num_threads,
                                 order, self.batch, self.hidden,
-                                self.out_size, self.has_proj, h0_zero)
+                                self.out_size, self.has_proj)
                 memcpy(L.h, L.out, row_bytes)  # h_n of the step is the layer's output
         return True
 
@@ -1091,6 +1092,7 @@ cdef class CellStack:
     cdef int n_layers, n_in, hidden, typenum, flip
     cdef readonly int call_layout
     cdef readonly bint call_needs_eval
+    cdef bint zero_state_skips
     cdef object refs
 
     def __cinit__(self):
@@ -1108,6 +1110,9 @@ cdef class CellStack:
         self.refs = layers
         self.hidden = hidden
         self.n_in = layers[0].w_ih.shape[1]
+        # A call without a state skips the recurrent product only for finite
+        # W_hh (see _module.zero_state_skips); others take the general path.
+        self.zero_state_skips = all(w.recurrent_finite for w in layers)
         self.layers = <_CellLayer *>PyMem_Malloc(len(layers) * sizeof(_CellLayer))
         if self.layers == NULL:
             raise MemoryError()
@@ -1168,7 +1173,7 @@ cdef class CellStack:
         cdef void *c_ptr
         cdef const void *x_ptr
         cdef size_t gate_bytes
-        if not cnp.PyArray_CheckExact(x):
+        if not cnp.PyArray_CheckExact(x) or (h0_zero and not self.zero_state_skips):
             return None
         num_threads = _threads_or_default(num_threads)
         x_nd = cnp.PyArray_NDIM(<cnp.ndarray>x)

@@ -72,6 +72,7 @@ class _PackedLayer(NamedTuple):
     w_hh_p: np.ndarray  # (D, *): each interleaved W_hh^T in panels
     bias: np.ndarray  # (D, 4Hp): b_ih + b_hh interleaved, zeros without bias
     w_hr_p: np.ndarray  # (D, *): each W_hr^T in panels, or (D, 0) without projection
+    recurrent_finite: bool  # W_hh holds no NaN or infinity (see zero_state_skips)
 
 
 
@@ -148,8 +149,16 @@ def pack_layer(
         w_hr_p = np.stack([_pack_panels(w) for w in w_hr])
     else:
         w_hr_p = np.empty((n_dirs, 0), dtype=dtype)
-    return _PackedLayer(*(_aligned(a) for a in (w_ih_all, _pack_panels(w_ih_all), w_hh_p,
-                                                bias, w_hr_p)))
+    return _PackedLayer(_aligned(w_ih_all), _aligned(_pack_panels(w_ih_all)), _aligned(w_hh_p),
+                        _aligned(bias), _aligned(w_hr_p),
+                        all(bool(np.isfinite(w).all()) for w in w_hh))
+
+
+def zero_state_skips(layers: List[_PackedLayer]) -> bool:
+    """Whether a call without an initial state may skip the first step's
+    recurrent product: ``W_hh @ 0`` is zero only for finite ``W_hh`` (a NaN or
+    infinity times zero is NaN, which torch's product carries into the output)."""
+    return all(w.recurrent_finite for w in layers)
 
 
 def _dtype_like(obj: Any) -> bool:

@@ -10,7 +10,14 @@ import numpy as np
 
 from fastlstm import _lstm
 from fastlstm._common import check_device, dtype_name, is_torch_tensor, to_numpy
-from fastlstm._module import ArrayLike, RngLike, _Module, _PackedLayer, pack_layer
+from fastlstm._module import (
+    ArrayLike,
+    RngLike,
+    _Module,
+    _PackedLayer,
+    pack_layer,
+    zero_state_skips,
+)
 from fastlstm._threads import get_num_threads
 from fastlstm.lstm import _MAX_ROWS, _check_sizes
 
@@ -312,13 +319,14 @@ class LSTMCell(_Module):
                              "call are supported, split the batch")
         x = np.ascontiguousarray(x, dtype=dt)
         h = np.empty((batch, hidden), dt)
+        h0_zero = states is None and zero_state_skips(self._packed_layers())
         if states is None:
-            h0 = h  # not read: the step skips its recurrent product
+            # Not read when the step skips its recurrent product.
+            h0 = h if h0_zero else np.zeros((batch, hidden), dt)
             c = np.zeros((batch, hidden), dt)
         else:
             h0 = np.ascontiguousarray(states[0], dtype=dt)
             c = np.array(states[1], dtype=dt, order="C", copy=True)  # updated in place
         stack = self._bound_layers()
-        _lstm.cell_step(stack, 0, x, h0, c, h, get_num_threads(), states is None,
-                        stack.next_order())
+        _lstm.cell_step(stack, 0, x, h0, c, h, get_num_threads(), h0_zero, stack.next_order())
         return h, c

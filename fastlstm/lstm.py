@@ -19,6 +19,7 @@ from fastlstm._module import (  # noqa: F401  (_pack_panels: used by tests and t
     _pack_panels,
     _PackedLayer,
     pack_layer,
+    zero_state_skips,
 )
 from fastlstm._threads import get_num_threads, single_threaded_blas
 from fastlstm.rnn import (
@@ -652,7 +653,7 @@ class LSTM(_Module):
                 f"at most {_MAX_ROWS} rows per call are supported, split the batch"
             )
         layer_in = np.ascontiguousarray(x, dtype=dt).reshape(rows, -1)
-        h0_zero = h0 is None
+        h0_zero = h0 is None and zero_state_skips(self._packed_layers())
         if h0 is None:
             h0 = np.zeros((n_states, batch, out_size), dt)
             c_n = np.zeros((n_states, batch, hidden), dt)

@@ -41,7 +41,8 @@ class Stream:
     h : ndarray of shape (num_layers, N, H_out), or (num_layers, H_out) unbatched
     c : ndarray of shape (num_layers, N, hidden_size), or (num_layers, hidden_size)
         The state, updated in place by every step; the same layout as torch's
-        ``h_n`` / ``c_n`` (for an LSTMCell, ``num_layers`` is 1).
+        ``h_n`` / ``c_n`` (for an LSTMCell, ``num_layers`` is 1).  Writing into
+        them sets the state the next step starts from, as ``reset(hx)`` does.
 
     Examples
     --------
@@ -86,7 +87,6 @@ class Stream:
         self._h = np.zeros((layers, n, out_size), dt)
         self._c = np.zeros((layers, n, hidden), dt)
         self._allocate(dt)
-        self._zero = True  # the state is all zeros: the first step can skip W_hh
         self._plan_layers: Optional[List[Any]] = None  # what _step_plan is bound to
         self._step_plan: Optional[_lstm.StepPlan] = None
 
@@ -142,7 +142,6 @@ class Stream:
         if hx is None:
             self._h.fill(0)
             self._c.fill(0)
-            self._zero = True
             return
         h, c = (to_numpy(v) for v in hx)
         if h.shape != self.h.shape or c.shape != self.c.shape:
@@ -150,7 +149,6 @@ class Stream:
                              f"{self.c.shape}, got {h.shape} and {c.shape}")
         self.h[...] = h
         self.c[...] = c
-        self._zero = False
 
     def step(self, x: Any) -> np.ndarray:
         """Advance every stream by one frame and return the last layer's output.
@@ -191,7 +189,7 @@ class Stream:
         # A plain frame of the expected shape is checked and copied in C; any
         # other is checked and converted here.
         if not (type(x) is np.ndarray and x.ndim == (2 if self._batched else 1)
-                and plan.step(x, _threads._num_threads or 0, self._zero)):
+                and plan.step(x, _threads._num_threads or 0)):
             x = np.asarray(x)
             expected = self._x.shape if self._batched else self._x.shape[1:]
             if x.shape != expected:
@@ -200,8 +198,7 @@ class Stream:
             if x.dtype.kind != "f":
                 raise ValueError(f"Stream.step: frames must be floating point, got {x.dtype}")
             self._x[...] = x if self._batched else x[None]
-            plan.step(None, _threads._num_threads or 0, self._zero)
-        self._zero = False
+            plan.step(None, _threads._num_threads or 0)
         out = self._out[-1]
         return out if self._batched else out[0]
 

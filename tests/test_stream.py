@@ -41,6 +41,25 @@ def test_reset_with_state_and_chunks(threads):
     assert not stream.h.any() and not stream.c.any()
 
 
+@pytest.mark.parametrize("batch", [None, 2])
+def test_writes_into_the_state_set_the_next_step(threads, batch):
+    # Through the views h and c: on a new stream, after reset() and after steps.
+    m = fastlstm.LSTM(4, 6, num_layers=2, proj_size=3, dtype=np.float64, rng=0)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4) if batch is None else (3, batch, 4))
+    stream = fastlstm.Stream(m, batch)
+    for _ in range(3):
+        h0, c0 = rng.standard_normal(stream.h.shape), rng.standard_normal(stream.c.shape)
+        stream.h[...] = h0
+        stream.c[...] = c0
+        outs = [stream.step(frame).copy() for frame in x]
+        ref, (ref_h, ref_c) = reference_forward(m, x, (h0, c0))
+        assert np.abs(np.stack(outs) - ref).max() <= 1e-12
+        assert np.abs(stream.h - ref_h).max() <= 1e-12
+        assert np.abs(stream.c - ref_c).max() <= 1e-12
+        stream.reset()
+
+
 def test_cell_frame_loop_matches_torch(torch):
     # 1000 frames, state in place, against torch's LSTMCell loop.
     t = torch.nn.LSTMCell(32, 48, dtype=torch.float64)
@@ -104,9 +123,9 @@ def test_every_kind_of_frame(kind, batch):
     assert all(plan_takes) == (kind == "plain" or (kind == "fortran" and batch in (None, 1)))
     # The plan itself refuses what it cannot copy as it is.
     plan = stream._plan()
-    assert plan.step(np.zeros((batch or 1, 5), np.float32), 1, False) is True
-    assert plan.step(np.zeros((batch or 1, 6), np.float32), 1, False) is False
-    assert plan.step(np.zeros((batch or 1) * 5, np.float64), 1, False) is False
+    assert plan.step(np.zeros((batch or 1, 5), np.float32), 1) is True
+    assert plan.step(np.zeros((batch or 1, 6), np.float32), 1) is False
+    assert plan.step(np.zeros((batch or 1) * 5, np.float64), 1) is False
 
 
 def test_errors():
