@@ -622,6 +622,9 @@ def pad_packed_sequence(
     lengths = _count_greater(batch_sizes, np.arange(batch))
     unsorted = packed.unsorted_indices
     unsorted = None if unsorted is None else np.asarray(unsorted)
+    bad = _out_of_range(unsorted, batch)
+    if bad is not None:  # torch's index_select refuses them (NumPy would wrap negatives)
+        raise RuntimeError(f"INDICES element is out of DATA bounds, id={bad} axis_dim={batch}")
     if unsorted is not None and _is_permutation(unsorted, batch):
         # scatter straight to the original order
         b = cast(np.ndarray, invert_permutation(unsorted))[b]
@@ -635,6 +638,14 @@ def pad_packed_sequence(
         padded = np.take(padded, unsorted, axis=0 if batch_first else 1)
         lengths = lengths[unsorted]
     return padded, lengths
+
+
+def _out_of_range(indices: Optional[np.ndarray], n: int) -> Optional[int]:
+    """The first index outside [0, n), or None."""
+    if indices is None or indices.size == 0:
+        return None
+    bad = np.flatnonzero((indices < 0) | (indices >= n))
+    return int(indices.reshape(-1)[bad[0]]) if bad.size else None
 
 
 def _is_permutation(indices: np.ndarray, n: int) -> bool:
@@ -849,5 +860,8 @@ def unpack_sequence(packed_sequences: Any) -> List[np.ndarray]:
     lengths = _count_greater(batch_sizes, np.arange(batch)).tolist()
     sequences = [data[offsets[:n] + b] for b, n in enumerate(lengths)]
     if packed.unsorted_indices is not None:
-        sequences = [sequences[i] for i in np.asarray(packed.unsorted_indices).tolist()]
+        unsorted = np.asarray(packed.unsorted_indices)
+        if _out_of_range(unsorted, batch) is not None:
+            raise IndexError("index out of range in self")  # torch's index_select
+        sequences = [sequences[i] for i in unsorted.tolist()]
     return sequences

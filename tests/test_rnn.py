@@ -182,6 +182,22 @@ def test_pad_packed_sequence_with_any_unsorted_indices_matches_torch(torch, rng)
                 np.testing.assert_array_equal(got, theirs.numpy())
 
 
+def test_unsorted_indices_out_of_range_raise_as_torch(torch, rng):
+    """Negative or too large unsorted_indices: torch's errors (NumPy would wrap -1)."""
+    tr = torch.nn.utils.rnn
+    data = rng.standard_normal((6, 2))
+    for unsorted in ([-1, 0, 1], [0, 3, 1], [2, 0, -3]):
+        ref = tr.PackedSequence(torch.from_numpy(data), torch.tensor([3, 2, 1]), None,
+                                torch.tensor(unsorted))
+        ours = rnn.PackedSequence(data, [3, 2, 1], None, unsorted)
+        for theirs, mine in ((tr.pad_packed_sequence, rnn.pad_packed_sequence),
+                             (tr.unpack_sequence, rnn.unpack_sequence)):
+            expected = _raised(lambda f=theirs, p=ref: f(p))
+            got = _raised(lambda f=mine, p=ours: f(p))
+            assert expected is not None and type(got) is type(expected), (unsorted, got)
+            assert str(got) == str(expected), unsorted
+
+
 def test_padding_value_conversion_matches_torch(torch):
     """padding_value into each dtype: same values, or the same overflow error."""
     tr = torch.nn.utils.rnn
