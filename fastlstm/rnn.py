@@ -111,7 +111,15 @@ def _type_name(obj: Any) -> str:
 def _as_lengths(lengths: ArrayLike) -> np.ndarray:
     """Lengths as int64, converted like ``torch.as_tensor(lengths, dtype=torch.int64)``
     (floats truncate toward zero) or ``tensor.to(torch.int64)``."""
+    if isinstance(lengths, (list, tuple)) and any(
+            isinstance(item, numbers.Integral) and not -(2**63) <= int(item) < 2**63
+            for item in lengths):
+        raise ValueError("Overflow when unpacking long long")  # before NumPy makes floats
     arr = _as_array(lengths)
+    if arr.dtype.kind == "f" and not np.all((arr > -2.0**63) & (arr < 2.0**63)):  # NaN too
+        raise RuntimeError("value cannot be converted to type int64 without overflow")
+    if arr.dtype.kind == "u" and arr.size and arr.max() >= 2**63:
+        raise ValueError("Overflow when unpacking long long")
     if arr.dtype.kind in "biuf":
         return arr.astype(np.int64)
     if arr.dtype.kind in "US":

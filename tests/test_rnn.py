@@ -137,6 +137,27 @@ def test_pack_padded_sequence_truncates_float_lengths(torch, rng):
     _assert_packed_equal(rnn.pack_padded_sequence(x, lengths_t), ref)
 
 
+def test_lengths_that_are_no_int64_raise_as_torch(torch):
+    """NaN, infinite or out-of-range lengths: torch's errors, no NumPy cast warning."""
+    import warnings
+
+    x = np.zeros((4, 3, 2))
+    for lengths in ([4.0, float("nan"), 1.0], [float("inf"), 3, 1], [4.0, -1e300, 1.0],
+                    [2**63, 3, 1], [4, 3, 2**64]):
+        expected = _raised(lambda v=lengths: torch.nn.utils.rnn.pack_padded_sequence(
+            torch.from_numpy(x), v))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = _raised(lambda v=lengths: rnn.pack_padded_sequence(x, v))
+        assert expected is not None and type(got) is type(expected), (lengths, got)
+        assert str(got) == str(expected), lengths
+    # torch casts a NaN of an ndarray to some integer and then fails on the order, if at all.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError, match="cannot be converted to type int64"):
+            rnn.pack_padded_sequence(x, np.array([4.0, np.nan, 1.0]))
+
+
 def test_pack_padded_sequence_unsorted_with_fewer_lengths_matches_torch(torch, rng):
     """torch's enforce_sorted=False gathers only the listed batch entries: mirrored."""
     x = rng.standard_normal((5, 3, 2))
