@@ -6,11 +6,18 @@ each key up to and including its last dot.  The configuration of an
 layer indices, ``_reverse`` keys, ``weight_hr_l0`` and the presence of biases;
 then every key of the group is checked against the shapes of the module that
 configuration makes, and every problem is reported at once.
+
+The keys and shapes come from an untrusted file, so nothing is built before
+they are bounded: every layer up to the largest ``_l{k}`` must have keys, and
+a module that would need far more elements than the weights hold is refused
+from its expected shapes alone.
 """
 
 from __future__ import annotations
 
 import contextvars
+import math
+import operator
 import re
 from typing import (
     TYPE_CHECKING,
@@ -34,8 +41,21 @@ if TYPE_CHECKING:
 
 __all__ = ["Inferred", "build_module", "find_modules", "infer_config", "normalize_prefix"]
 
-LSTM_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
+LSTM_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$",
+                      re.ASCII)
 CELL_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)$")
+
+#: Layer indices with more digits than this are read as this many layers and
+#: more (``int()`` of a 5000-digit string is slow, or refused by Python).
+_MAX_LAYER_DIGITS = 18
+
+#: How many names an error message lists before it says how many more there are.
+_MAX_LISTED = 20
+
+#: A module is built (to check its keys and shapes in full) only if it needs at
+#: most this many elements more than the weights hold; beyond, the keys and
+#: shapes are checked without building it.
+_SLACK = 1 << 16
 
 #: Set while a module is built only to receive loaded weights: its parameters
 #: start as zeros instead of random draws (read by ``_Module._init_module``).
@@ -70,6 +90,23 @@ def group_of(arrays: Mapping[str, np.ndarray], prefix: str) -> Dict[str, np.ndar
         if key.startswith(prefix) and "." not in key[len(prefix):]:
             out[key[len(prefix):]] = value
     return out
+
+
+def groups(arrays: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, np.ndarray]]:
+    """Every prefix of ``arrays`` with :func:`group_of` it, in one pass over the keys."""
+    out: Dict[str, Dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        prefix, name = split_key(key)
+        out.setdefault(prefix, {})[name] = value
+    return out
+
+
+def _listed(names: List[str]) -> str:
+    """``names`` joined with commas, at most :data:`_MAX_LISTED` of them."""
+    if len(names) <= _MAX_LISTED:
+        return ", ".join(names)
+    return (", ".join(names[:_MAX_LISTED])
+            + f", ... ({len(names) - _MAX_LISTED} more)")
 
 
 def _shape(params: Mapping[str, np.ndarray], name: str, prefix: str, ndim: int) -> Tuple[int, ...]:
@@ -119,16 +156,49 @@ def infer_lstm(params: Mapping[str, np.ndarray], prefix: str = "") -> Inferred:
     elif "weight_hh_l0" in params:
         hh = tuple(np.shape(params["weight_hh_l0"]))
     hidden_size = _gate_rows(rows, "weight_ih_l0", prefix, hh)
-    layers = [int(m.group(2)) for m in matches.values() if m]
+    layers = {name: _layer_index(m.group(2)) for name, m in matches.items() if m}
+    num_layers = max(layers.values()) + 1
+    _check_layers(layers, num_layers, prefix)
     config = {
         "input_size": input_size,
         "hidden_size": hidden_size,
-        "num_layers": max(layers) + 1,
+        "num_layers": num_layers,
         "bias": any(k.startswith("bias_") for k in keys),
         "bidirectional": any(m.group(3) for m in matches.values() if m),
         "proj_size": proj_size,
     }
     return Inferred(config, keys)
+
+
+def _layer_index(digits: str) -> int:
+    """The layer of ``_l{digits}``; an absurdly long index reads as 10**18."""
+    return int(digits) if len(digits) <= _MAX_LAYER_DIGITS else 10 ** _MAX_LAYER_DIGITS
+
+
+def _check_layers(layers: Mapping[str, int], num_layers: int, prefix: str) -> None:
+    """Every layer from 0 to ``num_layers - 1`` must have keys (before any is built).
+
+    ``layers`` maps each LSTM key to its layer index.  Without this check one
+    key such as ``bias_ih_l100000000`` would make a module of 10**8 layers.
+    """
+    present = set(layers.values())
+    if len(present) == num_layers:
+        return
+    absent: List[str] = []
+    layer = 0
+    while len(absent) < 5 and layer < num_layers:  # at most len(present) + 5 steps
+        if layer not in present:
+            absent.append(str(layer))
+        layer += 1
+    n_absent = num_layers - len(present)
+    if n_absent > len(absent):
+        absent.append("...")
+    last = max(layers, key=lambda name: layers[name])
+    raise StateDictError(
+        f"the weights under {prefix!r} do not make a consistent LSTM: "
+        f"'{prefix}{last}' makes num_layers={num_layers}, but there are no weights for "
+        f"layer(s) {', '.join(absent)} ({n_absent:,} of {num_layers:,} layers); an LSTM's "
+        "keys cover every layer from 0 to num_layers-1")
 
 
 def infer_cell(params: Mapping[str, np.ndarray], prefix: str = "") -> Inferred:
@@ -161,13 +231,92 @@ def _default_dtype(arrays: List[np.ndarray]) -> type:
     return np.float64 if {a.dtype for a in arrays} == {np.dtype(np.float64)} else np.float32
 
 
+def expected_shapes(cls: "Type[_Module]",
+                    config: Mapping[str, Any]) -> Optional[Dict[str, Tuple[int, ...]]]:
+    """The parameter names and shapes of ``cls(**config)``, without building it.
+
+    The same as the module's ``_shapes`` for ``LSTM`` and ``LSTMCell`` and
+    their subclasses; None for other classes, and for a configuration whose
+    types the constructor refuses anyway.
+    """
+    from fastlstm.cell import LSTMCell
+    from fastlstm.lstm import LSTM
+
+    try:
+        input_size = operator.index(config["input_size"])
+        h4 = 4 * operator.index(config["hidden_size"])
+        num_layers = operator.index(config.get("num_layers", 1))
+        proj_size = operator.index(config.get("proj_size", 0))
+    except (KeyError, TypeError):
+        return None
+    bias = config.get("bias", True)
+    if not isinstance(bias, bool) or min(input_size, h4, num_layers, proj_size) < 0:
+        return None
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    if issubclass(cls, LSTMCell):
+        shapes["weight_ih"] = (h4, input_size)
+        shapes["weight_hh"] = (h4, h4 // 4)
+        if bias:
+            shapes["bias_ih"] = shapes["bias_hh"] = (h4,)
+        return shapes
+    if not issubclass(cls, LSTM):
+        return None
+    out_size = proj_size if proj_size > 0 else h4 // 4
+    directions = ("", "_reverse") if config.get("bidirectional", False) else ("",)
+    for layer in range(num_layers):
+        layer_in = input_size if layer == 0 else out_size * len(directions)
+        for suffix in directions:
+            sfx = f"_l{layer}{suffix}"
+            shapes["weight_ih" + sfx] = (h4, layer_in)
+            shapes["weight_hh" + sfx] = (h4, out_size)
+            if bias:
+                shapes["bias_ih" + sfx] = shapes["bias_hh" + sfx] = (h4,)
+            if proj_size > 0:
+                shapes["weight_hr" + sfx] = (proj_size, h4 // 4)
+    return shapes
+
+
+def _problems(expected: Mapping[str, Tuple[int, ...]], params: Mapping[str, np.ndarray],
+              keys: List[str], prefix: str) -> List[str]:
+    """Missing and unexpected keys, shapes that do not fit and dtypes that are not numbers."""
+    problems = []
+    missing = [prefix + k for k in expected if k not in params]
+    if missing:
+        problems.append(f"missing {_listed(missing)}")
+    unexpected = [prefix + k for k in keys if k not in expected]
+    if unexpected:
+        problems.append(f"unexpected {_listed(unexpected)}")
+    wrong = []
+    for name, shape in expected.items():
+        if name not in params:
+            continue
+        array = np.asarray(params[name])
+        if array.shape != shape:
+            wrong.append(f"'{prefix}{name}' has shape {array.shape}, expected {shape}")
+        elif array.dtype.kind not in "fiub":
+            wrong.append(f"'{prefix}{name}' has dtype {array.dtype}, not a real number type")
+    problems.extend(wrong[:_MAX_LISTED])
+    if len(wrong) > _MAX_LISTED:
+        problems.append(f"... ({len(wrong) - _MAX_LISTED} more shapes or dtypes that do not fit)")
+    return problems
+
+
+def _inconsistent(cls: type, prefix: str, config: Mapping[str, Any],
+                  problems: List[str]) -> StateDictError:
+    return StateDictError(f"the weights under {prefix!r} do not make a consistent "
+                          f"{cls.__name__}({_format_config(config)}): " + "; ".join(problems))
+
+
 def build_module(cls: "Type[_Module]", params: Mapping[str, np.ndarray], prefix: str,
                  dtype: Any, options: Mapping[str, Any]) -> Tuple["_Module", List[str]]:
     """A zero-initialised module of ``cls`` for ``params`` (the group under ``prefix``).
 
     Returns the module and the names of ``params`` that are its parameters;
-    raises :class:`StateDictError` listing every missing key, unexpected key
-    and shape mismatch, and when ``options`` contradict the file.
+    raises :class:`StateDictError` listing every missing key, unexpected key,
+    shape mismatch and dtype that is not a real number, and when ``options``
+    contradict the file.  A module that would need far more elements than
+    the weights hold (one thin ``weight_ih_l0`` of 400000 rows makes a 149 GiB
+    ``weight_hh_l0``) is refused before it is built.
     """
     inferred = cls._config_from_state_dict(params, prefix)
     config = dict(inferred.config)
@@ -177,6 +326,15 @@ def build_module(cls: "Type[_Module]", params: Mapping[str, np.ndarray], prefix:
             raise StateDictError(f"{name}={value!r} was given, but the weights under "
                                  f"{prefix!r} have {name}={config[name]!r}")
         config[name] = value
+    shapes = expected_shapes(cls, config)
+    if shapes is not None:
+        needed = sum(math.prod(shape) for shape in shapes.values())
+        present = sum(int(np.size(params[k])) for k in inferred.keys)
+        if needed > present + _SLACK:  # then some key is missing or too small
+            problems = _problems(shapes, params, inferred.keys, prefix)
+            problems.append(f"that configuration has {needed:,} parameters, the weights "
+                            f"hold {present:,}")
+            raise _inconsistent(cls, prefix, inferred.config, problems)
     if dtype is None:
         dtype = _default_dtype([params[k] for k in inferred.keys])
     factory: Callable[..., "_Module"] = cls  # the subclass's own constructor
@@ -189,21 +347,9 @@ def build_module(cls: "Type[_Module]", params: Mapping[str, np.ndarray], prefix:
     finally:
         SKIP_INIT.reset(token)
     expected = module._shapes
-    problems = []
-    missing = [prefix + k for k in expected if k not in params]
-    if missing:
-        problems.append(f"missing {', '.join(missing)}")
-    unexpected = [prefix + k for k in inferred.keys if k not in expected]
-    if unexpected:
-        problems.append(f"unexpected {', '.join(unexpected)}")
-    for name, shape in expected.items():
-        if name in params and tuple(np.shape(params[name])) != shape:
-            problems.append(f"'{prefix}{name}' has shape {tuple(np.shape(params[name]))}, "
-                            f"expected {shape}")
+    problems = _problems(expected, params, inferred.keys, prefix)
     if problems:
-        raise StateDictError(
-            f"the weights under {prefix!r} do not make a consistent {cls.__name__}("
-            f"{_format_config(inferred.config)}): " + "; ".join(problems))
+        raise _inconsistent(cls, prefix, inferred.config, problems)
     return module, list(expected)
 
 
@@ -254,13 +400,9 @@ def find_modules(arrays: Mapping[str, np.ndarray]) -> Tuple[List[FoundModule], L
     from fastlstm.cell import LSTMCell
     from fastlstm.lstm import LSTM
 
-    prefixes: Dict[str, None] = {}
-    for key in arrays:
-        prefixes.setdefault(split_key(key)[0])
     found: List[FoundModule] = []
     notes: List[str] = []
-    for prefix in prefixes:
-        params = group_of(arrays, prefix)
+    for prefix, params in groups(arrays).items():
         for cls, pattern in ((LSTM, LSTM_KEY), (LSTMCell, CELL_KEY)):
             if not any(pattern.match(name) for name in params):
                 continue

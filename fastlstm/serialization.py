@@ -410,7 +410,7 @@ class Inspection:
     def __str__(self) -> str:
         description = FORMATS.get(self.format, self.format)
         n_tensors = len(self.tensors) + sum(len(m.keys) for m in self.modules)
-        lines = [f"{self.path}: {description}, {n_tensors} tensors"]
+        lines = [f"{_escaped(str(self.path))}: {description}, {n_tensors} tensors"]
         if not self.modules:
             lines.append("no LSTM or LSTMCell found")
         source = repr(self.path) if self.format != "mapping" else "state_dict"
@@ -418,17 +418,18 @@ class Inspection:
             config = ", ".join(f"{k}={v}" for k, v in m.config.items())
             where = repr(m.prefix) if m.prefix else "(top level)"
             lines.append(f"{m.kind} at {where} ({len(m.keys)} tensors, "
-                         f"{m.num_parameters:,} {m.dtype} parameters)")
+                         f"{m.num_parameters:,} {_escaped(m.dtype)} parameters)")
             lines.append(f"    {config}")
             prefix_arg = f", prefix={m.prefix!r}" if m.prefix else ""
             lines.append(f"    fastlstm.{m.kind}.from_state_dict({source}{prefix_arg})")
         if self.tensors:
             lines.append(f"other tensors ({len(self.tensors)}):")
-            width = min(max(len(k) for k in self.tensors), 48)
+            names = {key: _name(key) for key in self.tensors}
+            width = min(max(len(name) for name in names.values()), 48)
             for key, (shape, dtype) in self.tensors.items():
-                lines.append(f"    {key:<{width}}  {dtype:<8} {shape}")
+                lines.append(f"    {names[key]:<{width}}  {_escaped(dtype):<8} {shape}")
         for note in self.notes:
-            lines.append(f"note: {note}")
+            lines.append(f"note: {_escaped(note)}")
         return "\n".join(lines)
 
 
@@ -481,3 +482,17 @@ def inspect(source: Union[Source, Mapping[str, Any]]) -> Inspection:
     used = {key for m in modules for key in m.keys}
     tensors = {k: (tuple(v.shape), str(v.dtype)) for k, v in arrays.items() if k not in used}
     return Inspection(path, fmt, modules, tensors, notes)
+
+
+def _name(key: str) -> str:
+    """A key for the text report: as it is, or as ``repr`` writes it if it holds
+    characters a terminal would act on (escape sequences, newlines)."""
+    return key if key.isprintable() else repr(key)
+
+
+def _escaped(text: str) -> str:
+    """``text`` with each non-printable character escaped as ``repr`` writes it
+    (``\\x1b``, ``\\n``): key names in notes cannot fake lines of the report."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

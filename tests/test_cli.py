@@ -117,3 +117,27 @@ def test_usage_errors(capsys):
     assert main(["nonsense"]) == 2
     for line in capsys.readouterr().err.splitlines():
         assert line.startswith("fastlstm")
+
+
+def test_inspect_escapes_key_names_that_would_act_on_the_terminal(tmp_path, capsys):
+    # Key names come from the file: escape sequences and newlines in them must
+    # not clear the screen or fake lines of the report.
+    evil = "\x1b[2J\x1b[31mEVIL\x1b[0m\nfake line"
+    path = tmp_path / "evil.safetensors"
+    fastlstm.save({evil: np.zeros(1, np.float32),
+                   "enc\x1b[1A\nnote: all good.weight_ih_l0": np.zeros((3, 2), np.float32),
+                   "x\u202ey": np.zeros(2, np.float32), "plain.weight": np.zeros(2, np.float32)},
+                  path)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out
+    lines = out.splitlines()
+    assert not any(line.startswith(("fake line", "note: all good")) for line in lines)
+    assert any(line.startswith(f"    {evil!r}  ") and "float32  (1,)" in line for line in lines)
+    assert "    'x\\u202ey'" in out and "    plain.weight " in out
+    assert [line for line in lines if line.startswith("note: ")] == [
+        "note: 'enc\\x1b[1A\\nnote: all good.weight_ih_l0' has 3 rows, not 4*hidden_size "
+        "(gates i, f, g, o): not an LSTM weight"]
+    assert main(["inspect", "--json", str(path)]) == 0  # JSON escapes them itself
+    found = json.loads(capsys.readouterr().out)
+    assert evil in found["tensors"]

@@ -887,3 +887,149 @@ def test_dropout_not_applied_after_last_layer():
     want = _fast_forward(m, x)
     for r, s in zip(_fast_forward(m.train(), x), want):
         np.testing.assert_array_equal(r, s)
+
+
+# ------------------------------------------- from_state_dict on hostile weights
+# A weights file is untrusted: its key names and shapes must not make
+# from_state_dict or inspect build (allocate) a module far larger than the file,
+# spend time quadratic in the number of keys, or fail with another exception
+# than StateDictError.
+
+
+@pytest.fixture
+def no_huge_modules(monkeypatch):
+    """Fail (instead of exhausting memory) when a huge module would be built."""
+    for cls in (fastlstm.LSTM, fastlstm.LSTMCell):
+        shapes = cls._parameter_shapes
+
+        def guarded(self, _shapes=shapes):
+            assert self._hidden_size <= 4096 and getattr(self, "_num_layers", 1) <= 64, (
+                "a module far larger than its weights is being built")
+            return _shapes(self)
+
+        monkeypatch.setattr(cls, "_parameter_shapes", guarded)
+
+
+def _state_dict_error(source, cls=fastlstm.LSTM):
+    with pytest.raises(fastlstm.StateDictError) as info:
+        cls.from_state_dict(source)
+    return str(info.value)
+
+
+def test_from_state_dict_refuses_layers_without_weights(no_huge_modules, tmp_path):
+    # 192 bytes of safetensors whose one key makes num_layers=100000001.
+    path = tmp_path / "layers.safetensors"
+    fastlstm.save({"weight_ih_l0": np.zeros((4, 1), np.float32),
+                   "bias_ih_l100000000": np.zeros(4, np.float32)}, path)
+    message = _state_dict_error(path)
+    assert "'bias_ih_l100000000' makes num_layers=100000001" in message
+    assert "no weights for layer(s) 1, 2, 3, 4, 5, ... (99,999,999 of 100,000,001" in message
+    found = fastlstm.inspect(path)
+    assert not found.modules and "makes num_layers=100000001" in found.notes[0]
+    # An index too long for int() (Python refuses 4300+ digits) is refused the same way.
+    long_index = {"weight_ih_l0": np.zeros((4, 1)), "bias_hh_l" + "9" * 5000: np.zeros(4)}
+    assert "no weights for layer(s) 1, 2" in _state_dict_error(long_index)
+    # A gap in the middle, with the full key name.
+    sd = {"enc." + k: v for k, v in fastlstm.LSTM(2, 3, num_layers=3, rng=0).state_dict().items()
+          if "_l1" not in k}
+    with pytest.raises(fastlstm.StateDictError,
+                       match=r"'enc\.weight_ih_l2' makes num_layers=3, but there are no "
+                             r"weights for layer\(s\) 1 \(1 of 3 layers\)"):
+        fastlstm.LSTM.from_state_dict(sd, prefix="enc")
+
+
+@pytest.mark.parametrize("cls, name", [(fastlstm.LSTM, "weight_ih_l0"),
+                                       (fastlstm.LSTMCell, "weight_ih")])
+@pytest.mark.parametrize("dtype", [np.uint8, np.bool_])
+def test_from_state_dict_refuses_a_module_larger_than_its_weights(no_huge_modules, tmp_path,
+                                                                  cls, name, dtype):
+    # 4*hidden_size x input_size = 400000 x 1 makes hidden_size 100000: the
+    # module would need a 149 GiB weight_hh, and the file holds 400 KB.
+    path = tmp_path / "thin.safetensors"
+    fastlstm.save({name: np.zeros((400000, 1), dtype)}, path)
+    message = _state_dict_error(path, cls)
+    hh = name.replace("_ih", "_hh")
+    assert "hidden_size=100000" in message and f"missing {hh};" in message
+    assert "has 40,000,400,000 parameters, the weights hold 400,000" in message
+    found = fastlstm.inspect(path)
+    assert not found.modules and f"missing {hh}" in found.notes[0]
+    # The other kind of module looks for its own keys and lists none.
+    other = fastlstm.LSTMCell if cls is fastlstm.LSTM else fastlstm.LSTM
+    assert "holds no" in _state_dict_error(path, other)
+    # A weight_hh that is present but thin is caught the same way.
+    sd = {name: np.zeros((400000, 1), dtype), hh: np.zeros((400000, 2), dtype)}
+    assert f"'{hh}' has shape (400000, 2), expected (400000, 100000)" in _state_dict_error(sd, cls)
+
+
+def test_from_state_dict_huge_projection_is_refused(no_huge_modules):
+    sd = {"weight_ih_l0": np.zeros((400000, 1)), "weight_hr_l0": np.zeros((100, 100000))}
+    message = _state_dict_error(sd)
+    assert "proj_size=100" in message and "missing weight_hh_l0" in message
+
+
+@pytest.mark.parametrize("cfg", CONFIGS + [dict(input_size=2, hidden_size=3, bias=False)],
+                         ids=CONFIG_IDS + ["cell-nobias"])
+def test_expected_shapes_are_the_module_shapes(cfg):
+    # build_module checks keys against these before it builds anything.
+    from fastlstm._state_dict import expected_shapes
+
+    cfg = {k: v for k, v in cfg.items() if k != "batch_first"}
+    assert expected_shapes(fastlstm.LSTM, cfg) == dict(fastlstm.LSTM(**cfg)._shapes)
+    cell_cfg = {k: cfg[k] for k in ("input_size", "hidden_size", "bias") if k in cfg}
+    assert expected_shapes(fastlstm.LSTMCell, cell_cfg) == dict(
+        fastlstm.LSTMCell(**cell_cfg)._shapes)
+
+
+class _CountingKey(str):
+    """A key that counts the times it is compared with a prefix."""
+
+    calls = 0
+
+    def startswith(self, *args):
+        type(self).calls += 1
+        return str.startswith(self, *args)
+
+
+def test_finding_modules_is_linear_in_the_number_of_keys(monkeypatch):
+    # Scanning every key once per prefix took 5 s for 8000 keys ``p{i}.x``.
+    from fastlstm._state_dict import find_modules
+
+    n = 2000
+    monkeypatch.setattr(_CountingKey, "calls", 0)
+    arrays = {_CountingKey(f"p{i}.x"): np.zeros(0, np.uint8) for i in range(n)}
+    arrays.update({_CountingKey(f"m{i}.weight_ih"): np.zeros((4, 1)) for i in range(n)})
+    modules, notes = find_modules(arrays)
+    assert not modules and len(notes) == n
+    found = fastlstm.inspect(arrays)
+    assert len(found.tensors) == 2 * n
+    with pytest.raises(fastlstm.StateDictError, match="holds no LSTM weights"):
+        fastlstm.LSTM.from_state_dict(arrays)  # the error path lists the modules there are
+    assert _CountingKey.calls <= 2 * len(arrays)
+
+
+@pytest.mark.parametrize("dtype, in_file", [("<U1", False), (np.complex64, False),
+                                            (np.complex64, True)],
+                         ids=["U1-mapping", "complex64-mapping", "complex64-npz"])
+def test_from_state_dict_refuses_weights_that_are_not_numbers(tmp_path, dtype, in_file):
+    sd = {"rnn.weight_ih_l0": np.zeros((16, 3), dtype),
+          "rnn.weight_hh_l0": np.zeros((16, 4), dtype),
+          "cell.weight_ih": np.zeros((16, 3), np.float32),
+          "cell.weight_hh": np.zeros((16, 4), dtype)}
+    source = sd
+    if in_file:
+        source = tmp_path / "weights.npz"
+        np.savez(source, **sd)
+    name = np.dtype(dtype)
+    with pytest.raises(fastlstm.StateDictError,
+                       match=rf"'rnn\.weight_ih_l0' has dtype {name}, not a real number type; "
+                             rf"'rnn\.weight_hh_l0' has dtype {name}"):
+        fastlstm.LSTM.from_state_dict(source, prefix="rnn")
+    with pytest.raises(fastlstm.StateDictError,
+                       match=rf"'cell\.weight_hh' has dtype {name}, not a real number type"):
+        fastlstm.LSTMCell.from_state_dict(source, prefix="cell")
+    found = fastlstm.inspect(source)
+    assert not found.modules
+    assert len(found.notes) == 2 and all("not a real number type" in n for n in found.notes)
+    # Integer and bool weights are numbers, and load.
+    ints = {"weight_ih_l0": np.ones((16, 3), np.int64), "weight_hh_l0": np.ones((16, 4), bool)}
+    assert fastlstm.LSTM.from_state_dict(ints, bias=False).weight_hh_l0.sum() == 64
