@@ -1,24 +1,34 @@
 """NumPy ``.npz`` archives, read and written without pickles.
 
 An ``.npz`` is a zip archive of ``<name>.npy`` members (``numpy.savez``).
-Reading never unpickles (object arrays are refused) and checks each member's
-declared shape against the member's size before allocating anything.
+Reading never unpickles: only the dtypes of weights are read (bool, integers,
+float16/32/64, complex64/128); object, string, datetime, structured and
+extended-precision arrays are refused.  Members are read through the torch
+reader's zip records (:class:`fastlstm._torch_format._ZipRecords`), which bound
+decompression; each member's declared shape is checked against its size
+before an array is made.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import re
+import sys
 import zipfile
-from typing import IO, Dict, Mapping
+from typing import IO, TYPE_CHECKING, Dict, Mapping, Tuple
 
 import numpy as np
 
 from fastlstm._errors import WeightsFormatError
 
+if TYPE_CHECKING:
+    from fastlstm._torch_format import _ZipRecords
+
 __all__ = ["is_npz", "read_npz", "write_npz"]
 
 _fmt = np.lib.format
-_MAX_RATIO = 1100  # deflate expands at most ~1032x; bzip2 and lzma are refused past this too
+_NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))
 
 
 def is_npz(names: "list[str]") -> bool:
@@ -26,44 +36,88 @@ def is_npz(names: "list[str]") -> bool:
     return all(name.endswith(".npy") for name in names)
 
 
-def read_npz(archive: zipfile.ZipFile) -> Dict[str, np.ndarray]:
-    """Every array of an ``.npz``, keyed by member name without ``.npy``."""
+def read_npz(records: "_ZipRecords") -> Dict[str, np.ndarray]:
+    """Every array of an ``.npz``, keyed by member name without ``.npy``.
+
+    Each array is a new, writable, C-ordered, native-byte-order copy.
+    """
     out: Dict[str, np.ndarray] = {}
-    for info in archive.infolist():
+    for info in records.zip.infolist():
         name = info.filename[:-len(".npy")]
-        if info.compress_type != zipfile.ZIP_STORED and \
-                info.file_size > _MAX_RATIO * info.compress_size + 4096:
-            raise WeightsFormatError(
-                f"npz member '{info.filename}' claims {info.file_size} bytes from "
-                f"{info.compress_size} compressed: more than compression can give")
-        try:
-            with archive.open(info) as member:
-                version = _fmt.read_magic(member)
-                if version == (1, 0):
-                    shape, fortran, dtype = _fmt.read_array_header_1_0(member)
-                else:
-                    shape, fortran, dtype = _fmt.read_array_header_2_0(member)
-                header_size = member.tell()
-            if dtype.hasobject:
-                raise WeightsFormatError(f"array '{name}' has dtype object (a pickle): refused")
-            nbytes = math.prod(shape) * dtype.itemsize
-            if header_size + nbytes != info.file_size:
-                raise WeightsFormatError(
-                    f"array '{name}' declares shape {shape} of {dtype} ({nbytes} bytes) but its "
-                    f"member holds {info.file_size - header_size} bytes")
-            with archive.open(info) as member:
-                array = _fmt.read_array(member, allow_pickle=False)
-        except WeightsFormatError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - zipfile, zlib and numpy errors alike
-            raise WeightsFormatError(f"corrupt npz member '{info.filename}': "
-                                     f"{type(exc).__name__}: {exc}") from None
         if name in out:
             raise WeightsFormatError(f"the archive holds two arrays named '{name}'")
-        if not array.dtype.isnative:
-            array = array.astype(array.dtype.newbyteorder("="))
-        out[name] = array
+        out[name] = _array(name, info.filename, records.read_info(info))
     return out
+
+
+def _array(name: str, member: str, data: bytes) -> np.ndarray:
+    """The array of one ``.npy`` member's bytes, its header and dtype checked first."""
+    shape, fortran, dtype, header_size = _header(member, data)
+    if dtype.hasobject:
+        raise WeightsFormatError(f"array '{name}' has dtype object (a pickle): refused")
+    problem = _unsupported(dtype)
+    if problem:
+        raise WeightsFormatError(
+            f"array '{name}' has dtype {dtype.str} ({problem}), not one of weights: fastlstm "
+            "reads bool, integer, float16/32/64 and complex64/128 arrays")
+    if any(d < 0 for d in shape) or math.prod(d for d in shape if d) * dtype.itemsize \
+            > sys.maxsize:
+        raise WeightsFormatError(f"array '{name}' has an invalid shape {shape}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if header_size + nbytes != len(data):
+        raise WeightsFormatError(
+            f"array '{name}' declares shape {shape} of {dtype} ({nbytes} bytes) but its "
+            f"member holds {len(data) - header_size} bytes")
+    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=header_size)
+    array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+    return np.array(array, dtype=dtype.newbyteorder("="), order="C")
+
+
+def _header(member: str, data: bytes) -> Tuple[Tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, header size)`` of a ``.npy`` member."""
+    file = io.BytesIO(data)
+    try:
+        version = _fmt.read_magic(file)
+    except ValueError:
+        raise WeightsFormatError(f"npz member '{member}' is not a .npy array (it does not "
+                                 "start with \\x93NUMPY)") from None
+    if version not in _NPY_VERSIONS:
+        raise WeightsFormatError(f"npz member '{member}' has .npy format version "
+                                 f"{version[0]}.{version[1]}, not 1.0, 2.0 or 3.0")
+    try:
+        if version == (1, 0):
+            shape, fortran, dtype = _fmt.read_array_header_1_0(file)
+        else:
+            shape, fortran, dtype = _fmt.read_array_header_2_0(file)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+        raise WeightsFormatError(f"npz member '{member}' has an invalid .npy header: "
+                                 f"{_header_problem(exc)}") from None
+    return shape, fortran, dtype, file.tell()
+
+
+def _header_problem(exc: BaseException) -> str:
+    """numpy's complaint about a ``.npy`` header, without its advice or object addresses."""
+    message = str(exc).split("\n", 1)[0]
+    if "malformed node" in message or re.search(r" at 0x[0-9a-fA-F]+", message):
+        return ("it is not a literal dict of 'descr', 'fortran_order' and 'shape' (it holds an "
+                "expression, such as a call or a name)")
+    if "max_header_size" in str(exc) or "large and may not be safe" in message:
+        return f"{message} (numpy refuses headers over 10,000 bytes)"
+    return message[:200]
+
+
+def _unsupported(dtype: np.dtype) -> str:
+    """Why arrays of ``dtype`` are not weights, or ``""`` for those that are."""
+    if dtype.fields is not None or dtype.subdtype is not None:
+        return "a structured or subarray dtype"
+    kinds = {"U": "strings", "S": "bytes", "M": "dates", "m": "time deltas", "V": "raw bytes"}
+    if dtype.kind in kinds:
+        return kinds[dtype.kind]
+    if dtype.kind == "f" and dtype.itemsize > 8 or dtype.kind == "c" and dtype.itemsize > 16:
+        return "extended precision"
+    if dtype.kind not in "biufc":
+        return f"kind '{dtype.kind}'"
+    return ""
 
 
 def write_npz(arrays: Mapping[str, np.ndarray], file: IO[bytes]) -> None:

@@ -4,21 +4,25 @@ A file is an 8-byte little-endian header length ``n``, ``n`` bytes of JSON
 mapping each tensor name to ``{"dtype", "shape", "data_offsets": [begin,
 end]}`` (plus an optional ``"__metadata__"`` of strings), then the data:
 little-endian, C order, offsets relative to the end of the header.  Nothing in
-it is executable; every offset and size is checked against the file.
+it is executable; every offset and size is checked against the file, and the
+header as the format specifies it (no key twice, metadata of strings).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import struct
+import sys
 from typing import IO, Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from fastlstm._errors import WeightsFormatError
 
-__all__ = ["looks_like_safetensors", "read_safetensors", "write_safetensors"]
+__all__ = ["looks_like_safetensors", "read_safetensors", "safetensors_problem",
+           "write_safetensors"]
 
 _MAX_HEADER = 100_000_000  # the safetensors package's limit too
 # safetensors dtype code -> numpy code (little-endian); BF16 is read as u2 and widened.
@@ -42,6 +46,33 @@ def looks_like_safetensors(head: bytes, file_size: int) -> bool:
     return 2 <= n <= min(file_size - 8, _MAX_HEADER) and head[8:9] == b"{"
 
 
+def safetensors_problem(head: bytes, file_size: int) -> Optional[str]:
+    """Why a file that starts as safetensors does (8 bytes, then ``{"`` or ``{}``) is not
+    one -- a header length past the end of the file or over the limit -- or None."""
+    if len(head) < 10 or looks_like_safetensors(head, file_size) \
+            or not re.match(rb"\{\s*[\"}]", head[8:]):
+        return None
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > _MAX_HEADER:
+        return (f"invalid safetensors file: its header length {n} is over the limit of "
+                f"{_MAX_HEADER} bytes")
+    if n + 8 > file_size:
+        return (f"truncated or invalid safetensors file: its header length is {n} bytes but "
+                f"{file_size - 8} bytes follow the length")
+    return f"invalid safetensors file: header length {n}"
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """A JSON object as a dict, refusing a key that appears twice (json would keep the last)."""
+    out: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise WeightsFormatError(f"corrupt safetensors header: key {key[:80]!r} appears "
+                                     "twice")
+        out[key] = value
+    return out
+
+
 def _header(file: IO[bytes], file_size: int) -> Tuple[Dict[str, Any], int]:
     raw = file.read(8)
     if len(raw) != 8:
@@ -52,11 +83,18 @@ def _header(file: IO[bytes], file_size: int) -> Tuple[Dict[str, Any], int]:
                                  f"{file_size}")
     text = file.read(n)
     try:
-        header = json.loads(text.decode("utf-8"))
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except WeightsFormatError:
+        raise
     except (ValueError, RecursionError) as exc:
         raise WeightsFormatError(f"corrupt safetensors header: {exc}") from None
     if not isinstance(header, dict):
         raise WeightsFormatError("corrupt safetensors header: not a JSON object")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+            isinstance(v, str) for v in metadata.values()):
+        raise WeightsFormatError("corrupt safetensors header: __metadata__ must map strings to "
+                                 "strings")
     return header, 8 + n
 
 
@@ -74,11 +112,15 @@ def read_safetensors(file: IO[bytes], file_size: int) -> Dict[str, np.ndarray]:
         if not isinstance(entry, dict):
             raise WeightsFormatError(f"corrupt safetensors header: entry '{name}' is not a dict")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise WeightsFormatError(f"tensor '{name}' has a dtype that is not a string (JSON "
+                                     f"{type(dtype).__name__})")
         if dtype not in _CODES:
-            raise WeightsFormatError(f"tensor '{name}' has dtype {dtype!r}, not supported by "
-                                     f"fastlstm (supported: {', '.join(_CODES)})")
+            raise WeightsFormatError(f"tensor '{name}' has dtype {dtype[:40]!r}, not supported "
+                                     f"by fastlstm (supported: {', '.join(_CODES)})")
         if not isinstance(shape, list) or len(shape) > 32 or not all(
-                type(d) is int and d >= 0 for d in shape):
+                type(d) is int and d >= 0 for d in shape) or \
+                math.prod(d for d in shape if d) * 8 > sys.maxsize:
             raise WeightsFormatError(f"tensor '{name}' has an invalid shape")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(
                 type(o) is int for o in offsets):

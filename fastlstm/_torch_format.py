@@ -25,15 +25,23 @@ untrusted file is never given to :mod:`pickle` as it is.  Two layers guard it:
 Tensors are then copied out of the storages with every size, offset and
 stride checked against the bytes actually present, and a budget on the total
 bytes produced (views may repeat a storage, but not without bound).
+
+Sizes are bounded before anything is read or decompressed: a pickle may hold
+at most :data:`_MAX_PICKLE_BYTES` bytes and :data:`_MAX_OPCODES` opcodes, and a
+compressed zip member may expand at most :data:`_MAX_RATIO` times, and never
+past the size it declares (:class:`_ZipRecords`).
 """
 
 from __future__ import annotations
 
+import bz2
 import io
+import lzma
 import math
 import pickle
 import pickletools
 import struct
+import sys
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -65,6 +73,21 @@ _MAX_NDIM = 32
 #: repeat a storage a million times is refused instead of exhausting memory.
 _EXPANSION = 16
 _EXPANSION_FLOOR = 1 << 26
+#: Bytes one pickle may hold.  torch's pickle of a state dict takes ~100 bytes a
+#: tensor (a checkpoint of 1,600 tensors: 147 KB), so 64 MiB is ~600,000 tensors;
+#: a larger ``data.pkl`` is refused before it is read or decompressed.
+_MAX_PICKLE_BYTES = 64 << 20
+#: Opcodes one pickle may hold: torch's pickle of a state dict takes ~30 a tensor,
+#: so ~35,000 tensors (~8,000 parameters with their Adam state).  Bounds the time
+#: of the opcode scan (~0.5 us an opcode) and the number of objects the unpickler
+#: can build (each takes an opcode): at the limit, a pickle of a million empty
+#: lists loads in ~3 s and ~300 MB.
+_MAX_OPCODES = 1 << 20
+#: How much a compressed zip member may expand (torch writes none compressed,
+#: ``numpy.savez_compressed`` deflates): deflate's own limit is ~1032x; bzip2
+#: and LZMA, which can expand a millionfold, are held to the same.
+_MAX_RATIO = 1100
+_MIB = 1 << 20
 
 # Pickle opcodes a torch state dict may use (protocols 0 to 5).  Refused:
 # INST, OBJ, NEWOBJ, NEWOBJ_EX (construct classes), EXT1/2/4 (copyreg's
@@ -390,6 +413,8 @@ class _Loader:
             return _RestrictedUnpickler(io.BytesIO(data), self).load()
         except WeightsFormatError:
             raise
+        except MemoryError:
+            raise WeightsFormatError(f"refused: unpickling {what} ran out of memory") from None
         except Exception as exc:  # noqa: BLE001 - any failure of a corrupt pickle
             raise WeightsFormatError(f"corrupt {what}: {type(exc).__name__}: {exc}") from None
 
@@ -419,15 +444,34 @@ def _refusal(full: str) -> WeightsFormatError:
         "numbers from PyTorch files, and nothing from this file was run")
 
 
+def _too_many_opcodes(what: str) -> WeightsFormatError:
+    return WeightsFormatError(
+        f"refused: {what} holds more than {_MAX_OPCODES:,} pickle opcodes (a state dict's pickle "
+        f"takes ~30 a tensor); fastlstm does not read pickles that large")
+
+
+def _too_large(what: str, nbytes: int) -> WeightsFormatError:
+    limit = (f"{_MAX_PICKLE_BYTES // _MIB} MiB" if _MAX_PICKLE_BYTES % _MIB == 0
+             else f"{_MAX_PICKLE_BYTES:,} bytes")
+    return WeightsFormatError(
+        f"refused: {what} holds {nbytes} bytes, more than the {limit} fastlstm reads in a "
+        "pickle (a state dict's pickle takes ~100 bytes a tensor)")
+
+
 def scan_pickle(data: bytes, allowed: Dict[str, Any], what: str) -> None:
-    """Refuse a pickle with opcodes or ``GLOBAL`` names off the allow-lists.
+    """Refuse a pickle with opcodes or ``GLOBAL`` names off the allow-lists, or too large.
 
     Only decodes the opcodes (:func:`pickletools.genops`); nothing is built.
+    At most :data:`_MAX_OPCODES` opcodes are decoded.
     """
+    if len(data) > _MAX_PICKLE_BYTES:
+        raise _too_large(what, len(data))
     count = 0
     try:
         for opcode, arg, pos in pickletools.genops(data):
             count += 1
+            if count > _MAX_OPCODES:
+                raise _too_many_opcodes(what)
             name = opcode.name
             if name not in _OPCODES:
                 raise UnsafeFileError(f"refused pickle opcode {name} at byte {pos} of {what}: "
@@ -473,6 +517,9 @@ def _tensor_of(storage: _Storage, offset: Any, size: Any, stride: Any,
     strides = _as_shape(stride, "stride")
     if len(shape) != len(strides):
         raise WeightsFormatError(f"tensor size {shape} and stride {strides} differ in length")
+    if math.prod(n for n in shape if n) * 16 > sys.maxsize:  # what numpy could not hold
+        raise WeightsFormatError(f"tensor size {_describe(str(shape))} is larger than any "
+                                 "array can be")
     return _Tensor(storage, offset, shape, strides, dtype)
 
 
@@ -594,11 +641,15 @@ def torch_zip_prefix(names: List[str]) -> Optional[str]:
 
 
 class _ZipRecords:
-    """Members of a zip archive, read as stored (torch writes them uncompressed).
+    """Members of a zip archive, every size checked before anything is read or decompressed.
 
-    Python's ``zipfile`` reads the central directory; stored members are read
-    straight from their local header so that an archive written by torch with
-    CRC-32 disabled (CRC field 0) still loads; a nonzero CRC is checked.
+    Python's ``zipfile`` reads the central directory; members are read here
+    straight from their local header, so that an archive written by torch with
+    CRC-32 disabled (CRC field 0 of a stored member) still loads.  A compressed
+    member (deflate, bzip2, LZMA) is refused when it declares more than
+    :data:`_MAX_RATIO` times its compressed size, and is decompressed to at most
+    the size it declares (``zipfile`` would let a bzip2 or LZMA member expand
+    without bound in a single read).
     """
 
     def __init__(self, file: IO[bytes], size: int) -> None:
@@ -608,27 +659,83 @@ class _ZipRecords:
         self.infos = {info.filename: info for info in self.zip.infolist()}
 
     def read(self, name: str) -> bytes:
+        """The data of the member ``name``."""
         info = self.infos.get(name)
         if info is None:
             raise WeightsFormatError(f"the archive has no record '{name}'")
-        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-            return self.zip.read(info)
+        return self.read_info(info)
+
+    def read_info(self, info: zipfile.ZipInfo) -> bytes:
+        """The data of a member, checked against its sizes and CRC-32."""
+        name, method = info.filename, info.compress_type
+        if info.flag_bits & 0x1:
+            raise WeightsFormatError(f"record '{name}' of the archive is encrypted: not supported")
+        if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
+                          zipfile.ZIP_LZMA):
+            raise WeightsFormatError(f"record '{name}' of the archive uses compression method "
+                                     f"{method}: fastlstm reads stored, deflate, bzip2 and LZMA")
+        if method != zipfile.ZIP_STORED and \
+                info.file_size > _MAX_RATIO * info.compress_size + 4096:
+            raise WeightsFormatError(
+                f"refused: record '{name}' claims {info.file_size} bytes from "
+                f"{info.compress_size} compressed: more than compression can give (fastlstm "
+                f"allows {_MAX_RATIO}x)")
         self.file.seek(info.header_offset)
         header = self.file.read(30)
         if len(header) != 30 or header[:4] != b"PK\x03\x04":
             raise WeightsFormatError(f"corrupt zip archive: bad local header of '{name}'")
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         start = info.header_offset + 30 + name_len + extra_len
-        if start + info.file_size > self.size:
-            raise WeightsFormatError(f"truncated archive: record '{name}' ({info.file_size} "
+        raw_size = info.file_size if method == zipfile.ZIP_STORED else info.compress_size
+        if start + raw_size > self.size:
+            raise WeightsFormatError(f"truncated archive: record '{name}' ({raw_size} "
                                      f"bytes) extends past the end of the file")
         self.file.seek(start)
-        data = self.file.read(info.file_size)
-        if len(data) != info.file_size:
+        data = self.file.read(raw_size)
+        if len(data) != raw_size:
             raise WeightsFormatError(f"truncated archive: record '{name}'")
-        if info.CRC != 0 and zlib.crc32(data) != info.CRC:
+        if method != zipfile.ZIP_STORED:
+            data = _decompress(data, method, info.file_size, name)
+        if (info.CRC != 0 or method != zipfile.ZIP_STORED) and zlib.crc32(data) != info.CRC:
             raise WeightsFormatError(f"corrupt archive: CRC-32 mismatch in record '{name}'")
         return data
+
+
+def _decompress(raw: bytes, method: int, size: int, name: str) -> bytes:
+    """A compressed member that declares ``size`` bytes, decompressed to at most ``size + 1``."""
+    try:
+        if method == zipfile.ZIP_DEFLATED:
+            data = zlib.decompressobj(-15).decompress(raw, size + 1)
+        elif method == zipfile.ZIP_BZIP2:
+            data = bz2.BZ2Decompressor().decompress(raw, size + 1)
+        else:
+            data = _lzma_decompressor(raw, size, name).decompress(raw[9:], size + 1)
+    except (zlib.error, OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+        raise WeightsFormatError(f"corrupt archive: record '{name}' does not decompress: "
+                                 f"{exc}") from None
+    if len(data) > size:
+        raise WeightsFormatError(f"refused: record '{name}' decompresses to more than the "
+                                 f"{size} bytes it declares")
+    if len(data) < size:
+        raise WeightsFormatError(f"corrupt or truncated archive: record '{name}' decompresses "
+                                 f"to {len(data)} of the {size} bytes it declares")
+    return data
+
+
+def _lzma_decompressor(raw: bytes, size: int, name: str) -> "lzma.LZMADecompressor":
+    """The raw LZMA1 decoder of a zip member: 2 bytes of version, 2 of properties size (5),
+    the properties (lc, lp, pb in one byte, then the dictionary size), then the stream.
+
+    The dictionary is allocated in full when the decoder starts: it is capped at the
+    member's declared size (no match reaches further back than the data decoded).
+    """
+    if len(raw) < 9 or raw[2:4] != b"\x05\x00" or raw[4] >= 9 * 5 * 5:
+        raise WeightsFormatError(f"corrupt archive: bad LZMA header in record '{name}'")
+    lc, rest = raw[4] % 9, raw[4] // 9
+    (dict_size,) = struct.unpack("<I", raw[5:9])
+    lzma_filter = {"id": lzma.FILTER_LZMA1, "lc": lc, "lp": rest % 5, "pb": rest // 5,
+                   "dict_size": max(4096, min(dict_size, size + 1))}
+    return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[lzma_filter])
 
 
 def read_zip(records: _ZipRecords, prefix: str) -> Dict[str, np.ndarray]:
@@ -637,8 +744,15 @@ def read_zip(records: _ZipRecords, prefix: str) -> Dict[str, np.ndarray]:
         raise WeightsFormatError("a TorchScript archive (torch.jit.save) is not a state dict: "
                                  "save model.state_dict() with torch.save instead")
     big_endian = False
-    if prefix + "byteorder" in records.infos:
-        order = records.read(prefix + "byteorder")
+    pkl = records.infos.get(prefix + "data.pkl")
+    if pkl is not None and pkl.file_size > _MAX_PICKLE_BYTES:
+        raise _too_large(f"'{pkl.filename}'", pkl.file_size)
+    order_info = records.infos.get(prefix + "byteorder")
+    if order_info is not None:
+        if order_info.file_size > 16:
+            raise WeightsFormatError(f"unknown byte order ({order_info.file_size} bytes) in the "
+                                     "archive")
+        order = records.read_info(order_info)
         if order not in (b"little", b"big"):
             raise WeightsFormatError(f"unknown byte order {order[:20]!r} in the archive")
         big_endian = order == b"big"
@@ -660,12 +774,23 @@ def read_zip(records: _ZipRecords, prefix: str) -> Dict[str, np.ndarray]:
 
 
 def _next_pickle(file: IO[bytes], what: str) -> bytes:
-    """The bytes of the pickle that starts at the file's position (up to its STOP)."""
+    """The bytes of the pickle that starts at the file's position (up to its STOP).
+
+    At most :data:`_MAX_OPCODES` opcodes and :data:`_MAX_PICKLE_BYTES` bytes.
+    """
     start = file.tell()
+    count = 0
     try:
-        for opcode, _, _ in pickletools.genops(file):
+        for opcode, _, pos in pickletools.genops(file):
+            count += 1
+            if count > _MAX_OPCODES:
+                raise _too_many_opcodes(what)
+            if pos is not None and pos - start > _MAX_PICKLE_BYTES:
+                raise _too_large(what, pos - start)
             if opcode.name not in _OPCODES:
                 break  # scan_pickle names it
+    except WeightsFormatError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise WeightsFormatError(f"corrupt or truncated {what}: {exc}") from None
     end = file.tell()

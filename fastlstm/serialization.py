@@ -11,9 +11,11 @@ LSTMs and LSTMCells in a file with the configuration that builds them.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import stat
 import tempfile
 from collections import OrderedDict
 from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
@@ -23,7 +25,12 @@ import numpy as np
 from fastlstm._common import to_numpy
 from fastlstm._errors import StateDictError, UnsafeFileError, WeightsFormatError
 from fastlstm._npz import is_npz, read_npz, write_npz
-from fastlstm._safetensors import looks_like_safetensors, read_safetensors, write_safetensors
+from fastlstm._safetensors import (
+    looks_like_safetensors,
+    read_safetensors,
+    safetensors_problem,
+    write_safetensors,
+)
 from fastlstm._state_dict import FoundModule, find_modules
 from fastlstm._torch_format import open_zip, read_legacy, read_zip, torch_zip_prefix
 
@@ -52,24 +59,91 @@ FORMATS = {
 }
 #: Formats :func:`save` writes, by file extension.
 _EXTENSIONS = {".safetensors": "safetensors", ".npz": "npz"}
+#: Bytes read from a file object that is not seekable (a pipe, a socket, an HTTP
+#: response), which has to be read into memory before its format can be told: a
+#: larger stream (or an endless one) is refused.  A path or a seekable file
+#: object has no such limit.
+_MAX_STREAM_BYTES = 1 << 30
+_CHUNK = 1 << 20
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular(mode: int, path: Any) -> None:
+    """Refuse what is not a regular file: a directory as ``open`` does, the rest clearly."""
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    raise WeightsFormatError(f"{os.fsdecode(path)!r} is {kind}, not a regular file: fastlstm "
+                             "reads weights from regular files and file objects")
+
+
+def _open_regular(path: Any) -> IO[bytes]:
+    """``open(path, "rb")`` of a regular file; anything else is refused without blocking.
+
+    Checked before opening (opening a FIFO would wait for a writer, a device
+    may act on being opened) and again after, on what was opened: the open is
+    non-blocking, so a path swapped for a FIFO in between cannot hang it.
+    """
+    _check_regular(os.stat(path).st_mode, path)
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | nonblock)
+    try:
+        _check_regular(os.fstat(fd).st_mode, path)
+        if nonblock:
+            os.set_blocking(fd, True)
+        file = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    file.raw.name = path  # type: ignore[attr-defined]  # as open() names it, not by its fd
+    return file
+
+
+def _read_stream(file: IO[bytes]) -> io.BytesIO:
+    """A non-seekable file object read into memory, up to :data:`_MAX_STREAM_BYTES`."""
+    limit = _MAX_STREAM_BYTES
+    out = io.BytesIO()
+    while True:
+        chunk = file.read(min(_CHUNK, limit + 1 - out.tell()))
+        if chunk is None:
+            raise WeightsFormatError("the file object is non-blocking and has no data ready")
+        if not chunk:
+            break
+        out.write(chunk)
+        if out.tell() > limit:
+            raise WeightsFormatError(
+                f"refused: a file object that is not seekable is read into memory, up to "
+                f"{limit:,} bytes, and this one holds more: pass a path or a seekable file")
+    out.seek(0)
+    return out
 
 
 class _Opened:
     """A binary file from a path or a file object, with its size; closes what it opened.
 
-    A file object that is not seekable, or not at its start, is read into memory,
-    so that offsets in the file are offsets from its start.
+    A path must name a regular file.  A file object that is not seekable is
+    read into memory (up to :data:`_MAX_STREAM_BYTES`), and one that is not at
+    its start has the rest read, so that offsets in the file are offsets from
+    its start.
     """
 
     def __init__(self, source: Source) -> None:
         if hasattr(source, "read"):
             file: IO[bytes] = source  # type: ignore[assignment]
             self.close_file = False
-            if not file.seekable() or file.tell() != 0:
-                file = io.BytesIO(file.read())
+            if not file.seekable():
+                file = _read_stream(file)
+            elif file.tell() != 0:
+                start = file.tell()
+                end = file.seek(0, os.SEEK_END)
+                file.seek(start)
+                file = io.BytesIO(file.read(max(end - start, 0)))
             self.file = file
         else:
-            self.file = open(os.fspath(source), "rb")  # noqa: SIM115 - closed in __exit__
+            self.file = _open_regular(os.fspath(source))
             self.close_file = True
         self.size = self.file.seek(0, os.SEEK_END)
         self.file.seek(0)
@@ -102,8 +176,11 @@ def _sniff(opened: _Opened) -> Tuple[str, Any]:
     # Before the pickle test: a safetensors header length can start with 0x80.
     if looks_like_safetensors(head, opened.size):
         return "safetensors", None
-    if head[:1] == b"\x80":
-        return "torch-legacy", None
+    problem = safetensors_problem(head, opened.size)
+    if problem:
+        raise WeightsFormatError(problem)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch-legacy", None  # a pickle of protocol 2 to 5
     if len(head) >= 262 and head[257:262] == b"ustar":
         raise WeightsFormatError("a tar archive: PyTorch's tar format (torch < 0.4) is not "
                                  "supported; load it with torch and save it again")
@@ -151,12 +228,14 @@ def _read(opened: _Opened) -> Tuple[str, Dict[str, np.ndarray]]:
             records, prefix = extra
             return fmt, read_zip(records, prefix)
         if fmt == "npz":
-            return fmt, read_npz(extra.zip)
+            return fmt, read_npz(extra)
         if fmt == "torch-legacy":
             return fmt, read_legacy(opened.file)
         return fmt, read_safetensors(opened.file, opened.size)
     except WeightsFormatError:
         raise
+    except MemoryError:
+        raise WeightsFormatError("refused: reading this file ran out of memory") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt file may fail anywhere in a reader
         raise WeightsFormatError(f"corrupt or truncated file: {type(exc).__name__}: {exc}") \
             from None
@@ -170,8 +249,10 @@ def load(source: Source) -> Dict[str, np.ndarray]:
     source : path or binary file
         A PyTorch checkpoint (``torch.save``, zip or legacy format),
         safetensors file or ``.npz`` archive; the format is detected from the
-        content, not the name.  A file object is read from its current
-        position (as ``torch.load`` does).
+        content, not the name.  A path must name a regular file (not a FIFO
+        or a device).  A file object is read from its current position (as
+        ``torch.load`` does); one that is not seekable (a pipe, a socket) is
+        read into memory first, up to 1 GiB.
 
     Returns
     -------
@@ -194,9 +275,13 @@ def load(source: Source) -> Dict[str, np.ndarray]:
     fastlstm.WeightsFormatError
         Any other file that cannot be read: unknown format, truncated or
         corrupt data, sizes, offsets or strides outside the data present,
-        unsupported tensor types (quantized, sparse, float8, TorchScript).
+        unsupported tensor types (quantized, sparse, float8, TorchScript) or
+        ``.npz`` dtypes (strings, dates, structured), a path that is not a
+        regular file, a file past fastlstm's limits (pickles over 64 MiB or
+        1,048,576 opcodes, compressed members that expand more than 1,100
+        times or past their declared size; see ``docs/weights.md``).
     OSError
-        If the file cannot be opened.
+        If the file cannot be opened (``IsADirectoryError`` for a directory).
 
     Examples
     --------

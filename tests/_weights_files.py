@@ -4,9 +4,11 @@ The hand-built pickles use raw opcodes, so that hostile and malformed files
 can be written without torch and without the objects they name.
 """
 
+import bz2
 import pickle
 import struct
 import zipfile
+import zlib
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTO2 = b"\x80\x02"
@@ -77,6 +79,38 @@ def torch_zip(path, data_pkl, records=(), folder="archive", byteorder=b"little")
         for key, data in dict(records).items():
             archive.writestr(f"{folder}/data/{key}", data)
         archive.writestr(f"{folder}/version", b"3\n")
+    return path
+
+
+def compress(data, method):
+    """``data`` compressed as a zip member of ``method`` holds it (deflate: raw, no zlib header)."""
+    if method == zipfile.ZIP_DEFLATED:
+        packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+        return packer.compress(data) + packer.flush()
+    if method == zipfile.ZIP_BZIP2:
+        return bz2.compress(data, 9)
+    assert method == zipfile.ZIP_STORED
+    return data
+
+
+def raw_zip(path, members):
+    """A zip archive written byte by byte, so that its headers can lie.
+
+    ``members``: ``(name, method, raw, file_size, crc)``: ``raw`` is written as
+    the member's data as it is (compressed with ``method`` or not), ``file_size``
+    and ``crc`` are what both headers declare of it uncompressed.
+    """
+    body, central = bytearray(), bytearray()
+    for name, method, raw, file_size, crc in members:
+        encoded = name.encode()
+        fields = struct.pack("<HHHHHIII", 20, 0, method, 0, 0x21, crc, len(raw), file_size)
+        offset = len(body)
+        body += b"PK\x03\x04" + fields + struct.pack("<HH", len(encoded), 0) + encoded + raw
+        central += (b"PK\x01\x02" + struct.pack("<H", 20) + fields
+                    + struct.pack("<HHHHHII", len(encoded), 0, 0, 0, 0, 0, offset) + encoded)
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(members), len(members),
+                      len(central), len(body), 0)
+    path.write_bytes(bytes(body + central + end))
     return path
 
 

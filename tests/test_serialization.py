@@ -12,13 +12,16 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from _weights_files import (
+    compress,
     glob,
     models,
+    raw_zip,
     seq2seq,
     tensor,
     text,
@@ -763,3 +766,250 @@ def test_safetensors_header_length_starting_like_a_pickle(tmp_path):
     module.save(tmp_path / "m.safetensors")
     again = fastlstm.LSTM.from_state_dict(tmp_path / "m.safetensors")
     assert all(np.array_equal(a, b) for a, b in zip(module.parameters(), again.parameters()))
+
+
+# ------------------------------------------- limits: bombs, devices, streams
+_METHODS = {"deflate": zipfile.ZIP_DEFLATED, "bzip2": zipfile.ZIP_BZIP2}
+
+
+def _storage_zip(path, method, raw, file_size, crc, numel):
+    """A torch archive of one float32 storage of ``numel`` elements, its record as given."""
+    pkl = _sd("0", numel, 0, (numel,), (1,))
+    return raw_zip(path, [
+        ("archive/data.pkl", zipfile.ZIP_STORED, pkl, len(pkl), zlib.crc32(pkl)),
+        ("archive/data/0", method, raw, file_size, crc),
+    ])
+
+
+def _npz_member(path, method, raw, file_size, crc):
+    return raw_zip(path, [("a.npy", method, raw, file_size, crc)])
+
+
+def _npy(array):
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["zip", "npz"])
+def test_compressed_member_past_a_sane_ratio_is_refused_before_decompressing(tmp_path, fmt):
+    # 4 MiB of zeros take ~50 bytes of bzip2 (a real bomb: gigabytes from kilobytes).
+    data = bytes(4 << 20) if fmt == "zip" else _npy(np.zeros(1 << 20, np.float32))
+    raw = compress(data, zipfile.ZIP_BZIP2)
+    args = (zipfile.ZIP_BZIP2, raw, len(data), zlib.crc32(data))
+    path = (_storage_zip(tmp_path / "bomb.pt", *args, numel=1 << 20) if fmt == "zip"
+            else _npz_member(tmp_path / "bomb.npz", *args))
+    with pytest.raises(WeightsFormatError, match="more than compression can give"):
+        fastlstm.load(path)
+
+
+@pytest.mark.parametrize("method", list(_METHODS))
+@pytest.mark.parametrize("fmt", ["zip", "npz"])
+def test_compressed_member_is_never_decompressed_past_its_declared_size(tmp_path, fmt, method):
+    # The headers declare the data; the stream holds 1 MiB more (zipfile would
+    # stop at the declared size for deflate, but decompress a whole bzip2 read).
+    data = bytes(256) if fmt == "zip" else _npy(np.zeros(64, np.float32))
+    raw = compress(data + bytes(1 << 20), _METHODS[method])
+    args = (_METHODS[method], raw, len(data), zlib.crc32(data))
+    path = (_storage_zip(tmp_path / "lying.pt", *args, numel=64) if fmt == "zip"
+            else _npz_member(tmp_path / "lying.npz", *args))
+    with pytest.raises(WeightsFormatError, match=f"decompresses to more than the {len(data)} "
+                                                 "bytes it declares"):
+        fastlstm.load(path)
+    honest = compress(data, _METHODS[method])  # the same member, honest, loads
+    args = (_METHODS[method], honest, len(data), zlib.crc32(data))
+    path = (_storage_zip(tmp_path / "ok.pt", *args, numel=64) if fmt == "zip"
+            else _npz_member(tmp_path / "ok.npz", *args))
+    assert fastlstm.load(path)["t" if fmt == "zip" else "a"].shape == (64,)
+
+
+def test_data_pkl_over_the_size_limit_is_refused_before_decompressing(tmp_path):
+    # A data.pkl that claims 65 MiB (and 1.5 GB, as the audit's did) from a few bytes.
+    pkl = b"\x80\x02}."
+    raw = compress(pkl, zipfile.ZIP_BZIP2)
+    for size in (65 << 20, 1_610_612_740):
+        path = raw_zip(tmp_path / "pkl.pt", [("archive/data.pkl", zipfile.ZIP_BZIP2, raw, size,
+                                              zlib.crc32(pkl))])
+        with pytest.raises(WeightsFormatError, match=rf"'archive/data.pkl' holds {size} bytes, "
+                                                     "more than the 64 MiB"):
+            fastlstm.load(path)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_pickle_opcodes_and_bytes_are_bounded(tmp_path, monkeypatch, fmt):
+    from fastlstm import _torch_format
+
+    def write(pkl):
+        path = tmp_path / f"p{len(pkl)}.pt"
+        return torch_zip(path, pkl) if fmt == "zip" else torch_legacy(path, pkl)
+
+    # 256M "N0" opcodes (NONE, POP) took pickletools minutes: the scan stops at the limit.
+    monkeypatch.setattr(_torch_format, "_MAX_OPCODES", 1000)
+    with pytest.raises(WeightsFormatError, match="more than 1,000 pickle opcodes"):
+        fastlstm.load(write(b"\x80\x02" + b"N0" * 600 + b"}."))
+    assert fastlstm.load(write(b"\x80\x02" + b"N0" * 400 + b"}.")) == {}
+    monkeypatch.setattr(_torch_format, "_MAX_PICKLE_BYTES", 4096)
+    big = b"\x80\x02}" + text("k") + b"B" + (5000).to_bytes(4, "little") + bytes(5000) + b"s."
+    with pytest.raises(WeightsFormatError, match="more than the 4,096 bytes fastlstm reads"):
+        fastlstm.load(write(big))
+
+
+def _load_in_thread(path, timeout=10):
+    """What fastlstm.load(path) raised, or fail if it is still running after ``timeout``."""
+    import threading
+
+    outcome = []
+
+    def target():
+        try:
+            fastlstm.load(path)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        # Unblock an open() that waits for a writer, so that the thread ends.
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(timeout)
+        pytest.fail(f"fastlstm.load({str(path)!r}) blocked")
+    return outcome[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "weights.pt"
+    os.mkfifo(fifo)
+    exc = _load_in_thread(fifo)
+    assert isinstance(exc, WeightsFormatError), exc
+    assert "is a FIFO (named pipe), not a regular file" in str(exc)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_devices_are_refused_and_directories_raise_as_open_does(tmp_path):
+    (tmp_path / "zero.pt").symlink_to("/dev/zero")
+    for path in ("/dev/zero", tmp_path / "zero.pt"):
+        with pytest.raises(WeightsFormatError, match="is a character device, not a regular"):
+            fastlstm.load(path)
+        with pytest.raises(WeightsFormatError, match="character device"):
+            fastlstm.serialization.detect_format(path)
+    with pytest.raises(IsADirectoryError):
+        fastlstm.load(tmp_path)
+
+
+class _Stream(io.RawIOBase):
+    """A file object that is not seekable: ``data``, then zeros without end if ``endless``."""
+
+    def __init__(self, data, endless=False, fail_after=8 << 20):
+        self.data, self.endless, self.fail_after, self.given = data, endless, fail_after, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        assert self.given <= self.fail_after, "read past the limit"
+        rest = self.data[self.given:self.given + len(buffer)]
+        n = len(buffer) if self.endless else len(rest)
+        buffer[:n] = rest + bytes(n - len(rest))
+        self.given += n
+        return n
+
+
+def test_non_seekable_streams_are_read_up_to_a_limit(tmp_path, monkeypatch):
+    from fastlstm import serialization
+
+    fastlstm.save({"w": np.arange(3, dtype=np.float32)}, tmp_path / "w.safetensors")
+    data = (tmp_path / "w.safetensors").read_bytes()
+    assert fastlstm.load(_Stream(data))["w"].tolist() == [0, 1, 2]
+    monkeypatch.setattr(serialization, "_MAX_STREAM_BYTES", 1 << 20)
+    with pytest.raises(WeightsFormatError, match="not seekable is read into memory, up to "
+                                                 "1,048,576 bytes"):
+        fastlstm.load(_Stream(b"", endless=True))  # as a file object of /dev/zero
+
+
+@pytest.mark.parametrize("length", [10_000, 0x180, 1 << 40])
+def test_safetensors_header_length_past_the_file_is_named(tmp_path, length):
+    # 0x180 starts the file with 0x80, the first byte of a pickle: still safetensors.
+    header = b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(length.to_bytes(8, "little") + header + bytes(8))
+    with pytest.raises(WeightsFormatError, match="(truncated or )?invalid safetensors file: its "
+                                                 "header length"):
+        fastlstm.load(path)
+
+
+@pytest.mark.parametrize("header, message", [
+    (b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+     b'"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', "key 'w' appears twice"),
+    ({"w": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}},
+     r"dtype that is not a string \(JSON list\)"),
+    ({"__metadata__": [1, {"x": 2}], "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+     "__metadata__ must map strings to strings"),
+    ({"__metadata__": {"format": 2}}, "__metadata__ must map strings to strings"),
+    ({"w": {"dtype": "F32", "shape": [0, 1 << 62, 1 << 62], "data_offsets": [0, 0]}},
+     "invalid shape"),
+])
+def test_safetensors_headers_are_validated_as_the_format_specifies(tmp_path, header, message):
+    import json
+    import struct
+
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(8))
+    with pytest.raises(WeightsFormatError, match=message) as info:
+        fastlstm.load(path)
+    assert not str(info.value).startswith("corrupt or truncated file:"), info.value
+
+
+@pytest.mark.parametrize("member, message", [
+    (b"\x93NUMPY\x01\x00" + (64).to_bytes(2, "little")
+     + b"__import__('os').system('touch x')".ljust(63) + b"\n",
+     "invalid .npy header: it is not a literal dict"),
+    (b"hello world", r"is not a \.npy array"),
+    (b"\x93NUMPY\x01\x00" + (64).to_bytes(2, "little")
+     + b"{'descr': '<f4', 'fortran_order': False, 'shape': (-1, -4), }".ljust(63) + b"\n"
+     + bytes(16), r"invalid shape \(-1, -4\)"),
+])
+def test_npz_headers_get_clean_messages(tmp_path, member, message):
+    path = raw_zip(tmp_path / "bad.npz", [("a.npy", zipfile.ZIP_STORED, member, len(member),
+                                           zlib.crc32(member))])
+    with pytest.raises(WeightsFormatError, match=message) as info:
+        fastlstm.load(path)
+    assert " at 0x" not in str(info.value) and "ast." not in str(info.value)
+
+
+_NOT_WEIGHTS = {
+    "unicode": np.array(["abc"]),
+    "bytes": np.array([b"abc"]),
+    "datetime64": np.array([1], "M8[s]"),
+    "timedelta64": np.array([1], "m8[s]"),
+    "void": np.zeros(2, "V16"),
+    "structured": np.zeros(2, [("a", "<f4"), ("b", "<i4")]),
+    "longdouble": np.zeros(2, np.longdouble),
+    "clongdouble": np.zeros(2, np.clongdouble),
+}
+
+
+@pytest.mark.parametrize("kind", list(_NOT_WEIGHTS))
+def test_npz_arrays_of_other_dtypes_than_weights_are_refused(tmp_path, kind):
+    array = _NOT_WEIGHTS[kind]
+    if array.dtype.itemsize <= {"longdouble": 8, "clongdouble": 16}.get(kind, 0):
+        pytest.skip("long double is double on this platform")
+    np.savez(tmp_path / "a.npz", w=np.ones(2, np.float32), x=array)
+    with pytest.raises(WeightsFormatError, match=r"array 'x' has dtype .*, not one of weights"):
+        fastlstm.load(tmp_path / "a.npz")
+
+
+def test_npz_loads_every_weights_dtype_c_ordered(tmp_path):
+    arrays = {name: np.asfortranarray(np.arange(6).reshape(2, 3).astype(name))
+              for name in ("bool", "int8", "uint16", "int64", "float16", "float32", ">f8",
+                           "complex64", "complex128")}
+    np.savez_compressed(tmp_path / "a.npz", **{k.replace(">", "be"): v for k, v in arrays.items()})
+    got = fastlstm.load(tmp_path / "a.npz")
+    for name, array in arrays.items():
+        value = got[name.replace(">", "be")]
+        assert value.dtype == array.dtype.newbyteorder("=") and value.flags.c_contiguous
+        assert value.flags.writeable
+        np.testing.assert_array_equal(value, array)
