@@ -1110,9 +1110,10 @@ cdef class CellStack:
         self.refs = layers
         self.hidden = hidden
         self.n_in = layers[0].w_ih.shape[1]
-        # A call without a state skips the recurrent product only for finite
-        # W_hh (see _module.zero_state_skips); others take the general path.
-        self.zero_state_skips = all(w.recurrent_finite for w in layers)
+        # A call without a state skips the recurrent product only where the
+        # rule allows (finite W_hh); other calls take the general path.
+        from fastlstm._module import zero_state_skips
+        self.zero_state_skips = zero_state_skips(layers)
         self.layers = <_CellLayer *>PyMem_Malloc(len(layers) * sizeof(_CellLayer))
         if self.layers == NULL:
             raise MemoryError()

@@ -653,7 +653,8 @@ class LSTM(_Module):
                 f"at most {_MAX_ROWS} rows per call are supported, split the batch"
             )
         layer_in = np.ascontiguousarray(x, dtype=dt).reshape(rows, -1)
-        h0_zero = h0 is None and zero_state_skips(self._packed_layers())
+        layers = self._packed_layers()
+        h0_zero = h0 is None and zero_state_skips(layers)
         if h0 is None:
             h0 = np.zeros((n_states, batch, out_size), dt)
             c_n = np.zeros((n_states, batch, hidden), dt)
@@ -676,7 +677,6 @@ class LSTM(_Module):
             offsets = np.zeros(seq_len + 1, np.int64)
             np.cumsum(batch_sizes, out=offsets[1:])
             lengths = _count_greater(batch_sizes, np.arange(batch))  # sorted sequences
-        layers = self._packed_layers()
         hh_bytes = layers[0].w_hh_p[0].nbytes  # one direction's packed W_hh
         n_chunks = _batch_chunks(batch, n_dirs, threads,
                                  layers[0].bias.shape[1] // _lstm.panel_width(dt), hh_bytes)

@@ -108,26 +108,32 @@ def _type_name(obj: Any) -> str:
     return cls.__name__ if module in ("builtins", "torch") else f"{module}.{cls.__name__}"
 
 
+_INT64_OVERFLOW = "Overflow when unpacking long long"  # torch's words for a Python int
+
+
+def _outside_int64(item: Any) -> bool:
+    """Whether ``item`` is an integer that int64 cannot hold."""
+    return isinstance(item, numbers.Integral) and not -(2**63) <= int(item) < 2**63
+
+
 def _as_lengths(lengths: ArrayLike) -> np.ndarray:
     """Lengths as int64, converted like ``torch.as_tensor(lengths, dtype=torch.int64)``
     (floats truncate toward zero) or ``tensor.to(torch.int64)``."""
-    if isinstance(lengths, (list, tuple)) and any(
-            isinstance(item, numbers.Integral) and not -(2**63) <= int(item) < 2**63
-            for item in lengths):
-        raise ValueError("Overflow when unpacking long long")  # before NumPy makes floats
+    if isinstance(lengths, (list, tuple)) and any(_outside_int64(item) for item in lengths):
+        raise ValueError(_INT64_OVERFLOW)  # before NumPy makes floats of them
     arr = _as_array(lengths)
     if arr.dtype.kind == "f" and not np.all((arr > -2.0**63) & (arr < 2.0**63)):  # NaN too
         raise RuntimeError("value cannot be converted to type int64 without overflow")
     if arr.dtype.kind == "u" and arr.size and arr.max() >= 2**63:
-        raise ValueError("Overflow when unpacking long long")
+        raise ValueError(_INT64_OVERFLOW)
     if arr.dtype.kind in "biuf":
         return arr.astype(np.int64)
     if arr.dtype.kind in "US":
         raise TypeError("new(): invalid data type 'str'")
     if arr.dtype.kind == "O":
         for item in arr.flat:
-            if isinstance(item, numbers.Integral) and not -(2**63) <= int(item) < 2**63:
-                raise ValueError("Overflow when unpacking long long")
+            if _outside_int64(item):
+                raise ValueError(_INT64_OVERFLOW)
             if not isinstance(item, numbers.Real):
                 raise TypeError(f"'{type(item).__name__}' object cannot be interpreted as an "
                                 "integer")
