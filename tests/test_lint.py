@@ -6,6 +6,7 @@ test; in CI (``CI=true``) it is a failure, so the checks never silently vanish.
 """
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -23,9 +24,13 @@ def _require(module):
         pytest.skip(f"{module} is not installed (pip install -e '.[test]')")
 
 
-def _run(args, timeout=120):
+def _run(args, timeout=120, env=None):
+    # Tools that start other tools by name (cython-lint runs ``pycodestyle``) find this
+    # interpreter's scripts first, whether or not its environment is activated.
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -78,3 +83,63 @@ def test_py_typed_marker_and_stubs():
     # Every compiled module that Python code imports has a stub next to it.
     for pyx in pkg.glob("*.pyx"):
         assert pyx.with_suffix(".pyi").exists(), f"no stub for {pyx.name}"
+
+
+# The tools that judge the code, each pinned with == in pyproject.toml (CONTRIBUTING.md).
+PINNED_TOOLS = ("pytest", "hypothesis", "ruff", "cython-lint", "pycodestyle", "mypy", "sphinx",
+                "docutils", "numpydoc", "myst-parser", "furo")
+
+
+def _extras():
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def test_dev_tools_are_pinned():
+    """A release of a linter on another day must not turn CI red: every judging tool is
+    pinned to one version, and in CI that version is the one installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = {}
+    for requirement in _extras()["test"] + _extras()["docs"]:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(==|>=|~=|<|>|<=|!=)?\s*(\S*)", requirement)
+        assert m, requirement
+        pins[m.group(1).lower()] = (m.group(2), m.group(3))
+    for tool in PINNED_TOOLS:
+        assert tool in pins, f"{tool} is not in the test or docs extra"
+        op, pinned = pins[tool]
+        assert op == "==", f"{tool} must be pinned with ==, not {op or 'no version'}"
+        try:
+            installed = version(tool)
+        except PackageNotFoundError:
+            installed = None
+        if IN_CI:
+            assert installed == pinned, f"{tool} {installed} is installed, pyproject pins {pinned}"
+
+
+def test_library_dependencies_stay_ranges():
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {d.split(">")[0] for d in deps} == {"numpy", "scipy", "threadpoolctl"}
+    assert not [d for d in deps if "==" in d], deps
+
+
+def test_cython_lint_runs_without_the_venv_on_path(tmp_path):
+    """cython-lint starts ``pycodestyle`` by name: the suite must find this interpreter's
+    copy even when PATH holds nothing of the environment (the README does not activate it)."""
+    _require("cython_lint")
+    scripts = os.path.dirname(sys.executable)
+    if not os.path.exists(os.path.join(scripts, "pycodestyle")):
+        if IN_CI:
+            pytest.fail("pycodestyle is required in CI (CI=true): install the 'test' extra")
+        pytest.skip("pycodestyle is not installed next to this interpreter")
+    (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    src = tmp_path / "spaced.pyx"
+    src.write_text("x = 1  # fine\nprint( x)\n")
+    env = dict(os.environ, PATH="/nonexistent")
+    code, out = _run(["-c", "import sys; from cython_lint.cython_lint import main; "
+                            "sys.exit(main())", str(src)], env=env)
+    assert "FileNotFoundError" not in out, out
+    assert code != 0 and ":2:" in out and "E201" in out, out  # a pycodestyle finding
