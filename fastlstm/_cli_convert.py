@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         save(selected, args.output, format=fmt)
     except (OSError, TypeError) as exc:
-        raise CLIError(file_error("convert", args.output, exc), 1) from None
+        raise CLIError(file_error("convert", args.output, exc, output=True), 1) from None
     print(f"wrote {args.output} ({fmt}, {len(selected)} tensors) from {args.input} "
           f"({in_format})")
     return 0

@@ -43,6 +43,22 @@ def cpu_only_error(device: Any) -> ValueError:
     )
 
 
+def check_torch_module(module: Any, class_name: str) -> np.dtype:
+    """Refuse anything but a ``torch.nn.<class_name>`` (or a subclass) in ``from_torch``;
+    return the fastlstm dtype of its weights (float64 stays float64, other floats float32).
+
+    The type is checked, not attributes: a GRU or an RNN has an LSTM's attributes and
+    would fail later with a misleading size mismatch.
+    """
+    torch = sys.modules.get("torch")  # a torch module exists only if torch is imported
+    cls = getattr(getattr(torch, "nn", None), class_name, None)
+    if cls is None or not isinstance(module, cls):
+        raise TypeError(f"from_torch expects a torch.nn.{class_name}, got "
+                        f"{type(module).__name__}")
+    weight = next(iter(module.parameters()))
+    return np.dtype(np.float64 if str(weight.dtype) == "torch.float64" else np.float32)
+
+
 def is_torch_tensor(obj: Any) -> bool:
     """True for a torch.Tensor, decided without importing torch."""
     if type(obj) is np.ndarray:  # the common case, first
@@ -62,6 +78,23 @@ def to_numpy(obj: Any) -> np.ndarray:
             tensor = tensor.float()
         return tensor.numpy()
     return np.asarray(obj)
+
+
+def input_array(obj: Any, who: str) -> np.ndarray:
+    """``to_numpy(obj)`` for a module's input, refusing objects that are no array of numbers.
+
+    ``None`` or a string would otherwise become a 0-D object or string array and be
+    reported as a wrong number of dimensions.  Arrays and tensors of any dtype pass:
+    their dtype is checked against the weights' later, with torch's message.
+    """
+    x = to_numpy(obj)
+    if x.dtype.kind not in "fiub" and type(obj) is not np.ndarray and not is_torch_tensor(obj):
+        what = type(obj).__name__
+        if x.ndim:
+            what += f" (of {x.dtype} elements)"
+        raise TypeError(f"{who}: input must be an array of floats (an ndarray, a torch.Tensor "
+                        f"or a nested sequence of numbers), got {what}")
+    return x
 
 
 def dtype_name(dtype: np.dtype) -> str:

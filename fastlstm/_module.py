@@ -410,6 +410,10 @@ class _Module:
                     ),
                 )
         if errors:
+            if strict and missing:
+                hint = self._prefix_hint(values)
+                if hint:
+                    errors.append(hint)
             raise RuntimeError(
                 "Error(s) in loading state_dict for {}:\n\t{}".format(
                     type(self).__name__, "\n\t".join(errors)
@@ -419,6 +423,21 @@ class _Module:
             self._params.update(converted)
             self.__dict__["_packed"] = None
         return _IncompatibleKeys(missing, unexpected)
+
+    def _prefix_hint(self, values: Mapping[str, Any]) -> Optional[str]:
+        """A line naming ``from_state_dict(..., prefix=...)`` when all of this module's
+        keys are in ``values`` under a prefix (the state dict of a whole model)."""
+        first = next(iter(self._shapes))
+        prefixes = sorted({key[:-len(first)] for key in values
+                           if isinstance(key, str) and key.endswith("." + first)})
+        found = [p for p in prefixes if all(p + k in values for k in self._shapes)]
+        if not found:
+            return None
+        name = type(self).__name__
+        return ("This state_dict holds a whole model: this module's keys are under "
+                + ", ".join(f'"{p}"' for p in found)
+                + f"; load one with fastlstm.{name}.from_state_dict(state_dict, "
+                f'prefix="{found[0]}") or pass load_state_dict the keys without the prefix.')
 
     def _packed_layers(self) -> List[_PackedLayer]:
         """The kernel layout of the weights, built on first use after any change."""

@@ -9,7 +9,14 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 from fastlstm import _lstm
-from fastlstm._common import check_device, dtype_name, is_torch_tensor, to_numpy
+from fastlstm._common import (
+    check_device,
+    check_torch_module,
+    dtype_name,
+    input_array,
+    is_torch_tensor,
+    to_numpy,
+)
 from fastlstm._module import (
     ArrayLike,
     RngLike,
@@ -154,12 +161,9 @@ class LSTMCell(_Module):
         >>> bool(np.abs(cell(x)[0] - expected.numpy()).max() < 1e-5)
         True
         """
-        for attr in ("input_size", "hidden_size", "weight_ih", "state_dict"):
-            if not hasattr(module, attr):
-                raise TypeError(
-                    f"from_torch expects a torch.nn.LSTMCell, got {type(module).__name__}")
+        weights_dtype = check_torch_module(module, "LSTMCell")
         if dtype is None:
-            dtype = np.float64 if str(module.weight_ih.dtype) == "torch.float64" else np.float32
+            dtype = weights_dtype
         bias = getattr(module, "bias", module.bias_ih is not None)
         new = cls(module.input_size, module.hidden_size, bias=bool(bias), dtype=dtype)
         new.load_state_dict(module.state_dict())
@@ -234,7 +238,7 @@ class LSTMCell(_Module):
             if result is not None:
                 return result
         tensor_in = is_torch_tensor(input)
-        x = to_numpy(input)
+        x = input_array(input, "LSTMCell")
         if x.ndim not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {x.ndim}D instead")
         states = None

@@ -37,10 +37,11 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def file_error(command: str, path: str, exc: BaseException) -> str:
-    """The one-line message of a file that could not be read or written."""
+def file_error(command: str, path: str, exc: BaseException, *, output: bool = False) -> str:
+    """The one-line message of a file that could not be read or (``output``) written."""
     if isinstance(exc, FileNotFoundError):
-        reason = "no such file"
+        # A file being written is missing only when its folder is.
+        reason = "the output's directory does not exist" if output else "no such file"
     elif isinstance(exc, IsADirectoryError):
         reason = "is a directory"
     elif isinstance(exc, PermissionError):

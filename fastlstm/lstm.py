@@ -11,7 +11,14 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 from fastlstm import _lstm
-from fastlstm._common import check_device, dtype_name, is_torch_tensor, to_numpy
+from fastlstm._common import (
+    check_device,
+    check_torch_module,
+    dtype_name,
+    input_array,
+    is_torch_tensor,
+    to_numpy,
+)
 from fastlstm._module import (  # noqa: F401  (_pack_panels: used by tests and the bench)
     ArrayLike,
     RngLike,
@@ -392,11 +399,9 @@ class LSTM(_Module):
         >>> bool(np.abs(rnn(x)[0] - expected.numpy()).max() < 1e-5)
         True
         """
-        for attr in ("input_size", "hidden_size", "num_layers", "proj_size", "state_dict"):
-            if not hasattr(module, attr):
-                raise TypeError(f"from_torch expects a torch.nn.LSTM, got {type(module).__name__}")
+        weights_dtype = check_torch_module(module, "LSTM")
         if dtype is None:
-            dtype = np.float64 if str(module.weight_ih_l0.dtype) == "torch.float64" else np.float32
+            dtype = weights_dtype
         new = cls(**{name: getattr(module, name) for name in _CONFIG}, dtype=dtype)
         new.load_state_dict(module.state_dict())
         return new
@@ -489,7 +494,7 @@ class LSTM(_Module):
         if is_packed_sequence(input):
             return self._forward_packed(input, hx)
         tensor_in = is_torch_tensor(input)
-        x = to_numpy(input)
+        x = input_array(input, "LSTM")
         if x.ndim not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {x.ndim}D instead")
         batched = x.ndim == 3

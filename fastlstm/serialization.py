@@ -388,15 +388,44 @@ def save(
         write(path)  # type: ignore[arg-type]
         return
     target = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".fastlstm-", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(target)))
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"the directory of {target!r} does not exist",
+                                folder)
+    fd, tmp = tempfile.mkstemp(prefix=".fastlstm-", suffix=".tmp", dir=folder)
     try:
+        # mkstemp makes the file 0600; give it the mode open() would: an existing
+        # file's own, or what the umask leaves of 0666 (0644 under umask 022).
+        os.fchmod(fd, _mode_for(target))
         with os.fdopen(fd, "wb") as file:
             write(file)
         os.replace(tmp, target)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (setting it
+    to read it back would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(target: str) -> int:
+    """The permission bits a plain ``open(target, "wb")`` would leave on ``target``."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 class Inspection:

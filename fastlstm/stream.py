@@ -7,7 +7,7 @@ from typing import Any, List, Optional, Tuple, Union
 import numpy as np
 
 from fastlstm import _lstm, _threads
-from fastlstm._common import to_numpy
+from fastlstm._common import input_array, to_numpy
 from fastlstm.cell import LSTMCell
 from fastlstm.lstm import _MAX_ROWS, LSTM
 
@@ -190,7 +190,7 @@ class Stream:
         # other is checked and converted here.
         if not (type(x) is np.ndarray and x.ndim == (2 if self._batched else 1)
                 and plan.step(x, _threads._num_threads or 0)):
-            x = np.asarray(x)
+            x = input_array(x, "Stream.step")
             expected = self._x.shape if self._batched else self._x.shape[1:]
             if x.shape != expected:
                 raise ValueError(
