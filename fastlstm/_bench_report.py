@@ -9,7 +9,7 @@ import math
 import os
 import platform
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
+from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
@@ -61,6 +61,47 @@ def _cpu_flags() -> List[str]:
     return []
 
 
+#: FMA units per core assumed by :func:`nominal_fma_peak`: two on the server cores of the
+#: last generations (Intel Skylake-SP and later with AVX-512, AMD Zen 2 and later); one on
+#: some client parts, where the nominal peak is then twice too high.
+FMA_UNITS = 2
+
+
+def _clock_ghz() -> Optional[Tuple[float, str]]:
+    """The CPU's clock in GHz and where it was read: the maximum cpufreq reports, else the
+    clock of ``/proc/cpuinfo`` (in a VM the nominal one; turbo may run faster)."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
+            return int(f.read()) / 1e6, "cpufreq's maximum"
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("cpu mhz"):
+                    return float(line.split(":", 1)[1]) / 1e3, "/proc/cpuinfo; turbo may be faster"
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def nominal_fma_peak(threads: int, simd: str) -> Optional[Dict[str, Any]]:
+    """The theoretical FMA peak of ``threads`` cores at the clock the system reports:
+    cores x GHz x SIMD lanes x 2 FLOPs per FMA x :data:`FMA_UNITS`, per dtype; None where no
+    clock can be read.  A reference for the measured GEMM peak, not a bound: the clock read
+    may be below the turbo clock and the FMA unit count is assumed."""
+    clock = _clock_ghz()
+    if clock is None:
+        return None
+    ghz, source = clock
+    bytes_per_vector = {"avx512": 64, "avx2": 32}.get(simd, 16)
+    return {
+        "ghz": round(ghz, 3), "clock_source": source, "fma_units": FMA_UNITS, "simd": simd,
+        "gflops": {dtype: threads * ghz * (bytes_per_vector // size) * 2 * FMA_UNITS
+                   for dtype, size in (("float32", 4), ("float64", 8))},
+    }
+
+
 def fastlstm_config() -> Optional[Dict[str, Any]]:
     """``fastlstm.show_config(as_dict=True)``, or None where it does not exist yet."""
     show_config = getattr(fastlstm, "show_config", None)
@@ -89,6 +130,7 @@ def machine_info(threads: int) -> Dict[str, Any]:
         "simd_available": config.get("simd_available"),
         "openmp": config.get("openmp"),
         "threads": threads,
+        "nominal_fma_peak": nominal_fma_peak(threads, config.get("simd", "unknown")),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
@@ -293,6 +335,30 @@ def padded_lines(cases: List[Dict[str, Any]]) -> List[str]:
             for c in cases if c.get("speedup_vs_padded") is not None]
 
 
+def peak_lines(peak: Dict[str, Dict[str, Any]], settings: Dict[str, Any],
+               nominal: Optional[Dict[str, Any]], prefix: str = "") -> List[str]:
+    """What the 'peak' column is measured against: per dtype, the best GEMM measured in
+    this process (a measured reference, raised to any case that beat it) and the nominal
+    FMA peak beside it."""
+    lines = []
+    for dtype, found in peak.items():
+        parts = ", ".join(f"{k} {val:.1f}" for k, val in found.items()
+                          if isinstance(val, float) and k != "best")
+        line = (f"{prefix}peak {dtype} (measured reference): {found['best']:.1f} GFLOP/s, the "
+                f"best GEMM in this process ({parts}; {settings['peak_size']}^3, best of "
+                f"{settings['peak_reps']} after {settings.get('peak_warmup', 1)} warm-up "
+                "calls, before and after the cases)")
+        if found.get("raised_by"):
+            line += f"; raised to the rate of case {found['raised_by']}, which beat it"
+        if nominal is not None:
+            line += (f"; nominal FMA peak {nominal['gflops'][dtype]:.1f} GFLOP/s "
+                     f"({settings['threads']} cores x {nominal['ghz']:.2f} GHz from "
+                     f"{nominal['clock_source']} x {nominal['simd']} x {nominal['fma_units']} "
+                     "FMA units)")
+        lines.append(line)
+    return lines
+
+
 def markdown(report: Dict[str, Any]) -> str:
     """The report as a Markdown document: machine, versions, settings, table."""
     m, v, s = report["machine"], report["versions"], report["settings"]
@@ -313,10 +379,7 @@ def markdown(report: Dict[str, Any]) -> str:
         f"python {m['python']}",
         f"- BLAS: {blas}",
     ]
-    for dtype, found in peak.items():
-        parts = ", ".join(f"{k} {val:.1f}" for k, val in found.items() if k != "best")
-        lines.append(f"- measured peak {dtype}: {found['best']:.1f} GFLOP/s ({parts}; "
-                     f"{s['peak_size']}^3 GEMM, best of {s['peak_reps']})")
+    lines += peak_lines(peak, s, m.get("nominal_fma_peak"), prefix="- ")
     lines += [
         f"- timing: {s['budget_s']} s per case, {s['blocks']} alternating blocks, "
         f"{s['pause_s']} s pause after each block and then until the process is idle "

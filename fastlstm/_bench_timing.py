@@ -193,20 +193,38 @@ def time_interleaved(
             for name in names}
 
 
-def _best_of(fn: Callable[[], object], reps: int) -> float:
-    fn()
-    return min(_call_block(fn, 1) for _ in range(reps))
+#: Calls of each GEMM before timing (library initialisation, weight packing, thread start)
+#: and timed calls; the best of the timed calls is kept.
+PEAK_WARMUP = 3
+PEAK_REPS = 10
 
 
-def measure_peak(threads: int, size: int = 2048, reps: int = 3,
+def _best_interleaved(gemms: Mapping[str, Callable[[], object]], reps: int,
+                      warmup: int) -> Dict[str, float]:
+    """Seconds of the fastest call of each GEMM, timed in rounds that take every GEMM in
+    turn (a busy phase of a shared machine then slows all of them, not one)."""
+    for fn in gemms.values():
+        for _ in range(warmup):
+            fn()
+    best = {name: math.inf for name in gemms}
+    for _ in range(reps):
+        for name, fn in gemms.items():
+            best[name] = min(best[name], _call_block(fn, 1))
+    return best
+
+
+def measure_peak(threads: int, size: int = 2048, reps: int = PEAK_REPS,
                  dtypes: tuple = ("float32", "float64"),
-                 onnxruntime: bool = False) -> Dict[str, Dict[str, float]]:
-    """GFLOP/s of the fastest GEMM available in this process, per dtype.
+                 onnxruntime: bool = False, warmup: int = PEAK_WARMUP
+                 ) -> Dict[str, Dict[str, float]]:
+    """GFLOP/s of the fastest GEMM available in this process, per dtype: the measured
+    reference of the benchmark's 'peak' column.
 
     Times ``size``-cubed matrix products with ``torch.mm`` (if torch is
     imported), scipy's BLAS (``sgemm``/``dgemm``), fastlstm's own packed
     product and, if asked, ONNX Runtime's ``MatMul``, all on ``threads``
-    threads, and keeps the best of ``reps`` calls of each.
+    threads: each is warmed up with ``warmup`` calls, then ``reps`` rounds
+    time every GEMM once in turn, and each keeps its fastest call.
 
     Parameters
     ----------
@@ -214,11 +232,12 @@ def measure_peak(threads: int, size: int = 2048, reps: int = 3,
         Threads for torch (``torch.set_num_threads``), scipy's BLAS
         (threadpoolctl) and ONNX Runtime (``intra_op_num_threads``).
     size : int, default=2048
-    reps : int, default=3
+    reps : int, default=PEAK_REPS
     dtypes : tuple of str, default=("float32", "float64")
     onnxruntime : bool, default=False
         Also time ONNX Runtime's ``MatMul`` (MLAS, often the only GEMM of the
         three with AVX-512 kernels).
+    warmup : int, default=PEAK_WARMUP
 
     Returns
     -------
@@ -233,53 +252,55 @@ def measure_peak(threads: int, size: int = 2048, reps: int = 3,
     from scipy.linalg import blas
     from threadpoolctl import threadpool_limits
 
+    from fastlstm import _lstm
+    from fastlstm.lstm import _pack_panels
+
     torch = sys.modules.get("torch")
     flops = 2.0 * size ** 3
     rng = np.random.default_rng(0)
     result: Dict[str, Dict[str, float]] = {}
-    for dtype in dtypes:
-        a = np.asfortranarray(rng.standard_normal((size, size)).astype(dtype))
-        b = np.asfortranarray(rng.standard_normal((size, size)).astype(dtype))
-        found: Dict[str, float] = {}
+    saved = torch.get_num_threads() if torch is not None else None
+    try:
         if torch is not None:
-            saved = torch.get_num_threads()
             torch.set_num_threads(threads)
-            try:
-                ta, tb = torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(
-                    np.ascontiguousarray(b))
-                with torch.inference_mode():
-                    found["torch.mm"] = flops / _best_of(partial(torch.mm, ta, tb), reps) / 1e9
-            finally:
-                torch.set_num_threads(saved)
-            settle(0.05)
-        name, gemm = ("scipy.sgemm", blas.sgemm) if dtype == "float32" else (
-            "scipy.dgemm", blas.dgemm)
         with threadpool_limits(limits=threads, user_api="blas"):
-            found[name] = flops / _best_of(partial(gemm, 1.0, a, b), reps) / 1e9
-        settle(0.05)
-        if onnxruntime:
-            from fastlstm._onnx import make_session, matmul_to_onnx
+            for dtype in dtypes:
+                a = np.asfortranarray(rng.standard_normal((size, size)).astype(dtype))
+                b = np.asfortranarray(rng.standard_normal((size, size)).astype(dtype))
+                ca, cb = np.ascontiguousarray(a), np.ascontiguousarray(b)
+                gemms: Dict[str, Callable[[], object]] = {}
+                if torch is not None:
+                    ta, tb = torch.from_numpy(ca), torch.from_numpy(cb)
 
-            try:
-                session = make_session(matmul_to_onnx(dtype), threads)
-                feed = {"A": np.ascontiguousarray(a), "B": np.ascontiguousarray(b)}
-                found["onnxruntime.MatMul"] = flops / _best_of(
-                    partial(session.run, None, feed), reps) / 1e9
-            except Exception:  # no MatMul kernel for this dtype: leave it out
-                pass
-            settle(0.05)
-        # fastlstm's own product (the weight packed once, as in a layer); with
-        # AVX-512 it is often the fastest GEMM in the process.
-        from fastlstm import _lstm
-        from fastlstm.lstm import _pack_panels
+                    def torch_mm(ta=ta, tb=tb):
+                        with torch.inference_mode():
+                            return torch.mm(ta, tb)
 
-        x = np.ascontiguousarray(a)
-        w = np.ascontiguousarray(b)
-        packed = _pack_panels(w)
-        out = np.empty((size, size), dtype=dtype)
-        found["fastlstm.matmul"] = flops / _best_of(
-            partial(_lstm.input_projection, x, w, packed, out, threads, 1 << 30), reps) / 1e9
-        settle(0.05)
-        found["best"] = max(found.values())
-        result[dtype] = found
+                    gemms["torch.mm"] = torch_mm
+                name, gemm = ("scipy.sgemm", blas.sgemm) if dtype == "float32" else (
+                    "scipy.dgemm", blas.dgemm)
+                gemms[name] = partial(gemm, 1.0, a, b)
+                if onnxruntime:
+                    from fastlstm._onnx import make_session, matmul_to_onnx
+
+                    try:
+                        session = make_session(matmul_to_onnx(dtype), threads)
+                        feed = {"A": ca, "B": cb}
+                        session.run(None, feed)
+                        gemms["onnxruntime.MatMul"] = partial(session.run, None, feed)
+                    except Exception:  # no MatMul kernel for this dtype: leave it out
+                        pass
+                # fastlstm's own product (the weight packed once, as in a layer); with
+                # AVX-512 it is often the fastest GEMM in the process.
+                out = np.empty((size, size), dtype=dtype)
+                gemms["fastlstm.matmul"] = partial(_lstm.input_projection, ca, cb,
+                                                   _pack_panels(cb), out, threads, 1 << 30)
+                settle(0.05)
+                found = {name: flops / seconds / 1e9 for name, seconds in
+                         _best_interleaved(gemms, reps, warmup).items()}
+                found["best"] = max(found.values())
+                result[dtype] = found
+    finally:
+        if torch is not None:
+            torch.set_num_threads(saved)
     return result
