@@ -89,10 +89,11 @@ directives = {
 
 
 def _ext(name, openmp=False):
+    # Every compiled module lives in fastlstm/_ext, its C headers in fastlstm/_ext/src.
     return Extension(
-        f"fastlstm.{name}",
-        [f"fastlstm/{name}.pyx"],
-        include_dirs=["fastlstm", numpy.get_include()],
+        f"fastlstm._ext.{name}",
+        [f"fastlstm/_ext/{name}.pyx"],
+        include_dirs=["fastlstm/_ext/src", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=OPT + SAN + (OMP if openmp else []),
         extra_link_args=SAN + (OMP if openmp else []),
@@ -100,9 +101,9 @@ def _ext(name, openmp=False):
 
 
 extensions = [
-    _ext("_blas"),
-    _ext("_openmp", openmp=True),
-    _ext("_lstm", openmp=True),
+    _ext("blas"),
+    _ext("openmp", openmp=True),
+    _ext("kernels", openmp=True),
 ]
 
 setup(

@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py [options]        # e.g. --full --json bench.json
 
-The implementation is the package's (``fastlstm/_bench.py``); see
+The implementation is the package's (``fastlstm/_bench/command.py``); see
 ``benchmarks/README.md`` or ``python benchmarks/bench.py --help``.
 """
 

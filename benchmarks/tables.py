@@ -52,7 +52,7 @@ def fmt_time(seconds: Optional[float]) -> str:
     """A time as the docs write it: ``12.1 us``, ``476.5 us``, ``5.07 ms``, ``634 ms``.
 
     Microseconds with one decimal, milliseconds and seconds to three significant digits
-    (``23 ms``, not ``23.0 ms``); ``n/a`` for None.  (``fastlstm._bench_report.fmt_time``,
+    (``23 ms``, not ``23.0 ms``); ``n/a`` for None.  (``fastlstm._bench.report.fmt_time``,
     the bench's own report, keeps two decimals of milliseconds: ``633.57 ms``.)
     """
     if seconds is None:

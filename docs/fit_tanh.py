@@ -1,4 +1,4 @@
-"""Fit the rational tanh used by the float32 gate kernel (fastlstm/_kernels.h).
+"""Fit the rational tanh used by the float32 gate kernel (fastlstm/_ext/src/kernels.h).
 
 tanh(x) ~ x * P(s) / Q(s) with s = (x/9)^2 on [0, 9], P of degree 6 and Q of
 degree 3 in s (Q(0) = 1), by iteratively reweighted linear least squares that

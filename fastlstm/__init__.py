@@ -7,22 +7,21 @@ Parameters use torch's names and layout, so ``rnn.load_state_dict(torch_lstm.sta
 or ``fastlstm.LSTM.from_torch(torch_lstm)`` gives the same numbers as PyTorch.
 """
 
-__version__ = "0.1.0"
-
-from fastlstm._errors import StateDictError, UnsafeFileError, WeightsFormatError  # noqa: E402
-from fastlstm._info import show_config  # noqa: E402
-from fastlstm._threads import get_num_threads, set_num_threads  # noqa: E402
-from fastlstm.cell import LSTMCell  # noqa: E402
-from fastlstm.lstm import LSTM  # noqa: E402
-from fastlstm.rnn import (  # noqa: E402
+from fastlstm._errors import StateDictError, UnsafeFileError, WeightsFormatError
+from fastlstm._info import show_config
+from fastlstm._threads import get_num_threads, set_num_threads
+from fastlstm._version import __version__
+from fastlstm.cell import LSTMCell
+from fastlstm.lstm import LSTM
+from fastlstm.rnn import (
     PackedSequence,
     pack_padded_sequence,
     pack_sequence,
     pad_packed_sequence,
     pad_sequence,
 )
-from fastlstm.serialization import inspect, load, save  # noqa: E402
-from fastlstm.stream import Stream  # noqa: E402
+from fastlstm.serialization import inspect, load, save
+from fastlstm.stream import Stream
 
 __all__ = [
     "LSTM",

@@ -12,9 +12,10 @@ def _config() -> Dict[str, Any]:
     import numpy
     import scipy
 
-    from fastlstm import __version__, _lstm
-    from fastlstm._openmp import openmp_enabled
+    from fastlstm._ext import kernels
+    from fastlstm._ext.openmp import openmp_enabled
     from fastlstm._threads import _scipy_blas_controllers, get_num_threads
+    from fastlstm._version import __version__
 
     blas = [
         {key: c.info().get(key) for key in ("internal_api", "version", "num_threads",
@@ -23,8 +24,8 @@ def _config() -> Dict[str, Any]:
     ]
     return {
         "version": __version__,
-        "simd": _lstm.simd_level(),
-        "simd_available": _lstm.simd_available(),
+        "simd": kernels.simd_level(),
+        "simd_available": kernels.simd_available(),
         "openmp": openmp_enabled(),
         "num_threads": get_num_threads(),
         "blas": blas,

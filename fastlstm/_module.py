@@ -13,7 +13,6 @@ import threading
 from collections import OrderedDict
 from typing import (
     IO,
-    TYPE_CHECKING,
     Any,
     Iterator,
     List,
@@ -29,7 +28,7 @@ from typing import (
 
 import numpy as np
 
-from fastlstm import _lstm, _threads
+from fastlstm import _threads
 from fastlstm._common import (
     check_device,
     cpu_only_error,
@@ -38,10 +37,18 @@ from fastlstm._common import (
     resolve_dtype,
     to_numpy,
 )
-from fastlstm._state_dict import SKIP_INIT
-
-if TYPE_CHECKING:
-    from fastlstm._state_dict import Inferred
+from fastlstm._errors import StateDictError
+from fastlstm._ext import kernels
+from fastlstm.io.files import load, save
+from fastlstm.io.state_dict import (
+    SKIP_INIT,
+    Inferred,
+    build_module,
+    find_modules,
+    group_of,
+    infer_config,
+    normalize_prefix,
+)
 
 ArrayLike = Any
 RngLike = Union[None, int, np.random.Generator]
@@ -79,7 +86,7 @@ class _PackedLayer(NamedTuple):
 
 def _gate_unit(dtype: np.dtype) -> int:
     """Hidden units per weight panel: a panel holds their i, f, g and o columns."""
-    return _lstm.panel_width(np.dtype(dtype).name) // 4
+    return kernels.panel_width(np.dtype(dtype).name) // 4
 
 
 def _interleave_gates(w: np.ndarray, hidden: int) -> np.ndarray:
@@ -102,10 +109,10 @@ def _pack_panels(weight: np.ndarray) -> np.ndarray:
     """Lay out ``weight.T`` (K x N) for the small-M kernel, flattened.
 
     Panel ``p`` is columns ``[p*W, (p+1)*W)`` of ``weight.T`` as a contiguous
-    K x W block, zero-padded past N (W from ``_lstm.panel_width``).
+    K x W block, zero-padded past N (W from ``kernels.panel_width``).
     """
     n, k = weight.shape
-    width = _lstm.panel_width(weight.dtype.name)
+    width = kernels.panel_width(weight.dtype.name)
     n_panels = -(-n // width)
     padded = np.zeros((n_panels * width, k), dtype=weight.dtype)
     padded[:n] = weight
@@ -154,6 +161,34 @@ def pack_layer(
                         all(bool(np.isfinite(w).all()) for w in w_hh))
 
 
+#: Most rows (steps x sequences) one call may have: the kernels, and BLAS its dimensions,
+#: index rows with 32-bit ints.
+MAX_ROWS = 2**31 - 1
+
+
+def check_rows(rows: int, what: str) -> None:
+    """Refuse a call of more rows than the kernels index, before anything is allocated."""
+    if rows > MAX_ROWS:
+        raise ValueError(f"fastlstm: input of {rows} {what}; at most {MAX_ROWS} rows per "
+                         "call are supported, split the batch")
+
+
+def _check_int(name: str, value: Any) -> None:
+    # torch takes True and False as 1 and 0; a flag given as a size is refused here.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+
+
+def check_sizes(input_size: Any, hidden_size: Any) -> None:
+    """torch.nn.RNNBase's checks of the two sizes: types first, then values."""
+    _check_int("input_size", input_size)
+    if input_size <= 0:
+        raise ValueError("input_size must be greater than zero")
+    _check_int("hidden_size", hidden_size)
+    if hidden_size <= 0:
+        raise ValueError("hidden_size must be greater than zero")
+
+
 def zero_state_skips(layers: List[_PackedLayer]) -> bool:
     """Whether a call without an initial state may skip the first step's
     recurrent product: ``W_hh @ 0`` is zero only for finite ``W_hh`` (a NaN or
@@ -178,6 +213,10 @@ def _dtype_like(obj: Any) -> bool:
 
 class _Module:
     """Parameters under torch's names, state dicts, modes, pickling."""
+
+    #: The kind of module (``"LSTM"``, ``"LSTMCell"``) whose keys and shapes the weights-file
+    #: readers know; a subclass inherits its parent's.
+    _kind: Optional[str] = None
 
     _shapes: "OrderedDict[str, Tuple[int, ...]]"
 
@@ -466,9 +505,8 @@ class _Module:
         are ignored).  The default handles ``LSTM`` and ``LSTMCell`` and their
         subclasses; a new module class overrides it.
         """
-        from fastlstm._state_dict import infer_config
 
-        return infer_config(cls, params, prefix)
+        return infer_config(cls._kind, params, prefix)
 
     @classmethod
     def from_state_dict(
@@ -527,15 +565,10 @@ class _Module:
         >>> rnn
         LSTM(8, 16, num_layers=2)
         """
-        from fastlstm._errors import StateDictError
-        from fastlstm._state_dict import build_module, find_modules, group_of, normalize_prefix
-
         prefix = normalize_prefix(prefix)
         if isinstance(source, Mapping):
             arrays: Mapping[str, Any] = source
         else:
-            from fastlstm.serialization import load
-
             arrays = load(source)
         params = {name: to_numpy(value) for name, value in group_of(arrays, prefix).items()}
         try:
@@ -544,7 +577,8 @@ class _Module:
             if not str(exc).startswith("no "):
                 raise
             everything = {k: to_numpy(v) for k, v in arrays.items() if isinstance(k, str)}
-            found = [m.prefix for m in find_modules(everything)[0] if m.kind == cls.__name__]
+            kinds = {cls._kind: cls} if cls._kind else {}
+            found = [m.prefix for m in find_modules(everything, kinds)[0]]
             where = (f"; {cls.__name__} weights were found under "
                      + ", ".join(repr(p) for p in found) + ": pass one as prefix="
                      if found else f"; the source holds no {cls.__name__} weights")
@@ -584,42 +618,40 @@ class _Module:
         >>> fastlstm.LSTM.from_state_dict(path)
         LSTM(8, 16)
         """
-        from fastlstm._state_dict import normalize_prefix
-        from fastlstm.serialization import save
-
         prefix = normalize_prefix(prefix)
         save(OrderedDict((prefix + k, v) for k, v in self._params.items()), path, format=format)
 
     def _next_order(self) -> bool:
         """Panel order of the next one-step call: it alternates from call to call
-        (see _lstm._single_step); a race between threads only costs cache hits."""
+        (see kernels._single_step); a race between threads only costs cache hits."""
         flip = not self.__dict__.get("_flip", False)
         self.__dict__["_flip"] = flip
         return flip
 
     def _bound_layers(self) -> Any:
-        """The packed layers bound for one-timestep calls (``_lstm.CellStack``:
+        """The packed layers bound for one-timestep calls (``kernels.CellStack``:
         LSTMCell calls, and one-step calls of unidirectional LSTMs without
         projection), made again when the weights change."""
         bound = self.__dict__.get("_bound")
         if bound is None or bound[0] is not self._packed:  # also when not packed yet
             layers = self._packed_layers()
             layout, needs_eval = self._call_layout()
-            bound = (layers, _lstm.CellStack(layers, self._hidden_size, layout, needs_eval))
+            bound = (layers, kernels.CellStack(layers, self._hidden_size, layout, needs_eval,
+                                               zero_state_skips(layers)))
             self.__dict__["_bound"] = bound
         return bound[1]
 
     def _call_layout(self) -> Tuple[int, bool]:
-        """How calls of the module run one timestep (``_lstm.module_call``): the
+        """How calls of the module run one timestep (``kernels.module_call``): the
         layout of ``CellStack.step`` (-1: never), and whether only in eval mode."""
         raise NotImplementedError
 
     def _one_step(self, input: np.ndarray, hx: Any, layout: int) -> Any:
-        """The compiled one-timestep call (``_lstm.CellStack.step``) on plain
+        """The compiled one-timestep call (``kernels.CellStack.step``) on plain
         arrays, or None when the call needs the general path."""
         # Thread count 0: the kernels take the default themselves, which spares
         # this per-frame path the Python calls of get_num_threads.  (Calls of the
-        # module reach the bound layers through _lstm.module_call, without this.)
+        # module reach the bound layers through kernels.module_call, without this.)
         return self._bound_layers().step(input, hx, _threads._num_threads or 0, layout)
 
     # ------------------------------------------------------------------- modes
@@ -860,7 +892,7 @@ class _Module:
         return self.forward(input, hx)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        # LSTM and LSTMCell are called through _lstm.module_call, which takes
+        # LSTM and LSTMCell are called through kernels.module_call, which takes
         # one-step calls of plain arrays straight to the kernels (forward's own
         # check of that path, in C); a subclass that overrides forward gets the
         # __call__ that calls it, as in torch.

@@ -19,7 +19,8 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from fastlstm._openmp import omp_max_threads, openmp_enabled
+from fastlstm._ext import kernels
+from fastlstm._ext.openmp import omp_max_threads, openmp_enabled
 
 __all__ = ["get_num_threads", "set_num_threads"]
 
@@ -51,14 +52,14 @@ def set_num_threads(n: Optional[int]) -> None:
     >>> fastlstm.set_num_threads(None)
     """
     global _num_threads
-    if n is None:
-        _num_threads = None
-        return
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"set_num_threads expects an int or None, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"the number of threads must be at least 1, got {n}")
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"set_num_threads expects an int or None, got {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"the number of threads must be at least 1, got {n}")
     _num_threads = n
+    # The compiled call path reads its own copy (0: the default), without Python.
+    kernels.set_call_threads(min(n, 1 << 16) if n is not None else 0)
 
 
 def get_num_threads() -> int:

@@ -8,7 +8,6 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
-from fastlstm import _lstm
 from fastlstm._common import (
     check_device,
     check_torch_module,
@@ -17,16 +16,19 @@ from fastlstm._common import (
     is_torch_tensor,
     to_numpy,
 )
+from fastlstm._ext import kernels
 from fastlstm._module import (
     ArrayLike,
     RngLike,
     _Module,
     _PackedLayer,
+    check_rows,
+    check_sizes,
     pack_layer,
     zero_state_skips,
 )
 from fastlstm._threads import get_num_threads
-from fastlstm.lstm import _MAX_ROWS, _check_sizes
+from fastlstm.io.state_dict import cell_shapes
 
 __all__ = ["LSTMCell"]
 
@@ -84,6 +86,8 @@ class LSTMCell(_Module):
     ((3, 20), (3, 20))
     """
 
+    _kind = "LSTMCell"
+
     def __init__(
         self,
         input_size: int,
@@ -96,7 +100,7 @@ class LSTMCell(_Module):
     ) -> None:
         if not isinstance(bias, bool):
             raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
-        _check_sizes(input_size, hidden_size)
+        check_sizes(input_size, hidden_size)
         check_device(device)
         d = self.__dict__
         d["_input_size"] = input_size
@@ -109,14 +113,7 @@ class LSTMCell(_Module):
     bias = property(lambda self: self._bias, doc="Whether the cell has biases.")
 
     def _parameter_shapes(self) -> "OrderedDict[str, Tuple[int, ...]]":
-        h4 = 4 * self._hidden_size
-        shapes: "OrderedDict[str, Tuple[int, ...]]" = OrderedDict()
-        shapes["weight_ih"] = (h4, self._input_size)
-        shapes["weight_hh"] = (h4, self._hidden_size)
-        if self._bias:
-            shapes["bias_ih"] = (h4,)
-            shapes["bias_hh"] = (h4,)
-        return shapes
+        return cell_shapes(self._input_size, self._hidden_size, self._bias)
 
     def _pack(self) -> List[_PackedLayer]:
         p = self._params
@@ -306,7 +303,7 @@ class LSTMCell(_Module):
             h, c = torch.from_numpy(h), torch.from_numpy(c)
         return h, c
 
-    __call__ = _lstm.module_call  # forward, the one-step path in C; see _Module.__init_subclass__
+    __call__ = kernels.module_call  # forward, the one-step path in C; see _Module.__init_subclass__
 
     def _call_layout(self) -> Tuple[int, bool]:
         return 0, False
@@ -318,9 +315,7 @@ class LSTMCell(_Module):
         batch, hidden = x.shape[0], self._hidden_size
         if batch == 0:
             return np.zeros((0, hidden), dt), np.zeros((0, hidden), dt)
-        if batch > _MAX_ROWS:  # the kernels use 32-bit row indices, as for LSTM
-            raise ValueError(f"fastlstm: input of {batch} rows; at most {_MAX_ROWS} rows per "
-                             "call are supported, split the batch")
+        check_rows(batch, "rows")
         x = np.ascontiguousarray(x, dtype=dt)
         h = np.empty((batch, hidden), dt)
         h0_zero = states is None and zero_state_skips(self._packed_layers())
@@ -332,5 +327,5 @@ class LSTMCell(_Module):
             h0 = np.ascontiguousarray(states[0], dtype=dt)
             c = np.array(states[1], dtype=dt, order="C", copy=True)  # updated in place
         stack = self._bound_layers()
-        _lstm.cell_step(stack, 0, x, h0, c, h, get_num_threads(), h0_zero, stack.next_order())
+        kernels.cell_step(stack, 0, x, h0, c, h, get_num_threads(), h0_zero, stack.next_order())
         return h, c

@@ -10,7 +10,6 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
-from fastlstm import _lstm
 from fastlstm._common import (
     check_device,
     check_torch_module,
@@ -19,16 +18,19 @@ from fastlstm._common import (
     is_torch_tensor,
     to_numpy,
 )
-from fastlstm._module import (  # noqa: F401  (_pack_panels: used by tests and the bench)
+from fastlstm._ext import kernels
+from fastlstm._module import (
     ArrayLike,
     RngLike,
     _Module,
-    _pack_panels,
     _PackedLayer,
+    check_rows,
+    check_sizes,
     pack_layer,
     zero_state_skips,
 )
 from fastlstm._threads import get_num_threads, single_threaded_blas
+from fastlstm.io.state_dict import lstm_shapes
 from fastlstm.rnn import (
     PackedSequence,
     _check_batch_sizes,
@@ -39,22 +41,6 @@ from fastlstm.rnn import (
 )
 
 __all__ = ["LSTM"]
-
-
-def _check_int(name: str, value: Any) -> None:
-    # torch takes True and False as 1 and 0; a flag given as a size is refused here.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-
-
-def _check_sizes(input_size: Any, hidden_size: Any) -> None:
-    """torch.nn.RNNBase's checks of the two sizes: types first, then values."""
-    _check_int("input_size", input_size)
-    if input_size <= 0:
-        raise ValueError("input_size must be greater than zero")
-    _check_int("hidden_size", hidden_size)
-    if hidden_size <= 0:
-        raise ValueError("hidden_size must be greater than zero")
 
 
 # Rows per thread from which the input projection goes to BLAS GEMM, by SIMD
@@ -70,8 +56,6 @@ _BLAS_MIN_ROWS = {"avx512": _NO_BLAS, "avx2": 64, "portable": 16}
 _CONFIG = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
            "bidirectional", "proj_size")
 
-# Most rows (steps x sequences) one call may have: the kernels use 32-bit row indices.
-_MAX_ROWS = 2**31 - 1
 
 # Bytes of the gate buffer (input projections of one time chunk), and the
 # fewest rows a chunk's projection should have to be an efficient product.
@@ -87,10 +71,10 @@ def _time_chunk(seq_len: int, batch: int, row_bytes: int) -> int:
     return max(1, min(seq_len, steps))
 
 
-_batch_chunks = _lstm.batch_chunks  # batch chunks of the recurrence, or 0 (split mode)
+_batch_chunks = kernels.batch_chunks  # batch chunks of the recurrence, or 0 (split mode)
 
 
-_L2_BYTES = _lstm.L2_BYTES  # one core's L2, as the OS reports it
+_L2_BYTES = kernels.L2_BYTES  # one core's L2, as the OS reports it
 _DIRS_IN_TURN_FORCE: Optional[bool] = None  # tests: True/False overrides the rule below
 
 
@@ -206,6 +190,8 @@ class LSTM(_Module):
     ((5, 3, 20), (2, 3, 20), (2, 3, 20))
     """
 
+    _kind = "LSTM"
+
     _stackable = False  # set per instance (a module pickled without it keeps the general path)
 
     def __init__(
@@ -249,7 +235,7 @@ class LSTM(_Module):
             raise TypeError(
                 f"batch_first should be of type bool, got: {type(batch_first).__name__}"
             )
-        _check_sizes(input_size, hidden_size)
+        check_sizes(input_size, hidden_size)
         # torch checks the type of input_size and hidden_size only; numpy
         # integers pass for num_layers and proj_size there, and so here.
         num_layers = _as_count("num_layers", num_layers)
@@ -273,7 +259,7 @@ class LSTM(_Module):
         d["_dropout"] = float(dropout)
         d["_bidirectional"] = bool(bidirectional)
         d["_proj_size"] = proj_size
-        # One-timestep calls of such stacks can go through _lstm.CellStack.
+        # One-timestep calls of such stacks can go through kernels.CellStack.
         d["_stackable"] = not bidirectional and proj_size == 0
         self._init_module(dtype, rng)
 
@@ -297,20 +283,8 @@ class LSTM(_Module):
 
     def _parameter_shapes(self) -> "OrderedDict[str, Tuple[int, ...]]":
         """torch's parameter names and shapes, in torch's order."""
-        shapes: "OrderedDict[str, Tuple[int, ...]]" = OrderedDict()
-        h, p = self._hidden_size, self._out_size
-        for layer in range(self._num_layers):
-            layer_in = self._input_size if layer == 0 else p * self._num_directions
-            for direction in range(self._num_directions):
-                sfx = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-                shapes["weight_ih" + sfx] = (4 * h, layer_in)
-                shapes["weight_hh" + sfx] = (4 * h, p)
-                if self._bias:
-                    shapes["bias_ih" + sfx] = (4 * h,)
-                    shapes["bias_hh" + sfx] = (4 * h,)
-                if self._proj_size > 0:
-                    shapes["weight_hr" + sfx] = (self._proj_size, h)
-        return shapes
+        return lstm_shapes(self._input_size, self._hidden_size, self._num_layers, self._bias,
+                           self._num_directions == 2, self._proj_size)
 
     def __repr__(self) -> str:
         s = f"{type(self).__name__}({self._input_size}, {self._hidden_size}"
@@ -534,7 +508,7 @@ class LSTM(_Module):
             output, h_n, c_n = (torch.from_numpy(a) for a in (output, h_n, c_n))
         return output, (h_n, c_n)
 
-    __call__ = _lstm.module_call  # forward, the one-step path in C; see _Module.__init_subclass__
+    __call__ = kernels.module_call  # forward, the one-step path in C; see _Module.__init_subclass__
 
     def _call_layout(self) -> Tuple[int, bool]:
         if not self._stackable:
@@ -651,12 +625,7 @@ class LSTM(_Module):
         if batch == 0:
             return (np.zeros(out_shape, dt), np.zeros((n_states, 0, out_size), dt),
                     np.zeros((n_states, 0, hidden), dt))
-        if rows > _MAX_ROWS:
-            # The kernels index rows (and BLAS its dimensions) with 32-bit ints.
-            raise ValueError(
-                f"fastlstm: input of {rows} rows (steps x sequences); "
-                f"at most {_MAX_ROWS} rows per call are supported, split the batch"
-            )
+        check_rows(rows, "rows (steps x sequences)")
         layer_in = np.ascontiguousarray(x, dtype=dt).reshape(rows, -1)
         layers = self._packed_layers()
         h0_zero = h0 is None and zero_state_skips(layers)
@@ -674,7 +643,7 @@ class LSTM(_Module):
             stack = self._bound_layers()
             order = stack.next_order()
             for layer in range(self._num_layers):
-                _lstm.cell_step(stack, layer, layer_in, h0[layer], c_n[layer], h_n[layer],
+                kernels.cell_step(stack, layer, layer_in, h0[layer], c_n[layer], h_n[layer],
                                 threads, h0_zero, order)
                 layer_in = h_n[layer]
             return h_n[-1].reshape(out_shape).copy(), h_n, c_n
@@ -684,7 +653,7 @@ class LSTM(_Module):
             lengths = _count_greater(batch_sizes, np.arange(batch))  # sorted sequences
         hh_bytes = layers[0].w_hh_p[0].nbytes  # one direction's packed W_hh
         n_chunks = _batch_chunks(batch, n_dirs, threads,
-                                 layers[0].bias.shape[1] // _lstm.panel_width(dt), hh_bytes)
+                                 layers[0].bias.shape[1] // kernels.panel_width(dt), hh_bytes)
         # (A one-timestep call has a thread per direction in any case.)
         in_turn = (seq_len > 1 and batch_sizes is None
                    and _dirs_in_turn(batch, n_dirs, threads, hh_bytes))
@@ -693,7 +662,7 @@ class LSTM(_Module):
         gate_cols = n_dirs * layers[0].bias.shape[1]
         t_chunk = 1 if seq_len == 1 else _time_chunk(seq_len, batch, gate_cols * dt.itemsize)
         gates = np.empty((t_chunk * batch, gate_cols), dt)
-        blas_min_rows = _BLAS_MIN_ROWS[_lstm.simd_level()]
+        blas_min_rows = _BLAS_MIN_ROWS[kernels.simd_level()]
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
         dropout = self._dropout if self.training else 0.0
         flip = self._next_order() if seq_len == 1 else False
@@ -708,9 +677,9 @@ class LSTM(_Module):
             # blas_min_rows rows; pin BLAS to one thread whenever that can happen.
             if rows >= blas_min_rows:
                 with single_threaded_blas():
-                    _lstm.layer(*args)
+                    kernels.layer(*args)
             else:
-                _lstm.layer(*args)
+                kernels.layer(*args)
             if offsets is not None:
                 assert lengths is not None
                 # Each sequence's last step forward; backward, its first step.

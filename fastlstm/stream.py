@@ -6,10 +6,12 @@ from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
-from fastlstm import _lstm, _threads
+from fastlstm import _threads
 from fastlstm._common import input_array, to_numpy
+from fastlstm._ext import kernels
+from fastlstm._module import MAX_ROWS
 from fastlstm.cell import LSTMCell
-from fastlstm.lstm import _MAX_ROWS, LSTM
+from fastlstm.lstm import LSTM
 
 __all__ = ["Stream"]
 
@@ -74,9 +76,9 @@ class Stream:
         if batch_size is not None and (isinstance(batch_size, bool)
                                        or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        if batch_size is not None and batch_size > _MAX_ROWS:
+        if batch_size is not None and batch_size > MAX_ROWS:
             # The kernels index rows with 32-bit ints, as for LSTM's L * N rows.
-            raise ValueError(f"batch_size {batch_size} is too large: at most {_MAX_ROWS} "
+            raise ValueError(f"batch_size {batch_size} is too large: at most {MAX_ROWS} "
                              "streams are supported")
         self._module = module
         self._batched = batch_size is not None
@@ -88,7 +90,7 @@ class Stream:
         self._c = np.zeros((layers, n, hidden), dt)
         self._allocate(dt)
         self._plan_layers: Optional[List[Any]] = None  # what _step_plan is bound to
-        self._step_plan: Optional[_lstm.StepPlan] = None
+        self._step_plan: Optional[kernels.StepPlan] = None
 
     def _allocate(self, dt: np.dtype) -> None:
         """The buffers of a step other than the state, in the module's dtype."""
@@ -202,7 +204,7 @@ class Stream:
         out = self._out[-1]
         return out if self._batched else out[0]
 
-    def _plan(self) -> _lstm.StepPlan:
+    def _plan(self) -> kernels.StepPlan:
         """The stream's buffers bound to the module's packed weights, made again
         when those change (new weights loaded into the module, or a new dtype)."""
         layers = self._module._packed_layers()
@@ -214,7 +216,7 @@ class Stream:
                 # into new arrays.
                 self._h, self._c = self._h.astype(dt), self._c.astype(dt)
                 self._allocate(dt)
-            plan = self._step_plan = _lstm.StepPlan(layers, self._x, self._h, self._c,
+            plan = self._step_plan = kernels.StepPlan(layers, self._x, self._h, self._c,
                                                     self._hcell, self._out, self._gates)
             self._plan_layers = layers
         return plan

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IN_CI
+from _helpers import IN_CI
 
 import fastlstm
 from fastlstm import cli
-from fastlstm._bench import run_case
-from fastlstm._bench_cases import DEFAULT_GRID, FULL_GRID, Case, parse_shape, select_cases
-from fastlstm._bench_report import Progress
-from fastlstm._bench_timing import settle, time_interleaved
+from fastlstm._bench.cases import DEFAULT_GRID, FULL_GRID, Case, parse_shape, select_cases
+from fastlstm._bench.command import run_case
+from fastlstm._bench.report import Progress
+from fastlstm._bench.timing import settle, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--budget", "0.03", "--blocks", "3", "--pause", "0", "--peak-size", "64"]
@@ -158,7 +158,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
 @linux_only
 @pytest.mark.parametrize("lib", ["fastlstm", "torch"])
 def test_memory_subprocess_tiny_case(torch, lib):
-    from fastlstm._bench_memory import measure_in_subprocess
+    from fastlstm._bench.memory import measure_in_subprocess
 
     case = Case("tiny", 2, 3, 8, 16, layers=2, bidirectional=True).as_dict()
     result = measure_in_subprocess(lib, case, threads=1, seed=0, timeout=60)
@@ -172,7 +172,7 @@ def test_memory_subprocess_tiny_case(torch, lib):
 
 
 def test_memory_subprocess_reports_failures_as_one_line():
-    from fastlstm import _bench_memory
+    from fastlstm._bench import memory as _bench_memory
 
     result = _bench_memory.measure_in_subprocess(
         "no-such-library", Case("tiny", 1, 2, 4, 4).as_dict(), timeout=60)
@@ -185,7 +185,8 @@ def test_memory_subprocess_reports_failures_as_one_line():
 
 
 def test_memory_not_measured_off_linux(monkeypatch):
-    from fastlstm import _bench, _bench_memory
+    from fastlstm._bench import command as _bench
+    from fastlstm._bench import memory as _bench_memory
 
     monkeypatch.setattr(_bench_memory, "AVAILABLE", False)
     record = {"peak_memory_mib": {"fastlstm": None, "torch": None},
@@ -238,7 +239,7 @@ def test_python_m_fastlstm_bench(torch, tmp_path):
 
 def test_check_failure_is_not_timed(torch, monkeypatch, capsys):
     """A case that disagrees with torch is reported, not timed, and the exit status is 1."""
-    from fastlstm import _bench
+    from fastlstm._bench import command as _bench
 
     monkeypatch.setitem(_bench.TOLERANCE, "float32", -1.0)
     status = cli.main(["bench", "--shape", "1,2,4,4", *TINY, "--peak-size", "0", "--quiet"])
@@ -250,7 +251,7 @@ def test_check_failure_is_not_timed(torch, monkeypatch, capsys):
 
 def test_import_fastlstm_does_not_import_torch_or_onnx():
     proc = _run_python(
-        "import sys, fastlstm, fastlstm.cli, fastlstm._bench, fastlstm._onnx\n"
+        "import sys, fastlstm, fastlstm.cli, fastlstm._bench.command, fastlstm._bench.onnx_graph\n"
         "assert fastlstm.cli.main(['bench', '--list']) == 0\n"
         "bad = {'torch', 'onnx', 'onnxruntime', 'matplotlib'} & set(sys.modules)\n"
         "assert not bad, bad\n")
@@ -503,7 +504,7 @@ def _max_diff(result, ref):
 @pytest.mark.parametrize("with_hx", [False, True], ids=["zero-state", "hx"])
 @pytest.mark.parametrize("config", list(ONNX_CONFIGS), ids=list(ONNX_CONFIGS))
 def test_onnx_graph_matches_torch(ort, torch, config, with_hx):
-    from fastlstm._onnx import OrtLSTM
+    from fastlstm._bench.onnx_graph import OrtLSTM
 
     kwargs = ONNX_CONFIGS[config]
     torch.manual_seed(0)
@@ -522,7 +523,7 @@ def test_onnx_graph_matches_torch(ort, torch, config, with_hx):
 
 
 def test_onnx_graph_from_fastlstm_module(ort):
-    from fastlstm._onnx import OrtLSTM
+    from fastlstm._bench.onnx_graph import OrtLSTM
 
     module = fastlstm.LSTM(4, 6, num_layers=2, bidirectional=True, rng=1)
     x = np.random.default_rng(2).standard_normal((5, 2, 4)).astype(np.float32)
@@ -533,7 +534,7 @@ def test_onnx_graph_from_fastlstm_module(ort):
 
 
 def test_onnx_graph_refuses_projection_and_state_without_inputs(ort):
-    from fastlstm._onnx import OrtLSTM, lstm_to_onnx
+    from fastlstm._bench.onnx_graph import OrtLSTM, lstm_to_onnx
 
     with pytest.raises(ValueError, match="no projection"):
         lstm_to_onnx(fastlstm.LSTM(4, 6, proj_size=2, rng=0))
@@ -544,7 +545,7 @@ def test_onnx_graph_refuses_projection_and_state_without_inputs(ort):
 
 
 def test_stream_scaling_measure_and_line(torch):
-    from fastlstm._bench_streams import measure_stream_scaling, scaling_line
+    from fastlstm._bench.streams import measure_stream_scaling, scaling_line
 
     threads_before = fastlstm.get_num_threads()
     result = measure_stream_scaling(torch, 2, hidden=8, steps=20, repeats=1)
@@ -571,7 +572,7 @@ def test_stream_case_check_catches_a_wrong_state(torch, monkeypatch):
 
 # --------------------------------------------------------------- the peak reference
 def test_update_reference_takes_the_best_measurement_and_never_loses_to_a_case():
-    from fastlstm._bench import update_reference
+    from fastlstm._bench.command import update_reference
 
     peak = {"float32": {"torch.mm": 300.0, "scipy.sgemm": 250.0, "best": 300.0},
             "float64": {"torch.mm": 150.0, "best": 150.0}}
@@ -594,7 +595,7 @@ def test_update_reference_takes_the_best_measurement_and_never_loses_to_a_case()
 
 
 def test_nominal_fma_peak_formula(monkeypatch):
-    from fastlstm import _bench_report
+    from fastlstm._bench import report as _bench_report
 
     monkeypatch.setattr(_bench_report, "_clock_ghz", lambda: (2.5, "test"))
     nominal = _bench_report.nominal_fma_peak(2, "avx512")
@@ -610,7 +611,7 @@ def test_peak_gemms_are_warmed_up_and_timed_in_turn():
     """Each GEMM is called ``warmup`` times before any is timed (a cold first call once made
     the reference 266 GFLOP/s in one run and 427 in the next), then the rounds take every
     GEMM in turn, and the fastest call of each is kept."""
-    from fastlstm._bench_timing import _best_interleaved
+    from fastlstm._bench.timing import _best_interleaved
 
     calls = []
     gemms = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
@@ -621,7 +622,7 @@ def test_peak_gemms_are_warmed_up_and_timed_in_turn():
 
 
 def test_measure_peak_reports_every_gemm(torch):
-    from fastlstm._bench_timing import measure_peak
+    from fastlstm._bench.timing import measure_peak
 
     found = measure_peak(1, size=64, dtypes=("float32",), reps=2, warmup=1)["float32"]
     assert {"torch.mm", "scipy.sgemm", "fastlstm.matmul", "best"} <= set(found)

@@ -4,25 +4,12 @@ import pickle
 
 import numpy as np
 import pytest
-from _reference import lstm_reference
-from conftest import TOL, torch_single_thread
+from _helpers import TOL, torch_single_thread
+from _helpers.reference import cell_reference
 
 import fastlstm
 
 _torch_single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
-
-
-def _oracle(cell, x, hx=None):
-    """One step of the NumPy LSTM oracle, with the cell's parameters."""
-    params = {k + "_l0": v for k, v in cell.state_dict().items()}
-    batched = x.ndim == 2
-    xs = x[None] if batched else x[None, :]
-    state = None
-    if hx is not None:
-        state = tuple(np.asarray(v)[None] for v in hx)
-    _, (h, c) = lstm_reference(params, xs, state, num_layers=1, bidirectional=False,
-                               proj_size=0, batch_first=False, hidden_size=cell.hidden_size)
-    return h[0], c[0]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -38,7 +25,7 @@ def test_matches_oracle(threads, dtype, bias, batch, with_hx):
     hx = (rng.standard_normal(hshape).astype(dtype), rng.standard_normal(hshape).astype(dtype))
     hx = hx if with_hx else None
     h, c = cell(x, hx)
-    ref_h, ref_c = _oracle(cell, x, hx)
+    ref_h, ref_c = cell_reference(cell, x, hx)
     assert h.shape == hshape and c.shape == hshape and h.dtype == dtype
     assert np.abs(h - ref_h).max() <= TOL[dtype]
     assert np.abs(c - ref_c).max() <= TOL[dtype]
@@ -109,7 +96,7 @@ def test_parameters_init_and_pickle():
     # Assigning a parameter changes the result (the packed weights follow).
     cell.weight_ih = np.zeros((64, 6), np.float32)
     h, _ = cell(x)
-    h_ref, _ = _oracle(cell, x)
+    h_ref, _ = cell_reference(cell, x)
     assert np.abs(h - h_ref).max() <= 1e-5
 
 

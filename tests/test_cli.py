@@ -1,28 +1,17 @@
 """The ``fastlstm`` command line: info, inspect, convert, help and one-line errors."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _weights_files import glob, seq2seq, torch_zip
+from _helpers import run_cli
+from _helpers.weights_files import glob, seq2seq, torch_zip
 
 import fastlstm
 from fastlstm.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args):
-    """``python -m fastlstm ARGS`` in a fresh process: (status, stdout, stderr)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get(
-        "PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "fastlstm", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=120)
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_help_lists_every_command_and_each_has_its_own_help(capsys):

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI
+from _helpers import IN_CI
 
 import fastlstm
 import fastlstm.rnn

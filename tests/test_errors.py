@@ -12,8 +12,8 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import raised as _raised
-from conftest import torch_single_thread
+from _helpers import TOL, torch_single_thread
+from _helpers import raised as _raised
 
 import fastlstm
 
@@ -22,7 +22,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 # Tolerances of the parity checks (max abs error), as in conftest.py.
-TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
 # torch's tiny-LSTM calls are ~100x slower with OpenMP threads on a busy machine.

@@ -1,11 +1,11 @@
 """Direct tests of fastlstm's low-level pieces against NumPy.
 
-* ``_blas._gemm_for_tests``: the row-major GEMM wrapper over scipy's BLAS.
-* ``_lstm._activation_for_tests``: the kernels' own tanh / sigmoid.
-* ``_lstm.input_projection``: the small-M kernel (on weights packed by
+* ``blas._gemm_for_tests``: the row-major GEMM wrapper over scipy's BLAS.
+* ``kernels._activation_for_tests``: the kernels' own tanh / sigmoid.
+* ``kernels.input_projection``: the small-M kernel (on weights packed by
   ``lstm._pack_panels``) and the BLAS path, at sizes that leave partial panels
   and partial blocks of 4 rows.
-* ``_lstm.recurrence`` through whole LSTMs whose sizes exercise partial panels,
+* ``kernels.recurrence`` through whole LSTMs whose sizes exercise partial panels,
   against the NumPy oracle of ``tests/_reference.py``.
 """
 
@@ -13,12 +13,12 @@ import itertools
 
 import numpy as np
 import pytest
-from _reference import reference_forward
-from conftest import TOL
+from _helpers import TOL
+from _helpers.reference import reference_forward
 
 import fastlstm
-from fastlstm import _blas, _lstm
-from fastlstm.lstm import _pack_panels
+from fastlstm._ext import blas, kernels
+from fastlstm._module import _pack_panels
 
 DTYPES = [np.float32, np.float64]
 GEMM_RTOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -39,7 +39,7 @@ def test_gemm_matches_numpy(dtype, trans_a, trans_b, m, n, k, alpha, beta):
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
     c0 = rng.standard_normal((m, n)).astype(dtype)
     c = c0.copy()
-    _blas._gemm_for_tests(a, b, c, trans_a, trans_b, alpha, beta)
+    blas._gemm_for_tests(a, b, c, trans_a, trans_b, alpha, beta)
 
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     op_a = a64.T if trans_a else a64
@@ -56,7 +56,7 @@ def test_gemm_beta_zero_ignores_nan_in_c(dtype):
     a = np.arange(15, dtype=dtype).reshape(5, 3)
     b = np.arange(21, dtype=dtype).reshape(3, 7)
     c = np.full((5, 7), np.nan, dtype=dtype)
-    _blas._gemm_for_tests(a, b, c, False, False, 1.0, 0.0)
+    blas._gemm_for_tests(a, b, c, False, False, 1.0, 0.0)
     np.testing.assert_array_equal(c, a.astype(np.float64) @ b.astype(np.float64))
 
 
@@ -64,9 +64,9 @@ def test_gemm_rejects_mismatched_shapes():
     a = np.zeros((5, 3), np.float64)
     b = np.zeros((4, 7), np.float64)
     with pytest.raises(ValueError):
-        _blas._gemm_for_tests(a, b, np.zeros((5, 7)), False, False, 1.0, 0.0)
+        blas._gemm_for_tests(a, b, np.zeros((5, 7)), False, False, 1.0, 0.0)
     with pytest.raises(ValueError):
-        _blas._gemm_for_tests(a, np.zeros((3, 7)), np.zeros((6, 7)), False, False, 1.0, 0.0)
+        blas._gemm_for_tests(a, np.zeros((3, 7)), np.zeros((6, 7)), False, False, 1.0, 0.0)
 
 
 # --------------------------------------------------------------- activations
@@ -87,7 +87,7 @@ PATHS = ["hook", "gates"]
 def _act_hook(x, sigmoid):
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
-    _lstm._activation_for_tests(x, y, sigmoid)
+    kernels._activation_for_tests(x, y, sigmoid)
     return y
 
 
@@ -261,19 +261,19 @@ def test_activation_float64_error(path):
 
 def test_activation_rejects_mixed_dtypes():
     with pytest.raises((TypeError, ValueError)):
-        _lstm._activation_for_tests(np.zeros(3, np.float32), np.zeros(3, np.float64), False)
+        kernels._activation_for_tests(np.zeros(3, np.float32), np.zeros(3, np.float64), False)
 
 # ------------------------------------------------------------------- panels
 @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
 def test_panel_width(dtype):
-    assert _lstm.panel_width(np.dtype(dtype).name) == {np.float32: 64, np.float64: 32}[dtype]
+    assert kernels.panel_width(np.dtype(dtype).name) == {np.float32: 64, np.float64: 32}[dtype]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
 @pytest.mark.parametrize("n, k", [(1, 1), (4, 3), (12, 1), (44, 37), (64, 16), (65, 2),
                                   (100, 5), (260, 3)])
 def test_pack_panels_layout(dtype, n, k):
-    width = _lstm.panel_width(np.dtype(dtype).name)
+    width = kernels.panel_width(np.dtype(dtype).name)
     weight = np.random.default_rng(n * 100 + k).standard_normal((n, k)).astype(dtype)
     packed = _pack_panels(weight)
     n_panels = -(-n // width)
@@ -335,7 +335,7 @@ def _projection(x, w, num_threads, blas_min_rows):
     buf = np.full(rows * n_out + guard, np.nan, dtype=x.dtype)
     buf[rows * n_out:] = 12345.0
     gates = buf[:rows * n_out].reshape(rows, n_out)
-    _lstm.input_projection(x, w, _pack_panels(w), gates, num_threads, blas_min_rows)
+    kernels.input_projection(x, w, _pack_panels(w), gates, num_threads, blas_min_rows)
     assert (buf[rows * n_out:] == 12345.0).all(), "wrote past the end of gates"
     return gates
 
@@ -381,7 +381,7 @@ def test_input_projection_zero_rows():
     w = np.ones((12, 3), np.float32)
     x = np.empty((0, 3), np.float32)
     gates = np.empty((0, 12), np.float32)
-    _lstm.input_projection(x, w, _pack_panels(w), gates, 2, OWN_KERNEL)
+    kernels.input_projection(x, w, _pack_panels(w), gates, 2, OWN_KERNEL)
 
 
 # ---------------------------------------------- recurrence, via whole LSTMs

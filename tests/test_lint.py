@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI
+from _helpers import IN_CI
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_ruff_clean():
 
 def _cython_sources():
     return sorted(p.relative_to(ROOT).as_posix()
-                  for ext in ("*.pyx", "*.pxd") for p in (ROOT / "fastlstm").glob(ext))
+                  for ext in ("*.pyx", "*.pxd") for p in (ROOT / "fastlstm").rglob(ext))
 
 
 @pytest.mark.parametrize("path", _cython_sources())
@@ -81,7 +81,7 @@ def test_py_typed_marker_and_stubs():
     pkg = ROOT / "fastlstm"
     assert (pkg / "py.typed").exists()
     # Every compiled module that Python code imports has a stub next to it.
-    for pyx in pkg.glob("*.pyx"):
+    for pyx in pkg.rglob("*.pyx"):
         assert pyx.with_suffix(".pyi").exists(), f"no stub for {pyx.name}"
 
 

@@ -3,7 +3,7 @@ and ``flatten_parameters``, against torch doing the same to its module."""
 
 import numpy as np
 import pytest
-from conftest import TOL, torch_single_thread
+from _helpers import TOL, torch_single_thread
 
 import fastlstm
 

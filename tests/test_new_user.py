@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import run_cli
+from _helpers import run_cli
 
 import fastlstm
 
@@ -134,7 +134,7 @@ def test_numbers_still_reach_the_shape_checks():
 
 
 def _whole_model(torch):
-    from _weights_files import seq2seq
+    from _helpers.weights_files import seq2seq
 
     return seq2seq(torch)
 

@@ -5,8 +5,7 @@ NumPy equations (``tests/_reference.py``), whose product does the same."""
 
 import numpy as np
 import pytest
-from _reference import reference_forward
-from test_cell import _oracle as cell_oracle
+from _helpers.reference import cell_reference, reference_forward
 
 import fastlstm
 from fastlstm.rnn import pack_padded_sequence, pad_packed_sequence
@@ -71,7 +70,7 @@ def test_cell_without_state(threads, dtype, batch):
     _poison(cell, "weight_hh", np.inf, row=45)  # the g gate of unit 5
     x = np.random.default_rng(1).standard_normal((4,) if batch is None else (batch, 4))
     x = x.astype(dtype)
-    ref_h, ref_c = cell_oracle(cell, x)
+    ref_h, ref_c = cell_reference(cell, x)
     tol = 1e-12 if dtype == np.float64 else 2e-6
     for h, c in (cell(x), cell.forward(x.tolist())):
         _same(h, ref_h, tol)

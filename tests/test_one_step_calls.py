@@ -1,4 +1,4 @@
-"""The compiled one-step call (``_lstm.CellStack.step``): LSTMCell steps and
+"""The compiled one-step call (``kernels.CellStack.step``): LSTMCell steps and
 one-timestep LSTM calls on plain ndarrays are checked, allocated and run in C.
 
 It must take exactly the calls it can do (C-contiguous ndarrays of the
@@ -9,7 +9,7 @@ errors), and give the NumPy oracle's answer either way.
 
 import numpy as np
 import pytest
-from _reference import reference_forward
+from _helpers.reference import reference_forward
 
 import fastlstm
 

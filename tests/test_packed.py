@@ -6,12 +6,12 @@ sequence alone (a packed batch must equal its sequences run one by one).
 
 import numpy as np
 import pytest
-from _reference import reference_forward
-from conftest import TOL, raised
+from _helpers import TOL, raised
+from _helpers.reference import reference_forward
 
 import fastlstm
-from fastlstm import _lstm
 from fastlstm import lstm as lstm_mod
+from fastlstm._ext import kernels
 from fastlstm.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
 
@@ -148,7 +148,7 @@ def test_packed_thread_counts_and_time_chunks(monkeypatch, n_threads, batch):
     assert _max_err(h_n, h_exp) < 1e-6 and _max_err(c_n, c_exp) < 1e-6
 
 
-@pytest.mark.parametrize("level", _lstm.simd_available())
+@pytest.mark.parametrize("level", kernels.simd_available())
 def test_packed_every_simd_level(torch, level):
     rng = np.random.default_rng(11)
     ref = torch.nn.LSTM(6, 40, num_layers=2, bidirectional=True).eval()
@@ -157,11 +157,11 @@ def test_packed_every_simd_level(torch, level):
     packed = torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
     with torch.no_grad():
         expected, (h_exp, _) = ref(packed)
-    _lstm.set_simd_level(level)
+    kernels.set_simd_level(level)
     try:
         got, (h_n, _) = mod(packed)
     finally:
-        _lstm.set_simd_level(None)
+        kernels.set_simd_level(None)
     assert _max_err(got.data, expected.data) < 1e-5 and _max_err(h_n, h_exp) < 1e-5
 
 

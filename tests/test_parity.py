@@ -14,8 +14,8 @@ import itertools
 
 import numpy as np
 import pytest
-from _reference import reference_forward
-from conftest import TOL
+from _helpers import TOL
+from _helpers.reference import reference_forward
 
 import fastlstm
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _reference import lstm_reference, reference_forward
-from conftest import _TORCH, IN_CI, TOL, raised, torch_single_thread
+from _helpers import IN_CI, TOL, raised, torch_single_thread
+from _helpers import TORCH as _TORCH
+from _helpers.reference import lstm_reference, reference_forward
 
 import fastlstm
 from fastlstm import rnn

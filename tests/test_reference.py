@@ -6,7 +6,7 @@ is not installed.
 
 import numpy as np
 import pytest
-from _reference import lstm_reference, reference_forward
+from _helpers.reference import lstm_reference, reference_forward
 
 TOL64 = 1e-12
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import raised as _raised
+from _helpers import raised as _raised
 
 from fastlstm import rnn
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI
+from _helpers import IN_CI
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def test_serial_build_passes_parity(tmp_path):
     env["PYTHONPATH"] = str(src)
     check = subprocess.run(
         [sys.executable, "-c",
-         "import fastlstm, fastlstm._openmp as o; "
+         "import fastlstm, fastlstm._ext.openmp as o; "
          "assert not o.openmp_enabled(); fastlstm.set_num_threads(4); "
          "print(fastlstm.__file__, fastlstm.get_num_threads())"],
         cwd=src, env=env, capture_output=True, text=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _weights_files import (
+from _helpers import IN_CI, torch_single_thread
+from _helpers.weights_files import (
     compress,
     glob,
     models,
@@ -29,7 +30,6 @@ from _weights_files import (
     torch_zip,
     views_state_dict,
 )
-from conftest import IN_CI, torch_single_thread
 
 import fastlstm
 from fastlstm import StateDictError, UnsafeFileError, WeightsFormatError
@@ -837,7 +837,7 @@ def test_data_pkl_over_the_size_limit_is_refused_before_decompressing(tmp_path):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_pickle_opcodes_and_bytes_are_bounded(tmp_path, monkeypatch, fmt):
-    from fastlstm import _torch_format
+    from fastlstm.io import torch_format as _torch_format
 
     def write(pkl):
         path = tmp_path / f"p{len(pkl)}.pt"
@@ -918,12 +918,12 @@ class _Stream(io.RawIOBase):
 
 
 def test_non_seekable_streams_are_read_up_to_a_limit(tmp_path, monkeypatch):
-    from fastlstm import serialization
+    from fastlstm.io import files
 
     fastlstm.save({"w": np.arange(3, dtype=np.float32)}, tmp_path / "w.safetensors")
     data = (tmp_path / "w.safetensors").read_bytes()
     assert fastlstm.load(_Stream(data))["w"].tolist() == [0, 1, 2]
-    monkeypatch.setattr(serialization, "_MAX_STREAM_BYTES", 1 << 20)
+    monkeypatch.setattr(files, "_MAX_STREAM_BYTES", 1 << 20)
     with pytest.raises(WeightsFormatError, match="not seekable is read into memory, up to "
                                                  "1,048,576 bytes"):
         fastlstm.load(_Stream(b"", endless=True))  # as a file object of /dev/zero

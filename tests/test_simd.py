@@ -3,36 +3,36 @@
 
 import numpy as np
 import pytest
-from _reference import reference_forward
-from conftest import TOL
+from _helpers import TOL
+from _helpers.reference import reference_forward
 
 import fastlstm
-from fastlstm import _lstm
+from fastlstm._ext import kernels
 from fastlstm.lstm import _batch_chunks
 
-LEVELS = _lstm.simd_available()
+LEVELS = kernels.simd_available()
 
 
 @pytest.fixture(params=LEVELS)
 def level(request):
-    _lstm.set_simd_level(request.param)
+    kernels.set_simd_level(request.param)
     try:
         yield request.param
     finally:
-        _lstm.set_simd_level(None)
+        kernels.set_simd_level(None)
 
 
 def test_portable_always_available():
     assert LEVELS[0] == "portable"
-    assert _lstm.simd_level() == LEVELS[-1]
+    assert kernels.simd_level() == LEVELS[-1]
 
 
 def test_unknown_or_unsupported_level_raises():
     with pytest.raises(ValueError, match="unknown SIMD level"):
-        _lstm.set_simd_level("sse9")
+        kernels.set_simd_level("sse9")
     if "avx512" not in LEVELS:
         with pytest.raises(ValueError, match="does not support"):
-            _lstm.set_simd_level("avx512")
+            kernels.set_simd_level("avx512")
 
 
 CONFIGS = [
@@ -72,11 +72,11 @@ def test_levels_split_by_size_match_oracle(level, dtype, kwargs):
     x = rng.standard_normal(shape).astype(dtype)
     ref, (ref_h, ref_c) = reference_forward(m, x)
     fastlstm.set_num_threads(2)
-    _lstm._set_split_rule_for_tests(True)
+    kernels._set_split_rule_for_tests(True)
     try:
         out, (h, c) = m(x)
     finally:
-        _lstm._set_split_rule_for_tests(None)
+        kernels._set_split_rule_for_tests(None)
         fastlstm.set_num_threads(None)
     for a, b in ((out, ref), (h, ref_h), (c, ref_c)):
         assert np.abs(a - b).max() <= TOL[dtype]
@@ -115,13 +115,13 @@ def test_levels_activations(level, dtype):
         x64 = x.astype(np.float64)
         refs = (np.tanh(x64), 1 / (1 + np.exp(-x64)))
     for sigmoid, ref, tol in zip((False, True), refs, bound):
-        _lstm._activation_for_tests(x, y, sigmoid)
+        kernels._activation_for_tests(x, y, sigmoid)
         finite = np.isfinite(x)
         assert np.abs(y[finite] - ref[finite]).max() <= tol
         assert np.isnan(y[-1])
         lo = 0.0 if sigmoid else -1.0
         assert y[:-1].min() >= lo and y[:-1].max() <= 1.0
-    _lstm._activation_for_tests(x, y, False)
+    kernels._activation_for_tests(x, y, False)
     assert np.signbit(y[-4]) and y[-3] == 1.0 and y[-2] == -1.0
 
 
@@ -135,9 +135,9 @@ def test_denormals_flushed_and_fp_state_restored(level, threads, dtype):
     steps = 200 if dtype == np.float32 else 1100  # c halves each step: past 2**-150 / 2**-1075
     x = np.full((steps, 2, 4), tiny / 4, dtype=dtype)  # denormal inputs
     c0 = np.ones((1, 2, 6), dtype)
-    before = _lstm._mxcsr_for_tests()
+    before = kernels._mxcsr_for_tests()
     out, (h, c) = m(x, (np.zeros((1, 2, 6), dtype), c0))
-    assert _lstm._mxcsr_for_tests() == before
+    assert kernels._mxcsr_for_tests() == before
     ref, (ref_h, ref_c) = reference_forward(m, x, (np.zeros((1, 2, 6), dtype), c0))
     assert np.abs(out - ref).max() <= TOL[dtype]
     assert np.abs(c - ref_c).max() <= TOL[dtype]

@@ -7,10 +7,10 @@ must give the oracle's answer.
 
 import numpy as np
 import pytest
-from _reference import reference_forward
+from _helpers.reference import reference_forward
 
 import fastlstm
-from fastlstm import _lstm
+from fastlstm._ext import kernels
 from fastlstm.lstm import _NO_BLAS, _batch_chunks
 
 
@@ -41,7 +41,7 @@ def test_one_step_every_sharing(n_threads, batch, kwargs, with_hx):
 
 
 @pytest.mark.parametrize("backward_order", [False, True])
-@pytest.mark.parametrize("level", _lstm.simd_available())
+@pytest.mark.parametrize("level", kernels.simd_available())
 def test_panel_order_gives_the_same_bits(backward_order, level):
     """Both panel orders compute each panel alike: the results are identical."""
     cell = fastlstm.LSTMCell(20, 70, rng=0)
@@ -50,18 +50,18 @@ def test_panel_order_gives_the_same_bits(backward_order, level):
     x = rng.standard_normal((2, 20)).astype(np.float32)
     h0 = rng.standard_normal((1, 2, 70)).astype(np.float32)
     results = []
-    _lstm.set_simd_level(level)
+    kernels.set_simd_level(level)
     try:
         for order in (False, backward_order):
             c = rng.standard_normal((1, 2, 70)).astype(np.float32) * 0 + 0.5
             h = np.empty((2, 70), np.float32)
             gates = np.empty((2, w.bias.shape[1]), np.float32)
-            _lstm.layer(x, w.w_ih, w.w_ih_p, gates, w.w_hh_p, w.bias, w.w_hr_p, h0, c, c, h,
+            kernels.layer(x, w.w_ih, w.w_ih_p, gates, w.w_hh_p, w.bias, w.w_hr_p, h0, c, c, h,
                         np.empty((1, 2, 70), np.float32), 1, False, _batch_chunks(2, 1, 1), 1,
                         _NO_BLAS, False, 1, None, None, None, order)
             results.append((h, c))
     finally:
-        _lstm.set_simd_level(None)
+        kernels.set_simd_level(None)
     assert np.array_equal(results[0][0], results[1][0])
     assert np.array_equal(results[0][1], results[1][1])
 
@@ -98,8 +98,8 @@ def _flat(result):
 def test_small_layers_run_on_one_thread():
     """A one-timestep layer whose weights times rows come to 256 KiB or less
     runs on the calling thread alone, whatever the threads asked for."""
-    steps = _lstm.one_step_threads
-    _lstm._set_serial_rule_for_tests(None)  # the default rule (conftest turns it off)
+    steps = kernels.one_step_threads
+    kernels._set_serial_rule_for_tests(None)  # the default rule (conftest turns it off)
     assert steps(2, 1, 64, 64, 64, 1, 4) == 1  # 128 KiB of float32 weights
     assert steps(8, 2, 64, 64, 64, 1, 4) == 1  # 256 KiB: still one
     assert steps(2, 1, 64, 64, 64, 1, 8) == 1
@@ -109,7 +109,7 @@ def test_small_layers_run_on_one_thread():
     assert steps(2, 1, 16, 64, 8, 1, 4) == 1  # projected: 80 x 256 x 4 + 64 x 8 x 4 bytes
     assert steps(2, 1, 300, 64, 8, 1, 4) == 2  # 308 x 256 x 4 + 2 KiB
     assert steps(1, 64, 512, 512, 512, 2, 8) == 1  # one asked for: one
-    _lstm._set_serial_rule_for_tests(False)
+    kernels._set_serial_rule_for_tests(False)
     assert steps(2, 1, 64, 64, 64, 1, 4) == 2
 
 
@@ -118,7 +118,7 @@ def test_one_step_by_the_size_rule_matches_oracle(hidden):
     """The oracle's answer from one-step LSTM calls, LSTMCell steps and Stream
     steps on 2 threads with the default rule, on both sides of its size."""
     rng = np.random.default_rng(hidden)
-    _lstm._set_serial_rule_for_tests(None)
+    kernels._set_serial_rule_for_tests(None)
     fastlstm.set_num_threads(2)
     try:
         for kwargs in (dict(), dict(num_layers=2), dict(bidirectional=True), dict(proj_size=5)):
@@ -145,4 +145,4 @@ def test_one_step_by_the_size_rule_matches_oracle(hidden):
         assert np.max(np.abs(h - h_n[0])) < 2e-6 and np.max(np.abs(c - c_n[0])) < 2e-6
     finally:
         fastlstm.set_num_threads(None)
-        _lstm._set_serial_rule_for_tests(False)
+        kernels._set_serial_rule_for_tests(False)

@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-from conftest import torch_single_thread
+from _helpers import TOL, torch_single_thread
 
 import fastlstm
 
@@ -18,7 +18,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 # Tolerances of the parity checks (max abs error), as in conftest.py.
-TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
 # torch's tiny-LSTM calls are ~100x slower with OpenMP threads on a busy machine.
@@ -969,15 +968,20 @@ def test_from_state_dict_huge_projection_is_refused(no_huge_modules):
 
 @pytest.mark.parametrize("cfg", CONFIGS + [dict(input_size=2, hidden_size=3, bias=False)],
                          ids=CONFIG_IDS + ["cell-nobias"])
-def test_expected_shapes_are_the_module_shapes(cfg):
-    # build_module checks keys against these before it builds anything.
-    from fastlstm._state_dict import expected_shapes
+def test_expected_shapes_are_torchs_shapes(cfg, torch):
+    # build_module checks keys against these before it builds anything; the modules take
+    # their own shapes from the same functions.  The oracle is torch's state dict.
+    from fastlstm.io.state_dict import expected_shapes
 
     cfg = {k: v for k, v in cfg.items() if k != "batch_first"}
-    assert expected_shapes(fastlstm.LSTM, cfg) == dict(fastlstm.LSTM(**cfg)._shapes)
+    want = {k: tuple(v.shape) for k, v in torch.nn.LSTM(**cfg).state_dict().items()}
+    assert list(expected_shapes("LSTM", cfg).items()) == list(want.items())
+    assert list(fastlstm.LSTM(**cfg)._shapes.items()) == list(want.items())
     cell_cfg = {k: cfg[k] for k in ("input_size", "hidden_size", "bias") if k in cfg}
-    assert expected_shapes(fastlstm.LSTMCell, cell_cfg) == dict(
-        fastlstm.LSTMCell(**cell_cfg)._shapes)
+    want = {k: tuple(v.shape) for k, v in torch.nn.LSTMCell(**cell_cfg).state_dict().items()}
+    assert list(expected_shapes("LSTMCell", cell_cfg).items()) == list(want.items())
+    assert list(fastlstm.LSTMCell(**cell_cfg)._shapes.items()) == list(want.items())
+    assert expected_shapes("GRU", cfg) is None
 
 
 class _CountingKey(str):
@@ -992,13 +996,13 @@ class _CountingKey(str):
 
 def test_finding_modules_is_linear_in_the_number_of_keys(monkeypatch):
     # Scanning every key once per prefix took 5 s for 8000 keys ``p{i}.x``.
-    from fastlstm._state_dict import find_modules
+    from fastlstm.io.state_dict import find_modules
 
     n = 2000
     monkeypatch.setattr(_CountingKey, "calls", 0)
     arrays = {_CountingKey(f"p{i}.x"): np.zeros(0, np.uint8) for i in range(n)}
     arrays.update({_CountingKey(f"m{i}.weight_ih"): np.zeros((4, 1)) for i in range(n)})
-    modules, notes = find_modules(arrays)
+    modules, notes = find_modules(arrays, {"LSTM": fastlstm.LSTM, "LSTMCell": fastlstm.LSTMCell})
     assert not modules and len(notes) == n
     found = fastlstm.inspect(arrays)
     assert len(found.tensors) == 2 * n

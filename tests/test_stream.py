@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from _reference import reference_forward
-from conftest import torch_single_thread
+from _helpers import torch_single_thread
+from _helpers.reference import reference_forward
 
 import fastlstm
-from fastlstm import _lstm
+from fastlstm._ext import kernels
 
 _torch_single_thread = pytest.fixture(autouse=True, scope="module")(torch_single_thread)
 
@@ -187,15 +187,15 @@ def test_new_weights_take_effect_at_the_next_step():
     assert np.max(np.abs(got - expected)) < 1e-5
 
 
-@pytest.mark.parametrize("level", _lstm.simd_available())
+@pytest.mark.parametrize("level", kernels.simd_available())
 def test_stream_every_simd_level(level):
     m = fastlstm.LSTM(7, 40, num_layers=2, rng=0)
     frames = np.random.default_rng(1).standard_normal((5, 3, 7)).astype(np.float32)
     expected, _ = m(frames)
-    _lstm.set_simd_level(level)
+    kernels.set_simd_level(level)
     try:
         stream = fastlstm.Stream(m, 3)
         got = np.stack([stream.step(frame).copy() for frame in frames])
     finally:
-        _lstm.set_simd_level(None)
+        kernels.set_simd_level(None)
     assert np.max(np.abs(got - expected)) < 1e-5

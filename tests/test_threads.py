@@ -12,14 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import TOL
+from _helpers import TOL
 
 import fastlstm
-from fastlstm import _openmp, rnn
+from fastlstm import rnn
+from fastlstm._ext import openmp
 from fastlstm._threads import single_threaded_blas
 
 DTYPES = [np.float32, np.float64]
-OPENMP = _openmp.openmp_enabled()
+OPENMP = openmp.openmp_enabled()
 
 
 def _ids(dtype):
@@ -51,7 +52,7 @@ def _copy(result):
 
 # ----------------------------------------------------------- the setting
 def test_default_num_threads():
-    expected = _openmp.omp_max_threads() if OPENMP else 1
+    expected = openmp.omp_max_threads() if OPENMP else 1
     assert fastlstm.get_num_threads() == max(1, expected)
     assert fastlstm.get_num_threads() >= 1
 
@@ -120,10 +121,10 @@ def test_results_do_not_depend_on_thread_count(dtype, batch_first):
 
 
 def _switch(name):
-    """Yields the test switch ``fastlstm._lstm.<name>``; puts its default (None) back after."""
-    from fastlstm import _lstm
+    """Yields the test switch ``kernels.<name>``; puts its default (None) back after."""
+    from fastlstm._ext import kernels
 
-    setter = getattr(_lstm, name)
+    setter = getattr(kernels, name)
     try:
         yield setter
     finally:
@@ -144,7 +145,7 @@ def test_split_mode_step_counters_match_barriers(dtype, bidirectional, step_coun
     that replace the per-step barriers (used when every thread has a CPU of its
     own, so forced on here as well) give the same bits as the barriers, and the
     oracle's result; also across time chunks and with an initial state."""
-    from _reference import reference_forward
+    from _helpers.reference import reference_forward
 
     rng = np.random.default_rng(11)
     for hidden, seq_len in ((40, 9), (256, 700)):
@@ -178,7 +179,7 @@ def test_directions_in_turn_match_oracle(dtype, proj_size, batch_first, step_cou
     here for small sizes): the oracle's result for 1 to 4 threads, with step
     counters and with barriers, across time chunks, stacked, with and without
     an initial state, batch 1 and 3."""
-    from _reference import reference_forward
+    from _helpers.reference import reference_forward
 
     import fastlstm.lstm as lstm_module
 
@@ -220,7 +221,7 @@ def test_split_by_size_matches_oracle(dtype, split_rule, step_counters, monkeypa
     with step counters and barriers, for sequences across time chunks (with
     an initial state, with a projection, bidirectional), packed input,
     one-step calls, LSTMCell steps and a Stream with a projection."""
-    from _reference import lstm_reference, reference_forward
+    from _helpers.reference import lstm_reference, reference_forward
 
     import fastlstm.lstm as lstm_module
 
@@ -288,10 +289,10 @@ def test_split_by_size_rule(split_rule):
     """Split mode from half an L2 of W_hh per direction on, for directions of 2
     threads that get 4 panels each; batch chunks otherwise; the test switch
     works both ways."""
-    from fastlstm import _lstm
+    from fastlstm._ext import kernels
 
-    rule = _lstm.batch_chunks
-    half = _lstm.L2_BYTES // 2
+    rule = kernels.batch_chunks
+    half = kernels.L2_BYTES // 2
     assert rule(64, 1, 2, 16, half) == 0 and rule(16, 2, 4, 64, 4 * half) == 0
     assert rule(64, 1, 2, 16, half - 1) == 2  # fits: a chunk per thread
     assert rule(64, 1, 2, 7, 4 * half) == 2  # fewer than 4 panels per thread

@@ -37,7 +37,7 @@ if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
         done
 else
     (cd "$root" && tar cf - --exclude=.git --exclude=build --exclude='*.so' \
-        --exclude='fastlstm/*.c' --exclude=__pycache__ --exclude='.venv*' .) |
+        --exclude='fastlstm/_ext/*.c' --exclude=__pycache__ --exclude='.venv*' .) |
         (cd "$work" && tar xf -)
 fi
 

@@ -11,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _reference import lstm_reference, reference_forward  # noqa: E402
 
 import fastlstm  # noqa: E402
-from fastlstm import _lstm, rnn  # noqa: E402
+from fastlstm import rnn
+from fastlstm._ext import kernels  # noqa: E402
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
@@ -78,11 +79,11 @@ def run_all(rng):
 def main():
     rng = np.random.default_rng(0)
     # Every SIMD level this CPU has (under valgrind: those it emulates, no AVX-512).
-    levels = _lstm.simd_available()
+    levels = kernels.simd_available()
     for level in levels:
-        _lstm.set_simd_level(level)
+        kernels.set_simd_level(level)
         run_all(rng)
-    _lstm.set_simd_level(None)
+    kernels.set_simd_level(None)
     print(f"valgrind workload: all results match the oracle (SIMD levels: {', '.join(levels)})")
 
 

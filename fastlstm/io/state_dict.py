@@ -19,6 +19,7 @@ import contextvars
 import math
 import operator
 import re
+from collections import OrderedDict
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -212,18 +213,15 @@ def infer_cell(params: Mapping[str, np.ndarray], prefix: str = "") -> Inferred:
     return Inferred(config, keys)
 
 
-def infer_config(cls: "Type[_Module]", params: Mapping[str, np.ndarray],
+def infer_config(kind: Optional[str], params: Mapping[str, np.ndarray],
                  prefix: str = "") -> Inferred:
-    """Dispatch on the module class (the default of ``_config_from_state_dict``)."""
-    from fastlstm.cell import LSTMCell
-    from fastlstm.lstm import LSTM
-
-    if issubclass(cls, LSTMCell):
+    """Dispatch on the module kind (``cls._kind``; the default of ``_config_from_state_dict``)."""
+    if kind == "LSTMCell":
         return infer_cell(params, prefix)
-    if issubclass(cls, LSTM):
+    if kind == "LSTM":
         return infer_lstm(params, prefix)
-    raise NotImplementedError(f"{cls.__name__} does not infer its configuration from a "
-                              "state dict (override _config_from_state_dict)")
+    raise NotImplementedError(f"a module of kind {kind!r} does not infer its configuration "
+                              "from a state dict (override _config_from_state_dict)")
 
 
 def _default_dtype(arrays: List[np.ndarray]) -> type:
@@ -231,38 +229,14 @@ def _default_dtype(arrays: List[np.ndarray]) -> type:
     return np.float64 if {a.dtype for a in arrays} == {np.dtype(np.float64)} else np.float32
 
 
-def expected_shapes(cls: "Type[_Module]",
-                    config: Mapping[str, Any]) -> Optional[Dict[str, Tuple[int, ...]]]:
-    """The parameter names and shapes of ``cls(**config)``, without building it.
-
-    The same as the module's ``_shapes`` for ``LSTM`` and ``LSTMCell`` and
-    their subclasses; None for other classes, and for a configuration whose
-    types the constructor refuses anyway.
-    """
-    from fastlstm.cell import LSTMCell
-    from fastlstm.lstm import LSTM
-
-    try:
-        input_size = operator.index(config["input_size"])
-        h4 = 4 * operator.index(config["hidden_size"])
-        num_layers = operator.index(config.get("num_layers", 1))
-        proj_size = operator.index(config.get("proj_size", 0))
-    except (KeyError, TypeError):
-        return None
-    bias = config.get("bias", True)
-    if not isinstance(bias, bool) or min(input_size, h4, num_layers, proj_size) < 0:
-        return None
-    shapes: Dict[str, Tuple[int, ...]] = {}
-    if issubclass(cls, LSTMCell):
-        shapes["weight_ih"] = (h4, input_size)
-        shapes["weight_hh"] = (h4, h4 // 4)
-        if bias:
-            shapes["bias_ih"] = shapes["bias_hh"] = (h4,)
-        return shapes
-    if not issubclass(cls, LSTM):
-        return None
-    out_size = proj_size if proj_size > 0 else h4 // 4
-    directions = ("", "_reverse") if config.get("bidirectional", False) else ("",)
+def lstm_shapes(input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                bidirectional: bool = False, proj_size: int = 0
+                ) -> "OrderedDict[str, Tuple[int, ...]]":
+    """torch's parameter names and shapes of an ``LSTM``, in torch's order."""
+    shapes: "OrderedDict[str, Tuple[int, ...]]" = OrderedDict()
+    h4 = 4 * hidden_size
+    out_size = proj_size if proj_size > 0 else hidden_size
+    directions = ("", "_reverse") if bidirectional else ("",)
     for layer in range(num_layers):
         layer_in = input_size if layer == 0 else out_size * len(directions)
         for suffix in directions:
@@ -272,8 +246,43 @@ def expected_shapes(cls: "Type[_Module]",
             if bias:
                 shapes["bias_ih" + sfx] = shapes["bias_hh" + sfx] = (h4,)
             if proj_size > 0:
-                shapes["weight_hr" + sfx] = (proj_size, h4 // 4)
+                shapes["weight_hr" + sfx] = (proj_size, hidden_size)
     return shapes
+
+
+def cell_shapes(input_size: int, hidden_size: int, bias: bool = True
+                ) -> "OrderedDict[str, Tuple[int, ...]]":
+    """torch's parameter names and shapes of an ``LSTMCell``, in torch's order."""
+    h4 = 4 * hidden_size
+    shapes: "OrderedDict[str, Tuple[int, ...]]" = OrderedDict()
+    shapes["weight_ih"] = (h4, input_size)
+    shapes["weight_hh"] = (h4, hidden_size)
+    if bias:
+        shapes["bias_ih"] = shapes["bias_hh"] = (h4,)
+    return shapes
+
+
+def expected_shapes(kind: Optional[str],
+                    config: Mapping[str, Any]) -> Optional[Dict[str, Tuple[int, ...]]]:
+    """The parameter names and shapes of a module of ``kind`` built with ``config``,
+    without building it: None for another kind, and for a configuration whose types the
+    constructor refuses anyway."""
+    try:
+        input_size = operator.index(config["input_size"])
+        hidden_size = operator.index(config["hidden_size"])
+        num_layers = operator.index(config.get("num_layers", 1))
+        proj_size = operator.index(config.get("proj_size", 0))
+    except (KeyError, TypeError):
+        return None
+    bias = config.get("bias", True)
+    if not isinstance(bias, bool) or min(input_size, hidden_size, num_layers, proj_size) < 0:
+        return None
+    if kind == "LSTMCell":
+        return cell_shapes(input_size, hidden_size, bias)
+    if kind == "LSTM":
+        return lstm_shapes(input_size, hidden_size, num_layers, bias,
+                           bool(config.get("bidirectional", False)), proj_size)
+    return None
 
 
 def _problems(expected: Mapping[str, Tuple[int, ...]], params: Mapping[str, np.ndarray],
@@ -326,7 +335,7 @@ def build_module(cls: "Type[_Module]", params: Mapping[str, np.ndarray], prefix:
             raise StateDictError(f"{name}={value!r} was given, but the weights under "
                                  f"{prefix!r} have {name}={config[name]!r}")
         config[name] = value
-    shapes = expected_shapes(cls, config)
+    shapes = expected_shapes(cls._kind, config)
     if shapes is not None:
         needed = sum(math.prod(shape) for shape in shapes.values())
         present = sum(int(np.size(params[k])) for k in inferred.keys)
@@ -391,20 +400,24 @@ class FoundModule(NamedTuple):
     num_parameters: int
 
 
-def find_modules(arrays: Mapping[str, np.ndarray]) -> Tuple[List[FoundModule], List[str]]:
-    """Every consistent LSTM and LSTMCell in ``arrays``, and notes on near misses.
+#: The key names of each kind of module.
+KEY_PATTERNS = {"LSTM": LSTM_KEY, "LSTMCell": CELL_KEY}
+
+
+def find_modules(arrays: Mapping[str, np.ndarray], classes: "Mapping[str, Type[_Module]]"
+                 ) -> Tuple[List[FoundModule], List[str]]:
+    """Every consistent module of ``classes`` (by kind: ``{"LSTM": LSTM, ...}``) in
+    ``arrays``, and notes on near misses.
 
     Returns ``(modules, notes)``: groups of keys named like an LSTM's that do
-    not make one (a GRU, a missing key, ...) are explained in ``notes``.
+    not make one (a GRU, a missing key, ...) are explained in ``notes``.  The
+    classes are passed in: the readers never import the modules.
     """
-    from fastlstm.cell import LSTMCell
-    from fastlstm.lstm import LSTM
-
     found: List[FoundModule] = []
     notes: List[str] = []
     for prefix, params in groups(arrays).items():
-        for cls, pattern in ((LSTM, LSTM_KEY), (LSTMCell, CELL_KEY)):
-            if not any(pattern.match(name) for name in params):
+        for kind, cls in classes.items():
+            if not any(KEY_PATTERNS[kind].match(name) for name in params):
                 continue
             try:
                 module, names = build_module(cls, params, prefix, None, {})
@@ -413,7 +426,7 @@ def find_modules(arrays: Mapping[str, np.ndarray]) -> Tuple[List[FoundModule], L
                 continue
             first = params[names[0]]
             found.append(FoundModule(
-                cls.__name__, prefix, _public_config(module, cls), str(np.asarray(first).dtype),
+                kind, prefix, _public_config(module, cls), str(np.asarray(first).dtype),
                 [prefix + n for n in names], sum(int(np.size(params[n])) for n in names)))
     return found, notes
 

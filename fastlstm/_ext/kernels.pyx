@@ -15,7 +15,7 @@ batch chunk) with no synchronisation between timesteps, or, for small
 batches, the hidden units split among threads that meet at a barrier after
 every step.
 
-Gate columns are interleaved by panels (see ``_kernels.h``): a direction has
+Gate columns are interleaved by panels (see ``src/kernels.h``): a direction has
 ``4 * Hp`` gate columns, Hp = hidden_size rounded up to the panel's unit
 count.  Rows of ``x`` and ``out`` are ordered as the caller's layout:
 time-major rows ``t*N + n`` or, with ``batch_first``, batch-major rows
@@ -40,10 +40,10 @@ from libc.string cimport memcpy, memmove, memset
 
 cimport numpy as cnp
 
-from fastlstm._blas cimport NoTrans, Trans, gemm
+from fastlstm._ext.blas cimport NoTrans, Trans, gemm
 
 
-cdef extern from "_kernels.h" nogil:
+cdef extern from "kernels.h" nogil:
     int FL_PORTABLE, FL_AVX2, FL_AVX512, FL_PANEL_BYTES
     int fl_cpu_level() noexcept
     unsigned int fl_ftz_begin() noexcept
@@ -65,7 +65,7 @@ cdef extern from "_kernels.h" nogil:
     void fl_act_d(int level, Py_ssize_t n, const double *x, double *y, int sigmoid) noexcept
 
 
-cdef extern from "_omp_compat.h" nogil:
+cdef extern from "omp_compat.h" nogil:
     int omp_get_thread_num() noexcept
     int omp_get_num_threads() noexcept
     int omp_get_num_procs() noexcept
@@ -1080,8 +1080,10 @@ cdef class CellStack:
     """A unidirectional stack's packed layers (no projection) bound once, for
     one-timestep calls: ``LSTMCell`` steps and one-step ``LSTM`` calls.
 
-    ``CellStack(layers, hidden, call_layout=-1, call_needs_eval=False)`` with
-    ``layers`` the module's packed layers (``_module._PackedLayer``).  ``step``
+    ``CellStack(layers, hidden, call_layout=-1, call_needs_eval=False,
+    zero_state_skips=False)`` with ``layers`` the module's packed layers
+    (``_module._PackedLayer``) and ``zero_state_skips`` the module's rule for
+    them (a call without a state may skip the first recurrent product).  ``step``
     is the whole one-step call for plain arrays (checks, outputs, kernels, in
     C); ``cell_step`` runs one layer on arrays the caller made, for everything
     else.  ``call_layout`` is the ``step`` layout of the module's calls
@@ -1099,7 +1101,8 @@ cdef class CellStack:
         self.layers = NULL
         self.n_layers = 0
 
-    def __init__(self, list layers, int hidden, int call_layout=-1, bint call_needs_eval=False):
+    def __init__(self, list layers, int hidden, int call_layout=-1, bint call_needs_eval=False,
+                 bint zero_state_skips=False):
         cdef int k
         self.call_layout = call_layout
         self.call_needs_eval = call_needs_eval
@@ -1112,8 +1115,7 @@ cdef class CellStack:
         self.n_in = layers[0].w_ih.shape[1]
         # A call without a state skips the recurrent product only where the
         # rule allows (finite W_hh); other calls take the general path.
-        from fastlstm._module import zero_state_skips
-        self.zero_state_skips = zero_state_skips(layers)
+        self.zero_state_skips = zero_state_skips
         self.layers = <_CellLayer *>PyMem_Malloc(len(layers) * sizeof(_CellLayer))
         if self.layers == NULL:
             raise MemoryError()
@@ -1313,7 +1315,14 @@ def cell_step(CellStack w, int k, const floating[:, ::1] x, const floating[:, ::
         PyMem_Free(gates)
 
 
-cdef object _threads_module = None  # fastlstm._threads, imported on the first call
+cdef int _call_threads = 0  # set_num_threads's count, 0 for the default
+
+
+def set_call_threads(int n):
+    """The thread count of ``module_call`` (0: the default), set by
+    ``fastlstm.set_num_threads`` so that a call reads it without Python."""
+    global _call_threads
+    _call_threads = max(0, n)
 
 
 def module_call(self, input, hx=None):
@@ -1322,23 +1331,15 @@ def module_call(self, input, hx=None):
     they are bound to its current weights and its mode allows), any other
     call through ``self.forward``.  The same calls as ``forward``'s own
     check of its one-step path, about 0.5 us of Python fewer per frame."""
-    global _threads_module
     cdef CellStack stack
     cdef dict d
-    cdef int num_threads = 0
     if cnp.PyArray_CheckExact(input):
         d = self.__dict__
         bound = d.get("_bound")
         if type(bound) is tuple and (<tuple>bound)[0] is d.get("_packed"):
             stack = <CellStack?>(<tuple>bound)[1]
             if stack.call_layout >= 0 and not (stack.call_needs_eval and d.get("training")):
-                if _threads_module is None:
-                    from fastlstm import _threads
-                    _threads_module = _threads
-                n = _threads_module._num_threads
-                if n is not None:
-                    num_threads = n
-                result = stack._step(input, hx, num_threads, stack.call_layout)
+                result = stack._step(input, hx, _call_threads, stack.call_layout)
                 if result is not None:
                     return result
     return self.forward(input, hx)

@@ -4,7 +4,7 @@ An ``.npz`` is a zip archive of ``<name>.npy`` members (``numpy.savez``).
 Reading never unpickles: only the dtypes of weights are read (bool, integers,
 float16/32/64, complex64/128); object, string, datetime, structured and
 extended-precision arrays are refused.  Members are read through the torch
-reader's zip records (:class:`fastlstm._torch_format._ZipRecords`), which bound
+reader's zip records (:class:`fastlstm.io.torch_format.ZipRecords`), which bound
 decompression; each member's declared shape is checked against its size
 before an array is made.
 """
@@ -23,7 +23,7 @@ import numpy as np
 from fastlstm._errors import WeightsFormatError
 
 if TYPE_CHECKING:
-    from fastlstm._torch_format import _ZipRecords
+    from fastlstm.io.torch_format import ZipRecords
 
 __all__ = ["is_npz", "read_npz", "write_npz"]
 
@@ -36,7 +36,7 @@ def is_npz(names: "list[str]") -> bool:
     return all(name.endswith(".npy") for name in names)
 
 
-def read_npz(records: "_ZipRecords") -> Dict[str, np.ndarray]:
+def read_npz(records: "ZipRecords") -> Dict[str, np.ndarray]:
     """Every array of an ``.npz``, keyed by member name without ``.npy``.
 
     Each array is a new, writable, C-ordered, native-byte-order copy.

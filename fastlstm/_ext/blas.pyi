@@ -1,4 +1,4 @@
-# Type stub of the compiled module fastlstm/_blas.pyx (its C-level gemm is for
+# Type stub of the compiled module fastlstm/_ext/blas.pyx (its C-level gemm is for
 # Cython callers only; Python sees the enum and the test helper).
 import enum
 

@@ -14,8 +14,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple
 import numpy as np
 
 import fastlstm
-from fastlstm._bench_streams import scaling_line
-from fastlstm._bench_timing import SETTLE_LIMIT_S
+from fastlstm._bench.streams import scaling_line
+from fastlstm._bench.timing import SETTLE_LIMIT_S
 
 __all__ = [
     "LIBS",

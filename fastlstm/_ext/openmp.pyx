@@ -1,6 +1,6 @@
 """What the build knows about OpenMP."""
 
-cdef extern from "_omp_compat.h":
+cdef extern from "omp_compat.h":
     int FASTLSTM_OPENMP
     int omp_get_max_threads() noexcept nogil
 

@@ -252,8 +252,8 @@ def measure_peak(threads: int, size: int = 2048, reps: int = PEAK_REPS,
     from scipy.linalg import blas
     from threadpoolctl import threadpool_limits
 
-    from fastlstm import _lstm
-    from fastlstm.lstm import _pack_panels
+    from fastlstm._ext import kernels
+    from fastlstm._module import _pack_panels
 
     torch = sys.modules.get("torch")
     flops = 2.0 * size ** 3
@@ -281,7 +281,7 @@ def measure_peak(threads: int, size: int = 2048, reps: int = PEAK_REPS,
                     "scipy.dgemm", blas.dgemm)
                 gemms[name] = partial(gemm, 1.0, a, b)
                 if onnxruntime:
-                    from fastlstm._onnx import make_session, matmul_to_onnx
+                    from fastlstm._bench.onnx_graph import make_session, matmul_to_onnx
 
                     try:
                         session = make_session(matmul_to_onnx(dtype), threads)
@@ -293,7 +293,7 @@ def measure_peak(threads: int, size: int = 2048, reps: int = PEAK_REPS,
                 # fastlstm's own product (the weight packed once, as in a layer); with
                 # AVX-512 it is often the fastest GEMM in the process.
                 out = np.empty((size, size), dtype=dtype)
-                gemms["fastlstm.matmul"] = partial(_lstm.input_projection, ca, cb,
+                gemms["fastlstm.matmul"] = partial(kernels.input_projection, ca, cb,
                                                    _pack_panels(cb), out, threads, 1 << 30)
                 settle(0.05)
                 found = {name: flops / seconds / 1e9 for name, seconds in

@@ -1,8 +1,8 @@
-# Type stub of the compiled kernel module (fastlstm/_lstm.pyx).
+# Type stub of the compiled kernel module (fastlstm/_ext/kernels.pyx).
 #
 # The kernel entry points take NumPy arrays of one floating dtype (float32 or
 # float64 throughout a call) and many positional sizes; their exact argument
-# lists are documented in _lstm.pyx and change with the kernels, so they are
+# lists are documented in kernels.pyx and change with the kernels, so they are
 # typed loosely here.
 from typing import Any, List, Optional
 
@@ -32,10 +32,11 @@ class CellStack:
     call_layout: int
     call_needs_eval: bool
     def __init__(self, layers: List[Any], hidden: int, call_layout: int = ...,
-                 call_needs_eval: bool = ...) -> None: ...
+                 call_needs_eval: bool = ..., zero_state_skips: bool = ...) -> None: ...
     def next_order(self) -> bool: ...
     def step(self, x: Any, hx: Any, num_threads: int, layout: int) -> Any: ...
 
+def set_call_threads(n: int) -> None: ...
 def module_call(self: Any, input: Any, hx: Any = None) -> Any: ...
 
 def cell_step(w: CellStack, k: int, x: np.ndarray, h0: np.ndarray, c: np.ndarray, h: np.ndarray,

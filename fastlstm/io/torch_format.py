@@ -29,7 +29,7 @@ bytes produced (views may repeat a storage, but not without bound).
 Sizes are bounded before anything is read or decompressed: a pickle may hold
 at most :data:`_MAX_PICKLE_BYTES` bytes and :data:`_MAX_OPCODES` opcodes, and a
 compressed zip member may expand at most :data:`_MAX_RATIO` times, and never
-past the size it declares (:class:`_ZipRecords`).
+past the size it declares (:class:`ZipRecords`).
 """
 
 from __future__ import annotations
@@ -640,7 +640,7 @@ def torch_zip_prefix(names: List[str]) -> Optional[str]:
     return None
 
 
-class _ZipRecords:
+class ZipRecords:
     """Members of a zip archive, every size checked before anything is read or decompressed.
 
     Python's ``zipfile`` reads the central directory; members are read here
@@ -738,7 +738,7 @@ def _lzma_decompressor(raw: bytes, size: int, name: str) -> "lzma.LZMADecompress
     return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[lzma_filter])
 
 
-def read_zip(records: _ZipRecords, prefix: str) -> Dict[str, np.ndarray]:
+def read_zip(records: ZipRecords, prefix: str) -> Dict[str, np.ndarray]:
     """Tensors of torch's zip format (``torch.save`` since torch 1.6)."""
     if prefix + "constants.pkl" in records.infos:
         raise WeightsFormatError("a TorchScript archive (torch.jit.save) is not a state dict: "
@@ -847,10 +847,10 @@ def read_legacy(source: IO[bytes]) -> Dict[str, np.ndarray]:
     return tensors_of(result, loader)
 
 
-def open_zip(file: IO[bytes], size: int) -> _ZipRecords:
+def open_zip(file: IO[bytes], size: int) -> ZipRecords:
     """The records of a zip archive; a corrupt directory raises WeightsFormatError."""
     try:
-        return _ZipRecords(file, size)
+        return ZipRecords(file, size)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
             struct.error, UnicodeDecodeError, NotImplementedError) as exc:
         raise WeightsFormatError(f"corrupt or truncated zip archive: {exc}") from None

@@ -62,13 +62,13 @@ class Command(NamedTuple):
 #: The subcommands, in the order ``fastlstm --help`` lists them.  To add one,
 #: write its module and add a line.
 COMMANDS: List[Command] = [
-    Command("bench", "fastlstm._bench",
+    Command("bench", "fastlstm._bench.command",
             "time fastlstm against torch.nn.LSTM and ONNX Runtime"),
-    Command("info", "fastlstm._cli_info",
+    Command("info", "fastlstm.cli.info",
             "print the build's configuration (version, SIMD, OpenMP, threads, BLAS)"),
-    Command("inspect", "fastlstm._cli_inspect",
+    Command("inspect", "fastlstm.cli.inspect",
             "list the LSTMs and LSTMCells in a weights file (no PyTorch needed)"),
-    Command("convert", "fastlstm._cli_convert",
+    Command("convert", "fastlstm.cli.convert",
             "rewrite a weights file as safetensors or .npz (no PyTorch needed)"),
 ]
 
@@ -89,7 +89,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
         Import and configure only this command's module (the others get a
         bare subparser, enough for ``fastlstm --help``).
     """
-    from fastlstm import __version__
+    from fastlstm._version import __version__
 
     parser = _Parser(
         prog="fastlstm",

@@ -26,8 +26,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 import fastlstm
-from fastlstm import _bench_memory, _threads
-from fastlstm._bench_cases import (
+from fastlstm import _threads
+from fastlstm._bench import memory as _bench_memory
+from fastlstm._bench.cases import (
     DEFAULT_GRID,
     FLOPS_FORMULA,
     FULL_GRID,
@@ -37,7 +38,7 @@ from fastlstm._bench_cases import (
     select_cases,
     slug,
 )
-from fastlstm._bench_report import (
+from fastlstm._bench.report import (
     LIBS,
     Progress,
     Table,
@@ -52,8 +53,8 @@ from fastlstm._bench_report import (
     write_markdown,
     write_plot,
 )
-from fastlstm._bench_streams import measure_stream_scaling, scaling_line
-from fastlstm._bench_timing import PEAK_REPS, PEAK_WARMUP, measure_peak, time_interleaved
+from fastlstm._bench.streams import measure_stream_scaling, scaling_line
+from fastlstm._bench.timing import PEAK_REPS, PEAK_WARMUP, measure_peak, time_interleaved
 from fastlstm.cli import CLIError
 
 __all__ = ["DESCRIPTION", "EPILOG", "TOLERANCE", "add_arguments", "measure_memory", "run",
@@ -194,7 +195,7 @@ def _ort_runner(module: Any, x: np.ndarray, case: Case, threads: int,
                 ref: Tuple[np.ndarray, ...],
                 hx: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> _OrtResult:
     """ONNX Runtime's runner for ``case``, its max abs diff, first-call time, or why not."""
-    from fastlstm._onnx import OrtLSTM
+    from fastlstm._bench.onnx_graph import OrtLSTM
 
     if case.proj_size:
         return None, None, None, "no projection in ONNX's LSTM"
@@ -324,7 +325,7 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
     use_ort : bool
         Time ONNX Runtime too.
     peak : dict, optional
-        From :func:`~fastlstm._bench_timing.measure_peak`.
+        From :func:`~fastlstm._bench.timing.measure_peak`.
     on_progress : callable, optional
         Called as ``on_progress(fraction_done, stage)``.
 
@@ -457,7 +458,7 @@ def measure_memory(record: Dict[str, Any], case: Case, libs: List[str], threads:
                    on_lib: Optional[Callable[[int, str], None]] = None) -> None:
     """Fill ``record``'s ``peak_memory_*`` fields for ``libs``, one fresh process each.
 
-    See :mod:`fastlstm._bench_memory`.  A library whose measurement fails
+    See :mod:`fastlstm._bench.memory`.  A library whose measurement fails
     keeps null, and the reason goes to ``peak_memory_note``.
     """
     notes = []

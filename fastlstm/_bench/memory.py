@@ -2,7 +2,7 @@
 
 For each case and library, ``fastlstm bench`` runs
 
-    python -m fastlstm._bench_memory '{"lib": "torch", "case": {...}, "threads": 2, "seed": 0}'
+    python -m fastlstm._bench.memory '{"lib": "torch", "case": {...}, "threads": 2, "seed": 0}'
 
 which builds everything a forward needs (the module and its weights, for
 fastlstm also its packed weights, for ONNX Runtime the session; the input, and
@@ -130,7 +130,7 @@ def _build(lib: str, case: Dict[str, Any], threads: int, seed: int) -> Any:
         module._packed_layers()  # packed once, as after the first call
         return lambda: module(x)
     if lib == "onnxruntime":
-        from fastlstm._onnx import OrtLSTM
+        from fastlstm._bench.onnx_graph import OrtLSTM
 
         ort_lstm = OrtLSTM(module, threads)
         feed = ort_lstm.feed(x)
@@ -210,7 +210,7 @@ def measure_in_subprocess(lib: str, case: Dict[str, Any], threads: int = 1, seed
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (_package_root(), env.get("PYTHONPATH")) if p)
     try:
-        proc = subprocess.run([sys.executable, "-m", "fastlstm._bench_memory", request],
+        proc = subprocess.run([sys.executable, "-m", "fastlstm._bench.memory", request],
                               capture_output=True, text=True, env=env, timeout=timeout,
                               check=False)
     except subprocess.TimeoutExpired:
@@ -230,10 +230,10 @@ def measure_in_subprocess(lib: str, case: Dict[str, Any], threads: int = 1, seed
 
 
 def main(argv: Optional[list] = None) -> int:
-    """``python -m fastlstm._bench_memory REQUEST_JSON``: print :func:`measure`'s JSON."""
+    """``python -m fastlstm._bench.memory REQUEST_JSON``: print :func:`measure`'s JSON."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m fastlstm._bench_memory "
+        print("usage: python -m fastlstm._bench.memory "
               "'{\"lib\": ..., \"case\": {...}, \"threads\": N, \"seed\": S}'", file=sys.stderr)
         return 2
     request = json.loads(argv[0])

@@ -140,3 +140,16 @@ def reference_forward(module, input, hx=None):
         batch_first=bool(module.batch_first),
         hidden_size=module.hidden_size,
     )
+
+
+def cell_reference(cell, x, hx=None):
+    """One ``LSTMCell`` step of the oracle, with the cell's parameters: ``(h, c)``."""
+    params = {k + "_l0": v for k, v in cell.state_dict().items()}
+    batched = x.ndim == 2
+    xs = x[None] if batched else x[None, :]
+    state = None
+    if hx is not None:
+        state = tuple(np.asarray(v)[None] for v in hx)
+    _, (h, c) = lstm_reference(params, xs, state, num_layers=1, bidirectional=False,
+                               proj_size=0, batch_first=False, hidden_size=cell.hidden_size)
+    return h[0], c[0]

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert; exit status 0, or :class:`CLIError`."""
-    from fastlstm._state_dict import normalize_prefix
+    from fastlstm.io.state_dict import normalize_prefix
     from fastlstm.serialization import detect_format, load, save
 
     fmt = args.format
