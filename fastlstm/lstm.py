@@ -667,19 +667,24 @@ class LSTM(_Module):
         dropout = self._dropout if self.training else 0.0
         flip = self._next_order() if seq_len == 1 else False
 
+        schedule = (threads, n_chunks, t_chunk, blas_min_rows, in_turn, flip)
+        packed = None
+        if batch_sizes is not None:
+            assert offsets is not None and lengths is not None
+            packed = (batch_sizes, offsets, lengths)
         for layer, w in enumerate(layers):
             s = slice(layer * n_dirs, (layer + 1) * n_dirs)
             out = np.empty((rows, n_dirs * out_size), dt)
-            args = (layer_in, w.w_ih, w.w_ih_p, gates, w.w_hh_p, w.bias, w.w_hr_p, h0[s], c_n[s],
-                    hcell, out, h_n[s], seq_len, batch_first, n_chunks, threads, blas_min_rows,
-                    h0_zero, t_chunk, batch_sizes, offsets, lengths, flip, in_turn)
+            state = (h0[s], c_n[s], hcell, h_n[s], h0_zero)
             # Only the input projection may call BLAS, on blocks of at least
             # blas_min_rows rows; pin BLAS to one thread whenever that can happen.
             if rows >= blas_min_rows:
                 with single_threaded_blas():
-                    kernels.layer(*args)
+                    kernels.layer(w, layer_in, out, state, gates, seq_len, batch_first, schedule,
+                                  packed)
             else:
-                kernels.layer(*args)
+                kernels.layer(w, layer_in, out, state, gates, seq_len, batch_first, schedule,
+                              packed)
             if offsets is not None:
                 assert lengths is not None
                 # Each sequence's last step forward; backward, its first step.

@@ -6,7 +6,7 @@
   ``lstm._pack_panels``) and the BLAS path, at sizes that leave partial panels
   and partial blocks of 4 rows.
 * ``kernels.recurrence`` through whole LSTMs whose sizes exercise partial panels,
-  against the NumPy oracle of ``tests/_reference.py``.
+  against the NumPy oracle of ``tests/_helpers/reference.py``.
 """
 
 import itertools

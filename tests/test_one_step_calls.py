@@ -9,26 +9,11 @@ errors), and give the NumPy oracle's answer either way.
 
 import numpy as np
 import pytest
-from _helpers.reference import reference_forward
+from _helpers.reference import cell_reference, reference_forward
 
 import fastlstm
 
 TOL = {np.float32: 2e-6, np.float64: 1e-12}
-
-
-def _cell_reference(cell, x, hx):
-    """The cell's step through the LSTM oracle: one layer, one timestep."""
-    params = {k + "_l0": v for k, v in cell.state_dict().items()}
-    rnn = fastlstm.LSTM(cell.input_size, cell.hidden_size, bias=cell.bias, dtype=cell.dtype)
-    rnn.load_state_dict(params)
-    batched = x.ndim == 2
-    xs = x[None] if batched else x[None, None]
-    states = None
-    if hx is not None:
-        states = tuple(np.asarray(s)[None] if batched else np.asarray(s)[None, None]
-                       for s in hx)
-    _, (h_n, c_n) = reference_forward(rnn, xs, states)
-    return (h_n[0], c_n[0]) if batched else (h_n[0, 0], c_n[0, 0])
 
 
 def _close(got, want, dtype):
@@ -50,7 +35,7 @@ def test_cell_compiled_path(dtype, batch, with_hx, n_threads):
     hx = hx if with_hx else None
     kept = None if hx is None else (hx[0].copy(), hx[1].copy())
     assert cell._bound_layers().step(x, hx, n_threads, 0) is not None  # takes this call
-    want = _cell_reference(cell, x, hx)
+    want = cell_reference(cell, x, hx)
     fastlstm.set_num_threads(n_threads)
     try:
         for _ in range(3):  # the panel order alternates from call to call
@@ -145,7 +130,7 @@ def test_cell_other_calls_take_the_general_path(case):
     got = cell(x, hx)
     plain = (np.ascontiguousarray(x, np.float32),
              tuple(np.ascontiguousarray(s, np.float32) for s in hx))
-    want = _cell_reference(cell, *plain)
+    want = cell_reference(cell, *plain)
     for g, w in zip(got, want):
         _close(g, w, np.float32)
 
@@ -221,7 +206,7 @@ def test_compiled_path_follows_new_weights():
     cell.load_state_dict({k: v * 2 for k, v in cell.state_dict().items()})
     after = cell(x)[0]
     assert not np.allclose(before, after)
-    _close(after, _cell_reference(cell, x, None)[0], np.float32)
+    _close(after, cell_reference(cell, x, None)[0], np.float32)
 
 
 @pytest.mark.parametrize("base", [fastlstm.LSTM, fastlstm.LSTMCell])
@@ -243,7 +228,7 @@ def test_a_subclass_forward_runs_on_every_call(base):
         (1, 3, 6) if base is fastlstm.LSTM else (3, 6)).astype(np.float32)
     want = plain(x)[0]
     oracle = (reference_forward(plain, x)[0] if base is fastlstm.LSTM
-              else _cell_reference(plain, x, None)[0])
+              else cell_reference(plain, x, None)[0])
     _close(want, oracle, np.float32)
     for _ in range(2):  # the second call runs on the bound one-step path
         np.testing.assert_array_equal(scaled(x)[0], 2 * want)

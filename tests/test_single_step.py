@@ -56,9 +56,9 @@ def test_panel_order_gives_the_same_bits(backward_order, level):
             c = rng.standard_normal((1, 2, 70)).astype(np.float32) * 0 + 0.5
             h = np.empty((2, 70), np.float32)
             gates = np.empty((2, w.bias.shape[1]), np.float32)
-            kernels.layer(x, w.w_ih, w.w_ih_p, gates, w.w_hh_p, w.bias, w.w_hr_p, h0, c, c, h,
-                        np.empty((1, 2, 70), np.float32), 1, False, _batch_chunks(2, 1, 1), 1,
-                        _NO_BLAS, False, 1, None, None, None, order)
+            state = (h0, c, c, np.empty((1, 2, 70), np.float32), False)
+            kernels.layer(w, x, h, state, gates, 1, False,
+                          (1, _batch_chunks(2, 1, 1), 1, _NO_BLAS, False, order))
             results.append((h, c))
     finally:
         kernels.set_simd_level(None)

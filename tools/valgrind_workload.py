@@ -1,6 +1,6 @@
 """A short workload for tools/valgrind.sh: every public entry point on small
 inputs, in both dtypes, on 1 and 2 threads, at every SIMD level, checked against the NumPy oracle
-(tests/_reference.py) so that a memory error that changes a result fails too."""
+(tests/_helpers/reference.py) so that a memory error that changes a result fails too."""
 
 import sys
 from pathlib import Path
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _reference import lstm_reference, reference_forward  # noqa: E402
+from _helpers.reference import lstm_reference, reference_forward  # noqa: E402
 
 import fastlstm  # noqa: E402
 from fastlstm import rnn

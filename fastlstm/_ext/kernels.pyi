@@ -1,10 +1,9 @@
 # Type stub of the compiled kernel module (fastlstm/_ext/kernels.pyx).
 #
 # The kernel entry points take NumPy arrays of one floating dtype (float32 or
-# float64 throughout a call) and many positional sizes; their exact argument
-# lists are documented in kernels.pyx and change with the kernels, so they are
-# typed loosely here.
-from typing import Any, List, Optional
+# float64 throughout a call), checked in the kernels; a layer's weights come as
+# its packed layer (fastlstm._module._PackedLayer).
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -22,8 +21,16 @@ def one_step_threads(num_threads: int, batch: int, n_in: int, hidden: int, out_s
 def _mxcsr_for_tests() -> int: ...
 def _activation_for_tests(x: np.ndarray, y: np.ndarray, sigmoid: bool) -> None: ...
 def _matmul_for_tests(a: np.ndarray, bp: np.ndarray, g: np.ndarray, beta: bool) -> None: ...
-def input_projection(*args: Any, **kwargs: Any) -> None: ...
-def layer(*args: Any, **kwargs: Any) -> None: ...
+def input_projection(x: np.ndarray, w_ih: np.ndarray, w_ih_p: np.ndarray, gates: np.ndarray,
+                     num_threads: int, blas_min_rows: int) -> None: ...
+
+# (threads, n_chunks, t_chunk, blas_min_rows, dirs_in_turn, backward_order)
+Schedule = Tuple[int, int, int, int, bool, bool]
+
+def layer(w: Any, x: np.ndarray, out: np.ndarray,
+          state: Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool],
+          gates: np.ndarray, seq_len: int, batch_first: bool, schedule: Schedule,
+          packed: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None) -> None: ...
 
 def batch_chunks(batch: int, n_dirs: int, threads: int, n_panels: int = ...,
                  hh_bytes: int = ...) -> int: ...
@@ -46,5 +53,3 @@ class StepPlan:
     def __init__(self, layers: List[Any], x: np.ndarray, h: np.ndarray, c: np.ndarray,
                  hcell: np.ndarray, outs: List[np.ndarray], gates: np.ndarray) -> None: ...
     def step(self, frame: Optional[np.ndarray], num_threads: int) -> bool: ...
-
-def __getattr__(name: str) -> Any: ...

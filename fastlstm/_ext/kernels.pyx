@@ -236,69 +236,155 @@ def _matmul_for_tests(const floating[:, ::1] a, const floating[::1] bp, floating
             &g[0, 0], g.shape[1])
 
 
-cdef inline Py_ssize_t _row(bint batch_first, int seq_len, int batch, Py_ssize_t t,
-                            Py_ssize_t n) noexcept nogil:
+# ------------------------------------------------------------- layer structs
+cdef enum:
+    # The storage type of a layer's packed weights (``Geometry.weight_type``): the
+    # kernels read every weight pointer as this type.  Reduced-precision storage adds
+    # values here, not new functions.
+    WEIGHTS_F32 = 0
+    WEIGHTS_F64 = 1
+
+
+cdef struct Geometry:
+    int batch        # N: sequences (packed input: the longest timestep's)
+    int seq_len      # L: timesteps
+    int n_in         # I: input features of this layer
+    int hidden       # H
+    int out_size     # P: size of h (proj_size, else H)
+    int num_dirs     # D
+    int n_panels     # gate panels of one direction
+    int r_panels     # panels of the projection's output columns
+    int g_cols       # gate columns of one direction (n_panels whole panels)
+    bint batch_first
+    bint has_proj
+    int weight_type  # WEIGHTS_F32, WEIGHTS_F64
+
+
+cdef struct Weights:
+    const void *w_ih     # (D*4Hp, I): both directions' interleaved W_ih, for BLAS
+    const void *w_ih_p   # the same transposed in panels, for the small-M kernel
+    const void *w_hh_p   # (D, hh_stride): each interleaved W_hh^T in panels
+    const void *bias     # (D, 4Hp): b_ih + b_hh interleaved
+    const void *w_hr_p   # (D, hr_stride): each W_hr^T in panels; NULL without projection
+    Py_ssize_t hh_stride
+    Py_ssize_t hr_stride
+
+
+cdef struct Buffers:
+    const void *x        # (R, I) rows in the caller's layout
+    const void *h0       # (D, N, P)
+    void *c              # (D, N, H): c_0 on entry, c_n on exit
+    void *hcell          # (D, N, H): the unprojected h (projection only)
+    void *out            # (R, D*P)
+    const long long *bsizes   # packed input: sequences per timestep (L,), else NULL
+    const long long *offs     # packed input: first row of each timestep (L + 1,)
+    const long long *lengths  # packed input: the sorted sequences' lengths (N,)
+    bint h0_zero         # h0 is zero: step 0 skips its recurrent product
+
+
+cdef struct Layer:
+    Geometry g
+    Weights w
+    Buffers b
+
+
+cdef struct Part:
+    # One thread's share of a direction: batch entries [n_lo, n_hi), gate panels
+    # [p_lo, p_hi), projected columns in panels [r_lo, r_hi).
+    int d
+    int n_lo
+    int n_hi
+    int p_lo
+    int p_hi
+    int r_lo
+    int r_hi
+
+
+cdef struct Chunk:
+    # Where each direction's input projection of a time chunk starts (``t0_*``) and
+    # its units (rows, or batch entries of ``steps`` rows each with batch-first input);
+    # ``batch`` is the rows per timestep of the gate buffer (1 for packed input).
+    int t0_fw
+    int u_fw
+    int t0_bw
+    int u_bw
+    int steps
+    int batch
+
+
+cdef struct Sched:
+    # How one call runs (decided by the caller): see ``layer``.
+    int threads
+    int n_chunks
+    int t_chunk
+    int blas_min_rows
+    bint dirs_in_turn
+    bint backward_order
+
+
+cdef inline Part _part(int d, int n_lo, int n_hi, int p_lo, int p_hi, int r_lo,
+                       int r_hi) noexcept nogil:
+    cdef Part p
+    p.d, p.n_lo, p.n_hi, p.p_lo, p.p_hi, p.r_lo, p.r_hi = d, n_lo, n_hi, p_lo, p_hi, r_lo, r_hi
+    return p
+
+
+cdef inline Py_ssize_t _row(const Geometry *g, Py_ssize_t t, Py_ssize_t n) noexcept nogil:
     """Row of (timestep t, batch entry n) in the caller's layout."""
-    return n * seq_len + t if batch_first else t * batch + n
+    return n * g.seq_len + t if g.batch_first else t * g.batch + n
 
 
-cdef void _project_item(
-    int d, int t0, int steps, int p_lo, int p_hi, int b_lo, int b_hi,
-    int seq_len, int batch, bint batch_first, int num_dirs, int g_cols,
-    const floating *x, int n_in, const floating *w_ih, const floating *w_ih_p,
-    floating *gbuf, int blas_min_rows,
-) noexcept nogil:
-    """Input projection of direction ``d`` for timesteps [t0, t0 + steps), into
-    gate panels [p_lo, p_hi) of that direction.
+cdef void _project_item(const Layer *L, floating *gbuf, const Chunk *ck, int d, int p_lo,
+                        int p_hi, int b_lo, int b_hi, int blas_min_rows) noexcept nogil:
+    """Input projection of direction ``d`` for the chunk's timesteps, into gate
+    panels [p_lo, p_hi) of that direction.
 
     The gate buffer holds one time chunk, time-major: row ``j * N + n`` is
     timestep ``t0 + j`` of batch entry ``n``.  Time-major input: buffer rows
     [b_lo, b_hi) (contiguous in x).  Batch-first input: batch entries
     [b_lo, b_hi), each ``steps`` contiguous rows of x.
     """
+    cdef const Geometry *g = &L.g
     cdef int pw = FL_PANEL_BYTES // sizeof(floating)
-    cdef int cols = min(g_cols, p_hi * pw) - p_lo * pw
-    cdef Py_ssize_t gb_ld = <Py_ssize_t>num_dirs * g_cols
-    cdef const floating *w = w_ih + (<Py_ssize_t>d * g_cols + p_lo * pw) * n_in
-    cdef const floating *wp = w_ih_p + (<Py_ssize_t>d * (g_cols // pw) + p_lo) * n_in * pw
-    cdef floating *g0 = gbuf + d * g_cols + p_lo * pw
+    cdef int n_in = g.n_in
+    cdef int t0 = ck.t0_fw if d == 0 else ck.t0_bw
+    cdef int cols = min(g.g_cols, p_hi * pw) - p_lo * pw
+    cdef Py_ssize_t gb_ld = <Py_ssize_t>g.num_dirs * g.g_cols
+    cdef const floating *x = <const floating *>L.b.x
+    cdef const floating *w = (<const floating *>L.w.w_ih
+                              + (<Py_ssize_t>d * g.g_cols + p_lo * pw) * n_in)
+    cdef const floating *wp = (<const floating *>L.w.w_ih_p
+                               + (<Py_ssize_t>d * (g.g_cols // pw) + p_lo) * n_in * pw)
+    cdef floating *g0 = gbuf + d * g.g_cols + p_lo * pw
     cdef const floating *a
-    cdef floating *g
+    cdef floating *gp
     cdef Py_ssize_t ldg
     cdef int m, n, group
     cdef unsigned int csr = fl_ftz_begin()
-    for group in range(b_hi - b_lo if batch_first else 1):
-        if batch_first:
+    for group in range(b_hi - b_lo if g.batch_first else 1):
+        if g.batch_first:
             n = b_lo + group
-            a = x + (<Py_ssize_t>n * seq_len + t0) * n_in
-            g = g0 + n * gb_ld
-            ldg = batch * gb_ld
-            m = steps
+            a = x + (<Py_ssize_t>n * g.seq_len + t0) * n_in
+            gp = g0 + n * gb_ld
+            ldg = ck.batch * gb_ld
+            m = ck.steps
         else:
-            a = x + (<Py_ssize_t>t0 * batch + b_lo) * n_in
-            g = g0 + b_lo * gb_ld
+            a = x + (<Py_ssize_t>t0 * ck.batch + b_lo) * n_in
+            gp = g0 + b_lo * gb_ld
             ldg = gb_ld
             m = b_hi - b_lo
         if m >= blas_min_rows:
             gemm(NoTrans, Trans, m, cols, n_in, <floating>1.0, a, n_in, w, n_in,
-                 <floating>0.0, g, <int>ldg)
+                 <floating>0.0, gp, <int>ldg)
         elif m > 0:
-            _matmul(False, m, cols, n_in, a, n_in, wp, g, ldg)
+            _matmul(False, m, cols, n_in, a, n_in, wp, gp, ldg)
     fl_ftz_end(csr)
 
 
-cdef void _steps(
-    int d, int s0, int s1, int n_lo, int n_hi, int p_lo, int p_hi, int r_lo, int r_hi,
-    bint sync, int seq_len, int batch, int hidden, int out_size, int num_dirs,
-    bint batch_first, bint has_proj, floating *gbuf,
-    const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
-    const floating *w_hr_p, Py_ssize_t hr_stride,
-    const floating *h0, floating *c, floating *hcell, floating *out, bint h0_zero,
-    const long long *bsizes, const long long *offs, int *count=NULL, int n_parts=0,
-) noexcept nogil:
-    """Steps [s0, s1) of direction ``d`` (step s is timestep s forward, L-1-s
-    backward) for batch entries [n_lo, n_hi) and the hidden units of gate
-    panels [p_lo, p_hi) (projected columns in panels [r_lo, r_hi)).
+cdef void _steps(const Layer *L, floating *gbuf, Part pt, int s0, int s1, bint sync,
+                 int *count, int n_parts) noexcept nogil:
+    """Steps [s0, s1) of direction ``pt.d`` (step s is timestep s forward, L-1-s
+    backward) for the thread's part ``pt``.
 
     The gate buffer holds this time chunk as ``_project_item`` wrote it.  The
     state is read back from ``out`` (h of the previous step) and ``c`` (updated
@@ -317,17 +403,24 @@ cdef void _steps(
     until all parts are (count >= n_parts * (s + 1)): one atomic add and a
     short spin per step, lighter than an OpenMP barrier.
     """
+    cdef const Geometry *g = &L.g
     cdef int pw = FL_PANEL_BYTES // sizeof(floating)
-    cdef int g_cols = bias_cols(hidden, pw)  # one direction's gate columns
-    cdef Py_ssize_t gb_ld = <Py_ssize_t>num_dirs * g_cols
-    cdef Py_ssize_t o_ld = <Py_ssize_t>(seq_len if batch_first else 1) * num_dirs * out_size
-    cdef int r_width = min(out_size, r_hi * pw) - r_lo * pw
-    cdef const floating *w_hh_d = w_hh_p + <Py_ssize_t>d * hh_stride
-    cdef const floating *w_hr_d = w_hr_p + <Py_ssize_t>d * hr_stride
-    cdef const floating *b_d = bias + <Py_ssize_t>d * g_cols
-    cdef floating *c_d = c + (<Py_ssize_t>d * batch + n_lo) * hidden
-    cdef floating *hc_d = hcell + (<Py_ssize_t>d * batch + n_lo) * hidden
-    cdef const floating *h0_d = h0 + (<Py_ssize_t>d * batch + n_lo) * out_size
+    cdef int d = pt.d, n_lo = pt.n_lo, n_hi = pt.n_hi
+    cdef int seq_len = g.seq_len, batch = g.batch, hidden = g.hidden, out_size = g.out_size
+    cdef bint has_proj = g.has_proj
+    cdef const long long *bsizes = L.b.bsizes
+    cdef const long long *offs = L.b.offs
+    cdef Py_ssize_t gb_ld = <Py_ssize_t>g.num_dirs * g.g_cols
+    cdef Py_ssize_t o_ld = <Py_ssize_t>(seq_len if g.batch_first else 1) * g.num_dirs * out_size
+    cdef Py_ssize_t row_ld = <Py_ssize_t>g.num_dirs * out_size
+    cdef int r_width = min(out_size, pt.r_hi * pw) - pt.r_lo * pw
+    cdef floating *out = <floating *>L.b.out
+    cdef const floating *w_hh_d = <const floating *>L.w.w_hh_p + <Py_ssize_t>d * L.w.hh_stride
+    cdef const floating *w_hr_d = <const floating *>L.w.w_hr_p + <Py_ssize_t>d * L.w.hr_stride
+    cdef const floating *b_d = <const floating *>L.w.bias + <Py_ssize_t>d * g.g_cols
+    cdef floating *c_d = <floating *>L.b.c + (<Py_ssize_t>d * batch + n_lo) * hidden
+    cdef floating *hc_d = <floating *>L.b.hcell + (<Py_ssize_t>d * batch + n_lo) * hidden
+    cdef const floating *h0_d = <const floating *>L.b.h0 + (<Py_ssize_t>d * batch + n_lo) * out_size
     cdef Py_ssize_t g_base = 0
     cdef const floating *hprev = NULL
     cdef floating *g_t
@@ -346,14 +439,14 @@ cdef void _steps(
             j = s - s0 if d == 0 else s1 - 1 - s
             m = n_hi - n_lo
             n_cont = 0 if s == 0 else m
-            g_t = gbuf + (j * batch + n_lo) * gb_ld + d * g_cols
-            o_t = out + _row(batch_first, seq_len, batch, t, n_lo) * num_dirs * out_size
+            g_t = gbuf + (j * batch + n_lo) * gb_ld + d * g.g_cols
+            o_t = out + _row(g, t, n_lo) * row_ld
             if n_cont > 0:
-                hprev = out + _row(batch_first, seq_len, batch, tp, n_lo) * num_dirs * out_size
+                hprev = out + _row(g, tp, n_lo) * row_ld
         else:
             m = max(0, <int>min(<long long>n_hi, bsizes[t]) - n_lo)
             n_cont = 0 if s == 0 else max(0, min(m, <int>bsizes[tp] - n_lo))
-            g_t = gbuf + (offs[t] - g_base + n_lo) * gb_ld + d * g_cols
+            g_t = gbuf + (offs[t] - g_base + n_lo) * gb_ld + d * g.g_cols
             o_t = out + (offs[t] + n_lo) * o_ld
             if n_cont > 0:
                 hprev = out + (offs[tp] + n_lo) * o_ld
@@ -366,12 +459,12 @@ cdef void _steps(
             if count != NULL:
                 fl_count_wait(count, n_parts * <int>s)
             _lstm_step(n_cont, out_size, hidden, hprev + d * out_size, o_ld, w_hh_d, g_t,
-                       gb_ld, b_d, c_d, hidden, dst, dst_ld, p_lo, p_hi, s & 1)
+                       gb_ld, b_d, c_d, hidden, dst, dst_ld, pt.p_lo, pt.p_hi, s & 1)
         if m > n_cont:  # rows starting from the initial state
-            _lstm_step(m - n_cont, 0 if h0_zero else out_size, hidden,
+            _lstm_step(m - n_cont, 0 if L.b.h0_zero else out_size, hidden,
                        h0_d + <Py_ssize_t>n_cont * out_size, out_size, w_hh_d,
                        g_t + n_cont * gb_ld, gb_ld, b_d, c_d + <Py_ssize_t>n_cont * hidden,
-                       hidden, dst + n_cont * dst_ld, dst_ld, p_lo, p_hi, s & 1)
+                       hidden, dst + n_cont * dst_ld, dst_ld, pt.p_lo, pt.p_hi, s & 1)
         if count != NULL:
             fl_count_signal(count)
         if has_proj:
@@ -379,23 +472,15 @@ cdef void _steps(
                 fl_omp_barrier()
             if r_width > 0 and m > 0:
                 _matmul(False, m, r_width, hidden, hc_d, hidden,
-                        w_hr_d + <Py_ssize_t>r_lo * hidden * pw, o_t + r_lo * pw, o_ld)
+                        w_hr_d + <Py_ssize_t>pt.r_lo * hidden * pw, o_t + pt.r_lo * pw, o_ld)
         if sync:
             fl_omp_barrier()
     fl_ftz_end(csr)
 
 
-cdef void _single_step(
-    int d, int n_lo, int n_hi, int p_lo, int p_hi, int r_lo, int r_hi, bint sync,
-    bint backward_order, int batch, int hidden, int out_size, int num_dirs, bint has_proj,
-    const floating *x, int n_in, const floating *w_ih_p, floating *gbuf,
-    const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
-    const floating *w_hr_p, Py_ssize_t hr_stride,
-    const floating *h0, floating *c, floating *hcell, floating *out, bint h0_zero,
-) noexcept nogil:
-    """A sequence of one timestep (a streaming call): direction ``d``, batch
-    entries [n_lo, n_hi), gate panels [p_lo, p_hi) (projected columns in
-    panels [r_lo, r_hi)).
+cdef void _single_step(const Layer *L, floating *gbuf, Part pt, bint sync,
+                       bint backward_order) noexcept nogil:
+    """A sequence of one timestep (a streaming call): the thread's part ``pt``.
 
     Panel by panel: the input product of the panel, then its recurrent product
     and gate math, so a panel's two weight blocks are read one after the
@@ -404,110 +489,95 @@ cdef void _single_step(
     the cache, are the first the next call reads (a thread's weights about fill
     its L2 at H = 256, which an identical order would evict just before use).
     """
+    cdef const Geometry *g = &L.g
     cdef int pw = FL_PANEL_BYTES // sizeof(floating)
-    cdef int g_cols = bias_cols(hidden, pw)
-    cdef Py_ssize_t gb_ld = <Py_ssize_t>num_dirs * g_cols
-    cdef Py_ssize_t o_ld = <Py_ssize_t>num_dirs * out_size
-    cdef int m = n_hi - n_lo
-    cdef int r_width = min(out_size, r_hi * pw) - r_lo * pw
+    cdef int d = pt.d, n_lo = pt.n_lo
+    cdef int batch = g.batch, hidden = g.hidden, out_size = g.out_size, n_in = g.n_in
+    cdef bint has_proj = g.has_proj
+    cdef Py_ssize_t gb_ld = <Py_ssize_t>g.num_dirs * g.g_cols
+    cdef Py_ssize_t o_ld = <Py_ssize_t>g.num_dirs * out_size
+    cdef int m = pt.n_hi - n_lo
+    cdef int r_width = min(out_size, pt.r_hi * pw) - pt.r_lo * pw
     cdef int i, p
-    cdef const floating *w_ih_d = w_ih_p + <Py_ssize_t>d * (g_cols // pw) * n_in * pw
-    cdef const floating *w_hh_d = w_hh_p + <Py_ssize_t>d * hh_stride
-    cdef const floating *w_hr_d = w_hr_p + <Py_ssize_t>d * hr_stride
-    cdef const floating *b_d = bias + <Py_ssize_t>d * g_cols
-    cdef floating *c_d = c + (<Py_ssize_t>d * batch + n_lo) * hidden
-    cdef floating *hc_d = hcell + (<Py_ssize_t>d * batch + n_lo) * hidden
-    cdef const floating *h0_d = h0 + (<Py_ssize_t>d * batch + n_lo) * out_size
-    cdef floating *g = gbuf + n_lo * gb_ld + d * g_cols
-    cdef floating *o_t = out + n_lo * o_ld + d * out_size
+    cdef const floating *x = <const floating *>L.b.x
+    cdef const floating *w_ih_d = (<const floating *>L.w.w_ih_p
+                                   + <Py_ssize_t>d * (g.g_cols // pw) * n_in * pw)
+    cdef const floating *w_hh_d = <const floating *>L.w.w_hh_p + <Py_ssize_t>d * L.w.hh_stride
+    cdef const floating *w_hr_d = <const floating *>L.w.w_hr_p + <Py_ssize_t>d * L.w.hr_stride
+    cdef const floating *b_d = <const floating *>L.w.bias + <Py_ssize_t>d * g.g_cols
+    cdef floating *c_d = <floating *>L.b.c + (<Py_ssize_t>d * batch + n_lo) * hidden
+    cdef floating *hc_d = <floating *>L.b.hcell + (<Py_ssize_t>d * batch + n_lo) * hidden
+    cdef const floating *h0_d = <const floating *>L.b.h0 + (<Py_ssize_t>d * batch + n_lo) * out_size
+    cdef floating *gp = gbuf + n_lo * gb_ld + d * g.g_cols
+    cdef floating *o_t = <floating *>L.b.out + n_lo * o_ld + d * out_size
     cdef floating *dst = hc_d if has_proj else o_t
     cdef Py_ssize_t dst_ld = hidden if has_proj else o_ld
     cdef unsigned int csr = fl_ftz_begin()
     if m > 0:
-        for i in range(p_hi - p_lo):
-            p = p_hi - 1 - i if backward_order else p_lo + i
+        for i in range(pt.p_hi - pt.p_lo):
+            p = pt.p_hi - 1 - i if backward_order else pt.p_lo + i
             _matmul(False, m, pw, n_in, x + <Py_ssize_t>n_lo * n_in, n_in,
-                    w_ih_d + <Py_ssize_t>p * n_in * pw, g + p * pw, gb_ld)
-            _lstm_step(m, 0 if h0_zero else out_size, hidden, h0_d, out_size, w_hh_d, g, gb_ld,
-                       b_d, c_d, hidden, dst, dst_ld, p, p + 1)
+                    w_ih_d + <Py_ssize_t>p * n_in * pw, gp + p * pw, gb_ld)
+            _lstm_step(m, 0 if L.b.h0_zero else out_size, hidden, h0_d, out_size, w_hh_d, gp,
+                       gb_ld, b_d, c_d, hidden, dst, dst_ld, p, p + 1)
     if has_proj:
         if sync:
             fl_omp_barrier()
         if r_width > 0 and m > 0:
             _matmul(False, m, r_width, hidden, hc_d, hidden,
-                    w_hr_d + <Py_ssize_t>r_lo * hidden * pw, o_t + r_lo * pw, o_ld)
+                    w_hr_d + <Py_ssize_t>pt.r_lo * hidden * pw, o_t + pt.r_lo * pw, o_ld)
     fl_ftz_end(csr)
 
 
-cdef void _single_step_part(
-    int tid, int team, int n_chunks, bint backward_order, int batch, int hidden, int out_size,
-    int num_dirs, bint has_proj, int n_panels, int r_panels,
-    const floating *x, int n_in, const floating *w_ih_p, floating *gbuf,
-    const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
-    const floating *w_hr_p, Py_ssize_t hr_stride,
-    const floating *h0, floating *c, floating *hcell, floating *out, bint h0_zero,
-) noexcept nogil:
+cdef void _single_step_part(const Layer *L, floating *gbuf, int tid, int team, int n_chunks,
+                            bint backward_order) noexcept nogil:
     """Thread ``tid``'s part of a one-timestep layer on ``team`` threads: split
     mode (``n_chunks`` == 0, panels shared) or batch chunks, as in ``layer``."""
+    cdef const Geometry *g = &L.g
+    cdef int num_dirs = g.num_dirs, batch = g.batch
     cdef int n_parts = team // num_dirs
-    cdef int d, part, task, chunk
+    cdef int d, part, task, chunk, lo, hi
     cdef int chunks = max(1, n_chunks)
     if n_chunks == 0 and n_parts > 0:
         d = min(tid // n_parts, num_dirs - 1)
         part = tid % n_parts if tid < n_parts * num_dirs else n_parts
-        _single_step(d, 0, batch, _share(min(part, n_parts), n_panels, n_parts),
-                     _share(min(part + 1, n_parts), n_panels, n_parts),
-                     _share(min(part, n_parts), r_panels, n_parts),
-                     _share(min(part + 1, n_parts), r_panels, n_parts), n_parts > 1,
-                     backward_order, batch, hidden, out_size, num_dirs, has_proj,
-                     x, n_in, w_ih_p, gbuf, w_hh_p, hh_stride, bias, w_hr_p, hr_stride,
-                     h0, c, hcell, out, h0_zero)
+        lo, hi = min(part, n_parts), min(part + 1, n_parts)
+        _single_step(L, gbuf, _part(d, 0, batch, _share(lo, g.n_panels, n_parts),
+                                    _share(hi, g.n_panels, n_parts),
+                                    _share(lo, g.r_panels, n_parts),
+                                    _share(hi, g.r_panels, n_parts)),
+                     n_parts > 1, backward_order)
     else:
         task = tid
         while task < num_dirs * chunks:
             d = task // chunks
             chunk = task % chunks
-            _single_step(d, _share(chunk, batch, chunks), _share(chunk + 1, batch, chunks),
-                         0, n_panels, 0, r_panels, False, backward_order, batch, hidden,
-                         out_size, num_dirs, has_proj, x, n_in, w_ih_p, gbuf, w_hh_p,
-                         hh_stride, bias, w_hr_p, hr_stride, h0, c, hcell, out, h0_zero)
+            _single_step(L, gbuf, _part(d, _share(chunk, batch, chunks),
+                                        _share(chunk + 1, batch, chunks), 0, g.n_panels, 0,
+                                        g.r_panels),
+                         False, backward_order)
             task = task + team
 
 
-cdef void _single_step_region(
-    int num_threads, int n_chunks, bint backward_order, int batch, int hidden, int out_size,
-    int num_dirs, bint has_proj, int n_panels, int r_panels,
-    const floating *x, int n_in, const floating *w_ih_p, floating *gbuf,
-    const floating *w_hh_p, Py_ssize_t hh_stride, const floating *bias,
-    const floating *w_hr_p, Py_ssize_t hr_stride,
-    const floating *h0, floating *c, floating *hcell, floating *out, bint h0_zero,
-) noexcept nogil:
+cdef void _single_step_region(const Layer *L, floating *gbuf, int num_threads, int n_chunks,
+                              bint backward_order) noexcept nogil:
     """A one-timestep layer on ``num_threads`` threads (see ``_single_step_part``).
 
     One thread runs it without an OpenMP region, whose start and end cost
-    about 0.3 us even for one thread (a tenth of an LSTMCell step at H = 128)
-    and 0.5-0.6 us for two.  A layer whose weights times rows come to 256 KiB
-    or less runs on one thread whatever the number asked for: measured on 2
-    cores (float32 LSTMCell steps), 1 thread against 2 took 0.44 against
-    1.08 us at H = 16, 1.27 against 1.64 us at H = 64, 1.32 against 1.74 us
-    for 8 rows at H = 32; past the size, 2 threads are as fast or faster
-    (2.28 against 2.40 us at H = 96, 2.30 against 2.25 us for 8 rows at H =
-    48, 2.96 against 3.13 us at H = 128)."""
+    about 0.3 us even for one thread and 0.5-0.6 us for two; a layer whose
+    weights times rows come to ``_SERIAL_BYTES`` or less runs on one thread
+    whatever the number asked for (docs/performance.md has the figures)."""
+    cdef const Geometry *g = &L.g
     cdef int tid = 0, team = 0
-    num_threads = _step_threads(num_threads, batch, n_in, hidden, out_size, num_dirs,
-                                has_proj, sizeof(floating))
+    num_threads = _step_threads(num_threads, g.batch, g.n_in, g.hidden, g.out_size,
+                                g.num_dirs, g.has_proj, sizeof(floating))
     if num_threads <= 1:
-        _single_step_part(0, 1, n_chunks, backward_order, batch, hidden, out_size, num_dirs,
-                          has_proj, n_panels, r_panels, x, n_in, w_ih_p, gbuf, w_hh_p,
-                          hh_stride, bias, w_hr_p, hr_stride, h0, c, hcell, out, h0_zero)
+        _single_step_part(L, gbuf, 0, 1, n_chunks, backward_order)
         return
     with parallel(num_threads=num_threads):
         tid = omp_get_thread_num()
         team = omp_get_num_threads()
-        _single_step_part(tid, team, n_chunks, backward_order, batch, hidden, out_size,
-                          num_dirs, has_proj, n_panels, r_panels, x, n_in, w_ih_p, gbuf,
-                          w_hh_p, hh_stride, bias, w_hr_p, hr_stride, h0, c, hcell, out,
-                          h0_zero)
+        _single_step_part(L, gbuf, tid, team, n_chunks, backward_order)
 
 
 cdef inline int bias_cols(int hidden, int pw) noexcept nogil:
@@ -526,25 +596,21 @@ cdef inline int _share(int i, int total, int parts) noexcept nogil:
     return <int>(<long long>i * total // parts)
 
 
-cdef void _project_shared(
-    int tid, int team, int t0_fw, int units_fw, int t0_bw, int units_bw, int steps,
-    int n_panels, int seq_len, int batch, bint batch_first, int num_dirs, int g_cols,
-    const floating *x, int n_in, const floating *w_ih, const floating *w_ih_p,
-    floating *gbuf, int blas_min_rows,
-) noexcept nogil:
+cdef void _project_shared(const Layer *L, floating *gbuf, const Chunk *ck, int tid, int team,
+                          int blas_min_rows) noexcept nogil:
     """Thread ``tid``'s share of the input projection of one time chunk.
 
-    Direction d's chunk starts at timestep ``t0_d`` and has ``units_d`` units
-    to share: rows (time-major input; packed input passes batch = 1 and its
-    rows as timesteps) or batch entries of ``steps`` rows each (batch-first).
-    Shared by blocks of units when there are enough, else by blocks of gate
-    panels, so that each thread streams only its part of the weights.  Every
-    thread of the team calls it.
+    Direction d's chunk has ``u_d`` units to share: rows (time-major input;
+    packed input passes batch = 1 and its rows as timesteps) or batch entries
+    of ``steps`` rows each (batch-first).  Shared by blocks of units when there
+    are enough, else by blocks of gate panels, so that each thread streams only
+    its part of the weights.  Every thread of the team calls it.
     """
-    cdef int most = max(units_fw, units_bw if num_dirs == 2 else 0)
-    cdef int nb = max(1, min(team, most if batch_first else most // 16))
+    cdef int num_dirs = L.g.num_dirs, n_panels = L.g.n_panels
+    cdef int most = max(ck.u_fw, ck.u_bw if num_dirs == 2 else 0)
+    cdef int nb = max(1, min(team, most if L.g.batch_first else most // 16))
     cdef bint by_rows = num_dirs * nb >= team or nb > 1
-    cdef int n_items, item, d, blk, t0, units
+    cdef int n_items, item, d, blk, units
     if not by_rows:
         nb = max(1, min(n_panels, team // num_dirs))
     n_items = num_dirs * nb
@@ -552,16 +618,13 @@ cdef void _project_shared(
     while item < n_items:
         d = item // nb
         blk = item % nb
-        t0 = t0_fw if d == 0 else t0_bw
-        units = units_fw if d == 0 else units_bw
+        units = ck.u_fw if d == 0 else ck.u_bw
         if by_rows:
-            _project_item(d, t0, steps, 0, n_panels, _share(blk, units, nb),
-                          _share(blk + 1, units, nb), seq_len, batch, batch_first, num_dirs,
-                          g_cols, x, n_in, w_ih, w_ih_p, gbuf, blas_min_rows)
+            _project_item(L, gbuf, ck, d, 0, n_panels, _share(blk, units, nb),
+                          _share(blk + 1, units, nb), blas_min_rows)
         else:
-            _project_item(d, t0, steps, _share(blk, n_panels, nb), _share(blk + 1, n_panels, nb),
-                          0, units, seq_len, batch, batch_first, num_dirs, g_cols, x, n_in,
-                          w_ih, w_ih_p, gbuf, blas_min_rows)
+            _project_item(L, gbuf, ck, d, _share(blk, n_panels, nb),
+                          _share(blk + 1, n_panels, nb), 0, units, blas_min_rows)
         item = item + team
 
 
@@ -579,17 +642,20 @@ def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     cdef int n_out = gates.shape[1]
     cdef int pw = FL_PANEL_BYTES // sizeof(floating)
     cdef int tid = 0, team = 0
+    cdef Layer L
+    cdef Chunk ck
     if rows == 0:
         return
-    cdef const floating *x_ptr = &x[0, 0]
-    cdef const floating *w_ptr = &w_ih[0, 0]
-    cdef const floating *wp_ptr = &w_ih_p[0]
+    memset(&L, 0, sizeof(L))
+    L.g.batch, L.g.seq_len, L.g.n_in, L.g.num_dirs = 1, rows, x.shape[1], 1
+    L.g.n_panels, L.g.g_cols = (n_out + pw - 1) // pw, n_out
+    L.b.x, L.w.w_ih, L.w.w_ih_p = &x[0, 0], &w_ih[0, 0], &w_ih_p[0]
+    ck.t0_fw, ck.u_fw, ck.t0_bw, ck.u_bw, ck.steps, ck.batch = 0, rows, 0, 0, rows, 1
     cdef floating *g_ptr = &gates[0, 0]
     with nogil, parallel(num_threads=num_threads):
         tid = omp_get_thread_num()
         team = omp_get_num_threads()
-        _project_shared(tid, team, 0, rows, 0, 0, rows, (n_out + pw - 1) // pw, rows, 1, False,
-                        1, n_out, x_ptr, x.shape[1], w_ptr, wp_ptr, g_ptr, blas_min_rows)
+        _project_shared(&L, g_ptr, &ck, tid, team, blas_min_rows)
 
 
 cdef int _bound(int i, int parts, int batch, const long long *lengths, int t_lo,
@@ -616,256 +682,113 @@ cdef int _bound(int i, int parts, int batch, const long long *lengths, int t_lo,
     return batch
 
 
-def layer(const floating[:, ::1] x, const floating[:, ::1] w_ih,
-          const floating[::1] w_ih_p, floating[:, ::1] gates,
-          const floating[:, ::1] w_hh_p, const floating[:, ::1] bias,
-          const floating[:, ::1] w_hr_p, const floating[:, :, ::1] h0,
-          floating[:, :, ::1] c, floating[:, :, ::1] hcell, floating[:, ::1] out,
-          floating[:, :, ::1] h_n, int seq_len, bint batch_first, int n_chunks,
-          int num_threads, int blas_min_rows, bint h0_zero, int t_chunk,
-          const long long[::1] batch_sizes=None, const long long[::1] offsets=None,
-          const long long[::1] lengths=None, bint backward_order=False,
-          bint dirs_in_turn=False):
-    """One layer; see the module docstring.
+cdef inline void _chunk_of(const Layer *L, int s0, int s1, Chunk *ck) noexcept nogil:
+    """Where each direction's part of time chunk [s0, s1) starts, and its units."""
+    cdef const long long *offs = L.b.offs
+    cdef int seq_len = L.g.seq_len
+    if offs != NULL:
+        ck.steps, ck.batch = 0, 1
+        ck.t0_fw = <int>offs[s0]
+        ck.u_fw = <int>(offs[s1] - offs[s0])
+        ck.t0_bw = <int>offs[seq_len - s1]
+        ck.u_bw = <int>(offs[seq_len - s0] - offs[seq_len - s1])
+    else:
+        ck.steps, ck.batch = s1 - s0, L.g.batch
+        ck.t0_fw = s0
+        ck.t0_bw = seq_len - s1
+        ck.u_fw = L.g.batch if L.g.batch_first else ck.steps * L.g.batch
+        ck.u_bw = ck.u_fw
 
-    Shapes (D directions, N batch, H hidden, P output size, R = L*N rows):
-    x (R, I); w_ih (D*4Hp, I), both directions' interleaved W_ih, and w_ih_p
-    the same in panels; gates (t_chunk * N, D*4Hp) scratch for one time
-    chunk; w_hh_p (D, *), each direction's interleaved W_hh^T (P x 4Hp) in
-    panels; bias (D, 4Hp), b_ih + b_hh interleaved; w_hr_p (D, *), each W_hr^T
-    (H x P) in panels, or (D, 0) without projection; h0 (D, N, P); c (D, N, H)
-    holds c_0 on entry and c_n on exit; hcell (D, N, H) scratch for the
-    unprojected h (unused without projection); out (R, D*P); h_n (D, N, P).
 
-    The sequence runs in time chunks of ``t_chunk`` steps, so the gate buffer
-    stays small.  Per chunk, ``n_chunks`` > 0 (batch-chunk mode): the threads
-    share the chunk's input projection (BLAS for blocks of at least
-    ``blas_min_rows`` rows), meet at a barrier, then run one task per
-    (direction, batch chunk) with no synchronisation, and meet again; with one
-    chunk and a thread per direction, each thread projects and runs its own
-    direction, with no barrier.  ``n_chunks`` == 0 (split mode, for batches
-    too small to give every thread rows of its own): each direction's hidden
-    units are shared by ``num_threads // D`` threads; each projects and runs
-    its own units and meets the others after every step; with
-    ``dirs_in_turn``, the whole team runs the directions one after the other
-    that way.  ``h0_zero``: h0 is all zeros, so step 0 skips its recurrent
-    product.
+cdef void _layer_thread(const Layer *L, floating *gbuf, const Sched *sc, int tid, int team,
+                        int *counts, bint counters_ok) noexcept nogil:
+    """Thread ``tid``'s work on every time chunk of a layer (see ``layer``)."""
+    cdef const Geometry *g = &L.g
+    cdef int num_dirs = g.num_dirs, seq_len = g.seq_len, n_chunks = sc.n_chunks
+    cdef int n_tc = (seq_len + sc.t_chunk - 1) // sc.t_chunk
+    cdef int tc, s0, s1, n_parts, d, d_lo, d_hi, part, lo, hi, task, chunk, t_lo
+    cdef bint pipelined, own
+    cdef Chunk ck
+    for tc in range(n_tc):
+        s0 = tc * sc.t_chunk
+        s1 = min(seq_len, s0 + sc.t_chunk)
+        _chunk_of(L, s0, s1, &ck)
+        if n_chunks == 0:
+            n_parts = team // num_dirs
+            if sc.dirs_in_turn or n_parts == 0:
+                # The whole team runs the directions one after the other,
+                # sharing each one's units (with one thread: simply in turn).
+                d_lo, d_hi, part, n_parts = 0, num_dirs, tid, team
+            else:
+                # Threads past n_parts * D get an empty share but keep the barriers.
+                d_lo = min(tid // n_parts, num_dirs - 1)
+                d_hi = d_lo + 1
+                part = tid % n_parts if tid < n_parts * num_dirs else n_parts
+            # Without a projection, a direction's threads count its steps instead
+            # of meeting at barriers (see _steps) when each has a CPU; packed
+            # input keeps the barriers, and a direction of one thread needs neither.
+            pipelined = n_parts > 1 and counters_ok
+            lo, hi = min(part, n_parts), min(part + 1, n_parts)
+            for d in range(d_lo, d_hi):
+                if part < n_parts:
+                    _project_item(L, gbuf, &ck, d, _share(part, g.n_panels, n_parts),
+                                  _share(part + 1, g.n_panels, n_parts), 0,
+                                  ck.u_fw if d == 0 else ck.u_bw, sc.blas_min_rows)
+                _steps(L, gbuf, _part(d, 0, g.batch, _share(lo, g.n_panels, n_parts),
+                                      _share(hi, g.n_panels, n_parts),
+                                      _share(lo, g.r_panels, n_parts),
+                                      _share(hi, g.r_panels, n_parts)),
+                       s0, s1, n_parts > 1 and not pipelined,
+                       &counts[d] if pipelined and part < n_parts else NULL, n_parts)
+        else:
+            # With a thread per direction (one chunk each), each projects its own
+            # direction's rows: no barrier at all, as the directions share only
+            # the gate buffer, whose columns they split.  Otherwise the team
+            # shares the projection and meets before and after the steps.
+            own = n_chunks == 1 and team == num_dirs
+            if own:
+                _project_item(L, gbuf, &ck, tid, 0, g.n_panels, 0,
+                              ck.u_fw if tid == 0 else ck.u_bw, sc.blas_min_rows)
+            else:
+                _project_shared(L, gbuf, &ck, tid, team, sc.blas_min_rows)
+                fl_omp_barrier()
+            task = tid
+            while task < num_dirs * n_chunks:
+                d = task // n_chunks
+                chunk = task % n_chunks
+                t_lo = s0 if d == 0 else seq_len - s1
+                _steps(L, gbuf,
+                       _part(d, _bound(chunk, n_chunks, g.batch, L.b.lengths, t_lo, s1 - s0),
+                             _bound(chunk + 1, n_chunks, g.batch, L.b.lengths, t_lo, s1 - s0),
+                             0, g.n_panels, 0, g.r_panels),
+                       s0, s1, False, NULL, 0)
+                task = task + team
+            if not own:
+                fl_omp_barrier()
 
-    Packed input: ``batch_sizes`` (L,) the sequences at each timestep (N =
-    batch_sizes[0], sorted by decreasing length), ``offsets`` (L + 1,) the
-    first row of each timestep, R = offsets[L] rows; ``lengths`` (N,) the
-    sorted sequences' lengths, to balance the batch chunks by rows.  ``h_n``
-    is then left to the caller (each sequence ends at its own step).
-    """
-    cdef int num_dirs = w_hh_p.shape[0]
-    cdef int batch = h0.shape[1]
-    cdef int out_size = h0.shape[2]
-    cdef int hidden = c.shape[2]
-    cdef int n_in = x.shape[1]
-    cdef int g_cols = bias.shape[1]
-    cdef int pw = FL_PANEL_BYTES // sizeof(floating)
-    cdef int n_panels = g_cols // pw
-    cdef int r_panels = (out_size + pw - 1) // pw
-    cdef bint has_proj = w_hr_p.shape[1] > 0
-    cdef bint packed = batch_sizes is not None
-    cdef int n_tasks = num_dirs * n_chunks
-    cdef int n_tc = (seq_len + t_chunk - 1) // t_chunk if t_chunk > 0 else 0
-    cdef int tid = 0, team = 0, n_parts = 0, d = 0, part = 0, tc = 0, s0 = 0, s1 = 0
-    cdef int d_lo = 0, d_hi = 0
-    cdef bint own = False
-    cdef int task = 0, chunk = 0, t_lo = 0, steps = 0, t0_fw = 0, t0_bw = 0, u_fw = 0, u_bw = 0
-    cdef int p_batch = 1 if packed else batch
-    cdef Py_ssize_t last, r
-    if batch == 0 or seq_len == 0:
-        return
-    if packed and (batch_sizes.shape[0] < seq_len or offsets.shape[0] < seq_len + 1
-                   or lengths is None or lengths.shape[0] < batch):
-        raise ValueError("layer: packed input needs batch_sizes, offsets and lengths")
-    cdef const long long *bs_ptr = &batch_sizes[0] if packed else NULL
-    cdef const long long *offs_ptr = &offsets[0] if packed else NULL
-    cdef const long long *len_ptr = &lengths[0] if packed else NULL
-    cdef const floating *x_ptr = &x[0, 0]
-    cdef const floating *w_ih_ptr = &w_ih[0, 0]
-    cdef const floating *w_ih_p_ptr = &w_ih_p[0]
-    cdef floating *g_ptr = &gates[0, 0]
-    cdef const floating *w_hh_ptr = &w_hh_p[0, 0]
-    cdef const floating *bias_ptr = &bias[0, 0]
-    cdef const floating *w_hr_ptr = &w_hr_p[0, 0] if has_proj else NULL
-    cdef const floating *h0_ptr = &h0[0, 0, 0]
-    cdef floating *c_ptr = &c[0, 0, 0]
-    cdef floating *hcell_ptr = &hcell[0, 0, 0] if has_proj else NULL
-    cdef floating *out_ptr = &out[0, 0]
-    cdef Py_ssize_t hh_stride = w_hh_p.shape[1]
-    cdef Py_ssize_t hr_stride = w_hr_p.shape[1]
 
+cdef void _run_layer(const Layer *L, floating *gbuf, const Sched *sc) noexcept nogil:
+    """A whole layer on ``sc.threads`` threads (see ``layer``)."""
+    cdef int tid = 0, team = 0
     cdef int counts[2]  # split mode: each direction's step counter (see _steps)
-    cdef bint pipelined = False, counters_ok = False
+    cdef bint counters_ok
+    cdef int busy
+    if L.g.seq_len == 1 and L.b.bsizes == NULL:
+        _single_step_region(L, gbuf, sc.threads, sc.n_chunks, sc.backward_order)
+        return
     # Step counters only with a CPU per thread, counting the layers that other
     # Python threads run at the same time.
-    cdef int procs = omp_get_num_procs()
-    cdef int busy = 0
     counts[0] = 0
     counts[1] = 0
-    if seq_len == 1 and not packed:
-        with nogil:
-            _single_step_region(num_threads, n_chunks, backward_order, batch, hidden, out_size,
-                                num_dirs, has_proj, n_panels, r_panels, x_ptr, n_in, w_ih_p_ptr,
-                                g_ptr, w_hh_ptr, hh_stride, bias_ptr, w_hr_ptr, hr_stride,
-                                h0_ptr, c_ptr, hcell_ptr, out_ptr, h0_zero)
-    else:
-        busy = fl_atomic_add(&_busy_threads, num_threads)
-        counters_ok = (not has_proj and not packed
-                       and (_step_counters == 1 or (_step_counters == 0 and busy <= procs)))
-        with nogil, parallel(num_threads=num_threads):
-            tid = omp_get_thread_num()
-            team = omp_get_num_threads()
-            for tc in range(n_tc):
-                s0 = tc * t_chunk
-                s1 = min(seq_len, s0 + t_chunk)
-                # Where each direction's part of the chunk starts, and its units
-                # (rows, or batch entries of `steps` rows with batch-first input).
-                if packed:
-                    steps = 0
-                    t0_fw = <int>offs_ptr[s0]
-                    u_fw = <int>(offs_ptr[s1] - offs_ptr[s0])
-                    t0_bw = <int>offs_ptr[seq_len - s1]
-                    u_bw = <int>(offs_ptr[seq_len - s0] - offs_ptr[seq_len - s1])
-                else:
-                    steps = s1 - s0
-                    t0_fw = s0
-                    t0_bw = seq_len - s1
-                    u_fw = batch if batch_first else steps * batch
-                    u_bw = u_fw
-                if n_chunks == 0:
-                    n_parts = team // num_dirs
-                    if dirs_in_turn or n_parts == 0:
-                        # The whole team runs the directions one after the other,
-                        # sharing each one's units (with one thread: simply in turn).
-                        d_lo, d_hi, part, n_parts = 0, num_dirs, tid, team
-                    else:
-                        # Threads past n_parts * D get an empty share but keep the barriers.
-                        d_lo = min(tid // n_parts, num_dirs - 1)
-                        d_hi = d_lo + 1
-                        part = tid % n_parts if tid < n_parts * num_dirs else n_parts
-                    # Without a projection, a direction's threads count its steps instead
-                    # of meeting at barriers (see _steps) when each has a CPU; packed
-                    # input keeps the barriers, and a direction of one thread needs neither.
-                    pipelined = n_parts > 1 and counters_ok
-                    for d in range(d_lo, d_hi):
-                        if part < n_parts:
-                            _project_item(d, t0_fw if d == 0 else t0_bw, steps,
-                                          _share(part, n_panels, n_parts),
-                                          _share(part + 1, n_panels, n_parts),
-                                          0, u_fw if d == 0 else u_bw, seq_len, p_batch,
-                                          batch_first, num_dirs, g_cols, x_ptr, n_in, w_ih_ptr,
-                                          w_ih_p_ptr, g_ptr, blas_min_rows)
-                        _steps(d, s0, s1, 0, batch,
-                               _share(min(part, n_parts), n_panels, n_parts),
-                               _share(min(part + 1, n_parts), n_panels, n_parts),
-                               _share(min(part, n_parts), r_panels, n_parts),
-                               _share(min(part + 1, n_parts), r_panels, n_parts),
-                               n_parts > 1 and not pipelined, seq_len, batch, hidden, out_size,
-                               num_dirs, batch_first, has_proj, g_ptr, w_hh_ptr, hh_stride,
-                               bias_ptr, w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr, out_ptr,
-                               h0_zero, bs_ptr, offs_ptr,
-                               &counts[d] if pipelined and part < n_parts else NULL, n_parts)
-                else:
-                    # With a thread per direction (one chunk each), each projects its own
-                    # direction's rows: no barrier at all, as the directions share only
-                    # the gate buffer, whose columns they split.  Otherwise the team
-                    # shares the projection and meets before and after the steps.
-                    own = n_chunks == 1 and team == num_dirs
-                    if own:
-                        _project_item(tid, t0_fw if tid == 0 else t0_bw, steps, 0, n_panels, 0,
-                                      u_fw if tid == 0 else u_bw, seq_len, p_batch, batch_first,
-                                      num_dirs, g_cols, x_ptr, n_in, w_ih_ptr, w_ih_p_ptr, g_ptr,
-                                      blas_min_rows)
-                    else:
-                        _project_shared(tid, team, t0_fw, u_fw, t0_bw, u_bw, steps, n_panels,
-                                        seq_len, p_batch, batch_first, num_dirs, g_cols, x_ptr,
-                                        n_in, w_ih_ptr, w_ih_p_ptr, g_ptr, blas_min_rows)
-                        fl_omp_barrier()
-                    task = tid
-                    while task < n_tasks:
-                        d = task // n_chunks
-                        chunk = task % n_chunks
-                        t_lo = s0 if d == 0 else seq_len - s1
-                        _steps(d, s0, s1, _bound(chunk, n_chunks, batch, len_ptr, t_lo, s1 - s0),
-                               _bound(chunk + 1, n_chunks, batch, len_ptr, t_lo, s1 - s0),
-                               0, n_panels, 0,
-                               r_panels, False, seq_len, batch, hidden, out_size, num_dirs,
-                               batch_first, has_proj, g_ptr, w_hh_ptr, hh_stride, bias_ptr,
-                               w_hr_ptr, hr_stride, h0_ptr, c_ptr, hcell_ptr, out_ptr, h0_zero,
-                               bs_ptr, offs_ptr)
-                        task = task + team
-                    if not own:
-                        fl_omp_barrier()
-        fl_atomic_add(&_busy_threads, -num_threads)
-
-    if packed:
-        return
-    for d in range(num_dirs):
-        last = seq_len - 1 if d == 0 else 0
-        for r in range(batch):
-            memcpy(&h_n[d, r, 0],
-                   out_ptr + _row(batch_first, seq_len, batch, last, r) * num_dirs * out_size
-                   + d * out_size, out_size * sizeof(floating))
-
-
-# ------------------------------------------------------------ stream steps
-cdef struct _PlanLayer:
-    const void *x
-    int n_in
-    const void *w_ih_p
-    const void *w_hh_p
-    const void *bias
-    const void *w_hr_p
-    Py_ssize_t hh_stride
-    Py_ssize_t hr_stride
-    void *h
-    void *c
-    void *out
-    int n_panels
-    int r_panels
-
-
-cdef Py_ssize_t _address(object array, object dtype, tuple shape) except -1:
-    """The data address of a C-contiguous array of ``dtype`` and ``shape``."""
-    if array.dtype != dtype or not array.flags.c_contiguous or tuple(array.shape) != shape:
-        raise ValueError(f"StepPlan: expected a C-contiguous {dtype} array of shape {shape}, "
-                         f"got {array.dtype} {tuple(array.shape)}")
-    return <Py_ssize_t>array.__array_interface__["data"][0]
-
-
-cdef void _plan_layer(const _PlanLayer *L, floating *gates, floating *hcell, int num_threads,
-                      bint backward_order, int batch, int hidden, int out_size,
-                      bint has_proj) noexcept nogil:
-    """One timestep of a bound layer, its pointers read as ``floating``; the
-    state is always read (a stream's ``h`` may be written by its owner)."""
-    cdef int n_chunks = _chunks(batch, 1, num_threads, L.n_panels,
-                                L.hh_stride * <Py_ssize_t>sizeof(floating))
-    _single_step_region(num_threads, n_chunks, backward_order, batch, hidden, out_size, 1,
-                        has_proj, L.n_panels, L.r_panels, <const floating *>L.x, L.n_in,
-                        <const floating *>L.w_ih_p, gates, <const floating *>L.w_hh_p,
-                        L.hh_stride, <const floating *>L.bias, <const floating *>L.w_hr_p,
-                        L.hr_stride, <const floating *>L.h, <floating *>L.c, hcell,
-                        <floating *>L.out, False)
-
-
-cdef inline int _chunks(int batch, int n_dirs, int threads, int n_panels,
-                        Py_ssize_t hh_bytes) noexcept nogil:
-    """Batch chunks per direction for ``batch`` rows on ``threads`` threads, or 0
-    for the split mode (see ``batch_chunks``); ``n_panels`` and ``hh_bytes``:
-    a direction's gate panels and packed W_hh."""
-    cdef int per_dir = threads // n_dirs
-    if per_dir < 2:
-        return max(1, min(batch, per_dir))
-    if batch < 4 * per_dir:
-        return 0
-    if _split_by_size == 1 or (_split_by_size == 0 and per_dir == 2
-                               and n_panels >= 4 * per_dir and hh_bytes >= _split_min_bytes):
-        return 0
-    return per_dir
+    busy = fl_atomic_add(&_busy_threads, sc.threads)
+    counters_ok = (not L.g.has_proj and L.b.bsizes == NULL
+                   and (_step_counters == 1
+                        or (_step_counters == 0 and busy <= omp_get_num_procs())))
+    with parallel(num_threads=sc.threads):
+        tid = omp_get_thread_num()
+        team = omp_get_num_threads()
+        _layer_thread(L, gbuf, sc, tid, team, counts, counters_ok)
+    fl_atomic_add(&_busy_threads, -sc.threads)
 
 
 cdef inline bint _plain(object a, int typenum, int ndim) noexcept:
@@ -886,6 +809,182 @@ cdef inline bint _dims(object a, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d2) no
             and (nd < 3 or d2 < 0 or dims[2] == d2))
 
 
+cdef void *_data(object a, int typenum, int ndim, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d2,
+                 str name) except NULL:
+    """The data of ``a``, checked to be a C-contiguous ndarray of ``typenum`` with
+    dimensions (d0, d1, d2)[:ndim] (-1: any), else ValueError naming it."""
+    if not (_plain(a, typenum, ndim) and _dims(a, d0, d1, d2)):
+        raise ValueError(f"layer: {name} must be a C-contiguous {ndim}-D array of the weights' "
+                         f"dtype with shape {(d0, d1, d2)[:ndim]} (-1: any), got "
+                         f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef int _fill_weights(Layer *L, object w, int typenum) except -1:
+    """The geometry and weights of packed layer ``w`` (``_module._PackedLayer``)."""
+    cdef int item = 4 if typenum == cnp.NPY_FLOAT else 8
+    cdef int pw = FL_PANEL_BYTES // item
+    cdef int num_dirs = w.w_hh_p.shape[0]
+    L.g.weight_type = WEIGHTS_F32 if typenum == cnp.NPY_FLOAT else WEIGHTS_F64
+    L.g.num_dirs = num_dirs
+    L.g.g_cols = w.bias.shape[1]
+    L.g.n_panels = L.g.g_cols // pw
+    L.g.n_in = w.w_ih.shape[1]
+    L.g.has_proj = w.w_hr_p.shape[1] > 0
+    L.w.hh_stride = w.w_hh_p.shape[1]
+    L.w.hr_stride = w.w_hr_p.shape[1]
+    L.w.w_ih = _data(w.w_ih, typenum, 2, num_dirs * L.g.g_cols, -1, -1, "w_ih")
+    L.w.w_ih_p = _data(w.w_ih_p, typenum, 1, <Py_ssize_t>num_dirs * L.g.g_cols * L.g.n_in,
+                       -1, -1, "w_ih_p")
+    L.w.w_hh_p = _data(w.w_hh_p, typenum, 2, num_dirs, -1, -1, "w_hh_p")
+    L.w.bias = _data(w.bias, typenum, 2, num_dirs, -1, -1, "bias")
+    L.w.w_hr_p = (_data(w.w_hr_p, typenum, 2, num_dirs, -1, -1, "w_hr_p")
+                  if L.g.has_proj else NULL)
+    return 0
+
+
+cdef Py_ssize_t _max_chunk_rows(const Layer *L, int t_chunk) noexcept:
+    """The most rows of packed input a time chunk of ``t_chunk`` steps holds."""
+    cdef Py_ssize_t most = 0
+    cdef int s0, s1
+    for s0 in range(0, L.g.seq_len, t_chunk):
+        s1 = min(L.g.seq_len, s0 + t_chunk)
+        most = max(most, L.b.offs[s1] - L.b.offs[s0],
+                   L.b.offs[L.g.seq_len - s0] - L.b.offs[L.g.seq_len - s1])
+    return most
+
+
+def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, packed=None):
+    """One layer; see the module docstring.
+
+    ``w``: the layer's packed weights (``_module._PackedLayer``: w_ih (D*4Hp,
+    I), both directions' interleaved W_ih, and w_ih_p the same in panels;
+    w_hh_p (D, *), each direction's interleaved W_hh^T (P x 4Hp) in panels;
+    bias (D, 4Hp); w_hr_p (D, *), each W_hr^T (H x P) in panels, or (D, 0)
+    without projection).  ``x`` (R, I), rows in the caller's layout (R = L*N),
+    ``out`` (R, D*P).  ``state``: ``(h0, c, hcell, h_n, h0_zero)`` with h0 (D,
+    N, P); c (D, N, H), c_0 on entry and c_n on exit; hcell (D, N, H) scratch
+    for the unprojected h (unused without projection); h_n (D, N, P); h0_zero:
+    h0 is all zeros, so step 0 skips its recurrent product.  ``gates``
+    (t_chunk * N, D*4Hp): scratch for one time chunk.  Every array is a
+    C-contiguous ndarray of the weights' dtype, checked here.
+
+    ``schedule``: ``(threads, n_chunks, t_chunk, blas_min_rows, dirs_in_turn,
+    backward_order)``.  The sequence runs in time chunks of ``t_chunk`` steps,
+    so the gate buffer stays small.  Per chunk, ``n_chunks`` > 0 (batch-chunk
+    mode): the threads share the chunk's input projection (BLAS for blocks of
+    at least ``blas_min_rows`` rows), meet at a barrier, then run one task per
+    (direction, batch chunk) with no synchronisation, and meet again; with one
+    chunk and a thread per direction, each thread projects and runs its own
+    direction, with no barrier.  ``n_chunks`` == 0 (split mode, for batches
+    too small to give every thread rows of its own): each direction's hidden
+    units are shared by ``threads // D`` threads; each projects and runs its
+    own units and meets the others after every step; with ``dirs_in_turn``,
+    the whole team runs the directions one after the other that way.
+    ``backward_order``: a one-timestep call runs its panels last to first.
+
+    ``packed``: ``(batch_sizes, offsets, lengths)`` of packed input, int64:
+    the sequences at each timestep (L,) (N = batch_sizes[0], sorted by
+    decreasing length), the first row of each timestep (L + 1,) (R =
+    offsets[L]), and the sorted sequences' lengths (N,), to balance the batch
+    chunks by rows.  ``h_n`` is then left to the caller (each sequence ends at
+    its own step).
+    """
+    cdef Layer L
+    cdef Sched sc
+    cdef int typenum, item, pw, batch, out_size, hidden, d
+    cdef Py_ssize_t rows, last, r, gate_rows
+    cdef const long long[::1] bs, offs, lens
+    cdef char *dst
+    h0, c, hcell, h_n, h0_zero = state
+    if not cnp.PyArray_Check(w.bias):
+        raise TypeError("layer: packed weights expected")
+    typenum = cnp.PyArray_TYPE(<cnp.ndarray>w.bias)
+    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+        raise ValueError("layer: float32 or float64 weights")
+    item = 4 if typenum == cnp.NPY_FLOAT else 8
+    pw = FL_PANEL_BYTES // item
+    memset(&L, 0, sizeof(L))
+    _fill_weights(&L, w, typenum)
+    if len(h0.shape) != 3 or len(c.shape) != 3:
+        raise ValueError("layer: h0 and c must be 3-D")
+    batch, out_size, hidden = h0.shape[1], h0.shape[2], c.shape[2]
+    L.g.seq_len, L.g.batch_first = seq_len, batch_first
+    L.g.batch, L.g.out_size, L.g.hidden = batch, out_size, hidden
+    L.g.r_panels = (out_size + pw - 1) // pw
+    if L.g.g_cols != bias_cols(hidden, pw):
+        raise ValueError("layer: weights and state of different hidden sizes")
+    sc.threads, sc.n_chunks, sc.t_chunk, sc.blas_min_rows, sc.dirs_in_turn, \
+        sc.backward_order = schedule
+    if sc.threads < 1 or sc.n_chunks < 0 or sc.t_chunk < 1:
+        raise ValueError("layer: a schedule of at least one thread and one step per chunk")
+    if packed is not None:
+        bs, offs, lens = packed
+        if bs.shape[0] < seq_len or offs.shape[0] < seq_len + 1 or lens.shape[0] < batch:
+            raise ValueError("layer: packed input needs batch_sizes, offsets and lengths")
+        rows = offs[seq_len]
+        if seq_len > 0:
+            L.b.bsizes, L.b.offs, L.b.lengths = &bs[0], &offs[0], &lens[0]
+    else:
+        rows = <Py_ssize_t>seq_len * batch
+    L.b.h0 = _data(h0, typenum, 3, L.g.num_dirs, batch, out_size, "h0")
+    L.b.c = _data(c, typenum, 3, L.g.num_dirs, batch, hidden, "c")
+    # Without a projection hcell is never read or written; c stands in for it.
+    L.b.hcell = (_data(hcell, typenum, 3, L.g.num_dirs, batch, hidden, "hcell")
+                 if L.g.has_proj else L.b.c)
+    L.b.x = _data(x, typenum, 2, rows, L.g.n_in, -1, "x")
+    L.b.out = _data(out, typenum, 2, rows, L.g.num_dirs * out_size, -1, "out")
+    L.b.h0_zero = h0_zero
+    if batch == 0 or seq_len == 0:
+        return
+    gate_rows = <Py_ssize_t>sc.t_chunk * batch if packed is None else _max_chunk_rows(
+        &L, sc.t_chunk)
+    gbuf = _data(gates, typenum, 2, -1, L.g.num_dirs * L.g.g_cols, -1, "gates")
+    if cnp.PyArray_DIMS(<cnp.ndarray>gates)[0] < gate_rows:
+        raise ValueError(f"layer: a gates buffer of at least {gate_rows} rows is needed")
+    with nogil:
+        if typenum == cnp.NPY_FLOAT:
+            _run_layer(&L, <float *>gbuf, &sc)
+        else:
+            _run_layer(&L, <double *>gbuf, &sc)
+    if packed is not None:
+        return
+    dst = <char *>_data(h_n, typenum, 3, L.g.num_dirs, batch, out_size, "h_n")
+    for d in range(L.g.num_dirs):
+        last = seq_len - 1 if d == 0 else 0
+        for r in range(batch):
+            memcpy(dst + ((<Py_ssize_t>d * batch + r) * out_size) * item,
+                   <const char *>L.b.out
+                   + (_row(&L.g, last, r) * L.g.num_dirs * out_size + d * out_size) * item,
+                   <size_t>out_size * item)
+
+
+# ------------------------------------------------------------ stream steps
+cdef void _plan_layer(const Layer *L, floating *gates, int num_threads,
+                      bint backward_order) noexcept nogil:
+    """One timestep of a bound layer; the state is always read (a stream's ``h``
+    may be written by its owner)."""
+    cdef int n_chunks = _chunks(L.g.batch, 1, num_threads, L.g.n_panels,
+                                L.w.hh_stride * <Py_ssize_t>sizeof(floating))
+    _single_step_region(L, gates, num_threads, n_chunks, backward_order)
+
+
+cdef inline int _chunks(int batch, int n_dirs, int threads, int n_panels,
+                        Py_ssize_t hh_bytes) noexcept nogil:
+    """Batch chunks per direction for ``batch`` rows on ``threads`` threads, or 0
+    for the split mode (see ``batch_chunks``); ``n_panels`` and ``hh_bytes``:
+    a direction's gate panels and packed W_hh."""
+    cdef int per_dir = threads // n_dirs
+    if per_dir < 2:
+        return max(1, min(batch, per_dir))
+    if batch < 4 * per_dir:
+        return 0
+    if _split_by_size == 1 or (_split_by_size == 0 and per_dir == 2
+                               and n_panels >= 4 * per_dir and hh_bytes >= _split_min_bytes):
+        return 0
+    return per_dir
+
+
 cdef class StepPlan:
     """The buffers of a stream bound once, so that a step acquires none.
 
@@ -896,11 +995,9 @@ cdef class StepPlan:
     output buffers; ``gates`` (N, 4Hp) scratch.  The arrays are kept alive by
     the plan and must not be reallocated while it is in use.
     """
-    cdef _PlanLayer *layers
-    cdef int n_layers, batch, hidden, out_size, is_double, flip
-    cdef bint has_proj
+    cdef Layer *layers
+    cdef int n_layers, batch, out_size, typenum, flip
     cdef void *gates
-    cdef void *hcell
     cdef object refs
 
     def __cinit__(self):
@@ -908,55 +1005,47 @@ cdef class StepPlan:
         self.n_layers = 0
 
     def __init__(self, list layers, x, h, c, hcell, list outs, gates):
-        cdef int k, itemsize
-        cdef Py_ssize_t pw, n, p, hid
+        cdef int k, typenum, item
+        cdef Py_ssize_t n, p, hid
+        cdef Layer *L
         dtype = x.dtype
         if dtype != "float32" and dtype != "float64":
             raise ValueError(f"StepPlan: float32 or float64 buffers, got {dtype}")
-        itemsize = dtype.itemsize
-        pw = FL_PANEL_BYTES // itemsize
-        self.is_double = itemsize == 8
-        self.n_layers = len(layers)
-        self.batch = x.shape[0]
-        self.hidden = c.shape[2]
-        self.out_size = h.shape[2]
-        if len(outs) != self.n_layers or h.shape[0] != self.n_layers or c.shape[0] != self.n_layers:
+        typenum = cnp.NPY_FLOAT if dtype == "float32" else cnp.NPY_DOUBLE
+        item = dtype.itemsize
+        n_layers = len(layers)
+        if len(outs) != n_layers or h.shape[0] != n_layers or c.shape[0] != n_layers:
             raise ValueError("StepPlan: one state and one output buffer per layer")
-        self.has_proj = layers[0].w_hr_p.shape[1] > 0
+        self.typenum = typenum
+        self.batch = x.shape[0]
+        self.out_size = h.shape[2]
+        n, p, hid = self.batch, self.out_size, c.shape[2]
         self.refs = (layers, x, h, c, hcell, outs, gates)
-        self.gates = <void *>_address(gates, dtype, tuple(gates.shape))
-        self.layers = <_PlanLayer *>PyMem_Malloc(self.n_layers * sizeof(_PlanLayer))
+        h_data = <char *>_data(h, typenum, 3, n_layers, n, p, "h")
+        c_data = <char *>_data(c, typenum, 3, n_layers, n, hid, "c")
+        hcell_data = _data(hcell, typenum, 3, 1, n, hid, "hcell")
+        self.layers = <Layer *>PyMem_Malloc(n_layers * sizeof(Layer))
         if self.layers == NULL:
             raise MemoryError()
-        n, p, hid = self.batch, self.out_size, self.hidden
-        for k in range(self.n_layers):
+        memset(self.layers, 0, n_layers * sizeof(Layer))
+        for k in range(n_layers):
             w = layers[k]
-            if w.w_hh_p.shape[0] != 1:
+            L = &self.layers[k]
+            _fill_weights(L, w, typenum)
+            if L.g.num_dirs != 1:
                 raise ValueError("StepPlan: unidirectional layers only")
             layer_in = x if k == 0 else outs[k - 1]
-            self.layers[k].x = <const void *>_address(layer_in, dtype, tuple(layer_in.shape))
-            self.layers[k].n_in = layer_in.shape[1]
-            self.layers[k].w_ih_p = <const void *>_address(w.w_ih_p, dtype, tuple(w.w_ih_p.shape))
-            self.layers[k].w_hh_p = <const void *>_address(w.w_hh_p, dtype, tuple(w.w_hh_p.shape))
-            self.layers[k].bias = <const void *>_address(w.bias, dtype, tuple(w.bias.shape))
-            self.layers[k].w_hr_p = NULL
-            if self.has_proj:
-                self.layers[k].w_hr_p = <const void *>_address(w.w_hr_p, dtype,
-                                                               tuple(w.w_hr_p.shape))
-            self.layers[k].hh_stride = w.w_hh_p.shape[1]
-            self.layers[k].hr_stride = w.w_hr_p.shape[1]
-            self.layers[k].h = <void *>(_address(h, dtype, (self.n_layers, n, p))
-                                        + k * n * p * itemsize)
-            self.layers[k].c = <void *>(_address(c, dtype, (self.n_layers, n, hid))
-                                        + k * n * hid * itemsize)
-            self.layers[k].out = <void *>_address(outs[k], dtype, (n, p))
-            self.layers[k].n_panels = w.bias.shape[1] // pw
-            self.layers[k].r_panels = (p + pw - 1) // pw
-            if gates.shape[1] != w.bias.shape[1] or gates.shape[0] != n:
-                raise ValueError("StepPlan: gates buffer of the wrong shape")
-        if hcell.shape != (1, n, hid):
-            raise ValueError("StepPlan: hcell buffer of the wrong shape")
-        self.hcell = <void *>_address(hcell, dtype, (1, n, hid))
+            L.g.batch, L.g.seq_len, L.g.hidden, L.g.out_size = n, 1, hid, p
+            L.g.r_panels = (p + FL_PANEL_BYTES // item - 1) // (FL_PANEL_BYTES // item)
+            L.b.x = _data(layer_in, typenum, 2, n, L.g.n_in, -1, "x")
+            L.b.h0 = h_data + k * n * p * item
+            L.b.c = c_data + k * n * hid * item
+            L.b.hcell = hcell_data
+            L.b.out = _data(outs[k], typenum, 2, n, p, -1, "outs")
+            if L.g.g_cols != bias_cols(hid, FL_PANEL_BYTES // item):
+                raise ValueError("StepPlan: weights and state of different hidden sizes")
+            self.n_layers = k + 1
+        self.gates = _data(gates, typenum, 2, n, self.layers[0].g.g_cols, -1, "gates")
 
     def __dealloc__(self):
         PyMem_Free(self.layers)
@@ -972,22 +1061,23 @@ cdef class StepPlan:
         ``num_threads`` 0 or less: ``omp_get_max_threads()``.
         """
         cdef int k, nd
-        cdef _PlanLayer *L
+        cdef Layer *L
         num_threads = _threads_or_default(num_threads)
-        cdef size_t item = 8 if self.is_double else 4
+        cdef size_t item = 4 if self.typenum == cnp.NPY_FLOAT else 8
         cdef size_t row_bytes = self.batch * self.out_size * item
+        cdef int n_in = self.layers[0].g.n_in
         cdef bint order
         if frame is not None:
             if not cnp.PyArray_CheckExact(frame):
                 return False
             nd = cnp.PyArray_NDIM(<cnp.ndarray>frame)
-            if not _plain(frame, cnp.NPY_DOUBLE if self.is_double else cnp.NPY_FLOAT, nd):
+            if not _plain(frame, self.typenum, nd):
                 return False
-            if not (_dims(frame, self.batch, self.layers[0].n_in, -1) if nd == 2
-                    else nd == 1 and self.batch == 1 and _dims(frame, self.layers[0].n_in, -1, -1)):
+            if not (_dims(frame, self.batch, n_in, -1) if nd == 2
+                    else nd == 1 and self.batch == 1 and _dims(frame, n_in, -1, -1)):
                 return False
-            memmove(<void *>self.layers[0].x, cnp.PyArray_DATA(<cnp.ndarray>frame),
-                    <size_t>self.batch * self.layers[0].n_in * item)
+            memmove(<void *>self.layers[0].b.x, cnp.PyArray_DATA(<cnp.ndarray>frame),
+                    <size_t>self.batch * n_in * item)
         self.flip = not self.flip  # alternate the panel order (see _single_step)
         order = self.flip
         if self.batch == 0:
@@ -995,28 +1085,15 @@ cdef class StepPlan:
         with nogil:
             for k in range(self.n_layers):
                 L = &self.layers[k]
-                if self.is_double:
-                    _plan_layer(L, <double *>self.gates, <double *>self.hcell, num_threads,
-                                order, self.batch, self.hidden,
-                                self.out_size, self.has_proj)
+                if self.typenum == cnp.NPY_FLOAT:
+                    _plan_layer(L, <float *>self.gates, num_threads, order)
                 else:
-                    _plan_layer(L, <float *>self.gates, <float *>self.hcell, num_threads,
-                                order, self.batch, self.hidden,
-                                self.out_size, self.has_proj)
-                memcpy(L.h, L.out, row_bytes)  # h_n of the step is the layer's output
+                    _plan_layer(L, <double *>self.gates, num_threads, order)
+                memcpy(<void *>L.b.h0, L.b.out, row_bytes)  # the step's h_n is its output
         return True
 
 
 # ------------------------------------------------------------- cell steps
-cdef struct _CellLayer:
-    const void *w_ih_p
-    const void *w_hh_p
-    const void *bias
-    int n_in
-    int n_panels
-    Py_ssize_t hh_stride
-
-
 def batch_chunks(int batch, int n_dirs, int threads, int n_panels=0,
                  Py_ssize_t hh_bytes=0):
     """How a layer shares the recurrence among threads: the number of batch
@@ -1045,29 +1122,27 @@ def batch_chunks(int batch, int n_dirs, int threads, int n_panels=0,
     return _chunks(batch, n_dirs, threads, n_panels, hh_bytes)
 
 
-cdef void _cell_layer(const _CellLayer *L, int batch, int hidden, const floating *x,
-                      const floating *h0, floating *c, floating *h, floating *gates,
-                      int num_threads, bint h0_zero, bint backward_order) noexcept nogil:
-    """One LSTM step of one bound layer (see ``cell_step``)."""
-    cdef int pw = FL_PANEL_BYTES // sizeof(floating)
-    cdef int n_chunks = _chunks(batch, 1, num_threads, L.n_panels,
-                                L.hh_stride * <Py_ssize_t>sizeof(floating))
-    _single_step_region(num_threads, n_chunks, backward_order, batch, hidden, hidden, 1, False,
-                        L.n_panels, (hidden + pw - 1) // pw, x, L.n_in,
-                        <const floating *>L.w_ih_p, gates, <const floating *>L.w_hh_p,
-                        L.hh_stride, <const floating *>L.bias, NULL, 0, h0, c, c, h, h0_zero)
+cdef void _cell_layer(const Layer *bound, int batch, const floating *x, const floating *h0,
+                      floating *c, floating *h, floating *gates, int num_threads, bint h0_zero,
+                      bint backward_order) noexcept nogil:
+    """One LSTM step of one bound layer (see ``cell_step``) on the caller's arrays."""
+    cdef Layer L = bound[0]
+    cdef int n_chunks = _chunks(batch, 1, num_threads, L.g.n_panels,
+                                L.w.hh_stride * <Py_ssize_t>sizeof(floating))
+    L.g.batch = batch
+    L.b.x, L.b.h0, L.b.c, L.b.hcell, L.b.out, L.b.h0_zero = x, h0, c, c, h, h0_zero
+    _single_step_region(&L, gates, num_threads, n_chunks, backward_order)
 
 
-cdef void _cell_layers(const _CellLayer *layers, int n_layers, int batch, int hidden,
-                       const floating *x, const floating *h0, floating *c, floating *h,
-                       floating *gates, int num_threads, bint h0_zero,
-                       bint backward_order) noexcept nogil:
+cdef void _cell_layers(const Layer *layers, int n_layers, int batch, const floating *x,
+                       const floating *h0, floating *c, floating *h, floating *gates,
+                       int num_threads, bint h0_zero, bint backward_order) noexcept nogil:
     """One timestep of a stack of layers: layer k reads layer k-1's new h
     (``x`` for the first), its own h0 and c (N, H) blocks, and writes h."""
     cdef int k
-    cdef Py_ssize_t block = <Py_ssize_t>batch * hidden
+    cdef Py_ssize_t block = <Py_ssize_t>batch * layers[0].g.hidden
     for k in range(n_layers):
-        _cell_layer(&layers[k], batch, hidden, x if k == 0 else h + (k - 1) * block,
+        _cell_layer(&layers[k], batch, x if k == 0 else h + (k - 1) * block,
                     h0 + k * block, c + k * block, h + k * block, gates, num_threads, h0_zero,
                     backward_order)
 
@@ -1090,7 +1165,7 @@ cdef class CellStack:
     (``module_call``; -1: none), ``call_needs_eval`` that they take ``step``
     only in eval mode (an LSTM with dropout).
     """
-    cdef _CellLayer *layers
+    cdef Layer *layers
     cdef int n_layers, n_in, hidden, typenum, flip
     cdef readonly int call_layout
     cdef readonly bint call_needs_eval
@@ -1104,6 +1179,7 @@ cdef class CellStack:
     def __init__(self, list layers, int hidden, int call_layout=-1, bint call_needs_eval=False,
                  bint zero_state_skips=False):
         cdef int k
+        cdef Layer *L
         self.call_layout = call_layout
         self.call_needs_eval = call_needs_eval
         dtype = layers[0].bias.dtype
@@ -1116,18 +1192,20 @@ cdef class CellStack:
         # A call without a state skips the recurrent product only where the
         # rule allows (finite W_hh); other calls take the general path.
         self.zero_state_skips = zero_state_skips
-        self.layers = <_CellLayer *>PyMem_Malloc(len(layers) * sizeof(_CellLayer))
+        self.layers = <Layer *>PyMem_Malloc(len(layers) * sizeof(Layer))
         if self.layers == NULL:
             raise MemoryError()
+        memset(self.layers, 0, len(layers) * sizeof(Layer))
         for k, w in enumerate(layers):
-            if w.w_hh_p.shape[0] != 1 or w.w_hr_p.shape[1] != 0:
+            L = &self.layers[k]
+            _fill_weights(L, w, self.typenum)
+            if L.g.num_dirs != 1 or L.g.has_proj:
                 raise ValueError("CellStack: one direction, no projection")
-            self.layers[k].w_ih_p = <const void *>_address(w.w_ih_p, dtype, tuple(w.w_ih_p.shape))
-            self.layers[k].w_hh_p = <const void *>_address(w.w_hh_p, dtype, tuple(w.w_hh_p.shape))
-            self.layers[k].bias = <const void *>_address(w.bias, dtype, tuple(w.bias.shape))
-            self.layers[k].n_in = w.w_ih.shape[1]
-            self.layers[k].n_panels = w.bias.shape[1] // (FL_PANEL_BYTES // dtype.itemsize)
-            self.layers[k].hh_stride = w.w_hh_p.shape[1]
+            if L.g.g_cols != bias_cols(hidden, FL_PANEL_BYTES // dtype.itemsize):
+                raise ValueError("CellStack: weights of another hidden size")
+            L.g.seq_len, L.g.hidden, L.g.out_size = 1, hidden, hidden
+            L.g.r_panels = (hidden + FL_PANEL_BYTES // dtype.itemsize - 1) // (
+                FL_PANEL_BYTES // dtype.itemsize)
             self.n_layers = k + 1
 
     def __dealloc__(self):
@@ -1252,7 +1330,7 @@ cdef class CellStack:
             memcpy(c_ptr, cnp.PyArray_DATA(<cnp.ndarray>c0), state_bytes)
         order = self._next_order()
         gates = <void *>stack_gates
-        gate_bytes = <size_t>batch * self.layers[0].n_panels * FL_PANEL_BYTES
+        gate_bytes = <size_t>batch * self.layers[0].g.n_panels * FL_PANEL_BYTES
         if gate_bytes > sizeof(stack_gates):
             gates = PyMem_Malloc(gate_bytes)
             if gates == NULL:
@@ -1260,11 +1338,11 @@ cdef class CellStack:
         try:
             with nogil:
                 if typenum == cnp.NPY_FLOAT:
-                    _cell_layers(self.layers, nl, batch, hidden, <const float *>x_ptr,
+                    _cell_layers(self.layers, nl, batch, <const float *>x_ptr,
                                  <const float *>h0_ptr, <float *>c_ptr, <float *>h_ptr,
                                  <float *>gates, num_threads, h0_zero, order)
                 else:
-                    _cell_layers(self.layers, nl, batch, hidden, <const double *>x_ptr,
+                    _cell_layers(self.layers, nl, batch, <const double *>x_ptr,
                                  <const double *>h0_ptr, <double *>c_ptr, <double *>h_ptr,
                                  <double *>gates, num_threads, h0_zero, order)
         finally:
@@ -1298,18 +1376,18 @@ def cell_step(CellStack w, int k, const floating[:, ::1] x, const floating[:, ::
         raise ValueError("cell_step: arrays and weights of different dtypes")
     if not 0 <= k < w.n_layers:
         raise ValueError("cell_step: no such layer")
-    if (x.shape[1] != w.layers[k].n_in or h0.shape[0] != batch or c.shape[0] != batch
+    if (x.shape[1] != w.layers[k].g.n_in or h0.shape[0] != batch or c.shape[0] != batch
             or h.shape[0] != batch or h0.shape[1] != w.hidden or c.shape[1] != w.hidden
             or h.shape[1] != w.hidden):
         raise ValueError("cell_step: arrays of inconsistent shapes")
     if batch == 0:
         return
-    gates = <floating *>PyMem_Malloc(<size_t>batch * w.layers[k].n_panels * FL_PANEL_BYTES)
+    gates = <floating *>PyMem_Malloc(<size_t>batch * w.layers[k].g.n_panels * FL_PANEL_BYTES)
     if gates == NULL:
         raise MemoryError()
     try:
         with nogil:
-            _cell_layer(&w.layers[k], batch, w.hidden, &x[0, 0], &h0[0, 0], &c[0, 0], &h[0, 0],
+            _cell_layer(&w.layers[k], batch, &x[0, 0], &h0[0, 0], &c[0, 0], &h[0, 0],
                         gates, num_threads, h0_zero, backward_order)
     finally:
         PyMem_Free(gates)
