@@ -624,9 +624,9 @@ class _Module:
     def _next_order(self) -> bool:
         """Panel order of the next one-step call: it alternates from call to call
         (see kernels._single_step); a race between threads only costs cache hits."""
-        flip = not self.__dict__.get("_flip", False)
-        self.__dict__["_flip"] = flip
-        return flip
+        backward_order = not self.__dict__.get("_backward_order", False)
+        self.__dict__["_backward_order"] = backward_order
+        return backward_order
 
     def _bound_layers(self) -> Any:
         """The packed layers bound for one-timestep calls (``kernels.CellStack``:

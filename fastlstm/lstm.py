@@ -44,10 +44,8 @@ __all__ = ["LSTM"]
 
 
 # Rows per thread from which the input projection goes to BLAS GEMM, by SIMD
-# level.  Measured on Zen 5 against scipy's OpenBLAS (which runs its AVX2
-# kernels there): the small-M kernel is about twice as fast at every size with
-# AVX-512, a little slower than BLAS on large blocks with AVX2 only, and far
-# slower in the portable build (docs/kernels.md has the figures).
+# level: the packed-panel kernel wins with AVX-512, BLAS on large blocks below it
+# (docs/kernels.md has the measurements).
 _NO_BLAS = 1 << 30
 _BLAS_MIN_ROWS = {"avx512": _NO_BLAS, "avx2": 64, "portable": 16}
 
@@ -87,11 +85,8 @@ def _dirs_in_turn(batch: int, n_dirs: int, threads: int, hh_bytes: int) -> bool:
     ``hh_bytes``) from the cache.  On 2 threads, a thread per direction
     streams a whole ``W_hh``; from the size of an L2 on, it comes from L3.  In
     turn, each thread streams half of it (from its L2 up to twice that size),
-    for one more wait per step.  Measured on 2 cores with a 1 MiB L2
-    (interleaved, same process): the speech encoder 11-15% faster in all 9
-    comparisons; one layer at H = 256 11-23% faster in 8 of 10 (2-4% slower
-    in the other 2); H = 320-512 2-11% faster; H = 128-224 6-16% slower;
-    2 sequences -1 to +4%, 3 to 8 sequences 3-5% slower.
+    for one more wait per step (docs/performance.md, "Directions in turn", has
+    the measurements).
     """
     if _DIRS_IN_TURN_FORCE is not None:
         return _DIRS_IN_TURN_FORCE and n_dirs == 2
@@ -665,9 +660,9 @@ class LSTM(_Module):
         blas_min_rows = _BLAS_MIN_ROWS[kernels.simd_level()]
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
         dropout = self._dropout if self.training else 0.0
-        flip = self._next_order() if seq_len == 1 else False
+        backward_order = self._next_order() if seq_len == 1 else False
 
-        schedule = (threads, n_chunks, t_chunk, blas_min_rows, in_turn, flip)
+        schedule = (threads, n_chunks, t_chunk, blas_min_rows, in_turn, backward_order)
         packed = None
         if batch_sizes is not None:
             assert offsets is not None and lengths is not None

@@ -423,3 +423,12 @@ def test_recurrence_partial_panels_match_reference(dtype, hidden, proj, restore_
                                                err_msg=what)
                     np.testing.assert_allclose(h_n, ref_h, rtol=0, atol=TOL[dtype], err_msg=what)
                     np.testing.assert_allclose(c_n, ref_c, rtol=0, atol=TOL[dtype], err_msg=what)
+
+
+def test_panel_width_refuses_other_dtypes():
+    # 256-byte panels: 64 float32 or 32 float64 columns; any other name is an error, not
+    # float64's width.
+    assert kernels.panel_width("float32") == 64 and kernels.panel_width("float64") == 32
+    for dtype in ("float16", "bfloat16", "int8", "float"):
+        with pytest.raises(ValueError, match="float32 or float64"):
+            kernels.panel_width(dtype)

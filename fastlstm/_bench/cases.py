@@ -6,7 +6,10 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, Iterable, List, Sequence
 
-__all__ = [
+#: The libraries the benchmark compares, in its tables' order.
+LIBS = ("fastlstm", "torch", "onnxruntime")
+
+__all__ = ["LIBS",
     "Case",
     "DEFAULT_GRID",
     "FULL_GRID",

@@ -46,11 +46,12 @@ import subprocess
 import sys
 from typing import Any, Dict, Optional
 
+from fastlstm._bench.cases import LIBS
+
 __all__ = ["AVAILABLE", "LIBS", "METHOD", "UNAVAILABLE_NOTE", "main", "measure",
            "measure_in_subprocess"]
 
 #: The libraries this module measures.
-LIBS = ("fastlstm", "torch", "onnxruntime")
 
 #: Whether this system can measure (Linux: /proc/self/status).
 AVAILABLE = sys.platform.startswith("linux")

@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple
 import numpy as np
 
 import fastlstm
+from fastlstm._bench.cases import LIBS
 from fastlstm._bench.streams import scaling_line
 from fastlstm._bench.timing import SETTLE_LIMIT_S
 
@@ -32,7 +33,6 @@ __all__ = [
 ]
 
 #: The libraries timed, as they are named in the JSON.
-LIBS = ("fastlstm", "torch", "onnxruntime")
 
 
 # ------------------------------------------------------------- environment

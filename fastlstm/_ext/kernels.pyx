@@ -44,7 +44,7 @@ from fastlstm._ext.blas cimport NoTrans, Trans, gemm
 
 
 cdef extern from "kernels.h" nogil:
-    int FL_PORTABLE, FL_AVX2, FL_AVX512, FL_PANEL_BYTES
+    int FL_PANEL_BYTES
     int fl_cpu_level() noexcept
     unsigned int fl_ftz_begin() noexcept
     void fl_ftz_end(unsigned int old) noexcept
@@ -194,8 +194,12 @@ def _mxcsr_for_tests():
 
 
 def panel_width(dtype):
-    """Columns per weight panel (256 bytes) for ``dtype``."""
-    return FL_PANEL_BYTES // (4 if dtype == "float32" else 8)
+    """Columns per weight panel (256 bytes) for ``dtype`` ("float32" or "float64")."""
+    if dtype == "float32":
+        return FL_PANEL_BYTES // 4
+    if dtype == "float64":
+        return FL_PANEL_BYTES // 8
+    raise ValueError(f"panel_width: float32 or float64, got {dtype!r}")
 
 
 # ------------------------------------------------------------------ kernels
@@ -427,6 +431,7 @@ cdef void _steps(const Layer *L, floating *gbuf, Part pt, int s0, int s1, bint s
     cdef floating *o_t
     cdef floating *dst
     cdef Py_ssize_t dst_ld = hidden if has_proj else o_ld
+    cdef int k_init = 0 if L.b.h0_zero else out_size  # read once: the struct is shared
     cdef Py_ssize_t s, t, tp, j
     cdef int m, n_cont
     cdef unsigned int csr = fl_ftz_begin()
@@ -461,7 +466,7 @@ cdef void _steps(const Layer *L, floating *gbuf, Part pt, int s0, int s1, bint s
             _lstm_step(n_cont, out_size, hidden, hprev + d * out_size, o_ld, w_hh_d, g_t,
                        gb_ld, b_d, c_d, hidden, dst, dst_ld, pt.p_lo, pt.p_hi, s & 1)
         if m > n_cont:  # rows starting from the initial state
-            _lstm_step(m - n_cont, 0 if L.b.h0_zero else out_size, hidden,
+            _lstm_step(m - n_cont, k_init, hidden,
                        h0_d + <Py_ssize_t>n_cont * out_size, out_size, w_hh_d,
                        g_t + n_cont * gb_ld, gb_ld, b_d, c_d + <Py_ssize_t>n_cont * hidden,
                        hidden, dst + n_cont * dst_ld, dst_ld, pt.p_lo, pt.p_hi, s & 1)
@@ -512,13 +517,14 @@ cdef void _single_step(const Layer *L, floating *gbuf, Part pt, bint sync,
     cdef floating *o_t = <floating *>L.b.out + n_lo * o_ld + d * out_size
     cdef floating *dst = hc_d if has_proj else o_t
     cdef Py_ssize_t dst_ld = hidden if has_proj else o_ld
+    cdef int k_rec = 0 if L.b.h0_zero else out_size  # read once: the struct is shared
     cdef unsigned int csr = fl_ftz_begin()
     if m > 0:
         for i in range(pt.p_hi - pt.p_lo):
             p = pt.p_hi - 1 - i if backward_order else pt.p_lo + i
             _matmul(False, m, pw, n_in, x + <Py_ssize_t>n_lo * n_in, n_in,
                     w_ih_d + <Py_ssize_t>p * n_in * pw, gp + p * pw, gb_ld)
-            _lstm_step(m, 0 if L.b.h0_zero else out_size, hidden, h0_d, out_size, w_hh_d, gp,
+            _lstm_step(m, k_rec, hidden, h0_d, out_size, w_hh_d, gp,
                        gb_ld, b_d, c_d, hidden, dst, dst_ld, p, p + 1)
     if has_proj:
         if sync:
@@ -996,7 +1002,8 @@ cdef class StepPlan:
     the plan and must not be reallocated while it is in use.
     """
     cdef Layer *layers
-    cdef int n_layers, batch, out_size, typenum, flip
+    cdef int n_layers, batch, out_size, typenum
+    cdef bint backward_order  # the panel order of the last step; it alternates (see _single_step)
     cdef void *gates
     cdef object refs
 
@@ -1078,8 +1085,8 @@ cdef class StepPlan:
                 return False
             memmove(<void *>self.layers[0].b.x, cnp.PyArray_DATA(<cnp.ndarray>frame),
                     <size_t>self.batch * n_in * item)
-        self.flip = not self.flip  # alternate the panel order (see _single_step)
-        order = self.flip
+        self.backward_order = not self.backward_order
+        order = self.backward_order
         if self.batch == 0:
             return True
         with nogil:
@@ -1107,17 +1114,9 @@ def batch_chunks(int batch, int n_dirs, int threads, int n_panels=0,
     its ``W_hh`` (``hh_bytes`` packed, in ``n_panels`` gate panels) is at
     least half a core's L2, with 4 panels or more per thread.  A batch chunk
     streams the whole ``W_hh`` every step, from L3 once it outgrows the L2
-    beside the other data; in split mode each thread streams half of it.
-
-    Measured on 2 cores with a 1 MiB L2 (interleaved in one process, split
-    against chunks): float32 H = 256-1024 with 8-256 sequences 4-22% faster
-    (the benchmark's small batch 5-9%, batch 10-12%, large 4-8%), projection
-    6-9%, float64 H = 256 5-9%, packed input 10-14%, one-step calls and
-    LSTMCell steps of 16-64 rows 9-13%; with the AVX2 kernels 1-4% (packed
-    10%).  Below the size, H = 128 float32 from 64 sequences on runs 1-3%
-    slower in split mode.
-    With more threads per direction the step's wait grows and its work per
-    thread shrinks; that was not measured, so batch chunks stay there.
+    beside the other data; in split mode each thread streams half of it
+    (docs/kernels.md has the measurements).  With more threads per direction
+    batch chunks stay: the step's wait grows and its work per thread shrinks.
     """
     return _chunks(batch, n_dirs, threads, n_panels, hh_bytes)
 
@@ -1166,7 +1165,8 @@ cdef class CellStack:
     only in eval mode (an LSTM with dropout).
     """
     cdef Layer *layers
-    cdef int n_layers, n_in, hidden, typenum, flip
+    cdef int n_layers, n_in, hidden, typenum
+    cdef bint backward_order  # the panel order of the last call; it alternates
     cdef readonly int call_layout
     cdef readonly bint call_needs_eval
     cdef bint zero_state_skips
@@ -1212,8 +1212,8 @@ cdef class CellStack:
         PyMem_Free(self.layers)
 
     cdef inline bint _next_order(self) noexcept:
-        self.flip = not self.flip
-        return self.flip
+        self.backward_order = not self.backward_order
+        return self.backward_order
 
     def next_order(self):
         """Panel order of the next one-step call: it alternates from call to
