@@ -217,6 +217,8 @@ class _Module:
     #: The kind of module (``"LSTM"``, ``"LSTMCell"``) whose keys and shapes the weights-file
     #: readers know; a subclass inherits its parent's.
     _kind: Optional[str] = None
+    #: The ``kernels.Tuning`` of this module's calls; None: what ships (see ``_set_tuning``).
+    _tuning: Any = None
 
     _shapes: "OrderedDict[str, Tuple[int, ...]]"
 
@@ -628,6 +630,17 @@ class _Module:
         self.__dict__["_backward_order"] = backward_order
         return backward_order
 
+    def _set_tuning(self, tuning: Any) -> None:
+        """Run this module's calls under ``tuning`` (a ``kernels.Tuning``; None: the
+        shipped rules): for tests and measurements, which compare the ways a call can
+        be scheduled on the same module.  Its bindings are made again."""
+        if tuning is not None and not isinstance(tuning, kernels.Tuning):
+            raise TypeError(f"expected a kernels.Tuning or None, got {type(tuning).__name__}")
+        with self._pack_lock:
+            self.__dict__["_tuning"] = tuning
+            self.__dict__["_packed"] = None  # rebinds the one-step stack and streams
+            self.__dict__.pop("_bound", None)
+
     def _bound_layers(self) -> Any:
         """The packed layers bound for one-timestep calls (``kernels.CellStack``:
         LSTMCell calls, and one-step calls of unidirectional LSTMs without
@@ -637,7 +650,7 @@ class _Module:
             layers = self._packed_layers()
             layout, needs_eval = self._call_layout()
             bound = (layers, kernels.CellStack(layers, self._hidden_size, layout, needs_eval,
-                                               zero_state_skips(layers)))
+                                               zero_state_skips(layers), self._tuning))
             self.__dict__["_bound"] = bound
         return bound[1]
 

@@ -43,54 +43,9 @@ from fastlstm.rnn import (
 __all__ = ["LSTM"]
 
 
-# Rows per thread from which the input projection goes to BLAS GEMM, by SIMD
-# level: the packed-panel kernel wins with AVX-512, BLAS on large blocks below it
-# (docs/kernels.md has the measurements).
-_NO_BLAS = 1 << 30
-_BLAS_MIN_ROWS = {"avx512": _NO_BLAS, "avx2": 64, "portable": 16}
-
-
 # Constructor arguments shared with torch.nn.LSTM (also its attribute names).
 _CONFIG = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
            "bidirectional", "proj_size")
-
-
-# Bytes of the gate buffer (input projections of one time chunk), and the
-# fewest rows a chunk's projection should have to be an efficient product.
-_GATE_BUFFER_BYTES = 2 << 20
-_MIN_CHUNK_ROWS = 256
-
-
-def _time_chunk(seq_len: int, batch: int, row_bytes: int) -> int:
-    """Timesteps per chunk: the gate buffer stays under ``_GATE_BUFFER_BYTES``
-    but holds at least ``_MIN_CHUNK_ROWS`` rows."""
-    steps = max(_GATE_BUFFER_BYTES // max(1, batch * row_bytes),
-                -(-_MIN_CHUNK_ROWS // max(1, batch)))
-    return max(1, min(seq_len, steps))
-
-
-_batch_chunks = kernels.batch_chunks  # batch chunks of the recurrence, or 0 (split mode)
-
-
-_L2_BYTES = kernels.L2_BYTES  # one core's L2, as the OS reports it
-_DIRS_IN_TURN_FORCE: Optional[bool] = None  # tests: True/False overrides the rule below
-
-
-def _dirs_in_turn(batch: int, n_dirs: int, threads: int, hh_bytes: int) -> bool:
-    """Whether a bidirectional layer runs its directions one after the other,
-    each shared by all the threads (split mode), instead of a thread per
-    direction at once.
-
-    With a single sequence a step streams the direction's ``W_hh`` (of
-    ``hh_bytes``) from the cache.  On 2 threads, a thread per direction
-    streams a whole ``W_hh``; from the size of an L2 on, it comes from L3.  In
-    turn, each thread streams half of it (from its L2 up to twice that size),
-    for one more wait per step (docs/performance.md, "Directions in turn", has
-    the measurements).
-    """
-    if _DIRS_IN_TURN_FORCE is not None:
-        return _DIRS_IN_TURN_FORCE and n_dirs == 2
-    return n_dirs == 2 and threads == 2 and batch == 1 and hh_bytes >= _L2_BYTES
 
 
 def _as_count(name: str, value: Any) -> int:
@@ -646,34 +601,30 @@ class LSTM(_Module):
             offsets = np.zeros(seq_len + 1, np.int64)
             np.cumsum(batch_sizes, out=offsets[1:])
             lengths = _count_greater(batch_sizes, np.arange(batch))  # sorted sequences
-        hh_bytes = layers[0].w_hh_p[0].nbytes  # one direction's packed W_hh
-        n_chunks = _batch_chunks(batch, n_dirs, threads,
-                                 layers[0].bias.shape[1] // kernels.panel_width(dt), hh_bytes)
-        # (A one-timestep call has a thread per direction in any case.)
-        in_turn = (seq_len > 1 and batch_sizes is None
-                   and _dirs_in_turn(batch, n_dirs, threads, hh_bytes))
-        if in_turn:
-            n_chunks = 0
-        gate_cols = n_dirs * layers[0].bias.shape[1]
-        t_chunk = 1 if seq_len == 1 else _time_chunk(seq_len, batch, gate_cols * dt.itemsize)
-        gates = np.empty((t_chunk * batch, gate_cols), dt)
-        blas_min_rows = _BLAS_MIN_ROWS[kernels.simd_level()]
-        hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
-        dropout = self._dropout if self.training else 0.0
-        backward_order = self._next_order() if seq_len == 1 else False
-
-        schedule = (threads, n_chunks, t_chunk, blas_min_rows, in_turn, backward_order)
+        # The schedule (threads, split mode, time chunk, BLAS, directions in turn) is
+        # decided in one place, kernels.schedule, per layer (the first one's input
+        # differs); the gate buffer holds a time chunk of any layer.
+        tuning = self._tuning
         packed = None
         if batch_sizes is not None:
             assert offsets is not None and lengths is not None
             packed = (batch_sizes, offsets, lengths)
+        plans = [kernels.schedule(w, batch, seq_len, hidden, threads, packed is not None, tuning)
+                 for w in layers]
+        gate_cols = n_dirs * layers[0].bias.shape[1]
+        gates = np.empty((max(p[2] for p in plans) * batch, gate_cols), dt)
+        hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
+        dropout = self._dropout if self.training else 0.0
+        backward_order = self._next_order() if seq_len == 1 else False
+
         for layer, w in enumerate(layers):
             s = slice(layer * n_dirs, (layer + 1) * n_dirs)
             out = np.empty((rows, n_dirs * out_size), dt)
             state = (h0[s], c_n[s], hcell, h_n[s], h0_zero)
+            schedule = plans[layer] + (backward_order,)
             # Only the input projection may call BLAS, on blocks of at least
             # blas_min_rows rows; pin BLAS to one thread whenever that can happen.
-            if rows >= blas_min_rows:
+            if rows >= schedule[3]:
                 with single_threaded_blas():
                     kernels.layer(w, layer_in, out, state, gates, seq_len, batch_first, schedule,
                                   packed)

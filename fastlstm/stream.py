@@ -217,6 +217,7 @@ class Stream:
                 self._h, self._c = self._h.astype(dt), self._c.astype(dt)
                 self._allocate(dt)
             plan = self._step_plan = kernels.StepPlan(layers, self._x, self._h, self._c,
-                                                    self._hcell, self._out, self._gates)
+                                                      self._hcell, self._out, self._gates,
+                                                      self._module._tuning)
             self._plan_layers = layers
         return plan

@@ -18,21 +18,6 @@ def torch():
     return TORCH
 
 
-@pytest.fixture(autouse=True)
-def threads_as_asked():
-    """One-timestep layers on the threads a test asks for, however small: by
-    default fastlstm runs small ones on one thread (see
-    ``kernels._single_step_region``), and the tests use small layers to check
-    every way threads share a step.  ``test_single_step`` checks the rule."""
-    from fastlstm._ext import kernels
-
-    kernels._set_serial_rule_for_tests(False)
-    try:
-        yield
-    finally:
-        kernels._set_serial_rule_for_tests(None)
-
-
 @pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
 def threads(request):
     """Run the test with fastlstm on 1 and on 2 threads; the default is restored after."""

@@ -10,7 +10,6 @@ from _helpers import TOL, raised
 from _helpers.reference import reference_forward
 
 import fastlstm
-from fastlstm import lstm as lstm_mod
 from fastlstm._ext import kernels
 from fastlstm.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
@@ -127,7 +126,7 @@ def test_packed_from_padded_batch_first(torch):
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
 @pytest.mark.parametrize("batch", [1, 3, 16, 40])
-def test_packed_thread_counts_and_time_chunks(monkeypatch, n_threads, batch):
+def test_packed_thread_counts_and_time_chunks(n_threads, batch):
     """Every sharing of the work (split mode, batch chunks balanced by length, one
     thread per direction) and many time chunks give the one-thread answer."""
     rng = np.random.default_rng(batch)
@@ -138,8 +137,7 @@ def test_packed_thread_counts_and_time_chunks(monkeypatch, n_threads, batch):
     fastlstm.set_num_threads(1)
     try:
         expected, (h_exp, c_exp) = mod(packed)
-        monkeypatch.setattr(lstm_mod, "_GATE_BUFFER_BYTES", 1)
-        monkeypatch.setattr(lstm_mod, "_MIN_CHUNK_ROWS", 2)
+        mod._set_tuning(kernels.Tuning(gate_buffer_bytes=1, min_chunk_rows=2))
         fastlstm.set_num_threads(n_threads)
         got, (h_n, c_n) = mod(packed)
     finally:

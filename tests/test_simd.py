@@ -8,7 +8,6 @@ from _helpers.reference import reference_forward
 
 import fastlstm
 from fastlstm._ext import kernels
-from fastlstm.lstm import _batch_chunks
 
 LEVELS = kernels.simd_available()
 
@@ -71,24 +70,29 @@ def test_levels_split_by_size_match_oracle(level, dtype, kwargs):
     shape = (16, 11, 13) if kwargs.get("batch_first") else (11, 16, 13)
     x = rng.standard_normal(shape).astype(dtype)
     ref, (ref_h, ref_c) = reference_forward(m, x)
+    m._set_tuning(kernels.Tuning(split=True))
     fastlstm.set_num_threads(2)
-    kernels._set_split_rule_for_tests(True)
     try:
         out, (h, c) = m(x)
     finally:
-        kernels._set_split_rule_for_tests(None)
         fastlstm.set_num_threads(None)
+    assert kernels.schedule(m._packed_layers()[0], 16, 11, 37, 2, False, m._tuning)[1] == 0
     for a, b in ((out, ref), (h, ref_h), (c, ref_c)):
         assert np.abs(a - b).max() <= TOL[dtype]
 
 
 def test_split_mode_is_taken():
     # The configurations above must exercise both modes with 2 threads.
-    assert _batch_chunks(1, 1, 2) == 0
-    assert _batch_chunks(3, 1, 2) == 0
-    assert _batch_chunks(9, 2, 2) == 1
-    assert _batch_chunks(16, 1, 2) == 2
-    assert _batch_chunks(5, 1, 16) == 0
+    one = fastlstm.LSTM(13, 37, rng=0)._packed_layers()[0]
+    two = fastlstm.LSTM(13, 37, bidirectional=True, rng=0)._packed_layers()[0]
+
+    def chunks(w, batch, threads):
+        return kernels.schedule(w, batch, 11, 37, threads)[1]
+
+    assert chunks(one, 1, 2) == 0 and chunks(one, 3, 2) == 0
+    assert chunks(two, 9, 2) == 1
+    assert chunks(one, 16, 2) == 2
+    assert chunks(one, 5, 16) == 0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -146,14 +150,13 @@ def test_denormals_flushed_and_fp_state_restored(level, threads, dtype):
 
 @pytest.mark.parametrize("chunk_rows", [1, 4, 7])
 @pytest.mark.parametrize("batch,kwargs", CONFIGS)
-def test_time_chunks_match_oracle(level, threads, monkeypatch, chunk_rows, batch, kwargs):
+def test_time_chunks_match_oracle(level, threads, chunk_rows, batch, kwargs):
     # A tiny gate buffer: the sequence runs in chunks of ceil(chunk_rows / N)
     # steps, which need not divide L, in both directions.
-    import fastlstm.lstm as lstm_module
-
-    monkeypatch.setattr(lstm_module, "_GATE_BUFFER_BYTES", 1)
-    monkeypatch.setattr(lstm_module, "_MIN_CHUNK_ROWS", chunk_rows)
     m = fastlstm.LSTM(13, 37, dtype=np.float64, rng=batch, **kwargs)
+    m._set_tuning(kernels.Tuning(gate_buffer_bytes=1, min_chunk_rows=chunk_rows))
+    assert kernels.schedule(m._packed_layers()[0], batch, 11, 37, 1, False, m._tuning)[2] == \
+        min(11, -(-chunk_rows // batch))
     shape = (batch, 11, 13) if kwargs.get("batch_first") else (11, batch, 13)
     x = np.random.default_rng(3).standard_normal(shape)
     n_states = m.num_layers * (2 if m.bidirectional else 1)

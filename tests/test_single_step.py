@@ -11,7 +11,6 @@ from _helpers.reference import reference_forward
 
 import fastlstm
 from fastlstm._ext import kernels
-from fastlstm.lstm import _NO_BLAS, _batch_chunks
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
@@ -58,7 +57,7 @@ def test_panel_order_gives_the_same_bits(backward_order, level):
             gates = np.empty((2, w.bias.shape[1]), np.float32)
             state = (h0, c, c, np.empty((1, 2, 70), np.float32), False)
             kernels.layer(w, x, h, state, gates, 1, False,
-                          (1, _batch_chunks(2, 1, 1), 1, _NO_BLAS, False, order))
+                          kernels.schedule(w, 2, 1, 70, 1) + (order,))
             results.append((h, c))
     finally:
         kernels.set_simd_level(None)
@@ -98,19 +97,24 @@ def _flat(result):
 def test_small_layers_run_on_one_thread():
     """A one-timestep layer whose weights times rows come to 256 KiB or less
     runs on the calling thread alone, whatever the threads asked for."""
-    steps = kernels.one_step_threads
-    kernels._set_serial_rule_for_tests(None)  # the default rule (conftest turns it off)
-    assert steps(2, 1, 64, 64, 64, 1, 4) == 1  # 128 KiB of float32 weights
-    assert steps(8, 2, 64, 64, 64, 1, 4) == 1  # 256 KiB: still one
-    assert steps(2, 1, 64, 64, 64, 1, 8) == 1
-    assert steps(2, 1, 64, 64, 64, 2, 8) == 2  # two directions of 256 KiB
-    assert steps(2, 3, 64, 64, 64, 1, 4) == 2  # 384 KiB
-    assert steps(4, 1, 128, 128, 128, 1, 4) == 4  # 512 KiB
-    assert steps(2, 1, 16, 64, 8, 1, 4) == 1  # projected: 80 x 256 x 4 + 64 x 8 x 4 bytes
-    assert steps(2, 1, 300, 64, 8, 1, 4) == 2  # 308 x 256 x 4 + 2 KiB
-    assert steps(1, 64, 512, 512, 512, 2, 8) == 1  # one asked for: one
-    kernels._set_serial_rule_for_tests(False)
-    assert steps(2, 1, 64, 64, 64, 1, 4) == 2
+    def steps(threads, batch, n_in, hidden, proj=0, bidirectional=False, dtype="float32"):
+        m = fastlstm.LSTM(n_in, hidden, proj_size=proj, bidirectional=bidirectional,
+                          dtype=dtype, rng=0)
+        return kernels.schedule(m._packed_layers()[0], batch, 1, hidden, threads)[0]
+
+    assert steps(2, 1, 64, 64) == 1  # 128 KiB of float32 weights
+    assert steps(8, 2, 64, 64) == 1  # 256 KiB: still one
+    assert steps(2, 1, 64, 64, dtype="float64") == 1
+    assert steps(2, 1, 64, 64, bidirectional=True, dtype="float64") == 2  # 2 x 256 KiB
+    assert steps(2, 3, 64, 64) == 2  # 384 KiB
+    assert steps(4, 1, 128, 128) == 4  # 512 KiB
+    assert steps(2, 1, 16, 64, proj=8) == 1  # projected: 24 x 256 x 4 + 64 x 8 x 4 bytes
+    assert steps(2, 1, 300, 64, proj=8) == 2  # 308 x 256 x 4 + 2 KiB
+    assert steps(1, 64, 512, 512, bidirectional=True, dtype="float64") == 1  # one asked for
+    m = fastlstm.LSTM(64, 64, rng=0)
+    assert kernels.schedule(m._packed_layers()[0], 1, 1, 64, 2, False,
+                            kernels.Tuning(serial_bytes=0))[0] == 2  # the rule switched off
+    assert kernels.schedule(m._packed_layers()[0], 1, 5, 64, 2)[0] == 2  # a sequence: all
 
 
 @pytest.mark.parametrize("hidden", [16, 96])  # one thread, and both threads, by the rule
@@ -118,7 +122,6 @@ def test_one_step_by_the_size_rule_matches_oracle(hidden):
     """The oracle's answer from one-step LSTM calls, LSTMCell steps and Stream
     steps on 2 threads with the default rule, on both sides of its size."""
     rng = np.random.default_rng(hidden)
-    kernels._set_serial_rule_for_tests(None)
     fastlstm.set_num_threads(2)
     try:
         for kwargs in (dict(), dict(num_layers=2), dict(bidirectional=True), dict(proj_size=5)):
@@ -145,4 +148,3 @@ def test_one_step_by_the_size_rule_matches_oracle(hidden):
         assert np.max(np.abs(h - h_n[0])) < 2e-6 and np.max(np.abs(c - c_n[0])) < 2e-6
     finally:
         fastlstm.set_num_threads(None)
-        kernels._set_serial_rule_for_tests(False)

@@ -120,27 +120,18 @@ def test_results_do_not_depend_on_thread_count(dtype, batch_first):
                           f"threads={threads} hx={state is not None}")
 
 
-def _switch(name):
-    """Yields the test switch ``kernels.<name>``; puts its default (None) back after."""
+def _tune(*modules, **tuning):
+    """Run ``modules`` under ``kernels.Tuning(**tuning)``: their calls only, nothing else."""
     from fastlstm._ext import kernels
 
-    setter = getattr(kernels, name)
-    try:
-        yield setter
-    finally:
-        setter(None)
-
-
-@pytest.fixture
-def step_counters():
-    """Lets a test choose how split-mode threads synchronise; restores the default."""
-    yield from _switch("_set_step_counters_for_tests")
+    for module in modules:
+        module._set_tuning(kernels.Tuning(**tuning))
 
 
 @pytest.mark.skipif(not OPENMP, reason="a serial build has one thread")
 @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_split_mode_step_counters_match_barriers(dtype, bidirectional, step_counters):
+def test_split_mode_step_counters_match_barriers(dtype, bidirectional):
     """Split mode (batch 1) with threads sharing a direction: the step counters
     that replace the per-step barriers (used when every thread has a CPU of its
     own, so forced on here as well) give the same bits as the barriers, and the
@@ -161,7 +152,7 @@ def test_split_mode_step_counters_match_barriers(dtype, bidirectional, step_coun
                 fastlstm.set_num_threads(threads)
                 results = []
                 for mode in (True, False):
-                    step_counters(mode)
+                    _tune(module, step_counters=mode)
                     results.append(_copy(module(x, state)))
                 what = f"H={hidden} threads={threads} hx={state is not None}"
                 for a, b in zip(results[0][1] + (results[0][0],), results[1][1] + (results[1][0],)):
@@ -172,8 +163,7 @@ def test_split_mode_step_counters_match_barriers(dtype, bidirectional, step_coun
 @pytest.mark.skipif(not OPENMP, reason="a serial build has one thread")
 @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
 @pytest.mark.parametrize("proj_size,batch_first", [(0, False), (5, True)])
-def test_directions_in_turn_match_oracle(dtype, proj_size, batch_first, step_counters,
-                                         monkeypatch):
+def test_directions_in_turn_match_oracle(dtype, proj_size, batch_first):
     """A bidirectional layer whose directions run one after the other on all the
     threads (what a single sequence with a large W_hh gets on 2 threads; forced
     here for small sizes): the oracle's result for 1 to 4 threads, with step
@@ -181,15 +171,10 @@ def test_directions_in_turn_match_oracle(dtype, proj_size, batch_first, step_cou
     an initial state, batch 1 and 3."""
     from _helpers.reference import reference_forward
 
-    import fastlstm.lstm as lstm_module
-
     rng = np.random.default_rng(12)
     module = fastlstm.LSTM(6, 40, num_layers=2, bidirectional=True, proj_size=proj_size,
                            batch_first=batch_first, dtype=dtype, rng=rng)
     out_size = proj_size or 40
-    monkeypatch.setattr(lstm_module, "_DIRS_IN_TURN_FORCE", True)
-    monkeypatch.setattr(lstm_module, "_GATE_BUFFER_BYTES", 1)  # time chunks of 7 steps
-    monkeypatch.setattr(lstm_module, "_MIN_CHUNK_ROWS", 7)
     for batch in (1, 3):
         shape = (batch, 23, 6) if batch_first else (23, batch, 6)
         x = rng.standard_normal(shape).astype(dtype)
@@ -201,21 +186,17 @@ def test_directions_in_turn_match_oracle(dtype, proj_size, batch_first, step_cou
             for threads in (1, 2, 3, 4):
                 fastlstm.set_num_threads(threads)
                 for mode in (True, False):
-                    step_counters(mode)
+                    # Time chunks of 7 steps.
+                    _tune(module, dirs_in_turn=True, step_counters=mode, gate_buffer_bytes=1,
+                          min_chunk_rows=7)
                     _assert_close(module(x, state), expected, dtype,
                                   f"N={batch} threads={threads} counters={mode} "
                                   f"hx={state is not None}")
 
 
-@pytest.fixture
-def split_rule():
-    """Lets a test force large batches into split mode or out of it; restores the rule."""
-    yield from _switch("_set_split_rule_for_tests")
-
-
 @pytest.mark.skipif(not OPENMP, reason="a serial build has one thread")
 @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
-def test_split_by_size_matches_oracle(dtype, split_rule, step_counters, monkeypatch):
+def test_split_by_size_matches_oracle(dtype):
     """Batches with rows enough for batch chunks, forced into split mode (what
     a large W_hh gets) and out of it: the oracle's result on 2 to 4 threads,
     with step counters and barriers, for sequences across time chunks (with
@@ -223,11 +204,7 @@ def test_split_by_size_matches_oracle(dtype, split_rule, step_counters, monkeypa
     one-step calls, LSTMCell steps and a Stream with a projection."""
     from _helpers.reference import lstm_reference, reference_forward
 
-    import fastlstm.lstm as lstm_module
-
     rng = np.random.default_rng(21)
-    monkeypatch.setattr(lstm_module, "_GATE_BUFFER_BYTES", 1)  # time chunks of 2 steps
-    monkeypatch.setattr(lstm_module, "_MIN_CHUNK_ROWS", 24)
     batch, hidden = 12, 72
     modules = [fastlstm.LSTM(6, hidden, dtype=dtype, rng=rng),
                fastlstm.LSTM(6, hidden, proj_size=5, batch_first=True, dtype=dtype, rng=rng),
@@ -259,9 +236,10 @@ def test_split_by_size_matches_oracle(dtype, split_rule, step_counters, monkeypa
     for threads in (2, 3, 4):
         fastlstm.set_num_threads(threads)
         for forced in (True, False):
-            split_rule(forced)
             for counters in (True, False):
-                step_counters(counters)
+                # Time chunks of 2 steps.
+                _tune(*modules, cell, s_mod, split=forced, step_counters=counters,
+                      gate_buffer_bytes=1, min_chunk_rows=24)
                 what = f"threads={threads} split={forced} counters={counters}"
                 for k, (m, xm, hx, expected) in enumerate(cases):
                     expected = (expected[0].astype(dtype),
@@ -285,38 +263,81 @@ def test_split_by_size_matches_oracle(dtype, split_rule, step_counters, monkeypa
                                                    err_msg=f"{what} packed {i}")
 
 
-def test_split_by_size_rule(split_rule):
-    """Split mode from half an L2 of W_hh per direction on, for directions of 2
-    threads that get 4 panels each; batch chunks otherwise; the test switch
-    works both ways."""
+def _plan(hidden, batch, threads, seq_len=50, tuning=None, **kwargs):
     from fastlstm._ext import kernels
 
-    rule = kernels.batch_chunks
-    half = kernels.L2_BYTES // 2
-    assert rule(64, 1, 2, 16, half) == 0 and rule(16, 2, 4, 64, 4 * half) == 0
-    assert rule(64, 1, 2, 16, half - 1) == 2  # fits: a chunk per thread
-    assert rule(64, 1, 2, 7, 4 * half) == 2  # fewer than 4 panels per thread
-    assert rule(64, 1, 4, 64, 4 * half) == 4  # 2 threads per direction only (measured)
-    assert rule(64, 2, 2, 64, 4 * half) == 1  # one thread per direction: nothing to split
-    assert rule(3, 1, 2, 16, 0) == 0  # rows too few for chunks, as before
-    split_rule(True)
-    assert rule(64, 1, 2, 16, 0) == 0 and rule(64, 2, 2, 16, 0) == 1
-    split_rule(False)
-    assert rule(64, 1, 2, 64, 4 * half) == 2 and rule(3, 1, 2, 64, 4 * half) == 0
+    w = fastlstm.LSTM(8, hidden, rng=0, **kwargs)._packed_layers()[0]
+    return kernels.schedule(w, batch, seq_len, hidden, threads, False, tuning)
+
+
+def test_split_by_size_rule():
+    """Split mode from half an L2 of W_hh per direction on, for directions of 2
+    threads that get 4 panels each; batch chunks otherwise; a Tuning forces it
+    both ways."""
+    from fastlstm._ext import kernels
+
+    l2 = 1 << 20  # a W_hh per direction of 4 * H * H float32 bytes: H = 256 is 1 MiB
+    tune = kernels.Tuning(l2_bytes=l2)
+    assert _plan(256, 64, 2, tuning=tune)[1] == 0  # 1 MiB >= half the L2
+    assert _plan(256, 16, 4, tuning=tune, bidirectional=True)[1] == 0
+    assert _plan(128, 64, 2, tuning=tune)[1] == 2  # 256 KiB fits: a chunk per thread
+    assert _plan(16, 64, 2, tuning=kernels.Tuning(l2_bytes=64))[1] == 2  # < 4 panels each
+    assert _plan(512, 64, 4, tuning=tune)[1] == 4  # 2 threads per direction only (measured)
+    assert _plan(512, 64, 2, tuning=tune, bidirectional=True)[1] == 1  # one per direction
+    assert _plan(16, 3, 2, tuning=tune)[1] == 0  # rows too few for chunks
+    forced = kernels.Tuning(l2_bytes=l2, split=True)
+    assert _plan(16, 64, 2, tuning=forced)[1] == 0
+    assert _plan(16, 64, 2, tuning=forced, bidirectional=True)[1] == 1
+    never = kernels.Tuning(l2_bytes=l2, split=False)
+    assert _plan(512, 64, 2, tuning=never)[1] == 2 and _plan(512, 3, 2, tuning=never)[1] == 0
 
 
 def test_directions_in_turn_rule():
     """In turn only for a single sequence on 2 threads whose W_hh per direction
-    is at least an L2; the rule's force switch for the tests works both ways."""
-    from fastlstm import lstm as lstm_module
+    is at least an L2; a Tuning forces it both ways."""
+    from fastlstm._ext import kernels
 
-    l2 = lstm_module._L2_BYTES
-    assert l2 > 0
-    rule = lstm_module._dirs_in_turn
-    assert rule(1, 2, 2, l2) and rule(1, 2, 2, 4 * l2)
-    assert not rule(1, 2, 2, l2 - 1)  # fits a thread's L2: a thread per direction
-    assert not rule(2, 2, 2, 4 * l2) and not rule(1, 2, 4, 4 * l2)
-    assert not rule(1, 1, 2, 4 * l2)  # one direction: nothing to run in turn
+    tune = kernels.Tuning(l2_bytes=1 << 20)  # H = 256: exactly 1 MiB per direction
+    assert _plan(256, 1, 2, tuning=tune, bidirectional=True)[4]
+    assert _plan(512, 1, 2, tuning=tune, bidirectional=True)[4]
+    assert not _plan(240, 1, 2, tuning=tune, bidirectional=True)[4]  # fits a thread's L2
+    assert not _plan(512, 2, 2, tuning=tune, bidirectional=True)[4]
+    assert not _plan(512, 1, 4, tuning=tune, bidirectional=True)[4]
+    assert not _plan(512, 1, 2, tuning=tune)[4]  # one direction: nothing to run in turn
+    assert not _plan(512, 1, 2, seq_len=1, tuning=tune, bidirectional=True)[4]  # one step
+    plan = _plan(16, 3, 4, tuning=kernels.Tuning(dirs_in_turn=True), bidirectional=True)
+    assert plan[4] and plan[1] == 0  # in turn: split mode
+    assert not _plan(512, 1, 2, tuning=kernels.Tuning(l2_bytes=1 << 20, dirs_in_turn=False),
+                     bidirectional=True)[4]
+
+
+def test_time_chunk_rule():
+    """A time chunk's gate buffer stays under 2 MiB but holds 256 rows or more."""
+    from fastlstm._ext import kernels
+
+    # One direction at H = 256 float32: 4 KiB of gates per row.
+    assert _plan(256, 1, 1, seq_len=1000)[2] == 512  # 2 MiB / 4 KiB
+    assert _plan(256, 64, 1, seq_len=1000)[2] == 8
+    assert _plan(256, 1024, 1, seq_len=1000)[2] == 1  # 256 rows: one step of 1024
+    assert _plan(256, 1, 1, seq_len=100)[2] == 100  # never past the sequence
+    assert _plan(256, 1, 1, seq_len=1)[2] == 1
+    tiny = kernels.Tuning(gate_buffer_bytes=1, min_chunk_rows=7)
+    assert _plan(256, 3, 1, seq_len=100, tuning=tiny)[2] == 3
+
+
+def test_schedule_of_the_threads_and_blas():
+    from fastlstm._ext import kernels
+
+    assert _plan(64, 8, 3)[0] == 3  # a sequence gets the threads asked for
+    assert _plan(64, 8, 0)[0] == fastlstm.get_num_threads()  # 0: the default
+    level = kernels.simd_level()
+    want = {"avx512": 1 << 30, "avx2": 64, "portable": 16}[level]
+    assert _plan(64, 8, 2)[3] == want
+    assert _plan(64, 8, 2, tuning=kernels.Tuning(blas_min_rows=5))[3] == 5
+    with pytest.raises(TypeError):
+        fastlstm.LSTM(2, 3)._set_tuning({"split": True})
+    with pytest.raises(ValueError, match="positive"):
+        kernels.Tuning(min_chunk_rows=0)
 
 
 # ---------------------------------------------------------- concurrency

@@ -117,7 +117,6 @@ if os.environ.get("FASTLSTM_SIMD"):
     set_simd_level(os.environ["FASTLSTM_SIMD"])
 
 
-cdef int _step_counters = 0  # 0: when every thread has a CPU; 1: always; -1: never
 cdef int _busy_threads = 0  # threads of the layers running now, in every Python thread
 
 
@@ -131,61 +130,6 @@ def _l2_bytes():
 
 
 L2_BYTES = _l2_bytes()
-cdef Py_ssize_t _split_min_bytes = L2_BYTES // 2  # see _chunks
-cdef int _split_by_size = 0  # 0: the rule in _chunks; 1: always; -1: never
-
-
-def _set_split_rule_for_tests(mode=None):
-    """Whether a batch large enough for batch chunks takes the split mode when
-    its W_hh is large (see ``_chunks``): None, by the rule (the default);
-    True, whenever a direction has 2 threads or more; False, never (batch
-    chunks whenever every thread gets 4 rows).  For the tests, which compare
-    both modes on the same shapes."""
-    global _split_by_size
-    _split_by_size = 0 if mode is None else (1 if mode else -1)
-
-
-cdef Py_ssize_t _SERIAL_BYTES = 256 * 1024  # see _single_step_region
-cdef bint _serial_by_size = True
-
-
-def _set_serial_rule_for_tests(enabled=None):
-    """Whether one-timestep layers small enough run on the calling thread
-    alone (see ``_single_step_region``): None or True, by that rule (the
-    default); False, on the threads asked for whatever their size.  The tests
-    turn it off to share small layers among threads."""
-    global _serial_by_size
-    _serial_by_size = enabled is None or bool(enabled)
-
-
-def one_step_threads(int num_threads, int batch, int n_in, int hidden, int out_size,
-                     int num_dirs, int itemsize):
-    """The threads a one-timestep layer runs on when ``num_threads`` are
-    asked for (see ``_single_step_region``)."""
-    return _step_threads(num_threads, batch, n_in, hidden, out_size, num_dirs,
-                         out_size != hidden, itemsize)
-
-
-cdef inline int _step_threads(int num_threads, int batch, int n_in, int hidden, int out_size,
-                              int num_dirs, bint has_proj, int itemsize) noexcept nogil:
-    cdef Py_ssize_t work
-    if num_threads <= 1 or not _serial_by_size:
-        return num_threads
-    work = <Py_ssize_t>(n_in + out_size) * 4 * hidden
-    if has_proj:
-        work += <Py_ssize_t>hidden * out_size
-    if work * num_dirs * batch * itemsize <= _SERIAL_BYTES:
-        return 1
-    return num_threads
-
-
-def _set_step_counters_for_tests(mode=None):
-    """How split-mode threads synchronise their steps (see ``_steps``):
-    None, step counters when every thread has a CPU of its own (the
-    default); True, always; False, never (OpenMP barriers).  For the tests,
-    which compare both on any machine."""
-    global _step_counters
-    _step_counters = 0 if mode is None else (1 if mode else -1)
 
 
 def _mxcsr_for_tests():
@@ -317,13 +261,14 @@ cdef struct Chunk:
 
 
 cdef struct Sched:
-    # How one call runs (decided by the caller): see ``layer``.
+    # How one call runs, from ``_schedule`` (see ``layer``).
     int threads
     int n_chunks
     int t_chunk
     int blas_min_rows
     bint dirs_in_turn
-    bint backward_order
+    int sync             # split mode: -1 barriers, 1 step counters, 0 counters if CPUs suffice
+    bint backward_order  # a one-timestep call's panel order (alternates from call to call)
 
 
 cdef inline Part _part(int d, int n_lo, int n_hi, int p_lo, int p_hi, int r_lo,
@@ -567,16 +512,10 @@ cdef void _single_step_part(const Layer *L, floating *gbuf, int tid, int team, i
 
 cdef void _single_step_region(const Layer *L, floating *gbuf, int num_threads, int n_chunks,
                               bint backward_order) noexcept nogil:
-    """A one-timestep layer on ``num_threads`` threads (see ``_single_step_part``).
-
-    One thread runs it without an OpenMP region, whose start and end cost
-    about 0.3 us even for one thread and 0.5-0.6 us for two; a layer whose
-    weights times rows come to ``_SERIAL_BYTES`` or less runs on one thread
-    whatever the number asked for (docs/performance.md has the figures)."""
-    cdef const Geometry *g = &L.g
+    """A one-timestep layer on ``num_threads`` threads (see ``_single_step_part``;
+    the schedule decides how many).  One thread runs it without an OpenMP region,
+    whose start and end cost about 0.3 us even for one thread."""
     cdef int tid = 0, team = 0
-    num_threads = _step_threads(num_threads, g.batch, g.n_in, g.hidden, g.out_size,
-                                g.num_dirs, g.has_proj, sizeof(floating))
     if num_threads <= 1:
         _single_step_part(L, gbuf, 0, 1, n_chunks, backward_order)
         return
@@ -788,8 +727,7 @@ cdef void _run_layer(const Layer *L, floating *gbuf, const Sched *sc) noexcept n
     counts[1] = 0
     busy = fl_atomic_add(&_busy_threads, sc.threads)
     counters_ok = (not L.g.has_proj and L.b.bsizes == NULL
-                   and (_step_counters == 1
-                        or (_step_counters == 0 and busy <= omp_get_num_procs())))
+                   and (sc.sync == 1 or (sc.sync == 0 and busy <= omp_get_num_procs())))
     with parallel(num_threads=sc.threads):
         tid = omp_get_thread_num()
         team = omp_get_num_threads()
@@ -876,7 +814,8 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
     C-contiguous ndarray of the weights' dtype, checked here.
 
     ``schedule``: ``(threads, n_chunks, t_chunk, blas_min_rows, dirs_in_turn,
-    backward_order)``.  The sequence runs in time chunks of ``t_chunk`` steps,
+    step_counters, backward_order)``, what ``schedule`` returns and the panel
+    order of a one-timestep call.  The sequence runs in time chunks of ``t_chunk`` steps,
     so the gate buffer stays small.  Per chunk, ``n_chunks`` > 0 (batch-chunk
     mode): the threads share the chunk's input projection (BLAS for blocks of
     at least ``blas_min_rows`` rows), meet at a barrier, then run one task per
@@ -885,9 +824,10 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
     direction, with no barrier.  ``n_chunks`` == 0 (split mode, for batches
     too small to give every thread rows of its own): each direction's hidden
     units are shared by ``threads // D`` threads; each projects and runs its
-    own units and meets the others after every step; with ``dirs_in_turn``,
-    the whole team runs the directions one after the other that way.
-    ``backward_order``: a one-timestep call runs its panels last to first.
+    own units and meets the others after every step (or counts its steps:
+    ``step_counters``, see ``_steps``); with ``dirs_in_turn``, the whole team
+    runs the directions one after the other that way.  ``backward_order``: a
+    one-timestep call runs its panels last to first.
 
     ``packed``: ``(batch_sizes, offsets, lengths)`` of packed input, int64:
     the sequences at each timestep (L,) (N = batch_sizes[0], sorted by
@@ -920,7 +860,7 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
     L.g.r_panels = (out_size + pw - 1) // pw
     if L.g.g_cols != bias_cols(hidden, pw):
         raise ValueError("layer: weights and state of different hidden sizes")
-    sc.threads, sc.n_chunks, sc.t_chunk, sc.blas_min_rows, sc.dirs_in_turn, \
+    sc.threads, sc.n_chunks, sc.t_chunk, sc.blas_min_rows, sc.dirs_in_turn, sc.sync, \
         sc.backward_order = schedule
     if sc.threads < 1 or sc.n_chunks < 0 or sc.t_chunk < 1:
         raise ValueError("layer: a schedule of at least one thread and one step per chunk")
@@ -965,53 +905,220 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
                    <size_t>out_size * item)
 
 
+# ------------------------------------------------------------------ schedule
+cdef struct Tuning_t:
+    Py_ssize_t l2_bytes           # one core's L2
+    Py_ssize_t serial_bytes       # one-timestep layers up to this (weights x rows) take 1 thread
+    Py_ssize_t gate_buffer_bytes  # the gate buffer of a time chunk stays under this...
+    int min_chunk_rows            # ...but holds at least this many rows
+    int split                     # split mode by W_hh size: -1 never, 0 the rule, 1 always
+    int in_turn                   # directions in turn: -1 never, 0 the rule, 1 always
+    int sync                      # split mode: -1 barriers, 0 the rule, 1 step counters
+    int blas_min_rows             # rows from which the projection goes to BLAS; -1 by level
+
+
+cdef int _NO_BLAS = 1 << 30
+# Rows per thread from which the input projection goes to BLAS GEMM, by SIMD level
+# (portable, AVX2, AVX-512): the packed-panel kernel wins with AVX-512, BLAS on large
+# blocks below it (docs/kernels.md has the measurements).
+cdef int[3] _BLAS_MIN_ROWS = [16, 64, 1 << 30]
+
+
+cdef class Tuning:
+    """The constants and rules the schedule reads: ``Tuning()`` is what ships.
+
+    Each keyword overrides one for the modules it is given to (tests and
+    measurements; see ``_Module._set_tuning``): ``l2_bytes`` (one core's L2,
+    default as the OS reports it), ``serial_bytes`` (one-timestep layers whose
+    weights times rows come to at most this run on one thread, default 256 KiB),
+    ``gate_buffer_bytes`` and ``min_chunk_rows`` (a time chunk's gate buffer
+    stays under 2 MiB but holds at least 256 rows), ``split`` (None: the
+    split-mode rule; True: split whenever a direction has 2 threads or more;
+    False: never by size), ``dirs_in_turn`` (None: the rule; True/False),
+    ``step_counters`` (None: when every thread has a CPU; True/False: always
+    counters/barriers), ``blas_min_rows`` (None: by SIMD level).
+    """
+    cdef Tuning_t t
+
+    def __init__(self, *, l2_bytes=None, serial_bytes=256 * 1024, gate_buffer_bytes=2 << 20,
+                 min_chunk_rows=256, split=None, dirs_in_turn=None, step_counters=None,
+                 blas_min_rows=None):
+        self.t.l2_bytes = L2_BYTES if l2_bytes is None else l2_bytes
+        self.t.serial_bytes = serial_bytes
+        self.t.gate_buffer_bytes = gate_buffer_bytes
+        self.t.min_chunk_rows = min_chunk_rows
+        self.t.split = _tri(split)
+        self.t.in_turn = _tri(dirs_in_turn)
+        self.t.sync = _tri(step_counters)
+        self.t.blas_min_rows = -1 if blas_min_rows is None else blas_min_rows
+        if min(self.t.l2_bytes, self.t.gate_buffer_bytes, self.t.min_chunk_rows) < 1:
+            raise ValueError("Tuning: sizes must be positive")
+
+    def __repr__(self):
+        names = {-1: False, 0: None, 1: True}
+        return (f"Tuning(l2_bytes={self.t.l2_bytes}, serial_bytes={self.t.serial_bytes}, "
+                f"gate_buffer_bytes={self.t.gate_buffer_bytes}, "
+                f"min_chunk_rows={self.t.min_chunk_rows}, split={names[self.t.split]}, "
+                f"dirs_in_turn={names[self.t.in_turn]}, step_counters={names[self.t.sync]}, "
+                f"blas_min_rows={None if self.t.blas_min_rows < 0 else self.t.blas_min_rows})")
+
+
+cdef int _tri(object flag) except -2:
+    return 0 if flag is None else (1 if flag else -1)
+
+
+DEFAULT_TUNING = Tuning()
+
+
+cdef inline int _itemsize(const Geometry *g) noexcept nogil:
+    return 4 if g.weight_type == WEIGHTS_F32 else 8
+
+
+cdef inline int _step_threads(const Geometry *g, int threads, const Tuning_t *tu) noexcept nogil:
+    """Threads of a one-timestep layer: one when its weights times rows come to at
+    most ``serial_bytes`` (the work does not pay for a second thread and the
+    region's start; docs/performance.md has the figures), else ``threads``."""
+    cdef Py_ssize_t work = <Py_ssize_t>(g.n_in + g.out_size) * 4 * g.hidden
+    if threads <= 1:
+        return 1
+    if g.has_proj:
+        work += <Py_ssize_t>g.hidden * g.out_size
+    if work * g.num_dirs * g.batch * _itemsize(g) <= tu.serial_bytes:
+        return 1
+    return threads
+
+
+cdef inline int _chunks(const Geometry *g, int threads, const Tuning_t *tu) noexcept nogil:
+    """How a layer shares the recurrence among threads: batch chunks per direction
+    (one task per direction and chunk, no synchronisation between timesteps), or
+    0 for the split mode (each direction's hidden units shared by its threads,
+    which meet after every step; each streams only its share of the weights).
+
+    Split mode when a direction has 2 threads or more and the batch gives a
+    thread fewer than 4 rows; also when a direction has exactly 2 threads and its
+    packed ``W_hh`` is at least half a core's L2, with 4 panels or more per
+    thread: a batch chunk streams the whole ``W_hh`` every step, from L3 once it
+    outgrows the L2 beside the other data (docs/kernels.md has the measurements).
+    With more threads per direction batch chunks stay: the step's wait grows and
+    its work per thread shrinks."""
+    cdef int per_dir = threads // g.num_dirs
+    cdef Py_ssize_t hh_bytes = <Py_ssize_t>g.out_size * g.g_cols * _itemsize(g)
+    if per_dir < 2:
+        return max(1, min(g.batch, per_dir))
+    if g.batch < 4 * per_dir:
+        return 0
+    if tu.split == 1 or (tu.split == 0 and per_dir == 2 and g.n_panels >= 4 * per_dir
+                         and hh_bytes >= tu.l2_bytes // 2):
+        return 0
+    return per_dir
+
+
+cdef inline bint _in_turn(const Geometry *g, int threads, const Tuning_t *tu) noexcept nogil:
+    """Whether a bidirectional layer runs its directions one after the other, each
+    shared by all the threads (split mode), instead of a thread per direction: for
+    a single sequence on 2 threads whose ``W_hh`` per direction is at least an L2
+    (a thread per direction would stream it from L3; in turn each streams half,
+    for one more wait per step; docs/kernels.md has the measurements)."""
+    if g.num_dirs != 2 or tu.in_turn == -1:
+        return False
+    return tu.in_turn == 1 or (threads == 2 and g.batch == 1 and <Py_ssize_t>g.out_size
+                               * g.g_cols * _itemsize(g) >= tu.l2_bytes)
+
+
+cdef inline int _time_chunk(const Geometry *g, const Tuning_t *tu) noexcept nogil:
+    """Timesteps per chunk: the gate buffer stays under ``gate_buffer_bytes`` but
+    holds at least ``min_chunk_rows`` rows."""
+    cdef Py_ssize_t row_bytes = <Py_ssize_t>g.num_dirs * g.g_cols * _itemsize(g)
+    cdef Py_ssize_t batch = max(1, g.batch)
+    cdef Py_ssize_t steps = max(tu.gate_buffer_bytes // max(1, batch * row_bytes),
+                                (tu.min_chunk_rows + batch - 1) // batch)
+    return <int>max(1, min(<Py_ssize_t>g.seq_len, steps))
+
+
+cdef Sched _schedule(const Geometry *g, bint packed, int threads, const Tuning_t *tu,
+                     int level) noexcept nogil:
+    """Every tuning decision of one call of a layer, from its geometry, the
+    threads asked for, the tuning and the SIMD level: the one place they are made."""
+    cdef Sched sc
+    cdef bint one_step = g.seq_len == 1 and not packed
+    sc.threads = max(1, threads)
+    if one_step:
+        sc.threads = _step_threads(g, sc.threads, tu)
+    sc.n_chunks = _chunks(g, sc.threads, tu)
+    sc.dirs_in_turn = g.seq_len > 1 and not packed and _in_turn(g, sc.threads, tu)
+    if sc.dirs_in_turn:
+        sc.n_chunks = 0
+    sc.t_chunk = 1 if one_step else _time_chunk(g, tu)
+    sc.blas_min_rows = tu.blas_min_rows if tu.blas_min_rows >= 0 else _BLAS_MIN_ROWS[level]
+    sc.sync = tu.sync
+    sc.backward_order = False
+    return sc
+
+
+cdef inline const Tuning_t *_tuning_of(object tuning) except NULL:
+    if tuning is None:
+        return &(<Tuning>DEFAULT_TUNING).t
+    return &(<Tuning?>tuning).t
+
+
+def schedule(w, int batch, int seq_len, int hidden, int threads, bint packed=False,
+             tuning=None):
+    """The schedule of one call of packed layer ``w`` (``_module._PackedLayer``)
+    for ``batch`` sequences of ``seq_len`` steps (``packed``: packed input, with
+    ``batch`` its longest timestep) on ``threads`` threads (0 or less: the
+    default), under ``tuning`` (a :class:`Tuning`, None for the default).
+
+    Returns ``(threads, n_chunks, t_chunk, blas_min_rows, dirs_in_turn,
+    step_counters)`` (see ``layer``; ``step_counters`` -1, 0 or 1), the input of
+    ``layer`` with the panel order appended.
+    """
+    cdef Layer L
+    cdef Sched sc
+    if not cnp.PyArray_Check(w.bias):
+        raise TypeError("schedule: packed weights expected")
+    typenum = cnp.PyArray_TYPE(<cnp.ndarray>w.bias)
+    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+        raise ValueError("schedule: float32 or float64 weights")
+    memset(&L, 0, sizeof(L))
+    _fill_weights(&L, w, typenum)
+    L.g.batch, L.g.seq_len, L.g.hidden = batch, seq_len, hidden
+    L.g.out_size = L.w.hh_stride // L.g.g_cols if L.g.g_cols else 0
+    sc = _schedule(&L.g, packed, _threads_or_default(threads), _tuning_of(tuning), _level)
+    return sc.threads, sc.n_chunks, sc.t_chunk, sc.blas_min_rows, sc.dirs_in_turn, sc.sync
+
+
 # ------------------------------------------------------------ stream steps
-cdef void _plan_layer(const Layer *L, floating *gates, int num_threads,
+cdef void _plan_layer(const Layer *L, const Tuning_t *tu, floating *gates, int num_threads,
                       bint backward_order) noexcept nogil:
     """One timestep of a bound layer; the state is always read (a stream's ``h``
     may be written by its owner)."""
-    cdef int n_chunks = _chunks(L.g.batch, 1, num_threads, L.g.n_panels,
-                                L.w.hh_stride * <Py_ssize_t>sizeof(floating))
-    _single_step_region(L, gates, num_threads, n_chunks, backward_order)
-
-
-cdef inline int _chunks(int batch, int n_dirs, int threads, int n_panels,
-                        Py_ssize_t hh_bytes) noexcept nogil:
-    """Batch chunks per direction for ``batch`` rows on ``threads`` threads, or 0
-    for the split mode (see ``batch_chunks``); ``n_panels`` and ``hh_bytes``:
-    a direction's gate panels and packed W_hh."""
-    cdef int per_dir = threads // n_dirs
-    if per_dir < 2:
-        return max(1, min(batch, per_dir))
-    if batch < 4 * per_dir:
-        return 0
-    if _split_by_size == 1 or (_split_by_size == 0 and per_dir == 2
-                               and n_panels >= 4 * per_dir and hh_bytes >= _split_min_bytes):
-        return 0
-    return per_dir
+    cdef Sched sc = _schedule(&L.g, False, num_threads, tu, _level)
+    _single_step_region(L, gates, sc.threads, sc.n_chunks, backward_order)
 
 
 cdef class StepPlan:
     """The buffers of a stream bound once, so that a step acquires none.
 
-    ``StepPlan(layers, x, h, c, hcell, outs, gates)``: ``layers``, a
+    ``StepPlan(layers, x, h, c, hcell, outs, gates, tuning=None)``: ``layers``, a
     unidirectional module's packed layers (``_module._PackedLayer``); ``x``
     (N, I) the frame buffer; ``h`` (L, N, P) and ``c`` (L, N, H) the state,
     updated in place; ``hcell`` (1, N, H) scratch; ``outs`` a list of L (N, P)
-    output buffers; ``gates`` (N, 4Hp) scratch.  The arrays are kept alive by
-    the plan and must not be reallocated while it is in use.
+    output buffers; ``gates`` (N, 4Hp) scratch; ``tuning`` the module's
+    :class:`Tuning` (None: the default).  The arrays are kept alive by the plan
+    and must not be reallocated while it is in use.
     """
     cdef Layer *layers
     cdef int n_layers, batch, out_size, typenum
     cdef bint backward_order  # the panel order of the last step; it alternates (see _single_step)
     cdef void *gates
+    cdef Tuning_t tuning
     cdef object refs
 
     def __cinit__(self):
         self.layers = NULL
         self.n_layers = 0
 
-    def __init__(self, list layers, x, h, c, hcell, list outs, gates):
+    def __init__(self, list layers, x, h, c, hcell, list outs, gates, tuning=None):
         cdef int k, typenum, item
         cdef Py_ssize_t n, p, hid
         cdef Layer *L
@@ -1024,6 +1131,7 @@ cdef class StepPlan:
         if len(outs) != n_layers or h.shape[0] != n_layers or c.shape[0] != n_layers:
             raise ValueError("StepPlan: one state and one output buffer per layer")
         self.typenum = typenum
+        self.tuning = _tuning_of(tuning)[0]
         self.batch = x.shape[0]
         self.out_size = h.shape[2]
         n, p, hid = self.batch, self.out_size, c.shape[2]
@@ -1093,57 +1201,40 @@ cdef class StepPlan:
             for k in range(self.n_layers):
                 L = &self.layers[k]
                 if self.typenum == cnp.NPY_FLOAT:
-                    _plan_layer(L, <float *>self.gates, num_threads, order)
+                    _plan_layer(L, &self.tuning, <float *>self.gates, num_threads, order)
                 else:
-                    _plan_layer(L, <double *>self.gates, num_threads, order)
+                    _plan_layer(L, &self.tuning, <double *>self.gates, num_threads, order)
                 memcpy(<void *>L.b.h0, L.b.out, row_bytes)  # the step's h_n is its output
         return True
 
 
 # ------------------------------------------------------------- cell steps
-def batch_chunks(int batch, int n_dirs, int threads, int n_panels=0,
-                 Py_ssize_t hh_bytes=0):
-    """How a layer shares the recurrence among threads: the number of batch
-    chunks per direction (one task per direction and chunk, no
-    synchronisation between timesteps), or 0 for the split mode (each
-    direction's hidden units shared by its threads, which meet after every
-    step; each streams only its share of the weights).
-
-    Split mode when a direction has 2 threads or more and the batch gives a
-    thread fewer than 4 rows; also when a direction has exactly 2 threads and
-    its ``W_hh`` (``hh_bytes`` packed, in ``n_panels`` gate panels) is at
-    least half a core's L2, with 4 panels or more per thread.  A batch chunk
-    streams the whole ``W_hh`` every step, from L3 once it outgrows the L2
-    beside the other data; in split mode each thread streams half of it
-    (docs/kernels.md has the measurements).  With more threads per direction
-    batch chunks stay: the step's wait grows and its work per thread shrinks.
-    """
-    return _chunks(batch, n_dirs, threads, n_panels, hh_bytes)
-
-
-cdef void _cell_layer(const Layer *bound, int batch, const floating *x, const floating *h0,
-                      floating *c, floating *h, floating *gates, int num_threads, bint h0_zero,
-                      bint backward_order) noexcept nogil:
-    """One LSTM step of one bound layer (see ``cell_step``) on the caller's arrays."""
+cdef void _cell_layer(const Layer *bound, const Tuning_t *tu, const Buffers *b, int batch,
+                      floating *gates, int num_threads, bint backward_order) noexcept nogil:
+    """One LSTM step of one bound layer (see ``cell_step``) on the caller's buffers."""
     cdef Layer L = bound[0]
-    cdef int n_chunks = _chunks(batch, 1, num_threads, L.g.n_panels,
-                                L.w.hh_stride * <Py_ssize_t>sizeof(floating))
+    cdef Sched sc
     L.g.batch = batch
-    L.b.x, L.b.h0, L.b.c, L.b.hcell, L.b.out, L.b.h0_zero = x, h0, c, c, h, h0_zero
-    _single_step_region(&L, gates, num_threads, n_chunks, backward_order)
+    L.b = b[0]
+    sc = _schedule(&L.g, False, num_threads, tu, _level)
+    _single_step_region(&L, gates, sc.threads, sc.n_chunks, backward_order)
 
 
-cdef void _cell_layers(const Layer *layers, int n_layers, int batch, const floating *x,
-                       const floating *h0, floating *c, floating *h, floating *gates,
-                       int num_threads, bint h0_zero, bint backward_order) noexcept nogil:
+cdef void _cell_layers(const Layer *layers, const Tuning_t *tu, int n_layers, int batch,
+                       const floating *x, const floating *h0, floating *c, floating *h,
+                       floating *gates, int num_threads, bint h0_zero,
+                       bint backward_order) noexcept nogil:
     """One timestep of a stack of layers: layer k reads layer k-1's new h
     (``x`` for the first), its own h0 and c (N, H) blocks, and writes h."""
     cdef int k
     cdef Py_ssize_t block = <Py_ssize_t>batch * layers[0].g.hidden
+    cdef Buffers b
+    memset(&b, 0, sizeof(b))
+    b.h0_zero = h0_zero
     for k in range(n_layers):
-        _cell_layer(&layers[k], batch, x if k == 0 else h + (k - 1) * block,
-                    h0 + k * block, c + k * block, h + k * block, gates, num_threads, h0_zero,
-                    backward_order)
+        b.x = x if k == 0 else h + (k - 1) * block
+        b.h0, b.c, b.hcell, b.out = h0 + k * block, c + k * block, c + k * block, h + k * block
+        _cell_layer(&layers[k], tu, &b, batch, gates, num_threads, backward_order)
 
 
 cdef enum:
@@ -1155,9 +1246,10 @@ cdef class CellStack:
     one-timestep calls: ``LSTMCell`` steps and one-step ``LSTM`` calls.
 
     ``CellStack(layers, hidden, call_layout=-1, call_needs_eval=False,
-    zero_state_skips=False)`` with ``layers`` the module's packed layers
-    (``_module._PackedLayer``) and ``zero_state_skips`` the module's rule for
-    them (a call without a state may skip the first recurrent product).  ``step``
+    zero_state_skips=False, tuning=None)`` with ``layers`` the module's packed
+    layers (``_module._PackedLayer``), ``zero_state_skips`` the module's rule
+    for them (a call without a state may skip the first recurrent product) and
+    ``tuning`` its :class:`Tuning` (None: the default).  ``step``
     is the whole one-step call for plain arrays (checks, outputs, kernels, in
     C); ``cell_step`` runs one layer on arrays the caller made, for everything
     else.  ``call_layout`` is the ``step`` layout of the module's calls
@@ -1167,6 +1259,7 @@ cdef class CellStack:
     cdef Layer *layers
     cdef int n_layers, n_in, hidden, typenum
     cdef bint backward_order  # the panel order of the last call; it alternates
+    cdef Tuning_t tuning
     cdef readonly int call_layout
     cdef readonly bint call_needs_eval
     cdef bint zero_state_skips
@@ -1177,9 +1270,10 @@ cdef class CellStack:
         self.n_layers = 0
 
     def __init__(self, list layers, int hidden, int call_layout=-1, bint call_needs_eval=False,
-                 bint zero_state_skips=False):
+                 bint zero_state_skips=False, tuning=None):
         cdef int k
         cdef Layer *L
+        self.tuning = _tuning_of(tuning)[0]
         self.call_layout = call_layout
         self.call_needs_eval = call_needs_eval
         dtype = layers[0].bias.dtype
@@ -1338,11 +1432,11 @@ cdef class CellStack:
         try:
             with nogil:
                 if typenum == cnp.NPY_FLOAT:
-                    _cell_layers(self.layers, nl, batch, <const float *>x_ptr,
+                    _cell_layers(self.layers, &self.tuning, nl, batch, <const float *>x_ptr,
                                  <const float *>h0_ptr, <float *>c_ptr, <float *>h_ptr,
                                  <float *>gates, num_threads, h0_zero, order)
                 else:
-                    _cell_layers(self.layers, nl, batch, <const double *>x_ptr,
+                    _cell_layers(self.layers, &self.tuning, nl, batch, <const double *>x_ptr,
                                  <const double *>h0_ptr, <double *>c_ptr, <double *>h_ptr,
                                  <double *>gates, num_threads, h0_zero, order)
         finally:
@@ -1372,6 +1466,7 @@ def cell_step(CellStack w, int k, const floating[:, ::1] x, const floating[:, ::
     (N, I), ``h0`` (N, H) the previous hidden state (not read when ``h0_zero``)."""
     cdef int batch = x.shape[0]
     cdef floating *gates
+    cdef Buffers b
     if sizeof(floating) != (4 if w.typenum == cnp.NPY_FLOAT else 8):
         raise ValueError("cell_step: arrays and weights of different dtypes")
     if not 0 <= k < w.n_layers:
@@ -1385,10 +1480,13 @@ def cell_step(CellStack w, int k, const floating[:, ::1] x, const floating[:, ::
     gates = <floating *>PyMem_Malloc(<size_t>batch * w.layers[k].g.n_panels * FL_PANEL_BYTES)
     if gates == NULL:
         raise MemoryError()
+    memset(&b, 0, sizeof(b))
+    b.x, b.h0, b.c, b.hcell, b.out, b.h0_zero = &x[0, 0], &h0[0, 0], &c[0, 0], &c[0, 0], \
+        &h[0, 0], h0_zero
     try:
         with nogil:
-            _cell_layer(&w.layers[k], batch, &x[0, 0], &h0[0, 0], &c[0, 0], &h[0, 0],
-                        gates, num_threads, h0_zero, backward_order)
+            _cell_layer(&w.layers[k], &w.tuning, &b, batch, gates,
+                        _threads_or_default(num_threads), backward_order)
     finally:
         PyMem_Free(gates)
 
