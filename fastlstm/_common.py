@@ -59,6 +59,12 @@ def check_torch_module(module: Any, class_name: str) -> np.dtype:
     return np.dtype(np.float64 if str(weight.dtype) == "torch.float64" else np.float32)
 
 
+def torch_dtype(dtype: np.dtype) -> Any:
+    """torch's dtype of a module's (float32 or float64) parameters; torch must be imported."""
+    torch = sys.modules["torch"]
+    return torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
+
+
 def is_torch_tensor(obj: Any) -> bool:
     """True for a torch.Tensor, decided without importing torch."""
     if type(obj) is np.ndarray:  # the common case, first

@@ -15,6 +15,7 @@ from fastlstm._common import (
     input_array,
     is_torch_tensor,
     to_numpy,
+    torch_dtype,
 )
 from fastlstm._ext import kernels
 from fastlstm._module import (
@@ -186,7 +187,7 @@ class LSTMCell(_Module):
         """
         import torch
 
-        tdtype = torch.float64 if self._dtype == np.float64 else torch.float32
+        tdtype = torch_dtype(self._dtype)
         module = torch.nn.LSTMCell(self._input_size, self._hidden_size, bias=self._bias,
                                    dtype=tdtype)
         module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._params.items()})

@@ -17,6 +17,7 @@ from fastlstm._common import (
     input_array,
     is_torch_tensor,
     to_numpy,
+    torch_dtype,
 )
 from fastlstm._ext import kernels
 from fastlstm._module import (
@@ -33,11 +34,11 @@ from fastlstm._threads import get_num_threads, single_threaded_blas
 from fastlstm.io.state_dict import lstm_shapes
 from fastlstm.rnn import (
     PackedSequence,
-    _check_batch_sizes,
-    _count_greater,
-    _is_permutation,
+    check_batch_sizes,
+    count_greater,
     from_torch_packed,
     is_packed_sequence,
+    is_permutation,
 )
 
 __all__ = ["LSTM"]
@@ -351,7 +352,7 @@ class LSTM(_Module):
         """
         import torch
 
-        tdtype = torch.float64 if self._dtype == np.float64 else torch.float32
+        tdtype = torch_dtype(self._dtype)
         module = torch.nn.LSTM(**{name: getattr(self, name) for name in _CONFIG}, dtype=tdtype)
         module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._params.items()})
         module.train(self.training)
@@ -514,13 +515,13 @@ class LSTM(_Module):
         if batch_sizes.dtype.kind not in "iu":
             raise TypeError(f"batch_sizes must be integers, got {batch_sizes.dtype}")
         batch_sizes = batch_sizes.astype(np.int64, copy=False)
-        _check_batch_sizes(x, batch_sizes)
+        check_batch_sizes(x, batch_sizes)
         batch = int(batch_sizes[0])
         sorted_indices, unsorted_indices = packed.sorted_indices, packed.unsorted_indices
         for name, perm in (("sorted_indices", sorted_indices),
                            ("unsorted_indices", unsorted_indices)):
             if perm is not None and (perm.dtype.kind not in "iu"
-                                     or not _is_permutation(perm, batch)):
+                                     or not is_permutation(perm, batch)):
                 raise ValueError(f"{name} must be a permutation of the {batch} sequences, "
                                  f"got {np.asarray(perm).tolist()}")
         tensor_in = torch_packed
@@ -600,7 +601,7 @@ class LSTM(_Module):
         if batch_sizes is not None:
             offsets = np.zeros(seq_len + 1, np.int64)
             np.cumsum(batch_sizes, out=offsets[1:])
-            lengths = _count_greater(batch_sizes, np.arange(batch))  # sorted sequences
+            lengths = count_greater(batch_sizes, np.arange(batch))  # sorted sequences
         # The schedule (threads, split mode, time chunk, BLAS, directions in turn) is
         # decided in one place, kernels.schedule, per layer (the first one's input
         # differs); the gate buffer holds a time chunk of any layer.

@@ -425,12 +425,12 @@ def _packed_positions(batch_sizes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return t, b
 
 
-def _count_greater(descending: np.ndarray, values: np.ndarray) -> np.ndarray:
+def count_greater(descending: np.ndarray, values: np.ndarray) -> np.ndarray:
     """For each of ``values``, how many of the non-increasing ``descending`` exceed it."""
     return np.searchsorted(-descending, -values, side="left").astype(np.int64)
 
 
-def _check_batch_sizes(data: np.ndarray, batch_sizes: np.ndarray) -> None:
+def check_batch_sizes(data: np.ndarray, batch_sizes: np.ndarray) -> None:
     if batch_sizes.ndim != 1:
         raise RuntimeError("'lengths' argument should be a 1D CPU int64 tensor, but got "
                            f"{batch_sizes.ndim}D cpu Long tensor")
@@ -547,7 +547,7 @@ def pack_padded_sequence(
         raise ValueError(f"Expected all lengths to be at most the padded length of the input "
                          f"({steps}), but got a length of {lengths_arr[0]}")
 
-    batch_sizes = _count_greater(lengths_arr, np.arange(lengths_arr[0]))
+    batch_sizes = count_greater(lengths_arr, np.arange(lengths_arr[0]))
     t, b = _packed_positions(batch_sizes)
     if sorted_indices is not None:
         b = sorted_indices[b]
@@ -626,20 +626,20 @@ def pad_packed_sequence(
             raise TypeError("_pad_packed_sequence(): argument 'total_length' (position 5) must "
                             f"be int, not {_type_name(total_length)}")
         max_seq_length = operator.index(total_length)
-    _check_batch_sizes(data, batch_sizes)
+    check_batch_sizes(data, batch_sizes)
     fill = _fill_value(padding_value, data.dtype)
 
     batch = int(batch_sizes[0]) if batch_sizes.size else 0
     shape = (batch, max_seq_length) if batch_first else (max_seq_length, batch)
     padded = np.full(shape + data.shape[1:], fill, dtype=data.dtype)
     t, b = _packed_positions(batch_sizes)
-    lengths = _count_greater(batch_sizes, np.arange(batch))
+    lengths = count_greater(batch_sizes, np.arange(batch))
     unsorted = packed.unsorted_indices
     unsorted = None if unsorted is None else np.asarray(unsorted)
     bad = _out_of_range(unsorted, batch)
     if bad is not None:  # torch's index_select refuses them (NumPy would wrap negatives)
         raise RuntimeError(f"INDICES element is out of DATA bounds, id={bad} axis_dim={batch}")
-    if unsorted is not None and _is_permutation(unsorted, batch):
+    if unsorted is not None and is_permutation(unsorted, batch):
         # scatter straight to the original order
         b = cast(np.ndarray, invert_permutation(unsorted))[b]
         lengths = lengths[unsorted]
@@ -662,7 +662,7 @@ def _out_of_range(indices: Optional[np.ndarray], n: int) -> Optional[int]:
     return int(indices.reshape(-1)[bad[0]]) if bad.size else None
 
 
-def _is_permutation(indices: np.ndarray, n: int) -> bool:
+def is_permutation(indices: np.ndarray, n: int) -> bool:
     return indices.shape == (n,) and np.array_equal(np.sort(indices), np.arange(n))
 
 
@@ -868,10 +868,10 @@ def unpack_sequence(packed_sequences: Any) -> List[np.ndarray]:
     packed = _checked_packed(packed_sequences)
     batch_sizes = np.asarray(packed.batch_sizes)
     data = _as_array(packed.data)
-    _check_batch_sizes(data, batch_sizes)
+    check_batch_sizes(data, batch_sizes)
     batch = int(batch_sizes[0]) if batch_sizes.size else 0
     offsets = np.cumsum(batch_sizes) - batch_sizes
-    lengths = _count_greater(batch_sizes, np.arange(batch)).tolist()
+    lengths = count_greater(batch_sizes, np.arange(batch)).tolist()
     sequences = [data[offsets[:n] + b] for b, n in enumerate(lengths)]
     if packed.unsorted_indices is not None:
         unsorted = np.asarray(packed.unsorted_indices)
