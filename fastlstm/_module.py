@@ -642,25 +642,25 @@ class _Module:
             self.__dict__.pop("_bound", None)
 
     def _bound_layers(self) -> Any:
-        """The packed layers bound for one-timestep calls (``kernels.CellStack``:
+        """The packed layers bound for one-timestep calls (``kernels.BoundStack``:
         LSTMCell calls, and one-step calls of unidirectional LSTMs without
         projection), made again when the weights change."""
         bound = self.__dict__.get("_bound")
         if bound is None or bound[0] is not self._packed:  # also when not packed yet
             layers = self._packed_layers()
             layout, needs_eval = self._call_layout()
-            bound = (layers, kernels.CellStack(layers, self._hidden_size, layout, needs_eval,
+            bound = (layers, kernels.BoundStack(layers, self._hidden_size, layout, needs_eval,
                                                zero_state_skips(layers), self._tuning))
             self.__dict__["_bound"] = bound
         return bound[1]
 
     def _call_layout(self) -> Tuple[int, bool]:
         """How calls of the module run one timestep (``kernels.module_call``): the
-        layout of ``CellStack.step`` (-1: never), and whether only in eval mode."""
+        layout of ``BoundStack.step`` (-1: never), and whether only in eval mode."""
         raise NotImplementedError
 
     def _one_step(self, input: np.ndarray, hx: Any, layout: int) -> Any:
-        """The compiled one-timestep call (``kernels.CellStack.step``) on plain
+        """The compiled one-timestep call (``kernels.BoundStack.step``) on plain
         arrays, or None when the call needs the general path."""
         # Thread count 0: the kernels take the default themselves, which spares
         # this per-frame path the Python calls of get_num_threads.  (Calls of the

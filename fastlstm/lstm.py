@@ -210,7 +210,7 @@ class LSTM(_Module):
         d["_dropout"] = float(dropout)
         d["_bidirectional"] = bool(bidirectional)
         d["_proj_size"] = proj_size
-        # One-timestep calls of such stacks can go through kernels.CellStack.
+        # One-timestep calls of such stacks can go through kernels.BoundStack.
         d["_stackable"] = not bidirectional and proj_size == 0
         self._init_module(dtype, rng)
 

@@ -90,7 +90,7 @@ class Stream:
         self._c = np.zeros((layers, n, hidden), dt)
         self._allocate(dt)
         self._plan_layers: Optional[List[Any]] = None  # what _step_plan is bound to
-        self._step_plan: Optional[kernels.StepPlan] = None
+        self._step_plan: Optional[kernels.BoundStack] = None
 
     def _allocate(self, dt: np.dtype) -> None:
         """The buffers of a step other than the state, in the module's dtype."""
@@ -191,7 +191,7 @@ class Stream:
         # A plain frame of the expected shape is checked and copied in C; any
         # other is checked and converted here.
         if not (type(x) is np.ndarray and x.ndim == (2 if self._batched else 1)
-                and plan.step(x, _threads._num_threads or 0)):
+                and plan.stream_step(x, _threads._num_threads or 0)):
             x = input_array(x, "Stream.step")
             expected = self._x.shape if self._batched else self._x.shape[1:]
             if x.shape != expected:
@@ -200,11 +200,11 @@ class Stream:
             if x.dtype.kind != "f":
                 raise ValueError(f"Stream.step: frames must be floating point, got {x.dtype}")
             self._x[...] = x if self._batched else x[None]
-            plan.step(None, _threads._num_threads or 0)
+            plan.stream_step(None, _threads._num_threads or 0)
         out = self._out[-1]
         return out if self._batched else out[0]
 
-    def _plan(self) -> kernels.StepPlan:
+    def _plan(self) -> kernels.BoundStack:
         """The stream's buffers bound to the module's packed weights, made again
         when those change (new weights loaded into the module, or a new dtype)."""
         layers = self._module._packed_layers()
@@ -216,8 +216,9 @@ class Stream:
                 # into new arrays.
                 self._h, self._c = self._h.astype(dt), self._c.astype(dt)
                 self._allocate(dt)
-            plan = self._step_plan = kernels.StepPlan(layers, self._x, self._h, self._c,
-                                                      self._hcell, self._out, self._gates,
-                                                      self._module._tuning)
+            plan = kernels.BoundStack(layers, self._module.hidden_size,
+                                      tuning=self._module._tuning)
+            plan.bind_stream(self._x, self._h, self._c, self._hcell, self._out, self._gates)
+            self._step_plan = plan
             self._plan_layers = layers
         return plan

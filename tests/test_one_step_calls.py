@@ -1,4 +1,4 @@
-"""The compiled one-step call (``kernels.CellStack.step``): LSTMCell steps and
+"""The compiled one-step call (``kernels.BoundStack.step``): LSTMCell steps and
 one-timestep LSTM calls on plain ndarrays are checked, allocated and run in C.
 
 It must take exactly the calls it can do (C-contiguous ndarrays of the
@@ -234,3 +234,31 @@ def test_a_subclass_forward_runs_on_every_call(base):
     for _ in range(2):  # the second call runs on the bound one-step path
         np.testing.assert_array_equal(scaled(x)[0], 2 * want)
         np.testing.assert_array_equal(same(x)[0], want)
+
+
+def test_one_bound_stack_type_serves_every_one_step_path():
+    """Module calls, LSTMCell steps and streams bind the same type; a stack with a
+    projection serves streams (the one-step call and cell_step refuse it)."""
+    from fastlstm._ext import kernels
+
+    cell = fastlstm.LSTMCell(4, 6, rng=0)
+    x = np.ones((2, 4), np.float32)
+    cell(x)
+    assert isinstance(cell._bound_layers(), kernels.BoundStack)
+    proj = fastlstm.LSTM(4, 6, proj_size=3, rng=0)
+    stream = fastlstm.Stream(proj, 2)
+    y = stream.step(x)
+    assert isinstance(stream._plan(), kernels.BoundStack)
+    want, _ = reference_forward(proj, x[None])
+    _close(y, want[0].astype(np.float32), np.float32)
+    stack = kernels.BoundStack(proj._packed_layers(), 6)
+    assert stack.step(np.ones((1, 1, 4), np.float32), None, 1, 1) is None  # general path
+    with pytest.raises(ValueError, match="no stream buffers"):
+        stack.stream_step(None, 1)
+    with pytest.raises(ValueError, match="without a projection"):
+        kernels.cell_step(stack, 0, x, np.zeros((2, 6), np.float32), np.zeros((2, 6), np.float32),
+                          np.zeros((2, 6), np.float32), 1, True, False)
+    with pytest.raises(ValueError, match="no projection"):
+        kernels.BoundStack(proj._packed_layers(), 6, 1)
+    with pytest.raises(ValueError, match="unidirectional"):
+        kernels.BoundStack(fastlstm.LSTM(4, 6, bidirectional=True)._packed_layers(), 6)

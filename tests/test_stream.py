@@ -123,9 +123,9 @@ def test_every_kind_of_frame(kind, batch):
     assert all(plan_takes) == (kind == "plain" or (kind == "fortran" and batch in (None, 1)))
     # The plan itself refuses what it cannot copy as it is.
     plan = stream._plan()
-    assert plan.step(np.zeros((batch or 1, 5), np.float32), 1) is True
-    assert plan.step(np.zeros((batch or 1, 6), np.float32), 1) is False
-    assert plan.step(np.zeros((batch or 1) * 5, np.float64), 1) is False
+    assert plan.stream_step(np.zeros((batch or 1, 5), np.float32), 1) is True
+    assert plan.stream_step(np.zeros((batch or 1, 6), np.float32), 1) is False
+    assert plan.stream_step(np.zeros((batch or 1) * 5, np.float64), 1) is False
 
 
 def test_errors():

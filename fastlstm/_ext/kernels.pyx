@@ -23,9 +23,9 @@ time-major rows ``t*N + n`` or, with ``batch_first``, batch-major rows
 kernel reads and writes them in place through a row stride and no transpose
 is ever made.
 
-``StepPlan`` binds a stream's buffers and weights once, so that a stream's
-step (one timestep of every layer) acquires no buffer and holds the GIL only
-to check its frame.
+``BoundStack`` binds a unidirectional stack's weights once for every
+one-timestep computation (and a stream's buffers, so that a stream's step
+acquires no buffer and holds the GIL only to check its frame).
 
 BLAS, used only where it beats the small-M kernel (``blas_min_rows``), runs
 single-threaded (the caller pins it): all threads are OpenMP threads, so
@@ -1087,125 +1087,15 @@ def schedule(w, int batch, int seq_len, int hidden, int threads, bint packed=Fal
     return sc.threads, sc.n_chunks, sc.t_chunk, sc.blas_min_rows, sc.dirs_in_turn, sc.sync
 
 
-# ------------------------------------------------------------ stream steps
-cdef void _plan_layer(const Layer *L, const Tuning_t *tu, floating *gates, int num_threads,
+# ------------------------------------------------------- one-timestep steps
+cdef void _step_layer(const Layer *L, const Tuning_t *tu, floating *gates, int num_threads,
                       bint backward_order) noexcept nogil:
-    """One timestep of a bound layer; the state is always read (a stream's ``h``
-    may be written by its owner)."""
+    """One timestep of one layer on the buffers in ``L``: the path of every
+    one-timestep computation of a bound stack (module calls, LSTMCell steps,
+    stream steps); the state is always read (a stream's ``h`` may be written by
+    its owner)."""
     cdef Sched sc = _schedule(&L.g, False, num_threads, tu, _level)
     _single_step_region(L, gates, sc.threads, sc.n_chunks, backward_order)
-
-
-cdef class StepPlan:
-    """The buffers of a stream bound once, so that a step acquires none.
-
-    ``StepPlan(layers, x, h, c, hcell, outs, gates, tuning=None)``: ``layers``, a
-    unidirectional module's packed layers (``_module._PackedLayer``); ``x``
-    (N, I) the frame buffer; ``h`` (L, N, P) and ``c`` (L, N, H) the state,
-    updated in place; ``hcell`` (1, N, H) scratch; ``outs`` a list of L (N, P)
-    output buffers; ``gates`` (N, 4Hp) scratch; ``tuning`` the module's
-    :class:`Tuning` (None: the default).  The arrays are kept alive by the plan
-    and must not be reallocated while it is in use.
-    """
-    cdef Layer *layers
-    cdef int n_layers, batch, out_size, typenum
-    cdef bint backward_order  # the panel order of the last step; it alternates (see _single_step)
-    cdef void *gates
-    cdef Tuning_t tuning
-    cdef object refs
-
-    def __cinit__(self):
-        self.layers = NULL
-        self.n_layers = 0
-
-    def __init__(self, list layers, x, h, c, hcell, list outs, gates, tuning=None):
-        cdef int k, typenum, item
-        cdef Py_ssize_t n, p, hid
-        cdef Layer *L
-        dtype = x.dtype
-        if dtype != "float32" and dtype != "float64":
-            raise ValueError(f"StepPlan: float32 or float64 buffers, got {dtype}")
-        typenum = cnp.NPY_FLOAT if dtype == "float32" else cnp.NPY_DOUBLE
-        item = dtype.itemsize
-        n_layers = len(layers)
-        if len(outs) != n_layers or h.shape[0] != n_layers or c.shape[0] != n_layers:
-            raise ValueError("StepPlan: one state and one output buffer per layer")
-        self.typenum = typenum
-        self.tuning = _tuning_of(tuning)[0]
-        self.batch = x.shape[0]
-        self.out_size = h.shape[2]
-        n, p, hid = self.batch, self.out_size, c.shape[2]
-        self.refs = (layers, x, h, c, hcell, outs, gates)
-        h_data = <char *>_data(h, typenum, 3, n_layers, n, p, "h")
-        c_data = <char *>_data(c, typenum, 3, n_layers, n, hid, "c")
-        hcell_data = _data(hcell, typenum, 3, 1, n, hid, "hcell")
-        self.layers = <Layer *>PyMem_Malloc(n_layers * sizeof(Layer))
-        if self.layers == NULL:
-            raise MemoryError()
-        memset(self.layers, 0, n_layers * sizeof(Layer))
-        for k in range(n_layers):
-            w = layers[k]
-            L = &self.layers[k]
-            _fill_weights(L, w, typenum)
-            if L.g.num_dirs != 1:
-                raise ValueError("StepPlan: unidirectional layers only")
-            layer_in = x if k == 0 else outs[k - 1]
-            L.g.batch, L.g.seq_len, L.g.hidden, L.g.out_size = n, 1, hid, p
-            L.g.r_panels = (p + FL_PANEL_BYTES // item - 1) // (FL_PANEL_BYTES // item)
-            L.b.x = _data(layer_in, typenum, 2, n, L.g.n_in, -1, "x")
-            L.b.h0 = h_data + k * n * p * item
-            L.b.c = c_data + k * n * hid * item
-            L.b.hcell = hcell_data
-            L.b.out = _data(outs[k], typenum, 2, n, p, -1, "outs")
-            if L.g.g_cols != bias_cols(hid, FL_PANEL_BYTES // item):
-                raise ValueError("StepPlan: weights and state of different hidden sizes")
-            self.n_layers = k + 1
-        self.gates = _data(gates, typenum, 2, n, self.layers[0].g.g_cols, -1, "gates")
-
-    def __dealloc__(self):
-        PyMem_Free(self.layers)
-
-    def step(self, frame, int num_threads):
-        """One timestep of every layer; ``h`` and ``c`` are updated in place and
-        layer k's output is in ``outs[k]``.
-
-        ``frame``: None when the caller has put the frame in ``x``; else a
-        C-contiguous ndarray of ``x``'s dtype and size, of shape ``x.shape`` or,
-        for one row, ``x.shape[1:]``, copied into ``x`` first.  Returns False,
-        having done nothing, for any other frame (the caller converts it).
-        ``num_threads`` 0 or less: ``omp_get_max_threads()``.
-        """
-        cdef int k, nd
-        cdef Layer *L
-        num_threads = _threads_or_default(num_threads)
-        cdef size_t item = 4 if self.typenum == cnp.NPY_FLOAT else 8
-        cdef size_t row_bytes = self.batch * self.out_size * item
-        cdef int n_in = self.layers[0].g.n_in
-        cdef bint order
-        if frame is not None:
-            if not cnp.PyArray_CheckExact(frame):
-                return False
-            nd = cnp.PyArray_NDIM(<cnp.ndarray>frame)
-            if not _plain(frame, self.typenum, nd):
-                return False
-            if not (_dims(frame, self.batch, n_in, -1) if nd == 2
-                    else nd == 1 and self.batch == 1 and _dims(frame, n_in, -1, -1)):
-                return False
-            memmove(<void *>self.layers[0].b.x, cnp.PyArray_DATA(<cnp.ndarray>frame),
-                    <size_t>self.batch * n_in * item)
-        self.backward_order = not self.backward_order
-        order = self.backward_order
-        if self.batch == 0:
-            return True
-        with nogil:
-            for k in range(self.n_layers):
-                L = &self.layers[k]
-                if self.typenum == cnp.NPY_FLOAT:
-                    _plan_layer(L, &self.tuning, <float *>self.gates, num_threads, order)
-                else:
-                    _plan_layer(L, &self.tuning, <double *>self.gates, num_threads, order)
-                memcpy(<void *>L.b.h0, L.b.out, row_bytes)  # the step's h_n is its output
-        return True
 
 
 # ------------------------------------------------------------- cell steps
@@ -1213,11 +1103,9 @@ cdef void _cell_layer(const Layer *bound, const Tuning_t *tu, const Buffers *b, 
                       floating *gates, int num_threads, bint backward_order) noexcept nogil:
     """One LSTM step of one bound layer (see ``cell_step``) on the caller's buffers."""
     cdef Layer L = bound[0]
-    cdef Sched sc
     L.g.batch = batch
     L.b = b[0]
-    sc = _schedule(&L.g, False, num_threads, tu, _level)
-    _single_step_region(&L, gates, sc.threads, sc.n_chunks, backward_order)
+    _step_layer(&L, tu, gates, num_threads, backward_order)
 
 
 cdef void _cell_layers(const Layer *layers, const Tuning_t *tu, int n_layers, int batch,
@@ -1241,45 +1129,54 @@ cdef enum:
     _STACK_GATES = 2048  # gate buffers up to this many doubles live on a one-step call's stack
 
 
-cdef class CellStack:
-    """A unidirectional stack's packed layers (no projection) bound once, for
-    one-timestep calls: ``LSTMCell`` steps and one-step ``LSTM`` calls.
+cdef class BoundStack:
+    """A unidirectional stack's packed layers bound once, for every one-timestep
+    computation: ``LSTMCell`` steps and one-step ``LSTM`` calls (``step``), one
+    layer of the general path (``cell_step``), and a ``Stream``'s steps on
+    buffers bound once (``bind_stream``, ``stream_step``).  Each runs its layers
+    through ``_step_layer``.
 
-    ``CellStack(layers, hidden, call_layout=-1, call_needs_eval=False,
+    ``BoundStack(layers, hidden, call_layout=-1, call_needs_eval=False,
     zero_state_skips=False, tuning=None)`` with ``layers`` the module's packed
-    layers (``_module._PackedLayer``), ``zero_state_skips`` the module's rule
-    for them (a call without a state may skip the first recurrent product) and
-    ``tuning`` its :class:`Tuning` (None: the default).  ``step``
-    is the whole one-step call for plain arrays (checks, outputs, kernels, in
-    C); ``cell_step`` runs one layer on arrays the caller made, for everything
-    else.  ``call_layout`` is the ``step`` layout of the module's calls
-    (``module_call``; -1: none), ``call_needs_eval`` that they take ``step``
-    only in eval mode (an LSTM with dropout).
+    layers (``_module._PackedLayer``, a projection allowed), ``zero_state_skips``
+    the module's rule for them (a call without a state may skip the first
+    recurrent product) and ``tuning`` its :class:`Tuning` (None: the default).
+    ``step`` is the whole one-step call for plain arrays (checks, outputs,
+    kernels, in C; not for a projection); ``cell_step`` runs one layer on arrays
+    the caller made, for everything else.  ``call_layout`` is the ``step``
+    layout of the module's calls (``module_call``; -1: none), ``call_needs_eval``
+    that they take ``step`` only in eval mode (an LSTM with dropout).
     """
     cdef Layer *layers
-    cdef int n_layers, n_in, hidden, typenum
+    cdef int n_layers, n_in, hidden, out_size, typenum
+    cdef bint has_proj
     cdef bint backward_order  # the panel order of the last call; it alternates
     cdef Tuning_t tuning
     cdef readonly int call_layout
     cdef readonly bint call_needs_eval
     cdef bint zero_state_skips
+    cdef int stream_batch  # with bound stream buffers: their rows; else -1
+    cdef void *stream_gates
     cdef object refs
+    cdef object stream_refs
 
     def __cinit__(self):
         self.layers = NULL
         self.n_layers = 0
+        self.stream_batch = -1
 
     def __init__(self, list layers, int hidden, int call_layout=-1, bint call_needs_eval=False,
                  bint zero_state_skips=False, tuning=None):
-        cdef int k
+        cdef int k, pw
         cdef Layer *L
         self.tuning = _tuning_of(tuning)[0]
         self.call_layout = call_layout
         self.call_needs_eval = call_needs_eval
         dtype = layers[0].bias.dtype
         if dtype != "float32" and dtype != "float64":
-            raise ValueError(f"CellStack: float32 or float64 weights, got {dtype}")
+            raise ValueError(f"BoundStack: float32 or float64 weights, got {dtype}")
         self.typenum = cnp.NPY_FLOAT if dtype == "float32" else cnp.NPY_DOUBLE
+        pw = FL_PANEL_BYTES // dtype.itemsize
         self.refs = layers
         self.hidden = hidden
         self.n_in = layers[0].w_ih.shape[1]
@@ -1293,14 +1190,97 @@ cdef class CellStack:
         for k, w in enumerate(layers):
             L = &self.layers[k]
             _fill_weights(L, w, self.typenum)
-            if L.g.num_dirs != 1 or L.g.has_proj:
-                raise ValueError("CellStack: one direction, no projection")
-            if L.g.g_cols != bias_cols(hidden, FL_PANEL_BYTES // dtype.itemsize):
-                raise ValueError("CellStack: weights of another hidden size")
-            L.g.seq_len, L.g.hidden, L.g.out_size = 1, hidden, hidden
-            L.g.r_panels = (hidden + FL_PANEL_BYTES // dtype.itemsize - 1) // (
-                FL_PANEL_BYTES // dtype.itemsize)
+            if L.g.num_dirs != 1:
+                raise ValueError("BoundStack: unidirectional layers only")
+            if L.g.g_cols != bias_cols(hidden, pw):
+                raise ValueError("BoundStack: weights of another hidden size")
+            L.g.seq_len, L.g.hidden = 1, hidden
+            L.g.out_size = <int>(L.w.hh_stride // L.g.g_cols)
+            L.g.r_panels = (L.g.out_size + pw - 1) // pw
             self.n_layers = k + 1
+        self.out_size = self.layers[0].g.out_size
+        self.has_proj = self.layers[0].g.has_proj
+        if self.has_proj and call_layout >= 0:
+            raise ValueError("BoundStack: the one-step call has no projection")
+
+    def bind_stream(self, x, h, c, hcell, list outs, gates):
+        """Bind a stream's buffers once, so that ``stream_step`` acquires none:
+        ``x`` (N, I) the frame buffer; ``h`` (L, N, P) and ``c`` (L, N, H) the
+        state, updated in place; ``hcell`` (1, N, H) scratch; ``outs`` a list of
+        L (N, P) output buffers; ``gates`` (N, 4Hp) scratch.  The arrays are kept
+        alive by the stack and must not be reallocated while it is in use."""
+        cdef int k, typenum = self.typenum
+        cdef int item = 4 if typenum == cnp.NPY_FLOAT else 8
+        cdef Py_ssize_t n = x.shape[0], p = self.out_size, hid = self.hidden
+        cdef Layer *L
+        nl = self.n_layers
+        if len(outs) != nl:
+            raise ValueError("BoundStack: one output buffer per layer")
+        h_data = <char *>_data(h, typenum, 3, nl, n, p, "h")
+        c_data = <char *>_data(c, typenum, 3, nl, n, hid, "c")
+        hcell_data = _data(hcell, typenum, 3, 1, n, hid, "hcell")
+        gates_data = _data(gates, typenum, 2, n, self.layers[0].g.g_cols, -1, "gates")
+        for k in range(nl):
+            layer_in = x if k == 0 else outs[k - 1]
+            _data(layer_in, typenum, 2, n, self.layers[k].g.n_in, -1, "x")
+            _data(outs[k], typenum, 2, n, p, -1, "outs")
+        for k in range(nl):
+            L = &self.layers[k]
+            L.g.batch = <int>n
+            L.b.x = cnp.PyArray_DATA(<cnp.ndarray>(x if k == 0 else outs[k - 1]))
+            L.b.h0 = h_data + k * n * p * item
+            L.b.c = c_data + k * n * hid * item
+            L.b.hcell = hcell_data
+            L.b.out = cnp.PyArray_DATA(<cnp.ndarray>outs[k])
+            L.b.h0_zero = False
+        self.stream_refs = (x, h, c, hcell, outs, gates)
+        self.stream_gates = gates_data
+        self.stream_batch = <int>n
+
+    def stream_step(self, frame, int num_threads):
+        """One timestep of every layer on the bound stream buffers; ``h`` and
+        ``c`` are updated in place and layer k's output is in ``outs[k]``.
+
+        ``frame``: None when the caller has put the frame in ``x``; else a
+        C-contiguous ndarray of ``x``'s dtype and size, of shape ``x.shape`` or,
+        for one row, ``x.shape[1:]``, copied into ``x`` first.  Returns False,
+        having done nothing, for any other frame (the caller converts it).
+        ``num_threads`` 0 or less: ``omp_get_max_threads()``.
+        """
+        cdef int k, nd
+        cdef Layer *L
+        cdef int batch = self.stream_batch
+        cdef size_t item = 4 if self.typenum == cnp.NPY_FLOAT else 8
+        cdef size_t row_bytes
+        cdef int n_in = self.n_in
+        cdef bint order
+        if batch < 0:
+            raise ValueError("BoundStack: no stream buffers bound")
+        num_threads = _threads_or_default(num_threads)
+        row_bytes = batch * self.out_size * item
+        if frame is not None:
+            if not cnp.PyArray_CheckExact(frame):
+                return False
+            nd = cnp.PyArray_NDIM(<cnp.ndarray>frame)
+            if not _plain(frame, self.typenum, nd):
+                return False
+            if not (_dims(frame, batch, n_in, -1) if nd == 2
+                    else nd == 1 and batch == 1 and _dims(frame, n_in, -1, -1)):
+                return False
+            memmove(<void *>self.layers[0].b.x, cnp.PyArray_DATA(<cnp.ndarray>frame),
+                    <size_t>batch * n_in * item)
+        order = self._next_order()
+        if batch == 0:
+            return True
+        with nogil:
+            for k in range(self.n_layers):
+                L = &self.layers[k]
+                if self.typenum == cnp.NPY_FLOAT:
+                    _step_layer(L, &self.tuning, <float *>self.stream_gates, num_threads, order)
+                else:
+                    _step_layer(L, &self.tuning, <double *>self.stream_gates, num_threads, order)
+                memcpy(<void *>L.b.h0, L.b.out, row_bytes)  # the step's h_n is its output
+        return True
 
     def __dealloc__(self):
         PyMem_Free(self.layers)
@@ -1348,7 +1328,8 @@ cdef class CellStack:
         cdef void *c_ptr
         cdef const void *x_ptr
         cdef size_t gate_bytes
-        if not cnp.PyArray_CheckExact(x) or (h0_zero and not self.zero_state_skips):
+        if (not cnp.PyArray_CheckExact(x) or self.has_proj
+                or (h0_zero and not self.zero_state_skips)):
             return None
         num_threads = _threads_or_default(num_threads)
         x_nd = cnp.PyArray_NDIM(<cnp.ndarray>x)
@@ -1458,7 +1439,7 @@ cdef class CellStack:
         return out, (h_n, c_n)
 
 
-def cell_step(CellStack w, int k, const floating[:, ::1] x, const floating[:, ::1] h0,
+def cell_step(BoundStack w, int k, const floating[:, ::1] x, const floating[:, ::1] h0,
               floating[:, ::1] c, floating[:, ::1] h, int num_threads, bint h0_zero,
               bint backward_order):
     """One LSTM step of layer ``k`` for N rows: ``h`` (N, H) = the new hidden
@@ -1471,6 +1452,8 @@ def cell_step(CellStack w, int k, const floating[:, ::1] x, const floating[:, ::
         raise ValueError("cell_step: arrays and weights of different dtypes")
     if not 0 <= k < w.n_layers:
         raise ValueError("cell_step: no such layer")
+    if w.has_proj:
+        raise ValueError("cell_step: layers without a projection only")
     if (x.shape[1] != w.layers[k].g.n_in or h0.shape[0] != batch or c.shape[0] != batch
             or h.shape[0] != batch or h0.shape[1] != w.hidden or c.shape[1] != w.hidden
             or h.shape[1] != w.hidden):
@@ -1503,17 +1486,17 @@ def set_call_threads(int n):
 
 def module_call(self, input, hx=None):
     """``LSTM.__call__`` and ``LSTMCell.__call__``: a one-timestep call of plain
-    arrays straight into the module's bound layers (``CellStack._step``, when
+    arrays straight into the module's bound layers (``BoundStack._step``, when
     they are bound to its current weights and its mode allows), any other
     call through ``self.forward``.  The same calls as ``forward``'s own
     check of its one-step path, about 0.5 us of Python fewer per frame."""
-    cdef CellStack stack
+    cdef BoundStack stack
     cdef dict d
     if cnp.PyArray_CheckExact(input):
         d = self.__dict__
         bound = d.get("_bound")
         if type(bound) is tuple and (<tuple>bound)[0] is d.get("_packed"):
-            stack = <CellStack?>(<tuple>bound)[1]
+            stack = <BoundStack?>(<tuple>bound)[1]
             if stack.call_layout >= 0 and not (stack.call_needs_eval and d.get("training")):
                 result = stack._step(input, hx, _call_threads, stack.call_layout)
                 if result is not None:
