@@ -1108,19 +1108,20 @@ cdef void _cell_layer(const Layer *bound, const Tuning_t *tu, const Buffers *b, 
     _step_layer(&L, tu, gates, num_threads, backward_order)
 
 
-cdef void _cell_layers(const Layer *layers, const Tuning_t *tu, int n_layers, int batch,
-                       const floating *x, const floating *h0, floating *c, floating *h,
-                       floating *gates, int num_threads, bint h0_zero,
+cdef void _cell_layers(const Layer *layers, int n_layers, const Tuning_t *tu,
+                       const Buffers *call, int batch, floating *gates, int num_threads,
                        bint backward_order) noexcept nogil:
-    """One timestep of a stack of layers: layer k reads layer k-1's new h
-    (``x`` for the first), its own h0 and c (N, H) blocks, and writes h."""
+    """One timestep of the stack's layers on the call's stacked (layers, N, H)
+    blocks ``call``: layer k reads layer k-1's new h (``x`` for the first), its
+    own h0 and c blocks, and writes its h."""
     cdef int k
     cdef Py_ssize_t block = <Py_ssize_t>batch * layers[0].g.hidden
-    cdef Buffers b
-    memset(&b, 0, sizeof(b))
-    b.h0_zero = h0_zero
+    cdef Buffers b = call[0]
+    cdef const floating *h0 = <const floating *>call.h0
+    cdef floating *c = <floating *>call.c
+    cdef floating *h = <floating *>call.out
     for k in range(n_layers):
-        b.x = x if k == 0 else h + (k - 1) * block
+        b.x = call.x if k == 0 else h + (k - 1) * block
         b.h0, b.c, b.hcell, b.out = h0 + k * block, c + k * block, c + k * block, h + k * block
         _cell_layer(&layers[k], tu, &b, batch, gates, num_threads, backward_order)
 
@@ -1328,6 +1329,7 @@ cdef class BoundStack:
         cdef void *c_ptr
         cdef const void *x_ptr
         cdef size_t gate_bytes
+        cdef Buffers call
         if (not cnp.PyArray_CheckExact(x) or self.has_proj
                 or (h0_zero and not self.zero_state_skips)):
             return None
@@ -1410,16 +1412,16 @@ cdef class BoundStack:
             gates = PyMem_Malloc(gate_bytes)
             if gates == NULL:
                 raise MemoryError()
+        memset(&call, 0, sizeof(call))
+        call.x, call.h0, call.c, call.out, call.h0_zero = x_ptr, h0_ptr, c_ptr, h_ptr, h0_zero
         try:
             with nogil:
                 if typenum == cnp.NPY_FLOAT:
-                    _cell_layers(self.layers, &self.tuning, nl, batch, <const float *>x_ptr,
-                                 <const float *>h0_ptr, <float *>c_ptr, <float *>h_ptr,
-                                 <float *>gates, num_threads, h0_zero, order)
+                    _cell_layers(self.layers, nl, &self.tuning, &call, batch, <float *>gates,
+                                 num_threads, order)
                 else:
-                    _cell_layers(self.layers, &self.tuning, nl, batch, <const double *>x_ptr,
-                                 <const double *>h0_ptr, <double *>c_ptr, <double *>h_ptr,
-                                 <double *>gates, num_threads, h0_zero, order)
+                    _cell_layers(self.layers, nl, &self.tuning, &call, batch, <double *>gates,
+                                 num_threads, order)
         finally:
             if gates != <void *>stack_gates:
                 PyMem_Free(gates)
