@@ -28,6 +28,7 @@ def _config() -> Dict[str, Any]:
         "simd_available": kernels.simd_available(),
         "openmp": openmp_enabled(),
         "num_threads": get_num_threads(),
+        "forked_serial": kernels.forked_serial(),
         "blas": blas,
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
@@ -49,7 +50,9 @@ def show_config(as_dict: bool = False) -> Optional[Dict[str, Any]]:
         Keys: ``version``; ``simd``, the SIMD level the kernels use
         ("avx512", "avx2" or "portable"); ``simd_available``, the levels this
         CPU supports; ``openmp``, whether the build has OpenMP;
-        ``num_threads``; ``blas``, scipy's BLAS as threadpoolctl reports it;
+        ``num_threads``; ``forked_serial``, whether this process was forked
+        after its parent ran OpenMP threads, and so runs on one thread;
+        ``blas``, scipy's BLAS as threadpoolctl reports it;
         ``numpy``, ``scipy`` and ``python`` versions.
 
     Examples

@@ -65,7 +65,9 @@ def set_num_threads(n: Optional[int]) -> None:
 def get_num_threads() -> int:
     """Return the number of threads fastlstm's kernels will use.
 
-    Always 1 when fastlstm was built without OpenMP.
+    Always 1 when fastlstm was built without OpenMP, and in a process forked
+    after its parent ran fastlstm on several threads (GNU OpenMP cannot start
+    threads in such a child, so fastlstm runs there on the calling thread).
 
     Returns
     -------
@@ -83,7 +85,7 @@ def get_num_threads() -> int:
     True
     >>> fastlstm.set_num_threads(None)
     """
-    if not openmp_enabled():
+    if not openmp_enabled() or kernels.forked_serial():
         return 1
     if _num_threads is not None:
         return _num_threads

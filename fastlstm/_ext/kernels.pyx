@@ -66,6 +66,9 @@ cdef extern from "kernels.h" nogil:
 
 
 cdef extern from "omp_compat.h" nogil:
+    int fl_forked_serial
+    void fl_note_team(int threads) noexcept
+    int fl_register_fork_handler() noexcept
     int omp_get_thread_num() noexcept
     int omp_get_num_threads() noexcept
     int omp_get_num_procs() noexcept
@@ -77,6 +80,16 @@ cdef extern from "omp_compat.h" nogil:
 
 
 cnp.import_array()
+
+if fl_register_fork_handler() != 0:
+    raise ImportError("fastlstm: pthread_atfork failed; a forked child could hang in OpenMP")
+
+
+def forked_serial():
+    """True in a process forked after this one's parent started OpenMP threads in
+    the kernels: such a child runs every call on its calling thread (GNU OpenMP
+    cannot start threads there)."""
+    return bool(fl_forked_serial)
 
 
 # ---------------------------------------------------------------- SIMD level
@@ -516,9 +529,10 @@ cdef void _single_step_region(const Layer *L, floating *gbuf, int num_threads, i
     the schedule decides how many).  One thread runs it without an OpenMP region,
     whose start and end cost about 0.3 us even for one thread."""
     cdef int tid = 0, team = 0
-    if num_threads <= 1:
+    if num_threads <= 1 or fl_forked_serial:  # a forked child may not start a region
         _single_step_part(L, gbuf, 0, 1, n_chunks, backward_order)
         return
+    fl_note_team(num_threads)
     with parallel(num_threads=num_threads):
         tid = omp_get_thread_num()
         team = omp_get_num_threads()
@@ -597,6 +611,11 @@ def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
     L.b.x, L.w.w_ih, L.w.w_ih_p = &x[0, 0], &w_ih[0, 0], &w_ih_p[0]
     ck.t0_fw, ck.u_fw, ck.t0_bw, ck.u_bw, ck.steps, ck.batch = 0, rows, 0, 0, rows, 1
     cdef floating *g_ptr = &gates[0, 0]
+    if num_threads <= 1 or fl_forked_serial:
+        with nogil:
+            _project_shared(&L, g_ptr, &ck, 0, 1, blas_min_rows)
+        return
+    fl_note_team(num_threads)
     with nogil, parallel(num_threads=num_threads):
         tid = omp_get_thread_num()
         team = omp_get_num_threads()
@@ -725,9 +744,13 @@ cdef void _run_layer(const Layer *L, floating *gbuf, const Sched *sc) noexcept n
     # Python threads run at the same time.
     counts[0] = 0
     counts[1] = 0
+    if sc.threads <= 1 or fl_forked_serial:  # a forked child may not start a region
+        _layer_thread(L, gbuf, sc, 0, 1, counts, False)
+        return
     busy = fl_atomic_add(&_busy_threads, sc.threads)
     counters_ok = (not L.g.has_proj and L.b.bsizes == NULL
                    and (sc.sync == 1 or (sc.sync == 0 and busy <= omp_get_num_procs())))
+    fl_note_team(sc.threads)
     with parallel(num_threads=sc.threads):
         tid = omp_get_thread_num()
         team = omp_get_num_threads()
@@ -1041,7 +1064,7 @@ cdef Sched _schedule(const Geometry *g, bint packed, int threads, const Tuning_t
     threads asked for, the tuning and the SIMD level: the one place they are made."""
     cdef Sched sc
     cdef bint one_step = g.seq_len == 1 and not packed
-    sc.threads = max(1, threads)
+    sc.threads = 1 if fl_forked_serial else max(1, threads)
     if one_step:
         sc.threads = _step_threads(g, sc.threads, tu)
     sc.n_chunks = _chunks(g, sc.threads, tu)

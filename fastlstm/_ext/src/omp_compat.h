@@ -18,6 +18,31 @@ static inline int omp_get_num_procs(void) { return 1; }
 static inline void fl_omp_barrier(void) {}
 #endif
 
+/* Fork: GNU OpenMP cannot run a parallel region in a child forked after the
+ * parent started a team (GCC bug 60035: the child waits forever for threads
+ * that fork did not copy).  fl_team_started is set when the kernels start a
+ * team of two threads or more; a child handler registered with pthread_atfork
+ * turns it into fl_forked_serial, and the schedule then runs everything on the
+ * calling thread, without a region.  A child forked before any team keeps its
+ * threads. */
+#include <pthread.h>
+static int fl_team_started = 0;
+static int fl_forked_serial = 0;
+static void fl_after_fork_child(void)
+{
+    if (__atomic_load_n(&fl_team_started, __ATOMIC_RELAXED))
+        fl_forked_serial = 1;
+}
+static inline void fl_note_team(int threads)
+{
+    if (threads > 1 && !__atomic_load_n(&fl_team_started, __ATOMIC_RELAXED))
+        __atomic_store_n(&fl_team_started, 1, __ATOMIC_RELAXED);
+}
+static int fl_register_fork_handler(void)
+{
+    return pthread_atfork(NULL, NULL, fl_after_fork_child);
+}
+
 /* A step counter for threads that share a direction in split mode: each
  * thread adds 1 when its part of a step's h is written, and waits until all
  * n parts of step s - 1 are there (count >= n * s) before reading the
