@@ -14,7 +14,7 @@ def _config() -> Dict[str, Any]:
 
     from fastlstm._ext import kernels
     from fastlstm._ext.openmp import openmp_enabled
-    from fastlstm._threads import _scipy_blas_controllers, get_num_threads
+    from fastlstm._threads import _scipy_blas_controllers, get_num_threads, num_threads_bound
     from fastlstm._version import __version__
 
     blas = [
@@ -28,6 +28,7 @@ def _config() -> Dict[str, Any]:
         "simd_available": kernels.simd_available(),
         "openmp": openmp_enabled(),
         "num_threads": get_num_threads(),
+        "num_threads_bound": num_threads_bound(),
         "forked_serial": kernels.forked_serial(),
         "blas": blas,
         "numpy": numpy.__version__,
@@ -50,7 +51,9 @@ def show_config(as_dict: bool = False) -> Optional[Dict[str, Any]]:
         Keys: ``version``; ``simd``, the SIMD level the kernels use
         ("avx512", "avx2" or "portable"); ``simd_available``, the levels this
         CPU supports; ``openmp``, whether the build has OpenMP;
-        ``num_threads``; ``forked_serial``, whether this process was forked
+        ``num_threads``; ``num_threads_bound``, what set it
+        (``set_num_threads``, ``OMP_NUM_THREADS``, the cores, the CPU affinity
+        mask or the cgroup CPU quota); ``forked_serial``, whether this process was forked
         after its parent ran OpenMP threads, and so runs on one thread;
         ``blas``, scipy's BLAS as threadpoolctl reports it;
         ``numpy``, ``scipy`` and ``python`` versions.

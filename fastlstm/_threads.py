@@ -1,8 +1,11 @@
 """Thread settings: how many OpenMP threads the kernels use, and BLAS threads.
 
-The number of threads is decided here and nowhere else.  By default it follows
-``omp_get_max_threads()``, which honours ``OMP_NUM_THREADS`` and otherwise
-counts the usable cores; :func:`set_num_threads` overrides it for the process.
+The number of threads is decided here and nowhere else.  By default it is the
+smallest of ``omp_get_max_threads()`` (``OMP_NUM_THREADS``, else the cores),
+the CPU affinity mask, and the CPU quota of the process's cgroup (v2 ``cpu.max``,
+v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, rounded up): a container limited
+to 2 CPUs on a 64-core host gets 2 threads.  :func:`set_num_threads` overrides it
+for the process.
 
 The kernels' OpenMP threads each call BLAS on their own slice of work, so BLAS
 must not start threads of its own (they would fight the OpenMP threads, and a
@@ -15,9 +18,11 @@ the limit, the last one out restores it.
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional, Tuple
 
 from fastlstm._ext import kernels
 from fastlstm._ext.openmp import omp_max_threads, openmp_enabled
@@ -25,6 +30,89 @@ from fastlstm._ext.openmp import omp_max_threads, openmp_enabled
 __all__ = ["get_num_threads", "set_num_threads"]
 
 _num_threads: Optional[int] = None
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _cgroup_paths(proc_cgroup: str) -> Tuple[Optional[str], Optional[str]]:
+    """The process's cgroup v2 path and its v1 ``cpu`` controller path (or None)."""
+    v2 = v1 = None
+    for line in (_read(proc_cgroup) or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            v2 = parts[2]
+        elif "cpu" in parts[1].split(","):
+            v1 = parts[2]
+    return v2, v1
+
+
+def _ancestors(root: str, path: str) -> List[str]:
+    """``root/path`` and every folder above it up to ``root``, deepest first."""
+    parts = [p for p in path.split("/") if p and p != ".."]
+    return [os.path.join(root, *parts[:k]) for k in range(len(parts), -1, -1)]
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup",
+                     proc_cgroup: str = "/proc/self/cgroup") -> Optional[float]:
+    """The CPUs the process's cgroup quota allows (the smallest along its path), or
+    None when there is no quota.  Reads cgroup v2 ``cpu.max`` ("max 100000" or
+    "150000 100000") and v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (quota -1:
+    none), as the container runtimes write them."""
+    v2, v1 = _cgroup_paths(proc_cgroup)
+    limits = []
+    if v2 is not None:
+        for folder in _ancestors(root, v2) + _ancestors(os.path.join(root, "unified"), v2):
+            fields = (_read(os.path.join(folder, "cpu.max")) or "").split()
+            if len(fields) == 2 and fields[0] != "max":
+                try:
+                    quota, period = int(fields[0]), int(fields[1])
+                except ValueError:
+                    continue
+                if quota > 0 and period > 0:
+                    limits.append(quota / period)
+    if v1 is not None:
+        for base in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+            for folder in _ancestors(os.path.join(root, base), v1):
+                quota_s = _read(os.path.join(folder, "cpu.cfs_quota_us"))
+                period_s = _read(os.path.join(folder, "cpu.cfs_period_us"))
+                try:
+                    quota, period = int(quota_s or ""), int(period_s or "")
+                except ValueError:
+                    continue
+                if quota > 0 and period > 0:
+                    limits.append(quota / period)
+    return min(limits) if limits else None
+
+
+def default_threads() -> Tuple[int, str]:
+    """The default thread count and the bound that set it: the smallest of
+    OpenMP's (``OMP_NUM_THREADS``, else the cores), the affinity mask and the
+    cgroup CPU quota (rounded up, at least 1)."""
+    if not openmp_enabled():
+        return 1, "a build without OpenMP"
+    omp = max(1, omp_max_threads())
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    bounds = [(omp, f"OMP_NUM_THREADS={env}" if env else f"{omp} cores")]
+    try:
+        bounds.append((len(os.sched_getaffinity(0)), "the CPU affinity mask"))
+    except (AttributeError, OSError):
+        pass
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        bounds.append((max(1, math.ceil(limit)), f"the cgroup CPU quota ({limit:g} CPUs)"))
+    n, reason = min(bounds, key=lambda b: b[0])
+    return n, reason
+
+
+_default: Tuple[int, str] = default_threads()
 
 
 def set_num_threads(n: Optional[int]) -> None:
@@ -57,9 +145,12 @@ def set_num_threads(n: Optional[int]) -> None:
             raise TypeError(f"set_num_threads expects an int or None, got {type(n).__name__}")
         if n < 1:
             raise ValueError(f"the number of threads must be at least 1, got {n}")
+    global _default
     _num_threads = n
-    # The compiled call path reads its own copy (0: the default), without Python.
-    kernels.set_call_threads(min(n, 1 << 16) if n is not None else 0)
+    if n is None:
+        _default = default_threads()  # read again: the affinity or quota may have changed
+    # The compiled call path reads its own copy, without Python.
+    kernels.set_call_threads(min(n, 1 << 16) if n is not None else _default[0])
 
 
 def get_num_threads() -> int:
@@ -72,8 +163,9 @@ def get_num_threads() -> int:
     Returns
     -------
     int
-        The value given to :func:`set_num_threads`, or by default
-        ``omp_get_max_threads()`` (``OMP_NUM_THREADS`` or the usable cores).
+        The value given to :func:`set_num_threads`, or by default the
+        smallest of ``omp_get_max_threads()`` (``OMP_NUM_THREADS`` or the
+        cores), the CPU affinity mask and the cgroup CPU quota.
 
     Examples
     --------
@@ -89,7 +181,19 @@ def get_num_threads() -> int:
         return 1
     if _num_threads is not None:
         return _num_threads
-    return max(1, omp_max_threads())
+    return _default[0]
+
+
+def num_threads_bound() -> str:
+    """What set :func:`get_num_threads`: ``set_num_threads``, or the default's bound."""
+    if kernels.forked_serial():
+        return "a process forked after its parent ran OpenMP threads"
+    if _num_threads is not None:
+        return "set_num_threads"
+    return _default[1]
+
+
+kernels.set_call_threads(_default[0])
 
 
 _blas_lock = threading.Lock()

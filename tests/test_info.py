@@ -1,5 +1,7 @@
 """show_config reports what the kernels really run with."""
 
+import re
+
 import fastlstm
 from fastlstm._ext import kernels
 from fastlstm._ext.openmp import openmp_enabled
@@ -26,5 +28,7 @@ def test_show_config_follows_forced_level():
 def test_show_config_prints(capsys):
     assert fastlstm.show_config() is None
     out = capsys.readouterr().out
-    assert f"simd            {kernels.simd_level()}" in out
+    assert re.search(rf"^simd +{kernels.simd_level()}$", out, flags=re.M), out
+    bound = re.escape(fastlstm.show_config(as_dict=True)["num_threads_bound"])
+    assert re.search(rf"^num_threads_bound +{bound}$", out, flags=re.M), out
     assert "openblas" in out or "blas" in out

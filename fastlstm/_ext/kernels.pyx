@@ -131,6 +131,7 @@ if os.environ.get("FASTLSTM_SIMD"):
 
 
 cdef int _busy_threads = 0  # threads of the layers running now, in every Python thread
+cdef int _call_threads = 0  # the process's thread count (set_num_threads or the default)
 
 
 def _l2_bytes():
@@ -546,8 +547,11 @@ cdef inline int bias_cols(int hidden, int pw) noexcept nogil:
 
 
 cdef inline int _threads_or_default(int num_threads) noexcept nogil:
-    """``num_threads``, or for 0 and less the default of ``fastlstm.get_num_threads()``."""
-    return num_threads if num_threads > 0 else max(1, omp_get_max_threads())
+    """``num_threads``, or for 0 and less the process's count
+    (``fastlstm.get_num_threads()``, handed over by ``set_call_threads``)."""
+    if num_threads > 0:
+        return num_threads
+    return _call_threads if _call_threads > 0 else max(1, omp_get_max_threads())
 
 
 cdef inline int _share(int i, int total, int parts) noexcept nogil:
@@ -1499,12 +1503,11 @@ def cell_step(BoundStack w, int k, const floating[:, ::1] x, const floating[:, :
         PyMem_Free(gates)
 
 
-cdef int _call_threads = 0  # set_num_threads's count, 0 for the default
 
 
 def set_call_threads(int n):
-    """The thread count of ``module_call`` (0: the default), set by
-    ``fastlstm.set_num_threads`` so that a call reads it without Python."""
+    """The process's thread count for calls that pass 0 (``module_call``, streams),
+    set by ``fastlstm._threads`` so that a call reads it without Python."""
     global _call_threads
     _call_threads = max(0, n)
 

@@ -1,0 +1,106 @@
+"""The default thread count respects containers: the smallest of OpenMP's count
+(``OMP_NUM_THREADS`` or the cores), the CPU affinity mask and the cgroup CPU quota;
+``show_config`` names the bound that applied.  The quota reader runs on fixture
+files laid out as cgroup v1 and v2 write them; the affinity bound runs for real."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fastlstm
+from fastlstm._ext.openmp import openmp_enabled
+from fastlstm._threads import cgroup_cpu_limit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tree(tmp_path, files, proc_cgroup):
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text(proc_cgroup)
+    return str(root), str(proc)
+
+
+def test_cgroup_v2_quota(tmp_path):
+    root, proc = _tree(tmp_path, {"cpu.max": "150000 100000\n"}, "0::/\n")
+    assert cgroup_cpu_limit(root, proc) == pytest.approx(1.5)
+
+
+def test_cgroup_v2_no_quota(tmp_path):
+    root, proc = _tree(tmp_path, {"cpu.max": "max 100000\n"}, "0::/\n")
+    assert cgroup_cpu_limit(root, proc) is None
+
+
+def test_cgroup_v2_the_smallest_along_the_path(tmp_path):
+    # A pod limited to 2 CPUs, its container to 3: the pod's quota binds.
+    root, proc = _tree(tmp_path, {"kubepods/pod1/cpu.max": "200000 100000",
+                                  "kubepods/pod1/ctr/cpu.max": "300000 100000",
+                                  "cpu.max": "max 100000"}, "0::/kubepods/pod1/ctr\n")
+    assert cgroup_cpu_limit(root, proc) == pytest.approx(2.0)
+
+
+def test_cgroup_v1_quota_and_unlimited(tmp_path):
+    root, proc = _tree(tmp_path, {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "50000\n",
+                                  "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n"},
+                       "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n")
+    assert cgroup_cpu_limit(root, proc) == pytest.approx(0.5)
+    root, proc = _tree(tmp_path / "b", {"cpu/cpu.cfs_quota_us": "-1\n",
+                                        "cpu/cpu.cfs_period_us": "100000\n"}, "3:cpu:/\n")
+    assert cgroup_cpu_limit(root, proc) is None
+
+
+def test_cgroup_missing_or_garbled_files(tmp_path):
+    assert cgroup_cpu_limit(str(tmp_path / "none"), str(tmp_path / "none")) is None
+    root, proc = _tree(tmp_path, {"cpu.max": "lots of cpus\n"}, "0::/\n")
+    assert cgroup_cpu_limit(root, proc) is None
+    root, proc = _tree(tmp_path / "c", {"cpu.max": "0 100000\n"}, "0::/../../etc\n")
+    assert cgroup_cpu_limit(root, proc) is None  # a zero quota, and no escape from root
+
+
+def _run(code, **env):
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT), **env))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.strip()
+
+
+@pytest.mark.skipif(not openmp_enabled(), reason="a serial build has one thread")
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs an affinity mask of 2 CPUs or more")
+def test_the_affinity_mask_bounds_the_default():
+    out = _run("""
+import os, fastlstm
+cpu = sorted(os.sched_getaffinity(0))[0]
+os.sched_setaffinity(0, {cpu})
+fastlstm.set_num_threads(None)   # the default is read again
+cfg = fastlstm.show_config(as_dict=True)
+print(fastlstm.get_num_threads(), cfg["num_threads"], cfg["num_threads_bound"])
+""")
+    assert out == "1 1 the CPU affinity mask"
+
+
+@pytest.mark.skipif(not openmp_enabled(), reason="a serial build has one thread")
+def test_omp_num_threads_bounds_the_default_and_set_num_threads_overrides():
+    out = _run("""
+import fastlstm
+print(fastlstm.get_num_threads(), fastlstm.show_config(as_dict=True)["num_threads_bound"])
+fastlstm.set_num_threads(3)
+print(fastlstm.get_num_threads(), fastlstm.show_config(as_dict=True)["num_threads_bound"])
+""", OMP_NUM_THREADS="1")
+    assert out.splitlines() == ["1 OMP_NUM_THREADS=1", "3 set_num_threads"]
+
+
+def test_info_names_the_bound():
+    from fastlstm.cli import main
+
+    cfg = fastlstm.show_config(as_dict=True)
+    assert cfg["num_threads"] == fastlstm.get_num_threads()
+    assert cfg["num_threads_bound"]
+    assert main(["info"]) == 0
