@@ -92,15 +92,10 @@ def cgroup_cpu_limit(root: str = "/sys/fs/cgroup",
     return min(limits) if limits else None
 
 
-def default_threads() -> Tuple[int, str]:
-    """The default thread count and the bound that set it: the smallest of
-    OpenMP's (``OMP_NUM_THREADS``, else the cores), the affinity mask and the
-    cgroup CPU quota (rounded up, at least 1)."""
-    if not openmp_enabled():
-        return 1, "a build without OpenMP"
-    omp = max(1, omp_max_threads())
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    bounds = [(omp, f"OMP_NUM_THREADS={env}" if env else f"{omp} cores")]
+def _container_bounds() -> List[Tuple[int, str]]:
+    """The bounds on the default other than OpenMP's count: the CPU affinity mask
+    and the cgroup CPU quota (rounded up, at least 1)."""
+    bounds = []
     try:
         bounds.append((len(os.sched_getaffinity(0)), "the CPU affinity mask"))
     except (AttributeError, OSError):
@@ -108,11 +103,29 @@ def default_threads() -> Tuple[int, str]:
     limit = cgroup_cpu_limit()
     if limit is not None:
         bounds.append((max(1, math.ceil(limit)), f"the cgroup CPU quota ({limit:g} CPUs)"))
-    n, reason = min(bounds, key=lambda b: b[0])
-    return n, reason
+    return bounds
 
 
-_default: Tuple[int, str] = default_threads()
+def default_threads() -> Tuple[int, str]:
+    """The default thread count and the bound that set it: the smallest of
+    OpenMP's count (``OMP_NUM_THREADS``, else the cores; read now, since other
+    libraries such as torch change it), the affinity mask and the cgroup CPU quota."""
+    if not openmp_enabled():
+        return 1, "a build without OpenMP"
+    omp = max(1, omp_max_threads())
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    bounds = [(omp, f"OMP_NUM_THREADS={env}" if env and omp == _omp_at_import
+                    else f"OpenMP's count ({omp})")]
+    return min(bounds + _bounds, key=lambda b: b[0])
+
+
+_omp_at_import = max(1, omp_max_threads())
+# The affinity mask and the CPU quota, read at import and by set_num_threads(None).
+_bounds: List[Tuple[int, str]] = _container_bounds()
+
+
+def _cap() -> int:
+    return min((n for n, _ in _bounds), default=0)
 
 
 def set_num_threads(n: Optional[int]) -> None:
@@ -145,12 +158,12 @@ def set_num_threads(n: Optional[int]) -> None:
             raise TypeError(f"set_num_threads expects an int or None, got {type(n).__name__}")
         if n < 1:
             raise ValueError(f"the number of threads must be at least 1, got {n}")
-    global _default
+    global _bounds
     _num_threads = n
     if n is None:
-        _default = default_threads()  # read again: the affinity or quota may have changed
+        _bounds = _container_bounds()  # read again: the affinity or quota may have changed
     # The compiled call path reads its own copy, without Python.
-    kernels.set_call_threads(min(n, 1 << 16) if n is not None else _default[0])
+    kernels.set_call_threads(min(n, 1 << 16) if n is not None else 0, _cap())
 
 
 def get_num_threads() -> int:
@@ -181,7 +194,9 @@ def get_num_threads() -> int:
         return 1
     if _num_threads is not None:
         return _num_threads
-    return _default[0]
+    omp = max(1, omp_max_threads())
+    cap = _cap()
+    return min(omp, cap) if cap else omp
 
 
 def num_threads_bound() -> str:
@@ -190,10 +205,10 @@ def num_threads_bound() -> str:
         return "a process forked after its parent ran OpenMP threads"
     if _num_threads is not None:
         return "set_num_threads"
-    return _default[1]
+    return default_threads()[1]
 
 
-kernels.set_call_threads(_default[0])
+kernels.set_call_threads(0, _cap())
 
 
 _blas_lock = threading.Lock()

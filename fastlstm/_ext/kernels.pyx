@@ -131,7 +131,8 @@ if os.environ.get("FASTLSTM_SIMD"):
 
 
 cdef int _busy_threads = 0  # threads of the layers running now, in every Python thread
-cdef int _call_threads = 0  # the process's thread count (set_num_threads or the default)
+cdef int _call_threads = 0  # set_num_threads's count; 0: the default
+cdef int _default_cap = 0  # the default's bound by affinity and CPU quota; 0: none
 
 
 def _l2_bytes():
@@ -549,9 +550,15 @@ cdef inline int bias_cols(int hidden, int pw) noexcept nogil:
 cdef inline int _threads_or_default(int num_threads) noexcept nogil:
     """``num_threads``, or for 0 and less the process's count
     (``fastlstm.get_num_threads()``, handed over by ``set_call_threads``)."""
+    cdef int n
     if num_threads > 0:
         return num_threads
-    return _call_threads if _call_threads > 0 else max(1, omp_get_max_threads())
+    if _call_threads > 0:
+        return _call_threads
+    # OpenMP's count is read at each call: other libraries in the process (torch)
+    # set it too.
+    n = max(1, omp_get_max_threads())
+    return min(n, _default_cap) if _default_cap > 0 else n
 
 
 cdef inline int _share(int i, int total, int parts) noexcept nogil:
@@ -1503,13 +1510,15 @@ def cell_step(BoundStack w, int k, const floating[:, ::1] x, const floating[:, :
         PyMem_Free(gates)
 
 
-
-
-def set_call_threads(int n):
-    """The process's thread count for calls that pass 0 (``module_call``, streams),
-    set by ``fastlstm._threads`` so that a call reads it without Python."""
-    global _call_threads
+def set_call_threads(int n, int default_cap=-1):
+    """The process's thread count for calls that pass 0 (``module_call``, streams,
+    ``schedule``), set by ``fastlstm._threads`` so that a call reads it without
+    Python: ``n`` from ``set_num_threads`` (0: the default, OpenMP's count bounded
+    by ``default_cap``, the affinity mask and CPU quota; -1 leaves the cap)."""
+    global _call_threads, _default_cap
     _call_threads = max(0, n)
+    if default_cap >= 0:
+        _default_cap = default_cap
 
 
 def module_call(self, input, hx=None):
