@@ -352,9 +352,9 @@ def peak_lines(peak: Dict[str, Dict[str, Any]], settings: Dict[str, Any],
             line += f"; raised to the rate of case {found['raised_by']}, which beat it"
         if nominal is not None:
             line += (f"; nominal FMA peak {nominal['gflops'][dtype]:.1f} GFLOP/s "
-                     f"({settings['threads']} cores x {nominal['ghz']:.2f} GHz from "
-                     f"{nominal['clock_source']} x {nominal['simd']} x {nominal['fma_units']} "
-                     "FMA units)")
+                     f"({settings['threads']} cores x {nominal['ghz']:.2f} GHz x "
+                     f"{nominal['simd']} lanes x {nominal['fma_units']} FMA units; clock from "
+                     f"{nominal['clock_source']})")
         lines.append(line)
     return lines
 
