@@ -119,6 +119,13 @@ def default_threads() -> Tuple[int, str]:
     return min(bounds + _bounds, key=lambda b: b[0])
 
 
+def _default_count() -> int:
+    """``default_threads()[0]`` without its words, for every call's thread count."""
+    omp = max(1, omp_max_threads())
+    cap = _cap()
+    return min(omp, cap) if cap else omp
+
+
 _omp_at_import = max(1, omp_max_threads())
 # The affinity mask and the CPU quota, read at import and by set_num_threads(None).
 _bounds: List[Tuple[int, str]] = _container_bounds()
@@ -152,13 +159,12 @@ def set_num_threads(n: Optional[int]) -> None:
     1
     >>> fastlstm.set_num_threads(None)
     """
-    global _num_threads
+    global _num_threads, _bounds
     if n is not None:
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"set_num_threads expects an int or None, got {type(n).__name__}")
         if n < 1:
             raise ValueError(f"the number of threads must be at least 1, got {n}")
-    global _bounds
     _num_threads = n
     if n is None:
         _bounds = _container_bounds()  # read again: the affinity or quota may have changed
@@ -194,9 +200,7 @@ def get_num_threads() -> int:
         return 1
     if _num_threads is not None:
         return _num_threads
-    omp = max(1, omp_max_threads())
-    cap = _cap()
-    return min(omp, cap) if cap else omp
+    return _default_count()
 
 
 def num_threads_bound() -> str:

@@ -563,7 +563,6 @@ class LSTM(_Module):
         dt = self._dtype
         n_dirs = self._num_directions
         hidden, out_size = self._hidden_size, self._out_size
-        offsets = lengths = None
         if batch_sizes is not None:
             seq_len, batch, rows = batch_sizes.size, int(batch_sizes[0]), x.shape[0]
             out_shape: Tuple[int, ...] = (rows, n_dirs * out_size)
@@ -598,18 +597,16 @@ class LSTM(_Module):
                                 threads, h0_zero, order)
                 layer_in = h_n[layer]
             return h_n[-1].reshape(out_shape).copy(), h_n, c_n
+        packed = None
         if batch_sizes is not None:
             offsets = np.zeros(seq_len + 1, np.int64)
             np.cumsum(batch_sizes, out=offsets[1:])
             lengths = count_greater(batch_sizes, np.arange(batch))  # sorted sequences
+            packed = (batch_sizes, offsets, lengths)
         # The schedule (threads, split mode, time chunk, BLAS, directions in turn) is
         # decided in one place, kernels.schedule, per layer (the first one's input
         # differs); the gate buffer holds a time chunk of any layer.
         tuning = self._tuning
-        packed = None
-        if batch_sizes is not None:
-            assert offsets is not None and lengths is not None
-            packed = (batch_sizes, offsets, lengths)
         plans = [kernels.schedule(w, batch, seq_len, hidden, threads, packed is not None, tuning)
                  for w in layers]
         gate_cols = n_dirs * layers[0].bias.shape[1]
@@ -632,8 +629,8 @@ class LSTM(_Module):
             else:
                 kernels.layer(w, layer_in, out, state, gates, seq_len, batch_first, schedule,
                               packed)
-            if offsets is not None:
-                assert lengths is not None
+            if packed is not None:
+                offsets, lengths = packed[1], packed[2]
                 # Each sequence's last step forward; backward, its first step.
                 h_n[layer * n_dirs] = out[offsets[lengths - 1] + np.arange(batch), :out_size]
                 if n_dirs == 2:

@@ -798,19 +798,31 @@ cdef void *_data(object a, int typenum, int ndim, Py_ssize_t d0, Py_ssize_t d1, 
     return cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-cdef int _fill_weights(Layer *L, object w, int typenum) except -1:
-    """The geometry and weights of packed layer ``w`` (``_module._PackedLayer``)."""
+cdef int _fill_weights(Layer *L, object w, int hidden, str who) except -1:
+    """The geometry and weights of packed layer ``w`` (``_module._PackedLayer``) of
+    ``hidden`` units, every array checked; returns the weights' NumPy type number."""
+    if not cnp.PyArray_Check(w.bias):
+        raise TypeError(f"{who}: packed weights expected")
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>w.bias)
+    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+        raise ValueError(f"{who}: float32 or float64 weights, got {w.bias.dtype}")
     cdef int item = 4 if typenum == cnp.NPY_FLOAT else 8
     cdef int pw = FL_PANEL_BYTES // item
     cdef int num_dirs = w.w_hh_p.shape[0]
     L.g.weight_type = WEIGHTS_F32 if typenum == cnp.NPY_FLOAT else WEIGHTS_F64
     L.g.num_dirs = num_dirs
+    L.g.hidden = hidden
     L.g.g_cols = w.bias.shape[1]
+    if L.g.g_cols != bias_cols(hidden, pw):
+        raise ValueError(f"{who}: weights of another hidden size than {hidden}")
     L.g.n_panels = L.g.g_cols // pw
     L.g.n_in = w.w_ih.shape[1]
     L.g.has_proj = w.w_hr_p.shape[1] > 0
     L.w.hh_stride = w.w_hh_p.shape[1]
     L.w.hr_stride = w.w_hr_p.shape[1]
+    # The packed W_hh^T of a direction is P x 4Hp: its length gives the output size P.
+    L.g.out_size = <int>(L.w.hh_stride // L.g.g_cols)
+    L.g.r_panels = (L.g.out_size + pw - 1) // pw
     L.w.w_ih = _data(w.w_ih, typenum, 2, num_dirs * L.g.g_cols, -1, -1, "w_ih")
     L.w.w_ih_p = _data(w.w_ih_p, typenum, 1, <Py_ssize_t>num_dirs * L.g.g_cols * L.g.n_in,
                        -1, -1, "w_ih_p")
@@ -818,7 +830,7 @@ cdef int _fill_weights(Layer *L, object w, int typenum) except -1:
     L.w.bias = _data(w.bias, typenum, 2, num_dirs, -1, -1, "bias")
     L.w.w_hr_p = (_data(w.w_hr_p, typenum, 2, num_dirs, -1, -1, "w_hr_p")
                   if L.g.has_proj else NULL)
-    return 0
+    return typenum
 
 
 cdef Py_ssize_t _max_chunk_rows(const Layer *L, int t_chunk) noexcept:
@@ -872,28 +884,18 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
     """
     cdef Layer L
     cdef Sched sc
-    cdef int typenum, item, pw, batch, out_size, hidden, d
+    cdef int typenum, item, batch, out_size, hidden, d
     cdef Py_ssize_t rows, last, r, gate_rows
     cdef const long long[::1] bs, offs, lens
     cdef char *dst
     h0, c, hcell, h_n, h0_zero = state
-    if not cnp.PyArray_Check(w.bias):
-        raise TypeError("layer: packed weights expected")
-    typenum = cnp.PyArray_TYPE(<cnp.ndarray>w.bias)
-    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
-        raise ValueError("layer: float32 or float64 weights")
-    item = 4 if typenum == cnp.NPY_FLOAT else 8
-    pw = FL_PANEL_BYTES // item
-    memset(&L, 0, sizeof(L))
-    _fill_weights(&L, w, typenum)
     if len(h0.shape) != 3 or len(c.shape) != 3:
         raise ValueError("layer: h0 and c must be 3-D")
-    batch, out_size, hidden = h0.shape[1], h0.shape[2], c.shape[2]
-    L.g.seq_len, L.g.batch_first = seq_len, batch_first
-    L.g.batch, L.g.out_size, L.g.hidden = batch, out_size, hidden
-    L.g.r_panels = (out_size + pw - 1) // pw
-    if L.g.g_cols != bias_cols(hidden, pw):
-        raise ValueError("layer: weights and state of different hidden sizes")
+    memset(&L, 0, sizeof(L))
+    typenum = _fill_weights(&L, w, c.shape[2], "layer")
+    item = 4 if typenum == cnp.NPY_FLOAT else 8
+    batch, out_size, hidden = h0.shape[1], L.g.out_size, L.g.hidden
+    L.g.seq_len, L.g.batch_first, L.g.batch = seq_len, batch_first, batch
     sc.threads, sc.n_chunks, sc.t_chunk, sc.blas_min_rows, sc.dirs_in_turn, sc.sync, \
         sc.backward_order = schedule
     if sc.threads < 1 or sc.n_chunks < 0 or sc.t_chunk < 1:
@@ -1108,15 +1110,9 @@ def schedule(w, int batch, int seq_len, int hidden, int threads, bint packed=Fal
     """
     cdef Layer L
     cdef Sched sc
-    if not cnp.PyArray_Check(w.bias):
-        raise TypeError("schedule: packed weights expected")
-    typenum = cnp.PyArray_TYPE(<cnp.ndarray>w.bias)
-    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
-        raise ValueError("schedule: float32 or float64 weights")
     memset(&L, 0, sizeof(L))
-    _fill_weights(&L, w, typenum)
-    L.g.batch, L.g.seq_len, L.g.hidden = batch, seq_len, hidden
-    L.g.out_size = L.w.hh_stride // L.g.g_cols if L.g.g_cols else 0
+    _fill_weights(&L, w, hidden, "schedule")
+    L.g.batch, L.g.seq_len = batch, seq_len
     sc = _schedule(&L.g, packed, _threads_or_default(threads), _tuning_of(tuning), _level)
     return sc.threads, sc.n_chunks, sc.t_chunk, sc.blas_min_rows, sc.dirs_in_turn, sc.sync
 
@@ -1202,16 +1198,11 @@ cdef class BoundStack:
 
     def __init__(self, list layers, int hidden, int call_layout=-1, bint call_needs_eval=False,
                  bint zero_state_skips=False, tuning=None):
-        cdef int k, pw
+        cdef int k
         cdef Layer *L
         self.tuning = _tuning_of(tuning)[0]
         self.call_layout = call_layout
         self.call_needs_eval = call_needs_eval
-        dtype = layers[0].bias.dtype
-        if dtype != "float32" and dtype != "float64":
-            raise ValueError(f"BoundStack: float32 or float64 weights, got {dtype}")
-        self.typenum = cnp.NPY_FLOAT if dtype == "float32" else cnp.NPY_DOUBLE
-        pw = FL_PANEL_BYTES // dtype.itemsize
         self.refs = layers
         self.hidden = hidden
         self.n_in = layers[0].w_ih.shape[1]
@@ -1224,14 +1215,14 @@ cdef class BoundStack:
         memset(self.layers, 0, len(layers) * sizeof(Layer))
         for k, w in enumerate(layers):
             L = &self.layers[k]
-            _fill_weights(L, w, self.typenum)
+            typenum = _fill_weights(L, w, hidden, "BoundStack")
+            if k == 0:
+                self.typenum = typenum
+            elif typenum != self.typenum:
+                raise ValueError("BoundStack: layers of different dtypes")
             if L.g.num_dirs != 1:
                 raise ValueError("BoundStack: unidirectional layers only")
-            if L.g.g_cols != bias_cols(hidden, pw):
-                raise ValueError("BoundStack: weights of another hidden size")
-            L.g.seq_len, L.g.hidden = 1, hidden
-            L.g.out_size = <int>(L.w.hh_stride // L.g.g_cols)
-            L.g.r_panels = (L.g.out_size + pw - 1) // pw
+            L.g.seq_len = 1
             self.n_layers = k + 1
         self.out_size = self.layers[0].g.out_size
         self.has_proj = self.layers[0].g.has_proj
