@@ -9,7 +9,12 @@ or ``fastlstm.LSTM.from_torch(torch_lstm)`` gives the same numbers as PyTorch.
 
 from fastlstm._errors import StateDictError, UnsafeFileError, WeightsFormatError
 from fastlstm._info import show_config
-from fastlstm._threads import get_num_threads, set_num_threads
+from fastlstm._threads import (
+    get_dynamic_threads,
+    get_num_threads,
+    set_dynamic_threads,
+    set_num_threads,
+)
 from fastlstm._version import __version__
 from fastlstm.cell import LSTMCell
 from fastlstm.lstm import LSTM
@@ -31,6 +36,7 @@ __all__ = [
     "Stream",
     "UnsafeFileError",
     "WeightsFormatError",
+    "get_dynamic_threads",
     "get_num_threads",
     "inspect",
     "load",
@@ -39,6 +45,7 @@ __all__ = [
     "pad_packed_sequence",
     "pad_sequence",
     "save",
+    "set_dynamic_threads",
     "set_num_threads",
     "show_config",
     "__version__",

@@ -12,9 +12,14 @@ def _config() -> Dict[str, Any]:
     import numpy
     import scipy
 
-    from fastlstm._ext import kernels
+    from fastlstm._ext import IDLE_WAIT, kernels
     from fastlstm._ext.openmp import openmp_enabled
-    from fastlstm._threads import _scipy_blas_controllers, get_num_threads, num_threads_bound
+    from fastlstm._threads import (
+        _scipy_blas_controllers,
+        dynamic_state,
+        get_num_threads,
+        num_threads_bound,
+    )
     from fastlstm._version import __version__
 
     blas = [
@@ -29,6 +34,8 @@ def _config() -> Dict[str, Any]:
         "openmp": openmp_enabled(),
         "num_threads": get_num_threads(),
         "num_threads_bound": num_threads_bound(),
+        "dynamic_threads": dynamic_state(),
+        "openmp_idle_wait": IDLE_WAIT,
         "forked_serial": kernels.forked_serial(),
         "blas": blas,
         "numpy": numpy.__version__,
@@ -53,7 +60,11 @@ def show_config(as_dict: bool = False) -> Optional[Dict[str, Any]]:
         CPU supports; ``openmp``, whether the build has OpenMP;
         ``num_threads``; ``num_threads_bound``, what set it
         (``set_num_threads``, ``OMP_NUM_THREADS``, the cores, the CPU affinity
-        mask or the cgroup CPU quota); ``forked_serial``, whether this process was forked
+        mask or the cgroup CPU quota); ``dynamic_threads``, whether the
+        thread count adapts to shared CPUs and what it does now (see
+        :func:`set_dynamic_threads`); ``openmp_idle_wait``, how long OpenMP's
+        idle threads spin after a call (``GOMP_SPINCOUNT``, see
+        docs/threads.md); ``forked_serial``, whether this process was forked
         after its parent ran OpenMP threads, and so runs on one thread;
         ``blas``, scipy's BLAS as threadpoolctl reports it;
         ``numpy``, ``scipy`` and ``python`` versions.

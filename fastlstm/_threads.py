@@ -27,7 +27,7 @@ from typing import Iterator, List, Optional, Tuple
 from fastlstm._ext import kernels
 from fastlstm._ext.openmp import omp_max_threads, openmp_enabled
 
-__all__ = ["get_num_threads", "set_num_threads"]
+__all__ = ["get_dynamic_threads", "get_num_threads", "set_dynamic_threads", "set_num_threads"]
 
 _num_threads: Optional[int] = None
 
@@ -213,6 +213,72 @@ def num_threads_bound() -> str:
 
 
 kernels.set_call_threads(0, _cap())
+
+
+def set_dynamic_threads(enabled: bool) -> None:
+    """Let fastlstm run fewer threads than asked while the CPUs are shared.
+
+    On by default.  A recurrence meets at a barrier every timestep, so a thread
+    that the OS has descheduled (another busy process, other workers, a BLAS
+    pool spinning in the same process) stalls all the others: two threads can
+    then be slower than one.  With dynamic threads, fastlstm measures how long
+    its threads wait for a CPU and, when a smaller team would be faster, runs
+    with as many threads as the CPUs they actually got, trying the full count
+    again after a backoff (50 ms, doubling to 2 s while the machine stays
+    busy).  Like ``MKL_DYNAMIC``.  Either way no call runs more threads than
+    the usable CPUs (the affinity mask and CPU quota).  Turn it off to measure
+    a fixed thread count under load.
+
+    Parameters
+    ----------
+    enabled : bool
+        True to adapt (the default), False to always use
+        :func:`get_num_threads` threads (up to the usable CPUs).
+
+    Raises
+    ------
+    TypeError
+        If ``enabled`` is not a bool.
+
+    Examples
+    --------
+    >>> import fastlstm
+    >>> fastlstm.set_dynamic_threads(False)
+    >>> fastlstm.get_dynamic_threads()
+    False
+    >>> fastlstm.set_dynamic_threads(True)
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_dynamic_threads expects a bool, got {type(enabled).__name__}")
+    kernels.set_dynamic(enabled)
+
+
+def get_dynamic_threads() -> bool:
+    """Whether fastlstm adapts its thread count to shared CPUs (see
+    :func:`set_dynamic_threads`).
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import fastlstm
+    >>> fastlstm.get_dynamic_threads()
+    True
+    """
+    return bool(kernels.team_state()["dynamic"])
+
+
+def dynamic_state() -> str:
+    """In words, what the dynamic thread count is doing now (for ``show_config``)."""
+    st = kernels.team_state()
+    if not st["dynamic"]:
+        return "off"
+    if st["cap"]:
+        return (f"on: {st['cap']} thread(s) for {st['cap_left_s']:.2f} s more, the CPUs being "
+                f"shared ({st['contended_windows']} of {st['windows']} windows contended)")
+    return f"on: full count ({st['contended_windows']} of {st['windows']} windows contended)"
 
 
 _blas_lock = threading.Lock()

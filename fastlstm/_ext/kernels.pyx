@@ -73,10 +73,33 @@ cdef extern from "omp_compat.h" nogil:
     int omp_get_num_threads() noexcept
     int omp_get_num_procs() noexcept
     int omp_get_max_threads() noexcept
-    void fl_omp_barrier() noexcept
     void fl_count_signal(int *count) noexcept
     int fl_atomic_add(int *value, int n) noexcept
     void fl_count_wait(const int *count, int target) noexcept
+
+
+cdef extern from "team.h" nogil:
+    ctypedef struct fl_barrier:
+        pass
+    ctypedef struct fl_region:
+        fl_barrier bar
+    int fl_dynamic
+    int fl_cpus
+    int fl_cap
+    long long fl_cap_until
+    long long fl_backoff
+    long long fl_n_windows
+    long long fl_n_capped
+    void fl_barrier_wait(fl_barrier *b, int team) noexcept
+    long long fl_now_ns() noexcept
+    int fl_team_now(int threads, long long now, int *probe) noexcept
+    int fl_team_begin(fl_region *r, int threads, int synced) noexcept
+    long long fl_start_wall(const fl_region *r) noexcept
+    long long fl_start_cpu(const fl_region *r) noexcept
+    void fl_thread_stop(fl_region *r, long long wall0, long long cpu0) noexcept
+    void fl_team_end(fl_region *r) noexcept
+    int fl_decide(long long team_milli, long long speed_milli, long long cpus_milli) noexcept
+    void fl_team_reset() noexcept
 
 
 cnp.import_array()
@@ -243,6 +266,7 @@ cdef struct Buffers:
     const long long *offs     # packed input: first row of each timestep (L + 1,)
     const long long *lengths  # packed input: the sorted sequences' lengths (N,)
     bint h0_zero         # h0 is zero: step 0 skips its recurrent product
+    fl_barrier *bar      # the region's barrier (NULL on one thread)
 
 
 cdef struct Layer:
@@ -296,6 +320,13 @@ cdef inline Part _part(int d, int n_lo, int n_hi, int p_lo, int p_hi, int r_lo,
 cdef inline Py_ssize_t _row(const Geometry *g, Py_ssize_t t, Py_ssize_t n) noexcept nogil:
     """Row of (timestep t, batch entry n) in the caller's layout."""
     return n * g.seq_len + t if g.batch_first else t * g.batch + n
+
+
+cdef inline void _barrier(const Layer *L) noexcept nogil:
+    """The region's barrier (``team.h``: it never sleeps, so that the time a thread
+    waits is not mistaken for time the machine took from it)."""
+    if L.b.bar != NULL:
+        fl_barrier_wait(L.b.bar, omp_get_num_threads())
 
 
 cdef void _project_item(const Layer *L, floating *gbuf, const Chunk *ck, int d, int p_lo,
@@ -434,12 +465,12 @@ cdef void _steps(const Layer *L, floating *gbuf, Part pt, int s0, int s1, bint s
             fl_count_signal(count)
         if has_proj:
             if sync:
-                fl_omp_barrier()
+                _barrier(L)
             if r_width > 0 and m > 0:
                 _matmul(False, m, r_width, hidden, hc_d, hidden,
                         w_hr_d + <Py_ssize_t>pt.r_lo * hidden * pw, o_t + pt.r_lo * pw, o_ld)
         if sync:
-            fl_omp_barrier()
+            _barrier(L)
     fl_ftz_end(csr)
 
 
@@ -488,7 +519,7 @@ cdef void _single_step(const Layer *L, floating *gbuf, Part pt, bint sync,
                        gb_ld, b_d, c_d, hidden, dst, dst_ld, p, p + 1)
     if has_proj:
         if sync:
-            fl_omp_barrier()
+            _barrier(L)
         if r_width > 0 and m > 0:
             _matmul(False, m, r_width, hidden, hc_d, hidden,
                     w_hr_d + <Py_ssize_t>pt.r_lo * hidden * pw, o_t + pt.r_lo * pw, o_ld)
@@ -528,17 +559,31 @@ cdef void _single_step_part(const Layer *L, floating *gbuf, int tid, int team, i
 cdef void _single_step_region(const Layer *L, floating *gbuf, int num_threads, int n_chunks,
                               bint backward_order) noexcept nogil:
     """A one-timestep layer on ``num_threads`` threads (see ``_single_step_part``;
-    the schedule decides how many).  One thread runs it without an OpenMP region,
-    whose start and end cost about 0.3 us even for one thread."""
-    cdef int tid = 0, team = 0
-    if num_threads <= 1 or fl_forked_serial:  # a forked child may not start a region
+    the schedule decides how many, ``team.h`` how many the machine can run now).
+    One thread runs it without an OpenMP region, whose start and end cost about
+    0.3 us even for one thread."""
+    cdef int tid = 0, team = 0, threads
+    cdef long long w0 = 0, c0 = 0
+    cdef fl_region region
+    cdef Layer Lr
+    # A forked child may not start a region.
+    threads = 1
+    if num_threads > 1 and not fl_forked_serial:
+        threads = fl_team_begin(&region, num_threads, False)
+    if threads <= 1:
         _single_step_part(L, gbuf, 0, 1, n_chunks, backward_order)
         return
-    fl_note_team(num_threads)
-    with parallel(num_threads=num_threads):
+    Lr = L[0]
+    Lr.b.bar = &region.bar
+    fl_note_team(threads)
+    with parallel(num_threads=threads):
         tid = omp_get_thread_num()
         team = omp_get_num_threads()
-        _single_step_part(L, gbuf, tid, team, n_chunks, backward_order)
+        w0 = fl_start_wall(&region)
+        c0 = fl_start_cpu(&region)
+        _single_step_part(&Lr, gbuf, tid, team, n_chunks, backward_order)
+        fl_thread_stop(&region, w0, c0)
+    fl_team_end(&region)
 
 
 cdef inline int bias_cols(int hidden, int pw) noexcept nogil:
@@ -726,7 +771,7 @@ cdef void _layer_thread(const Layer *L, floating *gbuf, const Sched *sc, int tid
                               ck.u_fw if tid == 0 else ck.u_bw, sc.blas_min_rows)
             else:
                 _project_shared(L, gbuf, &ck, tid, team, sc.blas_min_rows)
-                fl_omp_barrier()
+                _barrier(L)
             task = tid
             while task < num_dirs * n_chunks:
                 d = task // n_chunks
@@ -739,34 +784,48 @@ cdef void _layer_thread(const Layer *L, floating *gbuf, const Sched *sc, int tid
                        s0, s1, False, NULL, 0)
                 task = task + team
             if not own:
-                fl_omp_barrier()
+                _barrier(L)
 
 
 cdef void _run_layer(const Layer *L, floating *gbuf, const Sched *sc) noexcept nogil:
-    """A whole layer on ``sc.threads`` threads (see ``layer``)."""
+    """A whole layer on ``sc.threads`` threads, or as many as ``team.h`` finds the
+    machine can run now (see ``layer``)."""
     cdef int tid = 0, team = 0
     cdef int counts[2]  # split mode: each direction's step counter (see _steps)
     cdef bint counters_ok
-    cdef int busy
+    cdef int busy, threads
+    cdef long long w0 = 0, c0 = 0
+    cdef fl_region region
+    cdef Layer Lr
     if L.g.seq_len == 1 and L.b.bsizes == NULL:
         _single_step_region(L, gbuf, sc.threads, sc.n_chunks, sc.backward_order)
         return
-    # Step counters only with a CPU per thread, counting the layers that other
-    # Python threads run at the same time.
     counts[0] = 0
     counts[1] = 0
-    if sc.threads <= 1 or fl_forked_serial:  # a forked child may not start a region
+    # A forked child may not start a region.  Split mode meets at every step.
+    threads = 1
+    if sc.threads > 1 and not fl_forked_serial:
+        threads = fl_team_begin(&region, sc.threads, sc.n_chunks == 0)
+    if threads <= 1:
         _layer_thread(L, gbuf, sc, 0, 1, counts, False)
         return
-    busy = fl_atomic_add(&_busy_threads, sc.threads)
+    Lr = L[0]
+    Lr.b.bar = &region.bar
+    # Step counters only with a CPU per thread, counting the layers that other
+    # Python threads run at the same time.
+    busy = fl_atomic_add(&_busy_threads, threads)
     counters_ok = (not L.g.has_proj and L.b.bsizes == NULL
                    and (sc.sync == 1 or (sc.sync == 0 and busy <= omp_get_num_procs())))
-    fl_note_team(sc.threads)
-    with parallel(num_threads=sc.threads):
+    fl_note_team(threads)
+    with parallel(num_threads=threads):
         tid = omp_get_thread_num()
         team = omp_get_num_threads()
-        _layer_thread(L, gbuf, sc, tid, team, counts, counters_ok)
-    fl_atomic_add(&_busy_threads, -sc.threads)
+        w0 = fl_start_wall(&region)
+        c0 = fl_start_cpu(&region)
+        _layer_thread(&Lr, gbuf, sc, tid, team, counts, counters_ok)
+        fl_thread_stop(&region, w0, c0)
+    fl_atomic_add(&_busy_threads, -threads)
+    fl_team_end(&region)
 
 
 cdef inline bint _plain(object a, int typenum, int ndim) noexcept:
@@ -1506,10 +1565,43 @@ def set_call_threads(int n, int default_cap=-1):
     ``schedule``), set by ``fastlstm._threads`` so that a call reads it without
     Python: ``n`` from ``set_num_threads`` (0: the default, OpenMP's count bounded
     by ``default_cap``, the affinity mask and CPU quota; -1 leaves the cap)."""
-    global _call_threads, _default_cap
+    global _call_threads, _default_cap, fl_cpus
     _call_threads = max(0, n)
     if default_cap >= 0:
         _default_cap = default_cap
+        fl_cpus = default_cap  # no region runs more threads than the CPUs (team.h)
+
+
+def set_dynamic(bint enabled):
+    """Whether regions adapt their team to the CPUs they get (``team.h``); either
+    way the contention state starts afresh."""
+    global fl_dynamic
+    fl_dynamic = enabled
+    fl_team_reset()
+
+
+def team_size(int threads):
+    """The threads a region asking for ``threads`` would run on now: bounded by the
+    usable CPUs and, while the machine is contended, by the cap."""
+    cdef int probe
+    return fl_team_now(threads, fl_now_ns(), &probe)
+
+
+def team_state():
+    """The contention controller's state (``team.h``), for ``show_config`` and tests."""
+    cdef long long now = fl_now_ns()
+    cap = fl_cap
+    return {"dynamic": bool(fl_dynamic), "cpus": fl_cpus, "cap": cap,
+            "cap_left_s": max(0.0, (fl_cap_until - now) * 1e-9) if cap else 0.0,
+            "backoff_s": fl_backoff * 1e-9, "windows": fl_n_windows,
+            "contended_windows": fl_n_capped}
+
+
+def team_decision(double team, double speed, double cpus):
+    """``fl_decide``: the cap a window of ``team`` threads (mean) that ran at
+    ``speed`` times one thread on ``cpus`` CPUs' worth of time gets (0: none)."""
+    return fl_decide(<long long>(team * 1000), <long long>(speed * 1000),
+                     <long long>(cpus * 1000))
 
 
 def module_call(self, input, hx=None):

@@ -5,17 +5,12 @@
 #ifdef _OPENMP
 #include <omp.h>
 #define FASTLSTM_OPENMP 1
-/* An orphaned barrier: binds to the parallel region the caller runs in. */
-static inline void fl_omp_barrier(void) {
-#pragma omp barrier
-}
 #else
 #define FASTLSTM_OPENMP 0
 static inline int omp_get_max_threads(void) { return 1; }
 static inline int omp_get_thread_num(void) { return 0; }
 static inline int omp_get_num_threads(void) { return 1; }
 static inline int omp_get_num_procs(void) { return 1; }
-static inline void fl_omp_barrier(void) {}
 #endif
 
 /* Fork: GNU OpenMP cannot run a parallel region in a child forked after the
