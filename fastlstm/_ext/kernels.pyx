@@ -94,9 +94,8 @@ cdef extern from "team.h" nogil:
     long long fl_now_ns() noexcept
     int fl_team_now(int threads, long long now, int *probe) noexcept
     int fl_team_begin(fl_region *r, int threads, int synced) noexcept
-    long long fl_start_wall(const fl_region *r) noexcept
     long long fl_start_cpu(const fl_region *r) noexcept
-    void fl_thread_stop(fl_region *r, long long wall0, long long cpu0) noexcept
+    void fl_thread_stop(fl_region *r, long long cpu0) noexcept
     void fl_team_end(fl_region *r) noexcept
     int fl_decide(long long team_milli, long long speed_milli, long long cpus_milli) noexcept
     void fl_team_reset() noexcept
@@ -563,7 +562,7 @@ cdef void _single_step_region(const Layer *L, floating *gbuf, int num_threads, i
     One thread runs it without an OpenMP region, whose start and end cost about
     0.3 us even for one thread."""
     cdef int tid = 0, team = 0, threads
-    cdef long long w0 = 0, c0 = 0
+    cdef long long c0 = 0
     cdef fl_region region
     cdef Layer Lr
     # A forked child may not start a region.
@@ -579,10 +578,9 @@ cdef void _single_step_region(const Layer *L, floating *gbuf, int num_threads, i
     with parallel(num_threads=threads):
         tid = omp_get_thread_num()
         team = omp_get_num_threads()
-        w0 = fl_start_wall(&region)
         c0 = fl_start_cpu(&region)
         _single_step_part(&Lr, gbuf, tid, team, n_chunks, backward_order)
-        fl_thread_stop(&region, w0, c0)
+        fl_thread_stop(&region, c0)
     fl_team_end(&region)
 
 
@@ -794,7 +792,7 @@ cdef void _run_layer(const Layer *L, floating *gbuf, const Sched *sc) noexcept n
     cdef int counts[2]  # split mode: each direction's step counter (see _steps)
     cdef bint counters_ok
     cdef int busy, threads
-    cdef long long w0 = 0, c0 = 0
+    cdef long long c0 = 0
     cdef fl_region region
     cdef Layer Lr
     if L.g.seq_len == 1 and L.b.bsizes == NULL:
@@ -820,10 +818,9 @@ cdef void _run_layer(const Layer *L, floating *gbuf, const Sched *sc) noexcept n
     with parallel(num_threads=threads):
         tid = omp_get_thread_num()
         team = omp_get_num_threads()
-        w0 = fl_start_wall(&region)
         c0 = fl_start_cpu(&region)
         _layer_thread(&Lr, gbuf, sc, tid, team, counts, counters_ok)
-        fl_thread_stop(&region, w0, c0)
+        fl_thread_stop(&region, c0)
     fl_atomic_add(&_busy_threads, -threads)
     fl_team_end(&region)
 

@@ -5,9 +5,9 @@
  * busy neighbour process, other workers, a BLAS pool spinning in the same
  * process) two threads can be slower than one.  Each region started through
  * fl_team_begin measures, at most every FL_SAMPLE_NS, how long each of its
- * threads was off the CPU (wall time less thread CPU time: the waits here spin
- * or yield, they never sleep, so that time is time spent runnable but not
- * running).  Over a window of FL_WINDOW_NS of measured regions it estimates the
+ * threads was off the CPU (the region's wall time less the thread's CPU time:
+ * the waits here spin or yield, they never sleep, so that time is time spent
+ * waiting to start or to run).  Over a window of FL_WINDOW_NS of measured regions it estimates the
  * team's speed against one thread, and when a smaller team would do better it
  * caps the team at the CPUs the threads actually got; the cap holds for a
  * backoff period (doubling while probes at the full count stay contended),
@@ -79,6 +79,7 @@ typedef struct {
     int synced;    /* the threads meet every timestep (else once per chunk or call) */
     int measure;
     int ran;       /* threads that ran it (OpenMP may give fewer than asked) */
+    long long t0;  /* when the caller started it */
     long long lost_sum, lost_max, wall_max, cpu_sum;
 } fl_region;
 
@@ -143,6 +144,7 @@ static inline int fl_team_begin(fl_region *r, int threads, int synced)
     r->bar.arrived = r->bar.gen = 0;
     r->synced = synced;
     r->ran = 0;
+    r->t0 = now;
     r->lost_sum = r->lost_max = r->wall_max = r->cpu_sum = 0;
     /* A probe's window holds probes only (the first one clears it). */
     if (probe && !__atomic_exchange_n(&fl_w_probe, 1, __ATOMIC_RELAXED))
@@ -153,17 +155,18 @@ static inline int fl_team_begin(fl_region *r, int threads, int synced)
     return team;
 }
 
-/* A thread's clocks at the start of its share (0 when the region is not measured). */
-static inline long long fl_start_wall(const fl_region *r) { return r->measure ? fl_now_ns() : 0; }
+/* A thread's CPU clock at the start of its share (0 when the region is not measured). */
 static inline long long fl_start_cpu(const fl_region *r) { return r->measure ? fl_cpu_ns() : 0; }
 
-static inline void fl_thread_stop(fl_region *r, long long wall0, long long cpu0)
+/* A thread's wall time runs from the region's start: a thread the OS starts late
+ * (descheduled, or asleep while its partner spins for it) lost that time too. */
+static inline void fl_thread_stop(fl_region *r, long long cpu0)
 {
     long long wall, cpu, lost;
     if (!r->measure)
         return;
     cpu = fl_cpu_ns() - cpu0;
-    wall = fl_now_ns() - wall0;
+    wall = fl_now_ns() - r->t0;
     lost = wall > cpu ? wall - cpu : 0;
     __atomic_fetch_add(&r->ran, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&r->lost_sum, lost, __ATOMIC_RELAXED);
