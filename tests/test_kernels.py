@@ -405,6 +405,8 @@ def test_recurrence_partial_panels_match_reference(dtype, hidden, proj, restore_
         module = fastlstm.LSTM(input_size, hidden, num_layers=2, proj_size=proj,
                                bidirectional=bidirectional, batch_first=batch_first,
                                dtype=dtype, rng=rng)
+        # Teams of 3 even on 2 CPUs, whatever the load: odd shares are what is tested.
+        module._set_tuning(kernels.Tuning(fit_cpus=False, dynamic=False))
         d = 2 if bidirectional else 1
         for batch in (1, 3, 4, 5, 9):
             shape = (batch, seq_len, input_size) if batch_first else (seq_len, batch, input_size)

@@ -96,7 +96,8 @@ def _flat(result):
 
 def test_small_layers_run_on_one_thread():
     """A one-timestep layer whose weights times rows come to 256 KiB or less
-    runs on the calling thread alone, whatever the threads asked for."""
+    runs on the calling thread alone, whatever the threads asked for; a larger
+    one gets a thread per 256 KiB (at least two, at most those asked for)."""
     def steps(threads, batch, n_in, hidden, proj=0, bidirectional=False, dtype="float32"):
         m = fastlstm.LSTM(n_in, hidden, proj_size=proj, bidirectional=bidirectional,
                           dtype=dtype, rng=0)
@@ -107,7 +108,11 @@ def test_small_layers_run_on_one_thread():
     assert steps(2, 1, 64, 64, dtype="float64") == 1
     assert steps(2, 1, 64, 64, bidirectional=True, dtype="float64") == 2  # 2 x 256 KiB
     assert steps(2, 3, 64, 64) == 2  # 384 KiB
-    assert steps(4, 1, 128, 128) == 4  # 512 KiB
+    assert steps(4, 1, 128, 128) == 2  # 512 KiB: two threads' worth
+    assert steps(2, 1, 96, 96) == 2  # 288 KiB: at least two past the size
+    assert steps(16, 1, 256, 256) == 8  # 2 MiB
+    assert steps(4, 1, 256, 256) == 4
+    assert steps(16, 4, 256, 256) == 16  # 8 MiB
     assert steps(2, 1, 16, 64, proj=8) == 1  # projected: 24 x 256 x 4 + 64 x 8 x 4 bytes
     assert steps(2, 1, 300, 64, proj=8) == 2  # 308 x 256 x 4 + 2 KiB
     assert steps(1, 64, 512, 512, bidirectional=True, dtype="float64") == 1  # one asked for

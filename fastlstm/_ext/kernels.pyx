@@ -92,8 +92,10 @@ cdef extern from "team.h" nogil:
     long long fl_n_capped
     void fl_barrier_wait(fl_barrier *b, int team) noexcept
     long long fl_now_ns() noexcept
-    int fl_team_now(int threads, long long now, int *probe) noexcept
-    int fl_team_begin(fl_region *r, int threads, int synced) noexcept
+    int fl_team_now(int threads, long long now, int *probe, int flags) noexcept
+    int FL_FIT_CPUS
+    int FL_DYNAMIC
+    int fl_team_begin(fl_region *r, int threads, int synced, int flags) noexcept
     long long fl_start_cpu(const fl_region *r) noexcept
     void fl_thread_stop(fl_region *r, long long cpu0) noexcept
     void fl_team_end(fl_region *r) noexcept
@@ -307,6 +309,7 @@ cdef struct Sched:
     bint dirs_in_turn
     int sync             # split mode: -1 barriers, 1 step counters, 0 counters if CPUs suffice
     bint backward_order  # a one-timestep call's panel order (alternates from call to call)
+    int team_flags       # team.h: FL_FIT_CPUS, FL_DYNAMIC (from the tuning)
 
 
 cdef inline Part _part(int d, int n_lo, int n_hi, int p_lo, int p_hi, int r_lo,
@@ -556,7 +559,7 @@ cdef void _single_step_part(const Layer *L, floating *gbuf, int tid, int team, i
 
 
 cdef void _single_step_region(const Layer *L, floating *gbuf, int num_threads, int n_chunks,
-                              bint backward_order) noexcept nogil:
+                              bint backward_order, int team_flags) noexcept nogil:
     """A one-timestep layer on ``num_threads`` threads (see ``_single_step_part``;
     the schedule decides how many, ``team.h`` how many the machine can run now).
     One thread runs it without an OpenMP region, whose start and end cost about
@@ -568,7 +571,7 @@ cdef void _single_step_region(const Layer *L, floating *gbuf, int num_threads, i
     # A forked child may not start a region.
     threads = 1
     if num_threads > 1 and not fl_forked_serial:
-        threads = fl_team_begin(&region, num_threads, False)
+        threads = fl_team_begin(&region, num_threads, False, team_flags)
     if threads <= 1:
         _single_step_part(L, gbuf, 0, 1, n_chunks, backward_order)
         return
@@ -796,14 +799,14 @@ cdef void _run_layer(const Layer *L, floating *gbuf, const Sched *sc) noexcept n
     cdef fl_region region
     cdef Layer Lr
     if L.g.seq_len == 1 and L.b.bsizes == NULL:
-        _single_step_region(L, gbuf, sc.threads, sc.n_chunks, sc.backward_order)
+        _single_step_region(L, gbuf, sc.threads, sc.n_chunks, sc.backward_order, sc.team_flags)
         return
     counts[0] = 0
     counts[1] = 0
     # A forked child may not start a region.  Split mode meets at every step.
     threads = 1
     if sc.threads > 1 and not fl_forked_serial:
-        threads = fl_team_begin(&region, sc.threads, sc.n_chunks == 0)
+        threads = fl_team_begin(&region, sc.threads, sc.n_chunks == 0, sc.team_flags)
     if threads <= 1:
         _layer_thread(L, gbuf, sc, 0, 1, counts, False)
         return
@@ -1007,6 +1010,7 @@ cdef struct Tuning_t:
     int in_turn                   # directions in turn: -1 never, 0 the rule, 1 always
     int sync                      # split mode: -1 barriers, 0 the rule, 1 step counters
     int blas_min_rows             # rows from which the projection goes to BLAS; -1 by level
+    int team_flags                # team.h: FL_FIT_CPUS (no team past the CPUs), FL_DYNAMIC
 
 
 cdef int _NO_BLAS = 1 << 30
@@ -1028,13 +1032,16 @@ cdef class Tuning:
     split-mode rule; True: split whenever a direction has 2 threads or more;
     False: never by size), ``dirs_in_turn`` (None: the rule; True/False),
     ``step_counters`` (None: when every thread has a CPU; True/False: always
-    counters/barriers), ``blas_min_rows`` (None: by SIMD level).
+    counters/barriers), ``blas_min_rows`` (None: by SIMD level), ``fit_cpus``
+    (False: a team may be larger than the usable CPUs, for tests of odd team
+    sizes on small machines), ``dynamic`` (False: the contention cap of
+    ``set_dynamic_threads`` never applies to this module's calls).
     """
     cdef Tuning_t t
 
     def __init__(self, *, l2_bytes=None, serial_bytes=256 * 1024, gate_buffer_bytes=2 << 20,
                  min_chunk_rows=256, split=None, dirs_in_turn=None, step_counters=None,
-                 blas_min_rows=None):
+                 blas_min_rows=None, fit_cpus=True, dynamic=True):
         self.t.l2_bytes = L2_BYTES if l2_bytes is None else l2_bytes
         self.t.serial_bytes = serial_bytes
         self.t.gate_buffer_bytes = gate_buffer_bytes
@@ -1043,6 +1050,7 @@ cdef class Tuning:
         self.t.in_turn = _tri(dirs_in_turn)
         self.t.sync = _tri(step_counters)
         self.t.blas_min_rows = -1 if blas_min_rows is None else blas_min_rows
+        self.t.team_flags = (FL_FIT_CPUS if fit_cpus else 0) | (FL_DYNAMIC if dynamic else 0)
         if min(self.t.l2_bytes, self.t.gate_buffer_bytes, self.t.min_chunk_rows) < 1:
             raise ValueError("Tuning: sizes must be positive")
 
@@ -1052,7 +1060,9 @@ cdef class Tuning:
                 f"gate_buffer_bytes={self.t.gate_buffer_bytes}, "
                 f"min_chunk_rows={self.t.min_chunk_rows}, split={names[self.t.split]}, "
                 f"dirs_in_turn={names[self.t.in_turn]}, step_counters={names[self.t.sync]}, "
-                f"blas_min_rows={None if self.t.blas_min_rows < 0 else self.t.blas_min_rows})")
+                f"blas_min_rows={None if self.t.blas_min_rows < 0 else self.t.blas_min_rows}, "
+                f"fit_cpus={bool(self.t.team_flags & FL_FIT_CPUS)}, "
+                f"dynamic={bool(self.t.team_flags & FL_DYNAMIC)})")
 
 
 cdef int _tri(object flag) except -2:
@@ -1069,15 +1079,18 @@ cdef inline int _itemsize(const Geometry *g) noexcept nogil:
 cdef inline int _step_threads(const Geometry *g, int threads, const Tuning_t *tu) noexcept nogil:
     """Threads of a one-timestep layer: one when its weights times rows come to at
     most ``serial_bytes`` (the work does not pay for a second thread and the
-    region's start; docs/performance.md has the figures), else ``threads``."""
+    region's start; docs/performance.md has the figures), else one per
+    ``serial_bytes`` of them, at least two and at most ``threads`` (a 16-thread
+    team's start costs more than its share of a 2 MiB layer saves: docs/threads.md)."""
     cdef Py_ssize_t work = <Py_ssize_t>(g.n_in + g.out_size) * 4 * g.hidden
     if threads <= 1:
         return 1
     if g.has_proj:
         work += <Py_ssize_t>g.hidden * g.out_size
-    if work * g.num_dirs * g.batch * _itemsize(g) <= tu.serial_bytes:
+    work = work * g.num_dirs * g.batch * _itemsize(g)
+    if work <= tu.serial_bytes:
         return 1
-    return threads
+    return <int>min(<Py_ssize_t>threads, max(2, work // max(1, tu.serial_bytes)))
 
 
 cdef inline int _chunks(const Geometry *g, int threads, const Tuning_t *tu) noexcept nogil:
@@ -1144,6 +1157,7 @@ cdef Sched _schedule(const Geometry *g, bint packed, int threads, const Tuning_t
     sc.blas_min_rows = tu.blas_min_rows if tu.blas_min_rows >= 0 else _BLAS_MIN_ROWS[level]
     sc.sync = tu.sync
     sc.backward_order = False
+    sc.team_flags = tu.team_flags
     return sc
 
 
@@ -1181,7 +1195,7 @@ cdef void _step_layer(const Layer *L, const Tuning_t *tu, floating *gates, int n
     stream steps); the state is always read (a stream's ``h`` may be written by
     its owner)."""
     cdef Sched sc = _schedule(&L.g, False, num_threads, tu, _level)
-    _single_step_region(L, gates, sc.threads, sc.n_chunks, backward_order)
+    _single_step_region(L, gates, sc.threads, sc.n_chunks, backward_order, sc.team_flags)
 
 
 # ------------------------------------------------------------- cell steps
@@ -1581,7 +1595,7 @@ def team_size(int threads):
     """The threads a region asking for ``threads`` would run on now: bounded by the
     usable CPUs and, while the machine is contended, by the cap."""
     cdef int probe
-    return fl_team_now(threads, fl_now_ns(), &probe)
+    return fl_team_now(threads, fl_now_ns(), &probe, FL_FIT_CPUS | FL_DYNAMIC)
 
 
 def team_state():

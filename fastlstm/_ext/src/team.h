@@ -24,6 +24,8 @@
 #define FL_WINDOW_NS 4000000LL         /* judge over 4 ms of measured regions */
 #define FL_BACKOFF_MIN_NS 50000000LL   /* a cap holds 50 ms at first... */
 #define FL_BACKOFF_MAX_NS 2000000000LL /* ...doubling up to 2 s while contended */
+#define FL_FIT_CPUS 1                  /* flags: no team larger than the usable CPUs */
+#define FL_DYNAMIC 2                   /* flags: the contention cap applies */
 #define FL_SPINS 500                   /* PAUSEs before a waiting thread yields */
 
 static inline long long fl_now_ns(void)
@@ -117,15 +119,17 @@ static inline void fl_window_clear(void)
 
 /* The team a region asking for `threads` gets now; *probe: it tries the full
  * count again after a cap expired. */
-static inline int fl_team_now(int threads, long long now, int *probe)
+static inline int fl_team_now(int threads, long long now, int *probe, int flags)
 {
     int team = threads, cap;
     *probe = 0;
     if (team <= 1)
         return 1;
     /* More threads than CPUs only wait on one another at every step. */
-    if (fl_cpus > 0 && team > fl_cpus)
+    if ((flags & FL_FIT_CPUS) && fl_cpus > 0 && team > fl_cpus)
         team = fl_cpus;
+    if (!(flags & FL_DYNAMIC))
+        return team;
     cap = __atomic_load_n(&fl_cap, __ATOMIC_RELAXED);
     if (fl_dynamic && cap > 0 && team > cap) {
         if (now < fl_ld(&fl_cap_until))
@@ -136,11 +140,11 @@ static inline int fl_team_now(int threads, long long now, int *probe)
     return team;
 }
 
-static inline int fl_team_begin(fl_region *r, int threads, int synced)
+static inline int fl_team_begin(fl_region *r, int threads, int synced, int flags)
 {
     long long now = fl_now_ns();
     int probe;
-    int team = fl_team_now(threads, now, &probe);
+    int team = fl_team_now(threads, now, &probe, flags);
     r->bar.arrived = r->bar.gen = 0;
     r->synced = synced;
     r->ran = 0;
@@ -149,7 +153,8 @@ static inline int fl_team_begin(fl_region *r, int threads, int synced)
     /* A probe's window holds probes only (the first one clears it). */
     if (probe && !__atomic_exchange_n(&fl_w_probe, 1, __ATOMIC_RELAXED))
         fl_window_clear();
-    r->measure = fl_dynamic && team > 1 && (probe || now - fl_ld(&fl_last_sample) >= FL_SAMPLE_NS);
+    r->measure = fl_dynamic && (flags & FL_DYNAMIC) && team > 1 &&
+                 (probe || now - fl_ld(&fl_last_sample) >= FL_SAMPLE_NS);
     if (r->measure)
         fl_st(&fl_last_sample, now);
     return team;
