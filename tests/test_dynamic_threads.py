@@ -108,7 +108,7 @@ def test_contention_shrinks_the_team_and_the_free_machine_grows_it_back():
             out, (h, c) = rnn(x)
             np.testing.assert_allclose(out, want, atol=TOL[np.float32], rtol=0)
         state = kernels.team_state()
-        assert state["cap"] == 1 and state["contended_windows"] >= 1, (state, os.getloadavg())
+        assert state["cap"] == 1 and state["contended_windows"] >= 1, (repr(state), os.getloadavg())
         assert kernels.team_size(2) == 1 or state["cap_left_s"] == 0
         for _ in range(20):  # the serial calls give the same results
             out, (h, c) = rnn(x)

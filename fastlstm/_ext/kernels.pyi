@@ -25,14 +25,15 @@ class Tuning:
                  gate_buffer_bytes: int = ..., min_chunk_rows: int = ...,
                  split: Optional[bool] = None, dirs_in_turn: Optional[bool] = None,
                  step_counters: Optional[bool] = None,
-                 blas_min_rows: Optional[int] = None) -> None: ...
+                 blas_min_rows: Optional[int] = None, fit_cpus: bool = True,
+                 dynamic: bool = True) -> None: ...
 
 DEFAULT_TUNING: Tuning
 
-# (threads, n_chunks, t_chunk, blas_min_rows, dirs_in_turn, step_counters)
-Plan = Tuple[int, int, int, int, bool, int]
+# (threads, n_chunks, t_chunk, blas_min_rows, dirs_in_turn, step_counters, team_flags)
+Plan = Tuple[int, int, int, int, bool, int, int]
 # A plan and the panel order of a one-timestep call.
-Schedule = Tuple[int, int, int, int, bool, int, bool]
+Schedule = Tuple[int, int, int, int, bool, int, int, bool]
 
 def schedule(w: Any, batch: int, seq_len: int, hidden: int, threads: int,
              packed: bool = False, tuning: Optional[Tuning] = None) -> Plan: ...

@@ -919,8 +919,8 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
     C-contiguous ndarray of the weights' dtype, checked here.
 
     ``schedule``: ``(threads, n_chunks, t_chunk, blas_min_rows, dirs_in_turn,
-    step_counters, backward_order)``, what ``schedule`` returns and the panel
-    order of a one-timestep call.  The sequence runs in time chunks of ``t_chunk`` steps,
+    step_counters, team_flags, backward_order)``, what ``schedule`` returns and
+    the panel order of a one-timestep call.  The sequence runs in time chunks of ``t_chunk`` steps,
     so the gate buffer stays small.  Per chunk, ``n_chunks`` > 0 (batch-chunk
     mode): the threads share the chunk's input projection (BLAS for blocks of
     at least ``blas_min_rows`` rows), meet at a barrier, then run one task per
@@ -956,7 +956,7 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
     batch, out_size, hidden = h0.shape[1], L.g.out_size, L.g.hidden
     L.g.seq_len, L.g.batch_first, L.g.batch = seq_len, batch_first, batch
     sc.threads, sc.n_chunks, sc.t_chunk, sc.blas_min_rows, sc.dirs_in_turn, sc.sync, \
-        sc.backward_order = schedule
+        sc.team_flags, sc.backward_order = schedule
     if sc.threads < 1 or sc.n_chunks < 0 or sc.t_chunk < 1:
         raise ValueError("layer: a schedule of at least one thread and one step per chunk")
     if packed is not None:
@@ -1175,8 +1175,9 @@ def schedule(w, int batch, int seq_len, int hidden, int threads, bint packed=Fal
     default), under ``tuning`` (a :class:`Tuning`, None for the default).
 
     Returns ``(threads, n_chunks, t_chunk, blas_min_rows, dirs_in_turn,
-    step_counters)`` (see ``layer``; ``step_counters`` -1, 0 or 1), the input of
-    ``layer`` with the panel order appended.
+    step_counters, team_flags)`` (see ``layer``; ``step_counters`` -1, 0 or 1;
+    ``team_flags`` the tuning's ``team.h`` flags), the input of ``layer`` with
+    the panel order appended.
     """
     cdef Layer L
     cdef Sched sc
@@ -1184,7 +1185,8 @@ def schedule(w, int batch, int seq_len, int hidden, int threads, bint packed=Fal
     _fill_weights(&L, w, hidden, "schedule")
     L.g.batch, L.g.seq_len = batch, seq_len
     sc = _schedule(&L.g, packed, _threads_or_default(threads), _tuning_of(tuning), _level)
-    return sc.threads, sc.n_chunks, sc.t_chunk, sc.blas_min_rows, sc.dirs_in_turn, sc.sync
+    return (sc.threads, sc.n_chunks, sc.t_chunk, sc.blas_min_rows, sc.dirs_in_turn, sc.sync,
+            sc.team_flags)
 
 
 # ------------------------------------------------------- one-timestep steps
