@@ -3,5 +3,6 @@
 ``command`` (the command: options, the run, the summary), ``cases`` (the grids), ``timing``
 (interleaved blocks, the GEMM peak), ``report`` (tables, JSON, Markdown, plot), ``memory``
 (peak memory of one forward, in a child process), ``streams`` (Python threads stepping
-streams) and ``onnx_graph`` (the ONNX Runtime graph of the peer).
+streams), ``onnx_graph`` (the ONNX Runtime graph of the peer), ``contention`` (``--contention``:
+shared CPUs) and ``seq2seq`` (``--seq2seq``: a greedy decode with NumPy between the calls).
 """

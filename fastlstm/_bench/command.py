@@ -11,6 +11,10 @@ pool keeps spinning for a while and would slow the next library), and reports
 the median over the blocks.
 With --memory, each library's peak memory during one forward is measured too,
 in a fresh process per case and library (Linux).
+--contention and --seq2seq run other measurements instead of the case grid:
+fastlstm and torch on a shared CPU (busy neighbour processes, two processes,
+more threads than CPUs), and a greedy seq2seq decode (fastlstm + NumPy against
+torch); each prints a table of ratios against their targets.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import numpy as np
 
 import fastlstm
 from fastlstm import _threads
+from fastlstm._bench import contention as _contention
 from fastlstm._bench import memory as _bench_memory
+from fastlstm._bench import seq2seq as _seq2seq
 from fastlstm._bench.cases import (
     DEFAULT_GRID,
     FLOPS_FORMULA,
@@ -68,8 +74,9 @@ EPILOG = textwrap.fill(
     "raised to any case's rate that beats it.  ONNX Runtime's LSTM has no projection and "
     "no float64: those cells are n/a.", 79) + """
 
-Exit status: 0, or 1 if a case disagrees with torch or fails, 2 on a usage
-error (or without torch).  The JSON fields are described in benchmarks/README.md.
+Exit status: 0, or 1 if a case (or a --seq2seq decode) disagrees with torch or
+fails, 2 on a usage error (or without torch).  The JSON fields are described in
+benchmarks/README.md.
 
 examples:
   fastlstm bench                                  # the default grid (< 3 min on 2 cores)
@@ -77,6 +84,8 @@ examples:
   fastlstm bench --shape 32,50,128,256,2,yes --shape 8,20,64,64,1,no,0,float64
   fastlstm bench --full --json bench.json --markdown bench.md --plot bench.png
   fastlstm bench --memory --cases large,projection  # + peak memory of one forward
+  fastlstm bench --contention --json contention.json  # shared CPU (about a minute)
+  fastlstm bench --seq2seq --seq2seq-batches 1,300    # greedy decode (about 10 s)
 """
 
 #: Largest max abs difference from torch that a case may have to be timed.
@@ -124,6 +133,14 @@ def _shape(text: str) -> Case:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _batches(text: str) -> Tuple[int, ...]:
+    try:
+        return tuple(_positive_int(part.strip()) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers separated by commas, got {text!r}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``fastlstm bench``."""
     pick = parser.add_argument_group("cases (default: the default grid)")
@@ -162,6 +179,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also measure each library's peak memory during one forward, in a "
                              "fresh process per case and library (Linux; a few seconds per "
                              "case)")
+
+    modes = parser.add_argument_group(
+        "other measurements (instead of the case grid)",
+        "--threads, --blocks, --seed, --json, --quiet and, for --seq2seq, --budget apply")
+    modes.add_argument("--contention", action="store_true",
+                       help="fastlstm and torch on a shared CPU: busy neighbour processes, "
+                            "two processes, twice as many threads as CPUs (about a minute)")
+    modes.add_argument("--neighbours", type=_non_negative_int, metavar="P",
+                       help="busy-loop processes of --contention's first scenario (default 1)")
+    modes.add_argument("--contention-seconds", type=_positive_float, metavar="SECONDS",
+                       help="wall time of one --contention block (default 0.5)")
+    modes.add_argument("--seq2seq", action="store_true",
+                       help="a greedy seq2seq decode, torch against fastlstm + NumPy "
+                            "(timed with --budget per batch size)")
+    modes.add_argument("--seq2seq-batches", type=_batches, metavar="N,...",
+                       help="batch sizes of --seq2seq (default 1,300)")
 
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the results as JSON")
@@ -526,10 +559,104 @@ def _ort_available() -> Tuple[bool, Optional[str]]:
     return True, None
 
 
+def _optional_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+#: Options of the case grid, refused with --contention and --seq2seq (they would do nothing).
+_GRID_OPTIONS = (("cases", "--cases"), ("shape", "--shape"), ("full", "--full"),
+                 ("memory", "--memory"), ("markdown", "--markdown"), ("plot", "--plot"),
+                 ("streams", "--streams"))
+#: Options of one mode (attribute, option, mode, default), refused without that mode.
+_MODE_OPTIONS = (("neighbours", "--neighbours", "contention", 1),
+                 ("contention_seconds", "--contention-seconds", "contention", 0.5),
+                 ("seq2seq_batches", "--seq2seq-batches", "seq2seq", (1, 300)))
+
+
+def _mode_defaults(args: argparse.Namespace) -> None:
+    """Refuse an option of a mode not asked for (it would do nothing), then fill in the
+    defaults of the modes' options."""
+    for attr, option, mode, default in _MODE_OPTIONS:
+        if getattr(args, attr) is None:
+            setattr(args, attr, default)
+        elif not getattr(args, mode):
+            raise CLIError(f"fastlstm bench: error: {option} needs --{mode}", 2)
+
+
+def _run_modes(args: argparse.Namespace) -> int:
+    """``--contention`` and/or ``--seq2seq``: their tables, and the JSON with ``--json``."""
+    mode = " and ".join(f"--{m}" for m in ("contention", "seq2seq") if getattr(args, m))
+    for attr, option in _GRID_OPTIONS:
+        if getattr(args, attr) not in (None, False):
+            raise CLIError(f"fastlstm bench: error: {option} is for the case grid, not for "
+                           f"{mode}", 2)
+    _check_output_path("--json", args.json)
+    # The seq2seq model is torch's; --contention measures fastlstm alone without torch.
+    torch = _import_torch() if args.seq2seq else _optional_torch()
+    threads = args.threads or fastlstm.get_num_threads()
+    machine = machine_info(threads)
+    started = time.perf_counter()
+    progress = Progress(1, enabled=not args.quiet and sys.stderr.isatty())
+    if not args.quiet:
+        print(f"fastlstm {fastlstm.__version__} vs "
+              + (f"torch {torch.__version__}" if torch is not None else "torch n/a (not "
+                 "installed: fastlstm alone)")
+              + f"; {machine['cpu']}, SIMD {machine['simd']}, {machine['usable_cpus']} "
+              f"usable CPUs, {threads} threads", flush=True)
+    results: Dict[str, Optional[Dict[str, Any]]] = {"contention": None, "seq2seq": None}
+    if args.contention:
+        found = _contention.measure_contention(
+            torch, neighbours=args.neighbours, seconds=args.contention_seconds,
+            blocks=args.blocks, seed=args.seed, threads=threads, on_progress=progress.show)
+        progress.clear()
+        for line in (_contention.header_lines(found, machine["cpu"])
+                     + _contention.ratio_table(found["rows"])):
+            print(line, flush=True)
+        results["contention"] = found
+    if args.seq2seq:
+        found = _seq2seq.measure_seq2seq(
+            torch, batches=args.seq2seq_batches, blocks=args.blocks, seed=args.seed,
+            threads=threads, budget=args.budget, on_progress=progress.show)
+        progress.clear()
+        if args.contention:
+            print()
+        for line in [_seq2seq.header_line(found)] + _contention.ratio_table(found["rows"]):
+            print(line, flush=True)
+        results["seq2seq"] = found
+    errors = [f"{r['scenario']} {r['library']} {r['case']}" for found in results.values()
+              if found is not None for r in found["rows"] if r["error"] is not None]
+    if args.json:
+        write_json(args.json, {
+            "schema": 1, "created": now_iso(),
+            "command": ["fastlstm", *getattr(args, "_argv", ["bench"])],
+            "mode": [m for m in results if results[m] is not None],
+            "machine": machine, "versions": versions(),
+            "settings": {"threads": threads, "blocks": args.blocks, "seed": args.seed,
+                         "neighbours": args.neighbours,
+                         "contention_seconds": args.contention_seconds,
+                         "budget_s": args.budget, "seq2seq_batches": list(args.seq2seq_batches)},
+            **results, "failed": errors, "wall_s": time.perf_counter() - started})
+    if not args.quiet:
+        print(f"done in {time.perf_counter() - started:.1f} s"
+              + (f"; wrote {args.json}" if args.json else ""), file=sys.stderr)
+    if errors:
+        print(f"fastlstm bench: {len(errors)} measurement(s) failed: {'; '.join(errors)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``fastlstm bench`` with parsed ``args``; returns the exit status."""
     if args.list:
         return _print_list()
+    _mode_defaults(args)
+    if args.contention or args.seq2seq:
+        return _run_modes(args)
     for option in ("json", "markdown", "plot"):
         _check_output_path(f"--{option}", getattr(args, option))
     if args.plot and not matplotlib_available():
