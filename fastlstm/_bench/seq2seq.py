@@ -32,7 +32,7 @@ import numpy as np
 import fastlstm
 from fastlstm import _threads
 from fastlstm._bench.contention import error_row, ratio_row
-from fastlstm._bench.timing import time_interleaved
+from fastlstm._bench.timing import settle, time_interleaved
 
 __all__ = ["DECODE_TARGETS", "MIX_TARGET", "Seq2Seq", "header_line", "measure_seq2seq",
            "tokens_mismatch"]
@@ -42,6 +42,7 @@ DECODE_TARGETS = (5.0, 1.0)
 #: Target of a step (or head product) after the other over alone.
 MIX_TARGET = 1.2
 _SAMPLES = 20  # timed calls of each kind per block of the step/head mix
+_SETTLE_PAUSE_S = 0.05  # before each block of the mix, then until the process is idle
 
 
 class Seq2Seq:
@@ -175,7 +176,10 @@ def _mix(model: Seq2Seq, src: np.ndarray, blocks: int) -> Dict[str, List[float]]
         for block in range(blocks):
             shift = block % len(names)
             for name in names[shift:] + names[:shift]:
-                # The first sample follows the previous kind's call: not kept.
+                # Every block starts with both thread pools asleep (NumPy's BLAS threads
+                # spin for about 0.1 s after a matmul), so that "alone" is alone; the
+                # first sample follows the previous kind's call: not kept.
+                settle(_SETTLE_PAUSE_S, limit=1.0)
                 samples[name].append([kinds[name]() for _ in range(_SAMPLES + 1)][1:])
     finally:
         if gc_was_enabled:
