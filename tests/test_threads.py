@@ -744,3 +744,29 @@ def test_memory_stays_flat(api, dtype):
     grown = _rss_bytes() - rss_before
     assert traced < 64 << 10, f"{api}: {traced} bytes of Python allocations left by {calls} calls"
     assert grown < 4 << 20, f"{api}: RSS grew by {grown / 2**20:.1f} MiB over {calls} calls"
+
+
+def test_l2_size_from_sysfs_when_glibc_has_none(tmp_path, monkeypatch):
+    """The schedule's L2 size: glibc's (CPUID), else Linux's sysfs, else 1 MiB; some
+    virtual machines leave CPUID's cache leaves blank while sysfs has the sizes."""
+    from fastlstm._ext import kernels
+
+    for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction",
+                                                 "32K"), ("2", "Unified", "2048K"),
+                                                 ("3", "Unified", "105M")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(level + "\n")
+        (folder / "type").write_text(kind + "\n")
+        (folder / "size").write_text(size + "\n")
+
+    def no_sysconf(name):
+        raise ValueError(name)
+
+    monkeypatch.setattr(kernels.os, "sysconf", no_sysconf)
+    assert kernels._l2_bytes(str(tmp_path)) == 2 << 20
+    assert kernels._l2_bytes(str(tmp_path / "missing")) == 1 << 20
+    (tmp_path / "index2" / "size").write_text("garbage\n")
+    assert kernels._l2_bytes(str(tmp_path)) == 1 << 20
+    monkeypatch.setattr(kernels.os, "sysconf", lambda name: 1 << 21)
+    assert kernels._l2_bytes(str(tmp_path / "missing")) == 1 << 21

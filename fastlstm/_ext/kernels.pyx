@@ -159,13 +159,41 @@ cdef int _call_threads = 0  # set_num_threads's count; 0: the default
 cdef int _default_cap = 0  # the default's bound by affinity and CPU quota; 0: none
 
 
-def _l2_bytes():
-    """One core's L2 cache as the OS reports it; 1 MiB when it does not."""
+def _cache_size(text):
+    """Bytes of a sysfs cache size such as "2048K" or "1M" (0 if unreadable)."""
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    digits = text[:-1] if scale > 1 else text
+    return int(digits) * scale if digits.isdigit() else 0
+
+
+def _l2_bytes(sysfs="/sys/devices/system/cpu/cpu0/cache"):
+    """One core's L2 cache: as glibc reports it, else as Linux's sysfs does (glibc
+    reads CPUID, which some virtual machines leave blank), else 1 MiB."""
     try:
         size = os.sysconf("SC_LEVEL2_CACHE_SIZE")
     except (AttributeError, OSError, ValueError):
         size = 0
-    return size if size > 0 else 1 << 20
+    if size > 0:
+        return size
+    try:
+        folders = sorted(os.listdir(sysfs))
+    except OSError:
+        folders = []
+    for folder in folders:
+        path = os.path.join(sysfs, folder)
+        try:
+            with open(os.path.join(path, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(path, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(path, "size")) as f:
+                size = _cache_size(f.read())
+        except OSError:
+            continue
+        if level == "2" and kind in ("Unified", "Data") and size > 0:
+            return size
+    return 1 << 20
 
 
 L2_BYTES = _l2_bytes()
