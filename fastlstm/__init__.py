@@ -18,6 +18,7 @@ from fastlstm._threads import (
 from fastlstm._version import __version__
 from fastlstm.cell import LSTMCell
 from fastlstm.lstm import LSTM
+from fastlstm.quantization import quantize
 from fastlstm.rnn import (
     PackedSequence,
     pack_padded_sequence,
@@ -44,6 +45,7 @@ __all__ = [
     "pack_sequence",
     "pad_packed_sequence",
     "pad_sequence",
+    "quantize",
     "save",
     "set_dynamic_threads",
     "set_num_threads",

@@ -32,6 +32,7 @@ from fastlstm import _threads
 from fastlstm._common import (
     check_device,
     cpu_only_error,
+    dtype_name,
     freeze,
     is_torch_tensor,
     resolve_dtype,
@@ -80,6 +81,11 @@ class _PackedLayer(NamedTuple):
     bias: np.ndarray  # (D, 4Hp): b_ih + b_hh interleaved, zeros without bias
     w_hr_p: np.ndarray  # (D, *): each W_hr^T in panels, or (D, 0) without projection
     recurrent_finite: bool  # W_hh holds no NaN or infinity (see zero_state_skips)
+    # "float32", "float64", or "bfloat16": then the panels are uint32 words of bfloat16
+    # row pairs (pack_panels_bf16), w_ih is empty (no BLAS), and the sizes below are read.
+    weight_dtype: str = "float32"
+    n_in: int = 0  # the layer's input size
+    out_size: int = 0  # its output size (H, or the projection's)
 
 
 
@@ -119,6 +125,29 @@ def _pack_panels(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(n_panels, width, k).transpose(0, 2, 1)).ravel()
 
 
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 to bfloat16 bits (uint16): to nearest, ties to even; a NaN stays a
+    (quiet) NaN.  The rounding the bfloat16 kernels apply to activations (bf16.h)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
+               >> np.uint32(16)).astype(np.uint16)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    return np.where(nan, ((u >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16), rounded)
+
+
+def pack_panels_bf16(weight: np.ndarray) -> np.ndarray:
+    """``weight.T`` (K x N) in bfloat16 for the bfloat16 kernels (``bf16.h``), flattened
+    to uint32: panel ``p`` (columns ``[64p, 64p + 64)``, zero past N) holds, for each
+    pair of rows ``(2kk, 2kk + 1)`` (K padded to even with zeros) and each column, the
+    two bfloat16 values in one 32-bit word, row ``2kk`` in the low half."""
+    n, k = weight.shape
+    n_panels, pairs = -(-n // 64), -(-k // 2)
+    bits = np.zeros((n_panels * 64, 2 * pairs), dtype=np.uint16)
+    bits[:n, :k] = bf16_bits(weight)
+    panels = bits.reshape(n_panels, 64, pairs, 2).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(panels).view("<u4").astype(np.uint32, copy=False).ravel()
+
+
 # Packed weights start on a cache line, so that no 64-byte vector load of a panel
 # straddles two lines: with NumPy's 16-byte alignment a single sequence at
 # H = 256 ran about 9% slower, its steps bound by reading W_hh.
@@ -143,9 +172,13 @@ def pack_layer(
     w_hr: Optional[List[np.ndarray]],
     hidden: int,
     dtype: np.dtype,
+    weight_dtype: Optional[str] = None,
 ) -> _PackedLayer:
-    """Pack one layer's weights, one list entry per direction (torch's layouts)."""
+    """Pack one layer's weights, one list entry per direction (torch's layouts);
+    ``weight_dtype`` "bfloat16" stores them in bfloat16 (``pack_panels_bf16``)."""
     n_dirs = len(w_ih)
+    if weight_dtype == "bfloat16":
+        return _pack_layer_bf16(w_ih, w_hh, biases, w_hr, hidden)
     w_ih_all = np.concatenate([_interleave_gates(w, hidden) for w in w_ih])
     w_hh_p = np.stack([_pack_panels(_interleave_gates(w, hidden)) for w in w_hh])
     if biases is not None:
@@ -159,6 +192,37 @@ def pack_layer(
     return _PackedLayer(_aligned(w_ih_all), _aligned(_pack_panels(w_ih_all)), _aligned(w_hh_p),
                         _aligned(bias), _aligned(w_hr_p),
                         all(bool(np.isfinite(w).all()) for w in w_hh))
+
+
+def _pack_layer_bf16(
+    w_ih: List[np.ndarray],
+    w_hh: List[np.ndarray],
+    biases: Optional[List[np.ndarray]],
+    w_hr: Optional[List[np.ndarray]],
+    hidden: int,
+) -> _PackedLayer:
+    """``pack_layer`` for bfloat16 weights: the same interleaved panels, in row pairs."""
+    n_dirs = len(w_ih)
+    w_ih_all = np.concatenate([_interleave_gates(w, hidden) for w in w_ih])
+    w_hh_p = np.stack([pack_panels_bf16(_interleave_gates(w, hidden)) for w in w_hh])
+    if biases is not None:
+        bias = np.stack([_interleave_gates(b, hidden) for b in biases]).astype(np.float32)
+    else:
+        bias = np.zeros((n_dirs, w_ih_all.shape[0] // n_dirs), dtype=np.float32)
+    if w_hr is not None:
+        w_hr_p = np.stack([pack_panels_bf16(w) for w in w_hr])
+    else:
+        w_hr_p = np.empty((n_dirs, 0), dtype=np.uint32)
+    return _PackedLayer(np.empty((0, w_ih[0].shape[1]), np.float32),
+                        _aligned(pack_panels_bf16(w_ih_all)), _aligned(w_hh_p), _aligned(bias),
+                        _aligned(w_hr_p), all(bool(np.isfinite(w).all()) for w in w_hh),
+                        "bfloat16", int(w_ih[0].shape[1]), int(w_hh[0].shape[1]))
+
+
+def bf16_values(x: np.ndarray) -> np.ndarray:
+    """``x`` rounded to the nearest bfloat16 (``bf16_bits``), as float32."""
+    bits = bf16_bits(x).astype(np.uint32) << np.uint32(16)
+    return bits.view(np.float32).reshape(np.shape(x))
 
 
 #: Most rows (steps x sequences) one call may have: the kernels, and BLAS its dimensions,
@@ -240,6 +304,29 @@ class _Module:
 
     dtype = property(lambda self: self._dtype, doc="numpy dtype of parameters and results.")
 
+    @property
+    def weight_dtype(self) -> str:
+        """How the kernels store the weights: ``"float32"`` or ``"float64"`` (the
+        module's dtype), or ``"bfloat16"`` after :func:`fastlstm.quantize`; inputs,
+        outputs and states keep :attr:`dtype`."""
+        return self.__dict__.get("_weight_dtype") or dtype_name(self._dtype)
+
+    def _stored(self, value: np.ndarray) -> np.ndarray:
+        """A parameter as this module keeps it: rounded to bfloat16 once, when its
+        weights are stored in bfloat16 (so ``state_dict`` holds what is computed with)."""
+        if self.__dict__.get("_weight_dtype") == "bfloat16":
+            return bf16_values(value)
+        return value
+
+    def _set_weight_dtype(self, weight_dtype: str) -> None:
+        """Store the weights as ``weight_dtype`` from now on (``quantize``'s step)."""
+        with self._pack_lock:
+            self.__dict__["_weight_dtype"] = weight_dtype
+            self.__dict__["_params"] = OrderedDict(
+                (name, freeze(self._stored(value))) for name, value in self._params.items())
+            self.__dict__["_packed"] = None
+            self.__dict__.pop("_bound", None)
+
     def _parameter_shapes(self) -> "OrderedDict[str, Tuple[int, ...]]":
         raise NotImplementedError
 
@@ -265,7 +352,7 @@ class _Module:
         bound = 1.0 / math.sqrt(self._hidden_size)
         for name, shape in self._shapes.items():
             value = gen.uniform(-bound, bound, size=shape).astype(self._dtype)
-            self._params[name] = freeze(value)
+            self._params[name] = freeze(self._stored(value))
         self.__dict__["_packed"] = None
 
     def __getattr__(self, name: str) -> Any:
@@ -434,7 +521,8 @@ class _Module:
             if array.dtype.kind not in "fiub":
                 errors.append(f"cannot load {key}: dtype {array.dtype} is not a real number type")
                 continue
-            converted[key] = freeze(np.array(array, dtype=self._dtype, order="C", copy=True))
+            converted[key] = freeze(self._stored(
+                np.array(array, dtype=self._dtype, order="C", copy=True)))
         if strict:
             if unexpected:
                 errors.insert(
@@ -620,6 +708,13 @@ class _Module:
         >>> fastlstm.LSTM.from_state_dict(path)
         LSTM(8, 16)
         """
+        if self.__dict__.get("_weight_dtype"):
+            # A file of the rounded float32 weights would load as a float32 module.
+            raise NotImplementedError(
+                f"saving a module with {self.weight_dtype} weights is not implemented yet: "
+                "save the float32 module, or fastlstm.save(module.state_dict(), path) (the "
+                f"rounded weights), and quantize(loaded, {self.weight_dtype!r}) after "
+                "loading (rounding again changes nothing)")
         prefix = normalize_prefix(prefix)
         save(OrderedDict((prefix + k, v) for k, v in self._params.items()), path, format=format)
 
@@ -779,6 +874,10 @@ class _Module:
     def _cast(self: _M, dtype: Any) -> _M:
         """Cast every parameter to ``dtype`` in place (packed again on next use)."""
         resolved = resolve_dtype(dtype)
+        if resolved != self._dtype and self.__dict__.get("_weight_dtype"):
+            raise TypeError(f"a module with {self.weight_dtype} weights computes in "
+                            f"{dtype_name(self._dtype)}; cannot cast it to "
+                            f"{dtype_name(resolved)}")
         if resolved != self._dtype:
             with self._pack_lock:
                 params = OrderedDict(

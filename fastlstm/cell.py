@@ -120,7 +120,7 @@ class LSTMCell(_Module):
         p = self._params
         bias = [p["bias_ih"] + p["bias_hh"]] if self._bias else None
         return [pack_layer([p["weight_ih"]], [p["weight_hh"]], bias, None,
-                           self._hidden_size, self._dtype)]
+                           self._hidden_size, self._dtype, self.__dict__.get("_weight_dtype"))]
 
     def __repr__(self) -> str:
         s = f"{type(self).__name__}({self._input_size}, {self._hidden_size}"
@@ -128,6 +128,8 @@ class LSTMCell(_Module):
             s += ", bias=False"
         if self._dtype != np.float32:
             s += f", dtype={dtype_name(self._dtype)}"
+        if self.__dict__.get("_weight_dtype"):
+            s += f", weight_dtype={self.weight_dtype!r}"
         return s + ")"
 
     # ------------------------------------------------------------ torch interop

@@ -253,6 +253,8 @@ class LSTM(_Module):
             s += ", bidirectional=True"
         if self._dtype != np.float32:
             s += f", dtype={dtype_name(self._dtype)}"
+        if self.__dict__.get("_weight_dtype"):
+            s += f", weight_dtype={self.weight_dtype!r}"
         return s + ")"
 
     def flatten_parameters(self) -> None:
@@ -288,7 +290,7 @@ class LSTM(_Module):
                 [p["weight_hh" + s] for s in sfxs],
                 [p["bias_ih" + s] + p["bias_hh" + s] for s in sfxs] if self._bias else None,
                 [p["weight_hr" + s] for s in sfxs] if self._proj_size > 0 else None,
-                self._hidden_size, self._dtype))
+                self._hidden_size, self._dtype, self.__dict__.get("_weight_dtype")))
         return layers
 
     # ------------------------------------------------------------ torch interop

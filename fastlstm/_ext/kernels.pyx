@@ -36,6 +36,7 @@ import os
 from cython cimport floating
 from cython.parallel cimport parallel
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdint cimport uint32_t
 from libc.string cimport memcpy, memmove, memset
 
 cimport numpy as cnp
@@ -63,6 +64,22 @@ cdef extern from "kernels.h" nogil:
                         int p_lo, int p_hi, int reverse) noexcept
     void fl_act_f(int level, Py_ssize_t n, const float *x, float *y, int sigmoid) noexcept
     void fl_act_d(int level, Py_ssize_t n, const double *x, double *y, int sigmoid) noexcept
+
+
+cdef extern from "bf16.h" nogil:
+    int FL_BF16_DP
+    int FL_BF16_AMX
+    int fl_cpu_has_avx512bf16() noexcept
+    int fl_cpu_has_amx_bf16() noexcept
+    void fl_matmul_bf(int level, int beta, int M, int N, int K, const float *A,
+                      Py_ssize_t lda, const uint32_t *BP, float *G, Py_ssize_t ldg) noexcept
+    void fl_matmul_bf_sliced(int level, int beta, int M, int N, int K, const float *A,
+                             Py_ssize_t lda, const uint32_t *BP, float *G,
+                             Py_ssize_t ldg) noexcept
+    void fl_lstm_step_bf(int level, int M, int K, int H, const float *A, Py_ssize_t lda,
+                         const uint32_t *BP, float *G, Py_ssize_t ldg, const float *bias,
+                         float *C, Py_ssize_t ldc, float *Hout, Py_ssize_t ldh,
+                         int p_lo, int p_hi, int reverse) noexcept
 
 
 cdef extern from "omp_compat.h" nogil:
@@ -162,8 +179,9 @@ cdef int _default_cap = 0  # the default's bound by affinity and CPU quota; 0: n
 def _cache_size(text):
     """Bytes of a sysfs cache size such as "2048K" or "1M" (0 if unreadable)."""
     text = text.strip().upper()
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-    digits = text[:-1] if scale > 1 else text
+    unit = text[len(text) - 1:] if text else ""  # (no negative indices: wraparound is off)
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(unit, 1)
+    digits = text[:len(text) - 1] if scale > 1 else text
     return int(digits) * scale if digits.isdigit() else 0
 
 
@@ -213,12 +231,54 @@ def panel_width(dtype):
     raise ValueError(f"panel_width: float32 or float64, got {dtype!r}")
 
 
+_BF16_LEVELS = ("portable", "avx2", "avx512", "avx512-bf16", "amx-bf16")
+cdef int _bf16_detected = (FL_BF16_AMX if fl_cpu_has_amx_bf16() else
+                           FL_BF16_DP if fl_cpu_has_avx512bf16() else _detected)
+cdef int _bf16_level = _bf16_detected
+
+
+def bf16_level():
+    """The level the bfloat16-weight products use now."""
+    return _BF16_LEVELS[_bf16_level]
+
+
+def set_bf16_level(name=None):
+    """Use bfloat16 level ``name`` (one of ``bf16_levels()``), or None for the best;
+    for tests and comparisons (FASTLSTM_BF16 sets it at import)."""
+    global _bf16_level
+    if name is None:
+        _bf16_level = _bf16_detected
+        return
+    if name not in _BF16_LEVELS:
+        raise ValueError(f"unknown bfloat16 level {name!r}; expected one of {_BF16_LEVELS}")
+    if _BF16_LEVELS.index(name) > _bf16_detected:
+        raise ValueError(f"this CPU does not support the bfloat16 level {name!r}; "
+                         f"available: {bf16_levels()}")
+    _bf16_level = _BF16_LEVELS.index(name)
+
+
+def bf16_levels():
+    """The levels of the bfloat16-weight products this CPU can run, best last: the
+    float32 levels (weights widened, FMA), AVX512-BF16 (VDPBF16PS) and AMX-BF16 (tiles
+    for blocks of 16 rows, VDPBF16PS for the rest)."""
+    return list(_BF16_LEVELS[:_bf16_detected + 1])
+
+
+if os.environ.get("FASTLSTM_BF16"):
+    set_bf16_level(os.environ["FASTLSTM_BF16"])
+
+
 # ------------------------------------------------------------------ kernels
 cdef inline void _matmul(bint beta, int m, int n, int k, const floating *a, Py_ssize_t lda,
-                         const floating *bp, floating *g, Py_ssize_t ldg) noexcept nogil:
-    """g (m x n) = beta * g + a (m x k) @ B (k x n), B packed in panels."""
+                         const floating *bp, floating *g, Py_ssize_t ldg,
+                         int wt) noexcept nogil:
+    """g (m x n) = beta * g + a (m x k) @ B (k x n), B packed in panels of weight
+    type ``wt`` (bfloat16 panels are read through the same 4-byte pointer)."""
     if floating is float:
-        fl_matmul_f(_level, beta, m, n, k, a, lda, bp, g, ldg)
+        if wt == WEIGHTS_BF16:
+            fl_matmul_bf(_bf16_level, beta, m, n, k, a, lda, <const uint32_t *>bp, g, ldg)
+        else:
+            fl_matmul_f(_level, beta, m, n, k, a, lda, bp, g, ldg)
     else:
         fl_matmul_d(_level, beta, m, n, k, a, lda, bp, g, ldg)
 
@@ -227,10 +287,14 @@ cdef inline void _lstm_step(int m, int k, int hidden, const floating *a, Py_ssiz
                             const floating *bp, floating *g, Py_ssize_t ldg,
                             const floating *bias, floating *c, Py_ssize_t ldc,
                             floating *h, Py_ssize_t ldh, int p_lo, int p_hi,
-                            bint reverse=False) noexcept nogil:
+                            bint reverse, int wt) noexcept nogil:
     if floating is float:
-        fl_lstm_step_f(_level, m, k, hidden, a, lda, bp, g, ldg, bias, c, ldc, h, ldh,
-                       p_lo, p_hi, reverse)
+        if wt == WEIGHTS_BF16:
+            fl_lstm_step_bf(_bf16_level, m, k, hidden, a, lda, <const uint32_t *>bp, g, ldg,
+                            bias, c, ldc, h, ldh, p_lo, p_hi, reverse)
+        else:
+            fl_lstm_step_f(_level, m, k, hidden, a, lda, bp, g, ldg, bias, c, ldc, h, ldh,
+                           p_lo, p_hi, reverse)
     else:
         fl_lstm_step_d(_level, m, k, hidden, a, lda, bp, g, ldg, bias, c, ldc, h, ldh,
                        p_lo, p_hi, reverse)
@@ -244,11 +308,36 @@ def _activation_for_tests(const floating[::1] x, floating[::1] y, bint sigmoid):
         fl_act_d(_level, x.shape[0], &x[0], &y[0], sigmoid)
 
 
+def _matmul_bf16_for_tests(const float[:, ::1] a, const uint32_t[::1] bp, float[:, ::1] g,
+                           bint beta, level=None, bint sliced=False):
+    """g = beta * g + bf16(a) @ B, B in bfloat16 panels of row pairs
+    (``_module.pack_panels_bf16``), at ``level`` (a name of ``bf16_levels()``; None:
+    the best); ``sliced``: the path taken when memory for the rounded rows runs out."""
+    cdef int lv = _bf16_detected if level is None else _BF16_LEVELS.index(level)
+    cdef unsigned int csr
+    if lv > _bf16_detected:
+        raise ValueError(f"this CPU cannot run the bfloat16 level {level!r}")
+    if a.shape[0] != g.shape[0] or bp.shape[0] < ((g.shape[1] + 63) // 64) * (
+            (a.shape[1] + 1) // 2) * 64:
+        raise ValueError("_matmul_bf16_for_tests: shapes do not match")
+    if g.shape[0] == 0 or g.shape[1] == 0:
+        return
+    with nogil:
+        csr = fl_ftz_begin()
+        if sliced:
+            fl_matmul_bf_sliced(lv, beta, g.shape[0], g.shape[1], a.shape[1], &a[0, 0],
+                                a.shape[1], &bp[0], &g[0, 0], g.shape[1])
+        else:
+            fl_matmul_bf(lv, beta, g.shape[0], g.shape[1], a.shape[1], &a[0, 0], a.shape[1],
+                         &bp[0], &g[0, 0], g.shape[1])
+        fl_ftz_end(csr)
+
+
 def _matmul_for_tests(const floating[:, ::1] a, const floating[::1] bp, floating[:, ::1] g,
                       bint beta):
     """g = beta * g + a @ B with B packed in panels (``lstm._pack_panels``)."""
     _matmul(beta, g.shape[0], g.shape[1], a.shape[1], &a[0, 0], a.shape[1], &bp[0],
-            &g[0, 0], g.shape[1])
+            &g[0, 0], g.shape[1], WEIGHTS_F32 if floating is float else WEIGHTS_F64)
 
 
 # ------------------------------------------------------------- layer structs
@@ -258,6 +347,7 @@ cdef enum:
     # values here, not new functions.
     WEIGHTS_F32 = 0
     WEIGHTS_F64 = 1
+    WEIGHTS_BF16 = 2  # bfloat16 panels of row pairs (bf16.h); activations float32
 
 
 cdef struct Geometry:
@@ -272,7 +362,9 @@ cdef struct Geometry:
     int g_cols       # gate columns of one direction (n_panels whole panels)
     bint batch_first
     bint has_proj
-    int weight_type  # WEIGHTS_F32, WEIGHTS_F64
+    int weight_type  # WEIGHTS_F32, WEIGHTS_F64, WEIGHTS_BF16
+    int k_ih         # rows of a W_ih panel in its storage words (I; bfloat16: pairs, I/2 up)
+    int k_hr         # the same for W_hr (H; bfloat16: H/2 up)
 
 
 cdef struct Weights:
@@ -379,7 +471,7 @@ cdef void _project_item(const Layer *L, floating *gbuf, const Chunk *ck, int d, 
     cdef const floating *w = (<const floating *>L.w.w_ih
                               + (<Py_ssize_t>d * g.g_cols + p_lo * pw) * n_in)
     cdef const floating *wp = (<const floating *>L.w.w_ih_p
-                               + (<Py_ssize_t>d * (g.g_cols // pw) + p_lo) * n_in * pw)
+                               + (<Py_ssize_t>d * (g.g_cols // pw) + p_lo) * g.k_ih * pw)
     cdef floating *g0 = gbuf + d * g.g_cols + p_lo * pw
     cdef const floating *a
     cdef floating *gp
@@ -402,7 +494,7 @@ cdef void _project_item(const Layer *L, floating *gbuf, const Chunk *ck, int d, 
             gemm(NoTrans, Trans, m, cols, n_in, <floating>1.0, a, n_in, w, n_in,
                  <floating>0.0, gp, <int>ldg)
         elif m > 0:
-            _matmul(False, m, cols, n_in, a, n_in, wp, gp, ldg)
+            _matmul(False, m, cols, n_in, a, n_in, wp, gp, ldg, g.weight_type)
     fl_ftz_end(csr)
 
 
@@ -485,12 +577,14 @@ cdef void _steps(const Layer *L, floating *gbuf, Part pt, int s0, int s1, bint s
             if count != NULL:
                 fl_count_wait(count, n_parts * <int>s)
             _lstm_step(n_cont, out_size, hidden, hprev + d * out_size, o_ld, w_hh_d, g_t,
-                       gb_ld, b_d, c_d, hidden, dst, dst_ld, pt.p_lo, pt.p_hi, s & 1)
+                       gb_ld, b_d, c_d, hidden, dst, dst_ld, pt.p_lo, pt.p_hi, s & 1,
+                       g.weight_type)
         if m > n_cont:  # rows starting from the initial state
             _lstm_step(m - n_cont, k_init, hidden,
                        h0_d + <Py_ssize_t>n_cont * out_size, out_size, w_hh_d,
                        g_t + n_cont * gb_ld, gb_ld, b_d, c_d + <Py_ssize_t>n_cont * hidden,
-                       hidden, dst + n_cont * dst_ld, dst_ld, pt.p_lo, pt.p_hi, s & 1)
+                       hidden, dst + n_cont * dst_ld, dst_ld, pt.p_lo, pt.p_hi, s & 1,
+                       g.weight_type)
         if count != NULL:
             fl_count_signal(count)
         if has_proj:
@@ -498,7 +592,8 @@ cdef void _steps(const Layer *L, floating *gbuf, Part pt, int s0, int s1, bint s
                 _barrier(L)
             if r_width > 0 and m > 0:
                 _matmul(False, m, r_width, hidden, hc_d, hidden,
-                        w_hr_d + <Py_ssize_t>pt.r_lo * hidden * pw, o_t + pt.r_lo * pw, o_ld)
+                        w_hr_d + <Py_ssize_t>pt.r_lo * g.k_hr * pw, o_t + pt.r_lo * pw, o_ld,
+                        g.weight_type)
         if sync:
             _barrier(L)
     fl_ftz_end(csr)
@@ -527,7 +622,7 @@ cdef void _single_step(const Layer *L, floating *gbuf, Part pt, bint sync,
     cdef int i, p
     cdef const floating *x = <const floating *>L.b.x
     cdef const floating *w_ih_d = (<const floating *>L.w.w_ih_p
-                                   + <Py_ssize_t>d * (g.g_cols // pw) * n_in * pw)
+                                   + <Py_ssize_t>d * (g.g_cols // pw) * g.k_ih * pw)
     cdef const floating *w_hh_d = <const floating *>L.w.w_hh_p + <Py_ssize_t>d * L.w.hh_stride
     cdef const floating *w_hr_d = <const floating *>L.w.w_hr_p + <Py_ssize_t>d * L.w.hr_stride
     cdef const floating *b_d = <const floating *>L.w.bias + <Py_ssize_t>d * g.g_cols
@@ -544,15 +639,16 @@ cdef void _single_step(const Layer *L, floating *gbuf, Part pt, bint sync,
         for i in range(pt.p_hi - pt.p_lo):
             p = pt.p_hi - 1 - i if backward_order else pt.p_lo + i
             _matmul(False, m, pw, n_in, x + <Py_ssize_t>n_lo * n_in, n_in,
-                    w_ih_d + <Py_ssize_t>p * n_in * pw, gp + p * pw, gb_ld)
+                    w_ih_d + <Py_ssize_t>p * g.k_ih * pw, gp + p * pw, gb_ld, g.weight_type)
             _lstm_step(m, k_rec, hidden, h0_d, out_size, w_hh_d, gp,
-                       gb_ld, b_d, c_d, hidden, dst, dst_ld, p, p + 1)
+                       gb_ld, b_d, c_d, hidden, dst, dst_ld, p, p + 1, False, g.weight_type)
     if has_proj:
         if sync:
             _barrier(L)
         if r_width > 0 and m > 0:
             _matmul(False, m, r_width, hidden, hc_d, hidden,
-                    w_hr_d + <Py_ssize_t>pt.r_lo * hidden * pw, o_t + pt.r_lo * pw, o_ld)
+                    w_hr_d + <Py_ssize_t>pt.r_lo * g.k_hr * pw, o_t + pt.r_lo * pw, o_ld,
+                    g.weight_type)
     fl_ftz_end(csr)
 
 
@@ -692,6 +788,8 @@ def input_projection(const floating[:, ::1] x, const floating[:, ::1] w_ih,
         return
     memset(&L, 0, sizeof(L))
     L.g.batch, L.g.seq_len, L.g.n_in, L.g.num_dirs = 1, rows, x.shape[1], 1
+    L.g.k_ih = L.g.n_in
+    L.g.weight_type = WEIGHTS_F32 if floating is float else WEIGHTS_F64
     L.g.n_panels, L.g.g_cols = (n_out + pw - 1) // pw, n_out
     L.b.x, L.w.w_ih, L.w.w_ih_p = &x[0, 0], &w_ih[0, 0], &w_ih_p[0]
     ck.t0_fw, ck.u_fw, ck.t0_bw, ck.u_bw, ck.steps, ck.batch = 0, rows, 0, 0, rows, 1
@@ -893,6 +991,8 @@ cdef int _fill_weights(Layer *L, object w, int hidden, str who) except -1:
     cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>w.bias)
     if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
         raise ValueError(f"{who}: float32 or float64 weights, got {w.bias.dtype}")
+    if w.weight_dtype == "bfloat16":
+        return _fill_bf16_weights(L, w, hidden, who)
     cdef int item = 4 if typenum == cnp.NPY_FLOAT else 8
     cdef int pw = FL_PANEL_BYTES // item
     cdef int num_dirs = w.w_hh_p.shape[0]
@@ -904,6 +1004,8 @@ cdef int _fill_weights(Layer *L, object w, int hidden, str who) except -1:
         raise ValueError(f"{who}: weights of another hidden size than {hidden}")
     L.g.n_panels = L.g.g_cols // pw
     L.g.n_in = w.w_ih.shape[1]
+    L.g.k_ih = L.g.n_in
+    L.g.k_hr = hidden
     L.g.has_proj = w.w_hr_p.shape[1] > 0
     L.w.hh_stride = w.w_hh_p.shape[1]
     L.w.hr_stride = w.w_hr_p.shape[1]
@@ -918,6 +1020,42 @@ cdef int _fill_weights(Layer *L, object w, int hidden, str who) except -1:
     L.w.w_hr_p = (_data(w.w_hr_p, typenum, 2, num_dirs, -1, -1, "w_hr_p")
                   if L.g.has_proj else NULL)
     return typenum
+
+
+cdef int _fill_bf16_weights(Layer *L, object w, int hidden, str who) except -1:
+    """``_fill_weights`` for bfloat16 weights: float32 bias, the W_ih, W_hh and W_hr
+    panels in row pairs (uint32 words, ``_module.pack_panels_bf16``); no W_ih for BLAS."""
+    cdef int pw = FL_PANEL_BYTES // 4
+    cdef int num_dirs = w.w_hh_p.shape[0]
+    if cnp.PyArray_TYPE(<cnp.ndarray>w.bias) != cnp.NPY_FLOAT:
+        raise ValueError(f"{who}: bfloat16 weights need a float32 bias")
+    L.g.weight_type = WEIGHTS_BF16
+    L.g.num_dirs = num_dirs
+    L.g.hidden = hidden
+    L.g.g_cols = w.bias.shape[1]
+    if L.g.g_cols != bias_cols(hidden, pw):
+        raise ValueError(f"{who}: weights of another hidden size than {hidden}")
+    L.g.n_panels = L.g.g_cols // pw
+    L.g.n_in = w.n_in
+    L.g.out_size = w.out_size
+    L.g.has_proj = w.w_hr_p.shape[1] > 0
+    L.g.r_panels = (L.g.out_size + pw - 1) // pw
+    L.g.k_ih = (L.g.n_in + 1) // 2
+    L.g.k_hr = (hidden + 1) // 2
+    L.w.hh_stride = w.w_hh_p.shape[1]
+    L.w.hr_stride = w.w_hr_p.shape[1]
+    if (L.w.hh_stride != <Py_ssize_t>L.g.n_panels * ((L.g.out_size + 1) // 2) * pw
+            or (L.g.has_proj and L.w.hr_stride
+                != <Py_ssize_t>L.g.r_panels * L.g.k_hr * pw)):
+        raise ValueError(f"{who}: bfloat16 panels of other sizes than the layer's")
+    L.w.w_ih = NULL  # never BLAS: the schedule keeps bfloat16 projections on our kernels
+    L.w.w_ih_p = _data(w.w_ih_p, cnp.NPY_UINT32, 1,
+                       <Py_ssize_t>num_dirs * L.g.g_cols * L.g.k_ih, -1, -1, "w_ih_p")
+    L.w.w_hh_p = _data(w.w_hh_p, cnp.NPY_UINT32, 2, num_dirs, -1, -1, "w_hh_p")
+    L.w.bias = _data(w.bias, cnp.NPY_FLOAT, 2, num_dirs, -1, -1, "bias")
+    L.w.w_hr_p = (_data(w.w_hr_p, cnp.NPY_UINT32, 2, num_dirs, -1, -1, "w_hr_p")
+                  if L.g.has_proj else NULL)
+    return cnp.NPY_FLOAT
 
 
 cdef Py_ssize_t _max_chunk_rows(const Layer *L, int t_chunk) noexcept:
@@ -1101,6 +1239,9 @@ DEFAULT_TUNING = Tuning()
 
 
 cdef inline int _itemsize(const Geometry *g) noexcept nogil:
+    """Bytes of one stored weight."""
+    if g.weight_type == WEIGHTS_BF16:
+        return 2
     return 4 if g.weight_type == WEIGHTS_F32 else 8
 
 
@@ -1183,6 +1324,8 @@ cdef Sched _schedule(const Geometry *g, bint packed, int threads, const Tuning_t
         sc.n_chunks = 0
     sc.t_chunk = 1 if one_step else _time_chunk(g, tu)
     sc.blas_min_rows = tu.blas_min_rows if tu.blas_min_rows >= 0 else _BLAS_MIN_ROWS[level]
+    if g.weight_type == WEIGHTS_BF16:
+        sc.blas_min_rows = _NO_BLAS  # BLAS has no bfloat16 product
     sc.sync = tu.sync
     sc.backward_order = False
     sc.team_flags = tu.team_flags

@@ -34,17 +34,23 @@ def _as_float64(a):
     return np.array(a, dtype=np.float64, copy=True)
 
 
-def _run_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def _same(a):
+    return a
+
+
+def _run_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, operand=_same):
     """One direction of one layer.
 
     x: (L, N, I); h: (N, H_out); c: (N, H). Returns (out (L, N, H_out), h, c).
+    ``operand`` is applied to every activation that meets a weight in a product
+    (reduced-precision semantics, docs/precision.md).
     """
     seq_len = x.shape[0]
     hidden = w_hh.shape[0] // 4
     out = np.empty((seq_len, x.shape[1], h.shape[1]))
     steps = range(seq_len - 1, -1, -1) if reverse else range(seq_len)
     for t in steps:
-        gates = x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh  # (N, 4H)
+        gates = operand(x[t]) @ w_ih.T + b_ih + operand(h) @ w_hh.T + b_hh  # (N, 4H)
         i = _sigmoid(gates[:, 0 * hidden:1 * hidden])
         f = _sigmoid(gates[:, 1 * hidden:2 * hidden])
         g = np.tanh(gates[:, 2 * hidden:3 * hidden])
@@ -52,13 +58,13 @@ def _run_direction(x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
         c = f * c + i * g
         h = o * np.tanh(c)
         if w_hr is not None:
-            h = h @ w_hr.T
+            h = operand(h) @ w_hr.T
         out[t] = h
     return out, h, c
 
 
 def lstm_reference(params, input, hx=None, *, num_layers, bidirectional, proj_size,
-                   batch_first, hidden_size):
+                   batch_first, hidden_size, operand=_same):
     """Forward pass of ``torch.nn.LSTM`` in float64.
 
     Parameters
@@ -113,7 +119,8 @@ def lstm_reference(params, input, hx=None, *, num_layers, bidirectional, proj_si
             w_hr = _as_float64(params["weight_hr" + sfx]) if proj_size > 0 else None
             k = layer * dirs + d
             out, h_n[k], c_n[k] = _run_direction(
-                layer_input, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr, reverse=(d == 1))
+                layer_input, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr, reverse=(d == 1),
+                operand=operand)
             outputs.append(out)
         layer_input = np.concatenate(outputs, axis=2)  # (L, N, D*H_out)
 
@@ -125,7 +132,7 @@ def lstm_reference(params, input, hx=None, *, num_layers, bidirectional, proj_si
     return np.ascontiguousarray(output), (h_n, c_n)
 
 
-def reference_forward(module, input, hx=None):
+def reference_forward(module, input, hx=None, operand=_same):
     """``lstm_reference`` with the configuration and parameters of ``module``.
 
     ``module`` is a ``fastlstm.LSTM`` or a ``torch.nn.LSTM`` (anything with the
@@ -139,10 +146,11 @@ def reference_forward(module, input, hx=None):
         proj_size=module.proj_size,
         batch_first=bool(module.batch_first),
         hidden_size=module.hidden_size,
+        operand=operand,
     )
 
 
-def cell_reference(cell, x, hx=None):
+def cell_reference(cell, x, hx=None, operand=_same):
     """One ``LSTMCell`` step of the oracle, with the cell's parameters: ``(h, c)``."""
     params = {k + "_l0": v for k, v in cell.state_dict().items()}
     batched = x.ndim == 2
@@ -151,5 +159,6 @@ def cell_reference(cell, x, hx=None):
     if hx is not None:
         state = tuple(np.asarray(v)[None] for v in hx)
     _, (h, c) = lstm_reference(params, xs, state, num_layers=1, bidirectional=False,
-                               proj_size=0, batch_first=False, hidden_size=cell.hidden_size)
+                               proj_size=0, batch_first=False, hidden_size=cell.hidden_size,
+                               operand=operand)
     return h[0], c[0]

@@ -1,0 +1,532 @@
+/* Products with bfloat16 weights (docs/precision.md has the semantics).
+ *
+ * G (M x N) = beta*G + bf16(A) (M x K) @ B (K x N) with B in bfloat16, packed
+ * like the float32 panels (64 columns, 256 bytes a row of a panel) but by
+ * pairs of rows: row kk of panel p holds, for each of its 64 columns j, the
+ * 32-bit pair (B[2kk][j] in the low half, B[2kk+1][j] in the high half), K
+ * padded to even with a zero row.  A (float32) is rounded to bfloat16 (to
+ * nearest, ties to even; NaN stays NaN) as it is read, so every product is of
+ * two bfloat16 numbers, exact in float32, and the sums are float32: the
+ * semantics of VDPBF16PS and of AMX-BF16, which the levels that have them use
+ * (the levels differ only in the order the float32 sums are rounded).
+ *
+ * Levels: the float32 levels of kernels.h (portable, AVX2, AVX-512) widen the
+ * weights with shifts and use FMA; FL_BF16_DP (AVX512-BF16) uses VDPBF16PS,
+ * two products per lane per instruction.
+ */
+#ifndef FASTLSTM_BF16_H
+#define FASTLSTM_BF16_H
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kernels.h"
+
+/* Levels above FL_AVX512: AVX512-BF16 (VDPBF16PS), and AMX-BF16 tiles for blocks of
+ * 16 rows (with VDPBF16PS for the rest). */
+enum { FL_BF16_DP = 3, FL_BF16_AMX = 4 };
+
+#if FL_X86
+#define FL_TGT_amx __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma,amx-tile,amx-bf16")))
+#define FL_TGT_avx512bf16 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma")))
+#include <immintrin.h>
+#endif
+
+/* Integer vectors loaded at element alignment (the packed weights are NumPy's). */
+typedef int fl_i64b_u __attribute__((vector_size(64), aligned(4)));
+typedef int fl_i32b_u __attribute__((vector_size(32), aligned(4)));
+typedef int fl_i16b_u __attribute__((vector_size(16), aligned(4)));
+
+/* Whether this CPU has AVX512-BF16 (with the AVX-512 level's features). */
+static int fl_cpu_has_avx512bf16(void)
+{
+#if FL_X86
+    unsigned int eax, ebx, ecx, edx;
+    if (fl_cpu_level() < FL_AVX512)
+        return 0;
+    /* CPUID leaf 7 subleaf 1, EAX bit 5: AVX512_BF16. */
+    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(1));
+    (void)ebx; (void)ecx; (void)edx;
+    return (eax >> 5) & 1;
+#else
+    return 0;
+#endif
+}
+
+/* Whether this CPU and OS let the process use AMX-BF16 tiles: CPUID says AMX-TILE and
+ * AMX-BF16, the OS enabled the tile state (XCR0 bits 17 and 18), and Linux granted the
+ * process the tile data (arch_prctl ARCH_REQ_XCOMP_PERM, asked once here). */
+#if FL_X86 && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+static int fl_cpu_has_amx_bf16(void)
+{
+#if FL_X86 && defined(__linux__)
+    unsigned int eax, ebx, ecx, edx, xcr0_lo, xcr0_hi;
+    if (!fl_cpu_has_avx512bf16())
+        return 0;
+    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
+    if (!((edx >> 22) & 1) || !((edx >> 24) & 1))  /* AMX-BF16, AMX-TILE */
+        return 0;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    (void)xcr0_hi;
+    if (((xcr0_lo >> 17) & 3) != 3)
+        return 0;
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                   18 /* XFEATURE_XTILEDATA */) == 0;
+#else
+    return 0;
+#endif
+}
+
+/* float32 -> bfloat16 bits, to nearest with ties to even; a NaN stays a (quiet) NaN. */
+static inline uint32_t fl_bf16_bits(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (u >> 16) | 0x40u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+static inline float fl_bits_float(uint32_t u)
+{
+    float y;
+    memcpy(&y, &u, sizeof y);
+    return y;
+}
+
+/* A (M x K, row stride lda) rounded to bfloat16, by pairs of columns: word kk of row m
+ * holds A[m][2kk] in its low half and A[m][2kk+1] (0 past K) in its high half.  Done
+ * once per product, so that the inner loops only read the words.  NULL when out of
+ * memory (the caller then computes nothing and reports it). */
+static void fl_bf16_pairs_into(int M, int K, const float *A, ptrdiff_t lda, uint32_t *out,
+                               ptrdiff_t ldo)
+{
+    const int kp = (K + 1) / 2;
+    for (int m = 0; m < M; m++)
+        for (int kk = 0; kk < kp; kk++) {
+            const uint32_t lo = fl_bf16_bits(A[m * lda + 2 * kk]);
+            const uint32_t hi = 2 * kk + 1 < K ? fl_bf16_bits(A[m * lda + 2 * kk + 1]) : 0u;
+            out[(ptrdiff_t)m * ldo + kk] = lo | hi << 16;
+        }
+}
+
+static uint32_t *fl_bf16_pairs(int M, int K, const float *A, ptrdiff_t lda)
+{
+    const int kp = (K + 1) / 2;
+    uint32_t *out = (uint32_t *)malloc((size_t)(M > 0 ? M : 1) * (kp > 0 ? kp : 1) * 4);
+    if (out != NULL)
+        fl_bf16_pairs_into(M, K, A, lda, out, kp);
+    return out;
+}
+
+/* One register block: R rows by NV vectors of one panel's columns; Ap holds the
+ * rows' bfloat16 pairs (fl_bf16_pairs, row stride ldp words). */
+#define FL_DEFINE_BF_BLOCK(V, VU, IV, IVU, NAME, R, NV, TGT)                        \
+TGT static __attribute__((noinline)) void NAME(int beta, int K, const uint32_t *Ap,  \
+        ptrdiff_t ldp, const uint32_t *B, float *G, ptrdiff_t ldg)                  \
+{                                                                                   \
+    enum { W = (int)(sizeof(V) / sizeof(float)) };                                  \
+    const IV hi = (IV){0} + (int)0xffff0000u;                                       \
+    V acc[R][NV];                                                                   \
+    for (int r = 0; r < R; r++)                                                     \
+        for (int v = 0; v < NV; v++)                                                \
+            acc[r][v] = beta ? *(const VU *)(G + r * ldg + v * W) : (V){0};         \
+    for (int k = 0; k < K; k += 2) {                                                \
+        const uint32_t *bk = B + (ptrdiff_t)(k / 2) * 64;                           \
+        V be[NV], bo[NV];                                                           \
+        for (int v = 0; v < NV; v++) {                                              \
+            const IV l = *(const IVU *)(bk + v * W);                                \
+            be[v] = (V)(l << 16);                                                   \
+            bo[v] = (V)(l & hi);                                                    \
+        }                                                                           \
+        for (int r = 0; r < R; r++) {                                               \
+            const uint32_t w = Ap[r * ldp + k / 2];                                 \
+            const float a0 = fl_bits_float(w << 16);                                \
+            const float a1 = fl_bits_float(w & 0xffff0000u);                        \
+            for (int v = 0; v < NV; v++)                                            \
+                acc[r][v] += a0 * be[v] + a1 * bo[v];                               \
+        }                                                                           \
+    }                                                                               \
+    for (int r = 0; r < R; r++)                                                     \
+        for (int v = 0; v < NV; v++)                                                \
+            *(VU *)(G + r * ldg + v * W) = acc[r][v];                               \
+}
+
+/* G = beta*G + bf16(A) @ B for one level: rows in blocks of RB, panels of 64
+ * columns (a partial last panel through a buffer). */
+#define FL_DEFINE_BF_LEVEL(ISA, V, VU, IV, IVU, RB, NVB)                            \
+FL_DEFINE_BF_BLOCK(V, VU, IV, IVU, fl_bfblk_##ISA, RB, NVB, FL_TGT_##ISA)           \
+FL_DEFINE_BF_BLOCK(V, VU, IV, IVU, fl_bfblk1_##ISA, 1, NVB, FL_TGT_##ISA)           \
+FL_TGT_##ISA static void fl_matmul_bf_##ISA(int beta, int M, int N, int K,          \
+        const uint32_t *A, ptrdiff_t lda, const uint32_t *BP, float *G, ptrdiff_t ldg) \
+{                                                                                   \
+    enum { W = (int)(sizeof(V) / sizeof(float)) };                                  \
+    const int kp = (K + 1) / 2, n_panels = (N + 63) / 64;                           \
+    float tmp[RB * 64];                                                             \
+    for (int p = 0; p < n_panels; p++) {                                            \
+        const uint32_t *P = BP + (ptrdiff_t)p * kp * 64;                            \
+        const int width = N - p * 64 < 64 ? N - p * 64 : 64;                       \
+        for (int m = 0; m < M; ) {                                                  \
+            const int R = M - m >= RB ? RB : 1;                                     \
+            const uint32_t *a = A + m * lda;                                        \
+            float *g = G + m * ldg + p * 64;                                        \
+            float *dst = width == 64 ? g : tmp;                                     \
+            const ptrdiff_t ld = width == 64 ? ldg : 64;                            \
+            if (width < 64)                                                         \
+                for (int r = 0; r < R; r++)                                         \
+                    for (int j = 0; j < 64; j++)                                    \
+                        tmp[r * 64 + j] = (beta && j < width) ? g[r * ldg + j] : 0.0f; \
+            for (int j = 0; j < 64; j += NVB * W) {                                 \
+                if (R == RB)                                                        \
+                    fl_bfblk_##ISA(beta || width < 64, K, a, lda, P + j, dst + j, ld); \
+                else                                                                \
+                    fl_bfblk1_##ISA(beta || width < 64, K, a, lda, P + j, dst + j, ld); \
+            }                                                                       \
+            if (width < 64)                                                         \
+                for (int r = 0; r < R; r++)                                         \
+                    for (int j = 0; j < width; j++)                                 \
+                        g[r * ldg + j] = tmp[r * 64 + j];                           \
+            m += R;                                                                 \
+        }                                                                           \
+    }                                                                               \
+}
+
+FL_DEFINE_BF_LEVEL(avx512, fl_f64b, fl_f64b_u, fl_i64b, fl_i64b_u, 4, 4)
+FL_DEFINE_BF_LEVEL(avx2, fl_f32b, fl_f32b_u, fl_i32b, fl_i32b_u, 4, 2)
+FL_DEFINE_BF_LEVEL(portable, fl_f16b, fl_f16b_u, fl_i16b, fl_i16b_u, 4, 2)
+
+#if FL_X86
+/* AVX512-BF16: VDPBF16PS adds both products of a pair to each float32 lane. */
+FL_TGT_avx512bf16 static __attribute__((noinline)) void fl_bfdp_block(int R, int beta, int K,
+        const uint32_t *A, ptrdiff_t lda, const uint32_t *B, float *G, ptrdiff_t ldg)
+{
+    __m512 acc[4][4];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < 4; v++)
+            acc[r][v] = beta ? _mm512_loadu_ps(G + r * ldg + v * 16) : _mm512_setzero_ps();
+    for (int k = 0; k < K; k += 2) {
+        const uint32_t *bk = B + (ptrdiff_t)(k / 2) * 64;
+        const __m512i b0 = _mm512_loadu_si512(bk), b1 = _mm512_loadu_si512(bk + 16);
+        const __m512i b2 = _mm512_loadu_si512(bk + 32), b3 = _mm512_loadu_si512(bk + 48);
+        for (int r = 0; r < R; r++) {
+            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)A[r * lda + k / 2]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, (__m512bh)b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, (__m512bh)b1);
+            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], a, (__m512bh)b2);
+            acc[r][3] = _mm512_dpbf16_ps(acc[r][3], a, (__m512bh)b3);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < 4; v++)
+            _mm512_storeu_ps(G + r * ldg + v * 16, acc[r][v]);
+}
+
+FL_TGT_avx512bf16 static void fl_matmul_bf_avx512bf16(int beta, int M, int N, int K,
+        const uint32_t *A, ptrdiff_t lda, const uint32_t *BP, float *G, ptrdiff_t ldg)
+{
+    const int kp = (K + 1) / 2, n_panels = (N + 63) / 64;
+    float tmp[4 * 64];
+    for (int p = 0; p < n_panels; p++) {
+        const uint32_t *P = BP + (ptrdiff_t)p * kp * 64;
+        const int width = N - p * 64 < 64 ? N - p * 64 : 64;
+        for (int m = 0; m < M; ) {
+            const int R = M - m >= 4 ? 4 : M - m;
+            float *g = G + m * ldg + p * 64;
+            if (width == 64) {
+                fl_bfdp_block(R, beta, K, A + m * lda, lda, P, g, ldg);
+            } else {
+                for (int r = 0; r < R; r++)
+                    for (int j = 0; j < 64; j++)
+                        tmp[r * 64 + j] = (beta && j < width) ? g[r * ldg + j] : 0.0f;
+                fl_bfdp_block(R, 1, K, A + m * lda, lda, P, tmp, 64);
+                for (int r = 0; r < R; r++)
+                    for (int j = 0; j < width; j++)
+                        g[r * ldg + j] = tmp[r * 64 + j];
+            }
+            m += R;
+        }
+    }
+}
+
+/* AMX-BF16: 16 rows by one panel (4 tiles of 16 x 16 float32) per pass, the panel's
+ * row pairs read straight from the packed layout (256-byte stride) and the rows' pairs
+ * from the rounded activations; pairs past a multiple of 16 go to VDPBF16PS. */
+typedef struct {
+    unsigned char palette, start_row, reserved[14];
+    unsigned short colsb[16];
+    unsigned char rows[16];
+} fl_tilecfg;
+
+FL_TGT_amx static void fl_amx_begin(void)
+{
+    fl_tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 6; t++) {  /* 0-3: G, 4: the rows' pairs, 5: the panel's */
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+FL_TGT_amx static void fl_amx_end(void) { _tile_release(); }
+
+/* G (16 rows, one panel) += A pairs (16 rows, lda words) @ panel P: the tile part. */
+FL_TGT_amx static void fl_amx_rows16(int kp16, const uint32_t *A, ptrdiff_t lda,
+                                     const uint32_t *P, float *G, ptrdiff_t ldg)
+{
+    _tile_loadd(0, G, ldg * 4);
+    _tile_loadd(1, G + 16, ldg * 4);
+    _tile_loadd(2, G + 32, ldg * 4);
+    _tile_loadd(3, G + 48, ldg * 4);
+    for (int kk = 0; kk < kp16; kk += 16) {
+        const uint32_t *pk = P + (ptrdiff_t)kk * 64;
+        _tile_loadd(4, A + kk, lda * 4);
+        _tile_loadd(5, pk, 256);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_loadd(5, pk + 16, 256);
+        _tile_dpbf16ps(1, 4, 5);
+        _tile_loadd(5, pk + 32, 256);
+        _tile_dpbf16ps(2, 4, 5);
+        _tile_loadd(5, pk + 48, 256);
+        _tile_dpbf16ps(3, 4, 5);
+    }
+    _tile_stored(0, G, ldg * 4);
+    _tile_stored(1, G + 16, ldg * 4);
+    _tile_stored(2, G + 32, ldg * 4);
+    _tile_stored(3, G + 48, ldg * 4);
+}
+
+/* R rows (R <= 16, any) by one whole panel, accumulating into G. */
+FL_TGT_amx static void fl_bf_rows_amx(int R, int K, const uint32_t *A, ptrdiff_t lda,
+                                      const uint32_t *P, float *G, ptrdiff_t ldg)
+{
+    const int kp = (K + 1) / 2, kp16 = R == 16 ? kp - kp % 16 : 0;
+    if (kp16 > 0)
+        fl_amx_rows16(kp16, A, lda, P, G, ldg);
+    if (kp16 < kp)
+        for (int r = 0; r < R; r += 4)
+            fl_bfdp_block(R - r < 4 ? R - r : 4, 1, 2 * (kp - kp16), A + r * lda + kp16, lda,
+                          P + (ptrdiff_t)kp16 * 64, G + r * ldg, ldg);
+}
+
+FL_TGT_amx static void fl_matmul_bf_amx(int beta, int M, int N, int K, const uint32_t *A,
+                                        ptrdiff_t lda, const uint32_t *BP, float *G,
+                                        ptrdiff_t ldg)
+{
+    const int kp = (K + 1) / 2, full = N / 64;
+    if (!beta)
+        for (int m = 0; m < M; m++)
+            memset(G + m * ldg, 0, (size_t)full * 64 * sizeof(float));
+    fl_amx_begin();
+    for (int p = 0; p < full; p++)
+        for (int m = 0; m < M; m += 16)
+            fl_bf_rows_amx(M - m < 16 ? M - m : 16, K, A + m * lda, lda,
+                           BP + (ptrdiff_t)p * kp * 64, G + m * ldg + p * 64, ldg);
+    fl_amx_end();
+    if (full * 64 < N)  /* a partial last panel: VDPBF16PS, through its buffer */
+        fl_matmul_bf_avx512bf16(beta, M, N - full * 64, K, A, lda,
+                                BP + (ptrdiff_t)full * kp * 64, G + full * 64, ldg);
+}
+#endif
+
+/* One timestep with bfloat16 W_hh (see fl_lstm_step_* in kernels.h): for the
+ * panels [p_lo, p_hi), G += bf16(A) @ W_hh^T, then the float32 gate math. */
+#define FL_DEFINE_BF_STEP(ISA, GATES_ISA)                                  \
+FL_TGT_##ISA static void fl_lstm_step_bf_##ISA(int M, int K, int H, const uint32_t *A, \
+        ptrdiff_t lda, const uint32_t *BP, float *G, ptrdiff_t ldg, const float *bias, \
+        float *C, ptrdiff_t ldc, float *Hout, ptrdiff_t ldh, int p_lo, int p_hi,    \
+        int reverse)                                                                \
+{                                                                                   \
+    enum { U = 16 };                                                                \
+    const int kp = (K + 1) / 2;                                                     \
+    for (int i = p_lo; i < p_hi; i++) {                                             \
+        const int p = reverse ? p_hi - 1 - (i - p_lo) : i;                          \
+        const uint32_t *P = BP + (ptrdiff_t)p * kp * 64;                            \
+        const int n = H - p * U < U ? H - p * U : U;                                \
+        if (K > 0)                                                                  \
+            for (int m = 0; m < M; ) {                                              \
+                const int R = M - m >= 4 ? 4 : 1;                                   \
+                fl_bf_rows_##ISA(R, K, A + m * lda, lda, P, G + m * ldg + p * 64, ldg); \
+                m += R;                                                             \
+            }                                                                       \
+        for (int m = 0; m < M; m++) {                                               \
+            const float *g = G + m * ldg + p * 64, *b = bias + p * 64;              \
+            if (n == U)                                                             \
+                fl_gates_f_##GATES_ISA(g, b, C + m * ldc + p * U, Hout + m * ldh + p * U); \
+            else                                                                    \
+                fl_gates_part_f_##GATES_ISA(g, b, C + m * ldc + p * U,              \
+                                            Hout + m * ldh + p * U, n);             \
+        }                                                                           \
+    }                                                                               \
+}
+
+/* R (4 or 1) rows by one whole panel, accumulating into G. */
+#define FL_DEFINE_BF_ROWS(ISA, V, NVB)                                              \
+FL_TGT_##ISA static void fl_bf_rows_##ISA(int R, int K, const uint32_t *A,        \
+        ptrdiff_t lda, const uint32_t *P, float *G, ptrdiff_t ldg)                  \
+{                                                                                   \
+    enum { W = (int)(sizeof(V) / sizeof(float)) };                                  \
+    for (int j = 0; j < 64; j += NVB * W) {                                         \
+        if (R == 4)                                                                 \
+            fl_bfblk_##ISA(1, K, A, lda, P + j, G + j, ldg);                        \
+        else                                                                        \
+            fl_bfblk1_##ISA(1, K, A, lda, P + j, G + j, ldg);                       \
+    }                                                                               \
+}
+
+FL_DEFINE_BF_ROWS(avx512, fl_f64b, 4)
+FL_DEFINE_BF_ROWS(avx2, fl_f32b, 2)
+FL_DEFINE_BF_ROWS(portable, fl_f16b, 2)
+FL_DEFINE_BF_STEP(avx512, avx512)
+FL_DEFINE_BF_STEP(avx2, avx2)
+FL_DEFINE_BF_STEP(portable, portable)
+
+#if FL_X86
+FL_TGT_avx512bf16 static void fl_bf_rows_avx512bf16(int R, int K, const uint32_t *A,
+        ptrdiff_t lda, const uint32_t *P, float *G, ptrdiff_t ldg)
+{
+    fl_bfdp_block(R, 1, K, A, lda, P, G, ldg);
+}
+FL_DEFINE_BF_STEP(avx512bf16, avx512)
+
+/* The AMX step: 16 rows at a time through the tiles. */
+FL_TGT_amx static void fl_lstm_step_bf_amx(int M, int K, int H, const uint32_t *A,
+        ptrdiff_t lda, const uint32_t *BP, float *G, ptrdiff_t ldg, const float *bias,
+        float *C, ptrdiff_t ldc, float *Hout, ptrdiff_t ldh, int p_lo, int p_hi, int reverse)
+{
+    enum { U = 16 };
+    const int kp = (K + 1) / 2;
+    fl_amx_begin();
+    for (int i = p_lo; i < p_hi; i++) {
+        const int p = reverse ? p_hi - 1 - (i - p_lo) : i;
+        const uint32_t *P = BP + (ptrdiff_t)p * kp * 64;
+        const int n = H - p * U < U ? H - p * U : U;
+        if (K > 0)
+            for (int m = 0; m < M; m += 16)
+                fl_bf_rows_amx(M - m < 16 ? M - m : 16, K, A + m * lda, lda, P,
+                               G + m * ldg + p * 64, ldg);
+        for (int m = 0; m < M; m++) {
+            const float *g = G + m * ldg + p * 64, *b = bias + p * 64;
+            if (n == U)
+                fl_gates_f_avx512(g, b, C + m * ldc + p * U, Hout + m * ldh + p * U);
+            else
+                fl_gates_part_f_avx512(g, b, C + m * ldc + p * U, Hout + m * ldh + p * U, n);
+        }
+    }
+    fl_amx_end();
+}
+#endif
+
+/* Out of memory for the rounded activations (a few KiB to MiB): the same product,
+ * one row and at most FL_BF_SLICE pairs of columns at a time through the stack. */
+#define FL_BF_SLICE 512
+#define FL_BF_ROWS_BY_LEVEL(level, R, K, A, lda, P, G, ldg)                         \
+    do {                                                                            \
+        if (FL_X86 && (level) >= FL_BF16_DP) FL_BF_DP_ROWS(R, K, A, lda, P, G, ldg);  \
+        else if ((level) >= FL_AVX512) fl_bf_rows_avx512(R, K, A, lda, P, G, ldg);   \
+        else if ((level) == FL_AVX2) fl_bf_rows_avx2(R, K, A, lda, P, G, ldg);       \
+        else fl_bf_rows_portable(R, K, A, lda, P, G, ldg);                          \
+    } while (0)
+#if FL_X86
+#define FL_BF_DP_ROWS(R, K, A, lda, P, G, ldg) fl_bf_rows_avx512bf16(R, K, A, lda, P, G, ldg)
+#else
+#define FL_BF_DP_ROWS(R, K, A, lda, P, G, ldg) fl_bf_rows_portable(R, K, A, lda, P, G, ldg)
+#endif
+
+/* G (one row, panel p's 64 columns) += bf16(a) @ panel, through slices on the stack. */
+static void fl_bf_row_sliced(int level, int K, const float *a, const uint32_t *P, float *g)
+{
+    uint32_t buf[FL_BF_SLICE];
+    for (int k0 = 0; k0 < K; k0 += 2 * FL_BF_SLICE) {
+        const int kb = K - k0 < 2 * FL_BF_SLICE ? K - k0 : 2 * FL_BF_SLICE;
+        fl_bf16_pairs_into(1, kb, a + k0, 0, buf, FL_BF_SLICE);
+        FL_BF_ROWS_BY_LEVEL(level, 1, kb, buf, FL_BF_SLICE, P + (ptrdiff_t)(k0 / 2) * 64, g, 0);
+    }
+}
+
+static void fl_lstm_step_bf(int level, int M, int K, int H, const float *Af, ptrdiff_t ldaf,
+        const uint32_t *BP, float *G, ptrdiff_t ldg, const float *bias, float *C,
+        ptrdiff_t ldc, float *Hout, ptrdiff_t ldh, int p_lo, int p_hi, int reverse)
+{
+    const ptrdiff_t lda = (K + 1) / 2;
+    uint32_t *A = K > 0 ? fl_bf16_pairs(M, K, Af, ldaf) : NULL;
+    if (K > 0 && A == NULL) {
+        const int kp = (K + 1) / 2;
+        for (int i = p_lo; i < p_hi; i++) {
+            const int p = reverse ? p_hi - 1 - (i - p_lo) : i;
+            for (int m = 0; m < M; m++)
+                fl_bf_row_sliced(level, K, Af + m * ldaf, BP + (ptrdiff_t)p * kp * 64,
+                                 G + m * ldg + p * 64);
+            /* The products are in: the gate math alone (K = 0) finishes the panel. */
+            fl_lstm_step_bf(level, M, 0, H, Af, ldaf, BP, G, ldg, bias, C, ldc, Hout, ldh,
+                            p, p + 1, 0);
+        }
+        return;
+    }
+#if FL_X86
+    if (level == FL_BF16_AMX && M >= 16)
+        fl_lstm_step_bf_amx(M, K, H, A, lda, BP, G, ldg, bias, C, ldc, Hout, ldh, p_lo, p_hi,
+                            reverse);
+    else if (level >= FL_BF16_DP)
+        fl_lstm_step_bf_avx512bf16(M, K, H, A, lda, BP, G, ldg, bias, C, ldc, Hout, ldh,
+                                   p_lo, p_hi, reverse);
+    else
+#endif
+    if (level >= FL_AVX512)
+        fl_lstm_step_bf_avx512(M, K, H, A, lda, BP, G, ldg, bias, C, ldc, Hout, ldh, p_lo,
+                               p_hi, reverse);
+    else if (level == FL_AVX2)
+        fl_lstm_step_bf_avx2(M, K, H, A, lda, BP, G, ldg, bias, C, ldc, Hout, ldh, p_lo,
+                             p_hi, reverse);
+    else
+        fl_lstm_step_bf_portable(M, K, H, A, lda, BP, G, ldg, bias, C, ldc, Hout, ldh, p_lo,
+                                 p_hi, reverse);
+    free(A);
+}
+
+/* fl_matmul_bf without the heap: one row and slice at a time (out of memory). */
+static void fl_matmul_bf_sliced(int level, int beta, int M, int N, int K, const float *Af,
+                                ptrdiff_t ldaf, const uint32_t *BP, float *G, ptrdiff_t ldg)
+{
+    const int kp = (K + 1) / 2, n_panels = (N + 63) / 64;
+    float tmp[64];
+    for (int m = 0; m < M; m++)
+        for (int p = 0; p < n_panels; p++) {
+            const int width = N - p * 64 < 64 ? N - p * 64 : 64;
+            float *g = G + m * ldg + p * 64;
+            for (int j = 0; j < 64; j++)
+                tmp[j] = (beta && j < width) ? g[j] : 0.0f;
+            fl_bf_row_sliced(level, K, Af + m * ldaf, BP + (ptrdiff_t)p * kp * 64, tmp);
+            for (int j = 0; j < width; j++)
+                g[j] = tmp[j];
+        }
+}
+
+static void fl_matmul_bf(int level, int beta, int M, int N, int K, const float *Af,
+                         ptrdiff_t ldaf, const uint32_t *BP, float *G, ptrdiff_t ldg)
+{
+    const ptrdiff_t lda = (K + 1) / 2;
+    uint32_t *A = fl_bf16_pairs(M, K, Af, ldaf);
+    if (A == NULL) {
+        fl_matmul_bf_sliced(level, beta, M, N, K, Af, ldaf, BP, G, ldg);
+        return;
+    }
+#if FL_X86
+    if (level == FL_BF16_AMX && M >= 16)
+        fl_matmul_bf_amx(beta, M, N, K, A, lda, BP, G, ldg);
+    else if (level >= FL_BF16_DP)
+        fl_matmul_bf_avx512bf16(beta, M, N, K, A, lda, BP, G, ldg);
+    else
+#endif
+    if (level >= FL_AVX512)
+        fl_matmul_bf_avx512(beta, M, N, K, A, lda, BP, G, ldg);
+    else if (level == FL_AVX2)
+        fl_matmul_bf_avx2(beta, M, N, K, A, lda, BP, G, ldg);
+    else
+        fl_matmul_bf_portable(beta, M, N, K, A, lda, BP, G, ldg);
+    free(A);
+}
+#endif

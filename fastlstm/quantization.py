@@ -1,0 +1,91 @@
+"""``fastlstm.quantize``: a module whose weights the kernels store in reduced precision.
+
+The semantics are written down in docs/precision.md.  bfloat16: each weight is rounded
+to the nearest bfloat16 (ties to even) once, when stored; each activation that meets a
+weight in a product (the input x, the previous h, the cell output before a projection)
+is rounded the same way as the product reads it; every product of two bfloat16 numbers
+is exact in float32, and the sums, the bias, the gates and the cell state are float32.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, TypeVar
+
+import numpy as np
+
+from fastlstm.cell import LSTMCell
+from fastlstm.lstm import LSTM
+
+__all__ = ["quantize"]
+
+_M = TypeVar("_M", LSTM, LSTMCell)
+
+#: The storage types ``quantize`` makes, by the names it accepts.
+_NAMES = {"bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def _weight_dtype_name(dtype: Any) -> str:
+    name = dtype if isinstance(dtype, str) else str(dtype)
+    name = name.replace("torch.", "")
+    if name in _NAMES:
+        return _NAMES[name]
+    if name in ("int8", "qint8"):
+        raise NotImplementedError("quantize: int8 weights are not implemented yet; "
+                                  "bfloat16 is")
+    raise ValueError(f"quantize: dtype must be 'bfloat16', got {dtype!r}")
+
+
+def quantize(module: _M, dtype: Any, *, per_channel: bool = True) -> _M:
+    """Return a copy of ``module`` whose weights are stored in ``dtype``.
+
+    Parameters
+    ----------
+    module : fastlstm.LSTM or fastlstm.LSTMCell
+        A float32 module; it is left as it was.
+    dtype : "bfloat16"
+        The storage type of the weights (``"bf16"`` and ``torch.bfloat16`` also
+        name it).  Inputs, outputs and states stay float32.
+    per_channel : bool, default=True
+        For int8 weights (one scale per output row, else per tensor); bfloat16
+        has no scales, so it is ignored there.
+
+    Returns
+    -------
+    LSTM or LSTMCell
+        A new module of the same class, with ``weight_dtype == "bfloat16"``; its
+        parameters hold the rounded weights (what it computes with).
+
+    Raises
+    ------
+    TypeError
+        If ``module`` is not a fastlstm ``LSTM`` or ``LSTMCell``.
+    ValueError
+        If ``dtype`` names no supported storage type, or the module is not float32.
+    NotImplementedError
+        For ``"int8"``, not implemented yet.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastlstm
+    >>> rnn = fastlstm.LSTM(16, 32, rng=0)
+    >>> small = fastlstm.quantize(rnn, "bfloat16")
+    >>> small.weight_dtype, rnn.weight_dtype
+    ('bfloat16', 'float32')
+    >>> x = np.ones((5, 1, 16), dtype=np.float32)
+    >>> bool(np.abs(small(x)[0] - rnn(x)[0]).max() < 1e-2)
+    True
+    """
+    if not isinstance(module, (LSTM, LSTMCell)):
+        raise TypeError(f"quantize expects a fastlstm.LSTM or fastlstm.LSTMCell, got "
+                        f"{type(module).__name__}")
+    weight_dtype = _weight_dtype_name(dtype)
+    if not isinstance(per_channel, bool):
+        raise TypeError(f"quantize: per_channel must be a bool, got {type(per_channel).__name__}")
+    if module.dtype != np.float32:
+        raise ValueError(f"quantize: {weight_dtype} weights need a float32 module, got "
+                         f"{module.dtype}")
+    new = copy.deepcopy(module)
+    new._set_weight_dtype(weight_dtype)
+    return new

@@ -1,0 +1,116 @@
+"""The bfloat16-weight products (``bf16.h``) against the NumPy oracle, at every level the
+CPU has (the portable one always; AVX512-BF16 where the CPU has it), and the rounding
+against torch's."""
+
+import numpy as np
+import pytest
+
+from fastlstm._ext import kernels
+from fastlstm._module import bf16_bits, pack_panels_bf16
+from tests._helpers import TORCH
+from tests._helpers.precision import bf16, bf16_matmul, bf16_matmul_bound
+
+ALL_LEVELS = ("portable", "avx2", "avx512", "avx512-bf16", "amx-bf16")
+
+
+def _level(name):
+    if name not in kernels.bf16_levels():
+        pytest.skip(f"this CPU lacks the {name} level (has {kernels.bf16_levels()})")
+    return name
+
+
+def _as_float(bits):
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
+
+
+def test_rounding_matches_the_oracle():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(20000).astype(np.float32) * 10.0 ** rng.integers(
+        -30, 30, 20000), np.float32([0.0, -0.0, 1.0, 1.00390625, 1.01171875, 3.4e38, -3.4e38,
+                                     np.inf, -np.inf])])
+    # Ties: 1 + 2**-8 (halfway between 1 and 1 + 2**-7) goes to even (1), 1 + 3 * 2**-8 up.
+    assert bf16(np.float32([1.00390625, 1.01171875])).tolist() == [1.0, 1.015625]
+    got = _as_float(bf16_bits(x))
+    np.testing.assert_array_equal(got, bf16(x))
+    nan = bf16_bits(np.float32([np.nan, -np.nan]))
+    assert np.isnan(_as_float(nan)).all()
+
+
+@pytest.mark.skipif(TORCH is None, reason="needs torch (installed in CI)")
+def test_rounding_matches_torch():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(50000).astype(np.float32) * 10.0 ** rng.integers(-20, 20, 50000)
+    want = TORCH.from_numpy(x).to(TORCH.bfloat16).view(TORCH.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(bf16_bits(x), want)
+
+
+def test_panel_layout():
+    w = np.arange(3 * 5, dtype=np.float32).reshape(3, 5)  # N = 3, K = 5: pairs (0,1) (2,3) (4,-)
+    packed = pack_panels_bf16(w)
+    assert packed.dtype == np.uint32 and packed.shape == (1 * 3 * 64,)
+    words = packed.reshape(3, 64)
+    lo, hi = _as_float((words & 0xFFFF).astype(np.uint16)), _as_float(
+        (words >> 16).astype(np.uint16))
+    np.testing.assert_array_equal(lo[:, :3], w.T[0::2])
+    np.testing.assert_array_equal(hi[:2, :3], w.T[1::2])
+    assert not hi[2].any() and not lo[:, 3:].any() and not hi[:, 3:].any()
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (1, 64, 2), (3, 65, 7), (4, 128, 64),
+                                     (5, 200, 257), (9, 63, 130), (16, 256, 256),
+                                     (2, 70, 2100),  # K past one slice of the sliced path
+                                     # AMX: 16-row blocks and the rows, pairs and columns
+                                     # past them
+                                     (33, 200, 70), (48, 128, 512), (16, 64, 32)])
+def test_product_matches_the_oracle(level, m, n, k):
+    _level(level)
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    g0 = rng.standard_normal((m, n)).astype(np.float32)
+    bound = bf16_matmul_bound(a, w, k)
+    for beta in (False, True):
+        for sliced in (False, True):  # sliced: the path without heap memory
+            g = g0.copy()
+            kernels._matmul_bf16_for_tests(a, pack_panels_bf16(w), g, beta, level, sliced)
+            want = bf16_matmul(a, w) + (g0 if beta else 0)
+            err = np.abs(g - want)
+            assert (err <= bound + (np.abs(g0) * 1e-7 if beta else 0)).all(), (
+                level, beta, sliced, err.max())
+
+
+def test_levels_agree_within_float32_summation():
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((7, 300)).astype(np.float32)
+    w = rng.standard_normal((130, 300)).astype(np.float32)
+    bp = pack_panels_bf16(w)
+    results = {}
+    for level in kernels.bf16_levels():
+        g = np.zeros((7, 130), np.float32)
+        kernels._matmul_bf16_for_tests(a, bp, g, False, level)
+        results[level] = g
+    bound = bf16_matmul_bound(a, w, 300)
+    for level, g in results.items():
+        assert (np.abs(g - results["portable"]) <= 2 * bound).all(), level
+
+
+def test_nan_and_infinity_propagate():
+    a = np.ones((2, 4), np.float32)
+    a[0, 1] = np.nan
+    a[1, 2] = np.inf
+    w = np.ones((3, 4), np.float32)
+    for level in kernels.bf16_levels():
+        g = np.zeros((2, 3), np.float32)
+        kernels._matmul_bf16_for_tests(a, pack_panels_bf16(w), g, False, level)
+        assert np.isnan(g[0]).all() and np.isposinf(g[1]).all(), level
+
+
+def test_a_level_the_cpu_lacks_is_refused():
+    missing = [lv for lv in ALL_LEVELS if lv not in kernels.bf16_levels()]
+    if not missing:
+        pytest.skip("this CPU has every level")
+    with pytest.raises(ValueError, match="cannot run"):
+        kernels._matmul_bf16_for_tests(np.ones((1, 2), np.float32),
+                                       pack_panels_bf16(np.ones((1, 2), np.float32)),
+                                       np.zeros((1, 1), np.float32), False, missing[-1])

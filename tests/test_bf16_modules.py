@@ -1,0 +1,185 @@
+"""Modules with bfloat16 weights (``fastlstm.quantize``) against the NumPy oracle that
+rounds the weights and every activation meeting them to bfloat16 (docs/precision.md), at
+every bfloat16 level the CPU has, on 1 and 2 threads, in every input form."""
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm._ext import kernels
+from fastlstm.rnn import pack_sequence
+from tests._helpers import TORCH
+from tests._helpers.precision import bf16
+from tests._helpers.reference import cell_reference, reference_forward
+
+
+@pytest.fixture(autouse=True)
+def _restore():
+    yield
+    kernels.set_bf16_level(None)
+    fastlstm.set_num_threads(None)
+
+
+def _agrees(got, want, what):
+    """float32 sums, and now and then a bfloat16 rounding of h that falls the other way
+    than in the float64 oracle (one bfloat16 ulp, 2**-8 of the value, which the later
+    steps carry on): the median error within 1e-6, none past 5e-3.  Rounding the weights
+    but not the activations puts the median near 1e-4 (checked below)."""
+    err = np.abs(np.asarray(got, np.float64) - want)
+    assert err.max() <= 5e-3, (what, float(err.max()))
+    assert np.median(err) <= 1e-6, (what, float(np.median(err)))
+
+
+def test_the_check_tells_the_semantics_apart():
+    rng = np.random.default_rng(1)
+    module = fastlstm.quantize(fastlstm.LSTM(13, 24, rng=1), "bfloat16")
+    x = rng.standard_normal((7, 5, 13)).astype(np.float32)
+    out, _ = module(x)
+    _agrees(out, reference_forward(module, x, operand=bf16)[0], "rounded activations")
+    with pytest.raises(AssertionError):
+        _agrees(out, reference_forward(module, x)[0], "float32 activations")
+
+
+CONFIGS = [dict(), dict(bidirectional=True), dict(proj_size=7),
+           dict(num_layers=2, bidirectional=True, proj_size=5), dict(batch_first=True)]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items())
+                         or "plain")
+def test_forward_matches_the_oracle(cfg):
+    rng = np.random.default_rng(0)
+    module = fastlstm.quantize(fastlstm.LSTM(13, 24, rng=1, **cfg), "bfloat16")
+    d = module.num_layers * (2 if module.bidirectional else 1)
+    for batch, steps in ((1, 9), (5, 7), (40, 6)):
+        shape = (batch, steps, 13) if module.batch_first else (steps, batch, 13)
+        x = rng.standard_normal(shape).astype(np.float32)
+        hx = (rng.standard_normal((d, batch, module.proj_size or 24)).astype(np.float32) * 0.5,
+              rng.standard_normal((d, batch, 24)).astype(np.float32) * 0.5)
+        for state in (None, hx):
+            ref, (rh, rc) = reference_forward(module, x, state, operand=bf16)
+            for level in kernels.bf16_levels():
+                kernels.set_bf16_level(level)
+                for threads in (1, 2):
+                    fastlstm.set_num_threads(threads)
+                    out, (h, c) = module(x, state)
+                    assert out.dtype == h.dtype == c.dtype == np.float32
+                    what = f"N={batch} L={steps} {level} threads={threads} hx={state is not None}"
+                    for got, want in ((out, ref), (h, rh), (c, rc)):
+                        _agrees(got, want, what)
+
+
+def test_one_step_calls_cells_streams_and_packed_input():
+    rng = np.random.default_rng(2)
+    module = fastlstm.quantize(fastlstm.LSTM(10, 20, num_layers=2, proj_size=6, rng=3),
+                               "bfloat16")
+    cell = fastlstm.quantize(fastlstm.LSTMCell(10, 20, rng=4), "bfloat16")
+    x = rng.standard_normal((5, 3, 10)).astype(np.float32)
+    ref, (rh, rc) = reference_forward(module, x, operand=bf16)
+    seqs = [rng.standard_normal((n, 10)).astype(np.float32) for n in (5, 2, 4)]
+    for level in kernels.bf16_levels():
+        kernels.set_bf16_level(level)
+        for threads in (1, 2):
+            fastlstm.set_num_threads(threads)
+            what = f"{level} threads={threads}"
+            out1, (h1, c1) = module(x[:1])  # a one-timestep call
+            r1, (rh1, rc1) = reference_forward(module, x[:1], operand=bf16)
+            for got, want in ((out1, r1), (h1, rh1), (c1, rc1)):
+                _agrees(got, want, what + " one step")
+            stream = fastlstm.Stream(module, 3)
+            for t in range(5):
+                _agrees(stream.step(x[t]), ref[t], f"{what} stream step {t}")
+            _agrees(stream.h, rh, what + " stream h")
+            h, c = cell(x[0])
+            ch, cc = cell_reference(cell, x[0], operand=bf16)
+            _agrees(h, ch, what + " cell h")
+            _agrees(c, cc, what + " cell c")
+            packed_out, (ph, pc) = module(pack_sequence(seqs, enforce_sorted=False))
+            for k, seq in enumerate(seqs):
+                r_k, (rh_k, rc_k) = reference_forward(module, seq[:, None, :], operand=bf16)
+                _agrees(ph[:, k], rh_k[:, 0], f"{what} packed h {k}")
+                _agrees(pc[:, k], rc_k[:, 0], f"{what} packed c {k}")
+
+
+def test_error_against_float32_is_bfloat16s():
+    """On a seeded grid, the outputs stay within bfloat16's relative 1e-2 of float32's."""
+    rng = np.random.default_rng(5)
+    for hidden, steps in ((64, 50), (256, 20)):
+        base = fastlstm.LSTM(hidden, hidden, num_layers=2, rng=hidden)
+        x = rng.standard_normal((steps, 4, hidden)).astype(np.float32)
+        want, _ = base(x)
+        got, _ = fastlstm.quantize(base, "bfloat16")(x)
+        rel = np.abs(got - want).max() / np.abs(want).max()
+        assert 1e-5 < rel < 1e-2, (hidden, rel)
+
+
+def test_quantize_api():
+    rnn = fastlstm.LSTM(6, 8, proj_size=3, rng=0)
+    q = fastlstm.quantize(rnn, "bfloat16")
+    assert type(q) is fastlstm.LSTM and q is not rnn
+    assert (q.weight_dtype, rnn.weight_dtype, q.dtype) == ("bfloat16", "float32", np.float32)
+    assert repr(q) == "LSTM(6, 8, proj_size=3, weight_dtype='bfloat16')"
+    assert repr(rnn) == "LSTM(6, 8, proj_size=3)"
+    for name, value in rnn.state_dict().items():
+        np.testing.assert_array_equal(q.state_dict()[name], bf16(value).astype(np.float32))
+    assert fastlstm.quantize(rnn, "bf16").weight_dtype == "bfloat16"
+    assert fastlstm.LSTM(4, 4, dtype="float64").weight_dtype == "float64"
+    cell = fastlstm.quantize(fastlstm.LSTMCell(3, 5, rng=0), "bfloat16")
+    assert repr(cell) == "LSTMCell(3, 5, weight_dtype='bfloat16')"
+    with pytest.raises(TypeError, match="expects a fastlstm.LSTM or fastlstm.LSTMCell"):
+        fastlstm.quantize(object(), "bfloat16")
+    with pytest.raises(ValueError, match="dtype must be 'bfloat16'"):
+        fastlstm.quantize(rnn, "float16")
+    with pytest.raises(NotImplementedError, match="int8 weights are not implemented yet"):
+        fastlstm.quantize(rnn, "int8")
+    with pytest.raises(ValueError, match="need a float32 module, got float64"):
+        fastlstm.quantize(fastlstm.LSTM(4, 4, dtype="float64"), "bfloat16")
+    with pytest.raises(TypeError, match="per_channel must be a bool"):
+        fastlstm.quantize(rnn, "bfloat16", per_channel="yes")
+    with pytest.raises(TypeError, match="cannot cast it to float64"):
+        q.double()
+    assert q.float() is q
+
+
+@pytest.mark.skipif(TORCH is None, reason="needs torch (installed in CI)")
+def test_quantize_takes_torchs_dtype():
+    assert fastlstm.quantize(fastlstm.LSTM(2, 2), TORCH.bfloat16).weight_dtype == "bfloat16"
+
+
+def test_new_weights_are_rounded_and_pickling_keeps_the_storage():
+    rng = np.random.default_rng(6)
+    q = fastlstm.quantize(fastlstm.LSTM(5, 7, rng=0), "bfloat16")
+    w = rng.standard_normal((28, 7)).astype(np.float32)
+    q.weight_hh_l0 = w
+    np.testing.assert_array_equal(q.weight_hh_l0, bf16(w).astype(np.float32))
+    q.load_state_dict(fastlstm.LSTM(5, 7, rng=9).state_dict())
+    x = rng.standard_normal((4, 2, 5)).astype(np.float32)
+    out, _ = q(x)
+    for clone in (pickle.loads(pickle.dumps(q)), copy.deepcopy(q)):
+        assert clone.weight_dtype == "bfloat16"
+        np.testing.assert_array_equal(clone(x)[0], out)
+
+
+def test_packed_weights_take_half_the_bytes():
+    rnn = fastlstm.LSTM(256, 256, num_layers=2, bidirectional=True, proj_size=128, rng=0)
+    q = fastlstm.quantize(rnn, "bfloat16")
+
+    def panel_bytes(module):
+        return sum(layer.w_ih_p.nbytes + layer.w_hh_p.nbytes + layer.w_hr_p.nbytes
+                   for layer in module._packed_layers())
+
+    assert panel_bytes(q) * 2 == panel_bytes(rnn)
+    assert all(layer.w_ih.size == 0 for layer in q._packed_layers())  # no BLAS copy
+
+
+def test_save_says_how(tmp_path):
+    q = fastlstm.quantize(fastlstm.LSTM(3, 4, rng=0), "bfloat16")
+    with pytest.raises(NotImplementedError, match="quantize\\(loaded, 'bfloat16'\\)"):
+        q.save(tmp_path / "q.safetensors")
+    fastlstm.save(q.state_dict(), tmp_path / "w.safetensors")
+    again = fastlstm.quantize(fastlstm.LSTM.from_state_dict(tmp_path / "w.safetensors"),
+                              "bfloat16")
+    x = np.ones((3, 1, 3), np.float32)
+    np.testing.assert_array_equal(again(x)[0], q(x)[0])
