@@ -31,6 +31,8 @@ def _config() -> Dict[str, Any]:
         "version": __version__,
         "simd": kernels.simd_level(),
         "simd_available": kernels.simd_available(),
+        "bf16": kernels.bf16_level(),
+        "bf16_available": kernels.bf16_levels(),
         "openmp": openmp_enabled(),
         "num_threads": get_num_threads(),
         "num_threads_bound": num_threads_bound(),
@@ -57,7 +59,9 @@ def show_config(as_dict: bool = False) -> Optional[Dict[str, Any]]:
     dict or None
         Keys: ``version``; ``simd``, the SIMD level the kernels use
         ("avx512", "avx2" or "portable"); ``simd_available``, the levels this
-        CPU supports; ``openmp``, whether the build has OpenMP;
+        CPU supports; ``bf16`` and ``bf16_available``, the same for the
+        products with bfloat16 weights (``fastlstm.quantize``: the float32
+        levels, "avx512-bf16", "amx-bf16"); ``openmp``, whether the build has OpenMP;
         ``num_threads``; ``num_threads_bound``, what set it
         (``set_num_threads``, ``OMP_NUM_THREADS``, the cores, the CPU affinity
         mask or the cgroup CPU quota); ``dynamic_threads``, whether the

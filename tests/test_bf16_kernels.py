@@ -114,3 +114,24 @@ def test_a_level_the_cpu_lacks_is_refused():
         kernels._matmul_bf16_for_tests(np.ones((1, 2), np.float32),
                                        pack_panels_bf16(np.ones((1, 2), np.float32)),
                                        np.zeros((1, 1), np.float32), False, missing[-1])
+
+
+def test_levels_are_reported_and_chosen():
+    import fastlstm
+
+    cfg = fastlstm.show_config(as_dict=True)
+    assert cfg["bf16_available"] == kernels.bf16_levels()
+    assert cfg["bf16"] == kernels.bf16_level() == kernels.bf16_levels()[-1]
+    assert kernels.bf16_levels()[:3] == ["portable", "avx2", "avx512"][:len(
+        kernels.simd_available())]
+    with pytest.raises(ValueError, match="unknown bfloat16 level"):
+        kernels.set_bf16_level("avx9000")
+    try:
+        kernels.set_bf16_level("portable")
+        assert kernels.bf16_level() == "portable"
+    finally:
+        kernels.set_bf16_level(None)
+    missing = [lv for lv in ALL_LEVELS if lv not in kernels.bf16_levels()]
+    if missing:
+        with pytest.raises(ValueError, match="does not support the bfloat16 level"):
+            kernels.set_bf16_level(missing[0])
