@@ -37,6 +37,7 @@ from cython cimport floating
 from cython.parallel cimport parallel
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint32_t
+from libc.stdlib cimport free
 from libc.string cimport memcpy, memmove, memset
 
 cimport numpy as cnp
@@ -73,6 +74,13 @@ cdef extern from "bf16.h" nogil:
     int fl_cpu_has_amx_bf16() noexcept
     void fl_matmul_bf(int level, int beta, int M, int N, int K, const float *A,
                       Py_ssize_t lda, const uint32_t *BP, float *G, Py_ssize_t ldg) noexcept
+    uint32_t *fl_bf16_pairs(int M, int K, const float *A, Py_ssize_t lda) noexcept
+    void fl_matmul_bfp(int level, int beta, int M, int N, int K, const uint32_t *A,
+                       Py_ssize_t lda, const uint32_t *BP, float *G, Py_ssize_t ldg) noexcept
+    void fl_lstm_step_bfp(int level, int M, int K, int H, const uint32_t *A, Py_ssize_t lda,
+                          const uint32_t *BP, float *G, Py_ssize_t ldg, const float *bias,
+                          float *C, Py_ssize_t ldc, float *Hout, Py_ssize_t ldh,
+                          int p_lo, int p_hi, int reverse) noexcept
     void fl_matmul_bf_sliced(int level, int beta, int M, int N, int K, const float *A,
                              Py_ssize_t lda, const uint32_t *BP, float *G,
                              Py_ssize_t ldg) noexcept
@@ -599,6 +607,35 @@ cdef void _steps(const Layer *L, floating *gbuf, Part pt, int s0, int s1, bint s
     fl_ftz_end(csr)
 
 
+cdef bint _bf16_single_step(const Geometry *g, int m, const float *x, const float *h0,
+                            int k_rec, const uint32_t *w_ih, const uint32_t *w_hh, float *gp,
+                            Py_ssize_t gb_ld, const float *b, float *c, float *dst,
+                            Py_ssize_t dst_ld, int p_lo, int p_hi,
+                            bint backward_order) noexcept nogil:
+    """``_single_step``'s panels with bfloat16 weights, x and h rounded to bfloat16 once
+    for all of them (not once per panel); False, having done nothing, when out of memory
+    (the caller then goes panel by panel, each product rounding its own)."""
+    cdef int i, p
+    cdef uint32_t *hp = NULL
+    cdef uint32_t *xp = fl_bf16_pairs(m, g.n_in, x, g.n_in)
+    if xp == NULL:
+        return False
+    if k_rec > 0:
+        hp = fl_bf16_pairs(m, k_rec, h0, g.out_size)
+        if hp == NULL:
+            free(xp)
+            return False
+    for i in range(p_hi - p_lo):
+        p = p_hi - 1 - i if backward_order else p_lo + i
+        fl_matmul_bfp(_bf16_level, False, m, 64, g.n_in, xp, (g.n_in + 1) // 2,
+                      w_ih + <Py_ssize_t>p * g.k_ih * 64, gp + p * 64, gb_ld)
+        fl_lstm_step_bfp(_bf16_level, m, k_rec, g.hidden, hp, (k_rec + 1) // 2, w_hh, gp,
+                         gb_ld, b, c, g.hidden, dst, dst_ld, p, p + 1, False)
+    free(xp)
+    free(hp)
+    return True
+
+
 cdef void _single_step(const Layer *L, floating *gbuf, Part pt, bint sync,
                        bint backward_order) noexcept nogil:
     """A sequence of one timestep (a streaming call): the thread's part ``pt``.
@@ -635,7 +672,14 @@ cdef void _single_step(const Layer *L, floating *gbuf, Part pt, bint sync,
     cdef Py_ssize_t dst_ld = hidden if has_proj else o_ld
     cdef int k_rec = 0 if L.b.h0_zero else out_size  # read once: the struct is shared
     cdef unsigned int csr = fl_ftz_begin()
-    if m > 0:
+    cdef bint done = False
+    if floating is float:
+        if m > 0 and g.weight_type == WEIGHTS_BF16:
+            done = _bf16_single_step(g, m, x + <Py_ssize_t>n_lo * n_in, h0_d, k_rec,
+                                     <const uint32_t *>w_ih_d, <const uint32_t *>w_hh_d, gp,
+                                     gb_ld, b_d, c_d, dst, dst_ld, pt.p_lo, pt.p_hi,
+                                     backward_order)
+    if m > 0 and not done:
         for i in range(pt.p_hi - pt.p_lo):
             p = pt.p_hi - 1 - i if backward_order else pt.p_lo + i
             _matmul(False, m, pw, n_in, x + <Py_ssize_t>n_lo * n_in, n_in,

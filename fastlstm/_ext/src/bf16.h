@@ -447,6 +447,10 @@ static void fl_bf_row_sliced(int level, int K, const float *a, const uint32_t *P
     }
 }
 
+static void fl_lstm_step_bfp(int level, int M, int K, int H, const uint32_t *A, ptrdiff_t lda,
+        const uint32_t *BP, float *G, ptrdiff_t ldg, const float *bias, float *C,
+        ptrdiff_t ldc, float *Hout, ptrdiff_t ldh, int p_lo, int p_hi, int reverse);
+
 static void fl_lstm_step_bf(int level, int M, int K, int H, const float *Af, ptrdiff_t ldaf,
         const uint32_t *BP, float *G, ptrdiff_t ldg, const float *bias, float *C,
         ptrdiff_t ldc, float *Hout, ptrdiff_t ldh, int p_lo, int p_hi, int reverse)
@@ -466,6 +470,16 @@ static void fl_lstm_step_bf(int level, int M, int K, int H, const float *Af, ptr
         }
         return;
     }
+    fl_lstm_step_bfp(level, M, K, H, A, lda, BP, G, ldg, bias, C, ldc, Hout, ldh, p_lo, p_hi,
+                     reverse);
+    free(A);
+}
+
+/* fl_lstm_step_bf on activations already in bfloat16 pairs (fl_bf16_pairs). */
+static void fl_lstm_step_bfp(int level, int M, int K, int H, const uint32_t *A, ptrdiff_t lda,
+        const uint32_t *BP, float *G, ptrdiff_t ldg, const float *bias, float *C,
+        ptrdiff_t ldc, float *Hout, ptrdiff_t ldh, int p_lo, int p_hi, int reverse)
+{
 #if FL_X86
     if (level == FL_BF16_AMX && M >= 16)
         fl_lstm_step_bf_amx(M, K, H, A, lda, BP, G, ldg, bias, C, ldc, Hout, ldh, p_lo, p_hi,
@@ -484,7 +498,6 @@ static void fl_lstm_step_bf(int level, int M, int K, int H, const float *Af, ptr
     else
         fl_lstm_step_bf_portable(M, K, H, A, lda, BP, G, ldg, bias, C, ldc, Hout, ldh, p_lo,
                                  p_hi, reverse);
-    free(A);
 }
 
 /* fl_matmul_bf without the heap: one row and slice at a time (out of memory). */
@@ -505,6 +518,9 @@ static void fl_matmul_bf_sliced(int level, int beta, int M, int N, int K, const 
         }
 }
 
+static void fl_matmul_bfp(int level, int beta, int M, int N, int K, const uint32_t *A,
+                          ptrdiff_t lda, const uint32_t *BP, float *G, ptrdiff_t ldg);
+
 static void fl_matmul_bf(int level, int beta, int M, int N, int K, const float *Af,
                          ptrdiff_t ldaf, const uint32_t *BP, float *G, ptrdiff_t ldg)
 {
@@ -514,6 +530,14 @@ static void fl_matmul_bf(int level, int beta, int M, int N, int K, const float *
         fl_matmul_bf_sliced(level, beta, M, N, K, Af, ldaf, BP, G, ldg);
         return;
     }
+    fl_matmul_bfp(level, beta, M, N, K, A, lda, BP, G, ldg);
+    free(A);
+}
+
+/* fl_matmul_bf on activations already in bfloat16 pairs (fl_bf16_pairs). */
+static void fl_matmul_bfp(int level, int beta, int M, int N, int K, const uint32_t *A,
+                          ptrdiff_t lda, const uint32_t *BP, float *G, ptrdiff_t ldg)
+{
 #if FL_X86
     if (level == FL_BF16_AMX && M >= 16)
         fl_matmul_bf_amx(beta, M, N, K, A, lda, BP, G, ldg);
@@ -527,6 +551,5 @@ static void fl_matmul_bf(int level, int beta, int M, int N, int K, const float *
         fl_matmul_bf_avx2(beta, M, N, K, A, lda, BP, G, ldg);
     else
         fl_matmul_bf_portable(beta, M, N, K, A, lda, BP, G, ldg);
-    free(A);
 }
 #endif
