@@ -40,7 +40,7 @@ from fastlstm._common import (
 )
 from fastlstm._errors import StateDictError
 from fastlstm._ext import kernels
-from fastlstm.io.files import load, save
+from fastlstm.io.files import file_metadata, load, save
 from fastlstm.io.state_dict import (
     SKIP_INIT,
     Inferred,
@@ -123,6 +123,10 @@ def _pack_panels(weight: np.ndarray) -> np.ndarray:
     padded = np.zeros((n_panels * width, k), dtype=weight.dtype)
     padded[:n] = weight
     return np.ascontiguousarray(padded.reshape(n_panels, width, k).transpose(0, 2, 1)).ravel()
+
+
+#: The safetensors header key of a saved module's weight storage type ("bfloat16").
+WEIGHT_DTYPE_KEY = "fastlstm.weight_dtype"
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -674,6 +678,10 @@ class _Module:
                      if found else f"; the source holds no {cls.__name__} weights")
             raise StateDictError(str(exc) + where) from None
         module.load_state_dict({name: params[name] for name in names})
+        if isinstance(source, (str, os.PathLike)):
+            weight_dtype = file_metadata(source).get(WEIGHT_DTYPE_KEY)
+            if weight_dtype == "bfloat16":
+                module._set_weight_dtype(weight_dtype)
         return cast(_M, module)
 
     def save(
@@ -694,7 +702,10 @@ class _Module:
         Notes
         -----
         The file holds the weights, not ``batch_first`` or ``dropout``; pass
-        those again to :meth:`from_state_dict`.  safetensors files load in
+        those again to :meth:`from_state_dict`.  A module with bfloat16 weights
+        (:func:`fastlstm.quantize`) saves to safetensors only: its weight
+        matrices as BF16 and its storage type in the header, which
+        :meth:`from_state_dict` restores (docs/precision.md).  safetensors files load in
         torch with ``safetensors.torch.load_file`` and
         ``torch_lstm.load_state_dict``; see :func:`fastlstm.save`.
 
@@ -708,15 +719,23 @@ class _Module:
         >>> fastlstm.LSTM.from_state_dict(path)
         LSTM(8, 16)
         """
-        if self.__dict__.get("_weight_dtype"):
-            # A file of the rounded float32 weights would load as a float32 module.
-            raise NotImplementedError(
-                f"saving a module with {self.weight_dtype} weights is not implemented yet: "
-                "save the float32 module, or fastlstm.save(module.state_dict(), path) (the "
-                f"rounded weights), and quantize(loaded, {self.weight_dtype!r}) after "
-                "loading (rounding again changes nothing)")
         prefix = normalize_prefix(prefix)
-        save(OrderedDict((prefix + k, v) for k, v in self._params.items()), path, format=format)
+        state = OrderedDict((prefix + k, v) for k, v in self._params.items())
+        weight_dtype = self.__dict__.get("_weight_dtype")
+        if weight_dtype:
+            # The weight matrices as BF16 (torch's names, which torch loads), and the
+            # storage type in the header, which from_state_dict reads back.
+            try:
+                save(state, path, format=format,
+                     metadata={"format": "pt", WEIGHT_DTYPE_KEY: weight_dtype},
+                     bfloat16=[prefix + k for k in self._params if k.startswith("weight_")])
+            except ValueError as exc:
+                if "safetensors only" not in str(exc):
+                    raise
+                raise ValueError(f"a module with {weight_dtype} weights saves to safetensors "
+                                 "only (.npz has no place for the storage type)") from None
+            return
+        save(state, path, format=format)
 
     def _next_order(self) -> bool:
         """Panel order of the next one-step call: it alternates from call to call

@@ -174,12 +174,55 @@ def test_packed_weights_take_half_the_bytes():
     assert all(layer.w_ih.size == 0 for layer in q._packed_layers())  # no BLAS copy
 
 
-def test_save_says_how(tmp_path):
-    q = fastlstm.quantize(fastlstm.LSTM(3, 4, rng=0), "bfloat16")
-    with pytest.raises(NotImplementedError, match="quantize\\(loaded, 'bfloat16'\\)"):
-        q.save(tmp_path / "q.safetensors")
-    fastlstm.save(q.state_dict(), tmp_path / "w.safetensors")
-    again = fastlstm.quantize(fastlstm.LSTM.from_state_dict(tmp_path / "w.safetensors"),
-                              "bfloat16")
-    x = np.ones((3, 1, 3), np.float32)
+def test_save_and_load_keep_the_bfloat16_weights(tmp_path):
+    import json
+    import struct
+
+    rng = np.random.default_rng(7)
+    q = fastlstm.quantize(fastlstm.LSTM(6, 9, num_layers=2, proj_size=4, rng=0), "bfloat16")
+    path = tmp_path / "q.safetensors"
+    q.save(path)
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    assert header["__metadata__"] == {"format": "pt", "fastlstm.weight_dtype": "bfloat16"}
+    assert header["weight_hh_l1"]["dtype"] == "BF16" and header["weight_hr_l0"]["dtype"] == "BF16"
+    assert header["bias_ih_l0"]["dtype"] == "F32"
+    again = fastlstm.LSTM.from_state_dict(path)
+    assert again.weight_dtype == "bfloat16" and repr(again) == repr(q)
+    x = rng.standard_normal((5, 2, 6)).astype(np.float32)
     np.testing.assert_array_equal(again(x)[0], q(x)[0])
+    for name, value in q.state_dict().items():  # BF16 on disk, the same values back
+        np.testing.assert_array_equal(fastlstm.load(path)[name], value)
+    # A float32 module reads the same file as float32 weights of bfloat16 values.
+    plain = fastlstm.LSTM(6, 9, num_layers=2, proj_size=4)
+    plain.load_state_dict(fastlstm.load(path))
+    assert plain.weight_dtype == "float32"
+    with pytest.raises(ValueError, match="saves to safetensors only"):
+        q.save(tmp_path / "q.npz")
+    cell = fastlstm.quantize(fastlstm.LSTMCell(3, 5, rng=0), "bfloat16")
+    cell.save(tmp_path / "c.safetensors", prefix="rnn.")
+    back = fastlstm.LSTMCell.from_state_dict(tmp_path / "c.safetensors", prefix="rnn.")
+    assert back.weight_dtype == "bfloat16"
+
+
+def test_save_refuses_values_that_are_not_bfloat16(tmp_path):
+    with pytest.raises(ValueError, match="not bfloat16 values"):
+        fastlstm.save({"w": np.float32([1.0, 1.001])}, tmp_path / "w.safetensors",
+                      bfloat16=["w"])
+    with pytest.raises(ValueError, match="safetensors only"):
+        fastlstm.save({"w": np.float32([1.0])}, tmp_path / "w.npz", bfloat16=["w"])
+
+
+@pytest.mark.skipif(TORCH is None, reason="needs torch (installed in CI)")
+def test_torch_reads_the_saved_file(tmp_path):
+    """The weights under torch's names, as BF16: a torch LSTM loads them (through
+    fastlstm.load, which widens BF16 to float32 exactly) and computes the same as the
+    float32 module that has the rounded weights."""
+    q = fastlstm.quantize(fastlstm.LSTM(4, 6, rng=1), "bfloat16")
+    q.save(tmp_path / "q.safetensors")
+    t = TORCH.nn.LSTM(4, 6)
+    t.load_state_dict({k: TORCH.from_numpy(v) for k, v in
+                       fastlstm.load(tmp_path / "q.safetensors").items()})
+    for name, value in q.state_dict().items():
+        np.testing.assert_array_equal(t.state_dict()[name].numpy(), value)

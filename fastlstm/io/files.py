@@ -18,7 +18,7 @@ import os
 import stat
 import tempfile
 from collections import OrderedDict
-from typing import IO, Any, Dict, Mapping, Optional, Tuple, Union
+from typing import IO, Any, Collection, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from fastlstm.io.npz import is_npz, read_npz, write_npz
 from fastlstm.io.safetensors import (
     looks_like_safetensors,
     read_safetensors,
+    safetensors_metadata,
     safetensors_problem,
     write_safetensors,
 )
@@ -230,6 +231,23 @@ def read_opened(opened: OpenedSource) -> Tuple[str, Dict[str, np.ndarray]]:
             from None
 
 
+def file_metadata(path: PathLike) -> Dict[str, str]:
+    """The ``__metadata__`` of a safetensors file at ``path`` ({} for other formats): what
+    ``save(..., metadata=...)`` wrote, e.g. a module's weight storage type."""
+    with OpenedSource(path) as opened:
+        try:
+            fmt, _ = _sniff(opened)
+            if fmt != "safetensors":
+                return {}
+            opened.file.seek(0)
+            return safetensors_metadata(opened.file, opened.size)
+        except WeightsFormatError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as read_opened
+            raise WeightsFormatError(f"corrupt or truncated file: {type(exc).__name__}: "
+                                     f"{exc}") from None
+
+
 def load(source: Source) -> Dict[str, np.ndarray]:
     """Read every tensor of a weights file, without torch and without running the file.
 
@@ -316,6 +334,7 @@ def save(
     *,
     format: Optional[str] = None,
     metadata: Optional[Mapping[str, str]] = None,
+    bfloat16: Collection[str] = (),
 ) -> None:
     """Write a state dict as safetensors or ``.npz``.
 
@@ -333,6 +352,10 @@ def save(
     metadata : mapping of str to str, optional
         safetensors only: the header's ``__metadata__``; by default
         ``{"format": "pt"}``, which ``transformers`` and others expect.
+    bfloat16 : collection of str, optional
+        safetensors only: keys of float arrays to store as BF16 (half the bytes);
+        their values must be bfloat16 values (a quantized module's weights are),
+        else ValueError.  torch loads them into any dtype of module.
 
     Notes
     -----
@@ -366,10 +389,12 @@ def save(
         metadata = {"format": "pt"}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise TypeError("safetensors metadata must map strings to strings")
+    if bfloat16 and fmt != "safetensors":
+        raise ValueError("bfloat16 tensors can be saved to safetensors only")
 
     def write(file: IO[bytes]) -> None:
         if fmt == "safetensors":
-            write_safetensors(arrays, file, metadata)
+            write_safetensors(arrays, file, metadata, bfloat16)
         else:
             write_npz(arrays, file)
 

@@ -15,14 +15,14 @@ import math
 import re
 import struct
 import sys
-from typing import IO, Any, Dict, List, Mapping, Optional, Tuple
+from typing import IO, Any, Collection, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from fastlstm._errors import WeightsFormatError
 
-__all__ = ["looks_like_safetensors", "read_safetensors", "safetensors_problem",
-           "write_safetensors"]
+__all__ = ["looks_like_safetensors", "read_safetensors", "safetensors_metadata",
+           "safetensors_problem", "write_safetensors"]
 
 _MAX_HEADER = 100_000_000  # the safetensors package's limit too
 # safetensors dtype code -> numpy code (little-endian); BF16 is read as u2 and widened.
@@ -98,6 +98,13 @@ def _header(file: IO[bytes], file_size: int) -> Tuple[Dict[str, Any], int]:
     return header, 8 + n
 
 
+def safetensors_metadata(file: IO[bytes], file_size: int) -> Dict[str, str]:
+    """The header's ``__metadata__`` (strings), read and checked as ``read_safetensors``
+    reads the header; the tensors are not read."""
+    header, _ = _header(file, file_size)
+    return dict(header.get("__metadata__", {}))
+
+
 def read_safetensors(file: IO[bytes], file_size: int) -> Dict[str, np.ndarray]:
     """Every tensor of a safetensors file, in the order of their data.
 
@@ -153,9 +160,22 @@ def read_safetensors(file: IO[bytes], file_size: int) -> Dict[str, np.ndarray]:
     return out
 
 
+def _bf16_words(name: str, array: np.ndarray) -> np.ndarray:
+    """The bfloat16 bits of float32 ``array``, whose values must be bfloat16 values."""
+    bits = np.ascontiguousarray(array, dtype="<f4").view("<u4")
+    if (bits & np.uint32(0xFFFF)).any():
+        raise ValueError(f"cannot save '{name}' as bfloat16: it holds values that are not "
+                         "bfloat16 values")
+    return (bits >> np.uint32(16)).astype("<u2")
+
+
 def write_safetensors(arrays: Mapping[str, np.ndarray], file: IO[bytes],
-                      metadata: Optional[Mapping[str, str]] = None) -> None:
-    """Write arrays as safetensors: largest elements first (so every tensor is aligned)."""
+                      metadata: Optional[Mapping[str, str]] = None,
+                      bfloat16: Collection[str] = ()) -> None:
+    """Write arrays as safetensors: largest elements first (so every tensor is aligned);
+    the float32 arrays named in ``bfloat16`` as BF16 (their values must be bfloat16's)."""
+    arrays = {name: _bf16_words(name, a) if name in bfloat16 else a
+              for name, a in arrays.items()}
     names = sorted(arrays, key=lambda k: -arrays[k].dtype.itemsize)  # stable: keeps order
     header: Dict[str, Any] = {}
     if metadata:
@@ -168,6 +188,8 @@ def write_safetensors(arrays: Mapping[str, np.ndarray], file: IO[bytes],
         if code is None:
             raise TypeError(f"cannot save '{name}' as safetensors: dtype {array.dtype} is not "
                             "supported (use floating, integer or bool arrays)")
+        if name in bfloat16:
+            code = "BF16"
         array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         header[name] = {"dtype": code, "shape": list(array.shape),
                         "data_offsets": [offset, offset + array.nbytes]}
