@@ -226,3 +226,45 @@ def test_torch_reads_the_saved_file(tmp_path):
                        fastlstm.load(tmp_path / "q.safetensors").items()})
     for name, value in q.state_dict().items():
         np.testing.assert_array_equal(t.state_dict()[name].numpy(), value)
+
+
+@pytest.mark.skipif(TORCH is None, reason="needs torch (installed in CI)")
+def test_a_trained_model_keeps_its_accuracy():
+    """A small LSTM trained here (is the running sum of feature 0 positive at the end, with
+    distractor features) keeps its test accuracy within 0.5 points with bfloat16 weights."""
+    torch = TORCH
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same training on every machine
+    try:
+        gen = torch.Generator().manual_seed(0)
+
+        def data(n):
+            x = torch.randn(n, 30, 8, generator=gen)
+            y = (x[:, :, 0].sum(1) > 0).long()
+            return x, y
+
+        torch.manual_seed(0)
+        lstm = torch.nn.LSTM(8, 32, batch_first=True)
+        head = torch.nn.Linear(32, 2)
+        opt = torch.optim.Adam(list(lstm.parameters()) + list(head.parameters()), lr=1e-2)
+        for _ in range(300):
+            x, y = data(64)
+            loss = torch.nn.functional.cross_entropy(head(lstm(x)[0][:, -1]), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        x, y = data(4000)
+    finally:
+        torch.set_num_threads(threads)
+    w = head.weight.detach().numpy()
+    b = head.bias.detach().numpy()
+    xn, yn = x.numpy(), y.numpy()
+    f32 = fastlstm.LSTM.from_torch(lstm)
+
+    def accuracy(module):
+        out, _ = module(xn)
+        return float(((out[:, -1] @ w.T + b).argmax(1) == yn).mean())
+
+    full, small = accuracy(f32), accuracy(fastlstm.quantize(f32, "bfloat16"))
+    assert full >= 0.9, full  # it did learn the task
+    assert abs(small - full) <= 0.005, (full, small)
