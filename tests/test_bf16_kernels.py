@@ -95,11 +95,12 @@ def test_levels_agree_within_float32_summation():
         assert (np.abs(g - results["portable"]) <= 2 * bound).all(), level
 
 
-def test_nan_and_infinity_propagate():
-    a = np.ones((2, 4), np.float32)
-    a[0, 1] = np.nan
-    a[1, 2] = np.inf
-    w = np.ones((3, 4), np.float32)
+@pytest.mark.parametrize("k, at", [(4, 1), (70, 33), (70, 66)])  # vector and scalar rounding
+def test_nan_and_infinity_propagate(k, at):
+    a = np.ones((2, k), np.float32)
+    a[0, at] = np.nan
+    a[1, at + 1] = np.inf
+    w = np.ones((3, k), np.float32)
     for level in kernels.bf16_levels():
         g = np.zeros((2, 3), np.float32)
         kernels._matmul_bf16_for_tests(a, pack_panels_bf16(w), g, False, level)

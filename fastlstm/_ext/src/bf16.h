@@ -112,12 +112,55 @@ static void fl_bf16_pairs_into(int M, int K, const float *A, ptrdiff_t lda, uint
         }
 }
 
+/* The same, 32 values (16 pairs) at a time where the row has them: the rounding above
+ * on whole vectors, then the even and odd values of each pair put together. */
+typedef unsigned int fl_u64b __attribute__((vector_size(64)));
+typedef unsigned int fl_u64b_u __attribute__((vector_size(64), aligned(4)));
+#define FL_DEFINE_BF_PAIRS(ISA)                                                     \
+FL_TGT_##ISA static void fl_bf16_pairs_##ISA(int M, int K, const float *A, ptrdiff_t lda, \
+                                             uint32_t *out, ptrdiff_t ldo)          \
+{                                                                                   \
+    const int kp = (K + 1) / 2, full = K / 32;                                      \
+    for (int m = 0; m < M; m++) {                                                   \
+        const float *a = A + m * lda;                                               \
+        uint32_t *o = out + (ptrdiff_t)m * ldo;                                     \
+        for (int b = 0; b < full; b++) {                                            \
+            fl_u64b r[2];                                                           \
+            for (int h = 0; h < 2; h++) {                                           \
+                const fl_u64b u = *(const fl_u64b_u *)(a + 32 * b + 16 * h);        \
+                const fl_u64b near = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;        \
+                const fl_u64b nan = (u >> 16) | 0x40u;                              \
+                const fl_u64b is_nan = (fl_u64b)((u & 0x7fffffffu) > 0x7f800000u);  \
+                r[h] = (nan & is_nan) | (near & ~is_nan);                           \
+            }                                                                       \
+            const fl_u64b even = __builtin_shufflevector(r[0], r[1], 0, 2, 4, 6, 8, 10, \
+                12, 14, 16, 18, 20, 22, 24, 26, 28, 30);                            \
+            const fl_u64b odd = __builtin_shufflevector(r[0], r[1], 1, 3, 5, 7, 9, 11,  \
+                13, 15, 17, 19, 21, 23, 25, 27, 29, 31);                            \
+            *(fl_u64b_u *)(o + 16 * b) = even | (odd << 16);                        \
+        }                                                                           \
+        if (full * 16 < kp)                                                         \
+            fl_bf16_pairs_into(1, K - 32 * full, a + 32 * full, lda,                \
+                               o + 16 * full, ldo);                                 \
+    }                                                                               \
+}
+FL_DEFINE_BF_PAIRS(avx512)
+FL_DEFINE_BF_PAIRS(avx2)
+FL_DEFINE_BF_PAIRS(portable)
+
 static uint32_t *fl_bf16_pairs(int M, int K, const float *A, ptrdiff_t lda)
 {
     const int kp = (K + 1) / 2;
+    const int level = fl_cpu_level();  /* the rounding is the same at every level */
     uint32_t *out = (uint32_t *)malloc((size_t)(M > 0 ? M : 1) * (kp > 0 ? kp : 1) * 4);
-    if (out != NULL)
-        fl_bf16_pairs_into(M, K, A, lda, out, kp);
+    if (out == NULL)
+        return NULL;
+    if (level >= FL_AVX512)
+        fl_bf16_pairs_avx512(M, K, A, lda, out, kp);
+    else if (level == FL_AVX2)
+        fl_bf16_pairs_avx2(M, K, A, lda, out, kp);
+    else
+        fl_bf16_pairs_portable(M, K, A, lda, out, kp);
     return out;
 }
 
@@ -264,7 +307,7 @@ FL_TGT_amx static void fl_amx_begin(void)
     fl_tilecfg cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
-    for (int t = 0; t < 6; t++) {  /* 0-3: G, 4: the rows' pairs, 5: the panel's */
+    for (int t = 0; t < 8; t++) {  /* 0-3: G, 4-5: the rows' pairs, 6-7: the panel's */
         cfg.colsb[t] = 64;
         cfg.rows[t] = 16;
     }
@@ -299,12 +342,49 @@ FL_TGT_amx static void fl_amx_rows16(int kp16, const uint32_t *A, ptrdiff_t lda,
     _tile_stored(3, G + 48, ldg * 4);
 }
 
-/* R rows (R <= 16, any) by one whole panel, accumulating into G. */
+/* G (32 rows, one panel) += A pairs @ panel P: two blocks of rows by two blocks of
+ * columns at a time, so that each tile of the panel serves two blocks of rows and each
+ * tile of rows two blocks of columns (4 loads for 4 products, against 5 above). */
+FL_TGT_amx static void fl_amx_rows32(int kp16, const uint32_t *A, ptrdiff_t lda,
+                                     const uint32_t *P, float *G, ptrdiff_t ldg)
+{
+    for (int half = 0; half < 64; half += 32) {
+        float *g = G + half;
+        _tile_loadd(0, g, ldg * 4);
+        _tile_loadd(1, g + 16, ldg * 4);
+        _tile_loadd(2, g + 16 * ldg, ldg * 4);
+        _tile_loadd(3, g + 16 * ldg + 16, ldg * 4);
+        for (int kk = 0; kk < kp16; kk += 16) {
+            const uint32_t *pk = P + (ptrdiff_t)kk * 64 + half;
+            _tile_loadd(4, A + kk, lda * 4);
+            _tile_loadd(5, A + 16 * lda + kk, lda * 4);
+            _tile_loadd(6, pk, 256);
+            _tile_loadd(7, pk + 16, 256);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, g, ldg * 4);
+        _tile_stored(1, g + 16, ldg * 4);
+        _tile_stored(2, g + 16 * ldg, ldg * 4);
+        _tile_stored(3, g + 16 * ldg + 16, ldg * 4);
+    }
+}
+
+/* R rows (R <= 32, any) by one whole panel, accumulating into G. */
 FL_TGT_amx static void fl_bf_rows_amx(int R, int K, const uint32_t *A, ptrdiff_t lda,
                                       const uint32_t *P, float *G, ptrdiff_t ldg)
 {
-    const int kp = (K + 1) / 2, kp16 = R == 16 ? kp - kp % 16 : 0;
-    if (kp16 > 0)
+    const int kp = (K + 1) / 2, kp16 = R >= 16 ? kp - kp % 16 : 0;
+    if (R > 16 && R < 32) {  /* a block of 16, then the rest */
+        fl_bf_rows_amx(16, K, A, lda, P, G, ldg);
+        fl_bf_rows_amx(R - 16, K, A + 16 * lda, lda, P, G + 16 * ldg, ldg);
+        return;
+    }
+    if (kp16 > 0 && R == 32)
+        fl_amx_rows32(kp16, A, lda, P, G, ldg);
+    else if (kp16 > 0)
         fl_amx_rows16(kp16, A, lda, P, G, ldg);
     if (kp16 < kp)
         for (int r = 0; r < R; r += 4)
@@ -322,8 +402,8 @@ FL_TGT_amx static void fl_matmul_bf_amx(int beta, int M, int N, int K, const uin
             memset(G + m * ldg, 0, (size_t)full * 64 * sizeof(float));
     fl_amx_begin();
     for (int p = 0; p < full; p++)
-        for (int m = 0; m < M; m += 16)
-            fl_bf_rows_amx(M - m < 16 ? M - m : 16, K, A + m * lda, lda,
+        for (int m = 0; m < M; m += 32)
+            fl_bf_rows_amx(M - m < 32 ? M - m : 32, K, A + m * lda, lda,
                            BP + (ptrdiff_t)p * kp * 64, G + m * ldg + p * 64, ldg);
     fl_amx_end();
     if (full * 64 < N)  /* a partial last panel: VDPBF16PS, through its buffer */
@@ -405,8 +485,8 @@ FL_TGT_amx static void fl_lstm_step_bf_amx(int M, int K, int H, const uint32_t *
         const uint32_t *P = BP + (ptrdiff_t)p * kp * 64;
         const int n = H - p * U < U ? H - p * U : U;
         if (K > 0)
-            for (int m = 0; m < M; m += 16)
-                fl_bf_rows_amx(M - m < 16 ? M - m : 16, K, A + m * lda, lda, P,
+            for (int m = 0; m < M; m += 32)
+                fl_bf_rows_amx(M - m < 32 ? M - m : 32, K, A + m * lda, lda, P,
                                G + m * ldg + p * 64, ldg);
         for (int m = 0; m < M; m++) {
             const float *g = G + m * ldg + p * 64, *b = bias + p * 64;
