@@ -274,7 +274,6 @@ def test_amx_batches_are_shared_by_units():
     """On AMX (blocks of 16 rows), a batch of 16 to 31 rows on 2 threads shares the hidden
     units (each thread multiplies all the rows) instead of cutting the batch in two."""
     q = fastlstm.quantize(fastlstm.LSTM(256, 256, rng=0), "bfloat16")
-    f32 = fastlstm.LSTM(256, 256, rng=0)
 
     def chunks(module, batch):
         return kernels.schedule(module._packed_layers()[0], batch, 100, 256, 2)[1]
@@ -282,4 +281,4 @@ def test_amx_batches_are_shared_by_units():
     if "amx-bf16" in kernels.bf16_levels():
         assert (chunks(q, 16), chunks(q, 31), chunks(q, 32)) == (0, 0, 2)
     kernels.set_bf16_level("portable")
-    assert (chunks(q, 16), chunks(f32, 16)) == (2, 2)  # elsewhere, as float32
+    assert chunks(q, 16) == 2  # elsewhere by the size rule (0.5 MiB of W_hh: chunks)
