@@ -11,10 +11,11 @@ pool keeps spinning for a while and would slow the next library), and reports
 the median over the blocks.
 With --memory, each library's peak memory during one forward is measured too,
 in a fresh process per case and library (Linux).
---contention and --seq2seq run other measurements instead of the case grid:
-fastlstm and torch on a shared CPU (busy neighbour processes, two processes,
-more threads than CPUs), and a greedy seq2seq decode (fastlstm + NumPy against
-torch); each prints a table of ratios against their targets.
+--contention, --seq2seq and --precision run other measurements instead of the
+case grid: fastlstm and torch on a shared CPU (busy neighbour processes, two
+processes, more threads than CPUs), a greedy seq2seq decode (fastlstm + NumPy
+against torch), and bfloat16 weights beside float32 and torch's bfloat16 and
+dynamically quantized LSTMs; each prints a table against their targets.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import fastlstm
 from fastlstm import _threads
 from fastlstm._bench import contention as _contention
 from fastlstm._bench import memory as _bench_memory
+from fastlstm._bench import precision as _precision
 from fastlstm._bench import seq2seq as _seq2seq
 from fastlstm._bench.cases import (
     DEFAULT_GRID,
@@ -74,9 +76,9 @@ EPILOG = textwrap.fill(
     "raised to any case's rate that beats it.  ONNX Runtime's LSTM has no projection and "
     "no float64: those cells are n/a.", 79) + """
 
-Exit status: 0, or 1 if a case (or a --seq2seq decode) disagrees with torch or
-fails, 2 on a usage error (or without torch).  The JSON fields are described in
-benchmarks/README.md.
+Exit status: 0, or 1 if a case (or a --seq2seq decode, or a fastlstm variant of
+--precision) disagrees with torch or fails, 2 on a usage error (or without
+torch).  The JSON fields are described in benchmarks/README.md.
 
 examples:
   fastlstm bench                                  # the default grid (< 3 min on 2 cores)
@@ -86,6 +88,7 @@ examples:
   fastlstm bench --memory --cases large,projection  # + peak memory of one forward
   fastlstm bench --contention --json contention.json  # shared CPU (about a minute)
   fastlstm bench --seq2seq --seq2seq-batches 1,300    # greedy decode (about 10 s)
+  fastlstm bench --precision --precision-cases one-step,batch  # bfloat16 vs float32
 """
 
 #: Largest max abs difference from torch that a case may have to be timed.
@@ -141,6 +144,13 @@ def _batches(text: str) -> Tuple[int, ...]:
             f"expected positive integers separated by commas, got {text!r}") from None
 
 
+def _precision_cases(text: str) -> Tuple[str, ...]:
+    try:
+        return tuple(case.name for case in _precision.select_cases(text.split(",")))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``fastlstm bench``."""
     pick = parser.add_argument_group("cases (default: the default grid)")
@@ -182,7 +192,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     modes = parser.add_argument_group(
         "other measurements (instead of the case grid)",
-        "--threads, --blocks, --seed, --json, --quiet and, for --seq2seq, --budget apply")
+        "--threads, --blocks, --seed, --json, --quiet and, for --seq2seq and --precision, "
+        "--budget apply")
     modes.add_argument("--contention", action="store_true",
                        help="fastlstm and torch on a shared CPU: busy neighbour processes, "
                             "two processes, twice as many threads as CPUs (about a minute)")
@@ -195,6 +206,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(timed with --budget per batch size)")
     modes.add_argument("--seq2seq-batches", type=_batches, metavar="N,...",
                        help="batch sizes of --seq2seq (default 1,300)")
+    modes.add_argument("--precision", action="store_true",
+                       help="bfloat16 weights (fastlstm.quantize) beside float32, torch's "
+                            "bfloat16 and its dynamic int8 and float16 LSTMs (timed with "
+                            "--budget per case; under a minute on 2 cores)")
+    modes.add_argument("--precision-cases", type=_precision_cases, metavar="NAME,...",
+                       help="cases of --precision (default all: "
+                            + ",".join(slug(c.name) for c in _precision.CASES) + ")")
 
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the results as JSON")
@@ -567,14 +585,18 @@ def _optional_torch() -> Any:
     return torch
 
 
-#: Options of the case grid, refused with --contention and --seq2seq (they would do nothing).
+#: Options of the case grid, refused with --contention, --seq2seq and --precision (they
+#: would do nothing).
 _GRID_OPTIONS = (("cases", "--cases"), ("shape", "--shape"), ("full", "--full"),
                  ("memory", "--memory"), ("markdown", "--markdown"), ("plot", "--plot"),
                  ("streams", "--streams"))
 #: Options of one mode (attribute, option, mode, default), refused without that mode.
 _MODE_OPTIONS = (("neighbours", "--neighbours", "contention", 1),
                  ("contention_seconds", "--contention-seconds", "contention", 0.5),
-                 ("seq2seq_batches", "--seq2seq-batches", "seq2seq", (1, 300)))
+                 ("seq2seq_batches", "--seq2seq-batches", "seq2seq", (1, 300)),
+                 ("precision_cases", "--precision-cases", "precision", None))
+#: The modes run instead of the case grid, in the order they run.
+_MODES = ("contention", "seq2seq", "precision")
 
 
 def _mode_defaults(args: argparse.Namespace) -> None:
@@ -588,15 +610,17 @@ def _mode_defaults(args: argparse.Namespace) -> None:
 
 
 def _run_modes(args: argparse.Namespace) -> int:
-    """``--contention`` and/or ``--seq2seq``: their tables, and the JSON with ``--json``."""
-    mode = " and ".join(f"--{m}" for m in ("contention", "seq2seq") if getattr(args, m))
+    """``--contention``, ``--seq2seq`` and/or ``--precision``: their tables, and the JSON
+    with ``--json``."""
+    mode = " and ".join(f"--{m}" for m in _MODES if getattr(args, m))
     for attr, option in _GRID_OPTIONS:
         if getattr(args, attr) not in (None, False):
             raise CLIError(f"fastlstm bench: error: {option} is for the case grid, not for "
                            f"{mode}", 2)
     _check_output_path("--json", args.json)
-    # The seq2seq model is torch's; --contention measures fastlstm alone without torch.
-    torch = _import_torch() if args.seq2seq else _optional_torch()
+    # The seq2seq and precision models are torch's; --contention measures fastlstm alone
+    # without torch.
+    torch = _import_torch() if args.seq2seq or args.precision else _optional_torch()
     threads = args.threads or fastlstm.get_num_threads()
     machine = machine_info(threads)
     started = time.perf_counter()
@@ -607,7 +631,7 @@ def _run_modes(args: argparse.Namespace) -> int:
                  "installed: fastlstm alone)")
               + f"; {machine['cpu']}, SIMD {machine['simd']}, {machine['usable_cpus']} "
               f"usable CPUs, {threads} threads", flush=True)
-    results: Dict[str, Optional[Dict[str, Any]]] = {"contention": None, "seq2seq": None}
+    results: Dict[str, Optional[Dict[str, Any]]] = {m: None for m in _MODES}
     if args.contention:
         found = _contention.measure_contention(
             torch, neighbours=args.neighbours, seconds=args.contention_seconds,
@@ -627,8 +651,22 @@ def _run_modes(args: argparse.Namespace) -> int:
         for line in [_seq2seq.header_line(found)] + _contention.ratio_table(found["rows"]):
             print(line, flush=True)
         results["seq2seq"] = found
-    errors = [f"{r['scenario']} {r['library']} {r['case']}" for found in results.values()
-              if found is not None for r in found["rows"] if r["error"] is not None]
+    if args.precision:
+        found = _precision.measure_precision(
+            torch, cases=args.precision_cases, blocks=args.blocks, seed=args.seed,
+            threads=threads, budget=args.budget, on_progress=progress.show)
+        progress.clear()
+        if args.contention or args.seq2seq:
+            print()
+        for line in (_precision.header_lines(found, machine["cpu"], machine["cpu_flags"])
+                     + _precision.precision_table(found) + [_precision.summary_line(found)]):
+            print(line, flush=True)
+        results["precision"] = found
+    errors = [f"{r['scenario']} {r['library']} {r['case']}"
+              for found in (results["contention"], results["seq2seq"]) if found is not None
+              for r in found["rows"] if r["error"] is not None]
+    if results["precision"] is not None:
+        errors += [f"precision {failed}" for failed in results["precision"]["failed"]]
     if args.json:
         write_json(args.json, {
             "schema": 1, "created": now_iso(),
@@ -638,7 +676,9 @@ def _run_modes(args: argparse.Namespace) -> int:
             "settings": {"threads": threads, "blocks": args.blocks, "seed": args.seed,
                          "neighbours": args.neighbours,
                          "contention_seconds": args.contention_seconds,
-                         "budget_s": args.budget, "seq2seq_batches": list(args.seq2seq_batches)},
+                         "budget_s": args.budget, "seq2seq_batches": list(args.seq2seq_batches),
+                         "precision_cases": (None if args.precision_cases is None
+                                             else list(args.precision_cases))},
             **results, "failed": errors, "wall_s": time.perf_counter() - started})
     if not args.quiet:
         print(f"done in {time.perf_counter() - started:.1f} s"
@@ -655,7 +695,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         return _print_list()
     _mode_defaults(args)
-    if args.contention or args.seq2seq:
+    if any(getattr(args, m) for m in _MODES):
         return _run_modes(args)
     for option in ("json", "markdown", "plot"):
         _check_output_path(f"--{option}", getattr(args, option))

@@ -1,0 +1,489 @@
+"""``fastlstm bench --precision``: reduced-precision inference beside float32 and the peers.
+
+Each case (:data:`CASES`) builds one ``torch.nn.LSTM`` (input size = hidden size,
+weights from a seeded torch generator) and runs it as these variants, all in
+this process, on the same threads and the same inputs:
+
+* ``fastlstm f32``: ``fastlstm.LSTM.from_torch(model)``;
+* ``fastlstm bf16``: ``fastlstm.quantize(that, "bfloat16")``: weights stored in
+  bfloat16, activations float32 (docs/precision.md);
+* ``torch f32``: the model itself, the reference of every error;
+* ``torch bf16``: a copy ``.to(torch.bfloat16)``, given the input (and the
+  state) in bfloat16; its output is converted back to float32 for the error;
+* ``torch int8 dynamic`` and ``torch f16 dynamic``:
+  ``torch.ao.quantization.quantize_dynamic`` with ``dtype=torch.qint8`` and
+  ``torch.float16``.  It swaps the submodules of the module it is given, so the
+  LSTM is passed inside a holder module (a bare LSTM would come back unchanged);
+* ``openvino bf16``, only where ``import openvino`` works: the model converted
+  by ``openvino.convert_model`` and compiled for the CPU with the bfloat16
+  inference precision hint.
+
+The first call of each variant gives its error against torch float32: the max
+abs difference of the output divided by the max abs of torch's output.  A
+fastlstm variant whose error exceeds :data:`TOLERANCE` is not timed and counts
+as failed; a variant that cannot be built or run is n/a with the reason (a peer
+that cannot run is not a failure).  The others are timed in alternating blocks
+(``timing.time_interleaved``, ``budget`` seconds of timed calls per case; a
+variant whose call takes longer than its share runs once per block, and the
+blocks drop to three), and each time is the median over the blocks.
+
+Every variant gets two ratios, speedups: the fastlstm float32 time over its
+time, and the torch bfloat16 time over its time.  :data:`TARGETS` holds the
+issue's targets (fastlstm bf16 >= 1.5x fastlstm f32 on the one-step case, >=
+1x torch bf16 on the batched cases); a missed target is a finding, not a failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+import fastlstm
+from fastlstm import _threads
+from fastlstm._bench.cases import Case, slug
+from fastlstm._bench.report import fmt_time
+from fastlstm._bench.timing import time_interleaved
+from fastlstm._ext import kernels
+from fastlstm.cli import one_line
+
+__all__ = ["CASES", "FAST_BF16", "FAST_F32", "OPENVINO", "TARGETS", "TOLERANCE", "TORCH_BF16",
+           "TORCH_F32", "VARIANTS", "header_lines", "measure_precision", "precision_table",
+           "select_cases", "summary_line"]
+
+FAST_F32, FAST_BF16 = "fastlstm f32", "fastlstm bf16"
+TORCH_F32, TORCH_BF16 = "torch f32", "torch bf16"
+TORCH_INT8, TORCH_F16 = "torch int8 dynamic", "torch f16 dynamic"
+OPENVINO = "openvino bf16"
+#: The variants of every case, in the table's order (OpenVINO's is added when installed).
+VARIANTS = (FAST_F32, FAST_BF16, TORCH_F32, TORCH_BF16, TORCH_INT8, TORCH_F16)
+
+#: The cases: a one-step call with a carried state, then whole sequences from zero state.
+CASES: List[Case] = [
+    Case("one step", 1, 1, 256, 256, layers=2, kind="carried"),
+    Case("single sequence", 1, 100, 256, 256),
+    Case("small batch", 16, 100, 256, 256),
+    Case("batch", 64, 100, 512, 512),
+    Case("large", 64, 200, 1024, 1024),
+]
+
+#: The issue's targets, by case name: (variant, against, bound) for the speedup
+#: ``time of against / time of variant >= bound``.
+TARGETS: Dict[str, Tuple[str, str, float]] = {
+    "one step": (FAST_BF16, FAST_F32, 1.5),
+    "small batch": (FAST_BF16, TORCH_BF16, 1.0),
+    "batch": (FAST_BF16, TORCH_BF16, 1.0),
+    "large": (FAST_BF16, TORCH_BF16, 1.0),
+}
+
+#: Largest error against torch float32 (relative to its largest output) of a fastlstm
+#: variant that is timed: float32 must agree with torch; bfloat16 is ~1e-3 (docs/precision.md).
+TOLERANCE = {FAST_F32: 1e-4, FAST_BF16: 5e-2}
+
+#: The column headers of the ratios, by the variant they divide.
+_RATIO_HEADERS = {FAST_F32: "vs fast f32", TORCH_BF16: "vs torch bf16"}
+
+
+# ------------------------------------------------------------------- cases
+def select_cases(names: Optional[Iterable[str]] = None) -> List[Case]:
+    """The cases of :data:`CASES` named in ``names`` (all of them for None), in the order given.
+
+    Names match with spaces, ``-`` or ``_`` between words (``one-step``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the valid ones), or no name at all.
+    """
+    if names is None:
+        return list(CASES)
+    by_slug = {slug(case.name): case for case in CASES}
+    valid = ", ".join(by_slug)
+    chosen: List[Case] = []
+    for name in names:
+        if not name.strip():
+            continue
+        case = by_slug.get(slug(name))
+        if case is None:
+            raise ValueError(f"unknown case {name.strip()!r} (valid: {valid})")
+        if case not in chosen:
+            chosen.append(case)
+    if not chosen:
+        raise ValueError(f"no case named (valid: {valid})")
+    return chosen
+
+
+def _label(case: Case) -> str:
+    """``large N=64 L=200 H=1024``, plus the layers and a carried state where they apply."""
+    text = f"{case.name} N={case.N} L={case.L} H={case.H}"
+    if case.layers > 1:
+        text += f" {case.layers} layers"
+    return text + (" carried (h, c)" if case.kind == "carried" else "")
+
+
+# ----------------------------------------------------------------- variants
+@dataclass
+class _Runner:
+    """A variant's timed call, and how its result gives the output as float64."""
+
+    call: Callable[[], Any]
+    output: Callable[[Any], np.ndarray]
+
+
+def _output(result: Any) -> np.ndarray:
+    """The output of ``(out, (h, c))`` as float64 (a torch tensor may be bfloat16,
+    which NumPy has not: it is converted to float32 first)."""
+    out = result[0]
+    if hasattr(out, "detach"):
+        out = out.detach().float().numpy()
+    return np.asarray(out, dtype=np.float64)
+
+
+def _reason(err: BaseException) -> str:
+    """``Type: first line of the message``, short enough for a table cell."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {one_line(lines[0]) if lines else ''}".strip()[:120]
+
+
+def _torch_dynamic(torch: Any, model: Any, dtype: Any) -> Any:
+    """``model`` dynamically quantized to ``dtype`` by torch (a copy; ``model`` is kept)."""
+    holder = torch.nn.Module()
+    holder.lstm = model  # quantize_dynamic swaps submodules only, never the module given
+    # The quantized LSTM's constructor draws placeholder weights from torch's generator.
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        # torch.ao.quantization (and its quantized tensors) warn that they are deprecated.
+        warnings.filterwarnings("ignore", message=r"(?s).*\bdeprecated\b")
+        quantized = torch.ao.quantization.quantize_dynamic(holder, {torch.nn.LSTM},
+                                                           dtype=dtype).lstm
+    if type(quantized) is type(model):
+        raise RuntimeError(f"quantize_dynamic left the LSTM unquantized ({dtype})")
+    return quantized
+
+
+def _openvino_runner(openvino: Any, model: Any, example: Tuple[Any, ...],
+                     feed: List[np.ndarray], threads: int) -> _Runner:
+    """OpenVINO's CPU plugin on ``model`` converted from torch, bfloat16 precision hint."""
+    converted = openvino.convert_model(model, example_input=example)
+    compiled = openvino.Core().compile_model(
+        converted, "CPU", {"INFERENCE_PRECISION_HINT": "bf16",
+                           "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    first = compiled.output(0)
+    return _Runner(lambda: request.infer(feed),
+                   lambda result: np.asarray(result[first], dtype=np.float64))
+
+
+def _openvino() -> Tuple[Any, Optional[str]]:
+    """The ``openvino`` module, or None and why not."""
+    try:
+        return importlib.import_module("openvino"), None
+    except ImportError:
+        return None, "not installed"
+    except Exception as err:  # a broken installation: say so, leave it out
+        return None, _reason(err)
+
+
+def _build(case: Case, torch: Any, seed: int, threads: int, openvino: Any
+           ) -> Tuple[Dict[str, _Runner], Dict[str, str]]:
+    """Every variant of ``case`` on the same weights and inputs: the runners, and the
+    reasons of those that could not be built."""
+    if case.kind not in ("forward", "carried"):
+        raise ValueError(f"precision case {case.name!r}: kind must be forward or carried")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torch.nn.LSTM(case.I, case.H, case.layers).eval()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((case.L, case.N, case.I)).astype(np.float32)
+    hx: Optional[Tuple[np.ndarray, np.ndarray]] = None
+    if case.kind == "carried":
+        shape = (case.layers, case.N, case.H)
+        hx = (rng.standard_normal(shape).astype(np.float32),
+              rng.standard_normal(shape).astype(np.float32))
+    xt = torch.from_numpy(x)
+    hxt = None if hx is None else tuple(torch.from_numpy(a) for a in hx)
+
+    def torch_runner(module: Any, dtype: Any = None) -> _Runner:
+        # The input is converted once, outside the timed call, as fastlstm's is ready too.
+        xin = xt if dtype is None else xt.to(dtype)
+        hin = hxt if dtype is None or hxt is None else tuple(a.to(dtype) for a in hxt)
+        return _Runner(lambda: module(xin, hin), _output)
+
+    builders: Dict[str, Callable[[], _Runner]] = {}
+    fast: List[Any] = []  # the float32 module, once built, for its bfloat16 copy
+
+    def fast_f32() -> _Runner:
+        fast.append(fastlstm.LSTM.from_torch(model))
+        return _Runner(lambda: fast[0](x, hx), _output)
+
+    def fast_bf16() -> _Runner:
+        small = fastlstm.quantize(fast[0] if fast else fastlstm.LSTM.from_torch(model),
+                                  "bfloat16")
+        return _Runner(lambda: small(x, hx), _output)
+
+    builders[FAST_F32] = fast_f32
+    builders[FAST_BF16] = fast_bf16
+    builders[TORCH_F32] = lambda: torch_runner(model)
+    builders[TORCH_BF16] = lambda: torch_runner(copy.deepcopy(model).to(torch.bfloat16),
+                                                torch.bfloat16)
+    builders[TORCH_INT8] = lambda: torch_runner(_torch_dynamic(torch, model, torch.qint8))
+    builders[TORCH_F16] = lambda: torch_runner(_torch_dynamic(torch, model, torch.float16))
+    if openvino is not None:
+        example = (xt,) if hxt is None else (xt, hxt)
+        feed = [x] if hx is None else [x, *hx]
+        builders[OPENVINO] = lambda: _openvino_runner(openvino, model, example, feed, threads)
+
+    runners: Dict[str, _Runner] = {}
+    notes: Dict[str, str] = {}
+    for name, build in builders.items():
+        try:
+            runners[name] = build()
+        except Exception as err:  # e.g. no quantized engine in this torch build
+            notes[name] = _reason(err)
+    return runners, notes
+
+
+# ----------------------------------------------------------------- one case
+def _relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """max |out - ref| / max |ref| (NaN where ``out`` has a NaN); ValueError if the shapes
+    differ."""
+    if out.shape != ref.shape:
+        raise ValueError(f"output shaped {out.shape}, expected {ref.shape}")
+    return float(np.max(np.abs(out - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
+
+
+def _speedup(reference: Optional[float], time_s: Optional[float]) -> Optional[float]:
+    return None if reference is None or time_s is None else reference / time_s
+
+
+def _measure_case(case: Case, torch: Any, variants: Sequence[str], *, blocks: int, seed: int,
+                  threads: int, budget: float, openvino: Any,
+                  progress: Callable[[float, str], None]) -> Dict[str, Any]:
+    """The record of one case (see :func:`measure_precision`)."""
+    record: Dict[str, Any] = {
+        **case.as_dict(), "slug": slug(case.name), "label": _label(case),
+        "shape": case.shape, "extra": case.extra,
+        **{key: {name: None for name in variants} for key in (
+            "time_s", "block_s", "reps_per_block", "error", "note",
+            "speedup_vs_fastlstm_f32", "speedup_vs_torch_bf16")},
+        "target": None, "failed": [],
+    }
+    progress(0.0, "building")
+    runners, notes = _build(case, torch, seed, threads, openvino)
+    record["note"].update(notes)
+    first: Dict[str, float] = {}
+    with torch.inference_mode():
+        progress(0.05, "checking")
+        reference = runners.pop(TORCH_F32)
+        start = time.perf_counter()
+        ref = reference.output(reference.call())
+        first[TORCH_F32] = time.perf_counter() - start
+        record["error"][TORCH_F32] = 0.0
+        checked: Dict[str, Callable[[], Any]] = {}
+        for name in variants:
+            if name == TORCH_F32:
+                checked[name] = reference.call
+                continue
+            runner = runners.get(name)
+            if runner is None:
+                continue
+            try:
+                start = time.perf_counter()
+                result = runner.call()
+                first[name] = time.perf_counter() - start
+                error = _relative_error(runner.output(result), ref)
+            except Exception as err:
+                record["note"][name] = _reason(err)
+                continue
+            record["error"][name] = error
+            bound = TOLERANCE.get(name)
+            if bound is not None and not error <= bound:
+                record["note"][name] = (f"NOT TIMED: differs from torch f32 by {error:.1e} "
+                                        f"(tolerance {bound:.0e})")
+                continue
+            checked[name] = runner.call
+        for name in (FAST_F32, FAST_BF16):  # fastlstm's own variants must run and agree
+            if name in variants and name not in checked:
+                record["failed"].append(name)
+
+        progress(0.1, "timing")
+        timings = time_interleaved(
+            checked, budget=budget, blocks=blocks, min_blocks=min(blocks, 3),
+            first_call_s=first,
+            on_block=lambda done, total: progress(0.1 + 0.9 * done / total, "timing"))
+    for name, timing in timings.items():
+        record["time_s"][name] = timing.median_s
+        record["block_s"][name] = timing.block_s
+        record["reps_per_block"][name] = timing.reps
+    times = record["time_s"]
+    for name in variants:
+        record["speedup_vs_fastlstm_f32"][name] = _speedup(times[FAST_F32], times[name])
+        record["speedup_vs_torch_bf16"][name] = _speedup(times[TORCH_BF16], times[name])
+    target = TARGETS.get(case.name)
+    if target is not None:
+        variant, against, bound = target
+        ratio = _speedup(times[against], times[variant])
+        record["target"] = {"variant": variant, "against": against, "op": ">=",
+                            "bound": bound, "ratio": ratio,
+                            "met": None if ratio is None else ratio >= bound}
+    return record
+
+
+# ----------------------------------------------------------------- the mode
+def measure_precision(torch: Any, *, cases: Optional[Sequence[str]] = None, blocks: int = 5,
+                      seed: int = 0, threads: Optional[int] = None, budget: float = 2.0,
+                      on_progress: Optional[Callable[[float, str], None]] = None
+                      ) -> Dict[str, Any]:
+    """Time reduced-precision variants of each case beside float32 and the peers.
+
+    Parameters
+    ----------
+    torch : module
+    cases : sequence of str, optional
+        Names of cases of :data:`CASES` (see :func:`select_cases`); all of them if None.
+    blocks : int, default=5
+        Alternating blocks per case (at least three, or ``blocks`` if fewer, where a
+        round of calls outlasts the budget); medians over them are reported.
+    seed : int, default=0
+        Seed of the weights and the inputs.
+    threads : int, optional
+        Threads of fastlstm, torch and OpenVINO (``fastlstm.get_num_threads()`` if None).
+    budget : float, default=2.0
+        Seconds of timed calls per case, all variants together (a slow call still runs
+        once per block).
+    on_progress : callable, optional
+        Called as ``on_progress(fraction_done, stage)``.
+
+    Returns
+    -------
+    dict
+        ``threads``, ``blocks``, ``seed``, ``budget_s``, ``bf16_level`` and
+        ``bf16_levels`` (``fastlstm._ext.kernels``), ``torch`` (its version),
+        ``openvino`` (its version or None) and ``openvino_note`` (why it is left
+        out, or None), ``variants`` (the names, in order), ``tolerance``,
+        ``targets``, ``cases`` (one record per case: its ``Case`` fields, ``slug``,
+        ``label``, ``shape``, ``extra``; per variant ``time_s`` (median
+        seconds per call), ``block_s``, ``reps_per_block``, ``error`` (against torch
+        f32, relative to its largest output), ``note`` (why n/a),
+        ``speedup_vs_fastlstm_f32`` and ``speedup_vs_torch_bf16`` (that variant's
+        time over this one's), each None where n/a; ``target`` (``variant``,
+        ``against``, ``op``, ``bound``, ``ratio``, ``met``) or None; ``failed``:
+        the fastlstm variants that failed or were not timed), ``failed`` (``"case:
+        variant"`` for every case) and ``wall_s``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown case name.
+    """
+    started = time.perf_counter()
+    chosen = select_cases(cases)
+    progress = on_progress or (lambda frac, stage: None)
+    threads = threads or fastlstm.get_num_threads()
+    openvino, openvino_note = _openvino()
+    variants = list(VARIANTS) + ([OPENVINO] if openvino is not None else [])
+    result: Dict[str, Any] = {
+        "threads": threads, "blocks": blocks, "seed": seed, "budget_s": budget,
+        "bf16_level": kernels.bf16_level(), "bf16_levels": list(kernels.bf16_levels()),
+        "torch": torch.__version__,
+        "openvino": getattr(openvino, "__version__", None) if openvino is not None else None,
+        "openvino_note": openvino_note, "variants": variants, "tolerance": dict(TOLERANCE),
+        "targets": {name: {"variant": v, "against": a, "op": ">=", "bound": b}
+                    for name, (v, a, b) in TARGETS.items()},
+        "cases": [], "failed": [], "wall_s": None,
+    }
+    saved_fast = _threads._num_threads
+    saved_torch = torch.get_num_threads()
+    try:
+        fastlstm.set_num_threads(threads)
+        torch.set_num_threads(threads)
+        for k, case in enumerate(chosen):
+            def case_progress(frac: float, stage: str, k: int = k, case: Case = case) -> None:
+                progress((k + frac) / len(chosen),
+                         f"precision {k + 1}/{len(chosen)} {case.name}: {stage}")
+
+            record = _measure_case(case, torch, variants, blocks=blocks, seed=seed,
+                                   threads=threads, budget=budget, openvino=openvino,
+                                   progress=case_progress)
+            result["cases"].append(record)
+            result["failed"] += [f"{case.name}: {name}" for name in record["failed"]]
+    finally:
+        fastlstm.set_num_threads(saved_fast)
+        torch.set_num_threads(saved_torch)
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+# ----------------------------------------------------------------- the table
+def header_lines(result: Dict[str, Any], cpu: str, flags: Sequence[str]) -> List[str]:
+    """What the precision table was measured on and how, in three lines."""
+    if result["openvino_note"] is None:
+        openvino = (f"OpenVINO {result['openvino'] or '(version unknown)'}: '{OPENVINO}' on "
+                    "its CPU plugin with the bfloat16 precision hint")
+    else:
+        openvino = f"OpenVINO n/a ({result['openvino_note']}): left out"
+    return [
+        f"precision: bfloat16 kernels {result['bf16_level']} (levels here: "
+        f"{', '.join(result['bf16_levels'])}); {cpu}; flags {' '.join(flags) or 'n/a'}",
+        f"{openvino}; torch {result['torch']}; {result['threads']} threads for every library",
+        f"{result['blocks']} alternating blocks per case, --budget {result['budget_s']:g} s, "
+        "medians; 'vs fast f32' = fastlstm f32 time / time, 'vs torch bf16' = torch bf16 "
+        "time / time; error = max|out - torch f32 out| / max|torch f32 out|",
+    ]
+
+
+_HEADERS = ["case", "variant", "time", _RATIO_HEADERS[FAST_F32], _RATIO_HEADERS[TORCH_BF16],
+            "error", "target", "result"]
+
+
+def _ratio(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _cells(record: Dict[str, Any], variants: Sequence[str]) -> List[List[str]]:
+    """One list of cells per variant; an n/a variant has three, its reason last."""
+    rows = []
+    target = record["target"]
+    for k, name in enumerate(variants):
+        head = [record["label"] if k == 0 else "", name]
+        if record["time_s"][name] is None:
+            rows.append(head + [f"n/a: {record['note'][name] or 'not measured'}"])
+            continue
+        error = record["error"][name]
+        cells = head + [fmt_time(record["time_s"][name]),
+                        _ratio(record["speedup_vs_fastlstm_f32"][name]),
+                        _ratio(record["speedup_vs_torch_bf16"][name]),
+                        "ref" if name == TORCH_F32 else f"{error:.1e}", "", ""]
+        if target is not None and target["variant"] == name:
+            cells[6] = f"{_RATIO_HEADERS[target['against']]} >= {target['bound']:g}"
+            cells[7] = {True: "met", False: "missed", None: "n/a"}[target["met"]]
+        rows.append(cells)
+    return rows
+
+
+def precision_table(result: Dict[str, Any]) -> List[str]:
+    """The cases as aligned lines: a header, a rule, then one line per case and variant
+    (an n/a variant shows its reason across the figure columns)."""
+    cells = [row for record in result["cases"] for row in _cells(record, result["variants"])]
+    # An n/a row counts for the first two columns only: its reason runs on.
+    widths = [max([len(h)] + [len(c[k]) for c in cells if k < 2 or len(c) == len(_HEADERS)])
+              for k, h in enumerate(_HEADERS)]
+
+    def line(parts: Sequence[str]) -> str:
+        return " ".join(p.rjust(w) if 2 <= k < 6 else p.ljust(w)
+                        for k, (p, w) in enumerate(zip(parts, widths))).rstrip()
+
+    lines = [line(_HEADERS), "-" * len(line(_HEADERS))]
+    lines += [line(c) if len(c) == len(_HEADERS) else line(c[:2]) + " " + c[2] for c in cells]
+    return lines
+
+
+def summary_line(result: Dict[str, Any]) -> str:
+    """How many targets were met, missed or could not be judged, in one line."""
+    verdicts = [r["target"]["met"] for r in result["cases"] if r["target"] is not None]
+    return (f"targets: {verdicts.count(True)} met, {verdicts.count(False)} missed, "
+            f"{verdicts.count(None)} n/a (a missed target is a finding, not a failure)")
