@@ -1314,8 +1314,9 @@ cdef inline int _chunks(const Geometry *g, int threads, const Tuning_t *tu) noex
 
     Split mode when a direction has 2 threads or more and the batch gives a
     thread fewer than 4 rows; with bfloat16 weights on AMX, when the batch has
-    16 rows or more but batch chunks would have fewer; also when a direction has exactly 2 threads and its
-    packed ``W_hh`` is at least half a core's L2, with 4 panels or more per
+    16 rows or more but batch chunks would have fewer; also when a direction has
+    exactly 2 threads and its packed ``W_hh`` is at least half a core's L2, with
+    4 panels or more per
     thread: a batch chunk streams the whole ``W_hh`` every step, from L3 once it
     outgrows the L2 beside the other data (docs/kernels.md has the measurements).
     With more threads per direction batch chunks stay: the step's wait grows and
