@@ -179,48 +179,27 @@ def pack_layer(
     weight_dtype: Optional[str] = None,
 ) -> _PackedLayer:
     """Pack one layer's weights, one list entry per direction (torch's layouts);
-    ``weight_dtype`` "bfloat16" stores them in bfloat16 (``pack_panels_bf16``)."""
+    ``weight_dtype`` "bfloat16" stores them in bfloat16 (``pack_panels_bf16``), with no
+    copy of W_ih for BLAS (which has no bfloat16 product)."""
     n_dirs = len(w_ih)
-    if weight_dtype == "bfloat16":
-        return _pack_layer_bf16(w_ih, w_hh, biases, w_hr, hidden)
+    bf16 = weight_dtype == "bfloat16"
+    panels = pack_panels_bf16 if bf16 else _pack_panels
     w_ih_all = np.concatenate([_interleave_gates(w, hidden) for w in w_ih])
-    w_hh_p = np.stack([_pack_panels(_interleave_gates(w, hidden)) for w in w_hh])
+    w_hh_p = np.stack([panels(_interleave_gates(w, hidden)) for w in w_hh])
     if biases is not None:
-        bias = np.stack([_interleave_gates(b, hidden) for b in biases])
+        bias = np.stack([_interleave_gates(b, hidden) for b in biases]).astype(dtype, copy=False)
     else:
         bias = np.zeros((n_dirs, w_ih_all.shape[0] // n_dirs), dtype=dtype)
     if w_hr is not None:
-        w_hr_p = np.stack([_pack_panels(w) for w in w_hr])
+        w_hr_p = np.stack([panels(w) for w in w_hr])
     else:
-        w_hr_p = np.empty((n_dirs, 0), dtype=dtype)
-    return _PackedLayer(_aligned(w_ih_all), _aligned(_pack_panels(w_ih_all)), _aligned(w_hh_p),
+        w_hr_p = np.empty((n_dirs, 0), dtype=np.uint32 if bf16 else dtype)
+    blas_copy = np.empty((0, w_ih_all.shape[1]), dtype) if bf16 else _aligned(w_ih_all)
+    return _PackedLayer(blas_copy, _aligned(panels(w_ih_all)), _aligned(w_hh_p),
                         _aligned(bias), _aligned(w_hr_p),
-                        all(bool(np.isfinite(w).all()) for w in w_hh))
-
-
-def _pack_layer_bf16(
-    w_ih: List[np.ndarray],
-    w_hh: List[np.ndarray],
-    biases: Optional[List[np.ndarray]],
-    w_hr: Optional[List[np.ndarray]],
-    hidden: int,
-) -> _PackedLayer:
-    """``pack_layer`` for bfloat16 weights: the same interleaved panels, in row pairs."""
-    n_dirs = len(w_ih)
-    w_ih_all = np.concatenate([_interleave_gates(w, hidden) for w in w_ih])
-    w_hh_p = np.stack([pack_panels_bf16(_interleave_gates(w, hidden)) for w in w_hh])
-    if biases is not None:
-        bias = np.stack([_interleave_gates(b, hidden) for b in biases]).astype(np.float32)
-    else:
-        bias = np.zeros((n_dirs, w_ih_all.shape[0] // n_dirs), dtype=np.float32)
-    if w_hr is not None:
-        w_hr_p = np.stack([pack_panels_bf16(w) for w in w_hr])
-    else:
-        w_hr_p = np.empty((n_dirs, 0), dtype=np.uint32)
-    return _PackedLayer(np.empty((0, w_ih[0].shape[1]), np.float32),
-                        _aligned(pack_panels_bf16(w_ih_all)), _aligned(w_hh_p), _aligned(bias),
-                        _aligned(w_hr_p), all(bool(np.isfinite(w).all()) for w in w_hh),
-                        "bfloat16", int(w_ih[0].shape[1]), int(w_hh[0].shape[1]))
+                        all(bool(np.isfinite(w).all()) for w in w_hh),
+                        weight_dtype or np.dtype(dtype).name, int(w_ih[0].shape[1]),
+                        int(w_hh[0].shape[1]))
 
 
 def bf16_values(x: np.ndarray) -> np.ndarray:

@@ -20,7 +20,6 @@ blocks are kept):
 
 from __future__ import annotations
 
-import gc
 import importlib
 import json
 import os
@@ -38,7 +37,7 @@ import numpy as np
 import fastlstm
 from fastlstm import _threads
 from fastlstm._bench.report import fmt_time
-from fastlstm._bench.timing import settle
+from fastlstm._bench.timing import gc_paused, rotation, settle
 
 __all__ = ["HIDDEN", "LENGTH", "TARGETS", "error_row", "header_lines", "measure_contention",
            "ratio_row", "ratio_table", "worker_main"]
@@ -213,12 +212,9 @@ def _interleave(torch: Any, configs: Dict[str, _Config], blocks: int, seconds: f
         _run_for(config.call, min(0.1, seconds / 4))
         settle(_PAUSE_S)
     figures: Dict[str, List[float]] = {name: [] for name in names}
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         for block in range(blocks):
-            shift = block % len(names)
-            for name in names[shift:] + names[:shift]:
+            for name in rotation(names, block):
                 config = configs[name]
                 _set_threads(torch, config.lib, config.threads)
                 calls, elapsed = _run_for(config.call, seconds)
@@ -226,9 +222,6 @@ def _interleave(torch: Any, configs: Dict[str, _Config], blocks: int, seconds: f
                                      else elapsed / calls)
                 settle(_PAUSE_S)
             on_block()
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return figures
 
 

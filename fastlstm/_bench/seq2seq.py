@@ -21,7 +21,6 @@ way.  Target for both ratios: <= 1.2.
 
 from __future__ import annotations
 
-import gc
 import statistics
 import time
 from functools import partial
@@ -32,7 +31,7 @@ import numpy as np
 import fastlstm
 from fastlstm import _threads
 from fastlstm._bench.contention import error_row, ratio_row
-from fastlstm._bench.timing import settle, time_interleaved
+from fastlstm._bench.timing import gc_paused, rotation, settle, time_interleaved
 
 __all__ = ["DECODE_TARGETS", "MIX_TARGET", "Seq2Seq", "header_line", "measure_seq2seq",
            "tokens_mismatch"]
@@ -170,20 +169,14 @@ def _mix(model: Seq2Seq, src: np.ndarray, blocks: int) -> Dict[str, List[float]]
         fn()
     samples: Dict[str, List[List[float]]] = {kind: [] for kind in kinds}
     names = list(kinds)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         for block in range(blocks):
-            shift = block % len(names)
-            for name in names[shift:] + names[:shift]:
+            for name in rotation(names, block):
                 # Every block starts with both thread pools asleep (NumPy's BLAS threads
                 # spin for about 0.1 s after a matmul), so that "alone" is alone; the
                 # first sample follows the previous kind's call: not kept.
                 settle(_SETTLE_PAUSE_S, limit=1.0)
                 samples[name].append([kinds[name]() for _ in range(_SAMPLES + 1)][1:])
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return {name: _median_of_blocks(s) for name, s in samples.items()}
 
 

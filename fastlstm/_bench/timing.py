@@ -15,9 +15,10 @@ from __future__ import annotations
 import gc
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -71,6 +72,26 @@ class Timing:
     median_s: float
     block_s: List[float] = field(default_factory=list)
     reps: int = 1
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No garbage collection while the block runs (a collection would land in one
+    library's timing), as it was after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def rotation(names: Sequence[str], block: int) -> List[str]:
+    """``names`` in the order of block ``block``: each block starts one further on, so
+    that no configuration always runs first (or right after the same other one)."""
+    shift = block % len(names)
+    return list(names[shift:]) + list(names[:shift])
 
 
 def _call_block(fn: Callable[[], object], reps: int, deadline: float = math.inf) -> float:
@@ -172,23 +193,17 @@ def time_interleaved(
     times: Dict[str, List[float]] = {name: [] for name in names}
     stop_after = time.perf_counter() + 3 * max(budget, sum(
         reps[name] * estimate[name] for name in names) * min_blocks)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         for block in range(blocks):
             if block >= min_blocks and time.perf_counter() > stop_after:
                 break
-            shift = block % len(names)
-            for name in names[shift:] + names[:shift]:
+            for name in rotation(names, block):
                 planned = reps[name] * estimate[name]
                 deadline = time.perf_counter() + 3 * planned + 0.01
                 times[name].append(_call_block(runners[name], reps[name], deadline))
                 settle(pause)
             if on_block is not None:
                 on_block(block + 1, blocks)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return {name: Timing(float(np.median(times[name])), times[name], reps[name])
             for name in names}
 

@@ -74,7 +74,7 @@ cdef extern from "bf16.h" nogil:
     int fl_cpu_has_amx_bf16() noexcept
     void fl_matmul_bf(int level, int beta, int M, int N, int K, const float *A,
                       Py_ssize_t lda, const uint32_t *BP, float *G, Py_ssize_t ldg) noexcept
-    uint32_t *fl_bf16_pairs(int M, int K, const float *A, Py_ssize_t lda) noexcept
+    uint32_t *fl_bf16_pairs(int level, int M, int K, const float *A, Py_ssize_t lda) noexcept
     void fl_matmul_bfp(int level, int beta, int M, int N, int K, const uint32_t *A,
                        Py_ssize_t lda, const uint32_t *BP, float *G, Py_ssize_t ldg) noexcept
     void fl_lstm_step_bfp(int level, int M, int K, int H, const uint32_t *A, Py_ssize_t lda,
@@ -157,6 +157,19 @@ def simd_level():
     return _LEVEL_NAMES[_level]
 
 
+def _level_index(name, names, detected, what, article=""):
+    """The index in ``names`` of level ``name`` (None: ``detected``, the best), refused
+    with ValueError when unknown or beyond what this CPU runs."""
+    if name is None:
+        return detected
+    if name not in names:
+        raise ValueError(f"unknown {what} {name!r}; expected one of {names}")
+    if names.index(name) > detected:
+        raise ValueError(f"this CPU does not support {article}{what} {name!r}; "
+                         f"available: {list(names[:detected + 1])}")
+    return names.index(name)
+
+
 def set_simd_level(name=None):
     """Use SIMD level ``name`` ("portable", "avx2", "avx512"), or None for the best.
 
@@ -164,15 +177,7 @@ def set_simd_level(name=None):
     import.  A level the CPU lacks raises ValueError.
     """
     global _level
-    if name is None:
-        _level = _detected
-        return
-    if name not in _LEVEL_NAMES:
-        raise ValueError(f"unknown SIMD level {name!r}; expected one of {_LEVEL_NAMES}")
-    if _LEVEL_NAMES.index(name) > _detected:
-        raise ValueError(f"this CPU does not support SIMD level {name!r}; "
-                         f"available: {simd_available()}")
-    _level = _LEVEL_NAMES.index(name)
+    _level = _level_index(name, _LEVEL_NAMES, _detected, "SIMD level")
 
 
 if os.environ.get("FASTLSTM_SIMD"):
@@ -254,15 +259,8 @@ def set_bf16_level(name=None):
     """Use bfloat16 level ``name`` (one of ``bf16_levels()``), or None for the best;
     for tests and comparisons (FASTLSTM_BF16 sets it at import)."""
     global _bf16_level
-    if name is None:
-        _bf16_level = _bf16_detected
-        return
-    if name not in _BF16_LEVELS:
-        raise ValueError(f"unknown bfloat16 level {name!r}; expected one of {_BF16_LEVELS}")
-    if _BF16_LEVELS.index(name) > _bf16_detected:
-        raise ValueError(f"this CPU does not support the bfloat16 level {name!r}; "
-                         f"available: {bf16_levels()}")
-    _bf16_level = _BF16_LEVELS.index(name)
+    _bf16_level = _level_index(name, _BF16_LEVELS, _bf16_detected, "bfloat16 level",
+                               "the ")
 
 
 def bf16_levels():
@@ -617,11 +615,11 @@ cdef bint _bf16_single_step(const Geometry *g, int m, const float *x, const floa
     (the caller then goes panel by panel, each product rounding its own)."""
     cdef int i, p
     cdef uint32_t *hp = NULL
-    cdef uint32_t *xp = fl_bf16_pairs(m, g.n_in, x, g.n_in)
+    cdef uint32_t *xp = fl_bf16_pairs(_bf16_level, m, g.n_in, x, g.n_in)
     if xp == NULL:
         return False
     if k_rec > 0:
-        hp = fl_bf16_pairs(m, k_rec, h0, g.out_size)
+        hp = fl_bf16_pairs(_bf16_level, m, k_rec, h0, g.out_size)
         if hp == NULL:
             free(xp)
             return False

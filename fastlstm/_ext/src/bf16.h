@@ -148,10 +148,10 @@ FL_DEFINE_BF_PAIRS(avx512)
 FL_DEFINE_BF_PAIRS(avx2)
 FL_DEFINE_BF_PAIRS(portable)
 
-static uint32_t *fl_bf16_pairs(int M, int K, const float *A, ptrdiff_t lda)
+/* The rounding is the same at every level; `level` only picks the vector width. */
+static uint32_t *fl_bf16_pairs(int level, int M, int K, const float *A, ptrdiff_t lda)
 {
     const int kp = (K + 1) / 2;
-    const int level = fl_cpu_level();  /* the rounding is the same at every level */
     uint32_t *out = (uint32_t *)malloc((size_t)(M > 0 ? M : 1) * (kp > 0 ? kp : 1) * 4);
     if (out == NULL)
         return NULL;
@@ -536,7 +536,7 @@ static void fl_lstm_step_bf(int level, int M, int K, int H, const float *Af, ptr
         ptrdiff_t ldc, float *Hout, ptrdiff_t ldh, int p_lo, int p_hi, int reverse)
 {
     const ptrdiff_t lda = (K + 1) / 2;
-    uint32_t *A = K > 0 ? fl_bf16_pairs(M, K, Af, ldaf) : NULL;
+    uint32_t *A = K > 0 ? fl_bf16_pairs(level, M, K, Af, ldaf) : NULL;
     if (K > 0 && A == NULL) {
         const int kp = (K + 1) / 2;
         for (int i = p_lo; i < p_hi; i++) {
@@ -605,7 +605,7 @@ static void fl_matmul_bf(int level, int beta, int M, int N, int K, const float *
                          ptrdiff_t ldaf, const uint32_t *BP, float *G, ptrdiff_t ldg)
 {
     const ptrdiff_t lda = (K + 1) / 2;
-    uint32_t *A = fl_bf16_pairs(M, K, Af, ldaf);
+    uint32_t *A = fl_bf16_pairs(level, M, K, Af, ldaf);
     if (A == NULL) {
         fl_matmul_bf_sliced(level, beta, M, N, K, Af, ldaf, BP, G, ldg);
         return;
