@@ -311,7 +311,9 @@ FL_TGT_amx static void fl_amx_begin(void)
         cfg.colsb[t] = 64;
         cfg.rows[t] = 16;
     }
-    _tile_loadconfig(&cfg);
+    /* Not _tile_loadconfig: GCC 12's declares an 8-byte operand, so the stores to the
+     * rest of cfg can be dropped as dead (then LDTILECFG faults). */
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
 }
 
 FL_TGT_amx static void fl_amx_end(void) { _tile_release(); }
