@@ -14,6 +14,7 @@ from collections import OrderedDict
 from typing import (
     IO,
     Any,
+    Dict,
     Iterator,
     List,
     Mapping,
@@ -81,8 +82,9 @@ class _PackedLayer(NamedTuple):
     bias: np.ndarray  # (D, 4Hp): b_ih + b_hh interleaved, zeros without bias
     w_hr_p: np.ndarray  # (D, *): each W_hr^T in panels, or (D, 0) without projection
     recurrent_finite: bool  # W_hh holds no NaN or infinity (see zero_state_skips)
-    # "float32", "float64", or "bfloat16": then the panels are uint32 words of bfloat16
-    # row pairs (pack_panels_bf16), w_ih is empty (no BLAS), and the sizes below are read.
+    # "float32", "float64", "bfloat16" or "int8": then the panels are uint32 words of
+    # bfloat16 row pairs (pack_panels_bf16) or of int8 row quads with the scales
+    # (pack_panels_int8), w_ih is empty (no BLAS), and the sizes below are read.
     weight_dtype: str = "float32"
     n_in: int = 0  # the layer's input size
     out_size: int = 0  # its output size (H, or the projection's)
@@ -102,7 +104,8 @@ def _interleave_gates(w: np.ndarray, hidden: int) -> np.ndarray:
     units, ``[i(U) f(U) g(U) o(U)]`` of those units, with hidden padded to a
     multiple of U by zero rows.
     """
-    unit = _gate_unit(w.dtype)
+    # int8 weights: the units of the float32 gate math.
+    unit = _gate_unit(w.dtype if w.dtype.kind == "f" else np.dtype(np.float32))
     padded_h = -(-hidden // unit) * unit
     rest = w.shape[1:]
     gates = np.zeros((4, padded_h) + rest, dtype=w.dtype)
@@ -125,8 +128,37 @@ def _pack_panels(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(n_panels, width, k).transpose(0, 2, 1)).ravel()
 
 
-#: The safetensors header key of a saved module's weight storage type ("bfloat16").
+#: The safetensors header key of a saved module's weight storage type ("bfloat16", "int8").
 WEIGHT_DTYPE_KEY = "fastlstm.weight_dtype"
+#: What a saved int8 weight's keys add to its name: its int8 values, and its scales.
+INT8_SUFFIX, SCALE_SUFFIX = "_int8", "_scale"
+
+
+def int8_split(params: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray],
+                                                          Dict[str, Tuple[np.ndarray, np.ndarray]]]:
+    """``params`` with each saved int8 weight (``name_int8`` and ``name_scale``) made the
+    float32 values it stands for under ``name``, and those weights' ``(q, scale)``."""
+    floats: Dict[str, np.ndarray] = {}
+    given: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    for key, value in params.items():
+        if key.endswith(INT8_SUFFIX) and key[:-len(INT8_SUFFIX)] + SCALE_SUFFIX in params:
+            name = key[:-len(INT8_SUFFIX)]
+            q = np.asarray(value)
+            scale = np.asarray(params[name + SCALE_SUFFIX])
+            if (q.dtype != np.int8 or q.ndim != 2 or scale.dtype != np.float32
+                    or scale.shape not in ((q.shape[0],), (1,))):
+                raise StateDictError(f"{name}: int8 weights need an int8 matrix and float32 "
+                                     f"scales of shape ({q.shape[0] if q.ndim else '?'},) "
+                                     f"or (1,), got {q.dtype} {q.shape} and {scale.dtype} "
+                                     f"{scale.shape}")
+            if not np.isfinite(scale).all() or (scale < 0).any():
+                raise StateDictError(f"{name}: int8 scales must be finite and not negative")
+            given[name] = (np.ascontiguousarray(q), np.ascontiguousarray(scale))
+            floats[name] = int8_values(q, scale)
+        elif not (key.endswith(SCALE_SUFFIX)
+                  and key[:-len(SCALE_SUFFIX)] + INT8_SUFFIX in params):
+            floats[key] = value
+    return floats, given
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -152,6 +184,74 @@ def pack_panels_bf16(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(panels).view("<u4").astype(np.uint32, copy=False).ravel()
 
 
+def _int8_scale(amax: np.ndarray) -> np.ndarray:
+    """The float32 scales of rows whose largest magnitude is ``amax``: amax / 127, moved
+    to a value s with fl(fl(127 s) / 127) == s, so that quantizing the dequantized
+    weights again gives the same int8 values and scales (``int8_weight``)."""
+    seven = np.float32(127)
+    s = (amax.astype(np.float32) / seven).astype(np.float32)
+    for _ in range(8):  # one pass moves almost every scale; two more are unheard of
+        nxt = ((s * seven).astype(np.float32) / seven).astype(np.float32)
+        if np.array_equal(nxt, s):
+            break
+        s = nxt
+    return s
+
+
+def int8_weight(weight: np.ndarray, per_channel: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """A weight matrix (rows x K) as symmetric int8: ``(q, scale)``, q = rint(w / scale)
+    in [-127, 127] (float32, ties to even), scale (rows,) per row or (1,) per matrix
+    (``_int8_scale``; 0 for a zero row).  docs/precision.md has the rules."""
+    w = np.asarray(weight, dtype=np.float32)
+    if not np.isfinite(w).all():
+        raise ValueError("int8 weights must be finite; this one holds a NaN or an infinity")
+    amax = np.abs(w).max(axis=1) if per_channel else np.abs(w).max(keepdims=True).ravel()
+    if w.size == 0:
+        amax = np.zeros(w.shape[0] if per_channel else 1, np.float32)
+    scale = _int8_scale(amax)
+    safe = np.where(scale > 0, scale, np.float32(1))
+    q = np.rint(w / safe[:, None]).astype(np.float32)
+    return np.clip(q, -127, 127).astype(np.int8), scale
+
+
+def int8_values(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """int8 weights as the float32 values they stand for: q * scale (per row)."""
+    return (q.astype(np.float32) * np.asarray(scale, np.float32)[:, None]).astype(np.float32)
+
+
+def pack_panels_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """int8 ``q.T`` (K x N, scales of the N rows of q) for the int8 kernels (``int8.h``),
+    flattened to uint32: panel ``p`` (columns ``[64p, 64p + 64)``, zero past N) holds,
+    for each quad of rows ``4kk .. 4kk + 3`` (K padded to a multiple of 4 with zeros)
+    and each column, the four int8 values in one 32-bit word (row 4kk in the low byte),
+    then a row of the columns' float32 scales and a row of their int32 compensations,
+    -128 times the column's sum (the kernels' activations are unsigned, q + 128)."""
+    n, k = q.shape
+    n_panels, quads = -(-n // 64), -(-k // 4)
+    if k > 65535:
+        raise ValueError(f"int8 weights take at most 65535 inputs (int32 sums), got {k}")
+    padded = np.zeros((n_panels * 64, 4 * quads), dtype=np.int8)
+    padded[:n, :k] = q
+    words = padded.reshape(n_panels, 64, quads, 4).transpose(0, 2, 1, 3)
+    words = np.ascontiguousarray(words).view("<u4").reshape(n_panels, quads, 64)
+    scales = np.zeros(n_panels * 64, np.float32)
+    scales[:n] = np.broadcast_to(np.asarray(scale, np.float32), (n,))
+    comp = (-128 * padded.astype(np.int64).sum(axis=1)).astype("<i4")
+    tail = np.stack([scales.view("<u4").reshape(n_panels, 64),
+                     comp.view("<u4").reshape(n_panels, 64)], axis=1)
+    return np.concatenate([words, tail], axis=1).astype(np.uint32, copy=False).ravel()
+
+
+def _int8_interleaved(weights: List[Tuple[np.ndarray, np.ndarray]],
+                      hidden: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The directions' int8 gate weights stacked with their gate rows interleaved, and
+    their scales alike (per matrix: repeated over the rows)."""
+    qs = [_interleave_gates(q, hidden) for q, _ in weights]
+    scales = [_interleave_gates(np.broadcast_to(np.asarray(s, np.float32), (q.shape[0],)),
+                                hidden) for q, s in weights]
+    return np.concatenate(qs), np.concatenate(scales)
+
+
 # Packed weights start on a cache line, so that no 64-byte vector load of a panel
 # straddles two lines: with NumPy's 16-byte alignment a single sequence at
 # H = 256 ran about 9% slower, its steps bound by reading W_hh.
@@ -170,17 +270,20 @@ def _aligned(array: np.ndarray) -> np.ndarray:
 
 
 def pack_layer(
-    w_ih: List[np.ndarray],
-    w_hh: List[np.ndarray],
+    w_ih: List[Any],
+    w_hh: List[Any],
     biases: Optional[List[np.ndarray]],
-    w_hr: Optional[List[np.ndarray]],
+    w_hr: Optional[List[Any]],
     hidden: int,
     dtype: np.dtype,
     weight_dtype: Optional[str] = None,
 ) -> _PackedLayer:
     """Pack one layer's weights, one list entry per direction (torch's layouts);
-    ``weight_dtype`` "bfloat16" stores them in bfloat16 (``pack_panels_bf16``), with no
-    copy of W_ih for BLAS (which has no bfloat16 product)."""
+    ``weight_dtype`` "bfloat16" stores them in bfloat16 (``pack_panels_bf16``), "int8"
+    in int8 (``pack_panels_int8``; each weight entry is then its ``(q, scale)``), with
+    no copy of W_ih for BLAS (which has neither product)."""
+    if weight_dtype == "int8":
+        return _pack_layer_int8(w_ih, w_hh, biases, w_hr, hidden)
     n_dirs = len(w_ih)
     bf16 = weight_dtype == "bfloat16"
     panels = pack_panels_bf16 if bf16 else _pack_panels
@@ -200,6 +303,31 @@ def pack_layer(
                         all(bool(np.isfinite(w).all()) for w in w_hh),
                         weight_dtype or np.dtype(dtype).name, int(w_ih[0].shape[1]),
                         int(w_hh[0].shape[1]))
+
+
+def _pack_layer_int8(w_ih: List[Tuple[np.ndarray, np.ndarray]],
+                     w_hh: List[Tuple[np.ndarray, np.ndarray]],
+                     biases: Optional[List[np.ndarray]],
+                     w_hr: Optional[List[Tuple[np.ndarray, np.ndarray]]],
+                     hidden: int) -> _PackedLayer:
+    """``pack_layer`` for int8 weights (finite by construction)."""
+    n_dirs, n_in = len(w_ih), int(w_ih[0][0].shape[1])
+    w_ih_p = pack_panels_int8(*_int8_interleaved(w_ih, hidden))
+    w_hh_p = np.stack([pack_panels_int8(*_int8_interleaved([w], hidden)) for w in w_hh])
+    unit = _gate_unit(np.dtype(np.float32))
+    gate_cols = -(-hidden // unit) * unit * 4
+    if biases is not None:
+        bias = np.stack([_interleave_gates(b, hidden) for b in biases]).astype(np.float32)
+    else:
+        bias = np.zeros((n_dirs, gate_cols), dtype=np.float32)
+    if w_hr is not None:
+        w_hr_p = np.stack([pack_panels_int8(q, np.broadcast_to(
+            np.asarray(s, np.float32), (q.shape[0],))) for q, s in w_hr])
+    else:
+        w_hr_p = np.empty((n_dirs, 0), dtype=np.uint32)
+    return _PackedLayer(np.empty((0, n_in), np.float32), _aligned(w_ih_p), _aligned(w_hh_p),
+                        _aligned(bias), _aligned(w_hr_p), True, "int8", n_in,
+                        int(w_hh[0][0].shape[1]))
 
 
 def bf16_values(x: np.ndarray) -> np.ndarray:
@@ -294,21 +422,55 @@ class _Module:
         outputs and states keep :attr:`dtype`."""
         return self.__dict__.get("_weight_dtype") or dtype_name(self._dtype)
 
-    def _stored(self, value: np.ndarray) -> np.ndarray:
-        """A parameter as this module keeps it: rounded to bfloat16 once, when its
-        weights are stored in bfloat16 (so ``state_dict`` holds what is computed with)."""
-        if self.__dict__.get("_weight_dtype") == "bfloat16":
+    def _stored(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Parameter ``name`` as this module keeps it: a weight matrix rounded to
+        bfloat16, or quantized to int8 and back, once, when the weights are stored so
+        (``state_dict`` holds what is computed with); biases stay as they are."""
+        weight_dtype = self.__dict__.get("_weight_dtype")
+        if not name.startswith("weight_") or not weight_dtype:
+            return value
+        if weight_dtype == "bfloat16":
             return bf16_values(value)
-        return value
+        try:
+            return int8_values(*int8_weight(value, self.__dict__.get("_per_channel", True)))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
 
-    def _set_weight_dtype(self, weight_dtype: str) -> None:
-        """Store the weights as ``weight_dtype`` from now on (``quantize``'s step)."""
+    def _set_weight_dtype(self, weight_dtype: str, per_channel: bool = True,
+                          given: Optional[Mapping[str, Tuple[np.ndarray, np.ndarray]]] = None
+                          ) -> None:
+        """Store the weights as ``weight_dtype`` from now on (``quantize``'s step).  int8:
+        one scale per row (``per_channel``) or per matrix; ``given`` holds weights' int8
+        values and scales as they are (torch's, a file's), kept until a weight is set."""
         with self._pack_lock:
             self.__dict__["_weight_dtype"] = weight_dtype
+            self.__dict__["_per_channel"] = per_channel
+            self.__dict__["_int8_given"] = dict(given or {})
             self.__dict__["_params"] = OrderedDict(
-                (name, freeze(self._stored(value))) for name, value in self._params.items())
+                (name, freeze(int8_values(*self._int8_given[name]) if name in self._int8_given
+                              else self._stored(name, value)))
+                for name, value in self._params.items())
             self.__dict__["_packed"] = None
             self.__dict__.pop("_bound", None)
+
+    def _commit(self, values: Mapping[str, np.ndarray]) -> None:
+        """Make ``values`` (already as ``_stored`` keeps them) the parameters."""
+        with self._pack_lock:
+            self._params.update(values)
+            given = self.__dict__.get("_int8_given") or {}
+            for name in values:
+                given.pop(name, None)
+            self.__dict__["_packed"] = None
+
+    def _pack_weight(self, name: str) -> Any:
+        """What ``pack_layer`` takes for weight ``name``: the array, or with int8
+        storage its int8 values and scales."""
+        if self.__dict__.get("_weight_dtype") != "int8":
+            return self._params[name]
+        given = self.__dict__.get("_int8_given") or {}
+        if name in given:
+            return given[name]
+        return int8_weight(self._params[name], self.__dict__.get("_per_channel", True))
 
     def _parameter_shapes(self) -> "OrderedDict[str, Tuple[int, ...]]":
         raise NotImplementedError
@@ -335,7 +497,8 @@ class _Module:
         bound = 1.0 / math.sqrt(self._hidden_size)
         for name, shape in self._shapes.items():
             value = gen.uniform(-bound, bound, size=shape).astype(self._dtype)
-            self._params[name] = freeze(self._stored(value))
+            self._params[name] = freeze(self._stored(name, value))
+        self.__dict__.get("_int8_given", {}).clear()
         self.__dict__["_packed"] = None
 
     def __getattr__(self, name: str) -> Any:
@@ -505,7 +668,7 @@ class _Module:
                 errors.append(f"cannot load {key}: dtype {array.dtype} is not a real number type")
                 continue
             converted[key] = freeze(self._stored(
-                np.array(array, dtype=self._dtype, order="C", copy=True)))
+                key, np.array(array, dtype=self._dtype, order="C", copy=True)))
         if strict:
             if unexpected:
                 errors.insert(
@@ -531,9 +694,7 @@ class _Module:
                     type(self).__name__, "\n\t".join(errors)
                 )
             )
-        with self._pack_lock:
-            self._params.update(converted)
-            self.__dict__["_packed"] = None
+        self._commit(converted)
         return _IncompatibleKeys(missing, unexpected)
 
     def _prefix_hint(self, values: Mapping[str, Any]) -> Optional[str]:
@@ -644,6 +805,7 @@ class _Module:
         else:
             arrays = load(source)
         params = {name: to_numpy(value) for name, value in group_of(arrays, prefix).items()}
+        params, given = int8_split(params)
         try:
             module, names = build_module(cls, params, prefix, dtype, options)
         except StateDictError as exc:
@@ -657,7 +819,10 @@ class _Module:
                      if found else f"; the source holds no {cls.__name__} weights")
             raise StateDictError(str(exc) + where) from None
         module.load_state_dict({name: params[name] for name in names})
-        if isinstance(source, (str, os.PathLike)):
+        if given:  # per matrix only when every scale is one for a matrix of many rows
+            per_channel = any(s.size > 1 or q.shape[0] == 1 for q, s in given.values())
+            module._set_weight_dtype("int8", per_channel, given)
+        elif isinstance(source, (str, os.PathLike)):
             weight_dtype = file_metadata(source).get(WEIGHT_DTYPE_KEY)
             if weight_dtype == "bfloat16":
                 module._set_weight_dtype(weight_dtype)
@@ -701,6 +866,21 @@ class _Module:
         prefix = normalize_prefix(prefix)
         state = OrderedDict((prefix + k, v) for k, v in self._params.items())
         weight_dtype = self.__dict__.get("_weight_dtype")
+        if weight_dtype == "int8":
+            # Each weight as its int8 values and scales under names of its own (torch's
+            # float names are left out, not filled with something else).
+            state = OrderedDict()
+            for k, v in self._params.items():
+                if k.startswith("weight_"):
+                    q, scale = self._pack_weight(k)
+                    state[prefix + k + INT8_SUFFIX] = q
+                    state[prefix + k + SCALE_SUFFIX] = np.asarray(scale, np.float32)
+                else:
+                    state[prefix + k] = v
+            # .npz has no header, but the keys say it all.
+            save(state, path, format=format,
+                 metadata={"format": "pt", WEIGHT_DTYPE_KEY: weight_dtype})
+            return
         if weight_dtype:
             # The weight matrices as BF16 (torch's names, which torch loads), and the
             # storage type in the header, which from_state_dict reads back.

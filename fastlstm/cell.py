@@ -119,7 +119,8 @@ class LSTMCell(_Module):
     def _pack(self) -> List[_PackedLayer]:
         p = self._params
         bias = [p["bias_ih"] + p["bias_hh"]] if self._bias else None
-        return [pack_layer([p["weight_ih"]], [p["weight_hh"]], bias, None,
+        w = self._pack_weight
+        return [pack_layer([w("weight_ih")], [w("weight_hh")], bias, None,
                            self._hidden_size, self._dtype, self.__dict__.get("_weight_dtype"))]
 
     def __repr__(self) -> str:

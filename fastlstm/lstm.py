@@ -285,11 +285,12 @@ class LSTM(_Module):
         layers = []
         for layer in range(self._num_layers):
             sfxs = [f"_l{layer}"] + ([f"_l{layer}_reverse"] if self._bidirectional else [])
+            w = self._pack_weight
             layers.append(pack_layer(
-                [p["weight_ih" + s] for s in sfxs],
-                [p["weight_hh" + s] for s in sfxs],
+                [w("weight_ih" + s) for s in sfxs],
+                [w("weight_hh" + s) for s in sfxs],
                 [p["bias_ih" + s] + p["bias_hh" + s] for s in sfxs] if self._bias else None,
-                [p["weight_hr" + s] for s in sfxs] if self._proj_size > 0 else None,
+                [w("weight_hr" + s) for s in sfxs] if self._proj_size > 0 else None,
                 self._hidden_size, self._dtype, self.__dict__.get("_weight_dtype")))
         return layers
 

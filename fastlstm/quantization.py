@@ -22,7 +22,7 @@ __all__ = ["quantize"]
 _M = TypeVar("_M", LSTM, LSTMCell)
 
 #: The storage types ``quantize`` makes, by the names it accepts.
-_NAMES = {"bfloat16": "bfloat16", "bf16": "bfloat16"}
+_NAMES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "int8": "int8", "qint8": "int8"}
 
 
 def _weight_dtype_name(dtype: Any) -> str:
@@ -30,10 +30,7 @@ def _weight_dtype_name(dtype: Any) -> str:
     name = name.replace("torch.", "")
     if name in _NAMES:
         return _NAMES[name]
-    if name in ("int8", "qint8"):
-        raise NotImplementedError("quantize: int8 weights are not implemented yet; "
-                                  "bfloat16 is")
-    raise ValueError(f"quantize: dtype must be 'bfloat16', got {dtype!r}")
+    raise ValueError(f"quantize: dtype must be 'bfloat16' or 'int8', got {dtype!r}")
 
 
 def quantize(module: _M, dtype: Any, *, per_channel: bool = True) -> _M:
@@ -87,5 +84,9 @@ def quantize(module: _M, dtype: Any, *, per_channel: bool = True) -> _M:
         raise ValueError(f"quantize: {weight_dtype} weights need a float32 module, got "
                          f"{module.dtype}")
     new = copy.deepcopy(module)
-    new._set_weight_dtype(weight_dtype)
+    given = {}
+    if module.weight_dtype == "int8" and weight_dtype == "int8" and \
+            module.__dict__.get("_per_channel", True) == per_channel:
+        given = dict(module.__dict__.get("_int8_given") or {})  # torch's, kept as they are
+    new._set_weight_dtype(weight_dtype, per_channel, given)
     return new

@@ -14,6 +14,7 @@ from fastlstm.rnn import pack_sequence
 from tests._helpers import TORCH
 from tests._helpers.precision import bf16
 from tests._helpers.reference import cell_reference, reference_forward
+from tests._helpers.trained import accuracy, trained_lstm
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +124,9 @@ def test_quantize_api():
     assert repr(q) == "LSTM(6, 8, proj_size=3, weight_dtype='bfloat16')"
     assert repr(rnn) == "LSTM(6, 8, proj_size=3)"
     for name, value in rnn.state_dict().items():
-        np.testing.assert_array_equal(q.state_dict()[name], bf16(value).astype(np.float32))
+        # The weight matrices are rounded; the biases stay float32 (docs/precision.md).
+        expected = bf16(value).astype(np.float32) if name.startswith("weight_") else value
+        np.testing.assert_array_equal(q.state_dict()[name], expected)
     assert fastlstm.quantize(rnn, "bf16").weight_dtype == "bfloat16"
     assert fastlstm.LSTM(4, 4, dtype="float64").weight_dtype == "float64"
     cell = fastlstm.quantize(fastlstm.LSTMCell(3, 5, rng=0), "bfloat16")
@@ -132,8 +135,6 @@ def test_quantize_api():
         fastlstm.quantize(object(), "bfloat16")
     with pytest.raises(ValueError, match="dtype must be 'bfloat16'"):
         fastlstm.quantize(rnn, "float16")
-    with pytest.raises(NotImplementedError, match="int8 weights are not implemented yet"):
-        fastlstm.quantize(rnn, "int8")
     with pytest.raises(ValueError, match="need a float32 module, got float64"):
         fastlstm.quantize(fastlstm.LSTM(4, 4, dtype="float64"), "bfloat16")
     with pytest.raises(TypeError, match="per_channel must be a bool"):
@@ -230,42 +231,12 @@ def test_torch_reads_the_saved_file(tmp_path):
 
 @pytest.mark.skipif(TORCH is None, reason="needs torch (installed in CI)")
 def test_a_trained_model_keeps_its_accuracy():
-    """A small LSTM trained here (is the running sum of feature 0 positive at the end, with
-    distractor features) keeps its test accuracy within 0.5 points with bfloat16 weights."""
-    torch = TORCH
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same training on every machine
-    try:
-        gen = torch.Generator().manual_seed(0)
-
-        def data(n):
-            x = torch.randn(n, 30, 8, generator=gen)
-            y = (x[:, :, 0].sum(1) > 0).long()
-            return x, y
-
-        torch.manual_seed(0)
-        lstm = torch.nn.LSTM(8, 32, batch_first=True)
-        head = torch.nn.Linear(32, 2)
-        opt = torch.optim.Adam(list(lstm.parameters()) + list(head.parameters()), lr=1e-2)
-        for _ in range(300):
-            x, y = data(64)
-            loss = torch.nn.functional.cross_entropy(head(lstm(x)[0][:, -1]), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        x, y = data(4000)
-    finally:
-        torch.set_num_threads(threads)
-    w = head.weight.detach().numpy()
-    b = head.bias.detach().numpy()
-    xn, yn = x.numpy(), y.numpy()
+    """A small LSTM trained here keeps its test accuracy within 0.5 points with bfloat16
+    weights."""
+    lstm, w, b, x, y = trained_lstm()
     f32 = fastlstm.LSTM.from_torch(lstm)
-
-    def accuracy(module):
-        out, _ = module(xn)
-        return float(((out[:, -1] @ w.T + b).argmax(1) == yn).mean())
-
-    full, small = accuracy(f32), accuracy(fastlstm.quantize(f32, "bfloat16"))
+    full = accuracy(f32, w, b, x, y)
+    small = accuracy(fastlstm.quantize(f32, "bfloat16"), w, b, x, y)
     assert full >= 0.9, full  # it did learn the task
     assert abs(small - full) <= 0.005, (full, small)
 

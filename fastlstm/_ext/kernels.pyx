@@ -90,6 +90,31 @@ cdef extern from "bf16.h" nogil:
                          int p_lo, int p_hi, int reverse) noexcept
 
 
+cdef extern from "int8.h" nogil:
+    int FL_I8_VNNI
+    int FL_I8_AMX
+    int fl_cpu_has_avx512vnni() noexcept
+    int fl_cpu_has_amx_int8() noexcept
+    int fl_i8_panel_rows(int K) noexcept
+    void fl_matmul_i8(int level, int beta, int M, int N, int K, const float *A,
+                      Py_ssize_t lda, const uint32_t *BP, float *G, Py_ssize_t ldg) noexcept
+    void fl_lstm_step_i8(int level, int M, int K, int H, const float *A, Py_ssize_t lda,
+                         const uint32_t *BP, float *G, Py_ssize_t ldg, const float *bias,
+                         float *C, Py_ssize_t ldc, float *Hout, Py_ssize_t ldh,
+                         int p_lo, int p_hi, int reverse) noexcept
+    uint32_t *fl_i8_quantized(int M, int K, const float *A, Py_ssize_t lda,
+                              float **s) noexcept
+    void fl_matmul_i8q(int level, int beta, int M, int N, int K, const uint32_t *Q,
+                       Py_ssize_t ldq, const float *s, const uint32_t *BP, float *G,
+                       Py_ssize_t ldg) noexcept
+    void fl_lstm_step_i8q(int level, int M, int K, int H, const uint32_t *Q, Py_ssize_t ldq,
+                          const float *s, const uint32_t *BP, float *G, Py_ssize_t ldg,
+                          const float *bias, float *C, Py_ssize_t ldc, float *Hout,
+                          Py_ssize_t ldh, int p_lo, int p_hi, int reverse) noexcept
+    void fl_i8_row_sliced(int level, int beta, int K, const float *a, const uint32_t *P,
+                          float *g, int width) noexcept
+
+
 cdef extern from "omp_compat.h" nogil:
     int fl_forked_serial
     void fl_note_team(int threads) noexcept
@@ -274,15 +299,47 @@ if os.environ.get("FASTLSTM_BF16"):
     set_bf16_level(os.environ["FASTLSTM_BF16"])
 
 
+_INT8_LEVELS = ("portable", "avx2", "avx512", "avx512-vnni", "amx-int8")
+cdef int _i8_detected = (FL_I8_AMX if fl_cpu_has_amx_int8() else
+                         FL_I8_VNNI if fl_cpu_has_avx512vnni() else _detected)
+cdef int _i8_level = _i8_detected
+
+
+def int8_level():
+    """The level the int8-weight products use now."""
+    return _INT8_LEVELS[_i8_level]
+
+
+def set_int8_level(name=None):
+    """Use int8 level ``name`` (one of ``int8_levels()``), or None for the best; for
+    tests and comparisons (FASTLSTM_INT8 sets it at import)."""
+    global _i8_level
+    _i8_level = _level_index(name, _INT8_LEVELS, _i8_detected, "int8 level", "the ")
+
+
+def int8_levels():
+    """The levels of the int8-weight products this CPU can run, best last: the float32
+    levels' vectors (bytes widened, 32-bit multiplies), AVX512-VNNI (VPDPBUSD) and
+    AMX-INT8 (tiles for blocks of 16 rows, VPDPBUSD for the rest).  Every level gives
+    the same int32 sums, so the same results."""
+    return list(_INT8_LEVELS[:_i8_detected + 1])
+
+
+if os.environ.get("FASTLSTM_INT8"):
+    set_int8_level(os.environ["FASTLSTM_INT8"])
+
+
 # ------------------------------------------------------------------ kernels
 cdef inline void _matmul(bint beta, int m, int n, int k, const floating *a, Py_ssize_t lda,
                          const floating *bp, floating *g, Py_ssize_t ldg,
                          int wt) noexcept nogil:
     """g (m x n) = beta * g + a (m x k) @ B (k x n), B packed in panels of weight
-    type ``wt`` (bfloat16 panels are read through the same 4-byte pointer)."""
+    type ``wt`` (bfloat16 and int8 panels are read through the same 4-byte pointer)."""
     if floating is float:
         if wt == WEIGHTS_BF16:
             fl_matmul_bf(_bf16_level, beta, m, n, k, a, lda, <const uint32_t *>bp, g, ldg)
+        elif wt == WEIGHTS_I8:
+            fl_matmul_i8(_i8_level, beta, m, n, k, a, lda, <const uint32_t *>bp, g, ldg)
         else:
             fl_matmul_f(_level, beta, m, n, k, a, lda, bp, g, ldg)
     else:
@@ -297,6 +354,9 @@ cdef inline void _lstm_step(int m, int k, int hidden, const floating *a, Py_ssiz
     if floating is float:
         if wt == WEIGHTS_BF16:
             fl_lstm_step_bf(_bf16_level, m, k, hidden, a, lda, <const uint32_t *>bp, g, ldg,
+                            bias, c, ldc, h, ldh, p_lo, p_hi, reverse)
+        elif wt == WEIGHTS_I8:
+            fl_lstm_step_i8(_i8_level, m, k, hidden, a, lda, <const uint32_t *>bp, g, ldg,
                             bias, c, ldc, h, ldh, p_lo, p_hi, reverse)
         else:
             fl_lstm_step_f(_level, m, k, hidden, a, lda, bp, g, ldg, bias, c, ldc, h, ldh,
@@ -339,6 +399,36 @@ def _matmul_bf16_for_tests(const float[:, ::1] a, const uint32_t[::1] bp, float[
         fl_ftz_end(csr)
 
 
+def _matmul_int8_for_tests(const float[:, ::1] a, const uint32_t[::1] bp, float[:, ::1] g,
+                           bint beta, level=None, bint sliced=False):
+    """g = beta * g + dequant(q(a) @ B), B in int8 panels of row quads with scales
+    (``_module.pack_panels_int8``), at ``level`` (a name of ``int8_levels()``; None:
+    the best); ``sliced``: the path taken when memory for the quantized rows runs out."""
+    cdef int lv = _i8_detected if level is None else _INT8_LEVELS.index(level)
+    cdef int m, p, n_panels, rows, width
+    cdef unsigned int csr
+    if lv > _i8_detected:
+        raise ValueError(f"this CPU cannot run the int8 level {level!r}")
+    n_panels = (g.shape[1] + 63) // 64
+    rows = fl_i8_panel_rows(a.shape[1])
+    if a.shape[0] != g.shape[0] or bp.shape[0] < n_panels * rows * 64:
+        raise ValueError("_matmul_int8_for_tests: shapes do not match")
+    if g.shape[0] == 0 or g.shape[1] == 0:
+        return
+    with nogil:
+        csr = fl_ftz_begin()
+        if sliced:
+            for m in range(g.shape[0]):
+                for p in range(n_panels):
+                    width = min(64, g.shape[1] - p * 64)
+                    fl_i8_row_sliced(lv, beta, a.shape[1], &a[m, 0],
+                                     &bp[<Py_ssize_t>p * rows * 64], &g[m, p * 64], width)
+        else:
+            fl_matmul_i8(lv, beta, g.shape[0], g.shape[1], a.shape[1], &a[0, 0], a.shape[1],
+                         &bp[0], &g[0, 0], g.shape[1])
+        fl_ftz_end(csr)
+
+
 def _matmul_for_tests(const floating[:, ::1] a, const floating[::1] bp, floating[:, ::1] g,
                       bint beta):
     """g = beta * g + a @ B with B packed in panels (``lstm._pack_panels``)."""
@@ -354,6 +444,7 @@ cdef enum:
     WEIGHTS_F32 = 0
     WEIGHTS_F64 = 1
     WEIGHTS_BF16 = 2  # bfloat16 panels of row pairs (bf16.h); activations float32
+    WEIGHTS_I8 = 3  # int8 panels of row quads with scales (int8.h); activations float32
 
 
 cdef struct Geometry:
@@ -368,9 +459,11 @@ cdef struct Geometry:
     int g_cols       # gate columns of one direction (n_panels whole panels)
     bint batch_first
     bint has_proj
-    int weight_type  # WEIGHTS_F32, WEIGHTS_F64, WEIGHTS_BF16
-    int k_ih         # rows of a W_ih panel in its storage words (I; bfloat16: pairs, I/2 up)
-    int k_hr         # the same for W_hr (H; bfloat16: H/2 up)
+    int weight_type  # WEIGHTS_F32, WEIGHTS_F64, WEIGHTS_BF16, WEIGHTS_I8
+    # k_ih: rows of a W_ih panel in its storage words (I; bfloat16: pairs, I/2 up; int8:
+    # quads, I/4 up, and two rows of scales and compensations); k_hr: the same for W_hr.
+    int k_ih
+    int k_hr
 
 
 cdef struct Weights:
@@ -634,6 +727,36 @@ cdef bint _bf16_single_step(const Geometry *g, int m, const float *x, const floa
     return True
 
 
+cdef bint _i8_single_step(const Geometry *g, int m, const float *x, const float *h0,
+                          int k_rec, const uint32_t *w_ih, const uint32_t *w_hh, float *gp,
+                          Py_ssize_t gb_ld, const float *b, float *c, float *dst,
+                          Py_ssize_t dst_ld, int p_lo, int p_hi,
+                          bint backward_order) noexcept nogil:
+    """``_single_step``'s panels with int8 weights, x and h quantized once for all of
+    them; False, having done nothing, when out of memory (as ``_bf16_single_step``)."""
+    cdef int i, p
+    cdef float *xs
+    cdef float *hs = NULL
+    cdef uint32_t *hq = NULL
+    cdef uint32_t *xq = fl_i8_quantized(m, g.n_in, x, g.n_in, &xs)
+    if xq == NULL:
+        return False
+    if k_rec > 0:
+        hq = fl_i8_quantized(m, k_rec, h0, g.out_size, &hs)
+        if hq == NULL:
+            free(xq)
+            return False
+    for i in range(p_hi - p_lo):
+        p = p_hi - 1 - i if backward_order else p_lo + i
+        fl_matmul_i8q(_i8_level, False, m, 64, g.n_in, xq, (g.n_in + 3) // 4, xs,
+                      w_ih + <Py_ssize_t>p * g.k_ih * 64, gp + p * 64, gb_ld)
+        fl_lstm_step_i8q(_i8_level, m, k_rec, g.hidden, hq, (k_rec + 3) // 4, hs, w_hh, gp,
+                         gb_ld, b, c, g.hidden, dst, dst_ld, p, p + 1, False)
+    free(xq)
+    free(hq)
+    return True
+
+
 cdef void _single_step(const Layer *L, floating *gbuf, Part pt, bint sync,
                        bint backward_order) noexcept nogil:
     """A sequence of one timestep (a streaming call): the thread's part ``pt``.
@@ -677,6 +800,11 @@ cdef void _single_step(const Layer *L, floating *gbuf, Part pt, bint sync,
                                      <const uint32_t *>w_ih_d, <const uint32_t *>w_hh_d, gp,
                                      gb_ld, b_d, c_d, dst, dst_ld, pt.p_lo, pt.p_hi,
                                      backward_order)
+        elif m > 0 and g.weight_type == WEIGHTS_I8:
+            done = _i8_single_step(g, m, x + <Py_ssize_t>n_lo * n_in, h0_d, k_rec,
+                                   <const uint32_t *>w_ih_d, <const uint32_t *>w_hh_d, gp,
+                                   gb_ld, b_d, c_d, dst, dst_ld, pt.p_lo, pt.p_hi,
+                                   backward_order)
     if m > 0 and not done:
         for i in range(pt.p_hi - pt.p_lo):
             p = pt.p_hi - 1 - i if backward_order else pt.p_lo + i
@@ -1033,8 +1161,8 @@ cdef int _fill_weights(Layer *L, object w, int hidden, str who) except -1:
     cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>w.bias)
     if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
         raise ValueError(f"{who}: float32 or float64 weights, got {w.bias.dtype}")
-    if w.weight_dtype == "bfloat16":
-        return _fill_bf16_weights(L, w, hidden, who)
+    if w.weight_dtype in ("bfloat16", "int8"):
+        return _fill_reduced_weights(L, w, hidden, who)
     cdef int item = 4 if typenum == cnp.NPY_FLOAT else 8
     cdef int pw = FL_PANEL_BYTES // item
     cdef int num_dirs = w.w_hh_p.shape[0]
@@ -1064,14 +1192,22 @@ cdef int _fill_weights(Layer *L, object w, int hidden, str who) except -1:
     return typenum
 
 
-cdef int _fill_bf16_weights(Layer *L, object w, int hidden, str who) except -1:
-    """``_fill_weights`` for bfloat16 weights: float32 bias, the W_ih, W_hh and W_hr
-    panels in row pairs (uint32 words, ``_module.pack_panels_bf16``); no W_ih for BLAS."""
+cdef inline int _word_rows(int weight_type, int k) noexcept nogil:
+    """Rows of a reduced-precision panel in 32-bit words for ``k`` rows of weights:
+    bfloat16 pairs, or int8 quads and the rows of scales and compensations."""
+    return (k + 1) // 2 if weight_type == WEIGHTS_BF16 else fl_i8_panel_rows(k)
+
+
+cdef int _fill_reduced_weights(Layer *L, object w, int hidden, str who) except -1:
+    """``_fill_weights`` for bfloat16 or int8 weights: float32 bias, the W_ih, W_hh and
+    W_hr panels in 32-bit words (``_module.pack_panels_bf16``, ``pack_panels_int8``);
+    no W_ih for BLAS."""
     cdef int pw = FL_PANEL_BYTES // 4
     cdef int num_dirs = w.w_hh_p.shape[0]
+    cdef int wt = WEIGHTS_BF16 if w.weight_dtype == "bfloat16" else WEIGHTS_I8
     if cnp.PyArray_TYPE(<cnp.ndarray>w.bias) != cnp.NPY_FLOAT:
-        raise ValueError(f"{who}: bfloat16 weights need a float32 bias")
-    L.g.weight_type = WEIGHTS_BF16
+        raise ValueError(f"{who}: {w.weight_dtype} weights need a float32 bias")
+    L.g.weight_type = wt
     L.g.num_dirs = num_dirs
     L.g.hidden = hidden
     L.g.g_cols = w.bias.shape[1]
@@ -1082,17 +1218,17 @@ cdef int _fill_bf16_weights(Layer *L, object w, int hidden, str who) except -1:
     L.g.out_size = w.out_size
     L.g.has_proj = w.w_hr_p.shape[1] > 0
     L.g.r_panels = (L.g.out_size + pw - 1) // pw
-    L.g.k_ih = (L.g.n_in + 1) // 2
-    L.g.k_hr = (hidden + 1) // 2
+    L.g.k_ih = _word_rows(wt, L.g.n_in)
+    L.g.k_hr = _word_rows(wt, hidden)
     L.w.hh_stride = w.w_hh_p.shape[1]
     L.w.hr_stride = w.w_hr_p.shape[1]
-    if (L.w.hh_stride != <Py_ssize_t>L.g.n_panels * ((L.g.out_size + 1) // 2) * pw
+    if (L.w.hh_stride != <Py_ssize_t>L.g.n_panels * _word_rows(wt, L.g.out_size) * pw
             or (L.g.has_proj and L.w.hr_stride
                 != <Py_ssize_t>L.g.r_panels * L.g.k_hr * pw)):
-        raise ValueError(f"{who}: bfloat16 panels of other sizes than the layer's")
-    L.w.w_ih = NULL  # never BLAS: the schedule keeps bfloat16 projections on our kernels
+        raise ValueError(f"{who}: {w.weight_dtype} panels of other sizes than the layer's")
+    L.w.w_ih = NULL  # never BLAS: the schedule keeps these projections on our kernels
     L.w.w_ih_p = _data(w.w_ih_p, cnp.NPY_UINT32, 1,
-                       <Py_ssize_t>num_dirs * L.g.g_cols * L.g.k_ih, -1, -1, "w_ih_p")
+                       <Py_ssize_t>num_dirs * L.g.n_panels * L.g.k_ih * pw, -1, -1, "w_ih_p")
     L.w.w_hh_p = _data(w.w_hh_p, cnp.NPY_UINT32, 2, num_dirs, -1, -1, "w_hh_p")
     L.w.bias = _data(w.bias, cnp.NPY_FLOAT, 2, num_dirs, -1, -1, "bias")
     L.w.w_hr_p = (_data(w.w_hr_p, cnp.NPY_UINT32, 2, num_dirs, -1, -1, "w_hr_p")
@@ -1284,6 +1420,8 @@ cdef inline int _itemsize(const Geometry *g) noexcept nogil:
     """Bytes of one stored weight."""
     if g.weight_type == WEIGHTS_BF16:
         return 2
+    if g.weight_type == WEIGHTS_I8:
+        return 1
     return 4 if g.weight_type == WEIGHTS_F32 else 8
 
 
@@ -1330,7 +1468,8 @@ cdef inline int _chunks(const Geometry *g, int threads, const Tuning_t *tu) noex
         return 0
     # AMX multiplies blocks of 16 rows: a batch of 16 or more that chunks would cut
     # below that is better shared by units (16 x 100 at H = 256: 3.2 against 6.8 ms).
-    if (tu.split == 0 and g.weight_type == WEIGHTS_BF16 and _bf16_level == FL_BF16_AMX
+    if (tu.split == 0 and ((g.weight_type == WEIGHTS_BF16 and _bf16_level == FL_BF16_AMX)
+                           or (g.weight_type == WEIGHTS_I8 and _i8_level == FL_I8_AMX))
             and g.batch >= 16 and g.batch < 16 * per_dir and g.n_panels >= 2 * per_dir):
         return 0
     return per_dir
@@ -1373,8 +1512,8 @@ cdef Sched _schedule(const Geometry *g, bint packed, int threads, const Tuning_t
         sc.n_chunks = 0
     sc.t_chunk = 1 if one_step else _time_chunk(g, tu)
     sc.blas_min_rows = tu.blas_min_rows if tu.blas_min_rows >= 0 else _BLAS_MIN_ROWS[level]
-    if g.weight_type == WEIGHTS_BF16:
-        sc.blas_min_rows = _NO_BLAS  # BLAS has no bfloat16 product
+    if g.weight_type == WEIGHTS_BF16 or g.weight_type == WEIGHTS_I8:
+        sc.blas_min_rows = _NO_BLAS  # BLAS has no bfloat16 or int8 product
     sc.sync = tu.sync
     sc.backward_order = False
     sc.team_flags = tu.team_flags

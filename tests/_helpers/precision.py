@@ -24,3 +24,40 @@ def bf16_matmul(a, w):
 def bf16_matmul_bound(a, w, k):
     """A bound on the float32 rounding of summing ``k`` products per output."""
     return 2.0 * k * np.finfo(np.float32).eps * (np.abs(bf16(a)) @ np.abs(bf16(w)).T) + 1e-30
+
+
+def int8_rows(x):
+    """Each row of ``x`` (last axis) as the int8 kernels quantize it (docs/precision.md),
+    as float64 values q * s: amax the largest magnitude, s = amax / 127 and
+    q = rint(x * (127 / amax)), float32 arithmetic, ties to even; a row holding a NaN or
+    an infinity is NaN, a row whose amax is below 2**-120 is zero."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        amax = np.abs(x).max(axis=-1, keepdims=True)  # NaN if the row has one
+        bad = ~np.isfinite(amax)
+        zero = ~bad & (amax < np.float32(2.0 ** -120))
+        usable = ~bad & ~zero
+        inv = np.where(usable, np.float32(127) / np.where(usable, amax, 1), 0).astype(np.float32)
+        scale = np.where(usable, amax / np.float32(127), 0).astype(np.float32)
+        q = np.rint((x * inv).astype(np.float32))
+    assert np.abs(np.where(usable, q, 0)).max(initial=0) <= 127
+    out = q.astype(np.float64) * scale.astype(np.float64)
+    return np.where(bad, np.nan, np.where(zero, 0.0, out))
+
+
+def int8_weight(w, per_channel=True):
+    """Symmetric int8 weights by the documented rule: the scale amax / 127 (per row, or
+    per matrix) taken to the float32 s with fl(fl(127 s) / 127) == s, q = rint(w / s)
+    (float32, ties to even); returns (q as int64, s as float32 per row)."""
+    w = np.asarray(w, dtype=np.float32)
+    amax = np.abs(w).max(axis=1) if per_channel else np.full(w.shape[0], np.abs(w).max())
+    s = (amax.astype(np.float32) / np.float32(127)).astype(np.float32)
+    for _ in range(64):
+        again = ((s * np.float32(127)).astype(np.float32) / np.float32(127)).astype(np.float32)
+        if np.array_equal(again, s):
+            break
+        s = again
+    else:
+        raise AssertionError("the scales found no fixed point")
+    q = np.rint(w / np.where(s > 0, s, 1)[:, None]).astype(np.int64)
+    return q, s

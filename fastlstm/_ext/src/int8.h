@@ -1,0 +1,481 @@
+/* Products with int8 weights (docs/precision.md has the semantics).
+ *
+ * G (M x N) = beta*G + dequant(q(A) @ B): B (K x N) holds symmetric int8 weights
+ * with one float32 scale per column (a weight row of torch's layout), packed like
+ * the float32 panels (64 columns, 256 bytes a row of a panel) but by quads of rows:
+ * row kk of panel p holds, for each of its 64 columns j, the 32-bit word of
+ * B[4kk + b][j] in byte b (K padded to a multiple of 4 with zero rows); after the
+ * kq = ceil(K / 4) rows come two more: the 64 columns' float32 scales, then their
+ * int32 compensations -128 * sum_k B[k][j].
+ *
+ * A (float32) is quantized per row, dynamically: amax the largest |A[m][k]|,
+ * scale s = amax / 127 and q = rint(A[m][k] * (127 / amax)) in [-127, 127] (float32
+ * arithmetic, ties to even); a row with a NaN or an infinity gets s = NaN, a row
+ * whose amax is below 2^-120 (zero) s = 0.  q is stored as the byte q + 128, the
+ * operand VPDPBUSD and AMX TDPBUSD read unsigned; the compensation takes the 128
+ * back out, so that the int32 sum is exactly sum_k q[m][k] * B[k][j] at every level.
+ * Then G[m][j] = beta*G[m][j] + (float)sum * (s[m] * scale[j]), in that order, in
+ * float32: the result does not depend on the level or on how the work is shared.
+ *
+ * Levels: the float32 levels' vectors (portable, AVX2, AVX-512: bytes widened by
+ * shifts, 32-bit multiplies), FL_I8_VNNI (AVX512-VNNI: VPDPBUSD, 64 products per
+ * instruction) and FL_I8_AMX (AMX-INT8 tiles for blocks of 16 rows, VNNI for the rest).
+ */
+#ifndef FASTLSTM_INT8_H
+#define FASTLSTM_INT8_H
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "bf16.h"
+
+enum { FL_I8_VNNI = 3, FL_I8_AMX = 4 };
+
+#if FL_X86
+#define FL_TGT_vnni __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx2,fma")))
+#define FL_TGT_amxi8 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx2,fma,amx-tile,amx-int8")))
+#endif
+
+/* Whether this CPU has AVX512-VNNI (with the AVX-512 level's features). */
+static int fl_cpu_has_avx512vnni(void)
+{
+#if FL_X86
+    unsigned int eax, ebx, ecx, edx;
+    if (fl_cpu_level() < FL_AVX512)
+        return 0;
+    /* CPUID leaf 7 subleaf 0, ECX bit 11: AVX512_VNNI. */
+    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
+    (void)eax; (void)ebx; (void)edx;
+    return (ecx >> 11) & 1;
+#else
+    return 0;
+#endif
+}
+
+/* Whether this CPU and OS let the process use AMX-INT8 tiles (see fl_cpu_has_amx_bf16:
+ * the same tile state and permission). */
+static int fl_cpu_has_amx_int8(void)
+{
+#if FL_X86 && defined(__linux__)
+    unsigned int eax, ebx, ecx, edx, xcr0_lo, xcr0_hi;
+    if (!fl_cpu_has_avx512vnni())
+        return 0;
+    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
+    if (!((edx >> 25) & 1) || !((edx >> 24) & 1))  /* AMX-INT8, AMX-TILE */
+        return 0;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    (void)xcr0_hi;
+    if (((xcr0_lo >> 17) & 3) != 3)
+        return 0;
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                   18 /* XFEATURE_XTILEDATA */) == 0;
+#else
+    return 0;
+#endif
+}
+
+/* Rows of a panel in 32-bit words: the quads of K, then the scales and compensations. */
+static inline int fl_i8_panel_rows(int K) { return (K + 3) / 4 + 2; }
+
+/* One row's scale and the factor that quantizes it (0 for a zero or non-finite row). */
+static void fl_i8_row_scale(int K, const float *a, float *scale, float *inv)
+{
+    float amax = 0.0f;
+    int bad = 0;
+    for (int k = 0; k < K; k++) {
+        const float v = fabsf(a[k]);
+        bad |= !(v <= FLT_MAX);
+        amax = v > amax ? v : amax;
+    }
+    if (bad) {
+        *scale = NAN;
+        *inv = 0.0f;
+    } else if (amax < 0x1p-120f) {  /* 127 / amax stays finite above this */
+        *scale = 0.0f;
+        *inv = 0.0f;
+    } else {
+        *scale = amax / 127.0f;
+        *inv = 127.0f / amax;
+    }
+}
+
+/* K values of one row quantized with `inv` into bytes q + 128, padded to whole words
+ * with 128 (q = 0).  Scalar: one rounding at every level (rintf: to nearest, even). */
+static void fl_i8_row_bytes(int K, const float *a, float inv, uint32_t *out)
+{
+    uint8_t *o = (uint8_t *)out;
+    const int kq = (K + 3) / 4;
+    for (int k = 0; k < K; k++)
+        o[k] = (uint8_t)((int)rintf(a[k] * inv) + 128);
+    for (int k = K; k < 4 * kq; k++)
+        o[k] = 128;
+}
+
+/* A (M x K, row stride lda) quantized: Q (M rows of ldq words), scales s (M). */
+static void fl_i8_quantize(int M, int K, const float *A, ptrdiff_t lda, uint32_t *Q,
+                           ptrdiff_t ldq, float *s)
+{
+    for (int m = 0; m < M; m++) {
+        float inv;
+        fl_i8_row_scale(K, A + m * lda, &s[m], &inv);
+        fl_i8_row_bytes(K, A + m * lda, inv, Q + m * ldq);
+    }
+}
+
+/* acc (R x 64 int32) (+)= sum over kq quads of the rows' bytes (Q, unsigned) times the
+ * panel's (P, signed): the float32 levels' vectors, bytes widened by shifts. */
+#define FL_DEFINE_I8_BLOCK(ISA, IV, IVU)                                             \
+FL_TGT_##ISA static __attribute__((noinline)) void fl_i8_block_##ISA(int R, int kq,  \
+        const uint32_t *Q, ptrdiff_t ldq, const uint32_t *P, int32_t *acc, int add)  \
+{                                                                                    \
+    enum { W = (int)(sizeof(IV) / sizeof(int)), NV = 64 / W };                       \
+    for (int r0 = 0; r0 < R; r0 += 4) {                                              \
+        const int rb = R - r0 < 4 ? R - r0 : 4;                                      \
+        IV c[4][NV];                                                                 \
+        for (int r = 0; r < rb; r++)                                                 \
+            for (int v = 0; v < NV; v++)                                             \
+                c[r][v] = add ? *(const IVU *)(acc + (r0 + r) * 64 + v * W) : (IV){0}; \
+        for (int kk = 0; kk < kq; kk++) {                                            \
+            const uint32_t *pk = P + (ptrdiff_t)kk * 64;                             \
+            for (int v = 0; v < NV; v++) {                                           \
+                const IV w = *(const IVU *)(pk + v * W);                             \
+                const IV w0 = (w << 24) >> 24, w1 = (w << 16) >> 24;                \
+                const IV w2 = (w << 8) >> 24, w3 = w >> 24;                          \
+                for (int r = 0; r < rb; r++) {                                       \
+                    const uint32_t a = Q[(r0 + r) * ldq + kk];                       \
+                    c[r][v] += (int)(a & 255) * w0 + (int)((a >> 8) & 255) * w1      \
+                               + (int)((a >> 16) & 255) * w2 + (int)(a >> 24) * w3;  \
+                }                                                                    \
+            }                                                                        \
+        }                                                                            \
+        for (int r = 0; r < rb; r++)                                                 \
+            for (int v = 0; v < NV; v++)                                             \
+                *(IVU *)(acc + (r0 + r) * 64 + v * W) = c[r][v];                     \
+    }                                                                                \
+}
+typedef int fl_i8_v64 __attribute__((vector_size(64)));
+typedef int fl_i8_v32 __attribute__((vector_size(32)));
+typedef int fl_i8_v16 __attribute__((vector_size(16)));
+FL_DEFINE_I8_BLOCK(avx512, fl_i8_v64, fl_i64b_u)
+FL_DEFINE_I8_BLOCK(avx2, fl_i8_v32, fl_i32b_u)
+FL_DEFINE_I8_BLOCK(portable, fl_i8_v16, fl_i16b_u)
+
+#if FL_X86
+/* AVX512-VNNI: VPDPBUSD adds the four byte products of each word to each int32 lane. */
+FL_TGT_vnni static __attribute__((noinline)) void fl_i8_block_vnni(int R, int kq,
+        const uint32_t *Q, ptrdiff_t ldq, const uint32_t *P, int32_t *acc, int add)
+{
+    for (int r0 = 0; r0 < R; r0 += 4) {
+        const int rb = R - r0 < 4 ? R - r0 : 4;
+        __m512i c[4][4];
+        for (int r = 0; r < rb; r++)
+            for (int v = 0; v < 4; v++)
+                c[r][v] = add ? _mm512_loadu_si512(acc + (r0 + r) * 64 + v * 16)
+                              : _mm512_setzero_si512();
+        for (int kk = 0; kk < kq; kk++) {
+            const uint32_t *pk = P + (ptrdiff_t)kk * 64;
+            const __m512i b0 = _mm512_loadu_si512(pk), b1 = _mm512_loadu_si512(pk + 16);
+            const __m512i b2 = _mm512_loadu_si512(pk + 32), b3 = _mm512_loadu_si512(pk + 48);
+            for (int r = 0; r < rb; r++) {
+                const __m512i a = _mm512_set1_epi32((int)Q[(r0 + r) * ldq + kk]);
+                c[r][0] = _mm512_dpbusd_epi32(c[r][0], a, b0);
+                c[r][1] = _mm512_dpbusd_epi32(c[r][1], a, b1);
+                c[r][2] = _mm512_dpbusd_epi32(c[r][2], a, b2);
+                c[r][3] = _mm512_dpbusd_epi32(c[r][3], a, b3);
+            }
+        }
+        for (int r = 0; r < rb; r++)
+            for (int v = 0; v < 4; v++)
+                _mm512_storeu_si512(acc + (r0 + r) * 64 + v * 16, c[r][v]);
+    }
+}
+
+/* AMX-INT8: 16 or 32 rows by one panel, tiles of 16 x 16 int32 sums (the tile
+ * configuration of bf16.h: every tile 16 rows of 64 bytes); the panel's quads read
+ * straight from the packed layout (256-byte stride). acc: rows of 64 int32. */
+FL_TGT_amxi8 static void fl_i8_amx_rows16(int kq16, const uint32_t *Q, ptrdiff_t ldq,
+                                          const uint32_t *P, int32_t *acc)
+{
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int kk = 0; kk < kq16; kk += 16) {
+        const uint32_t *pk = P + (ptrdiff_t)kk * 64;
+        _tile_loadd(4, Q + kk, ldq * 4);
+        _tile_loadd(5, pk, 256);
+        _tile_dpbusd(0, 4, 5);
+        _tile_loadd(5, pk + 16, 256);
+        _tile_dpbusd(1, 4, 5);
+        _tile_loadd(5, pk + 32, 256);
+        _tile_dpbusd(2, 4, 5);
+        _tile_loadd(5, pk + 48, 256);
+        _tile_dpbusd(3, 4, 5);
+    }
+    _tile_stored(0, acc, 256);
+    _tile_stored(1, acc + 16, 256);
+    _tile_stored(2, acc + 32, 256);
+    _tile_stored(3, acc + 48, 256);
+}
+
+/* 32 rows: each tile of the panel serves two blocks of rows (see fl_amx_rows32). */
+FL_TGT_amxi8 static void fl_i8_amx_rows32(int kq16, const uint32_t *Q, ptrdiff_t ldq,
+                                          const uint32_t *P, int32_t *acc)
+{
+    for (int half = 0; half < 64; half += 32) {
+        int32_t *c = acc + half;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int kk = 0; kk < kq16; kk += 16) {
+            const uint32_t *pk = P + (ptrdiff_t)kk * 64 + half;
+            _tile_loadd(4, Q + kk, ldq * 4);
+            _tile_loadd(5, Q + 16 * ldq + kk, ldq * 4);
+            _tile_loadd(6, pk, 256);
+            _tile_loadd(7, pk + 16, 256);
+            _tile_dpbusd(0, 4, 6);
+            _tile_dpbusd(1, 4, 7);
+            _tile_dpbusd(2, 5, 6);
+            _tile_dpbusd(3, 5, 7);
+        }
+        _tile_stored(0, c, 256);
+        _tile_stored(1, c + 16, 256);
+        _tile_stored(2, c + 16 * 64, 256);
+        _tile_stored(3, c + 16 * 64 + 16, 256);
+    }
+}
+
+/* R rows (at most 32) by one panel: tiles for the blocks of 16 rows and 16 quads,
+ * VNNI for the quads past a multiple of 16 and the rows past a block.  The caller
+ * holds the tile configuration (fl_amx_begin). */
+FL_TGT_amxi8 static void fl_i8_block_amx(int R, int kq, const uint32_t *Q, ptrdiff_t ldq,
+                                         const uint32_t *P, int32_t *acc)
+{
+    const int kq16 = kq - kq % 16, tiled = R >= 32 ? 32 : R >= 16 ? 16 : 0;
+    if (kq16 > 0 && tiled == 32)
+        fl_i8_amx_rows32(kq16, Q, ldq, P, acc);
+    else if (kq16 > 0 && tiled == 16)
+        fl_i8_amx_rows16(kq16, Q, ldq, P, acc);
+    const int done = kq16 > 0 ? tiled : 0;
+    if (done > 0 && kq16 < kq)
+        fl_i8_block_vnni(done, kq - kq16, Q + kq16, ldq, P + (ptrdiff_t)kq16 * 64, acc, 1);
+    if (done < R)
+        fl_i8_block_vnni(R - done, kq, Q + done * ldq, ldq, P, acc + done * 64, 0);
+}
+#endif
+
+/* The int32 sums of R rows by one panel at `level` (AMX: the caller holds the tiles). */
+static void fl_i8_block(int level, int R, int kq, const uint32_t *Q, ptrdiff_t ldq,
+                        const uint32_t *P, int32_t *acc)
+{
+#if FL_X86
+    if (level == FL_I8_AMX)
+        fl_i8_block_amx(R, kq, Q, ldq, P, acc);
+    else if (level == FL_I8_VNNI)
+        fl_i8_block_vnni(R, kq, Q, ldq, P, acc, 0);
+    else
+#endif
+    if (level >= FL_AVX512)
+        fl_i8_block_avx512(R, kq, Q, ldq, P, acc, 0);
+    else if (level == FL_AVX2)
+        fl_i8_block_avx2(R, kq, Q, ldq, P, acc, 0);
+    else
+        fl_i8_block_portable(R, kq, Q, ldq, P, acc, 0);
+}
+
+/* G (R rows, the first `width` columns of a panel) = beta*G + (float)(acc + comp) *
+ * (s[r] * scale[j]).  Compiled once, for the baseline ISA and never inlined into a
+ * wider one: no FMA contraction, so every level rounds the same way. */
+static __attribute__((noinline)) void fl_i8_dequant(int R, int beta, const int32_t *acc,
+        const uint32_t *P, int kq, const float *s, float *G, ptrdiff_t ldg, int width)
+{
+    const float *scale = (const float *)(P + (ptrdiff_t)kq * 64);
+    const int32_t *comp = (const int32_t *)(P + (ptrdiff_t)(kq + 1) * 64);
+    for (int r = 0; r < R; r++) {
+        float *g = G + r * ldg;
+        const int32_t *a = acc + r * 64;
+        const float sr = s[r];
+        for (int j = 0; j < width; j++) {
+            const float f = sr * scale[j];
+            const float v = (float)(a[j] + comp[j]) * f;
+            g[j] = beta ? g[j] + v : v;
+        }
+    }
+}
+
+/* Rows a block of the products takes at `level`. */
+static inline int fl_i8_rows(int level) { return level == FL_I8_AMX ? 32 : 4; }
+
+/* G = beta*G + dequant(Q @ B) for quantized rows (Q, ldq words a row, scales s). */
+static void fl_matmul_i8q(int level, int beta, int M, int N, int K, const uint32_t *Q,
+                          ptrdiff_t ldq, const float *s, const uint32_t *BP, float *G,
+                          ptrdiff_t ldg)
+{
+    const int kq = (K + 3) / 4, rows = fl_i8_panel_rows(K), n_panels = (N + 63) / 64;
+    const int RB = fl_i8_rows(level);
+    int32_t acc[32 * 64];
+#if FL_X86
+    if (level == FL_I8_AMX)
+        fl_amx_begin();
+#endif
+    for (int p = 0; p < n_panels; p++) {
+        const uint32_t *P = BP + (ptrdiff_t)p * rows * 64;
+        const int width = N - p * 64 < 64 ? N - p * 64 : 64;
+        for (int m = 0; m < M; m += RB) {
+            const int R = M - m < RB ? M - m : RB;
+            fl_i8_block(level, R, kq, Q + m * ldq, ldq, P, acc);
+            fl_i8_dequant(R, beta, acc, P, kq, s + m, G + m * ldg + p * 64, ldg, width);
+        }
+    }
+#if FL_X86
+    if (level == FL_I8_AMX)
+        fl_amx_end();
+#endif
+}
+
+/* One timestep with int8 W_hh (see fl_lstm_step_* in kernels.h) on quantized h: for the
+ * panels [p_lo, p_hi), G += dequant(Q @ W_hh^T), then the float32 gate math. */
+#define FL_DEFINE_I8_GATES(ISA)                                                      \
+FL_TGT_##ISA static void fl_i8_gates_##ISA(int M, int H, int p, const float *G,      \
+        ptrdiff_t ldg, const float *bias, float *C, ptrdiff_t ldc, float *Hout,      \
+        ptrdiff_t ldh)                                                               \
+{                                                                                    \
+    enum { U = 16 };                                                                 \
+    const int n = H - p * U < U ? H - p * U : U;                                     \
+    for (int m = 0; m < M; m++) {                                                    \
+        const float *g = G + m * ldg + p * 64, *b = bias + p * 64;                   \
+        if (n == U)                                                                  \
+            fl_gates_f_##ISA(g, b, C + m * ldc + p * U, Hout + m * ldh + p * U);     \
+        else                                                                         \
+            fl_gates_part_f_##ISA(g, b, C + m * ldc + p * U, Hout + m * ldh + p * U, n); \
+    }                                                                                \
+}
+FL_DEFINE_I8_GATES(avx512)
+FL_DEFINE_I8_GATES(avx2)
+FL_DEFINE_I8_GATES(portable)
+
+static void fl_i8_gates(int level, int M, int H, int p, const float *G, ptrdiff_t ldg,
+                        const float *bias, float *C, ptrdiff_t ldc, float *Hout, ptrdiff_t ldh)
+{
+    if (level >= FL_AVX512)
+        fl_i8_gates_avx512(M, H, p, G, ldg, bias, C, ldc, Hout, ldh);
+    else if (level == FL_AVX2)
+        fl_i8_gates_avx2(M, H, p, G, ldg, bias, C, ldc, Hout, ldh);
+    else
+        fl_i8_gates_portable(M, H, p, G, ldg, bias, C, ldc, Hout, ldh);
+}
+
+static void fl_lstm_step_i8q(int level, int M, int K, int H, const uint32_t *Q,
+        ptrdiff_t ldq, const float *s, const uint32_t *BP, float *G, ptrdiff_t ldg,
+        const float *bias, float *C, ptrdiff_t ldc, float *Hout, ptrdiff_t ldh, int p_lo,
+        int p_hi, int reverse)
+{
+    const int kq = (K + 3) / 4, rows = fl_i8_panel_rows(K), RB = fl_i8_rows(level);
+    int32_t acc[32 * 64];
+#if FL_X86
+    if (level == FL_I8_AMX && K > 0)
+        fl_amx_begin();
+#endif
+    for (int i = p_lo; i < p_hi; i++) {
+        const int p = reverse ? p_hi - 1 - (i - p_lo) : i;
+        const uint32_t *P = BP + (ptrdiff_t)p * rows * 64;
+        if (K > 0)
+            for (int m = 0; m < M; m += RB) {
+                const int R = M - m < RB ? M - m : RB;
+                fl_i8_block(level, R, kq, Q + m * ldq, ldq, P, acc);
+                fl_i8_dequant(R, 1, acc, P, kq, s + m, G + m * ldg + p * 64, ldg, 64);
+            }
+        fl_i8_gates(level, M, H, p, G, ldg, bias, C, ldc, Hout, ldh);
+    }
+#if FL_X86
+    if (level == FL_I8_AMX && K > 0)
+        fl_amx_end();
+#endif
+}
+
+/* Quantized rows on the heap: words then scales, in one block; NULL when out of memory. */
+static uint32_t *fl_i8_quantized(int M, int K, const float *A, ptrdiff_t lda, float **s)
+{
+    const size_t kq = (size_t)(K + 3) / 4, m = M > 0 ? (size_t)M : 1;
+    uint32_t *Q = (uint32_t *)malloc(m * (kq > 0 ? kq : 1) * 4 + m * sizeof(float));
+    if (Q == NULL)
+        return NULL;
+    *s = (float *)(Q + m * (kq > 0 ? kq : 1));
+    fl_i8_quantize(M, K, A, lda, Q, (ptrdiff_t)kq, *s);
+    return Q;
+}
+
+/* Out of memory for the quantized rows: one row at a time, its quads through the
+ * stack in slices (the int32 sums carry from slice to slice; exactly the same). */
+#define FL_I8_SLICE 1024
+static void fl_i8_row_sliced(int level, int beta, int K, const float *a, const uint32_t *P,
+                             float *g, int width)
+{
+    uint32_t buf[FL_I8_SLICE];
+    int32_t acc[64];
+    float s, inv;
+    const int kq = (K + 3) / 4, lv = level == FL_I8_AMX ? FL_I8_VNNI : level;
+    fl_i8_row_scale(K, a, &s, &inv);
+    for (int q0 = 0; q0 < kq || q0 == 0; q0 += FL_I8_SLICE) {
+        const int nq = kq - q0 < FL_I8_SLICE ? kq - q0 : FL_I8_SLICE;
+        const int kb = K - 4 * q0 < 4 * nq ? K - 4 * q0 : 4 * nq;
+        fl_i8_row_bytes(kb, a + 4 * q0, inv, buf);
+        const uint32_t *pk = P + (ptrdiff_t)q0 * 64;
+#if FL_X86
+        if (lv == FL_I8_VNNI)
+            fl_i8_block_vnni(1, nq, buf, 0, pk, acc, q0 > 0);
+        else
+#endif
+        if (lv >= FL_AVX512)
+            fl_i8_block_avx512(1, nq, buf, 0, pk, acc, q0 > 0);
+        else if (lv == FL_AVX2)
+            fl_i8_block_avx2(1, nq, buf, 0, pk, acc, q0 > 0);
+        else
+            fl_i8_block_portable(1, nq, buf, 0, pk, acc, q0 > 0);
+        if (kq == 0)
+            break;
+    }
+    fl_i8_dequant(1, beta, acc, P, kq, &s, g, 0, width);
+}
+
+static void fl_matmul_i8(int level, int beta, int M, int N, int K, const float *A,
+                         ptrdiff_t lda, const uint32_t *BP, float *G, ptrdiff_t ldg)
+{
+    float *s;
+    uint32_t *Q = fl_i8_quantized(M, K, A, lda, &s);
+    if (Q == NULL) {
+        const int rows = fl_i8_panel_rows(K), n_panels = (N + 63) / 64;
+        for (int m = 0; m < M; m++)
+            for (int p = 0; p < n_panels; p++)
+                fl_i8_row_sliced(level, beta, K, A + m * lda, BP + (ptrdiff_t)p * rows * 64,
+                                 G + m * ldg + p * 64, N - p * 64 < 64 ? N - p * 64 : 64);
+        return;
+    }
+    fl_matmul_i8q(level, beta, M, N, K, Q, (K + 3) / 4, s, BP, G, ldg);
+    free(Q);
+}
+
+static void fl_lstm_step_i8(int level, int M, int K, int H, const float *A, ptrdiff_t lda,
+        const uint32_t *BP, float *G, ptrdiff_t ldg, const float *bias, float *C,
+        ptrdiff_t ldc, float *Hout, ptrdiff_t ldh, int p_lo, int p_hi, int reverse)
+{
+    float *s = NULL;
+    uint32_t *Q = K > 0 ? fl_i8_quantized(M, K, A, lda, &s) : NULL;
+    if (K > 0 && Q == NULL) {
+        const int rows = fl_i8_panel_rows(K);
+        for (int i = p_lo; i < p_hi; i++) {
+            const int p = reverse ? p_hi - 1 - (i - p_lo) : i;
+            for (int m = 0; m < M; m++)
+                fl_i8_row_sliced(level, 1, K, A + m * lda, BP + (ptrdiff_t)p * rows * 64,
+                                 G + m * ldg + p * 64, 64);
+            fl_i8_gates(level, M, H, p, G, ldg, bias, C, ldc, Hout, ldh);
+        }
+        return;
+    }
+    fl_lstm_step_i8q(level, M, K, H, Q, (K + 3) / 4, s, BP, G, ldg, bias, C, ldc, Hout, ldh,
+                     p_lo, p_hi, reverse);
+    free(Q);
+}
+#endif
