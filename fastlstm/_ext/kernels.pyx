@@ -102,7 +102,7 @@ cdef extern from "int8.h" nogil:
                          const uint32_t *BP, float *G, Py_ssize_t ldg, const float *bias,
                          float *C, Py_ssize_t ldc, float *Hout, Py_ssize_t ldh,
                          int p_lo, int p_hi, int reverse) noexcept
-    uint32_t *fl_i8_quantized(int M, int K, const float *A, Py_ssize_t lda,
+    uint32_t *fl_i8_quantized(int level, int M, int K, const float *A, Py_ssize_t lda,
                               float **s) noexcept
     void fl_matmul_i8q(int level, int beta, int M, int N, int K, const uint32_t *Q,
                        Py_ssize_t ldq, const float *s, const uint32_t *BP, float *G,
@@ -738,11 +738,11 @@ cdef bint _i8_single_step(const Geometry *g, int m, const float *x, const float 
     cdef float *xs
     cdef float *hs = NULL
     cdef uint32_t *hq = NULL
-    cdef uint32_t *xq = fl_i8_quantized(m, g.n_in, x, g.n_in, &xs)
+    cdef uint32_t *xq = fl_i8_quantized(_i8_level, m, g.n_in, x, g.n_in, &xs)
     if xq == NULL:
         return False
     if k_rec > 0:
-        hq = fl_i8_quantized(m, k_rec, h0, g.out_size, &hs)
+        hq = fl_i8_quantized(_i8_level, m, k_rec, h0, g.out_size, &hs)
         if hq == NULL:
             free(xq)
             return False

@@ -78,17 +78,13 @@ static int fl_cpu_has_amx_int8(void)
 /* Rows of a panel in 32-bit words: the quads of K, then the scales and compensations. */
 static inline int fl_i8_panel_rows(int K) { return (K + 3) / 4 + 2; }
 
-/* One row's scale and the factor that quantizes it (0 for a zero or non-finite row). */
-static void fl_i8_row_scale(int K, const float *a, float *scale, float *inv)
+/* A row's scale and the factor that quantizes it (0 for a zero or non-finite row), from
+ * the bits of its largest |value| (non-negative floats order as their bits; above
+ * 0x7f7fffff: an infinity or a NaN). */
+static inline void fl_i8_scale_of(uint32_t most, float *scale, float *inv)
 {
-    float amax = 0.0f;
-    int bad = 0;
-    for (int k = 0; k < K; k++) {
-        const float v = fabsf(a[k]);
-        bad |= !(v <= FLT_MAX);
-        amax = v > amax ? v : amax;
-    }
-    if (bad) {
+    const float amax = fl_bits_float(most);
+    if (most > 0x7f7fffffu) {
         *scale = NAN;
         *inv = 0.0f;
     } else if (amax < 0x1p-120f) {  /* 127 / amax stays finite above this */
@@ -100,27 +96,91 @@ static void fl_i8_row_scale(int K, const float *a, float *scale, float *inv)
     }
 }
 
-/* K values of one row quantized with `inv` into bytes q + 128, padded to whole words
- * with 128 (q = 0).  Scalar: one rounding at every level (rintf: to nearest, even). */
+static void fl_i8_row_scale(int K, const float *a, float *scale, float *inv)
+{
+    uint32_t most = 0;
+    for (int k = 0; k < K; k++) {
+        uint32_t u;
+        memcpy(&u, a + k, sizeof u);
+        u &= 0x7fffffffu;
+        most = u > most ? u : most;
+    }
+    fl_i8_scale_of(most, scale, inv);
+}
+
+/* K values of one row quantized with `inv` into bytes q + 128 (all 128, q = 0, when inv
+ * is 0), padded to whole words with 128.  rintf: to nearest, ties to even, as
+ * VCVTPS2DQ under the default rounding the kernels keep. */
 static void fl_i8_row_bytes(int K, const float *a, float inv, uint32_t *out)
 {
     uint8_t *o = (uint8_t *)out;
     const int kq = (K + 3) / 4;
     for (int k = 0; k < K; k++)
-        o[k] = (uint8_t)((int)rintf(a[k] * inv) + 128);
+        o[k] = inv == 0.0f ? 128 : (uint8_t)((int)rintf(a[k] * inv) + 128);
     for (int k = K; k < 4 * kq; k++)
         o[k] = 128;
 }
 
 /* A (M x K, row stride lda) quantized: Q (M rows of ldq words), scales s (M). */
-static void fl_i8_quantize(int M, int K, const float *A, ptrdiff_t lda, uint32_t *Q,
-                           ptrdiff_t ldq, float *s)
+static void fl_i8_quantize_scalar(int M, int K, const float *A, ptrdiff_t lda, uint32_t *Q,
+                                  ptrdiff_t ldq, float *s)
 {
     for (int m = 0; m < M; m++) {
         float inv;
         fl_i8_row_scale(K, A + m * lda, &s[m], &inv);
         fl_i8_row_bytes(K, A + m * lda, inv, Q + m * ldq);
     }
+}
+
+#if FL_X86
+/* The same, 16 values at a time: the same bits, the same products, the same rounding. */
+FL_TGT_avx512 static void fl_i8_quantize_avx512(int M, int K, const float *A, ptrdiff_t lda,
+                                                uint32_t *Q, ptrdiff_t ldq, float *s)
+{
+    const int full = K / 16;
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), bias = _mm512_set1_epi32(128);
+    for (int m = 0; m < M; m++) {
+        const float *a = A + m * lda;
+        uint8_t *o = (uint8_t *)(Q + m * ldq);
+        __m512i most = _mm512_setzero_si512();
+        for (int b = 0; b < full; b++)
+            most = _mm512_max_epu32(most, _mm512_and_si512(_mm512_loadu_si512(a + 16 * b),
+                                                           abs_mask));
+        uint32_t mx = (uint32_t)_mm512_reduce_max_epu32(most);
+        for (int k = 16 * full; k < K; k++) {
+            uint32_t u;
+            memcpy(&u, a + k, sizeof u);
+            u &= 0x7fffffffu;
+            mx = u > mx ? u : mx;
+        }
+        float inv;
+        fl_i8_scale_of(mx, &s[m], &inv);
+        if (inv == 0.0f) {
+            fl_i8_row_bytes(K, a, inv, Q + m * ldq);
+            continue;
+        }
+        const __m512 vi = _mm512_set1_ps(inv);
+        for (int b = 0; b < full; b++) {
+            const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(a + 16 * b), vi));
+            _mm_storeu_si128((__m128i *)(o + 16 * b),
+                             _mm512_cvtepi32_epi8(_mm512_add_epi32(q, bias)));
+        }
+        fl_i8_row_bytes(K - 16 * full, a + 16 * full, inv, (uint32_t *)(o + 16 * full));
+    }
+}
+#endif
+
+static void fl_i8_quantize(int level, int M, int K, const float *A, ptrdiff_t lda,
+                           uint32_t *Q, ptrdiff_t ldq, float *s)
+{
+#if FL_X86
+    if (level >= FL_AVX512) {
+        fl_i8_quantize_avx512(M, K, A, lda, Q, ldq, s);
+        return;
+    }
+#endif
+    (void)level;
+    fl_i8_quantize_scalar(M, K, A, lda, Q, ldq, s);
 }
 
 /* acc (R x 64 int32) (+)= sum over kq quads of the rows' bytes (Q, unsigned) times the
@@ -305,6 +365,50 @@ static __attribute__((noinline)) void fl_i8_dequant(int R, int beta, const int32
     }
 }
 
+#if FL_X86
+/* The same at AVX-512 for whole panels: the same operations in the same order; the
+ * empty asm keeps the product from being fused with the sum (FMA would round once). */
+FL_TGT_avx512 static void fl_i8_dequant_avx512(int R, int beta, const int32_t *acc,
+        const uint32_t *P, int kq, const float *s, float *G, ptrdiff_t ldg)
+{
+    const float *scale = (const float *)(P + (ptrdiff_t)kq * 64);
+    const int32_t *comp = (const int32_t *)(P + (ptrdiff_t)(kq + 1) * 64);
+    __m512 sc[4];
+    __m512i cp[4];
+    for (int v = 0; v < 4; v++) {
+        sc[v] = _mm512_loadu_ps(scale + 16 * v);
+        cp[v] = _mm512_loadu_si512(comp + 16 * v);
+    }
+    for (int r = 0; r < R; r++) {
+        const __m512 sr = _mm512_set1_ps(s[r]);
+        float *g = G + r * ldg;
+        for (int v = 0; v < 4; v++) {
+            const __m512 f = _mm512_mul_ps(sr, sc[v]);
+            const __m512i sum = _mm512_add_epi32(_mm512_loadu_si512(acc + r * 64 + 16 * v),
+                                                 cp[v]);
+            __m512 val = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), f);
+            __asm__("" : "+v"(val));
+            if (beta)
+                val = _mm512_add_ps(_mm512_loadu_ps(g + 16 * v), val);
+            _mm512_storeu_ps(g + 16 * v, val);
+        }
+    }
+}
+#endif
+
+static void fl_i8_dequant_at(int level, int R, int beta, const int32_t *acc,
+        const uint32_t *P, int kq, const float *s, float *G, ptrdiff_t ldg, int width)
+{
+#if FL_X86
+    if (level >= FL_AVX512 && width == 64) {
+        fl_i8_dequant_avx512(R, beta, acc, P, kq, s, G, ldg);
+        return;
+    }
+#endif
+    (void)level;
+    fl_i8_dequant(R, beta, acc, P, kq, s, G, ldg, width);
+}
+
 /* Rows a block of the products takes at `level`. */
 static inline int fl_i8_rows(int level) { return level == FL_I8_AMX ? 32 : 4; }
 
@@ -326,7 +430,8 @@ static void fl_matmul_i8q(int level, int beta, int M, int N, int K, const uint32
         for (int m = 0; m < M; m += RB) {
             const int R = M - m < RB ? M - m : RB;
             fl_i8_block(level, R, kq, Q + m * ldq, ldq, P, acc);
-            fl_i8_dequant(R, beta, acc, P, kq, s + m, G + m * ldg + p * 64, ldg, width);
+            fl_i8_dequant_at(level, R, beta, acc, P, kq, s + m, G + m * ldg + p * 64, ldg,
+                             width);
         }
     }
 #if FL_X86
@@ -385,7 +490,8 @@ static void fl_lstm_step_i8q(int level, int M, int K, int H, const uint32_t *Q,
             for (int m = 0; m < M; m += RB) {
                 const int R = M - m < RB ? M - m : RB;
                 fl_i8_block(level, R, kq, Q + m * ldq, ldq, P, acc);
-                fl_i8_dequant(R, 1, acc, P, kq, s + m, G + m * ldg + p * 64, ldg, 64);
+                fl_i8_dequant_at(level, R, 1, acc, P, kq, s + m, G + m * ldg + p * 64, ldg,
+                                 64);
             }
         fl_i8_gates(level, M, H, p, G, ldg, bias, C, ldc, Hout, ldh);
     }
@@ -396,14 +502,15 @@ static void fl_lstm_step_i8q(int level, int M, int K, int H, const uint32_t *Q,
 }
 
 /* Quantized rows on the heap: words then scales, in one block; NULL when out of memory. */
-static uint32_t *fl_i8_quantized(int M, int K, const float *A, ptrdiff_t lda, float **s)
+static uint32_t *fl_i8_quantized(int level, int M, int K, const float *A, ptrdiff_t lda,
+                                 float **s)
 {
     const size_t kq = (size_t)(K + 3) / 4, m = M > 0 ? (size_t)M : 1;
     uint32_t *Q = (uint32_t *)malloc(m * (kq > 0 ? kq : 1) * 4 + m * sizeof(float));
     if (Q == NULL)
         return NULL;
     *s = (float *)(Q + m * (kq > 0 ? kq : 1));
-    fl_i8_quantize(M, K, A, lda, Q, (ptrdiff_t)kq, *s);
+    fl_i8_quantize(level, M, K, A, lda, Q, (ptrdiff_t)kq, *s);
     return Q;
 }
 
@@ -444,7 +551,7 @@ static void fl_matmul_i8(int level, int beta, int M, int N, int K, const float *
                          ptrdiff_t lda, const uint32_t *BP, float *G, ptrdiff_t ldg)
 {
     float *s;
-    uint32_t *Q = fl_i8_quantized(M, K, A, lda, &s);
+    uint32_t *Q = fl_i8_quantized(level, M, K, A, lda, &s);
     if (Q == NULL) {
         const int rows = fl_i8_panel_rows(K), n_panels = (N + 63) / 64;
         for (int m = 0; m < M; m++)
@@ -462,7 +569,7 @@ static void fl_lstm_step_i8(int level, int M, int K, int H, const float *A, ptrd
         ptrdiff_t ldc, float *Hout, ptrdiff_t ldh, int p_lo, int p_hi, int reverse)
 {
     float *s = NULL;
-    uint32_t *Q = K > 0 ? fl_i8_quantized(M, K, A, lda, &s) : NULL;
+    uint32_t *Q = K > 0 ? fl_i8_quantized(level, M, K, A, lda, &s) : NULL;
     if (K > 0 && Q == NULL) {
         const int rows = fl_i8_panel_rows(K);
         for (int i = p_lo; i < p_hi; i++) {
