@@ -33,6 +33,8 @@ def _config() -> Dict[str, Any]:
         "simd_available": kernels.simd_available(),
         "bf16": kernels.bf16_level(),
         "bf16_available": kernels.bf16_levels(),
+        "int8": kernels.int8_level(),
+        "int8_available": kernels.int8_levels(),
         "openmp": openmp_enabled(),
         "num_threads": get_num_threads(),
         "num_threads_bound": num_threads_bound(),
@@ -61,7 +63,9 @@ def show_config(as_dict: bool = False) -> Optional[Dict[str, Any]]:
         ("avx512", "avx2" or "portable"); ``simd_available``, the levels this
         CPU supports; ``bf16`` and ``bf16_available``, the same for the
         products with bfloat16 weights (``fastlstm.quantize``: the float32
-        levels, "avx512-bf16", "amx-bf16"); ``openmp``, whether the build has OpenMP;
+        levels, "avx512-bf16", "amx-bf16"); ``int8`` and ``int8_available``, the same
+        for int8 weights (the float32 levels, "avx512-vnni", "amx-int8"); ``openmp``,
+        whether the build has OpenMP;
         ``num_threads``; ``num_threads_bound``, what set it
         (``set_num_threads``, ``OMP_NUM_THREADS``, the cores, the CPU affinity
         mask or the cgroup CPU quota); ``dynamic_threads``, whether the

@@ -115,9 +115,13 @@ def test_nan_infinity_and_zero_rows(level):
 
 
 def test_levels_are_reported_and_chosen():
+    import fastlstm
+
     levels = kernels.int8_levels()
     assert levels[:1] == ["portable"] and levels == ALL_LEVELS[:len(levels)]
     assert kernels.int8_level() == levels[-1]
+    cfg = fastlstm.show_config(as_dict=True)
+    assert (cfg["int8"], cfg["int8_available"]) == (levels[-1], levels)
     try:
         kernels.set_int8_level("portable")
         assert kernels.int8_level() == "portable"
