@@ -896,6 +896,26 @@ class _Module:
             return
         save(state, path, format=format)
 
+    @classmethod
+    def _from_torch_quantized(cls: Type[_M], module: Any, kind: str, dtype: Any) -> _M:
+        """``from_torch`` of torch's dynamically quantized LSTM or LSTMCell: its int8
+        weights and scales as they are (``weight_dtype == "int8"``), or its float16
+        weights as float32 values; the biases float32."""
+        from fastlstm.io.torch_quantized import quantized_weights
+
+        if kind != cls.__name__:
+            raise TypeError(f"{cls.__name__}.from_torch expects a torch.nn.{cls.__name__} "
+                            f"(or its dynamically quantized form), got a quantized {kind}")
+        if dtype is not None and resolve_dtype(dtype) != np.float32:
+            raise ValueError(f"a dynamically quantized {kind} converts to float32, not {dtype}")
+        weights = quantized_weights(module)
+        new = cast(Any, cls)(**weights.config, dtype=np.float32)
+        new.load_state_dict(weights.floats)
+        if weights.int8:  # per matrix only when every scale is one for a matrix of many rows
+            per_channel = any(s.size > 1 or q.shape[0] == 1 for q, s in weights.int8.values())
+            new._set_weight_dtype("int8", per_channel, weights.int8)
+        return cast(_M, new)
+
     def _next_order(self) -> bool:
         """Panel order of the next one-step call: it alternates from call to call
         (see kernels._single_step); a race between threads only costs cache hits."""

@@ -30,6 +30,7 @@ from fastlstm._module import (
 )
 from fastlstm._threads import get_num_threads
 from fastlstm.io.state_dict import cell_shapes
+from fastlstm.io.torch_quantized import dynamic_kind
 
 __all__ = ["LSTMCell"]
 
@@ -140,7 +141,12 @@ class LSTMCell(_Module):
 
         Parameters
         ----------
-        module : torch.nn.LSTMCell
+        module : torch.nn.LSTMCell or torch.ao.nn.quantized.dynamic.LSTMCell
+            Any device; its configuration and weights are copied.  torch's
+            dynamically quantized form (``quantize_dynamic``) gives a float32
+            module: with int8 weights, torch's int8 values and scales as they are
+            (``weight_dtype == "int8"``; docs/precision.md), or with float16
+            weights, their values in float32.
         dtype : None or dtype, optional
             Defaults to the module's dtype (float64 stays float64, other float
             types become float32).
@@ -162,6 +168,9 @@ class LSTMCell(_Module):
         >>> bool(np.abs(cell(x)[0] - expected.numpy()).max() < 1e-5)
         True
         """
+        quantized = dynamic_kind(module)
+        if quantized is not None:
+            return cls._from_torch_quantized(module, quantized, dtype)
         weights_dtype = check_torch_module(module, "LSTMCell")
         if dtype is None:
             dtype = weights_dtype

@@ -32,6 +32,7 @@ from fastlstm._module import (
 )
 from fastlstm._threads import get_num_threads, single_threaded_blas
 from fastlstm.io.state_dict import lstm_shapes
+from fastlstm.io.torch_quantized import dynamic_kind
 from fastlstm.rnn import (
     PackedSequence,
     check_batch_sizes,
@@ -301,8 +302,12 @@ class LSTM(_Module):
 
         Parameters
         ----------
-        module : torch.nn.LSTM
-            Any device; its configuration and weights are copied.
+        module : torch.nn.LSTM or torch.ao.nn.quantized.dynamic.LSTM
+            Any device; its configuration and weights are copied.  torch's
+            dynamically quantized form (``quantize_dynamic``) gives a float32
+            module: with int8 weights, torch's int8 values and scales as they are
+            (``weight_dtype == "int8"``; docs/precision.md), or with float16
+            weights, their values in float32.
         dtype : None or dtype, optional
             Defaults to the module's dtype (float64 stays float64; other float
             types become float32).
@@ -327,6 +332,9 @@ class LSTM(_Module):
         >>> bool(np.abs(rnn(x)[0] - expected.numpy()).max() < 1e-5)
         True
         """
+        quantized = dynamic_kind(module)
+        if quantized is not None:
+            return cls._from_torch_quantized(module, quantized, dtype)
         weights_dtype = check_torch_module(module, "LSTM")
         if dtype is None:
             dtype = weights_dtype

@@ -283,3 +283,48 @@ def test_amx_batches_are_shared_by_units():
         assert (chunks(16), chunks(31), chunks(32)) == (0, 0, 2)
     kernels.set_int8_level("avx512" if "avx512" in kernels.int8_levels() else "portable")
     assert chunks(16) == 2
+
+
+@pytest.mark.skipif(TORCH is None, reason="needs torch (installed in CI)")
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+def test_from_torch_takes_torchs_dynamic_quantized_modules():
+    """torch's int8 weights and scales are kept as they are (q may be -128, the scales are
+    torch's): the module computes with exactly torch's dequantized weights; float16
+    weights become float32 values."""
+    torch = TORCH
+    rng = np.random.default_rng(9)
+    dyn = torch.ao.quantization
+    torch.manual_seed(0)
+    cases = [(torch.nn.LSTM(12, 20, num_layers=2, bidirectional=True), "LSTM"),
+             (torch.nn.LSTMCell(12, 20), "LSTMCell")]
+    for float_module, kind in cases:
+        for spec, dtype in ((None, torch.qint8), (dyn.per_channel_dynamic_qconfig, torch.qint8),
+                            (None, torch.float16)):
+            qconfig = {type(float_module): spec} if spec else {type(float_module)}
+            tq = dyn.quantize_dynamic(torch.nn.Sequential(float_module), qconfig,
+                                      dtype=dtype)[0]
+            cls = getattr(fastlstm, kind)
+            ours = cls.from_torch(tq)
+            assert ours.weight_dtype == ("int8" if dtype == torch.qint8 else "float32")
+            torch_weights = tq.get_weight()  # torch's packed weights, unpacked by torch
+            assert sorted(torch_weights) == sorted(k for k in ours.state_dict()
+                                                   if k.startswith("weight_"))
+            for name, want in torch_weights.items():
+                want = want.dequantize() if want.is_quantized else want
+                np.testing.assert_array_equal(ours.state_dict()[name], want.float().numpy())
+            x = rng.standard_normal((6, 3, 12)).astype(np.float32)
+            with torch.no_grad():
+                if kind == "LSTM":
+                    want = tq(torch.from_numpy(x))[0].numpy()
+                    got = ours(x)[0]
+                else:
+                    want = tq(torch.from_numpy(x[0]))[0].numpy()
+                    got = ours(x[0])[0]
+            # the weights are torch's; the activations' quantization differs (torch:
+            # unsigned 8 bits per batch, ours: symmetric per row)
+            assert np.abs(got - want).max() < (3e-2 if dtype == torch.qint8 else 1e-5), (
+                kind, spec, dtype)
+    with pytest.raises(TypeError, match="expects a torch.nn.LSTM .*got a quantized LSTMCell"):
+        fastlstm.LSTM.from_torch(tq)
+    with pytest.raises(ValueError, match="converts to float32"):
+        fastlstm.LSTMCell.from_torch(tq, dtype="float64")
