@@ -1,0 +1,183 @@
+"""``fastlstm.forward_many``: many variable-length sequences through one LSTM, in batches.
+
+The sequences are sorted by length, cut into batches of at most ``max_batch_tokens``
+timesteps in all, each run as a packed batch (work in proportion to the real lengths, no
+padding), and the results put back in input order.  docs/scale.md has the measurements
+behind the default budget and the Dask version (``fastlstm.dask``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from fastlstm._common import input_array, is_torch_tensor
+from fastlstm.lstm import LSTM
+from fastlstm.rnn import PackedSequence
+
+__all__ = ["forward_many", "DEFAULT_BATCH_TOKENS"]
+
+#: Timesteps a batch holds by default: on 2 cores (docs/scale.md) the sequences/s were flat
+#: from 8k to 64k and fell below 4k (small products) and past 128k (the gate buffer and
+#: outputs leave the caches).
+DEFAULT_BATCH_TOKENS = 16384
+
+#: An iterable without ``len`` is read this many batches' worth of timesteps at a time.
+_WINDOW_BATCHES = 8
+_WINDOW_MAX_SEQUENCES = 1 << 16
+
+_Result = Union[Any, Tuple[Any, Tuple[Any, Any]]]
+
+
+def _checked(module: LSTM, index: int, seq: Any) -> Tuple[np.ndarray, bool]:
+    """Sequence ``index`` as an array of the module's dtype (and whether it was a torch
+    tensor), with forward's errors, prefixed by the sequence's index."""
+    tensor = is_torch_tensor(seq)
+    try:
+        x = input_array(seq, "LSTM")
+        if x.ndim != 2:
+            raise ValueError(f"LSTM: Expected each sequence to be 2D (L, input_size), got "
+                             f"{x.ndim}D instead")
+        module._check_input(x)
+        if x.shape[0] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise type(exc)(f"sequence {index}: {exc}") from None
+    return np.ascontiguousarray(x, dtype=module.dtype), tensor
+
+
+def _batches(lengths: np.ndarray, budget: int) -> List[np.ndarray]:
+    """Positions of the sequences, longest first, cut into runs of at most ``budget``
+    timesteps (a longer sequence alone)."""
+    order = np.argsort(-lengths, kind="stable")
+    out: List[np.ndarray] = []
+    start, total = 0, 0
+    for k, i in enumerate(order):
+        n = int(lengths[i])
+        if k > start and total + n > budget:
+            out.append(order[start:k])
+            start, total = k, 0
+        total += n
+    if start < len(order):
+        out.append(order[start:])
+    return out
+
+
+def _run_batch(module: LSTM, arrays: Sequence[np.ndarray], states: bool
+               ) -> List[Tuple[np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]]:
+    """``arrays`` (longest first) as one packed batch; each one's output and state."""
+    lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+    steps = np.arange(int(lengths[0]))
+    batch_sizes = (lengths[None, :] > steps[:, None]).sum(axis=1).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(batch_sizes)[:-1]])
+    data = np.empty((int(lengths.sum()), arrays[0].shape[1]), dtype=module.dtype)
+    rows = [offsets[:n] + i for i, n in enumerate(lengths)]  # sequence i at timestep t
+    for r, a in zip(rows, arrays):
+        data[r] = a
+    packed = PackedSequence(data, batch_sizes, None, None)
+    out, (h_n, c_n) = module(packed)
+    result = []
+    for i, r in enumerate(rows):
+        state = (h_n[:, i].copy(), c_n[:, i].copy()) if states else None
+        result.append((out.data[r], state))
+    return result
+
+
+def _window(module: LSTM, items: Sequence[Tuple[int, Any]], budget: int,
+            return_states: bool) -> List[_Result]:
+    """The results of ``items`` (index, sequence), in their order."""
+    checked = [_checked(module, index, seq) for index, seq in items]
+    lengths = np.array([x.shape[0] for x, _ in checked], dtype=np.int64)
+    results: List[_Result] = [None] * len(checked)
+    torch = None
+    for positions in _batches(lengths, budget):
+        done = _run_batch(module, [checked[p][0] for p in positions], return_states)
+        for p, (out, state) in zip(positions, done):
+            if checked[p][1]:  # torch in, torch out, as forward
+                torch = torch or sys.modules["torch"]
+                out = torch.from_numpy(out)
+                state = state and (torch.from_numpy(state[0]), torch.from_numpy(state[1]))
+            results[p] = (out, state) if return_states else out
+    return results
+
+
+def _stream(module: LSTM, sequences: Iterable[Any], budget: int,
+            return_states: bool) -> Iterator[_Result]:
+    """``forward_many`` of an iterable without ``len``: windows of a few batches."""
+    window: List[Tuple[int, Any]] = []
+    tokens = 0
+    for index, seq in enumerate(sequences):
+        window.append((index, seq))
+        tokens += len(seq) if hasattr(seq, "__len__") else budget
+        if tokens >= _WINDOW_BATCHES * budget or len(window) >= _WINDOW_MAX_SEQUENCES:
+            yield from _window(module, window, budget, return_states)
+            window, tokens = [], 0
+    if window:
+        yield from _window(module, window, budget, return_states)
+
+
+def forward_many(
+    module: LSTM,
+    sequences: Iterable[Any],
+    *,
+    max_batch_tokens: Optional[int] = None,
+    return_states: bool = False,
+) -> Union[List[_Result], Iterator[_Result]]:
+    """Run ``module`` over many unbatched sequences of any lengths, in length-sorted batches.
+
+    Parameters
+    ----------
+    module : fastlstm.LSTM
+        Any configuration (``batch_first`` does not matter: each sequence is unbatched).
+    sequences : list, tuple or iterable of array-like (L_i, input_size)
+        NumPy arrays, torch tensors or nested lists; floating arrays of another precision
+        are cast to the module's dtype, as in ``forward``.
+    max_batch_tokens : int, optional
+        The most timesteps (sum of the lengths) one batch holds; a longer sequence runs
+        alone.  Default :data:`DEFAULT_BATCH_TOKENS`, chosen by measurement (docs/scale.md).
+    return_states : bool, default=False
+        Give each sequence's ``(output, (h_n, c_n))`` instead of its output alone.
+
+    Returns
+    -------
+    list, or an iterator for an iterable without ``len``
+        Each sequence's output ``(L_i, D * H_out)`` (torch tensors for torch tensors), in
+        input order.  An iterator (a generator, say) is read a window of a few batches at
+        a time and its results yielded in order, so that memory stays bounded.
+
+    Raises
+    ------
+    TypeError
+        If ``module`` is not a ``fastlstm.LSTM``, or ``max_batch_tokens`` not a positive int.
+    ValueError, RuntimeError
+        As ``forward`` for a sequence (not 2-D, not floating, wrong feature size, empty),
+        the message starting with the sequence's index.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastlstm
+    >>> rnn = fastlstm.LSTM(4, 8, rng=0)
+    >>> rng = np.random.default_rng(0)
+    >>> seqs = [rng.standard_normal((n, 4)).astype(np.float32) for n in (5, 12, 1, 7)]
+    >>> outs = fastlstm.forward_many(rnn, seqs)
+    >>> [o.shape for o in outs]
+    [(5, 8), (12, 8), (1, 8), (7, 8)]
+    >>> bool(np.allclose(outs[1], rnn(seqs[1])[0], atol=1e-6))
+    True
+    """
+    if not isinstance(module, LSTM):
+        raise TypeError(f"forward_many expects a fastlstm.LSTM, got {type(module).__name__}")
+    if max_batch_tokens is None:
+        budget = DEFAULT_BATCH_TOKENS
+    elif isinstance(max_batch_tokens, (bool, np.bool_)) or not isinstance(
+            max_batch_tokens, (int, np.integer)) or max_batch_tokens < 1:
+        raise TypeError(f"max_batch_tokens must be a positive int, got {max_batch_tokens!r}")
+    else:
+        budget = int(max_batch_tokens)
+    if hasattr(sequences, "__len__") and hasattr(sequences, "__getitem__"):
+        items = [(i, sequences[i]) for i in range(len(sequences))]  # type: ignore[index]
+        return _window(module, items, budget, bool(return_states))
+    return _stream(module, sequences, budget, bool(return_states))

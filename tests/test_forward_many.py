@@ -1,0 +1,145 @@
+"""``fastlstm.forward_many``: every sequence's output and state equal one call of the module
+on it alone (the oracle: ``forward``, itself checked against torch and NumPy), in input
+order, for every configuration, budget and input form; errors name the sequence."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm.batching import DEFAULT_BATCH_TOKENS, _batches
+from tests._helpers import TORCH
+from tests._helpers.reference import reference_forward
+
+
+def _seqs(rng, lengths, features=6):
+    return [rng.standard_normal((n, features)).astype(np.float32) for n in lengths]
+
+
+CONFIGS = [dict(), dict(num_layers=2), dict(bidirectional=True), dict(proj_size=3),
+           dict(num_layers=2, bidirectional=True, proj_size=4, batch_first=True)]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items())
+                         or "plain")
+@pytest.mark.parametrize("budget", [1, 17, 60, None])
+def test_each_output_is_the_modules_on_that_sequence(cfg, budget):
+    rng = np.random.default_rng(0)
+    module = fastlstm.LSTM(6, 10, rng=1, **cfg)
+    seqs = _seqs(rng, [5, 1, 12, 7, 7, 3, 20, 2, 9])
+    outs = fastlstm.forward_many(module, seqs, max_batch_tokens=budget, return_states=True)
+    assert isinstance(outs, list) and len(outs) == len(seqs)
+    for seq, (out, (h, c)) in zip(seqs, outs):
+        want, (wh, wc) = module(seq)
+        assert out.shape == want.shape and h.shape == wh.shape and c.shape == wc.shape
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(h, wh, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(c, wc, rtol=1e-5, atol=1e-6)
+    # and the float64 NumPy oracle of the equations, for one of them
+    ref, _ = reference_forward(module, seqs[2])
+    np.testing.assert_allclose(outs[2][0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_batches_are_sorted_by_length_and_bounded():
+    lengths = np.array([5, 1, 12, 7, 7, 3, 20, 2, 9])
+    for budget in (1, 10, 20, 25, 1000):
+        batches = _batches(lengths, budget)
+        order = np.concatenate(batches)
+        assert sorted(order) == list(range(len(lengths)))
+        assert list(lengths[order]) == sorted(lengths, reverse=True)
+        for b in batches:
+            assert len(b) == 1 or lengths[b].sum() <= budget
+        # greedy: a batch plus the next sequence would be over the budget
+        for b, nxt in zip(batches, batches[1:]):
+            assert lengths[b].sum() + lengths[nxt[0]] > budget
+    assert DEFAULT_BATCH_TOKENS == 16384
+
+
+def test_an_iterator_is_read_in_windows_and_yields_in_order(monkeypatch):
+    from fastlstm import batching
+
+    monkeypatch.setattr(batching, "_WINDOW_BATCHES", 2)
+    rng = np.random.default_rng(2)
+    module = fastlstm.LSTM(6, 8, rng=3)
+    seqs = _seqs(rng, rng.integers(1, 30, size=40))
+    taken = []
+
+    def gen():
+        for i, s in enumerate(seqs):
+            taken.append(i)
+            yield s
+
+    it = fastlstm.forward_many(module, gen(), max_batch_tokens=40)
+    assert not isinstance(it, list) and taken == []  # nothing read before asked
+    first = next(it)
+    assert 0 < len(taken) < len(seqs)  # one window, not everything
+    np.testing.assert_allclose(first, module(seqs[0])[0], rtol=1e-5, atol=1e-6)
+    rest = list(it)
+    assert len(rest) == len(seqs) - 1
+    for seq, out in zip(seqs[1:], rest):
+        np.testing.assert_allclose(out, module(seq)[0], rtol=1e-5, atol=1e-6)
+    assert list(fastlstm.forward_many(module, iter([]))) == []
+
+
+def test_inputs_of_every_form():
+    rng = np.random.default_rng(4)
+    module = fastlstm.LSTM(3, 5, rng=0)
+    seqs = _seqs(rng, [4, 2], features=3)
+    assert fastlstm.forward_many(module, []) == []
+    lists = fastlstm.forward_many(module, [s.tolist() for s in seqs])
+    wide = fastlstm.forward_many(module, (s.astype(np.float64) for s in seqs))
+    for got in (lists, list(wide)):
+        for out, seq in zip(got, seqs):
+            assert out.dtype == np.float32
+            np.testing.assert_allclose(out, module(seq)[0], rtol=1e-5, atol=1e-6)
+    double = fastlstm.LSTM(3, 5, rng=0, dtype="float64")
+    assert fastlstm.forward_many(double, seqs)[0].dtype == np.float64
+    stacked = np.stack([seqs[0], seqs[0]])  # an array of equal-length sequences
+    assert len(fastlstm.forward_many(module, stacked)) == 2
+
+
+@pytest.mark.skipif(TORCH is None, reason="needs torch (installed in CI)")
+def test_torch_tensors_in_give_torch_tensors_out():
+    rng = np.random.default_rng(5)
+    module = fastlstm.LSTM(3, 5, rng=0)
+    seqs = _seqs(rng, [4, 2], features=3)
+    outs = fastlstm.forward_many(module, [TORCH.from_numpy(s) for s in seqs],
+                                 return_states=True)
+    for seq, (out, (h, c)) in zip(seqs, outs):
+        assert all(isinstance(t, TORCH.Tensor) for t in (out, h, c))
+        np.testing.assert_allclose(out.numpy(), module(seq)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_errors_name_the_sequence():
+    module = fastlstm.LSTM(3, 5, rng=0)
+    good = np.zeros((4, 3), np.float32)
+    cases = [
+        (np.zeros((0, 3), np.float32), RuntimeError,
+         "sequence 1: Expected sequence length to be larger than 0"),
+        (np.zeros((4, 2), np.float32), RuntimeError,
+         "sequence 1: input.size\\(-1\\) must be equal to input_size. Expected 3, got 2"),
+        (np.zeros((4, 3), np.int64), ValueError, "sequence 1: RNN input dtype \\(int64\\)"),
+        (np.zeros((1, 4, 3), np.float32), ValueError, "sequence 1: .*2D"),
+    ]
+    for bad, kind, match in cases:
+        for seqs in ([good, bad, good], itertools.chain([good, bad, good])):
+            with pytest.raises(kind, match=match):
+                list(fastlstm.forward_many(module, seqs))
+    with pytest.raises(TypeError, match="expects a fastlstm.LSTM"):
+        fastlstm.forward_many(fastlstm.LSTMCell(3, 5), [good])
+    for budget in (0, -1, 2.5, True):
+        with pytest.raises(TypeError, match="max_batch_tokens must be a positive int"):
+            fastlstm.forward_many(module, [good], max_batch_tokens=budget)
+
+
+def test_reduced_precision_modules_too():
+    rng = np.random.default_rng(6)
+    base = fastlstm.LSTM(6, 16, num_layers=2, rng=0)
+    seqs = _seqs(rng, [9, 3, 14, 1])
+    for dtype in ("bfloat16", "int8"):
+        module = fastlstm.quantize(base, dtype)
+        for seq, out in zip(seqs, fastlstm.forward_many(module, seqs)):
+            # the same quantized module on one sequence: per-row quantization, so a
+            # sequence's result does not depend on its batch-mates
+            np.testing.assert_allclose(out, module(seq)[0], rtol=1e-4, atol=1e-5)
