@@ -9,7 +9,7 @@ behind the default budget and the Dask version (``fastlstm.dask``).
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -178,6 +178,7 @@ def forward_many(
     else:
         budget = int(max_batch_tokens)
     if hasattr(sequences, "__len__") and hasattr(sequences, "__getitem__"):
-        items = [(i, sequences[i]) for i in range(len(sequences))]  # type: ignore[index]
+        indexable = cast(Sequence[Any], sequences)
+        items = [(i, indexable[i]) for i in range(len(indexable))]
         return _window(module, items, budget, bool(return_states))
     return _stream(module, sequences, budget, bool(return_states))
