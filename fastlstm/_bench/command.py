@@ -14,8 +14,8 @@ in a fresh process per case and library (Linux).
 --contention, --seq2seq and --precision run other measurements instead of the
 case grid: fastlstm and torch on a shared CPU (busy neighbour processes, two
 processes, more threads than CPUs), a greedy seq2seq decode (fastlstm + NumPy
-against torch), and bfloat16 weights beside float32 and torch's bfloat16 and
-dynamically quantized LSTMs; each prints a table against their targets.
+against torch), and bfloat16 and int8 weights beside float32 and torch's bfloat16
+and dynamically quantized LSTMs; each prints a table against their targets.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ examples:
   fastlstm bench --memory --cases large,projection  # + peak memory of one forward
   fastlstm bench --contention --json contention.json  # shared CPU (about a minute)
   fastlstm bench --seq2seq --seq2seq-batches 1,300    # greedy decode (about 10 s)
-  fastlstm bench --precision --precision-cases one-step,batch  # bfloat16 vs float32
+  fastlstm bench --precision --precision-cases one-step,batch  # bf16, int8 vs float32
 """
 
 #: Largest max abs difference from torch that a case may have to be timed.
@@ -207,9 +207,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     modes.add_argument("--seq2seq-batches", type=_batches, metavar="N,...",
                        help="batch sizes of --seq2seq (default 1,300)")
     modes.add_argument("--precision", action="store_true",
-                       help="bfloat16 weights (fastlstm.quantize) beside float32, torch's "
-                            "bfloat16 and its dynamic int8 and float16 LSTMs (timed with "
-                            "--budget per case; under a minute on 2 cores)")
+                       help="bfloat16 and int8 weights (fastlstm.quantize) beside float32, "
+                            "torch's bfloat16 and its dynamic int8 and float16 LSTMs (timed "
+                            "with --budget per case; under a minute on 2 cores)")
     modes.add_argument("--precision-cases", type=_precision_cases, metavar="NAME,...",
                        help="cases of --precision (default all: "
                             + ",".join(slug(c.name) for c in _precision.CASES) + ")")
@@ -659,7 +659,8 @@ def _run_modes(args: argparse.Namespace) -> int:
         if args.contention or args.seq2seq:
             print()
         for line in (_precision.header_lines(found, machine["cpu"], machine["cpu_flags"])
-                     + _precision.precision_table(found) + [_precision.summary_line(found)]):
+                     + _precision.precision_table(found)
+                     + [_precision.summary_line(found), _precision.int8_line(found)]):
             print(line, flush=True)
         results["precision"] = found
     errors = [f"{r['scenario']} {r['library']} {r['case']}"
