@@ -16,6 +16,7 @@ from fastlstm._threads import (
     set_num_threads,
 )
 from fastlstm._version import __version__
+from fastlstm.accelerate import accelerate
 from fastlstm.batching import forward_many
 from fastlstm.cell import LSTMCell
 from fastlstm.lstm import LSTM
@@ -38,6 +39,7 @@ __all__ = [
     "Stream",
     "UnsafeFileError",
     "WeightsFormatError",
+    "accelerate",
     "forward_many",
     "get_dynamic_threads",
     "get_num_threads",

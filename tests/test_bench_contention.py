@@ -215,14 +215,18 @@ def test_measure_seq2seq_tiny(torch, threads_kept):
     assert result["threads"] == 1
     rows = result["rows"]
     assert [(r["scenario"], r["case"]) for r in rows] == [
-        ("seq2seq decode", "N=1"), ("seq2seq decode", "N=3"),
-        ("seq2seq step mix", "decoder step N=3"), ("seq2seq step mix", "head matmul N=3")]
+        ("seq2seq decode", "N=1"), ("seq2seq decode", "N=1"), ("seq2seq decode", "N=3"),
+        ("seq2seq decode", "N=3"), ("seq2seq step mix", "decoder step N=3"),
+        ("seq2seq step mix", "head matmul N=3")]
     for row in rows:
         _check_measured_row(row)
         assert row["unit"] == "s" and len(row["a_blocks"]) == 2
     assert [(r["target_op"], r["target"]) for r in rows] == [
-        (">=", 5.0), (">=", 1.0), ("<=", 1.2), ("<=", 1.2)]
-    assert [(r["a_label"], r["b_label"]) for r in rows[:2]] == [("torch", "fastlstm")] * 2
+        (">=", 5.0), (">=", 1.0), (">=", 1.0), (">=", 1.0), ("<=", 1.2), ("<=", 1.2)]
+    assert [(r["a_label"], r["b_label"]) for r in rows[:4]] == [
+        ("torch", "fastlstm"), ("torch", "accelerate")] * 2
+    # the accelerated torch decode is timed too, in the same blocks as torch's
+    assert rows[0]["a_blocks"] == rows[1]["a_blocks"]
 
 
 def test_seq2seq_mismatch_is_an_error_row_not_timed(torch, monkeypatch, threads_kept):
@@ -248,7 +252,7 @@ def test_cli_seq2seq(torch, tmp_path):
     assert lines[1].startswith("seq2seq greedy decode: vocabulary 1000")
     assert lines[2].split()[:3] == ["scenario", "library", "case"]
     assert [line.split()[:3] for line in lines[4:]] == [
-        ["seq2seq", "decode", "torch"]] * 2 + [["seq2seq", "step", "mix"]] * 2
+        ["seq2seq", "decode", "torch"]] * 4 + [["seq2seq", "step", "mix"]] * 2
     assert all(line.endswith((" met", " missed")) for line in lines[4:])
     report = json.loads(out_json.read_text())
     assert report["mode"] == ["seq2seq"] and report["contention"] is None

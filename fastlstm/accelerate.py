@@ -1,0 +1,185 @@
+"""``fastlstm.accelerate``: a torch model whose LSTMs run on fastlstm, in one line.
+
+Every ``torch.nn.LSTM`` and ``torch.nn.LSTMCell`` inside the model becomes an instance of a
+subclass of its own class whose ``forward`` runs fastlstm on the CPU tensors (NumPy views of
+them, the results wrapped back as tensors: no copies) and falls back to torch's own
+``forward`` for what fastlstm does not serve (docs/interop.md).  Being subclasses, they keep
+the parameters, ``state_dict`` keys, hooks, ``repr`` and ``isinstance`` checks of the
+originals.  torch is imported here only, when called.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any, Dict, Optional, Tuple
+
+from fastlstm.cell import LSTMCell
+from fastlstm.lstm import LSTM
+from fastlstm.quantization import quantize
+
+__all__ = ["accelerate"]
+
+_CLASSES: Dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def _fallback_reason(module: Any, tensors: Tuple[Any, ...]) -> Optional[str]:
+    """Why fastlstm cannot serve this call (torch's forward runs then), or None."""
+    import torch
+
+    if module.training and torch.is_grad_enabled():
+        return "training mode with autograd on"
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.device.type != "cpu":
+            return f"a tensor on {t.device}"
+        if t.dtype not in (torch.float32, torch.float64):
+            return f"a {t.dtype} tensor"
+        if t.requires_grad and torch.is_grad_enabled():
+            return "an input that requires grad"
+    if any(p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64)
+           for p in module.parameters()):
+        return "weights that are not float32 or float64 on the CPU"
+    return None
+
+
+def _fast_module(module: Any, kind: str) -> Any:
+    """The fastlstm module with ``module``'s current weights, rebuilt when they changed
+    (``load_state_dict``, an optimizer step, ``.double()``: each changes a tensor's
+    version or storage)."""
+    key = tuple((p.data_ptr(), p._version, p.dtype) for p in module.parameters())
+    cached = module.__dict__.get("_fastlstm_cache")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    fast = (LSTM if kind == "LSTM" else LSTMCell).from_torch(module)
+    weight_dtype = module.__dict__.get("_fastlstm_weight_dtype")
+    if weight_dtype is not None:
+        fast = quantize(fast, weight_dtype)
+    module.__dict__["_fastlstm_cache"] = (key, fast)
+    return fast
+
+
+def _classes() -> Dict[str, Any]:
+    """The accelerated subclasses of torch's LSTM and LSTMCell, made once."""
+    with _LOCK:
+        if _CLASSES:
+            return _CLASSES
+        import torch
+        from torch.nn.utils.rnn import PackedSequence
+
+        class AcceleratedLSTM(torch.nn.LSTM):
+            """torch.nn.LSTM whose forward runs fastlstm (see fastlstm.accelerate)."""
+
+            def forward(self, input: Any, hx: Any = None) -> Any:
+                data = input.data if isinstance(input, PackedSequence) else input
+                tensors = (data,) + (tuple(hx) if hx else ())
+                if _fallback_reason(self, tensors) is not None:
+                    return super().forward(input, hx)
+                with torch.no_grad():
+                    return _fast_module(self, "LSTM")(input, hx)
+
+            def _get_name(self) -> str:  # the repr of the module it replaces
+                return "LSTM"
+
+        class AcceleratedLSTMCell(torch.nn.LSTMCell):
+            """torch.nn.LSTMCell whose forward runs fastlstm (see fastlstm.accelerate)."""
+
+            def forward(self, input: Any, hx: Any = None) -> Any:
+                tensors = (input,) + (tuple(hx) if hx else ())
+                if _fallback_reason(self, tensors) is not None:
+                    return super().forward(input, hx)
+                with torch.no_grad():
+                    return _fast_module(self, "LSTMCell")(input, hx)
+
+            def _get_name(self) -> str:
+                return "LSTMCell"
+
+        for cls in (AcceleratedLSTM, AcceleratedLSTMCell):
+            # Importable by name (see __getattr__): models holding them pickle.
+            cls.__module__, cls.__qualname__ = __name__, cls.__name__
+        _CLASSES.update(LSTM=AcceleratedLSTM, LSTMCell=AcceleratedLSTMCell)
+        return _CLASSES
+
+
+def __getattr__(name: str) -> Any:
+    """``AcceleratedLSTM`` and ``AcceleratedLSTMCell``, made (importing torch) when asked."""
+    if name in ("AcceleratedLSTM", "AcceleratedLSTMCell"):
+        return _classes()[name[len("Accelerated"):]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _swap(module: Any, classes: Dict[str, Any], weight_dtype: Optional[str]) -> int:
+    """Make ``module`` and every LSTM and LSTMCell under it accelerated; how many."""
+    import torch
+
+    count = 0
+    for m in module.modules():
+        for kind, base in (("LSTM", torch.nn.LSTM), ("LSTMCell", torch.nn.LSTMCell)):
+            if type(m) is base or type(m) is classes[kind]:
+                # The module keeps its state; only the class (the forward) changes.
+                m.__class__ = classes[kind]
+                m.__dict__["_fastlstm_weight_dtype"] = weight_dtype
+                m.__dict__.pop("_fastlstm_cache", None)
+                count += 1
+    return count
+
+
+def accelerate(model: Any, *, inplace: bool = False, weight_dtype: Optional[str] = None) -> Any:
+    """Return ``model`` with every ``torch.nn.LSTM`` and ``torch.nn.LSTMCell`` run by fastlstm.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any model (or a bare LSTM or LSTMCell).  Subclasses of torch's LSTM classes are
+        left alone: their forward may do something else.
+    inplace : bool, default=False
+        Change ``model`` itself instead of a deep copy of it.
+    weight_dtype : {None, "bfloat16", "int8"}, optional
+        Run the LSTMs with weights stored in reduced precision (``fastlstm.quantize``;
+        docs/precision.md); the torch parameters stay as they are.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model; its LSTMs are instances of subclasses of their classes, with the same
+        parameters, ``state_dict`` keys and ``repr``.  Their ``forward`` runs fastlstm on
+        CPU float32 or float64 tensors, in eval mode or without autograd, and torch's
+        own ``forward`` otherwise (training with autograd on, an input that requires
+        grad, tensors on another device or of another dtype).  Outputs computed by
+        fastlstm carry no autograd history.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a ``torch.nn.Module``.
+    ValueError
+        If ``weight_dtype`` is not None, "bfloat16" or "int8".
+
+    Examples
+    --------
+    >>> import torch
+    >>> import fastlstm
+    >>> model = torch.nn.Sequential(torch.nn.LSTM(8, 16, batch_first=True))
+    >>> fast = fastlstm.accelerate(model.eval())
+    >>> fast
+    Sequential(
+      (0): LSTM(8, 16, batch_first=True)
+    )
+    >>> x = torch.randn(2, 5, 8)
+    >>> with torch.no_grad():
+    ...     bool(torch.allclose(fast(x)[0], model(x)[0], atol=1e-5))
+    True
+    """
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"accelerate expects a torch.nn.Module, got {type(model).__name__}")
+    if weight_dtype not in (None, "bfloat16", "int8"):
+        raise ValueError(f"accelerate: weight_dtype must be None, 'bfloat16' or 'int8', got "
+                         f"{weight_dtype!r}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    _swap(model, _classes(), weight_dtype)
+    return model

@@ -1,0 +1,210 @@
+"""``fastlstm.accelerate``: torch models whose LSTMs run on fastlstm, against the same
+models run by torch (the oracle), on a seq2seq model built here and on every form of
+``forward`` of ``nn.LSTM`` and ``nn.LSTMCell``."""
+
+import copy
+import io
+import sys
+
+import numpy as np
+import pytest
+
+import fastlstm
+
+
+class _Seq2Seq:
+    """Embedding, 2-layer LSTM encoder, 2-layer LSTM decoder, linear head, greedy loop."""
+
+    def __new__(cls, torch, seed=0):
+        class Seq2Seq(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embedding = torch.nn.Embedding(40, 24)
+                self.encoder = torch.nn.LSTM(24, 32, num_layers=2, batch_first=True)
+                self.decoder = torch.nn.LSTM(24, 32, num_layers=2, batch_first=True)
+                self.head = torch.nn.Linear(32, 40)
+
+            def forward(self, src, steps=12):
+                _, state = self.encoder(self.embedding(src))
+                token = torch.zeros(src.shape[0], 1, dtype=torch.long)
+                tokens, logits = [], []
+                for _ in range(steps):
+                    y, state = self.decoder(self.embedding(token), state)
+                    scores = self.head(y[:, -1])
+                    token = scores.argmax(-1, keepdim=True)
+                    tokens.append(token)
+                    logits.append(scores)
+                return torch.cat(tokens, 1), torch.stack(logits, 1)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return Seq2Seq().eval()
+
+
+def test_seq2seq_gives_the_same_tokens(torch):
+    model = _Seq2Seq(torch)
+    fast = fastlstm.accelerate(model)
+    assert fast is not model and type(model.encoder) is torch.nn.LSTM  # a copy by default
+    assert type(fast.encoder).__name__ == "AcceleratedLSTM"
+    assert isinstance(fast.encoder, torch.nn.LSTM) and repr(fast) == repr(model)
+    assert list(fast.state_dict()) == list(model.state_dict())
+    src = torch.randint(0, 40, (5, 9), generator=torch.Generator().manual_seed(1))
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            want_tokens, want_logits = model(src)
+            got_tokens, got_logits = fast(src)
+        assert torch.equal(got_tokens, want_tokens)
+        np.testing.assert_allclose(got_logits.numpy(), want_logits.numpy(), atol=1e-5)
+    # the fastlstm path really ran (not torch's fallback)
+    assert fast.encoder.__dict__.get("_fastlstm_cache") is not None
+
+
+def test_a_loaded_checkpoint_is_used(torch):
+    model = _Seq2Seq(torch)
+    fast = fastlstm.accelerate(model)
+    other = _Seq2Seq(torch, seed=5)
+    src = torch.randint(0, 40, (3, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        fast(src)
+        fast.load_state_dict(other.state_dict())
+        np.testing.assert_allclose(fast(src)[1].numpy(), other(src)[1].numpy(), atol=1e-5)
+        with torch.no_grad():
+            fast.encoder.weight_hh_l0.mul_(0.5)  # an in-place change is seen too
+            other.encoder.weight_hh_l0.mul_(0.5)
+        np.testing.assert_allclose(fast(src)[1].numpy(), other(src)[1].numpy(), atol=1e-5)
+
+
+LSTM_CONFIGS = [dict(), dict(batch_first=True), dict(bidirectional=True), dict(proj_size=3),
+                dict(num_layers=2, bidirectional=True, proj_size=4, batch_first=True)]
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("cfg", LSTM_CONFIGS,
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "plain")
+def test_every_form_of_lstm_forward(torch, cfg):
+    gen = torch.Generator().manual_seed(3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        lstm = torch.nn.LSTM(6, 8, **cfg).eval()
+    fast = fastlstm.accelerate(lstm)
+    d = lstm.num_layers * (2 if lstm.bidirectional else 1)
+    out_size = lstm.proj_size or 8
+    x = torch.randn(3, 5, 6, generator=gen)  # (N, L, H_in) with batch_first, else (L, N, H_in)
+    one = x[0] if lstm.batch_first else x[:, 0]  # unbatched
+    n = 3 if lstm.batch_first else 5
+    hx = (torch.randn(d, n, out_size, generator=gen), torch.randn(d, n, 8, generator=gen))
+    seqs = [torch.randn(k, 6, generator=gen) for k in (5, 2, 4)]
+    packed = torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
+    hx3 = (hx[0][:, :3], hx[1][:, :3])
+    calls = [(x, None), (x, hx), (one, None), (one, (hx[0][:, 0], hx[1][:, 0])),
+             (packed, None), (packed, hx3)]
+    with torch.no_grad():
+        for inp, state in calls:
+            want, (wh, wc) = lstm(inp, state)
+            got, (gh, gc) = fast(inp, state)
+            if isinstance(want, torch.nn.utils.rnn.PackedSequence):
+                assert isinstance(got, torch.nn.utils.rnn.PackedSequence)
+                assert torch.equal(got.batch_sizes, want.batch_sizes)
+                assert torch.equal(got.unsorted_indices, want.unsorted_indices)
+                want, got = want.data, got.data
+            assert isinstance(got, torch.Tensor) and got.shape == want.shape
+            for a, b in ((got, want), (gh, wh), (gc, wc)):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_every_form_of_cell_forward(torch):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(6)
+        model = torch.nn.Sequential(torch.nn.LSTMCell(6, 8)).eval()
+    fast = fastlstm.accelerate(model)
+    assert type(fast[0]).__name__ == "AcceleratedLSTMCell" and repr(fast) == repr(model)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 6, generator=gen)
+    hx = (torch.randn(4, 8, generator=gen), torch.randn(4, 8, generator=gen))
+    with torch.no_grad():
+        for inp, state in ((x, None), (x, hx), (x[0], (hx[0][0], hx[1][0])), (x[0], None)):
+            for a, b in zip(fast[0](inp, state), model[0](inp, state)):
+                assert a.shape == b.shape
+                np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_what_fastlstm_does_not_serve_runs_torch(torch):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(8)
+        lstm = torch.nn.LSTM(4, 5, num_layers=2, dropout=0.5)
+    fast = fastlstm.accelerate(lstm)
+    x = torch.randn(3, 2, 4)
+    # training with autograd: torch's forward, gradients flow, dropout applies
+    out, _ = fast.train()(x)
+    assert out.requires_grad
+    out.sum().backward()
+    assert fast.weight_ih_l0.grad is not None
+    fast.eval()
+    # an input that requires grad: torch's forward, so the graph is kept
+    xg = x.clone().requires_grad_()
+    assert fast(xg)[0].requires_grad
+    # float16 input: torch's forward, so torch's own error
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"RNN input dtype \(torch.float16\) does not "
+                                             r"match weight dtype \(torch.float32\)"):
+            fast(x.half())
+        # eval mode without autograd: fastlstm, no graph
+        out = fast(x)[0]
+        assert not out.requires_grad
+    assert fast.__dict__.get("_fastlstm_cache") is not None
+
+
+def test_reduced_precision_weights(torch):
+    model = _Seq2Seq(torch)
+    src = torch.randint(0, 40, (4, 8), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        want = model(src)[1]
+        for weight_dtype, tol in (("bfloat16", 2e-2), ("int8", 6e-2)):
+            fast = fastlstm.accelerate(model, weight_dtype=weight_dtype)
+            got = fast(src)[1]
+            err = float((got - want).abs().max() / want.abs().max())
+            assert 0 < err < tol, (weight_dtype, err)
+            assert fast.encoder.__dict__["_fastlstm_cache"][1].weight_dtype == weight_dtype
+    with pytest.raises(ValueError, match="weight_dtype must be None, 'bfloat16' or 'int8'"):
+        fastlstm.accelerate(model, weight_dtype="int4")
+
+
+def test_inplace_pickling_subclasses_and_errors(torch):
+    model = _Seq2Seq(torch)
+    same = fastlstm.accelerate(model, inplace=True)
+    assert same is model and type(model.decoder).__name__ == "AcceleratedLSTM"
+    assert fastlstm.accelerate(model, inplace=True) is model  # again: nothing changes
+    src = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        want = model(src)[0]
+    with torch.no_grad():
+        assert torch.equal(copy.deepcopy(model)(src)[0], want)
+    # a whole model pickles (torch.save) with its accelerated classes, found by name
+    plain = torch.nn.Sequential(torch.nn.LSTM(3, 4), torch.nn.LSTMCell(3, 4)).eval()
+    saved = fastlstm.accelerate(plain)
+    buf = io.BytesIO()
+    torch.save(saved, buf)
+    buf.seek(0)
+    back = torch.load(buf, weights_only=False)
+    assert [type(m).__name__ for m in back] == ["AcceleratedLSTM", "AcceleratedLSTMCell"]
+    x = torch.randn(2, 1, 3)
+    with torch.no_grad():
+        assert torch.equal(back[0](x)[0], saved[0](x)[0])
+
+    class MyLSTM(torch.nn.LSTM):  # its forward may do anything: left alone
+        pass
+
+    mine = fastlstm.accelerate(torch.nn.Sequential(MyLSTM(2, 3)))
+    assert type(mine[0]) is MyLSTM
+    bare = fastlstm.accelerate(torch.nn.LSTM(2, 3))
+    assert type(bare).__name__ == "AcceleratedLSTM"
+    with pytest.raises(TypeError, match="expects a torch.nn.Module"):
+        fastlstm.accelerate(fastlstm.LSTM(2, 3))
+
+
+def test_importing_fastlstm_does_not_import_torch():
+    import subprocess
+
+    code = ("import sys, fastlstm, fastlstm.accelerate; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
