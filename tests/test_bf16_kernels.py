@@ -72,7 +72,8 @@ def test_product_matches_the_oracle(level, m, n, k):
     bound = bf16_matmul_bound(a, w, k)
     for beta in (False, True):
         for sliced in (False, True):  # sliced: the path without heap memory
-            g = g0.copy()
+            # beta 0 must not read g: NaN there must not show through
+            g = g0.copy() if beta else np.full_like(g0, np.nan)
             kernels._matmul_bf16_for_tests(a, pack_panels_bf16(w), g, beta, level, sliced)
             want = bf16_matmul(a, w) + (g0 if beta else 0)
             err = np.abs(g - want)

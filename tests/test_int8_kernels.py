@@ -86,7 +86,7 @@ def test_product_is_exact_at_every_level(level, m, n, k):
     g0 = rng.standard_normal((m, n)).astype(np.float32)
     for beta in (False, True):
         for sliced in (False, True):
-            g = g0.copy()
+            g = g0.copy() if beta else np.full_like(g0, np.nan)  # beta 0 must not read g
             kernels._matmul_int8_for_tests(a, bp, g, beta, level, sliced)
             np.testing.assert_array_equal(g, _exact(a, q, s, g0 if beta else None))
             # and the float64 oracle of the rules: the products of the quantized values

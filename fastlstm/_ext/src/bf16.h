@@ -318,14 +318,22 @@ FL_TGT_amx static void fl_amx_begin(void)
 
 FL_TGT_amx static void fl_amx_end(void) { _tile_release(); }
 
-/* G (16 rows, one panel) += A pairs (16 rows, lda words) @ panel P: the tile part. */
-FL_TGT_amx static void fl_amx_rows16(int kp16, const uint32_t *A, ptrdiff_t lda,
+/* G (16 rows, one panel) = beta*G + A pairs (16 rows, lda words) @ panel P: the tile
+ * part (beta 0: the sums start from zeroed tiles, G is not read). */
+FL_TGT_amx static void fl_amx_rows16(int beta, int kp16, const uint32_t *A, ptrdiff_t lda,
                                      const uint32_t *P, float *G, ptrdiff_t ldg)
 {
-    _tile_loadd(0, G, ldg * 4);
-    _tile_loadd(1, G + 16, ldg * 4);
-    _tile_loadd(2, G + 32, ldg * 4);
-    _tile_loadd(3, G + 48, ldg * 4);
+    if (beta) {
+        _tile_loadd(0, G, ldg * 4);
+        _tile_loadd(1, G + 16, ldg * 4);
+        _tile_loadd(2, G + 32, ldg * 4);
+        _tile_loadd(3, G + 48, ldg * 4);
+    } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    }
     for (int kk = 0; kk < kp16; kk += 16) {
         const uint32_t *pk = P + (ptrdiff_t)kk * 64;
         _tile_loadd(4, A + kk, lda * 4);
@@ -347,15 +355,22 @@ FL_TGT_amx static void fl_amx_rows16(int kp16, const uint32_t *A, ptrdiff_t lda,
 /* G (32 rows, one panel) += A pairs @ panel P: two blocks of rows by two blocks of
  * columns at a time, so that each tile of the panel serves two blocks of rows and each
  * tile of rows two blocks of columns (4 loads for 4 products, against 5 above). */
-FL_TGT_amx static void fl_amx_rows32(int kp16, const uint32_t *A, ptrdiff_t lda,
+FL_TGT_amx static void fl_amx_rows32(int beta, int kp16, const uint32_t *A, ptrdiff_t lda,
                                      const uint32_t *P, float *G, ptrdiff_t ldg)
 {
     for (int half = 0; half < 64; half += 32) {
         float *g = G + half;
-        _tile_loadd(0, g, ldg * 4);
-        _tile_loadd(1, g + 16, ldg * 4);
-        _tile_loadd(2, g + 16 * ldg, ldg * 4);
-        _tile_loadd(3, g + 16 * ldg + 16, ldg * 4);
+        if (beta) {
+            _tile_loadd(0, g, ldg * 4);
+            _tile_loadd(1, g + 16, ldg * 4);
+            _tile_loadd(2, g + 16 * ldg, ldg * 4);
+            _tile_loadd(3, g + 16 * ldg + 16, ldg * 4);
+        } else {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+        }
         for (int kk = 0; kk < kp16; kk += 16) {
             const uint32_t *pk = P + (ptrdiff_t)kk * 64 + half;
             _tile_loadd(4, A + kk, lda * 4);
@@ -374,24 +389,24 @@ FL_TGT_amx static void fl_amx_rows32(int kp16, const uint32_t *A, ptrdiff_t lda,
     }
 }
 
-/* R rows (R <= 32, any) by one whole panel, accumulating into G. */
-FL_TGT_amx static void fl_bf_rows_amx(int R, int K, const uint32_t *A, ptrdiff_t lda,
-                                      const uint32_t *P, float *G, ptrdiff_t ldg)
+/* R rows (R <= 32, any) by one whole panel: G = beta*G + A pairs @ P. */
+FL_TGT_amx static void fl_bf_rows_amx(int R, int beta, int K, const uint32_t *A,
+                                      ptrdiff_t lda, const uint32_t *P, float *G, ptrdiff_t ldg)
 {
     const int kp = (K + 1) / 2, kp16 = R >= 16 ? kp - kp % 16 : 0;
     if (R > 16 && R < 32) {  /* a block of 16, then the rest */
-        fl_bf_rows_amx(16, K, A, lda, P, G, ldg);
-        fl_bf_rows_amx(R - 16, K, A + 16 * lda, lda, P, G + 16 * ldg, ldg);
+        fl_bf_rows_amx(16, beta, K, A, lda, P, G, ldg);
+        fl_bf_rows_amx(R - 16, beta, K, A + 16 * lda, lda, P, G + 16 * ldg, ldg);
         return;
     }
     if (kp16 > 0 && R == 32)
-        fl_amx_rows32(kp16, A, lda, P, G, ldg);
+        fl_amx_rows32(beta, kp16, A, lda, P, G, ldg);
     else if (kp16 > 0)
-        fl_amx_rows16(kp16, A, lda, P, G, ldg);
-    if (kp16 < kp)
+        fl_amx_rows16(beta, kp16, A, lda, P, G, ldg);
+    if (kp16 < kp)  /* after the tiles' part, add to it */
         for (int r = 0; r < R; r += 4)
-            fl_bfdp_block(R - r < 4 ? R - r : 4, 1, 2 * (kp - kp16), A + r * lda + kp16, lda,
-                          P + (ptrdiff_t)kp16 * 64, G + r * ldg, ldg);
+            fl_bfdp_block(R - r < 4 ? R - r : 4, kp16 > 0 || beta, 2 * (kp - kp16),
+                          A + r * lda + kp16, lda, P + (ptrdiff_t)kp16 * 64, G + r * ldg, ldg);
 }
 
 FL_TGT_amx static void fl_matmul_bf_amx(int beta, int M, int N, int K, const uint32_t *A,
@@ -399,13 +414,10 @@ FL_TGT_amx static void fl_matmul_bf_amx(int beta, int M, int N, int K, const uin
                                         ptrdiff_t ldg)
 {
     const int kp = (K + 1) / 2, full = N / 64;
-    if (!beta)
-        for (int m = 0; m < M; m++)
-            memset(G + m * ldg, 0, (size_t)full * 64 * sizeof(float));
     fl_amx_begin();
     for (int p = 0; p < full; p++)
         for (int m = 0; m < M; m += 32)
-            fl_bf_rows_amx(M - m < 32 ? M - m : 32, K, A + m * lda, lda,
+            fl_bf_rows_amx(M - m < 32 ? M - m : 32, beta, K, A + m * lda, lda,
                            BP + (ptrdiff_t)p * kp * 64, G + m * ldg + p * 64, ldg);
     fl_amx_end();
     if (full * 64 < N)  /* a partial last panel: VDPBF16PS, through its buffer */
@@ -488,7 +500,7 @@ FL_TGT_amx static void fl_lstm_step_bf_amx(int M, int K, int H, const uint32_t *
         const int n = H - p * U < U ? H - p * U : U;
         if (K > 0)
             for (int m = 0; m < M; m += 32)
-                fl_bf_rows_amx(M - m < 32 ? M - m : 32, K, A + m * lda, lda, P,
+                fl_bf_rows_amx(M - m < 32 ? M - m : 32, 1, K, A + m * lda, lda, P,
                                G + m * ldg + p * 64, ldg);
         for (int m = 0; m < M; m++) {
             const float *g = G + m * ldg + p * 64, *b = bias + p * 64;
