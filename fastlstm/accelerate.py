@@ -53,7 +53,7 @@ def _fast_module(module: Any, kind: str) -> Any:
     cached = module.__dict__.get("_fastlstm_cache")
     if cached is not None and cached[0] == key:
         return cached[1]
-    fast = (LSTM if kind == "LSTM" else LSTMCell).from_torch(module)
+    fast: Any = (LSTM if kind == "LSTM" else LSTMCell).from_torch(module)
     weight_dtype = module.__dict__.get("_fastlstm_weight_dtype")
     if weight_dtype is not None:
         fast = quantize(fast, weight_dtype)

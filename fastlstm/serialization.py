@@ -67,7 +67,8 @@ class Inspection:
     tensors : dict of str to (shape, dtype name)
         Every other tensor.
     notes : list of str
-        Groups of keys named like an LSTM's that do not make one, and why.
+        Groups of keys named like an LSTM's that do not make one, and why;
+        for an ONNX model, also which LSTM nodes make which module.
 
     Examples
     --------
@@ -206,6 +207,7 @@ def inspect(source: Union[Source, Mapping[str, Any]]) -> Inspection:
     ['head.weight']
     """
     arrays: Mapping[str, np.ndarray]
+    file_notes: List[str] = []  # the reader's (ONNX: which nodes make which module)
     if isinstance(source, Mapping):
         path, fmt = "<mapping>", "mapping"
         arrays = arrays_of(source)
@@ -215,11 +217,11 @@ def inspect(source: Union[Source, Mapping[str, Any]]) -> Inspection:
         else:
             path = os.fspath(source)
         with OpenedSource(source) as opened:
-            fmt, arrays = read_opened(opened)
+            fmt, arrays = read_opened(opened, file_notes)
     modules, notes = find_modules(arrays, _CLASSES)
     used = {key for m in modules for key in m.keys}
     tensors = {k: (tuple(v.shape), str(v.dtype)) for k, v in arrays.items() if k not in used}
-    return Inspection(path, fmt, modules, tensors, notes)
+    return Inspection(path, fmt, modules, tensors, file_notes + notes)
 
 
 def _name(key: str) -> str:

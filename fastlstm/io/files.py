@@ -2,7 +2,8 @@
 
 ``load`` reads the files people have -- ``torch.save(model.state_dict(), path)``
 in torch's zip format (the default since torch 1.6) or its legacy format,
-safetensors, and NumPy's ``.npz`` -- detecting the format from the content.
+safetensors, and NumPy's ``.npz`` -- detecting the format from the content;
+also the LSTM weights of ONNX models, with the optional ``onnx`` package.
 It never imports torch and never runs anything from the file: PyTorch's
 pickles go through a restricted unpickler (see ``docs/weights.md``, "Security
 model").  ``save`` writes safetensors and ``.npz``.  Public through
@@ -18,13 +19,14 @@ import os
 import stat
 import tempfile
 from collections import OrderedDict
-from typing import IO, Any, Collection, Dict, Mapping, Optional, Tuple, Union
+from typing import IO, Any, Collection, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from fastlstm._common import to_numpy
 from fastlstm._errors import WeightsFormatError
 from fastlstm.io.npz import is_npz, read_npz, write_npz
+from fastlstm.io.onnx_format import looks_like_onnx, read_onnx
 from fastlstm.io.safetensors import (
     looks_like_safetensors,
     read_safetensors,
@@ -46,6 +48,7 @@ FORMATS = {
     "torch-legacy": "PyTorch checkpoint (legacy format, _use_new_zipfile_serialization=False)",
     "safetensors": "safetensors",
     "npz": "NumPy .npz archive",
+    "onnx": "ONNX model (its LSTM nodes' weights under torch's names)",
 }
 #: Formats :func:`save` writes, by file extension.
 _EXTENSIONS = {".safetensors": "safetensors", ".npz": "npz"}
@@ -166,6 +169,8 @@ def _sniff(opened: OpenedSource) -> Tuple[str, Any]:
     # Before the pickle test: a safetensors header length can start with 0x80.
     if looks_like_safetensors(head, opened.size):
         return "safetensors", None
+    if looks_like_onnx(head):  # a protobuf: no magic number, so after the formats that have one
+        return "onnx", None
     problem = safetensors_problem(head, opened.size)
     if problem:
         raise WeightsFormatError(problem)
@@ -191,7 +196,7 @@ def detect_format(source: Source) -> str:
     Returns
     -------
     str
-        ``"torch-zip"``, ``"torch-legacy"``, ``"safetensors"`` or ``"npz"``.
+        ``"torch-zip"``, ``"torch-legacy"``, ``"safetensors"``, ``"npz"`` or ``"onnx"``.
 
     Raises
     ------
@@ -211,9 +216,14 @@ def detect_format(source: Source) -> str:
         return _sniff(opened)[0]
 
 
-def read_opened(opened: OpenedSource) -> Tuple[str, Dict[str, np.ndarray]]:
+def read_opened(opened: OpenedSource, notes: Optional[List[str]] = None
+                ) -> Tuple[str, Dict[str, np.ndarray]]:
+    """The format and the arrays of a file; ``notes`` gets what the reader has to say
+    of it (ONNX: which nodes make which module)."""
     try:
         fmt, extra = _sniff(opened)
+        if fmt == "onnx":
+            return fmt, read_onnx(opened.file, opened.size, notes)
         if fmt == "torch-zip":
             records, prefix = extra
             return fmt, read_zip(records, prefix)
@@ -222,7 +232,7 @@ def read_opened(opened: OpenedSource) -> Tuple[str, Dict[str, np.ndarray]]:
         if fmt == "torch-legacy":
             return fmt, read_legacy(opened.file)
         return fmt, read_safetensors(opened.file, opened.size)
-    except WeightsFormatError:
+    except (WeightsFormatError, ImportError):  # ImportError: onnx is optional, not corrupt
         raise
     except MemoryError:
         raise WeightsFormatError("refused: reading this file ran out of memory") from None
@@ -255,9 +265,9 @@ def load(source: Source) -> Dict[str, np.ndarray]:
     ----------
     source : path or binary file
         A PyTorch checkpoint (``torch.save``, zip or legacy format),
-        safetensors file or ``.npz`` archive; the format is detected from the
-        content, not the name.  A path must name a regular file (not a FIFO
-        or a device).  A file object is read from its current position (as
+        safetensors file, ``.npz`` archive or ONNX model; the format is
+        detected from the content, not the name.  A path must name a regular
+        file (not a FIFO or a device).  A file object is read from its current position (as
         ``torch.load`` does); one that is not seekable (a pipe, a socket) is
         read into memory first, up to 1 GiB.
 
@@ -271,7 +281,12 @@ def load(source: Source) -> Dict[str, np.ndarray]:
         C-ordered, native-byte-order copy: tensors that were views of one
         storage (offsets, strides, shared storages) become independent
         arrays.  dtypes are kept, except bfloat16, which numpy lacks: it
-        becomes float32 (exactly).  float16 stays float16.
+        becomes float32 (exactly).  float16 stays float16.  An ONNX model
+        gives the weights of its ``LSTM`` nodes under torch's names, in
+        torch's layout, under a prefix made from the node's name (nodes that
+        ``torch.onnx.export`` chained from one multi-layer LSTM make one
+        module), then its other initializers under their own names
+        (docs/interop_onnx.md).
 
     Raises
     ------
@@ -287,8 +302,12 @@ def load(source: Source) -> Dict[str, np.ndarray]:
         regular file, a file past fastlstm's limits (pickles over 64 MiB or
         1,048,576 opcodes, compressed members that expand more than 1,100
         times or past their declared size; see ``docs/weights.md``).
+        An ONNX model with weights in other files (external data), weights
+        that are not constants, or LSTM attributes that torch's LSTM lacks.
     OSError
         If the file cannot be opened (``IsADirectoryError`` for a directory).
+    ImportError
+        An ONNX model, without the ``onnx`` package installed.
 
     Examples
     --------
