@@ -136,7 +136,7 @@ def forward_many(
         are cast to the module's dtype, as in ``forward``.
     max_batch_tokens : int, optional
         The most timesteps (sum of the lengths) one batch holds; a longer sequence runs
-        alone.  Default :data:`DEFAULT_BATCH_TOKENS`, chosen by measurement (docs/scale.md).
+        alone.  Default ``DEFAULT_BATCH_TOKENS`` (16384), chosen by measurement (docs/scale.md).
     return_states : bool, default=False
         Give each sequence's ``(output, (h_n, c_n))`` instead of its output alone.
 

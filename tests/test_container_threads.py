@@ -65,8 +65,10 @@ def test_cgroup_missing_or_garbled_files(tmp_path):
 
 
 def _run(code, **env):
+    # Only the bounds a test sets: not an OMP_NUM_THREADS this process got from elsewhere.
+    base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT), **env))
+                          timeout=60, env=dict(base, PYTHONPATH=str(ROOT), **env))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout.strip()
 

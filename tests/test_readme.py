@@ -1,5 +1,6 @@
 """The README's Python examples run as written and give the results they claim."""
 
+import os
 import re
 from pathlib import Path
 
@@ -43,7 +44,12 @@ def test_docs_examples_run(request):
             if re.search(r"^(import|from) (dask|distributed)", block, flags=re.M):
                 _require("dask")
                 _require("distributed")
-            exec(compile(block, page.name, "exec"), {})
+            saved = dict(os.environ)
+            try:
+                exec(compile(block, page.name, "exec"), {})
+            finally:  # distributed's LocalCluster sets OMP_NUM_THREADS=1 here: put it back
+                os.environ.clear()
+                os.environ.update(saved)
 
 
 def _require(module):

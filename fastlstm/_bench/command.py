@@ -16,6 +16,9 @@ case grid: fastlstm and torch on a shared CPU (busy neighbour processes, two
 processes, more threads than CPUs), a greedy seq2seq decode (fastlstm + NumPy
 against torch), and bfloat16 and int8 weights beside float32 and torch's bfloat16
 and dynamically quantized LSTMs; each prints a table against their targets.
+--throughput runs 20,000 variable-length sequences five ways (forward_many, a
+loop of single calls, padded batches, torch's packed batches, fastlstm.dask on a
+local cluster) and prints their sequences/s against its targets.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from fastlstm._bench import contention as _contention
 from fastlstm._bench import memory as _bench_memory
 from fastlstm._bench import precision as _precision
 from fastlstm._bench import seq2seq as _seq2seq
+from fastlstm._bench import throughput as _throughput
 from fastlstm._bench.cases import (
     DEFAULT_GRID,
     FLOPS_FORMULA,
@@ -77,8 +81,9 @@ EPILOG = textwrap.fill(
     "no float64: those cells are n/a.", 79) + """
 
 Exit status: 0, or 1 if a case (or a --seq2seq decode, or a fastlstm variant of
---precision) disagrees with torch or fails, 2 on a usage error (or without
-torch).  The JSON fields are described in benchmarks/README.md.
+--precision, or a variant of --throughput) disagrees with torch (--throughput:
+with forward_many) or fails, 2 on a usage error (or without torch).  The JSON
+fields are described in benchmarks/README.md.
 
 examples:
   fastlstm bench                                  # the default grid (< 3 min on 2 cores)
@@ -89,6 +94,7 @@ examples:
   fastlstm bench --contention --json contention.json  # shared CPU (about a minute)
   fastlstm bench --seq2seq --seq2seq-batches 1,300    # greedy decode (about 10 s)
   fastlstm bench --precision --precision-cases one-step,batch  # bf16, int8 vs float32
+  fastlstm bench --throughput --sequences 2000      # many sequences, five ways (~1 min)
 """
 
 #: Largest max abs difference from torch that a case may have to be timed.
@@ -165,12 +171,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--threads", type=_positive_int, metavar="N",
                         help="threads for every library (default: fastlstm's default, "
                              f"now {fastlstm.get_num_threads()})")
-    timing.add_argument("--budget", type=_positive_float, default=2.0, metavar="SECONDS",
-                        help="seconds of timed calls per case, all libraries (default 2)")
+    timing.add_argument("--budget", type=_positive_float, metavar="SECONDS",
+                        help="seconds of timed calls per case, all libraries (default 2; "
+                             "--throughput: all its rounds, default no limit)")
     timing.add_argument("--repeat", type=_positive_int, metavar="N",
                         help="calls per block for each library (default: from --budget)")
-    timing.add_argument("--blocks", type=_positive_int, default=5, metavar="B",
-                        help="alternating blocks per case (default 5; fewer for slow cases)")
+    timing.add_argument("--blocks", type=_positive_int, metavar="B",
+                        help="alternating blocks per case (default 5; fewer for slow cases; "
+                             "--throughput: rounds, default 3)")
     timing.add_argument("--pause", type=_non_negative_float, default=0.025, metavar="SECONDS",
                         help="sleep after each block, then until the process is idle "
                              "(default 0.025; 0: no pause)")
@@ -192,8 +200,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     modes = parser.add_argument_group(
         "other measurements (instead of the case grid)",
-        "--threads, --blocks, --seed, --json, --quiet and, for --seq2seq and --precision, "
-        "--budget apply")
+        "--threads, --blocks, --seed, --json, --quiet and, for --seq2seq, --precision and "
+        "--throughput, --budget apply")
     modes.add_argument("--contention", action="store_true",
                        help="fastlstm and torch on a shared CPU: busy neighbour processes, "
                             "two processes, twice as many threads as CPUs (about a minute)")
@@ -213,6 +221,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     modes.add_argument("--precision-cases", type=_precision_cases, metavar="NAME,...",
                        help="cases of --precision (default all: "
                             + ",".join(slug(c.name) for c in _precision.CASES) + ")")
+    modes.add_argument("--throughput", action="store_true",
+                       help="sequences/s of many variable-length sequences: forward_many, a "
+                            "loop of single calls, padded batches, torch's packed batches and "
+                            "fastlstm.dask on 2 local workers (all --sequences every round: "
+                            "about 10 min on 2 cores; --budget limits it)")
+    modes.add_argument("--sequences", type=_positive_int, metavar="N",
+                       help=f"sequences of --throughput (default {_throughput.SEQUENCES})")
 
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the results as JSON")
@@ -594,9 +609,10 @@ _GRID_OPTIONS = (("cases", "--cases"), ("shape", "--shape"), ("full", "--full"),
 _MODE_OPTIONS = (("neighbours", "--neighbours", "contention", 1),
                  ("contention_seconds", "--contention-seconds", "contention", 0.5),
                  ("seq2seq_batches", "--seq2seq-batches", "seq2seq", (1, 300)),
-                 ("precision_cases", "--precision-cases", "precision", None))
+                 ("precision_cases", "--precision-cases", "precision", None),
+                 ("sequences", "--sequences", "throughput", _throughput.SEQUENCES))
 #: The modes run instead of the case grid, in the order they run.
-_MODES = ("contention", "seq2seq", "precision")
+_MODES = ("contention", "seq2seq", "precision", "throughput")
 
 
 def _mode_defaults(args: argparse.Namespace) -> None:
@@ -618,9 +634,10 @@ def _run_modes(args: argparse.Namespace) -> int:
             raise CLIError(f"fastlstm bench: error: {option} is for the case grid, not for "
                            f"{mode}", 2)
     _check_output_path("--json", args.json)
-    # The seq2seq and precision models are torch's; --contention measures fastlstm alone
+    # The seq2seq, precision and throughput models are torch's; --contention measures fastlstm alone
     # without torch.
-    torch = _import_torch() if args.seq2seq or args.precision else _optional_torch()
+    torch = (_import_torch() if args.seq2seq or args.precision or args.throughput
+             else _optional_torch())
     threads = args.threads or fastlstm.get_num_threads()
     machine = machine_info(threads)
     started = time.perf_counter()
@@ -663,11 +680,25 @@ def _run_modes(args: argparse.Namespace) -> int:
                      + [_precision.summary_line(found), _precision.int8_line(found)]):
             print(line, flush=True)
         results["precision"] = found
+    if args.throughput:
+        found = _throughput.measure_throughput(
+            torch, sequences=args.sequences, budget=args.throughput_budget,
+            rounds=args.throughput_rounds, seed=args.seed, threads=threads,
+            on_progress=progress.show)
+        progress.clear()
+        if args.contention or args.seq2seq or args.precision:
+            print()
+        for line in (_throughput.header_lines(found, machine["cpu"])
+                     + _throughput.throughput_table(found) + [_throughput.summary_line(found)]):
+            print(line, flush=True)
+        results["throughput"] = found
     errors = [f"{r['scenario']} {r['library']} {r['case']}"
               for found in (results["contention"], results["seq2seq"]) if found is not None
               for r in found["rows"] if r["error"] is not None]
     if results["precision"] is not None:
         errors += [f"precision {failed}" for failed in results["precision"]["failed"]]
+    if results["throughput"] is not None:
+        errors += [f"throughput {failed}" for failed in results["throughput"]["failed"]]
     if args.json:
         write_json(args.json, {
             "schema": 1, "created": now_iso(),
@@ -679,7 +710,10 @@ def _run_modes(args: argparse.Namespace) -> int:
                          "contention_seconds": args.contention_seconds,
                          "budget_s": args.budget, "seq2seq_batches": list(args.seq2seq_batches),
                          "precision_cases": (None if args.precision_cases is None
-                                             else list(args.precision_cases))},
+                                             else list(args.precision_cases)),
+                         "sequences": args.sequences,
+                         "throughput_rounds": args.throughput_rounds,
+                         "throughput_budget_s": args.throughput_budget},
             **results, "failed": errors, "wall_s": time.perf_counter() - started})
     if not args.quiet:
         print(f"done in {time.perf_counter() - started:.1f} s"
@@ -696,6 +730,12 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         return _print_list()
     _mode_defaults(args)
+    # --throughput runs every sequence in 3 rounds unless --budget or --blocks says
+    # otherwise; the others keep their defaults.
+    args.throughput_budget = args.budget
+    args.throughput_rounds = args.blocks or _throughput.ROUNDS
+    args.budget = 2.0 if args.budget is None else args.budget
+    args.blocks = 5 if args.blocks is None else args.blocks
     if any(getattr(args, m) for m in _MODES):
         return _run_modes(args)
     for option in ("json", "markdown", "plot"):
