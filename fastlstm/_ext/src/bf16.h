@@ -52,21 +52,21 @@ static int fl_cpu_has_avx512bf16(void)
 #endif
 }
 
-/* Whether this CPU and OS let the process use AMX-BF16 tiles: CPUID says AMX-TILE and
- * AMX-BF16, the OS enabled the tile state (XCR0 bits 17 and 18), and Linux granted the
- * process the tile data (arch_prctl ARCH_REQ_XCOMP_PERM, asked once here). */
+/* Whether this CPU and OS let the process use AMX tiles with the unit at CPUID leaf 7
+ * EDX bit `unit` (22: AMX-BF16, 25: AMX-INT8): CPUID says AMX-TILE and the unit, the OS
+ * enabled the tile state (XCR0 bits 17 and 18), and Linux granted the process the tile
+ * data (arch_prctl ARCH_REQ_XCOMP_PERM; asking again is harmless). */
 #if FL_X86 && defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
-static int fl_cpu_has_amx_bf16(void)
+static int fl_cpu_has_amx(int unit)
 {
 #if FL_X86 && defined(__linux__)
     unsigned int eax, ebx, ecx, edx, xcr0_lo, xcr0_hi;
-    if (!fl_cpu_has_avx512bf16())
-        return 0;
     __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
-    if (!((edx >> 22) & 1) || !((edx >> 24) & 1))  /* AMX-BF16, AMX-TILE */
+    (void)eax; (void)ebx; (void)ecx;
+    if (!((edx >> unit) & 1) || !((edx >> 24) & 1))
         return 0;
     __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
     (void)xcr0_hi;
@@ -75,8 +75,15 @@ static int fl_cpu_has_amx_bf16(void)
     return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
                    18 /* XFEATURE_XTILEDATA */) == 0;
 #else
+    (void)unit;
     return 0;
 #endif
+}
+
+/* AMX-BF16 tiles, with AVX512-BF16 for what the tiles leave. */
+static int fl_cpu_has_amx_bf16(void)
+{
+    return fl_cpu_has_avx512bf16() && fl_cpu_has_amx(22);
 }
 
 /* float32 -> bfloat16 bits, to nearest with ties to even; a NaN stays a (quiet) NaN. */

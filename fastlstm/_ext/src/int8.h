@@ -53,26 +53,10 @@ static int fl_cpu_has_avx512vnni(void)
 #endif
 }
 
-/* Whether this CPU and OS let the process use AMX-INT8 tiles (see fl_cpu_has_amx_bf16:
- * the same tile state and permission). */
+/* AMX-INT8 tiles (fl_cpu_has_amx), with AVX512-VNNI for what the tiles leave. */
 static int fl_cpu_has_amx_int8(void)
 {
-#if FL_X86 && defined(__linux__)
-    unsigned int eax, ebx, ecx, edx, xcr0_lo, xcr0_hi;
-    if (!fl_cpu_has_avx512vnni())
-        return 0;
-    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
-    if (!((edx >> 25) & 1) || !((edx >> 24) & 1))  /* AMX-INT8, AMX-TILE */
-        return 0;
-    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
-    (void)xcr0_hi;
-    if (((xcr0_lo >> 17) & 3) != 3)
-        return 0;
-    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
-                   18 /* XFEATURE_XTILEDATA */) == 0;
-#else
-    return 0;
-#endif
+    return fl_cpu_has_avx512vnni() && fl_cpu_has_amx(25);
 }
 
 /* Rows of a panel in 32-bit words: the quads of K, then the scales and compensations. */
