@@ -10,10 +10,9 @@ import pytest
 
 import fastlstm
 from fastlstm._ext import kernels
-from fastlstm.rnn import pack_sequence
 from tests._helpers import TORCH
-from tests._helpers.precision import bf16
-from tests._helpers.reference import cell_reference, reference_forward
+from tests._helpers.precision import bf16, check_every_input_form
+from tests._helpers.reference import reference_forward
 from tests._helpers.trained import accuracy, trained_lstm
 
 
@@ -73,35 +72,7 @@ def test_forward_matches_the_oracle(cfg):
 
 
 def test_one_step_calls_cells_streams_and_packed_input():
-    rng = np.random.default_rng(2)
-    module = fastlstm.quantize(fastlstm.LSTM(10, 20, num_layers=2, proj_size=6, rng=3),
-                               "bfloat16")
-    cell = fastlstm.quantize(fastlstm.LSTMCell(10, 20, rng=4), "bfloat16")
-    x = rng.standard_normal((5, 3, 10)).astype(np.float32)
-    ref, (rh, rc) = reference_forward(module, x, operand=bf16)
-    seqs = [rng.standard_normal((n, 10)).astype(np.float32) for n in (5, 2, 4)]
-    for level in kernels.bf16_levels():
-        kernels.set_bf16_level(level)
-        for threads in (1, 2):
-            fastlstm.set_num_threads(threads)
-            what = f"{level} threads={threads}"
-            out1, (h1, c1) = module(x[:1])  # a one-timestep call
-            r1, (rh1, rc1) = reference_forward(module, x[:1], operand=bf16)
-            for got, want in ((out1, r1), (h1, rh1), (c1, rc1)):
-                _agrees(got, want, what + " one step")
-            stream = fastlstm.Stream(module, 3)
-            for t in range(5):
-                _agrees(stream.step(x[t]), ref[t], f"{what} stream step {t}")
-            _agrees(stream.h, rh, what + " stream h")
-            h, c = cell(x[0])
-            ch, cc = cell_reference(cell, x[0], operand=bf16)
-            _agrees(h, ch, what + " cell h")
-            _agrees(c, cc, what + " cell c")
-            packed_out, (ph, pc) = module(pack_sequence(seqs, enforce_sorted=False))
-            for k, seq in enumerate(seqs):
-                r_k, (rh_k, rc_k) = reference_forward(module, seq[:, None, :], operand=bf16)
-                _agrees(ph[:, k], rh_k[:, 0], f"{what} packed h {k}")
-                _agrees(pc[:, k], rc_k[:, 0], f"{what} packed c {k}")
+    check_every_input_form("bfloat16", bf16, _agrees, kernels.bf16_levels(), kernels.set_bf16_level)
 
 
 def test_error_against_float32_is_bfloat16s():

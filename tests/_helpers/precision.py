@@ -61,3 +61,43 @@ def int8_weight(w, per_channel=True):
         raise AssertionError("the scales found no fixed point")
     q = np.rint(w / np.where(s > 0, s, 1)[:, None]).astype(np.int64)
     return q, s
+
+
+def check_every_input_form(weight_dtype, operand, agrees, levels, set_level):
+    """A stacked LSTM with a projection and an LSTMCell, both quantized to
+    ``weight_dtype``, against the oracle with ``operand`` applied to the activations, at
+    every level (``set_level``) and on 1 and 2 threads: one-timestep calls, ``Stream``
+    steps, cell steps and packed input; ``agrees(got, want, what)`` judges each."""
+    import fastlstm
+    from fastlstm.rnn import pack_sequence
+    from tests._helpers.reference import cell_reference, reference_forward
+
+    rng = np.random.default_rng(2)
+    module = fastlstm.quantize(fastlstm.LSTM(10, 20, num_layers=2, proj_size=6, rng=3),
+                               weight_dtype)
+    cell = fastlstm.quantize(fastlstm.LSTMCell(10, 20, rng=4), weight_dtype)
+    x = rng.standard_normal((5, 3, 10)).astype(np.float32)
+    ref, (rh, rc) = reference_forward(module, x, operand=operand)
+    seqs = [rng.standard_normal((n, 10)).astype(np.float32) for n in (5, 2, 4)]
+    for level in levels:
+        set_level(level)
+        for threads in (1, 2):
+            fastlstm.set_num_threads(threads)
+            what = f"{level} threads={threads}"
+            out1, (h1, c1) = module(x[:1])  # a one-timestep call
+            r1, (rh1, rc1) = reference_forward(module, x[:1], operand=operand)
+            for got, want in ((out1, r1), (h1, rh1), (c1, rc1)):
+                agrees(got, want, what + " one step")
+            stream = fastlstm.Stream(module, 3)
+            for t in range(5):
+                agrees(stream.step(x[t]), ref[t], f"{what} stream step {t}")
+            agrees(stream.h, rh, what + " stream h")
+            h, c = cell(x[0])
+            ch, cc = cell_reference(cell, x[0], operand=operand)
+            agrees(h, ch, what + " cell h")
+            agrees(c, cc, what + " cell c")
+            packed_out, (ph, pc) = module(pack_sequence(seqs, enforce_sorted=False))
+            for k, seq in enumerate(seqs):
+                r_k, (rh_k, rc_k) = reference_forward(module, seq[:, None, :], operand=operand)
+                agrees(ph[:, k], rh_k[:, 0], f"{what} packed h {k}")
+                agrees(pc[:, k], rc_k[:, 0], f"{what} packed c {k}")
