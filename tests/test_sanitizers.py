@@ -4,8 +4,8 @@ UndefinedBehaviorSanitizer.
 ``tools/sanitize.sh`` copies the sources to a temporary folder, builds the
 extensions there with ``FASTLSTM_SANITIZE=1`` (``-fsanitize=address,undefined``,
 UB fatal) and runs pytest with gcc's sanitizer runtimes preloaded.  Here it runs
-the kernel, cell, stream, rnn, error, property and thread tests; run the
-script with no arguments for the whole suite (docs/hardening.md).  The harness
+the kernel (float, bfloat16 and int8), int8 module, cell, stream, rnn, error, property and
+thread tests; run the script with no arguments for the whole suite (docs/hardening.md).  The harness
 itself is checked too: the build is instrumented, and a planted out-of-bounds
 read and a planted undefined behaviour are reported and abort.
 
@@ -29,6 +29,9 @@ SCRIPT = ROOT / "tools" / "sanitize.sh"
 
 SUBSET = [
     "tests/test_kernels.py",
+    "tests/test_bf16_kernels.py",
+    "tests/test_int8_kernels.py",
+    "tests/test_int8_modules.py",
     "tests/test_cell.py",
     "tests/test_stream.py",
     "tests/test_rnn.py",
