@@ -12,7 +12,13 @@ import pytest
 import fastlstm
 from fastlstm._ext import kernels
 from tests._helpers import TORCH
-from tests._helpers.precision import check_every_input_form, int8_rows, int8_weight
+from tests._helpers.precision import (
+    CONFIGS,
+    check_every_input_form,
+    check_forward,
+    int8_rows,
+    int8_weight,
+)
 from tests._helpers.reference import reference_forward
 from tests._helpers.trained import accuracy, trained_lstm
 
@@ -57,36 +63,12 @@ def test_the_weights_are_the_oracles():
             np.testing.assert_array_equal(q.state_dict()[name], want)
 
 
-CONFIGS = [dict(), dict(bidirectional=True), dict(proj_size=7),
-           dict(num_layers=2, bidirectional=True, proj_size=5), dict(batch_first=True)]
-
-
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items())
                          or "plain")
 def test_forward_matches_the_oracle(cfg):
-    rng = np.random.default_rng(0)
-    module = fastlstm.quantize(fastlstm.LSTM(13, 24, rng=1, **cfg), "int8")
-    d = module.num_layers * (2 if module.bidirectional else 1)
-    for batch, steps in ((1, 9), (5, 7), (40, 6)):
-        shape = (batch, steps, 13) if module.batch_first else (steps, batch, 13)
-        x = rng.standard_normal(shape).astype(np.float32)
-        hx = (rng.standard_normal((d, batch, module.proj_size or 24)).astype(np.float32) * 0.5,
-              rng.standard_normal((d, batch, 24)).astype(np.float32) * 0.5)
-        for state in (None, hx):
-            ref, (rh, rc) = reference_forward(module, x, state, operand=int8_rows)
-            for level in kernels.int8_levels():
-                kernels.set_int8_level(level)
-                results = []
-                for threads in (1, 2):
-                    fastlstm.set_num_threads(threads)
-                    out, (h, c) = module(x, state)
-                    assert out.dtype == h.dtype == c.dtype == np.float32
-                    what = f"N={batch} L={steps} {level} threads={threads} hx={state is not None}"
-                    for got, want in ((out, ref), (h, rh), (c, rc)):
-                        _agrees(got, want, what)
-                    results.append(out)
-                # exact int32 sums: how the threads share the work changes nothing
-                np.testing.assert_array_equal(results[0], results[1])
+    # exact int32 sums: how the threads share the work changes nothing
+    check_forward(cfg, "int8", int8_rows, _agrees, kernels.int8_levels(), kernels.set_int8_level,
+                  same_on_threads=True)
 
 
 def test_one_step_calls_cells_streams_and_packed_input():

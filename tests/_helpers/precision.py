@@ -101,3 +101,41 @@ def check_every_input_form(weight_dtype, operand, agrees, levels, set_level):
                 r_k, (rh_k, rc_k) = reference_forward(module, seq[:, None, :], operand=operand)
                 agrees(ph[:, k], rh_k[:, 0], f"{what} packed h {k}")
                 agrees(pc[:, k], rc_k[:, 0], f"{what} packed c {k}")
+
+
+#: The LSTM configurations the reduced-precision module tests cover.
+CONFIGS = [dict(), dict(bidirectional=True), dict(proj_size=7),
+           dict(num_layers=2, bidirectional=True, proj_size=5), dict(batch_first=True)]
+
+
+def check_forward(cfg, weight_dtype, operand, agrees, levels, set_level, same_on_threads):
+    """An LSTM of configuration ``cfg`` quantized to ``weight_dtype`` against the oracle
+    (``operand`` on the activations), batches of 1, 5 and 40, with and without a state,
+    at every level and on 1 and 2 threads; ``same_on_threads``: 1 and 2 threads must give
+    the same output bit for bit."""
+    import fastlstm
+    from tests._helpers.reference import reference_forward
+
+    rng = np.random.default_rng(0)
+    module = fastlstm.quantize(fastlstm.LSTM(13, 24, rng=1, **cfg), weight_dtype)
+    d = module.num_layers * (2 if module.bidirectional else 1)
+    for batch, steps in ((1, 9), (5, 7), (40, 6)):
+        shape = (batch, steps, 13) if module.batch_first else (steps, batch, 13)
+        x = rng.standard_normal(shape).astype(np.float32)
+        hx = (rng.standard_normal((d, batch, module.proj_size or 24)).astype(np.float32) * 0.5,
+              rng.standard_normal((d, batch, 24)).astype(np.float32) * 0.5)
+        for state in (None, hx):
+            ref, (rh, rc) = reference_forward(module, x, state, operand=operand)
+            for level in levels:
+                set_level(level)
+                results = []
+                for threads in (1, 2):
+                    fastlstm.set_num_threads(threads)
+                    out, (h, c) = module(x, state)
+                    assert out.dtype == h.dtype == c.dtype == np.float32
+                    what = f"N={batch} L={steps} {level} threads={threads} hx={state is not None}"
+                    for got, want in ((out, ref), (h, rh), (c, rc)):
+                        agrees(got, want, what)
+                    results.append(out)
+                if same_on_threads:
+                    np.testing.assert_array_equal(results[0], results[1])
