@@ -324,7 +324,7 @@ def test_packed_weights_start_on_cache_lines(dtype):
 OWN_KERNEL = 1 << 30  # blas_min_rows that no block reaches: always the small-M kernel
 ALWAYS_BLAS = 1
 
-ROWS = [1, 2, 3, 4, 5, 7, 8, 17, 33]
+ROWS = [1, 2, 3, 4, 5, 7, 8, 9, 10, 17, 20, 33]  # every row-block tier and tail
 N_OUT = [4, 12, 44, 64, 100, 260]
 N_IN = [1, 3, 16, 37]
 

@@ -28,7 +28,12 @@
 enum { FL_PORTABLE = 0, FL_AVX2 = 1, FL_AVX512 = 2 };
 
 #define FL_PANEL_BYTES 256
-#define FL_KC 256   /* K slice of the products */
+/* K slice of the products: a panel's slice (FL_KC x 256 bytes, 32 KiB) stays in
+ * L1 beside the row block's A while every row block uses it (a 64 KiB slice
+ * spilled to L2: docs/kernels.md).  Overridable with -D for tuning runs. */
+#ifndef FL_KC
+#define FL_KC 128
+#endif
 #define FL_MC 256   /* rows per chunk of the products */
 #define FL_INLINE static inline __attribute__((always_inline))
 
@@ -258,17 +263,32 @@ TGT static __attribute__((noinline)) void NAME(int beta, int K, const REAL *A, p
 }
 
 /* ------------------------------------------------------------------------
- * Kernels of one (type, level) pair.  RB rows per block with NVB vectors per
- * block; single rows with NV1 vectors per block.
+ * Kernels of one (type, level) pair.  Rows go in blocks of RB (NVB vectors of
+ * columns per block), the rest in blocks of RM (NVM vectors) and single rows
+ * (NV1 vectors), so that a batch that is not a multiple of RB keeps most of
+ * its rows in wide blocks.
  * ------------------------------------------------------------------------ */
-#define FL_DEFINE_LEVEL(REAL, S, ISA, V, VU, RB, NVB, NV1)                          \
+#define FL_DEFINE_LEVEL(REAL, S, ISA, V, VU, RB, NVB, RM, NVM, NV1)                 \
 enum { fl_pw_##S##_##ISA = FL_PANEL_BYTES / (int)sizeof(REAL) };                    \
 FL_DEFINE_BLOCK(REAL, V, VU, fl_blk_##S##_##ISA, RB, NVB, fl_pw_##S##_##ISA,        \
+                FL_TGT_##ISA)                                                       \
+FL_DEFINE_BLOCK(REAL, V, VU, fl_blkm_##S##_##ISA, RM, NVM, fl_pw_##S##_##ISA,       \
                 FL_TGT_##ISA)                                                       \
 FL_DEFINE_BLOCK(REAL, V, VU, fl_blk1_##S##_##ISA, 1, NV1, fl_pw_##S##_##ISA,        \
                 FL_TGT_##ISA)                                                       \
                                                                                     \
-/* R rows (RB or 1) by one whole panel (PW columns); G has row stride ldg. */       \
+/* The rows of the next block when `left` rows remain: RB, except that the last     \
+ * RB plus a tail of fewer than RM rows go as RM blocks when that leaves fewer       \
+ * single rows (at RB = 6, RM = 4: 20 rows go 6, 6, 4, 4 and 7 go 6, 1). */         \
+FL_INLINE int fl_block_rows_##S##_##ISA(int left)                                   \
+{                                                                                   \
+    const int tail = left % RB;                                                     \
+    if (left >= RB && !(left < 2 * RB && tail > 0 && tail < RM && left >= 2 * RM))  \
+        return RB;                                                                  \
+    return left >= RM ? RM : 1;                                                     \
+}                                                                                   \
+                                                                                    \
+/* R rows (RB, RM or 1) by one whole panel (PW columns); G has row stride ldg. */   \
 FL_INLINE void fl_rows_panel_##S##_##ISA(int R, int beta, int K, const REAL *A,     \
         ptrdiff_t lda, const REAL *P, REAL *G, ptrdiff_t ldg)                       \
 {                                                                                   \
@@ -276,6 +296,9 @@ FL_INLINE void fl_rows_panel_##S##_##ISA(int R, int beta, int K, const REAL *A, 
     if (R == RB)                                                                    \
         for (int j = 0; j < PW; j += NVB * W)                                       \
             fl_blk_##S##_##ISA(beta, K, A, lda, P + j, G + j, ldg);                 \
+    else if (R == RM)                                                               \
+        for (int j = 0; j < PW; j += NVM * W)                                       \
+            fl_blkm_##S##_##ISA(beta, K, A, lda, P + j, G + j, ldg);                \
     else                                                                            \
         for (int j = 0; j < PW; j += NV1 * W)                                       \
             fl_blk1_##S##_##ISA(beta, K, A, lda, P + j, G + j, ldg);                \
@@ -286,7 +309,7 @@ FL_INLINE void fl_rows_part_##S##_##ISA(int R, int beta, int K, const REAL *A,  
         ptrdiff_t lda, const REAL *P, REAL *G, ptrdiff_t ldg, int width)            \
 {                                                                                   \
     const int PW = fl_pw_##S##_##ISA;                                               \
-    REAL tmp[RB * fl_pw_##S##_##ISA];                                               \
+    REAL tmp[RB * fl_pw_##S##_##ISA];  /* R <= RB */                                \
     for (int r = 0; r < R; r++)                                                     \
         for (int j = 0; j < PW; j++)                                                \
             tmp[r * PW + j] = (beta && j < width) ? G[r * ldg + j] : (REAL)0;       \
@@ -315,7 +338,7 @@ FL_TGT_##ISA static void fl_matmul_##S##_##ISA(int beta, int M, int N, int K,   
                 const REAL *P = BP + ((ptrdiff_t)p * K + k0) * PW;                  \
                 const int width = N - p * PW < PW ? N - p * PW : PW;                \
                 for (int m = m_lo; m < m_hi; ) {                                    \
-                    const int R = m_hi - m >= RB ? RB : 1;                          \
+                    const int R = fl_block_rows_##S##_##ISA(m_hi - m);              \
                     const REAL *a = A + m * lda + k0;                               \
                     REAL *g = G + m * ldg + p * PW;                                 \
                     if (width == PW)                                                \
@@ -384,7 +407,7 @@ FL_TGT_##ISA static void fl_lstm_step_##S##_##ISA(int M, int K, int H,          
         for (int k0 = 0; k0 < K; k0 += FL_KC) {                                     \
             const int kb = K - k0 < FL_KC ? K - k0 : FL_KC;                         \
             for (int m = 0; m < M; ) {                                              \
-                const int R = M - m >= RB ? RB : 1;                                 \
+                const int R = fl_block_rows_##S##_##ISA(M - m);                     \
                 fl_rows_panel_##S##_##ISA(R, 1, kb, A + m * lda + k0, lda,          \
                                           P + (ptrdiff_t)k0 * PW, G + m * ldg + p * PW, \
                                           ldg);                                     \
@@ -420,12 +443,22 @@ FL_TGT_##ISA static void fl_act_##S##_##ISA(ptrdiff_t n, const REAL *x, REAL *y,
 }
 
 /* Block shapes per level: AVX-512 has 32 vector registers, AVX2 and SSE 16. */
-FL_DEFINE_LEVEL(float, f, avx512, fl_f64b, fl_f64b_u, 4, 4, 4)
-FL_DEFINE_LEVEL(float, f, avx2, fl_f32b, fl_f32b_u, 4, 2, 4)
-FL_DEFINE_LEVEL(float, f, portable, fl_f16b, fl_f16b_u, 4, 2, 4)
-FL_DEFINE_LEVEL(double, d, avx512, fl_d64b, fl_d64b_u, 4, 4, 4)
-FL_DEFINE_LEVEL(double, d, avx2, fl_d32b, fl_d32b_u, 4, 2, 4)
-FL_DEFINE_LEVEL(double, d, portable, fl_d16b, fl_d16b_u, 4, 2, 4)
+#ifndef FL_F512_SHAPE
+#define FL_F512_SHAPE 6, 4, 4, 4
+#endif
+#define FL_DEFINE_LEVEL_X(...) FL_DEFINE_LEVEL(__VA_ARGS__)
+FL_DEFINE_LEVEL_X(float, f, avx512, fl_f64b, fl_f64b_u, FL_F512_SHAPE, 4)
+#ifndef FL_F256_SHAPE
+#define FL_F256_SHAPE 6, 2, 4, 2
+#endif
+FL_DEFINE_LEVEL_X(float, f, avx2, fl_f32b, fl_f32b_u, FL_F256_SHAPE, 4)
+FL_DEFINE_LEVEL(float, f, portable, fl_f16b, fl_f16b_u, 4, 2, 4, 2, 4)
+#ifndef FL_D512_SHAPE
+#define FL_D512_SHAPE 4, 4, 4, 4
+#endif
+FL_DEFINE_LEVEL_X(double, d, avx512, fl_d64b, fl_d64b_u, FL_D512_SHAPE, 4)
+FL_DEFINE_LEVEL(double, d, avx2, fl_d32b, fl_d32b_u, 4, 2, 4, 2, 4)
+FL_DEFINE_LEVEL(double, d, portable, fl_d16b, fl_d16b_u, 4, 2, 4, 2, 4)
 
 /* Dispatch on the level chosen at run time. */
 #define FL_DISPATCH(LEVEL, NAME, S, ARGS)                                           \
