@@ -7,6 +7,7 @@ business."""
 
 import json
 import math
+import os
 import sys
 from dataclasses import replace
 
@@ -165,6 +166,34 @@ def test_measure_precision_tiny(torch, tiny_cases, no_openvino, threads_kept):
     for row in rows:
         if "n/a:" not in row:
             assert [row[end - 1] for end in ends] == ["x", "x", "x"], row
+
+
+@pytest.fixture
+def openvino():
+    """The openvino module; it is in the test extra, so only a user's machine may skip."""
+    try:
+        import openvino
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("openvino is not installed (pip install -e '.[test]')")
+    return openvino
+
+
+def test_openvino_bf16_is_timed_beside_the_others(torch, openvino, tiny_cases, threads_kept,
+                                                    monkeypatch):
+    monkeypatch.setattr(precision, "CASES", precision.CASES[1:3])  # two sequence cases
+    result = measure_precision(torch, blocks=1, budget=0.01, threads=1)
+    assert result["openvino"] == openvino.__version__ and result["openvino_note"] is None
+    assert result["variants"][-1] == OPENVINO
+    for record in result["cases"]:
+        assert record["note"][OPENVINO] is None, record["note"][OPENVINO]
+        assert _finite_positive(record["time_s"][OPENVINO])
+        # Its error against torch float32 is a reduced-precision one, of bfloat16's size
+        # where the CPU computes in bfloat16 and of float32's where it cannot.
+        assert 0 <= record["error"][OPENVINO] < 5e-2
+        assert record["speedup_vs_torch_bf16"][OPENVINO] == pytest.approx(
+            record["time_s"][TORCH_BF16] / record["time_s"][OPENVINO])
 
 
 def test_fastlstm_int8_is_the_float32_module_quantized(torch, tiny_cases, no_openvino,
