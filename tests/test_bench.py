@@ -2,11 +2,13 @@
 (in-process and as ``python -m fastlstm``), its JSON and Markdown, the ONNX graph
 builder against torch, the case grid and ``--shape`` parsing, and CLI errors.
 
-ONNX Runtime is optional: its tests skip without it, except in CI (``CI=true``),
-where a missing onnx/onnxruntime fails them (as a missing torch does, see conftest).
+ONNX Runtime and OpenVINO are optional: their tests skip without them, except in CI
+(``CI=true``), where a missing onnx/onnxruntime or openvino fails them (as a missing torch
+does, see conftest).
 """
 
 import argparse
+import copy
 import importlib
 import io
 import json
@@ -43,6 +45,16 @@ def _import_ort():
 _ORT = _import_ort()
 
 
+def _import_openvino():
+    try:
+        return importlib.import_module("openvino")
+    except ImportError:
+        return None
+
+
+_OPENVINO = _import_openvino()
+
+
 @pytest.fixture(scope="session")
 def ort():
     """onnxruntime; skips without it, fails without it in CI (``CI=true``)."""
@@ -52,6 +64,16 @@ def ort():
                         "pip install onnx onnxruntime")
         pytest.skip("onnxruntime is not installed")
     return _ORT
+
+
+@pytest.fixture(scope="session")
+def openvino():
+    """openvino; skips without it, fails without it in CI (``CI=true``)."""
+    if _OPENVINO is None:
+        if IN_CI:
+            pytest.fail("openvino is required in CI (CI=true): pip install openvino")
+        pytest.skip("openvino is not installed")
+    return _OPENVINO
 
 
 def _env():
@@ -72,7 +94,8 @@ CASE_FIELDS = {
     "shape", "extra", "flops", "status", "note", "tolerance", "check_passed", "max_abs_diff",
     "time_s", "block_s", "reps_per_block", "gflops", "peak_fraction", "speedup_vs_torch",
     "speedup_vs_onnxruntime", "onnxruntime_note", "peak_memory_mib", "peak_memory_total_mib",
-    "peak_memory_note", "kind", "padded_time_s", "speedup_vs_padded",
+    "peak_memory_note", "kind", "padded_time_s", "speedup_vs_padded", "speedup_vs_openvino",
+    "openvino_note",
 }
 
 
@@ -141,6 +164,14 @@ def test_bench_in_process_json_and_markdown(torch, tmp_path, capsys):
         assert report["peak_gflops"]["float32"]["onnxruntime.MatMul"] > 0
     assert report["peak_gflops"]["float32"]["fastlstm.matmul"] > 0
     assert cases[1]["time_s"]["onnxruntime"] is None and cases[1]["onnxruntime_note"]
+    # OpenVINO: timed and checked in float32, not compared in float64.
+    assert report["settings"]["openvino"] is (_OPENVINO is not None)
+    if _OPENVINO is not None:
+        assert cases[0]["time_s"]["openvino"] > 0 and cases[0]["openvino_note"] is None
+        assert cases[0]["max_abs_diff"]["openvino"] <= 1e-4
+        assert report["summary"]["geomean_speedup_vs_openvino"] == pytest.approx(
+            cases[0]["speedup_vs_openvino"])
+    assert cases[1]["time_s"]["openvino"] is None and cases[1]["openvino_note"]
 
     markdown = out_md.read_text()
     assert markdown.startswith("# fastlstm benchmark")
@@ -370,7 +401,8 @@ def test_packed_case_lengths():
 def test_case_kinds_are_checked_and_timed(torch, case):
     args = argparse.Namespace(budget=0.03, blocks=3, repeat=None, pause=0.0, seed=0,
                               memory=False)
-    record = run_case(case, torch, 1, args, use_ort=_ORT is not None)
+    record = run_case(case, torch, 1, args, use_ort=_ORT is not None,
+                      use_openvino=_OPENVINO is not None)
     assert record["status"] == "ok" and record["check_passed"], record["note"]
     assert record["kind"] == case.kind
     assert record["max_abs_diff"]["fastlstm"] <= record["tolerance"]
@@ -387,6 +419,136 @@ def test_case_kinds_are_checked_and_timed(torch, case):
             assert record["time_s"]["onnxruntime"] > 0
         else:
             assert record["time_s"]["onnxruntime"] is None and record["onnxruntime_note"]
+    if _OPENVINO is not None:
+        if case.kind == "carried" and not case.proj_size:
+            assert record["max_abs_diff"]["openvino"] <= 1e-4
+            assert record["time_s"]["openvino"] > 0
+        elif case.proj_size:
+            assert record["openvino_note"] == "OpenVINO's converter has no LSTM projection"
+        else:
+            assert record["openvino_note"] == f"not compared for {case.kind} cases"
+            assert record["max_abs_diff"]["openvino"] is None
+        if record["openvino_note"] is not None:
+            assert record["time_s"]["openvino"] is None
+            assert record["speedup_vs_openvino"] is None
+
+
+# ----------------------------------------------------------------- OpenVINO
+def test_bench_openvino_column(torch, openvino, tmp_path, capsys):
+    """OpenVINO (float32) is a peer of the case grid: timed where it matches torch, in the
+    table, the JSON and the Markdown, with its geometric mean."""
+    out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
+    status = cli.main(["bench", "--shape", "2,3,8,16", "--threads", "1", *TINY,
+                       "--peak-size", "0", "--no-onnx", "--json", str(out_json),
+                       "--markdown", str(out_md)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    header = captured.out.splitlines()[0]
+    assert f"openvino {openvino.__version__.split('-')[0]}" in header
+    assert "(ONNX Runtime n/a: disabled by --no-onnx)" in header
+    assert " ".join(captured.out.splitlines()[1].split()[3:]) == (
+        "fastlstm torch ORT OV GFLOP/s peak vs torch vs ORT vs OV diff ORT diff OV diff")
+    assert "x vs OpenVINO" in captured.out
+
+    report = json.loads(out_json.read_text())
+    assert report["settings"]["openvino"] is True and report["settings"]["openvino_note"] is None
+    assert report["versions"]["openvino"] == openvino.__version__
+    (case,) = report["cases"]
+    assert case["openvino_note"] is None
+    assert 0 <= case["max_abs_diff"]["openvino"] <= case["tolerance"]
+    assert case["time_s"]["openvino"] > 0 and len(case["block_s"]["openvino"]) >= 3
+    assert case["gflops"]["openvino"] == pytest.approx(
+        case["flops"] / case["time_s"]["openvino"] / 1e9)
+    assert case["speedup_vs_openvino"] == pytest.approx(
+        case["time_s"]["openvino"] / case["time_s"]["fastlstm"])
+    assert report["summary"]["geomean_speedup_vs_openvino"] == pytest.approx(
+        case["speedup_vs_openvino"])
+    # Peak memory is measured for the libraries of memory.py only: OpenVINO has no entry.
+    assert set(case["peak_memory_mib"]) == {"fastlstm", "torch", "onnxruntime"}
+
+    markdown = out_md.read_text()
+    assert "| fastlstm | torch | ORT | OV | GFLOP/s |" in markdown
+    assert "| vs torch | vs ORT | vs OV | diff | ORT diff | OV diff |" in markdown
+    assert f"openvino {openvino.__version__}" in markdown
+    assert f"n/a vs ONNX Runtime, {case['speedup_vs_openvino']:.2f}x vs OpenVINO." in markdown
+
+
+def test_openvino_that_disagrees_with_torch_is_not_timed(torch, openvino, monkeypatch):
+    """OpenVINO is timed only within the case's tolerance of torch: a model converted from
+    other weights is reported with its difference, and fastlstm is still timed."""
+    from fastlstm._bench import precision as _precision
+
+    real = _precision.compile_openvino
+
+    def other_weights(openvino, model, example, threads, precision):
+        assert precision == "f32" and threads == 1
+        wrong = copy.deepcopy(model)
+        with torch.no_grad():
+            wrong.bias_ih_l0 += 0.5
+        return real(openvino, wrong, example, threads, precision)
+
+    monkeypatch.setattr(_precision, "compile_openvino", other_weights)
+    args = argparse.Namespace(budget=0.03, blocks=3, repeat=None, pause=0.0, seed=0,
+                              memory=False)
+    record = run_case(Case("tiny", 2, 3, 8, 16), torch, 1, args, use_ort=False,
+                      use_openvino=True)
+    assert record["status"] == "ok" and record["time_s"]["fastlstm"] > 0
+    assert record["max_abs_diff"]["openvino"] > 1e-2
+    assert record["openvino_note"] == (
+        f"OpenVINO differs from torch by {record['max_abs_diff']['openvino']:.1e}")
+    assert record["time_s"]["openvino"] is None and record["speedup_vs_openvino"] is None
+
+
+@pytest.mark.parametrize("how, note", [
+    ("flag", "disabled by --no-openvino"),
+    ("missing", "openvino is not installed"),
+    ("broken", "openvino cannot be imported: OSError: libopenvino.so: cannot open"),
+])
+def test_bench_without_openvino_notes_why(torch, monkeypatch, tmp_path, capsys, how, note):
+    """--no-openvino, a missing and a broken openvino: OpenVINO is n/a with the reason,
+    never an error."""
+    from fastlstm._bench import precision as _precision
+
+    argv = ["bench", "--shape", "1,2,4,4", "--threads", "1", *TINY, "--peak-size", "0",
+            "--no-onnx", "--json", str(tmp_path / "b.json"), "--markdown",
+            str(tmp_path / "b.md")]
+    if how == "flag":
+        argv.append("--no-openvino")
+        # The flag leaves OpenVINO out before anything imports it.
+        monkeypatch.setattr(_precision, "import_openvino", lambda: pytest.fail("imported"))
+    elif how == "missing":
+        monkeypatch.setitem(sys.modules, "openvino", None)  # 'import openvino' fails
+    else:
+        monkeypatch.setattr(_precision, "import_openvino",
+                            lambda: (None, "OSError: libopenvino.so: cannot open"))
+    status = cli.main(argv)
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert f"(OpenVINO n/a: {note})" in captured.out.splitlines()[0]
+    assert "n/a vs OpenVINO" in captured.out
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["settings"]["openvino"] is False
+    assert report["settings"]["openvino_note"] == note
+    (case,) = report["cases"]
+    assert case["status"] == "ok" and case["openvino_note"] == note
+    assert case["time_s"]["openvino"] is None and case["speedup_vs_openvino"] is None
+    assert report["summary"]["geomean_speedup_vs_openvino"] is None
+    assert f"OpenVINO n/a: {note}." in (tmp_path / "b.md").read_text()
+
+
+def test_failed_case_row_puts_fastlstm_diff_in_the_diff_column():
+    from fastlstm._bench.report import HEADERS, Table, _row_cells
+
+    record = {"name": "tiny", "shape": "1,2,4,4", "extra": "", "status": "check_failed",
+              "note": "NOT TIMED: fastlstm differs", "max_abs_diff": {"fastlstm": 2e-3},
+              "time_s": {}}
+    cells = _row_cells(record)
+    assert len(cells) == len(HEADERS) and cells[HEADERS.index("diff")] == "2.0e-03"
+    assert [c for c in cells[4:] if c] == ["2.0e-03"]
+    stream = io.StringIO()
+    Table(stream, [Case("tiny", 1, 2, 4, 4)]).row(record)
+    assert stream.getvalue().rstrip().endswith("NOT TIMED: fastlstm differs  "
+                                               "(fastlstm diff 2.0e-03)")
 
 
 def test_case_kind_check_catches_a_wrong_answer(torch, monkeypatch):

@@ -1,11 +1,12 @@
-"""``fastlstm bench``: time fastlstm against torch.nn.LSTM and ONNX Runtime.
+"""``fastlstm bench``: time fastlstm against torch.nn.LSTM, ONNX Runtime and OpenVINO.
 
 All libraries run in this one process on the same weights, the same inputs and
 the same number of threads.  Every case is first checked against torch (max
 abs difference of output, h_n and c_n); a case whose fastlstm difference
 exceeds 1e-4 (float32) or 1e-10 (float64) is reported and not timed, and ONNX
-Runtime is timed only where it matches torch just as closely.  Timing warms
-each library up, then alternates blocks of repetitions of the libraries with a
+Runtime and OpenVINO (in float32, on the forward and carried cases of float32)
+are timed only where they match torch just as closely.  Timing warms each
+library up, then alternates blocks of repetitions of the libraries with a
 pause after each block that lasts until the process is idle (an idle thread
 pool keeps spinning for a while and would slow the next library), and reports
 the median over the blocks.
@@ -24,6 +25,7 @@ local cluster) and prints their sequences/s against its targets.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import textwrap
@@ -52,6 +54,7 @@ from fastlstm._bench.cases import (
 )
 from fastlstm._bench.report import (
     LIBS,
+    MEMORY_LIBS,
     Progress,
     Table,
     geomean,
@@ -78,7 +81,9 @@ EPILOG = textwrap.fill(
     "reference: the best GEMM in this process (torch.mm, scipy's BLAS, fastlstm's and ONNX "
     "Runtime's products, same threads, per dtype, warmed up, before and after the cases), "
     "raised to any case's rate that beats it.  ONNX Runtime's LSTM has no projection and "
-    "no float64: those cells are n/a.", 79) + """
+    "no float64: those cells are n/a.  OpenVINO (openvino.convert_model of the torch module, "
+    "compiled for its CPU plugin in float32) runs the forward and carried cases of float32; "
+    "it converts no projection.", 79) + """
 
 Exit status: 0, or 1 if a case (or a --seq2seq decode, or a fastlstm variant of
 --precision, or a variant of --throughput) disagrees with torch (--throughput:
@@ -186,6 +191,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="size of the GEMM measuring the peak (default 2048; 0: skip)")
     timing.add_argument("--no-onnx", action="store_true",
                         help="leave ONNX Runtime out even if it is installed")
+    timing.add_argument("--no-openvino", action="store_true",
+                        help="leave OpenVINO out even if it is installed")
     timing.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
 
     timing.add_argument("--streams", action=argparse.BooleanOptionalAction, default=None,
@@ -253,13 +260,14 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {msg.strip()}"[:160]
 
 
-_OrtResult = Tuple[Optional[Callable[[], Any]], Optional[float], Optional[float],
-                   Optional[str]]
+#: A peer's timed call, its max abs diff from torch, its first call's time, or why not.
+_PeerResult = Tuple[Optional[Callable[[], Any]], Optional[float], Optional[float],
+                    Optional[str]]
 
 
 def _ort_runner(module: Any, x: np.ndarray, case: Case, threads: int,
                 ref: Tuple[np.ndarray, ...],
-                hx: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> _OrtResult:
+                hx: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> _PeerResult:
     """ONNX Runtime's runner for ``case``, its max abs diff, first-call time, or why not."""
     from fastlstm._bench.onnx_graph import OrtLSTM
 
@@ -279,6 +287,36 @@ def _ort_runner(module: Any, x: np.ndarray, case: Case, threads: int,
         return None, diff, first, f"ONNX Runtime differs from torch by {diff:.1e}"
     feed, run = ort_lstm.feed(x, hx), ort_lstm.session.run
     return (lambda: run(None, feed)), diff, first, None
+
+
+def _openvino_runner(module: Any, example: Tuple[Any, ...], x: np.ndarray, case: Case,
+                     threads: int, ref: Tuple[np.ndarray, ...],
+                     hx: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> _PeerResult:
+    """OpenVINO's runner for ``case``, its max abs diff, first-call time, or why not.
+
+    ``module`` (torch) is converted with ``example`` (its torch arguments) and compiled for
+    the CPU plugin in float32 on ``threads`` (``precision.compile_openvino``); it is fed
+    ``x`` and ``hx``, the arrays fastlstm gets.
+    """
+    openvino = importlib.import_module("openvino")
+    feed = [x] if hx is None else [x, *hx]
+    try:
+        compiled = _precision.compile_openvino(openvino, module, example, threads, "f32")
+        request = compiled.create_infer_request()
+        start = time.perf_counter()
+        result = request.infer(feed)
+        first = time.perf_counter() - start
+        out, h, c = (result[port] for port in compiled.outputs)
+    except Exception as err:
+        # Its converter expects no weights beyond the four of each layer and direction.
+        if case.proj_size and "weights" in str(err):
+            return None, None, None, "OpenVINO's converter has no LSTM projection"
+        return None, None, None, _one_line(err)
+    diff = _max_diff((out, (h, c)), ref)
+    if not diff <= TOLERANCE[case.dtype]:
+        return None, diff, first, f"OpenVINO differs from torch by {diff:.1e}"
+    infer = request.infer
+    return (lambda: infer(feed)), diff, first, None
 
 
 #: Runner key of a packed case's padded forward (fastlstm on the same batch, padded).
@@ -344,6 +382,12 @@ class _Calls:
     def torch_call(self) -> Any:
         return self.module(self._torch_in, self._torch_hx)
 
+    def torch_args(self) -> Tuple[Any, ...]:
+        """The arguments of ``torch_call`` (``(x,)`` or ``(x, (h, c))``), as a converter's
+        example input."""
+        return (self._torch_in,) if self._torch_hx is None else (self._torch_in,
+                                                                  self._torch_hx)
+
     def build_fastlstm(self) -> None:
         cls = fastlstm.LSTMCell if self.case.kind in ("cell", "stream") else fastlstm.LSTM
         self.fast = cls.from_torch(self.module)
@@ -373,7 +417,8 @@ class _Calls:
 
 
 def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
-             use_ort: bool, peak: Optional[Dict[str, Dict[str, float]]] = None,
+             use_ort: bool, use_openvino: bool = False,
+             peak: Optional[Dict[str, Dict[str, float]]] = None,
              on_progress: Optional[Callable[[float, str], None]] = None) -> Dict[str, Any]:
     """Check ``case`` against torch, then time it.
 
@@ -390,6 +435,9 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
         one forward of each library timed (see :func:`measure_memory`).
     use_ort : bool
         Time ONNX Runtime too.
+    use_openvino : bool, default=False
+        Time OpenVINO too (float32; ``import openvino`` must work), on the forward and
+        carried cases of float32.
     peak : dict, optional
         From :func:`~fastlstm._bench.timing.measure_peak`.
     on_progress : callable, optional
@@ -410,8 +458,10 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
         "reps_per_block": {lib: None for lib in LIBS}, "gflops": {lib: None for lib in LIBS},
         "peak_fraction": None, "speedup_vs_torch": None, "speedup_vs_onnxruntime": None,
         "onnxruntime_note": None if use_ort else "onnxruntime not used",
-        "peak_memory_mib": {lib: None for lib in LIBS},
-        "peak_memory_total_mib": {lib: None for lib in LIBS},
+        "speedup_vs_openvino": None,
+        "openvino_note": None if use_openvino else "openvino not used",
+        "peak_memory_mib": {lib: None for lib in MEMORY_LIBS},
+        "peak_memory_total_mib": {lib: None for lib in MEMORY_LIBS},
         "peak_memory_note": None, "padded_time_s": None, "speedup_vs_padded": None,
     }
     progress(0.0, "checking")
@@ -455,6 +505,19 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
             if run_ort is not None and ort_first is not None:
                 runners["onnxruntime"] = run_ort
                 first["onnxruntime"] = ort_first
+        if use_openvino and case.kind in ("cell", "stream", "packed"):
+            record["openvino_note"] = f"not compared for {case.kind} cases"
+        elif use_openvino and case.dtype != "float32":
+            # Its CPU plugin would run float64 in float32 (its precision hint is f32).
+            record["openvino_note"] = f"not compared for {case.dtype} cases"
+        elif use_openvino:
+            run_ov, ov_diff, ov_first, note = _openvino_runner(
+                module, calls.torch_args(), x, case, threads, ref, calls.hx)
+            record["max_abs_diff"]["openvino"] = ov_diff
+            record["openvino_note"] = note
+            if run_ov is not None and ov_first is not None:
+                runners["openvino"] = run_ov
+                first["openvino"] = ov_first
 
         memory = bool(getattr(args, "memory", False))
         timed_part = 0.75 if memory else 0.95
@@ -467,8 +530,9 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
     if memory and case.kind != "forward":
         record["peak_memory_note"] = "measured for forward cases only"
     elif memory:
-        # After the timing, so that the child processes do not disturb it.
-        libs = [lib for lib in runners if lib != _PADDED]
+        # After the timing, so that the child processes do not disturb it; the child
+        # measures fastlstm, torch and ONNX Runtime only.
+        libs = [lib for lib in runners if lib in MEMORY_LIBS]
         timeout = 120.0 + 20.0 * max(first.values())
         measure_memory(record, case, libs, threads, args.seed, timeout=timeout,
                        on_lib=lambda k, lib: progress(0.8 + 0.2 * k / len(libs),
@@ -487,6 +551,8 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
     record["speedup_vs_torch"] = t["torch"] / t["fastlstm"]
     if t["onnxruntime"] is not None:
         record["speedup_vs_onnxruntime"] = t["onnxruntime"] / t["fastlstm"]
+    if t["openvino"] is not None:
+        record["speedup_vs_openvino"] = t["openvino"] / t["fastlstm"]
     if peak and case.dtype in peak:
         record["peak_fraction"] = record["gflops"]["fastlstm"] / peak[case.dtype]["best"]
     return record
@@ -590,6 +656,14 @@ def _ort_available() -> Tuple[bool, Optional[str]]:
     except ImportError as err:
         return False, f"{err.name or 'onnxruntime'} is not installed"
     return True, None
+
+
+def _openvino_available() -> Tuple[bool, Optional[str]]:
+    openvino, why = _precision.import_openvino()
+    if openvino is not None:
+        return True, None
+    return False, ("openvino is not installed" if why == "not installed"
+                   else f"openvino cannot be imported: {why}")
 
 
 def _optional_torch() -> Any:
@@ -745,6 +819,8 @@ def run(args: argparse.Namespace) -> int:
                        "(pip install matplotlib)", 2)
     torch = _import_torch()
     use_ort, ort_missing = (False, "disabled by --no-onnx") if args.no_onnx else _ort_available()
+    use_ov, ov_missing = ((False, "disabled by --no-openvino") if args.no_openvino
+                          else _openvino_available())
 
     cases, grid = _chosen_cases(args)
     threads = args.threads or fastlstm.get_num_threads()
@@ -757,21 +833,42 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*projections is not supported.*")
-            return _run(args, torch, cases, grid, threads, use_ort, ort_missing, started,
-                        interactive)
+            return _run(args, torch, cases, grid, threads, (use_ort, ort_missing),
+                        (use_ov, ov_missing), started, interactive)
     finally:
         fastlstm.set_num_threads(saved_fast)
         torch.set_num_threads(saved_torch)
 
 
+def _peers_line(torch: Any, use_ort: bool, ort_missing: Optional[str], use_ov: bool,
+                ov_missing: Optional[str]) -> str:
+    """``torch 2.13.0, onnxruntime 1.22.0 and openvino 2026.4.1``, with ``(... n/a: why)``
+    for a peer left out."""
+    timed = [f"torch {torch.__version__}"]
+    missing = []
+    if use_ort:
+        timed.append(f"onnxruntime {sys.modules['onnxruntime'].__version__}")
+    else:
+        missing.append(f"(ONNX Runtime n/a: {ort_missing})")
+    if use_ov:
+        # Its version goes on with the build and branch: the release number is enough here.
+        version = str(getattr(sys.modules.get("openvino"), "__version__", "?"))
+        timed.append(f"openvino {version.split('-')[0]}")
+    else:
+        missing.append(f"(OpenVINO n/a: {ov_missing})")
+    names = ", ".join(timed[:-1]) + " and " + timed[-1] if len(timed) > 1 else timed[0]
+    return " ".join([names, *missing])
+
+
 def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, threads: int,
-         use_ort: bool, ort_missing: Optional[str], started: float, interactive: bool) -> int:
+         ort: Tuple[bool, Optional[str]], openvino: Tuple[bool, Optional[str]],
+         started: float, interactive: bool) -> int:
+    (use_ort, ort_missing), (use_ov, ov_missing) = ort, openvino
     machine = machine_info(threads)
     progress = Progress(len(cases), enabled=interactive)
     if not args.quiet:
-        print(f"fastlstm {fastlstm.__version__} vs torch {torch.__version__}"
-              + (f" and onnxruntime {sys.modules['onnxruntime'].__version__}" if use_ort
-                 else f" (ONNX Runtime n/a: {ort_missing})")
+        print(f"fastlstm {fastlstm.__version__} vs "
+              + _peers_line(torch, use_ort, ort_missing, use_ov, ov_missing)
               + f"; {machine['cpu']}, SIMD {machine['simd']}, {threads} threads",
               flush=True)
     peak = None
@@ -791,10 +888,12 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
         def on_progress(frac: float, stage: str, k: int = k, case: Case = case) -> None:
             progress.show(k + frac, f"{k + 1}/{len(cases)} {case.name}: {stage}")
 
-        record = run_case(case, torch, threads, args, use_ort=use_ort, peak=peak,
-                          on_progress=on_progress)
+        record = run_case(case, torch, threads, args, use_ort=use_ort, use_openvino=use_ov,
+                          peak=peak, on_progress=on_progress)
         if not use_ort:
             record["onnxruntime_note"] = ort_missing
+        if not use_ov:
+            record["openvino_note"] = ov_missing
         records.append(record)
         progress.clear()
         table.row(record)
@@ -818,6 +917,7 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
         "geomean_speedup_vs_torch": geomean(r["speedup_vs_torch"] for r in records),
         "geomean_speedup_vs_onnxruntime": geomean(
             r["speedup_vs_onnxruntime"] for r in records),
+        "geomean_speedup_vs_openvino": geomean(r["speedup_vs_openvino"] for r in records),
         "cases": len(records),
         "failed": failed,
         "peak_memory_le_torch": None,
@@ -831,6 +931,7 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
         summary["peak_memory_le_torch"] = sum(f <= t for f, t in pairs)
         summary["peak_memory_compared"] = len(pairs)
     gm_t, gm_o = summary["geomean_speedup_vs_torch"], summary["geomean_speedup_vs_onnxruntime"]
+    gm_v = summary["geomean_speedup_vs_openvino"]
     for text in padded_lines(records):
         print(text, flush=True)
     streams = None
@@ -841,7 +942,8 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
         print(scaling_line(streams), flush=True)
     print(f"\ngeometric mean speedup: "
           f"{'n/a' if gm_t is None else f'{gm_t:.2f}x'} vs torch, "
-          f"{'n/a' if gm_o is None else f'{gm_o:.2f}x'} vs ONNX Runtime", flush=True)
+          f"{'n/a' if gm_o is None else f'{gm_o:.2f}x'} vs ONNX Runtime, "
+          f"{'n/a' if gm_v is None else f'{gm_v:.2f}x'} vs OpenVINO", flush=True)
     line = memory_summary(summary) if args.memory else None
     if line is not None:
         print(line + (
@@ -861,6 +963,7 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
                      "peak_size": args.peak_size, "peak_reps": PEAK_REPS,
                      "peak_warmup": PEAK_WARMUP,
                      "onnxruntime": use_ort, "onnxruntime_note": ort_missing,
+                     "openvino": use_ov, "openvino_note": ov_missing,
                      "tolerance": TOLERANCE, "memory": args.memory,
                      "memory_method": _bench_memory.METHOD if args.memory else None},
         "flops_formula": FLOPS_FORMULA,

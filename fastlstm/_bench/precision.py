@@ -59,8 +59,9 @@ from fastlstm._ext import kernels
 from fastlstm.cli import one_line
 
 __all__ = ["CASES", "FAST_BF16", "FAST_F32", "FAST_INT8", "OPENVINO", "TARGETS", "TOLERANCE",
-           "TORCH_BF16", "TORCH_F16", "TORCH_F32", "TORCH_INT8", "VARIANTS", "header_lines",
-           "int8_line", "measure_precision", "precision_table", "select_cases", "summary_line"]
+           "TORCH_BF16", "TORCH_F16", "TORCH_F32", "TORCH_INT8", "VARIANTS", "compile_openvino",
+           "header_lines", "import_openvino", "int8_line", "measure_precision",
+           "precision_table", "select_cases", "summary_line"]
 
 FAST_F32, FAST_BF16, FAST_INT8 = "fastlstm f32", "fastlstm bf16", "fastlstm int8"
 TORCH_F32, TORCH_BF16 = "torch f32", "torch bf16"
@@ -176,21 +177,56 @@ def _torch_dynamic(torch: Any, model: Any, dtype: Any) -> Any:
     return quantized
 
 
+def compile_openvino(openvino: Any, model: Any, example: Tuple[Any, ...], threads: int,
+                     precision: str) -> Any:
+    """A torch module as OpenVINO's CPU plugin runs it, in one precision, on ``threads``.
+
+    Shared by ``--precision`` (bfloat16) and the case grid (float32).
+
+    Parameters
+    ----------
+    openvino : module
+        The ``openvino`` module (see :func:`import_openvino`).
+    model : torch.nn.Module
+        Converted by ``openvino.convert_model``; the input shapes it leaves dynamic stay
+        dynamic (``example`` is traced, not fixed).
+    example : tuple
+        The example input of the conversion: ``(x,)`` or ``(x, (h, c))``, torch tensors.
+    threads : int
+        ``INFERENCE_NUM_THREADS``, the thread count of the other libraries.
+    precision : {"f32", "bf16"}
+        ``INFERENCE_PRECISION_HINT``.
+
+    Returns
+    -------
+    openvino.CompiledModel
+        Its inputs are those of ``example`` flattened (x, h, c); its outputs
+        ``(out, h, c)``.
+    """
+    with warnings.catch_warnings():
+        # The converter traces the module: torch warns that tracing is deprecated and that
+        # nn.LSTM's shape checks become constants (checks only; the shapes stay dynamic).
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated")
+        warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
+        converted = openvino.convert_model(model, example_input=example)
+    return openvino.Core().compile_model(
+        converted, "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                           "INFERENCE_NUM_THREADS": threads})
+
+
 def _openvino_runner(openvino: Any, model: Any, example: Tuple[Any, ...],
                      feed: List[np.ndarray], threads: int) -> _Runner:
     """OpenVINO's CPU plugin on ``model`` converted from torch, bfloat16 precision hint."""
-    converted = openvino.convert_model(model, example_input=example)
-    compiled = openvino.Core().compile_model(
-        converted, "CPU", {"INFERENCE_PRECISION_HINT": "bf16",
-                           "INFERENCE_NUM_THREADS": threads})
+    compiled = compile_openvino(openvino, model, example, threads, "bf16")
     request = compiled.create_infer_request()
     first = compiled.output(0)
     return _Runner(lambda: request.infer(feed),
                    lambda result: np.asarray(result[first], dtype=np.float64))
 
 
-def _openvino() -> Tuple[Any, Optional[str]]:
-    """The ``openvino`` module, or None and why not."""
+def import_openvino() -> Tuple[Any, Optional[str]]:
+    """The ``openvino`` module, or None and why not: ``"not installed"``, or the error of a
+    broken installation in one line."""
     try:
         return importlib.import_module("openvino"), None
     except ImportError:
@@ -407,7 +443,7 @@ def measure_precision(torch: Any, *, cases: Optional[Sequence[str]] = None, bloc
     chosen = select_cases(cases)
     progress = on_progress or (lambda frac, stage: None)
     threads = threads or fastlstm.get_num_threads()
-    openvino, openvino_note = _openvino()
+    openvino, openvino_note = import_openvino()
     variants = list(VARIANTS) + ([OPENVINO] if openvino is not None else [])
     result: Dict[str, Any] = {
         "threads": threads, "blocks": blocks, "seed": seed, "budget_s": budget,

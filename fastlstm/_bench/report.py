@@ -14,12 +14,13 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple
 import numpy as np
 
 import fastlstm
-from fastlstm._bench.cases import LIBS
+from fastlstm._bench.cases import LIBS as MEMORY_LIBS
 from fastlstm._bench.streams import scaling_line
 from fastlstm._bench.timing import SETTLE_LIMIT_S
 
 __all__ = [
     "LIBS",
+    "MEMORY_LIBS",
     "machine_info",
     "versions",
     "Progress",
@@ -32,7 +33,9 @@ __all__ = [
     "write_plot",
 ]
 
-#: The libraries timed, as they are named in the JSON.
+#: The libraries timed, as they are named in the JSON: those of ``cases.LIBS``
+#: (:data:`MEMORY_LIBS`, whose peak memory ``--memory`` measures), then OpenVINO.
+LIBS = (*MEMORY_LIBS, "openvino")
 
 
 # ------------------------------------------------------------- environment
@@ -137,12 +140,13 @@ def machine_info(threads: int) -> Dict[str, Any]:
 
 
 def versions() -> Dict[str, Any]:
-    """Versions of fastlstm, numpy, scipy, torch, onnx, onnxruntime and the BLAS in use."""
+    """Versions of fastlstm, numpy, scipy, torch, onnx, onnxruntime, openvino (None where
+    not imported) and the BLAS in use."""
     import scipy
 
     out: Dict[str, Any] = {"fastlstm": fastlstm.__version__, "numpy": np.__version__,
                            "scipy": scipy.__version__}
-    for name in ("torch", "onnxruntime", "onnx", "threadpoolctl"):
+    for name in ("torch", "onnxruntime", "onnx", "openvino", "threadpoolctl"):
         module = sys.modules.get(name)
         out[name] = getattr(module, "__version__", None) if module else None
     config = fastlstm_config()
@@ -189,36 +193,43 @@ def _row_cells(case: Dict[str, Any], memory: bool = False) -> List[str]:
     """The table cells of one case record (see ``_bench.run_case``).
 
     With ``memory``, three more: the peak memory of fastlstm, torch and ONNX
-    Runtime (MiB).
+    Runtime (MiB).  A case that was not timed has its note in the first timing column and
+    fastlstm's difference in the ``diff`` column.
     """
     times = case["time_s"]
     diff = case["max_abs_diff"]
     mem = case.get("peak_memory_mib") or {}
-    mem_cells = [_mib(mem.get(lib)) for lib in LIBS] if memory else []
+    mem_cells = [_mib(mem.get(lib)) for lib in MEMORY_LIBS] if memory else []
     if case["status"] != "ok":
-        note = case.get("note") or case["status"]
-        return [case["name"], case["shape"], case["extra"], note, "", "", "", "", "", "", "",
-                _fmt(diff.get("fastlstm"), ".1e")] + ["" for _ in mem_cells]
-    ort_diff = diff.get("onnxruntime")
+        cells = [case["name"], case["shape"], case["extra"], case.get("note") or case["status"]]
+        cells += [""] * (len(HEADERS) - len(cells))
+        cells[_DIFF] = _fmt(diff.get("fastlstm"), ".1e")
+        return cells + ["" for _ in mem_cells]
+    # .get: a record written before OpenVINO was a peer has no openvino entries.
     return [
         case["name"], case["shape"], case["extra"],
         fmt_time(times["fastlstm"]), fmt_time(times["torch"]), fmt_time(times["onnxruntime"]),
+        fmt_time(times.get("openvino")),
         _fmt(case["gflops"]["fastlstm"], ".1f"),
         _fmt(None if case["peak_fraction"] is None else 100 * case["peak_fraction"], ".1f", "%"),
         _fmt(case["speedup_vs_torch"], ".2f", "x"),
         _fmt(case["speedup_vs_onnxruntime"], ".2f", "x"),
+        _fmt(case.get("speedup_vs_openvino"), ".2f", "x"),
         _fmt(diff.get("fastlstm"), ".1e"),
-        _fmt(ort_diff, ".1e"),
+        _fmt(diff.get("onnxruntime"), ".1e"),
+        _fmt(diff.get("openvino"), ".1e"),
     ] + mem_cells
 
 
-HEADERS = ["case", "N,L,I,H", "extra", "fastlstm", "torch", "ORT", "GFLOP/s", "peak",
-           "vs torch", "vs ORT", "diff", "ORT diff"]
-#: The columns added by ``--memory``: peak memory of one forward (MiB) per library.
+HEADERS = ["case", "N,L,I,H", "extra", "fastlstm", "torch", "ORT", "OV", "GFLOP/s", "peak",
+           "vs torch", "vs ORT", "vs OV", "diff", "ORT diff", "OV diff"]
+#: The columns added by ``--memory``: peak memory of one forward (MiB) per library of
+#: :data:`MEMORY_LIBS` (OpenVINO's is not measured).
 MEMORY_HEADERS = ["MiB fast", "MiB torch", "MiB ORT"]
-_WIDTHS = [0, 0, 0, 10, 10, 10, 8, 6, 8, 7, 8, 8]  # the first three fit the cases
+_WIDTHS = [0, 0, 0, 10, 10, 10, 10, 8, 6, 8, 7, 7, 8, 8, 8]  # the first three fit the cases
 _MEMORY_WIDTHS = [8, 9, 7]
 _LEFT = 3  # the first three columns are left-aligned
+_DIFF = HEADERS.index("diff")  # fastlstm's difference from torch
 
 
 def headers(memory: bool = False) -> List[str]:
@@ -270,7 +281,7 @@ class Table:
         cells = _row_cells(case, self.memory)
         if case["status"] != "ok":  # a failure note spans the timing columns
             line = self._line(cells[:3]).ljust(sum(self.widths[:3]) + 3) + cells[3]
-            line += f"  (fastlstm diff {cells[len(HEADERS) - 1]})"
+            line += f"  (fastlstm diff {cells[_DIFF]})"
         else:
             line = self._line(cells)
         if self.memory and case.get("peak_memory_note"):
@@ -376,7 +387,7 @@ def markdown(report: Dict[str, Any]) -> str:
         f"threads: {m['threads']} (all libraries)",
         f"- versions: fastlstm {v['fastlstm']}, numpy {v['numpy']}, scipy {v['scipy']}, "
         f"torch {v['torch']}, onnxruntime {v['onnxruntime'] or 'not installed'}, "
-        f"python {m['python']}",
+        f"openvino {v.get('openvino') or 'not installed'}, python {m['python']}",
         f"- BLAS: {blas}",
     ]
     lines += peak_lines(peak, s, m.get("nominal_fma_peak"), prefix="- ")
@@ -407,15 +418,17 @@ def markdown(report: Dict[str, Any]) -> str:
         "",
         f"Geometric mean speedup: {_fmt(summary['geomean_speedup_vs_torch'], '.2f', 'x')} "
         f"vs torch, {_fmt(summary['geomean_speedup_vs_onnxruntime'], '.2f', 'x')} "
-        f"vs ONNX Runtime.",
+        f"vs ONNX Runtime, {_fmt(summary.get('geomean_speedup_vs_openvino'), '.2f', 'x')} "
+        f"vs OpenVINO.",
         "",
     ]
     mem_line = memory_summary(summary)
     if mem_line:
         lines += [mem_line[0].upper() + mem_line[1:] + ".", ""]
-    notes = sorted({n for c in report["cases"] for n in [c.get("onnxruntime_note")] if n})
-    if notes:
-        lines += ["ONNX Runtime n/a: " + "; ".join(notes) + ".", ""]
+    for key, peer in (("onnxruntime_note", "ONNX Runtime"), ("openvino_note", "OpenVINO")):
+        notes = sorted({n for c in report["cases"] for n in [c.get(key)] if n})
+        if notes:
+            lines += [f"{peer} n/a: " + "; ".join(_md_escape(n) for n in notes) + ".", ""]
     mem_notes = [f"{c['name']}: {c['peak_memory_note']}" for c in report["cases"]
                  if memory and c.get("peak_memory_note")]
     if mem_notes:
@@ -437,7 +450,8 @@ def matplotlib_available() -> bool:
 
 
 def write_plot(path: str, report: Dict[str, Any]) -> None:
-    """A bar chart of the speedups over torch and ONNX Runtime (needs matplotlib)."""
+    """A bar chart of the speedups over torch, ONNX Runtime and OpenVINO (needs
+    matplotlib)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -448,11 +462,14 @@ def write_plot(path: str, report: Dict[str, Any]) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     pos = np.arange(len(cases))
-    for k, (key, label) in enumerate((("speedup_vs_torch", "vs torch"),
-                                      ("speedup_vs_onnxruntime", "vs ONNX Runtime"))):
-        vals = np.array([c[key] if c[key] is not None else np.nan for c in cases])
+    bars = (("speedup_vs_torch", "vs torch"), ("speedup_vs_onnxruntime", "vs ONNX Runtime"),
+            ("speedup_vs_openvino", "vs OpenVINO"))
+    width = 0.8 / len(bars)
+    for k, (key, label) in enumerate(bars):
+        vals = np.array([c.get(key) if c.get(key) is not None else np.nan for c in cases])
         # Bars grow from 1x, up for faster and down for slower.
-        ax.bar(pos + (k - 0.5) * 0.4, vals - 1.0, bottom=1.0, width=0.4, label=label)
+        ax.bar(pos + (k - (len(bars) - 1) / 2) * width, vals - 1.0, bottom=1.0, width=width,
+               label=label)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(base=2))
