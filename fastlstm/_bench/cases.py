@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, Iterable, List, Sequence
 
-#: The libraries the benchmark compares, in its tables' order.
+#: The libraries whose peak memory the benchmark measures (`report.LIBS` adds OpenVINO, timed only).
 LIBS = ("fastlstm", "torch", "onnxruntime")
 
 __all__ = ["LIBS",
