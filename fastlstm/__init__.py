@@ -10,8 +10,10 @@ or ``fastlstm.LSTM.from_torch(torch_lstm)`` gives the same numbers as PyTorch.
 from fastlstm._errors import StateDictError, UnsafeFileError, WeightsFormatError
 from fastlstm._info import show_config
 from fastlstm._threads import (
+    get_blas_sharing,
     get_dynamic_threads,
     get_num_threads,
+    set_blas_sharing,
     set_dynamic_threads,
     set_num_threads,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "WeightsFormatError",
     "accelerate",
     "forward_many",
+    "get_blas_sharing",
     "get_dynamic_threads",
     "get_num_threads",
     "inspect",
@@ -51,6 +54,7 @@ __all__ = [
     "pad_sequence",
     "quantize",
     "save",
+    "set_blas_sharing",
     "set_dynamic_threads",
     "set_num_threads",
     "show_config",

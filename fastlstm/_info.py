@@ -16,6 +16,7 @@ def _config() -> Dict[str, Any]:
     from fastlstm._ext.openmp import openmp_enabled
     from fastlstm._threads import (
         _scipy_blas_controllers,
+        blas_sharing_state,
         dynamic_state,
         get_num_threads,
         num_threads_bound,
@@ -40,6 +41,7 @@ def _config() -> Dict[str, Any]:
         "num_threads_bound": num_threads_bound(),
         "dynamic_threads": dynamic_state(),
         "openmp_idle_wait": IDLE_WAIT,
+        "blas_sharing": blas_sharing_state(),
         "forked_serial": kernels.forked_serial(),
         "blas": blas,
         "numpy": numpy.__version__,
@@ -72,7 +74,9 @@ def show_config(as_dict: bool = False) -> Optional[Dict[str, Any]]:
         thread count adapts to shared CPUs and what it does now (see
         :func:`set_dynamic_threads`); ``openmp_idle_wait``, how long OpenMP's
         idle threads spin after a call (``GOMP_SPINCOUNT``, see
-        docs/threads.md); ``forked_serial``, whether this process was forked
+        docs/threads.md); ``blas_sharing``, which OpenBLAS libraries run
+        their parallel jobs on fastlstm's pool (see :func:`set_blas_sharing`);
+        ``forked_serial``, whether this process was forked
         after its parent ran OpenMP threads, and so runs on one thread;
         ``blas``, scipy's BLAS as threadpoolctl reports it;
         ``numpy``, ``scipy`` and ``python`` versions.

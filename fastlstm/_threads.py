@@ -27,7 +27,8 @@ from typing import Iterator, List, Optional, Tuple
 from fastlstm._ext import kernels
 from fastlstm._ext.openmp import omp_max_threads, openmp_enabled
 
-__all__ = ["get_dynamic_threads", "get_num_threads", "set_dynamic_threads", "set_num_threads"]
+__all__ = ["get_blas_sharing", "get_dynamic_threads", "get_num_threads", "set_blas_sharing",
+           "set_dynamic_threads", "set_num_threads"]
 
 _num_threads: Optional[int] = None
 
@@ -323,3 +324,117 @@ def single_threaded_blas() -> Iterator[None]:
                     if n != 1:
                         c.set_num_threads(n)
                 _blas_saved = []
+
+
+# ------------------------------------------------------- BLAS threads beside ours
+# OpenBLAS's worker threads busy-wait for about 0.1 s after each threaded call; a
+# fastlstm call right after a NumPy matmul then shares its CPUs with them and can take
+# twice as long.  OpenBLAS >= 0.3.28 (pthreads builds) hands its jobs to a callback
+# instead; fastlstm's runs them on a pool that waits like OpenBLAS's threads but
+# sleeps as soon as a fastlstm team starts (src/blas_share.h, docs/threads.md).
+_SHARE_ENV = "FASTLSTM_SHARE_BLAS"
+_SETTER = "openblas_set_threads_callback_function"
+_shared: List[Tuple[str, str]] = []  # (library file, version) routed to fastlstm's pool
+_share_lock = threading.Lock()
+_share_note = ""
+
+
+def _openblas_setters() -> List[Tuple[str, str, int]]:
+    """(file, version, setter address) of every loaded OpenBLAS that can hand its jobs
+    to a callback: a pthreads build with ``openblas_set_threads_callback_function``
+    under any of the symbol prefixes and suffixes OpenBLAS builds use."""
+    import ctypes
+
+    from threadpoolctl import ThreadpoolController
+
+    found = []
+    for c in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+        if c.threading_layer != "pthreads":
+            continue  # an OpenMP build runs its jobs on OpenMP's team already
+        for name in (f"{pre}{_SETTER}{suf}" for pre in ("", "scipy_")
+                     for suf in ("", "64_", "_64")):
+            fn = getattr(c.dynlib, name, None)
+            if fn is not None:
+                found.append((c.filepath, str(c.version),
+                              int(ctypes.cast(fn, ctypes.c_void_p).value or 0)))
+                break
+    return [f for f in found if f[2]]
+
+
+def set_blas_sharing(enabled: bool) -> None:
+    """Run NumPy's and SciPy's OpenBLAS threads on a pool that makes way for fastlstm.
+
+    On by default (``FASTLSTM_SHARE_BLAS=0`` in the environment turns it off at
+    import).  OpenBLAS keeps its worker threads busy for about 0.1 s after each
+    threaded call; a fastlstm call right after a NumPy matmul then runs beside a
+    spinning BLAS thread and, on a machine with as many cores as threads, can take
+    twice its time.  When sharing is on, every OpenBLAS in the process that supports
+    it (0.3.28 or newer, pthreads build: NumPy's and SciPy's wheels) hands its
+    parallel jobs to fastlstm, which runs them on threads that wait between calls
+    just as OpenBLAS's do, so NumPy keeps its speed, but go to sleep as soon as a
+    fastlstm call starts its threads.  OpenBLAS's thread count, and so its results,
+    are unchanged.  :func:`show_config` shows which libraries are routed.
+
+    Parameters
+    ----------
+    enabled : bool
+        True to route the OpenBLAS libraries loaded now (those loaded later are not
+        seen), False to give every one back its own threads.
+
+    Raises
+    ------
+    TypeError
+        If ``enabled`` is not a bool.
+
+    Examples
+    --------
+    >>> import fastlstm
+    >>> fastlstm.set_blas_sharing(False)
+    >>> fastlstm.get_blas_sharing()
+    False
+    >>> fastlstm.set_blas_sharing(True)
+    """
+    global _share_note
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    with _share_lock:
+        if enabled:
+            try:
+                setters = _openblas_setters()
+            except Exception as exc:  # threadpoolctl could not inspect the process
+                setters, _share_note = [], f"off: the BLAS libraries could not be read ({exc})"
+            else:
+                _share_note = ("" if setters else
+                               "off: no OpenBLAS 0.3.28+ (pthreads) is loaded")
+            for path, version, address in setters:
+                kernels.blas_route(address, True)
+                if (path, version) not in _shared:
+                    _shared.append((path, version))
+        else:
+            for path, version, address in _openblas_setters():
+                if (path, version) in _shared:
+                    kernels.blas_route(address, False)
+            _shared.clear()
+            _share_note = "off"
+
+
+def get_blas_sharing() -> bool:
+    """True when at least one OpenBLAS runs its jobs on fastlstm's pool
+    (see :func:`set_blas_sharing`)."""
+    return bool(_shared)
+
+
+def blas_sharing_state() -> str:
+    """In words, which BLAS libraries hand their threads' work to fastlstm (for
+    ``show_config``)."""
+    if _shared:
+        calls, _, workers, _ = kernels.blas_route_counts()
+        libs = ", ".join(f"{os.path.basename(p)} {v}" for p, v in _shared)
+        return f"on: {libs} ({calls} parallel calls run, {workers} pool thread(s))"
+    return _share_note or "off"
+
+
+if os.environ.get(_SHARE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    _share_note = f"off ({_SHARE_ENV}={os.environ[_SHARE_ENV]})"
+else:
+    set_blas_sharing(True)

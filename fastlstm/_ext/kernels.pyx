@@ -155,8 +155,35 @@ cdef extern from "team.h" nogil:
 
 cnp.import_array()
 
-if fl_register_fork_handler() != 0:
+cdef extern from "blas_share.h" nogil:
+    ctypedef struct fl_blas_pool_t:
+        int workers
+        int sleepers
+        long long calls
+        long long pooled
+    fl_blas_pool_t fl_blas_pool
+    int __atomic_load_n(int *p, int order) noexcept
+    int __ATOMIC_RELAXED
+    int fl_blas_route(void *setter_address, int on) noexcept
+    int fl_blas_register_fork_handler() noexcept
+
+if fl_register_fork_handler() != 0 or fl_blas_register_fork_handler() != 0:
     raise ImportError("fastlstm: pthread_atfork failed; a forked child could hang in OpenMP")
+
+
+def blas_route(size_t setter_address, bint on):
+    """Hand the parallel jobs of the OpenBLAS whose
+    ``openblas_set_threads_callback_function`` is at ``setter_address`` to this
+    module's OpenMP threads (``on``), or back to its own threads."""
+    if fl_blas_route(<void *>setter_address, on) != 0:
+        raise RuntimeError("fastlstm: too many BLAS libraries to share threads with")
+
+
+def blas_route_counts():
+    """(BLAS calls of two or more jobs run here, of which on the pool, the pool's
+    threads, of which asleep)."""
+    return (int(fl_blas_pool.calls), int(fl_blas_pool.pooled), int(fl_blas_pool.workers),
+            int(__atomic_load_n(&fl_blas_pool.sleepers, __ATOMIC_RELAXED)))
 
 
 def forked_serial():

@@ -19,6 +19,7 @@
 #include <sched.h>
 #include <time.h>
 #include "omp_compat.h"
+#include "blas_share.h"
 
 #define FL_SAMPLE_NS 200000LL          /* measure a region at most every 0.2 ms */
 #define FL_WINDOW_NS 4000000LL         /* judge over 4 ms of measured regions */
@@ -145,6 +146,9 @@ static inline int fl_team_begin(fl_region *r, int threads, int synced, int flags
     long long now = fl_now_ns();
     int probe;
     int team = fl_team_now(threads, now, &probe, flags);
+    /* BLAS threads spinning after a NumPy call would share the team's CPUs */
+    if (team > 1)
+        fl_blas_park();
     r->bar.arrived = r->bar.gen = 0;
     r->synced = synced;
     r->ran = 0;
