@@ -14,6 +14,9 @@ pool woken for every small per-timestep product costs more than the product).
 runs.  The setting is process-wide, so concurrent
 regions share it through a reference count: the first one in saves and lowers
 the limit, the last one out restores it.
+
+:func:`set_blas_sharing` (on at import) routes the parallel jobs of NumPy's and SciPy's
+OpenBLAS to a pool of fastlstm's that makes way when a fastlstm call starts.
 """
 
 from __future__ import annotations
@@ -419,8 +422,20 @@ def set_blas_sharing(enabled: bool) -> None:
 
 
 def get_blas_sharing() -> bool:
-    """True when at least one OpenBLAS runs its jobs on fastlstm's pool
-    (see :func:`set_blas_sharing`)."""
+    """Whether an OpenBLAS in this process runs its jobs on fastlstm's pool.
+
+    Returns
+    -------
+    bool
+        True when at least one OpenBLAS hands its parallel jobs to fastlstm (see
+        :func:`set_blas_sharing`).
+
+    Examples
+    --------
+    >>> import fastlstm
+    >>> isinstance(fastlstm.get_blas_sharing(), bool)
+    True
+    """
     return bool(_shared)
 
 

@@ -147,8 +147,7 @@ static inline int fl_team_begin(fl_region *r, int threads, int synced, int flags
     int probe;
     int team = fl_team_now(threads, now, &probe, flags);
     /* BLAS threads spinning after a NumPy call would share the team's CPUs */
-    if (team > 1)
-        fl_blas_park();
+    fl_blas_park();
     r->bar.arrived = r->bar.gen = 0;
     r->synced = synced;
     r->ran = 0;

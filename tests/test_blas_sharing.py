@@ -1,0 +1,189 @@
+"""OpenBLAS's parallel jobs on fastlstm's pool (``set_blas_sharing``, src/blas_share.h).
+
+Products are checked against a float64 oracle computed with OpenBLAS's own threads
+(sharing off) and against an elementwise NumPy sum; every check that could hang (fork,
+concurrent threads) runs in a subprocess with a timeout.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm._ext import kernels
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+if not fastlstm.get_blas_sharing():
+    if IN_CI:
+        raise AssertionError("CI installs NumPy/SciPy wheels with OpenBLAS 0.3.28+: "
+                             f"sharing should be on ({fastlstm.show_config(as_dict=True)})")
+    pytest.skip("no OpenBLAS 0.3.28+ (pthreads) in this process", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def _sharing_on():
+    yield
+    fastlstm.set_blas_sharing(True)
+
+
+def _oracle(a, b):
+    """a @ b in float64 with OpenBLAS's own threads."""
+    fastlstm.set_blas_sharing(False)
+    try:
+        return a.astype(np.float64) @ b.astype(np.float64)
+    finally:
+        fastlstm.set_blas_sharing(True)
+
+
+def _run(code, timeout=120, env=None):
+    full_env = dict(os.environ, **(env or {}))
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=timeout, env=full_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(300, 256, 1000), (512, 512, 512), (64, 2048, 64),
+                                   (1000, 40, 700)])
+def test_products_on_the_pool_match_the_oracle(dtype, shape):
+    m, k, n = shape
+    rng = np.random.default_rng(m + k + n)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    expected = _oracle(a, b)
+    calls = kernels.blas_route_counts()[0]
+    got = a @ b
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * np.sqrt(k))
+    if np.__config__.CONFIG["Build Dependencies"]["blas"]["name"].startswith("scipy-openblas"):
+        assert kernels.blas_route_counts()[0] > calls, "the product ran no parallel jobs here"
+
+
+def test_scipy_blas_and_lapack_on_the_pool():
+    import scipy.linalg
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((600, 600))
+    spd = a @ a.T + 600 * np.eye(600)
+    c = scipy.linalg.cholesky(spd, lower=True)
+    np.testing.assert_allclose(c @ c.T, spd, rtol=1e-10, atol=1e-8)
+    g = scipy.linalg.blas.dgemm(1.0, a, a.T)
+    np.testing.assert_allclose(g, (a[:, None, :] * a[None, :, :]).sum(-1), rtol=1e-9,
+                               atol=1e-9)
+
+
+def test_concurrent_callers_and_lstm_calls():
+    """Python threads doing matmuls and fastlstm forwards at once: every result right."""
+    rng = np.random.default_rng(2)
+    mats = [rng.standard_normal((400, 300)).astype(np.float32) for _ in range(4)]
+    expected = [_oracle(m, m.T) for m in mats]
+    lstm = fastlstm.LSTM(32, 48)
+    x = rng.standard_normal((20, 8, 32)).astype(np.float32)
+    y_ref = lstm(x)[0]
+
+    def work(i):
+        for _ in range(15):
+            np.testing.assert_allclose(mats[i] @ mats[i].T, expected[i], rtol=1e-4,
+                                       atol=1e-3)
+            np.testing.assert_array_equal(lstm(x)[0], y_ref)
+        return i
+
+    with ThreadPoolExecutor(4) as ex:
+        assert sorted(ex.map(work, range(4))) == [0, 1, 2, 3]
+
+
+@pytest.fixture
+def _two_fixed_threads():
+    dynamic = fastlstm.get_dynamic_threads()
+    fastlstm.set_num_threads(2)
+    fastlstm.set_dynamic_threads(False)
+    yield
+    fastlstm.set_num_threads(None)
+    fastlstm.set_dynamic_threads(dynamic)
+
+
+def test_pool_sleeps_when_a_fastlstm_team_starts(_two_fixed_threads):
+    a = np.ones((400, 400), np.float32)
+    lstm = fastlstm.LSTM(64, 64)
+    x = np.zeros((50, 8, 64), np.float32)
+    a @ a
+    time.sleep(0.003)
+    # OpenBLAS's wait: the pool spins for about 0.1 s after a call...
+    assert kernels.blas_route_counts()[3] == 0
+    a @ a
+    lstm(x)
+    deadline = time.perf_counter() + 0.05
+    _, _, workers, sleepers = kernels.blas_route_counts()
+    while sleepers < workers and time.perf_counter() < deadline:
+        time.sleep(0.001)
+        _, _, workers, sleepers = kernels.blas_route_counts()
+    # ...but not after a fastlstm team started: it sleeps at once.
+    assert workers >= 1 and sleepers == workers
+
+
+def test_off_gives_openblas_its_threads_back():
+    a = np.ones((500, 500))
+    fastlstm.set_blas_sharing(False)
+    assert not fastlstm.get_blas_sharing()
+    assert fastlstm.show_config(as_dict=True)["blas_sharing"] == "off"
+    calls = kernels.blas_route_counts()[0]
+    np.testing.assert_array_equal(a @ a, np.full((500, 500), 500.0))
+    assert kernels.blas_route_counts()[0] == calls
+    fastlstm.set_blas_sharing(True)
+    assert fastlstm.get_blas_sharing()
+    assert fastlstm.show_config(as_dict=True)["blas_sharing"].startswith("on: ")
+    np.testing.assert_array_equal(a @ a, np.full((500, 500), 500.0))
+
+
+def test_set_blas_sharing_wants_a_bool():
+    with pytest.raises(TypeError, match="enabled must be a bool"):
+        fastlstm.set_blas_sharing(1)
+
+
+def test_environment_turns_it_off():
+    out = _run("""
+        import numpy as np, fastlstm
+        from fastlstm._ext import kernels
+        a = np.ones((500, 500)); a @ a
+        print(fastlstm.get_blas_sharing(), kernels.blas_route_counts()[0],
+              fastlstm.show_config(as_dict=True)["blas_sharing"])
+    """, env={"FASTLSTM_SHARE_BLAS": "0"})
+    assert out.split() == ["False", "0", "off", "(FASTLSTM_SHARE_BLAS=0)"]
+
+
+def test_fork_child_runs_blas_and_lstm():
+    """A child forked after the pool and a fastlstm team ran: its products (on a
+    fresh pool) and forwards are right, and nothing hangs."""
+    out = _run("""
+        import os, numpy as np, fastlstm, multiprocessing as mp
+        from fastlstm._ext import kernels
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((500, 400))
+        expected = (a[:, None, :] * a[None, :, :]).sum(-1)
+        lstm = fastlstm.LSTM(16, 32)
+        x = rng.standard_normal((10, 4, 16)).astype(np.float32)
+        y = lstm(x)[0]
+        assert np.allclose(a @ a.T, expected) and kernels.blas_route_counts()[2] >= 1
+
+        def child(_=None):
+            ok = np.allclose(a @ a.T, expected) and np.array_equal(lstm(x)[0], y)
+            return ok and kernels.blas_route_counts()[2] >= 1
+
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if child() else 3)
+        assert os.waitpid(pid, 0)[1] == 0
+        with mp.get_context("fork").Pool(2) as pool:
+            assert all(pool.map(child, range(4)))
+        assert np.allclose(a @ a.T, expected)
+        print("ok")
+    """)
+    assert out.strip() == "ok"
