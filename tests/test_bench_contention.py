@@ -25,7 +25,7 @@ CONTENTION_KEYS = {"ncpu", "threads", "oversubscribed_threads", "neighbours", "s
                    "blocks", "seed", "libraries", "torch", "rows", "neighbour_pids",
                    "worker_pids", "wall_s"}
 SEQ2SEQ_KEYS = {"model", "threads", "blocks", "seed", "batches", "tokens_match", "rows",
-                "failed", "wall_s"}
+                "failed", "wall_s", "blas_sharing"}
 
 
 def _gone(pid):
@@ -213,6 +213,7 @@ def test_measure_seq2seq_tiny(torch, threads_kept):
                                "source_length": 30, "steps": 29}
     assert result["tokens_match"] == {1: True, 3: True} and result["failed"] == []
     assert result["threads"] == 1
+    assert result["blas_sharing"].startswith("on: ") == fastlstm.get_blas_sharing()
     rows = result["rows"]
     assert [(r["scenario"], r["case"]) for r in rows] == [
         ("seq2seq decode", "N=1"), ("seq2seq decode", "N=1"), ("seq2seq decode", "N=3"),

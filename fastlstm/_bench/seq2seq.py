@@ -219,6 +219,7 @@ def measure_seq2seq(torch: Any, *, batches: Sequence[int] = (1, 300), blocks: in
     -------
     dict
         ``model`` (its sizes), ``threads``, ``blocks``, ``seed``, ``batches``,
+        ``blas_sharing`` (:func:`fastlstm._threads.blas_sharing_state`),
         ``tokens_match`` (batch -> bool), ``rows`` (see
         :func:`~fastlstm._bench.contention.ratio_row`: one decode row per
         batch, figures in seconds, A = torch, B = fastlstm; then the two
@@ -235,6 +236,7 @@ def measure_seq2seq(torch: Any, *, batches: Sequence[int] = (1, 300), blocks: in
                   "layers": model.fast_decoder.num_layers,
                   "source_length": model.source_length, "steps": model.steps},
         "threads": threads, "blocks": blocks, "seed": seed, "batches": list(batches),
+        "blas_sharing": _threads.blas_sharing_state(),
         "tokens_match": {}, "rows": [], "failed": [], "wall_s": None,
     }
     saved_fast = _threads._num_threads
@@ -308,4 +310,5 @@ def header_line(result: Dict[str, Any]) -> str:
             f"{m['source_length']} source tokens, {m['steps']} decoder steps; "
             f"{result['threads']} threads; {result['blocks']} alternating blocks, medians; "
             "decode A/B = torch time / fastlstm (or torch + accelerate) time, mix A/B = "
-            "after the other / alone")
+            "after the other / alone; NumPy's OpenBLAS on fastlstm's pool: "
+            f"{result.get('blas_sharing', 'not recorded')}")
