@@ -140,7 +140,7 @@ static void *fl_blas_job_thread(void *p)
 /* A job that never starts would leave the others waiting for its panels
  * forever, so a thread that cannot be created is retried for a second, then
  * the process stops with a message: a hang would be worse. */
-static int fl_blas_start(pthread_t *tid, void *(*fn)(void *), void *arg)
+static void fl_blas_start(pthread_t *tid, void *(*fn)(void *), void *arg)
 {
     pthread_attr_t attr;
     int ok = 0;
@@ -158,7 +158,6 @@ static int fl_blas_start(pthread_t *tid, void *(*fn)(void *), void *arg)
         fputs("fastlstm: could not start a thread for a BLAS call\n", stderr);
         abort();
     }
-    return 0;
 }
 
 static void fl_blas_on_fresh_threads(fl_blas_dojob dojob, int numjobs, size_t size,
