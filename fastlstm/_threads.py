@@ -337,7 +337,7 @@ def single_threaded_blas() -> Iterator[None]:
 # sleeps as soon as a fastlstm team starts (src/blas_share.h, docs/threads.md).
 _SHARE_ENV = "FASTLSTM_SHARE_BLAS"
 _SETTER = "openblas_set_threads_callback_function"
-_shared: List[Tuple[str, str]] = []  # (library file, version) routed to fastlstm's pool
+_shared: List[Tuple[str, str, int]] = []  # (file, version, setter) routed to fastlstm's pool
 _share_lock = threading.Lock()
 _share_note = ""
 
@@ -409,14 +409,13 @@ def set_blas_sharing(enabled: bool) -> None:
             else:
                 _share_note = ("" if setters else
                                "off: no OpenBLAS 0.3.28+ (pthreads) is loaded")
-            for path, version, address in setters:
-                kernels.blas_route(address, True)
-                if (path, version) not in _shared:
-                    _shared.append((path, version))
+            for lib in setters:
+                kernels.blas_route(lib[2], True)
+                if lib not in _shared:
+                    _shared.append(lib)
         else:
-            for path, version, address in _openblas_setters():
-                if (path, version) in _shared:
-                    kernels.blas_route(address, False)
+            for lib in _shared:
+                kernels.blas_route(lib[2], False)
             _shared.clear()
             _share_note = "off"
 
@@ -444,7 +443,7 @@ def blas_sharing_state() -> str:
     ``show_config``)."""
     if _shared:
         calls, _, workers, _ = kernels.blas_route_counts()
-        libs = ", ".join(f"{os.path.basename(p)} {v}" for p, v in _shared)
+        libs = ", ".join(f"{os.path.basename(p)} {v}" for p, v, _ in _shared)
         return f"on: {libs} ({calls} parallel calls run, {workers} pool thread(s))"
     return _share_note or "off"
 

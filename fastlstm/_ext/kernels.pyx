@@ -164,7 +164,7 @@ cdef extern from "blas_share.h" nogil:
     fl_blas_pool_t fl_blas_pool
     int __atomic_load_n(int *p, int order) noexcept
     int __ATOMIC_RELAXED
-    int fl_blas_route(void *setter_address, int on) noexcept
+    void fl_blas_route(void *setter_address, int on) noexcept
     int fl_blas_register_fork_handler() noexcept
 
 if fl_register_fork_handler() != 0 or fl_blas_register_fork_handler() != 0:
@@ -174,9 +174,8 @@ if fl_register_fork_handler() != 0 or fl_blas_register_fork_handler() != 0:
 def blas_route(size_t setter_address, bint on):
     """Hand the parallel jobs of the OpenBLAS whose
     ``openblas_set_threads_callback_function`` is at ``setter_address`` to this
-    module's OpenMP threads (``on``), or back to its own threads."""
-    if fl_blas_route(<void *>setter_address, on) != 0:
-        raise RuntimeError("fastlstm: too many BLAS libraries to share threads with")
+    module's BLAS pool (``on``), or back to its own threads."""
+    fl_blas_route(<void *>setter_address, on)
 
 
 def blas_route_counts():

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include "omp_compat.h"
 
 /* OpenBLAS's default wait: 2^28 ticks, 0.1 s at 2.7 GHz. */
 #define FL_BLAS_SPIN_NS 100000000LL
@@ -65,13 +66,6 @@ static inline long long fl_blas_now_ns(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static inline void fl_blas_pause(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
 /* Called when a fastlstm team starts: the pool's spinning threads sleep. */
 static inline void fl_blas_park(void)
 {
@@ -99,7 +93,7 @@ static void *fl_blas_worker(void *arg)
         int spins = 0;
         unsigned long long t;
         while ((t = __atomic_load_n(&p->ticket, __ATOMIC_ACQUIRE)) == seen) {
-            fl_blas_pause();
+            fl_pause();
             if (++spins % 64 == 0 &&
                     (__atomic_load_n(&p->park, __ATOMIC_RELAXED) != park ||
                      fl_blas_now_ns() - start > FL_BLAS_SPIN_NS)) {
@@ -236,42 +230,20 @@ static void fl_blas_run(int sync, fl_blas_dojob dojob, int numjobs, size_t size,
     int spins = 0;
     while (__atomic_load_n(&p->done, __ATOMIC_ACQUIRE) < numjobs - 1) {
         if (++spins < 2000)
-            fl_blas_pause();
+            fl_pause();
         else
             sched_yield();
     }
     pthread_mutex_unlock(&p->lock);
 }
 
-/* The setters of the OpenBLAS libraries whose jobs run here
- * (openblas_set_threads_callback_function, under the library's symbol
- * prefix and suffix). */
+/* Route one library's jobs here (on) or back to its own threads (off), through
+ * its openblas_set_threads_callback_function (under the library's symbol prefix
+ * and suffix). */
 typedef void (*fl_blas_setter)(void *callback);
-enum { FL_BLAS_MAX_LIBS = 16 };
-static fl_blas_setter fl_blas_setters[FL_BLAS_MAX_LIBS];
-static int fl_blas_n_setters = 0;
-
-/* Route one library's jobs here (on) or back to its own threads (off).
- * Returns 0, or -1 when too many libraries are routed already. */
-static int fl_blas_route(void *setter_address, int on)
+static void fl_blas_route(void *setter_address, int on)
 {
-    fl_blas_setter setter = (fl_blas_setter)setter_address;
-    int k = 0;
-    while (k < fl_blas_n_setters && fl_blas_setters[k] != setter)
-        k++;
-    if (on) {
-        if (k == fl_blas_n_setters) {
-            if (k == FL_BLAS_MAX_LIBS)
-                return -1;
-            fl_blas_setters[fl_blas_n_setters++] = setter;
-        }
-        setter((void *)fl_blas_run);
-    } else {
-        setter(NULL);
-        if (k < fl_blas_n_setters)
-            fl_blas_setters[k] = fl_blas_setters[--fl_blas_n_setters];
-    }
-    return 0;
+    ((fl_blas_setter)setter_address)(on ? (void *)fl_blas_run : NULL);
 }
 
 /* A forked child has none of the pool's threads (and maybe a lock another

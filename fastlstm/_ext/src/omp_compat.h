@@ -47,6 +47,12 @@ static int fl_register_fork_handler(void)
  * keeps the count of threads in such regions), since a thread that spins
  * while the one it waits for is not running wastes its time slice. */
 #include <sched.h>
+static inline void fl_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
 static inline int fl_atomic_add(int *value, int n)
 {
     return __atomic_add_fetch(value, n, __ATOMIC_ACQ_REL);
@@ -60,9 +66,7 @@ static inline void fl_count_wait(const int *count, int target)
     int spins = 0;
     while (__atomic_load_n(count, __ATOMIC_ACQUIRE) < target) {
         if (++spins < 500) {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
+            fl_pause();
         } else {
             sched_yield();
         }
