@@ -25,6 +25,7 @@ from fastlstm._module import (
     RngLike,
     _Module,
     _PackedLayer,
+    aligned_empty,
     check_rows,
     check_sizes,
     pack_layer,
@@ -621,7 +622,7 @@ class LSTM(_Module):
         plans = [kernels.schedule(w, batch, seq_len, hidden, threads, packed is not None, tuning)
                  for w in layers]
         gate_cols = n_dirs * layers[0].bias.shape[1]
-        gates = np.empty((max(p[2] for p in plans) * batch, gate_cols), dt)
+        gates = aligned_empty((max(p[2] for p in plans) * batch, gate_cols), dt)
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
         dropout = self._dropout if self.training else 0.0
         backward_order = self._next_order() if seq_len == 1 else False

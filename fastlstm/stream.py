@@ -9,7 +9,7 @@ import numpy as np
 from fastlstm import _threads
 from fastlstm._common import input_array, to_numpy
 from fastlstm._ext import kernels
-from fastlstm._module import MAX_ROWS
+from fastlstm._module import MAX_ROWS, aligned_empty
 from fastlstm.cell import LSTMCell
 from fastlstm.lstm import LSTM
 
@@ -100,7 +100,8 @@ class Stream:
         self._out = [np.zeros((n, out_size), dt) for _ in range(layers)]
         self._hcell = np.zeros((1, n, module.hidden_size), dt)
         w = module._packed_layers()[0]
-        self._gates = np.zeros((n, w.bias.shape[1]), dt)
+        self._gates = aligned_empty((n, w.bias.shape[1]), dt)
+        self._gates[...] = 0
 
     @property
     def h(self) -> np.ndarray:

@@ -137,3 +137,24 @@ def test_levels_are_reported_and_chosen():
     if missing:
         with pytest.raises(ValueError, match="does not support the bfloat16 level"):
             kernels.set_bf16_level(missing[0])
+
+
+@pytest.mark.parametrize("shape, dtype", [((3, 64), np.float32), ((257, 2048), np.float32),
+                                          ((1, 7), np.float64), ((0, 64), np.float32)])
+def test_gate_buffers_start_on_a_cache_line(shape, dtype):
+    # AMX loads and stores gate rows as whole 64-byte lines; a buffer off a line made
+    # every tile row straddle two.
+    from fastlstm._module import aligned_empty
+    for _ in range(5):
+        a = aligned_empty(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+        assert a.size == 0 or a.ctypes.data % 64 == 0
+        a[...] = 1  # writable, and every element inside the buffer
+        assert a.sum() == a.size
+
+
+def test_stream_gate_buffer_starts_on_a_cache_line():
+    import fastlstm
+    s = fastlstm.Stream(fastlstm.quantize(fastlstm.LSTM(8, 16), "bfloat16"), batch_size=16)
+    s.step(np.zeros((16, 8), np.float32))
+    assert s._gates.ctypes.data % 64 == 0

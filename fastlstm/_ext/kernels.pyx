@@ -75,6 +75,7 @@ cdef extern from "bf16.h" nogil:
     void fl_matmul_bf(int level, int beta, int M, int N, int K, const float *A,
                       Py_ssize_t lda, const uint32_t *BP, float *G, Py_ssize_t ldg) noexcept
     uint32_t *fl_bf16_pairs(int level, int M, int K, const float *A, Py_ssize_t lda) noexcept
+    Py_ssize_t fl_bf16_ld(int K) noexcept
     void fl_matmul_bfp(int level, int beta, int M, int N, int K, const uint32_t *A,
                        Py_ssize_t lda, const uint32_t *BP, float *G, Py_ssize_t ldg) noexcept
     void fl_lstm_step_bfp(int level, int M, int K, int H, const uint32_t *A, Py_ssize_t lda,
@@ -102,6 +103,7 @@ cdef extern from "int8.h" nogil:
                          const uint32_t *BP, float *G, Py_ssize_t ldg, const float *bias,
                          float *C, Py_ssize_t ldc, float *Hout, Py_ssize_t ldh,
                          int p_lo, int p_hi, int reverse) noexcept
+    Py_ssize_t fl_i8_ld(int K) noexcept
     uint32_t *fl_i8_quantized(int level, int M, int K, const float *A, Py_ssize_t lda,
                               float **s) noexcept
     void fl_matmul_i8q(int level, int beta, int M, int N, int K, const uint32_t *Q,
@@ -744,9 +746,9 @@ cdef bint _bf16_single_step(const Geometry *g, int m, const float *x, const floa
             return False
     for i in range(p_hi - p_lo):
         p = p_hi - 1 - i if backward_order else p_lo + i
-        fl_matmul_bfp(_bf16_level, False, m, 64, g.n_in, xp, (g.n_in + 1) // 2,
+        fl_matmul_bfp(_bf16_level, False, m, 64, g.n_in, xp, fl_bf16_ld(g.n_in),
                       w_ih + <Py_ssize_t>p * g.k_ih * 64, gp + p * 64, gb_ld)
-        fl_lstm_step_bfp(_bf16_level, m, k_rec, g.hidden, hp, (k_rec + 1) // 2, w_hh, gp,
+        fl_lstm_step_bfp(_bf16_level, m, k_rec, g.hidden, hp, fl_bf16_ld(k_rec), w_hh, gp,
                          gb_ld, b, c, g.hidden, dst, dst_ld, p, p + 1, False)
     free(xp)
     free(hp)
@@ -774,9 +776,9 @@ cdef bint _i8_single_step(const Geometry *g, int m, const float *x, const float 
             return False
     for i in range(p_hi - p_lo):
         p = p_hi - 1 - i if backward_order else p_lo + i
-        fl_matmul_i8q(_i8_level, False, m, 64, g.n_in, xq, (g.n_in + 3) // 4, xs,
+        fl_matmul_i8q(_i8_level, False, m, 64, g.n_in, xq, fl_i8_ld(g.n_in), xs,
                       w_ih + <Py_ssize_t>p * g.k_ih * 64, gp + p * 64, gb_ld)
-        fl_lstm_step_i8q(_i8_level, m, k_rec, g.hidden, hq, (k_rec + 3) // 4, hs, w_hh, gp,
+        fl_lstm_step_i8q(_i8_level, m, k_rec, g.hidden, hq, fl_i8_ld(k_rec), hs, w_hh, gp,
                          gb_ld, b, c, g.hidden, dst, dst_ld, p, p + 1, False)
     free(xq)
     free(hq)
@@ -1806,6 +1808,7 @@ cdef class BoundStack:
         cdef size_t state_bytes
         cdef double stack_gates[_STACK_GATES]
         cdef void *gates
+        cdef void *gate_mem
         cdef void *h0_ptr
         cdef void *h_ptr
         cdef void *c_ptr
@@ -1888,12 +1891,14 @@ cdef class BoundStack:
             h0_ptr = cnp.PyArray_DATA(<cnp.ndarray>h0)
             memcpy(c_ptr, cnp.PyArray_DATA(<cnp.ndarray>c0), state_bytes)
         order = self._next_order()
-        gates = <void *>stack_gates
+        # The gate buffer starts on a cache line (AMX stores its rows as whole lines).
+        gate_mem = <void *>stack_gates
         gate_bytes = <size_t>batch * self.layers[0].g.n_panels * FL_PANEL_BYTES
-        if gate_bytes > sizeof(stack_gates):
-            gates = PyMem_Malloc(gate_bytes)
-            if gates == NULL:
+        if gate_bytes + 64 > sizeof(stack_gates):
+            gate_mem = PyMem_Malloc(gate_bytes + 64)
+            if gate_mem == NULL:
                 raise MemoryError()
+        gates = <void *>((<char *>gate_mem) + (-<Py_ssize_t>gate_mem & 63))
         memset(&call, 0, sizeof(call))
         call.x, call.h0, call.c, call.out, call.h0_zero = x_ptr, h0_ptr, c_ptr, h_ptr, h0_zero
         try:
@@ -1905,8 +1910,8 @@ cdef class BoundStack:
                     _cell_layers(self.layers, nl, &self.tuning, &call, batch, <double *>gates,
                                  num_threads, order)
         finally:
-            if gates != <void *>stack_gates:
-                PyMem_Free(gates)
+            if gate_mem != <void *>stack_gates:
+                PyMem_Free(gate_mem)
         if layout == 0:
             return h_n, c_n
         # The output is the last layer's h, shaped as the input.

@@ -155,19 +155,29 @@ FL_DEFINE_BF_PAIRS(avx512)
 FL_DEFINE_BF_PAIRS(avx2)
 FL_DEFINE_BF_PAIRS(portable)
 
-/* The rounding is the same at every level; `level` only picks the vector width. */
+/* The row stride, in words, of the pairs fl_bf16_pairs writes: whole cache lines, so
+ * that every row starts on one (with the buffer) and an AMX tile row, 64 bytes, is one
+ * line: rows that straddle two made the products 1.5x slower (docs/precision.md). */
+static inline ptrdiff_t fl_bf16_ld(int K)
+{
+    return (((ptrdiff_t)K + 1) / 2 + 15) & ~(ptrdiff_t)15;
+}
+
+/* The rounding is the same at every level; `level` only picks the vector width.  The
+ * buffer starts on a cache line, rows fl_bf16_ld(K) words apart (free() releases it). */
 static uint32_t *fl_bf16_pairs(int level, int M, int K, const float *A, ptrdiff_t lda)
 {
-    const int kp = (K + 1) / 2;
-    uint32_t *out = (uint32_t *)malloc((size_t)(M > 0 ? M : 1) * (kp > 0 ? kp : 1) * 4);
+    const ptrdiff_t ld = fl_bf16_ld(K);
+    uint32_t *out = (uint32_t *)aligned_alloc(64, (size_t)(M > 0 ? M : 1) * (size_t)ld * 4
+                                              + (ld > 0 ? 0 : 64));
     if (out == NULL)
         return NULL;
     if (level >= FL_AVX512)
-        fl_bf16_pairs_avx512(M, K, A, lda, out, kp);
+        fl_bf16_pairs_avx512(M, K, A, lda, out, ld);
     else if (level == FL_AVX2)
-        fl_bf16_pairs_avx2(M, K, A, lda, out, kp);
+        fl_bf16_pairs_avx2(M, K, A, lda, out, ld);
     else
-        fl_bf16_pairs_portable(M, K, A, lda, out, kp);
+        fl_bf16_pairs_portable(M, K, A, lda, out, ld);
     return out;
 }
 
@@ -556,7 +566,7 @@ static void fl_lstm_step_bf(int level, int M, int K, int H, const float *Af, ptr
         const uint32_t *BP, float *G, ptrdiff_t ldg, const float *bias, float *C,
         ptrdiff_t ldc, float *Hout, ptrdiff_t ldh, int p_lo, int p_hi, int reverse)
 {
-    const ptrdiff_t lda = (K + 1) / 2;
+    const ptrdiff_t lda = fl_bf16_ld(K);
     uint32_t *A = K > 0 ? fl_bf16_pairs(level, M, K, Af, ldaf) : NULL;
     if (K > 0 && A == NULL) {
         const int kp = (K + 1) / 2;
@@ -625,7 +635,7 @@ static void fl_matmul_bfp(int level, int beta, int M, int N, int K, const uint32
 static void fl_matmul_bf(int level, int beta, int M, int N, int K, const float *Af,
                          ptrdiff_t ldaf, const uint32_t *BP, float *G, ptrdiff_t ldg)
 {
-    const ptrdiff_t lda = (K + 1) / 2;
+    const ptrdiff_t lda = fl_bf16_ld(K);
     uint32_t *A = fl_bf16_pairs(level, M, K, Af, ldaf);
     if (A == NULL) {
         fl_matmul_bf_sliced(level, beta, M, N, K, Af, ldaf, BP, G, ldg);

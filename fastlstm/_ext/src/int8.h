@@ -403,7 +403,7 @@ static void fl_matmul_i8q(int level, int beta, int M, int N, int K, const uint32
 {
     const int kq = (K + 3) / 4, rows = fl_i8_panel_rows(K), n_panels = (N + 63) / 64;
     const int RB = fl_i8_rows(level);
-    int32_t acc[32 * 64];
+    int32_t acc[32 * 64] __attribute__((aligned(64)));
 #if FL_X86
     if (level == FL_I8_AMX)
         fl_amx_begin();
@@ -462,7 +462,7 @@ static void fl_lstm_step_i8q(int level, int M, int K, int H, const uint32_t *Q,
         int p_hi, int reverse)
 {
     const int kq = (K + 3) / 4, rows = fl_i8_panel_rows(K), RB = fl_i8_rows(level);
-    int32_t acc[32 * 64];
+    int32_t acc[32 * 64] __attribute__((aligned(64)));
 #if FL_X86
     if (level == FL_I8_AMX && K > 0)
         fl_amx_begin();
@@ -485,16 +485,25 @@ static void fl_lstm_step_i8q(int level, int M, int K, int H, const uint32_t *Q,
 #endif
 }
 
-/* Quantized rows on the heap: words then scales, in one block; NULL when out of memory. */
+/* The row stride, in words, of fl_i8_quantized's rows: whole cache lines, so that an AMX
+ * tile row is one line (see fl_bf16_ld). */
+static inline ptrdiff_t fl_i8_ld(int K)
+{
+    return (((ptrdiff_t)K + 3) / 4 + 15) & ~(ptrdiff_t)15;
+}
+
+/* Quantized rows on the heap, from a cache line: words (rows fl_i8_ld(K) apart) then
+ * scales, in one block; NULL when out of memory. */
 static uint32_t *fl_i8_quantized(int level, int M, int K, const float *A, ptrdiff_t lda,
                                  float **s)
 {
-    const size_t kq = (size_t)(K + 3) / 4, m = M > 0 ? (size_t)M : 1;
-    uint32_t *Q = (uint32_t *)malloc(m * (kq > 0 ? kq : 1) * 4 + m * sizeof(float));
+    const size_t ld = (size_t)fl_i8_ld(K), m = M > 0 ? (size_t)M : 1;
+    const size_t words = m * (ld > 0 ? ld : 16);
+    uint32_t *Q = (uint32_t *)aligned_alloc(64, (words * 4 + m * sizeof(float) + 63) & ~(size_t)63);
     if (Q == NULL)
         return NULL;
-    *s = (float *)(Q + m * (kq > 0 ? kq : 1));
-    fl_i8_quantize(level, M, K, A, lda, Q, (ptrdiff_t)kq, *s);
+    *s = (float *)(Q + words);
+    fl_i8_quantize(level, M, K, A, lda, Q, (ptrdiff_t)ld, *s);
     return Q;
 }
 
@@ -544,7 +553,7 @@ static void fl_matmul_i8(int level, int beta, int M, int N, int K, const float *
                                  G + m * ldg + p * 64, N - p * 64 < 64 ? N - p * 64 : 64);
         return;
     }
-    fl_matmul_i8q(level, beta, M, N, K, Q, (K + 3) / 4, s, BP, G, ldg);
+    fl_matmul_i8q(level, beta, M, N, K, Q, fl_i8_ld(K), s, BP, G, ldg);
     free(Q);
 }
 
@@ -565,7 +574,7 @@ static void fl_lstm_step_i8(int level, int M, int K, int H, const float *A, ptrd
         }
         return;
     }
-    fl_lstm_step_i8q(level, M, K, H, Q, (K + 3) / 4, s, BP, G, ldg, bias, C, ldc, Hout, ldh,
+    fl_lstm_step_i8q(level, M, K, H, Q, fl_i8_ld(K), s, BP, G, ldg, bias, C, ldc, Hout, ldh,
                      p_lo, p_hi, reverse);
     free(Q);
 }
