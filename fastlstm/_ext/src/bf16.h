@@ -205,8 +205,10 @@ TGT static __attribute__((noinline)) void NAME(int beta, int K, const uint32_t *
             const uint32_t w = Ap[r * ldp + k / 2];                                 \
             const float a0 = fl_bits_float(w << 16);                                \
             const float a1 = fl_bits_float(w & 0xffff0000u);                        \
+            /* One sum at a time, as VDPBF16PS: each becomes an FMA (the products   \
+             * are exact); the two products summed first took 3 operations. */      \
             for (int v = 0; v < NV; v++)                                            \
-                acc[r][v] += a0 * be[v] + a1 * bo[v];                               \
+                acc[r][v] = (acc[r][v] + a0 * be[v]) + a1 * bo[v];                  \
         }                                                                           \
     }                                                                               \
     for (int r = 0; r < R; r++)                                                     \
