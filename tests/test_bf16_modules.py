@@ -203,3 +203,39 @@ def test_amx_batches_are_shared_by_units():
         assert (chunks(q, 16), chunks(q, 31), chunks(q, 32)) == (0, 0, 2)
     kernels.set_bf16_level("portable")
     assert chunks(q, 16) == 2  # elsewhere by the size rule (0.5 MiB of W_hh: chunks)
+
+
+@pytest.mark.parametrize("hidden", [37, 48])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sequence_steps_equal_one_step_calls_bit_for_bit(hidden, threads):
+    # A sequence's steps round h to bfloat16 once per step, each thread its own units,
+    # for every thread's next product (Buffers.hq); one-timestep calls round the whole
+    # h themselves.  At the levels whose sums run in the same order for any blocking of
+    # the rows, both must agree bit for bit: plain, batch-first and packed input.
+    from fastlstm.rnn import pack_sequence
+    levels = [lv for lv in kernels.bf16_levels() if lv in ("portable", "avx2", "avx512")]
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((7, 6, 11)).astype(np.float32)
+    fastlstm.set_num_threads(threads)
+    for level in levels:
+        kernels.set_bf16_level(level)
+        for batch_first in (False, True):
+            module = fastlstm.quantize(fastlstm.LSTM(11, hidden, batch_first=batch_first,
+                                                     rng=6), "bfloat16")
+            xs = np.ascontiguousarray(x.transpose(1, 0, 2)) if batch_first else x
+            out, (h, c) = module(xs)
+            state, steps = None, []
+            for t in range(7):
+                xt = xs[:, t:t + 1] if batch_first else xs[t:t + 1]
+                o, state = module(xt, state)
+                steps.append(o[:, 0] if batch_first else o[0])
+            want = np.stack(steps, 1 if batch_first else 0)
+            assert np.array_equal(out, want), (level, batch_first)
+            assert np.array_equal(h, state[0]) and np.array_equal(c, state[1])
+        module = fastlstm.quantize(fastlstm.LSTM(11, hidden, rng=6), "bfloat16")
+        seqs = [x[:n, k] for k, n in enumerate((7, 3, 5, 1, 7, 2))]
+        packed, (ph, pc) = module(pack_sequence(seqs, enforce_sorted=False))
+        for k, seq in enumerate(seqs):
+            _, (h_k, c_k) = module(seq[:, None, :].copy())
+            assert np.array_equal(ph[:, k], h_k[:, 0]), (level, "packed", k)
+            assert np.array_equal(pc[:, k], c_k[:, 0]), (level, "packed", k)

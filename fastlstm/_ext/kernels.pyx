@@ -76,6 +76,8 @@ cdef extern from "bf16.h" nogil:
                       Py_ssize_t lda, const uint32_t *BP, float *G, Py_ssize_t ldg) noexcept
     uint32_t *fl_bf16_pairs(int level, int M, int K, const float *A, Py_ssize_t lda) noexcept
     Py_ssize_t fl_bf16_ld(int K) noexcept
+    void fl_bf16_pairs_to(int level, int M, int K, const float *A, Py_ssize_t lda, uint32_t *out,
+                          Py_ssize_t ldo) noexcept
     void fl_matmul_bfp(int level, int beta, int M, int N, int K, const uint32_t *A,
                        Py_ssize_t lda, const uint32_t *BP, float *G, Py_ssize_t ldg) noexcept
     void fl_lstm_step_bfp(int level, int M, int K, int H, const uint32_t *A, Py_ssize_t lda,
@@ -515,6 +517,11 @@ cdef struct Buffers:
     const long long *lengths  # packed input: the sorted sequences' lengths (N,)
     bint h0_zero         # h0 is zero: step 0 skips its recurrent product
     fl_barrier *bar      # the region's barrier (NULL on one thread)
+    # bfloat16 W_hh without projection: h of the last two steps rounded to bfloat16
+    # pairs, (2, D, N, hq_ld) words (step s in s & 1), each thread writing its own
+    # units; NULL: each step rounds the whole previous h itself
+    uint32_t *hq
+    Py_ssize_t hq_ld
 
 
 cdef struct Layer:
@@ -674,6 +681,13 @@ cdef void _steps(const Layer *L, floating *gbuf, Part pt, int s0, int s1, bint s
     cdef int k_init = 0 if L.b.h0_zero else out_size  # read once: the struct is shared
     cdef Py_ssize_t s, t, tp, j
     cdef int m, n_cont
+    # bfloat16 h pairs (Buffers.hq): this direction's, a step's stride, this thread's units
+    cdef uint32_t *hq = NULL
+    cdef Py_ssize_t hq_ld = L.b.hq_ld
+    cdef Py_ssize_t hq_step = <Py_ssize_t>g.num_dirs * batch * hq_ld
+    cdef int hq_units = min(hidden, pt.p_hi * (pw // 4)) - pt.p_lo * (pw // 4)
+    if L.b.hq != NULL:
+        hq = L.b.hq + <Py_ssize_t>d * batch * hq_ld
     cdef unsigned int csr = fl_ftz_begin()
     if bsizes != NULL:
         g_base = offs[s0] if d == 0 else offs[seq_len - s1]
@@ -703,15 +717,28 @@ cdef void _steps(const Layer *L, floating *gbuf, Part pt, int s0, int s1, bint s
         if n_cont > 0:
             if count != NULL:
                 fl_count_wait(count, n_parts * <int>s)
-            _lstm_step(n_cont, out_size, hidden, hprev + d * out_size, o_ld, w_hh_d, g_t,
-                       gb_ld, b_d, c_d, hidden, dst, dst_ld, pt.p_lo, pt.p_hi, s & 1,
-                       g.weight_type)
+            if floating is float and hq != NULL:
+                fl_lstm_step_bfp(_bf16_level, n_cont, out_size, hidden,
+                                 hq + ((s - 1) & 1) * hq_step + n_lo * hq_ld, hq_ld,
+                                 <const uint32_t *>w_hh_d, g_t, gb_ld, b_d, c_d, hidden, dst,
+                                 dst_ld, pt.p_lo, pt.p_hi, s & 1)
+            else:
+                _lstm_step(n_cont, out_size, hidden, hprev + d * out_size, o_ld, w_hh_d, g_t,
+                           gb_ld, b_d, c_d, hidden, dst, dst_ld, pt.p_lo, pt.p_hi, s & 1,
+                           g.weight_type)
         if m > n_cont:  # rows starting from the initial state
             _lstm_step(m - n_cont, k_init, hidden,
                        h0_d + <Py_ssize_t>n_cont * out_size, out_size, w_hh_d,
                        g_t + n_cont * gb_ld, gb_ld, b_d, c_d + <Py_ssize_t>n_cont * hidden,
                        hidden, dst + n_cont * dst_ld, dst_ld, pt.p_lo, pt.p_hi, s & 1,
                        g.weight_type)
+        if floating is float:
+            # This thread's units of h, rounded once for the next step's product by
+            # every thread (before the signal that lets them read it).
+            if hq != NULL and m > 0 and hq_units > 0:
+                fl_bf16_pairs_to(_bf16_level, m, hq_units, dst + pt.p_lo * (pw // 4), dst_ld,
+                                 hq + (s & 1) * hq_step + n_lo * hq_ld + pt.p_lo * (pw // 8),
+                                 hq_ld)
         if count != NULL:
             fl_count_signal(count)
         if has_proj:
@@ -1319,6 +1346,7 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
     cdef Py_ssize_t rows, last, r, gate_rows
     cdef const long long[::1] bs, offs, lens
     cdef char *dst
+    cdef void *hq_mem = NULL
     h0, c, hcell, h_n, h0_zero = state
     if len(h0.shape) != 3 or len(c.shape) != 3:
         raise ValueError("layer: h0 and c must be 3-D")
@@ -1355,11 +1383,22 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
     gbuf = _data(gates, typenum, 2, -1, L.g.num_dirs * L.g.g_cols, -1, "gates")
     if cnp.PyArray_DIMS(<cnp.ndarray>gates)[0] < gate_rows:
         raise ValueError(f"layer: a gates buffer of at least {gate_rows} rows is needed")
-    with nogil:
-        if typenum == cnp.NPY_FLOAT:
-            _run_layer(&L, <float *>gbuf, &sc)
-        else:
-            _run_layer(&L, <double *>gbuf, &sc)
+    # bfloat16 W_hh: h rounded once per step by the thread that computed it (see
+    # Buffers.hq); without the memory each step rounds the whole previous h itself.
+    if (typenum == cnp.NPY_FLOAT and L.g.weight_type == WEIGHTS_BF16 and not L.g.has_proj
+            and out_size > 0):
+        L.b.hq_ld = fl_bf16_ld(out_size)
+        hq_mem = PyMem_Malloc(<size_t>(2 * L.g.num_dirs * batch) * L.b.hq_ld * 4 + 64)
+        if hq_mem != NULL:
+            L.b.hq = <uint32_t *>(<char *>hq_mem + (-<Py_ssize_t>hq_mem & 63))
+    try:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT:
+                _run_layer(&L, <float *>gbuf, &sc)
+            else:
+                _run_layer(&L, <double *>gbuf, &sc)
+    finally:
+        PyMem_Free(hq_mem)
     if packed is not None:
         return
     dst = <char *>_data(h_n, typenum, 3, L.g.num_dirs, batch, out_size, "h_n")

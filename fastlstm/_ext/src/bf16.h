@@ -155,6 +155,19 @@ FL_DEFINE_BF_PAIRS(avx512)
 FL_DEFINE_BF_PAIRS(avx2)
 FL_DEFINE_BF_PAIRS(portable)
 
+/* A (M x K) rounded into pairs at `out` (row stride ldo words), at the vector width of
+ * `level` (the rounding is the same at every level). */
+static void fl_bf16_pairs_to(int level, int M, int K, const float *A, ptrdiff_t lda,
+                             uint32_t *out, ptrdiff_t ldo)
+{
+    if (level >= FL_AVX512)
+        fl_bf16_pairs_avx512(M, K, A, lda, out, ldo);
+    else if (level == FL_AVX2)
+        fl_bf16_pairs_avx2(M, K, A, lda, out, ldo);
+    else
+        fl_bf16_pairs_portable(M, K, A, lda, out, ldo);
+}
+
 /* The row stride, in words, of the pairs fl_bf16_pairs writes: whole cache lines, so
  * that every row starts on one (with the buffer) and an AMX tile row, 64 bytes, is one
  * line: rows that straddle two made the products 1.5x slower (docs/precision.md). */
@@ -172,12 +185,7 @@ static uint32_t *fl_bf16_pairs(int level, int M, int K, const float *A, ptrdiff_
                                               + (ld > 0 ? 0 : 64));
     if (out == NULL)
         return NULL;
-    if (level >= FL_AVX512)
-        fl_bf16_pairs_avx512(M, K, A, lda, out, ld);
-    else if (level == FL_AVX2)
-        fl_bf16_pairs_avx2(M, K, A, lda, out, ld);
-    else
-        fl_bf16_pairs_portable(M, K, A, lda, out, ld);
+    fl_bf16_pairs_to(level, M, K, A, lda, out, ld);
     return out;
 }
 
