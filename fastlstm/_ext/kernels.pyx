@@ -106,6 +106,8 @@ cdef extern from "int8.h" nogil:
                          float *C, Py_ssize_t ldc, float *Hout, Py_ssize_t ldh,
                          int p_lo, int p_hi, int reverse) noexcept
     Py_ssize_t fl_i8_ld(int K) noexcept
+    void fl_i8_quantize(int level, int M, int K, const float *A, Py_ssize_t lda, uint32_t *Q,
+                        Py_ssize_t ldq, float *s) noexcept
     uint32_t *fl_i8_quantized(int level, int M, int K, const float *A, Py_ssize_t lda,
                               float **s) noexcept
     void fl_matmul_i8q(int level, int beta, int M, int N, int K, const uint32_t *Q,
@@ -522,6 +524,13 @@ cdef struct Buffers:
     # units; NULL: each step rounds the whole previous h itself
     uint32_t *hq
     Py_ssize_t hq_ld
+    # bfloat16 or int8 weights in split mode: a time chunk's input rows, rounded to pairs
+    # or quantized (quads, scales in xs) once for every thread's projection, each thread
+    # preparing its share, (D, xq_rows, xq_ld) words; NULL: each projection prepares its own
+    uint32_t *xq
+    float *xs
+    Py_ssize_t xq_ld
+    Py_ssize_t xq_rows
 
 
 cdef struct Layer:
@@ -609,7 +618,7 @@ cdef void _project_item(const Layer *L, floating *gbuf, const Chunk *ck, int d, 
     cdef floating *g0 = gbuf + d * g.g_cols + p_lo * pw
     cdef const floating *a
     cdef floating *gp
-    cdef Py_ssize_t ldg
+    cdef Py_ssize_t ldg, row
     cdef int m, n, group
     cdef unsigned int csr = fl_ftz_begin()
     for group in range(b_hi - b_lo if g.batch_first else 1):
@@ -619,17 +628,62 @@ cdef void _project_item(const Layer *L, floating *gbuf, const Chunk *ck, int d, 
             gp = g0 + n * gb_ld
             ldg = ck.batch * gb_ld
             m = ck.steps
+            row = <Py_ssize_t>n * ck.steps
         else:
             a = x + (<Py_ssize_t>t0 * ck.batch + b_lo) * n_in
             gp = g0 + b_lo * gb_ld
             ldg = gb_ld
             m = b_hi - b_lo
+            row = b_lo
+        if floating is float:
+            if L.b.xq != NULL:  # the rows prepared by _prepare_rows
+                row = row + <Py_ssize_t>d * L.b.xq_rows
+                if m <= 0:
+                    pass
+                elif g.weight_type == WEIGHTS_BF16:
+                    fl_matmul_bfp(_bf16_level, False, m, cols, n_in, L.b.xq + row * L.b.xq_ld,
+                                  L.b.xq_ld, <const uint32_t *>wp, gp, ldg)
+                else:
+                    fl_matmul_i8q(_i8_level, False, m, cols, n_in, L.b.xq + row * L.b.xq_ld,
+                                  L.b.xq_ld, L.b.xs + row, <const uint32_t *>wp, gp, ldg)
+                continue
         if m >= blas_min_rows:
             gemm(NoTrans, Trans, m, cols, n_in, <floating>1.0, a, n_in, w, n_in,
                  <floating>0.0, gp, <int>ldg)
         elif m > 0:
             _matmul(False, m, cols, n_in, a, n_in, wp, gp, ldg, g.weight_type)
     fl_ftz_end(csr)
+
+
+cdef void _prepare_rows(const Layer *L, const Chunk *ck, int d, int b_lo,
+                        int b_hi) noexcept nogil:
+    """Units [b_lo, b_hi) of the chunk's input rows of direction ``d`` (as
+    ``_project_item`` counts them) rounded to bfloat16 pairs or quantized to int8
+    into ``Buffers.xq``, where every thread's projection reads them."""
+    cdef const Geometry *g = &L.g
+    cdef int t0 = ck.t0_fw if d == 0 else ck.t0_bw
+    cdef const float *x = <const float *>L.b.x
+    cdef const float *a
+    cdef Py_ssize_t row, ld = L.b.xq_ld
+    cdef int m, n, group
+    for group in range(b_hi - b_lo if g.batch_first else 1):
+        if g.batch_first:
+            n = b_lo + group
+            a = x + (<Py_ssize_t>n * g.seq_len + t0) * g.n_in
+            m = ck.steps
+            row = <Py_ssize_t>n * ck.steps
+        else:
+            a = x + (<Py_ssize_t>t0 * ck.batch + b_lo) * g.n_in
+            m = b_hi - b_lo
+            row = b_lo
+        row = row + <Py_ssize_t>d * L.b.xq_rows
+        if m <= 0:
+            continue
+        if g.weight_type == WEIGHTS_BF16:
+            fl_bf16_pairs_to(_bf16_level, m, g.n_in, a, g.n_in, L.b.xq + row * ld, ld)
+        else:
+            fl_i8_quantize(_i8_level, m, g.n_in, a, g.n_in, L.b.xq + row * ld, ld,
+                           L.b.xs + row)
 
 
 cdef void _steps(const Layer *L, floating *gbuf, Part pt, int s0, int s1, bint sync,
@@ -1078,7 +1132,7 @@ cdef void _layer_thread(const Layer *L, floating *gbuf, const Sched *sc, int tid
     cdef const Geometry *g = &L.g
     cdef int num_dirs = g.num_dirs, seq_len = g.seq_len, n_chunks = sc.n_chunks
     cdef int n_tc = (seq_len + sc.t_chunk - 1) // sc.t_chunk
-    cdef int tc, s0, s1, n_parts, d, d_lo, d_hi, part, lo, hi, task, chunk, t_lo
+    cdef int tc, s0, s1, n_parts, d, d_lo, d_hi, part, lo, hi, task, chunk, t_lo, units
     cdef bint pipelined, own
     cdef Chunk ck
     for tc in range(n_tc):
@@ -1102,6 +1156,13 @@ cdef void _layer_thread(const Layer *L, floating *gbuf, const Sched *sc, int tid
             pipelined = n_parts > 1 and counters_ok
             lo, hi = min(part, n_parts), min(part + 1, n_parts)
             for d in range(d_lo, d_hi):
+                if floating is float:
+                    if L.b.xq != NULL:  # each part prepares its share of the rows for all
+                        if part < n_parts:
+                            units = ck.u_fw if d == 0 else ck.u_bw
+                            _prepare_rows(L, &ck, d, _share(part, units, n_parts),
+                                          _share(part + 1, units, n_parts))
+                        _barrier(L)
                 if part < n_parts:
                     _project_item(L, gbuf, &ck, d, _share(part, g.n_panels, n_parts),
                                   _share(part + 1, g.n_panels, n_parts), 0,
@@ -1347,6 +1408,7 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
     cdef const long long[::1] bs, offs, lens
     cdef char *dst
     cdef void *hq_mem = NULL
+    cdef void *xq_mem = NULL
     h0, c, hcell, h_n, h0_zero = state
     if len(h0.shape) != 3 or len(c.shape) != 3:
         raise ValueError("layer: h0 and c must be 3-D")
@@ -1391,6 +1453,17 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
         hq_mem = PyMem_Malloc(<size_t>(2 * L.g.num_dirs * batch) * L.b.hq_ld * 4 + 64)
         if hq_mem != NULL:
             L.b.hq = <uint32_t *>(<char *>hq_mem + (-<Py_ssize_t>hq_mem & 63))
+    # Split mode with reduced weights: the chunk's input rows prepared once for all the
+    # threads' projections (see Buffers.xq); without the memory each prepares its own.
+    if (typenum == cnp.NPY_FLOAT and sc.n_chunks == 0 and sc.threads > 1
+            and (L.g.weight_type == WEIGHTS_BF16 or L.g.weight_type == WEIGHTS_I8)):
+        L.b.xq_ld = (fl_bf16_ld(L.g.n_in) if L.g.weight_type == WEIGHTS_BF16
+                     else fl_i8_ld(L.g.n_in))
+        L.b.xq_rows = gate_rows
+        xq_mem = PyMem_Malloc(<size_t>(L.g.num_dirs * gate_rows) * (L.b.xq_ld * 4 + 4) + 64)
+        if xq_mem != NULL:
+            L.b.xq = <uint32_t *>(<char *>xq_mem + (-<Py_ssize_t>xq_mem & 63))
+            L.b.xs = <float *>(L.b.xq + L.g.num_dirs * gate_rows * L.b.xq_ld)
     try:
         with nogil:
             if typenum == cnp.NPY_FLOAT:
@@ -1399,6 +1472,7 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
                 _run_layer(&L, <double *>gbuf, &sc)
     finally:
         PyMem_Free(hq_mem)
+        PyMem_Free(xq_mem)
     if packed is not None:
         return
     dst = <char *>_data(h_n, typenum, 3, L.g.num_dirs, batch, out_size, "h_n")
