@@ -10,7 +10,7 @@ from fastlstm._module import int8_values, int8_weight, pack_panels_int8
 from tests._helpers.precision import int8_rows
 from tests._helpers.precision import int8_weight as oracle_weight
 
-ALL_LEVELS = ["portable", "avx2", "avx512", "avx512-vnni", "amx-int8"]
+ALL_LEVELS = ["portable", "avx2", "avx-vnni", "avx512", "avx512-vnni", "amx-int8"]
 
 
 def _level(name):
@@ -118,8 +118,16 @@ def test_levels_are_reported_and_chosen():
     import fastlstm
 
     levels = kernels.int8_levels()
-    assert levels[:1] == ["portable"] and levels == ALL_LEVELS[:len(levels)]
+    assert levels[:1] == ["portable"] and levels == [lv for lv in ALL_LEVELS if lv in levels]
     assert kernels.int8_level() == levels[-1]
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        flags = None
+    if flags is not None:  # the CPU's own word for the VNNI levels
+        assert ("avx-vnni" in levels) == ("avx_vnni" in flags and "avx2" in flags)
+        assert ("avx512-vnni" in levels) == ("avx512_vnni" in flags and "avx512" in levels)
     cfg = fastlstm.show_config(as_dict=True)
     assert (cfg["int8"], cfg["int8_available"]) == (levels[-1], levels)
     try:
@@ -132,11 +140,14 @@ def test_levels_are_reported_and_chosen():
     assert kernels.int8_level() == levels[-1]
 
 
-def test_a_level_the_cpu_lacks_is_refused():
+def test_a_level_the_cpu_lacks_is_refused(monkeypatch):
     levels = kernels.int8_levels()
-    if len(levels) == len(ALL_LEVELS):
-        pytest.skip("this CPU has every level")
-    missing = ALL_LEVELS[len(levels)]
+    missing = [lv for lv in ALL_LEVELS if lv not in levels]
+    if not missing:  # this CPU has every level: refuse one as if it had not
+        missing = ["avx-vnni"]
+        monkeypatch.setattr(kernels, "_I8_AVAILABLE",
+                            tuple(lv for lv in levels if lv != "avx-vnni"))
+    missing = missing[0]
     with pytest.raises(ValueError, match="does not support the int8 level"):
         kernels.set_int8_level(missing)
     with pytest.raises(ValueError, match="cannot run the int8 level"):

@@ -95,6 +95,8 @@ cdef extern from "bf16.h" nogil:
 
 cdef extern from "int8.h" nogil:
     int FL_I8_VNNI
+    int FL_I8_AVXVNNI
+    int fl_cpu_has_avxvnni() noexcept
     int FL_I8_AMX
     int fl_cpu_has_avx512vnni() noexcept
     int fl_cpu_has_amx_int8() noexcept
@@ -331,9 +333,14 @@ if os.environ.get("FASTLSTM_BF16"):
     set_bf16_level(os.environ["FASTLSTM_BF16"])
 
 
-_INT8_LEVELS = ("portable", "avx2", "avx512", "avx512-vnni", "amx-int8")
-cdef int _i8_detected = (FL_I8_AMX if fl_cpu_has_amx_int8() else
-                         FL_I8_VNNI if fl_cpu_has_avx512vnni() else _detected)
+# Indexed by the int8.h level numbers; _I8_AVAILABLE lists what this CPU runs, in the
+# order of speed (AVX-VNNI, numbered last, ranks between AVX2 and AVX-512).
+_INT8_LEVELS = ("portable", "avx2", "avx512", "avx512-vnni", "amx-int8", "avx-vnni")
+_I8_AVAILABLE = tuple(name for name, has in (  # _detected: 1 AVX2, 2 AVX-512
+    ("portable", True), ("avx2", _detected >= 1), ("avx-vnni", fl_cpu_has_avxvnni()),
+    ("avx512", _detected >= 2), ("avx512-vnni", fl_cpu_has_avx512vnni()),
+    ("amx-int8", fl_cpu_has_amx_int8())) if has)
+cdef int _i8_detected = _INT8_LEVELS.index(_I8_AVAILABLE[len(_I8_AVAILABLE) - 1])
 cdef int _i8_level = _i8_detected
 
 
@@ -342,19 +349,32 @@ def int8_level():
     return _INT8_LEVELS[_i8_level]
 
 
+def _int8_index(name):
+    """The int8.h number of level ``name`` (None: the best), refused with ValueError
+    when unknown or not one this CPU runs."""
+    if name is None:
+        return _i8_detected
+    if name not in _INT8_LEVELS:
+        raise ValueError(f"unknown int8 level {name!r}; expected one of {_INT8_LEVELS}")
+    if name not in _I8_AVAILABLE:
+        raise ValueError(f"this CPU does not support the int8 level {name!r}; "
+                         f"available: {list(_I8_AVAILABLE)}")
+    return _INT8_LEVELS.index(name)
+
+
 def set_int8_level(name=None):
     """Use int8 level ``name`` (one of ``int8_levels()``), or None for the best; for
     tests and comparisons (FASTLSTM_INT8 sets it at import)."""
     global _i8_level
-    _i8_level = _level_index(name, _INT8_LEVELS, _i8_detected, "int8 level", "the ")
+    _i8_level = _int8_index(name)
 
 
 def int8_levels():
     """The levels of the int8-weight products this CPU can run, best last: the float32
-    levels' vectors (bytes widened, 32-bit multiplies), AVX512-VNNI (VPDPBUSD) and
-    AMX-INT8 (tiles for blocks of 16 rows, VPDPBUSD for the rest).  Every level gives
-    the same int32 sums, so the same results."""
-    return list(_INT8_LEVELS[:_i8_detected + 1])
+    levels' vectors (bytes widened, 32-bit multiplies), AVX-VNNI (VPDPBUSD on 256-bit
+    vectors), AVX512-VNNI (VPDPBUSD) and AMX-INT8 (tiles for blocks of 16 rows, VPDPBUSD
+    for the rest).  Every level gives the same int32 sums, so the same results."""
+    return list(_I8_AVAILABLE)
 
 
 if os.environ.get("FASTLSTM_INT8"):
@@ -436,11 +456,11 @@ def _matmul_int8_for_tests(const float[:, ::1] a, const uint32_t[::1] bp, float[
     """g = beta * g + dequant(q(a) @ B), B in int8 panels of row quads with scales
     (``_module.pack_panels_int8``), at ``level`` (a name of ``int8_levels()``; None:
     the best); ``sliced``: the path taken when memory for the quantized rows runs out."""
-    cdef int lv = _i8_detected if level is None else _INT8_LEVELS.index(level)
+    if level is not None and level in _INT8_LEVELS and level not in _I8_AVAILABLE:
+        raise ValueError(f"this CPU cannot run the int8 level {level!r}")
+    cdef int lv = _int8_index(level)
     cdef int m, p, n_panels, rows, width
     cdef unsigned int csr
-    if lv > _i8_detected:
-        raise ValueError(f"this CPU cannot run the int8 level {level!r}")
     n_panels = (g.shape[1] + 63) // 64
     rows = fl_i8_panel_rows(a.shape[1])
     if a.shape[0] != g.shape[0] or bp.shape[0] < n_panels * rows * 64:

@@ -18,8 +18,9 @@
  * float32: the result does not depend on the level or on how the work is shared.
  *
  * Levels: the float32 levels' vectors (portable, AVX2, AVX-512: bytes widened by
- * shifts, 32-bit multiplies), FL_I8_VNNI (AVX512-VNNI: VPDPBUSD, 64 products per
- * instruction) and FL_I8_AMX (AMX-INT8 tiles for blocks of 16 rows, VNNI for the rest).
+ * shifts, 32-bit multiplies), FL_I8_AVXVNNI (AVX-VNNI: VPDPBUSD on 256-bit vectors),
+ * FL_I8_VNNI (AVX512-VNNI: VPDPBUSD, 64 products per instruction) and FL_I8_AMX
+ * (AMX-INT8 tiles for blocks of 16 rows, VNNI for the rest).
  */
 #ifndef FASTLSTM_INT8_H
 #define FASTLSTM_INT8_H
@@ -30,9 +31,20 @@
 #include <string.h>
 #include "bf16.h"
 
-enum { FL_I8_VNNI = 3, FL_I8_AMX = 4 };
+/* Levels past the float32 ones: AVX512-VNNI, AMX-INT8, and AVX-VNNI (VPDPBUSD on 256-bit
+ * vectors, for CPUs with AVX2 but not AVX-512: Alder Lake and later clients); AVX-VNNI is
+ * numbered last but stands below AVX-512 (fl_i8_vec). */
+enum { FL_I8_VNNI = 3, FL_I8_AMX = 4, FL_I8_AVXVNNI = 5 };
+
+/* The float32 level whose vectors `level` uses for the quantization, the dequantization
+ * and the gates. */
+static inline int fl_i8_vec(int level)
+{
+    return level == FL_I8_AVXVNNI ? FL_AVX2 : level > FL_AVX512 ? FL_AVX512 : level;
+}
 
 #if FL_X86
+#define FL_TGT_avxvnni __attribute__((target("avx2,fma,avxvnni")))
 #define FL_TGT_vnni __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx2,fma")))
 #define FL_TGT_amxi8 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx2,fma,amx-tile,amx-int8")))
 #endif
@@ -48,6 +60,22 @@ static int fl_cpu_has_avx512vnni(void)
     __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
     (void)eax; (void)ebx; (void)edx;
     return (ecx >> 11) & 1;
+#else
+    return 0;
+#endif
+}
+
+/* Whether this CPU has AVX-VNNI (with the AVX2 level's features). */
+static int fl_cpu_has_avxvnni(void)
+{
+#if FL_X86
+    unsigned int eax, ebx, ecx, edx;
+    if (fl_cpu_level() < FL_AVX2)
+        return 0;
+    /* CPUID leaf 7 subleaf 1, EAX bit 4: AVX_VNNI. */
+    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(1));
+    (void)ebx; (void)ecx; (void)edx;
+    return (eax >> 4) & 1;
 #else
     return 0;
 #endif
@@ -158,7 +186,7 @@ static void fl_i8_quantize(int level, int M, int K, const float *A, ptrdiff_t ld
                            uint32_t *Q, ptrdiff_t ldq, float *s)
 {
 #if FL_X86
-    if (level >= FL_AVX512) {
+    if (fl_i8_vec(level) >= FL_AVX512) {
         fl_i8_quantize_avx512(M, K, A, lda, Q, ldq, s);
         return;
     }
@@ -232,6 +260,34 @@ FL_TGT_vnni static __attribute__((noinline)) void fl_i8_block_vnni(int R, int kq
         for (int r = 0; r < rb; r++)
             for (int v = 0; v < 4; v++)
                 _mm512_storeu_si512(acc + (r0 + r) * 64 + v * 16, c[r][v]);
+    }
+}
+
+/* AVX-VNNI: the same on 256-bit vectors, eight of them for a panel's 64 columns. */
+FL_TGT_avxvnni static __attribute__((noinline)) void fl_i8_block_avxvnni(int R, int kq,
+        const uint32_t *Q, ptrdiff_t ldq, const uint32_t *P, int32_t *acc, int add)
+{
+    for (int r0 = 0; r0 < R; r0 += 2) {
+        const int rb = R - r0 < 2 ? R - r0 : 2;
+        __m256i c[2][8];
+        for (int r = 0; r < rb; r++)
+            for (int v = 0; v < 8; v++)
+                c[r][v] = add ? _mm256_loadu_si256((const __m256i *)(acc + (r0 + r) * 64 + v * 8))
+                              : _mm256_setzero_si256();
+        for (int kk = 0; kk < kq; kk++) {
+            const uint32_t *pk = P + (ptrdiff_t)kk * 64;
+            __m256i b[8];
+            for (int v = 0; v < 8; v++)
+                b[v] = _mm256_loadu_si256((const __m256i *)(pk + v * 8));
+            for (int r = 0; r < rb; r++) {
+                const __m256i a = _mm256_set1_epi32((int)Q[(r0 + r) * ldq + kk]);
+                for (int v = 0; v < 8; v++)
+                    c[r][v] = _mm256_dpbusd_avx_epi32(c[r][v], a, b[v]);
+            }
+        }
+        for (int r = 0; r < rb; r++)
+            for (int v = 0; v < 8; v++)
+                _mm256_storeu_si256((__m256i *)(acc + (r0 + r) * 64 + v * 8), c[r][v]);
     }
 }
 
@@ -319,6 +375,8 @@ static void fl_i8_block(int level, int R, int kq, const uint32_t *Q, ptrdiff_t l
         fl_i8_block_amx(R, kq, Q, ldq, P, acc);
     else if (level == FL_I8_VNNI)
         fl_i8_block_vnni(R, kq, Q, ldq, P, acc, 0);
+    else if (level == FL_I8_AVXVNNI)
+        fl_i8_block_avxvnni(R, kq, Q, ldq, P, acc, 0);
     else
 #endif
     if (level >= FL_AVX512)
@@ -384,7 +442,7 @@ static void fl_i8_dequant_at(int level, int R, int beta, const int32_t *acc,
         const uint32_t *P, int kq, const float *s, float *G, ptrdiff_t ldg, int width)
 {
 #if FL_X86
-    if (level >= FL_AVX512 && width == 64) {
+    if (fl_i8_vec(level) >= FL_AVX512 && width == 64) {
         fl_i8_dequant_avx512(R, beta, acc, P, kq, s, G, ldg);
         return;
     }
@@ -448,9 +506,9 @@ FL_DEFINE_I8_GATES(portable)
 static void fl_i8_gates(int level, int M, int H, int p, const float *G, ptrdiff_t ldg,
                         const float *bias, float *C, ptrdiff_t ldc, float *Hout, ptrdiff_t ldh)
 {
-    if (level >= FL_AVX512)
+    if (fl_i8_vec(level) >= FL_AVX512)
         fl_i8_gates_avx512(M, H, p, G, ldg, bias, C, ldc, Hout, ldh);
-    else if (level == FL_AVX2)
+    else if (fl_i8_vec(level) == FL_AVX2)
         fl_i8_gates_avx2(M, H, p, G, ldg, bias, C, ldc, Hout, ldh);
     else
         fl_i8_gates_portable(M, H, p, G, ldg, bias, C, ldc, Hout, ldh);
@@ -526,6 +584,8 @@ static void fl_i8_row_sliced(int level, int beta, int K, const float *a, const u
 #if FL_X86
         if (lv == FL_I8_VNNI)
             fl_i8_block_vnni(1, nq, buf, 0, pk, acc, q0 > 0);
+        else if (lv == FL_I8_AVXVNNI)
+            fl_i8_block_avxvnni(1, nq, buf, 0, pk, acc, q0 > 0);
         else
 #endif
         if (lv >= FL_AVX512)
