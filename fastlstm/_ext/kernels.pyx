@@ -371,7 +371,7 @@ def set_int8_level(name=None):
 
 def int8_levels():
     """The levels of the int8-weight products this CPU can run, best last: the float32
-    levels' vectors (bytes widened, 32-bit multiplies), AVX-VNNI (VPDPBUSD on 256-bit
+    levels' vectors (bytes widened to 16 bits, PMADDWD), AVX-VNNI (VPDPBUSD on 256-bit
     vectors), AVX512-VNNI (VPDPBUSD) and AMX-INT8 (tiles for blocks of 16 rows, VPDPBUSD
     for the rest).  Every level gives the same int32 sums, so the same results."""
     return list(_I8_AVAILABLE)
