@@ -36,20 +36,25 @@ typedef int fl_i64b_u __attribute__((vector_size(64), aligned(4)));
 typedef int fl_i32b_u __attribute__((vector_size(32), aligned(4)));
 typedef int fl_i16b_u __attribute__((vector_size(16), aligned(4)));
 
-/* Whether this CPU has AVX512-BF16 (with the AVX-512 level's features). */
-static int fl_cpu_has_avx512bf16(void)
+/* Bit `bit` of register `reg` (0 EAX, 1 EBX, 2 ECX, 3 EDX) of CPUID leaf 7, subleaf
+ * `subleaf`: where the AVX-512 extensions, AVX-VNNI and AMX are reported. */
+static int fl_cpuid7_bit(unsigned int subleaf, int reg, int bit)
 {
 #if FL_X86
-    unsigned int eax, ebx, ecx, edx;
-    if (fl_cpu_level() < FL_AVX512)
-        return 0;
-    /* CPUID leaf 7 subleaf 1, EAX bit 5: AVX512_BF16. */
-    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(1));
-    (void)ebx; (void)ecx; (void)edx;
-    return (eax >> 5) & 1;
+    unsigned int r[4];
+    __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3])
+                     : "a"(7), "c"(subleaf));
+    return (r[reg] >> bit) & 1;
 #else
+    (void)subleaf; (void)reg; (void)bit;
     return 0;
 #endif
+}
+
+/* Whether this CPU has AVX512-BF16 (leaf 7.1 EAX bit 5; with the AVX-512 level's features). */
+static int fl_cpu_has_avx512bf16(void)
+{
+    return fl_cpu_level() >= FL_AVX512 && fl_cpuid7_bit(1, 0, 5);
 }
 
 /* Whether this CPU and OS let the process use AMX tiles with the unit at CPUID leaf 7
@@ -63,10 +68,8 @@ static int fl_cpu_has_avx512bf16(void)
 static int fl_cpu_has_amx(int unit)
 {
 #if FL_X86 && defined(__linux__)
-    unsigned int eax, ebx, ecx, edx, xcr0_lo, xcr0_hi;
-    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
-    (void)eax; (void)ebx; (void)ecx;
-    if (!((edx >> unit) & 1) || !((edx >> 24) & 1))
+    unsigned int xcr0_lo, xcr0_hi;
+    if (!fl_cpuid7_bit(0, 3, unit) || !fl_cpuid7_bit(0, 3, 24))
         return 0;
     __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
     (void)xcr0_hi;

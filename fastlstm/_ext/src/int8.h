@@ -49,36 +49,17 @@ static inline int fl_i8_vec(int level)
 #define FL_TGT_amxi8 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx2,fma,amx-tile,amx-int8")))
 #endif
 
-/* Whether this CPU has AVX512-VNNI (with the AVX-512 level's features). */
+/* Whether this CPU has AVX512-VNNI (leaf 7.0 ECX bit 11; with the AVX-512 level's
+ * features). */
 static int fl_cpu_has_avx512vnni(void)
 {
-#if FL_X86
-    unsigned int eax, ebx, ecx, edx;
-    if (fl_cpu_level() < FL_AVX512)
-        return 0;
-    /* CPUID leaf 7 subleaf 0, ECX bit 11: AVX512_VNNI. */
-    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
-    (void)eax; (void)ebx; (void)edx;
-    return (ecx >> 11) & 1;
-#else
-    return 0;
-#endif
+    return fl_cpu_level() >= FL_AVX512 && fl_cpuid7_bit(0, 2, 11);
 }
 
-/* Whether this CPU has AVX-VNNI (with the AVX2 level's features). */
+/* Whether this CPU has AVX-VNNI (leaf 7.1 EAX bit 4; with the AVX2 level's features). */
 static int fl_cpu_has_avxvnni(void)
 {
-#if FL_X86
-    unsigned int eax, ebx, ecx, edx;
-    if (fl_cpu_level() < FL_AVX2)
-        return 0;
-    /* CPUID leaf 7 subleaf 1, EAX bit 4: AVX_VNNI. */
-    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(1));
-    (void)ebx; (void)ecx; (void)edx;
-    return (eax >> 4) & 1;
-#else
-    return 0;
-#endif
+    return fl_cpu_level() >= FL_AVX2 && fl_cpuid7_bit(1, 0, 4);
 }
 
 /* AMX-INT8 tiles (fl_cpu_has_amx), with AVX512-VNNI for what the tiles leave. */
