@@ -95,7 +95,6 @@ cdef extern from "bf16.h" nogil:
 
 cdef extern from "int8.h" nogil:
     int FL_I8_VNNI
-    int FL_I8_AVXVNNI
     int fl_cpu_has_avxvnni() noexcept
     int FL_I8_AMX
     int fl_cpu_has_avx512vnni() noexcept
@@ -607,11 +606,33 @@ cdef inline Py_ssize_t _row(const Geometry *g, Py_ssize_t t, Py_ssize_t n) noexc
     return n * g.seq_len + t if g.batch_first else t * g.batch + n
 
 
+cdef inline void *_line_up(void *p) noexcept nogil:
+    """``p`` moved up to the next cache line (for buffers allocated 64 bytes larger)."""
+    return <char *>p + (-<Py_ssize_t>p & 63)
+
+
 cdef inline void _barrier(const Layer *L) noexcept nogil:
     """The region's barrier (``team.h``: it never sleeps, so that the time a thread
     waits is not mistaken for time the machine took from it)."""
     if L.b.bar != NULL:
         fl_barrier_wait(L.b.bar, omp_get_num_threads())
+
+
+cdef inline Py_ssize_t _group_rows(const Geometry *g, const Chunk *ck, int t0, int b_lo,
+                                   int b_hi, int group, Py_ssize_t *x_row,
+                                   int *m) noexcept nogil:
+    """Group ``group`` of a chunk's units [b_lo, b_hi) (see ``_project_item``: one
+    group of rows with time-major input, one per batch entry with batch-first): its
+    first row of x (``x_row``) and its rows (``m``); returns its first row as
+    ``Buffers.xq`` counts a direction's rows."""
+    cdef int n = b_lo + group
+    if g.batch_first:
+        x_row[0] = <Py_ssize_t>n * g.seq_len + t0
+        m[0] = ck.steps
+        return <Py_ssize_t>n * ck.steps
+    x_row[0] = <Py_ssize_t>t0 * ck.batch + b_lo
+    m[0] = b_hi - b_lo
+    return b_lo
 
 
 cdef void _project_item(const Layer *L, floating *gbuf, const Chunk *ck, int d, int p_lo,
@@ -638,23 +659,15 @@ cdef void _project_item(const Layer *L, floating *gbuf, const Chunk *ck, int d, 
     cdef floating *g0 = gbuf + d * g.g_cols + p_lo * pw
     cdef const floating *a
     cdef floating *gp
-    cdef Py_ssize_t ldg, row
-    cdef int m, n, group
+    cdef Py_ssize_t ldg, row, x_row
+    cdef int m, group
     cdef unsigned int csr = fl_ftz_begin()
     for group in range(b_hi - b_lo if g.batch_first else 1):
-        if g.batch_first:
-            n = b_lo + group
-            a = x + (<Py_ssize_t>n * g.seq_len + t0) * n_in
-            gp = g0 + n * gb_ld
-            ldg = ck.batch * gb_ld
-            m = ck.steps
-            row = <Py_ssize_t>n * ck.steps
-        else:
-            a = x + (<Py_ssize_t>t0 * ck.batch + b_lo) * n_in
-            gp = g0 + b_lo * gb_ld
-            ldg = gb_ld
-            m = b_hi - b_lo
-            row = b_lo
+        row = _group_rows(g, ck, t0, b_lo, b_hi, group, &x_row, &m)
+        a = x + x_row * n_in
+        # The gate buffer is time-major: a batch entry's steps are ck.batch rows apart.
+        gp = g0 + (b_lo + group) * gb_ld
+        ldg = ck.batch * gb_ld if g.batch_first else gb_ld
         if floating is float:
             if L.b.xq != NULL:  # the rows prepared by _prepare_rows
                 row = row + <Py_ssize_t>d * L.b.xq_rows
@@ -684,19 +697,12 @@ cdef void _prepare_rows(const Layer *L, const Chunk *ck, int d, int b_lo,
     cdef int t0 = ck.t0_fw if d == 0 else ck.t0_bw
     cdef const float *x = <const float *>L.b.x
     cdef const float *a
-    cdef Py_ssize_t row, ld = L.b.xq_ld
-    cdef int m, n, group
+    cdef Py_ssize_t row, x_row, ld = L.b.xq_ld
+    cdef int m, group
     for group in range(b_hi - b_lo if g.batch_first else 1):
-        if g.batch_first:
-            n = b_lo + group
-            a = x + (<Py_ssize_t>n * g.seq_len + t0) * g.n_in
-            m = ck.steps
-            row = <Py_ssize_t>n * ck.steps
-        else:
-            a = x + (<Py_ssize_t>t0 * ck.batch + b_lo) * g.n_in
-            m = b_hi - b_lo
-            row = b_lo
-        row = row + <Py_ssize_t>d * L.b.xq_rows
+        row = (_group_rows(g, ck, t0, b_lo, b_hi, group, &x_row, &m)
+               + <Py_ssize_t>d * L.b.xq_rows)
+        a = x + x_row * g.n_in
         if m <= 0:
             continue
         if g.weight_type == WEIGHTS_BF16:
@@ -1472,7 +1478,7 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
         L.b.hq_ld = fl_bf16_ld(out_size)
         hq_mem = PyMem_Malloc(<size_t>(2 * L.g.num_dirs * batch) * L.b.hq_ld * 4 + 64)
         if hq_mem != NULL:
-            L.b.hq = <uint32_t *>(<char *>hq_mem + (-<Py_ssize_t>hq_mem & 63))
+            L.b.hq = <uint32_t *>_line_up(hq_mem)
     # Split mode with reduced weights: the chunk's input rows prepared once for all the
     # threads' projections (see Buffers.xq); without the memory each prepares its own.
     if (typenum == cnp.NPY_FLOAT and sc.n_chunks == 0 and sc.threads > 1
@@ -1482,7 +1488,7 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
         L.b.xq_rows = gate_rows
         xq_mem = PyMem_Malloc(<size_t>(L.g.num_dirs * gate_rows) * (L.b.xq_ld * 4 + 4) + 64)
         if xq_mem != NULL:
-            L.b.xq = <uint32_t *>(<char *>xq_mem + (-<Py_ssize_t>xq_mem & 63))
+            L.b.xq = <uint32_t *>_line_up(xq_mem)
             L.b.xs = <float *>(L.b.xq + L.g.num_dirs * gate_rows * L.b.xq_ld)
     try:
         with nogil:
@@ -2031,7 +2037,7 @@ cdef class BoundStack:
             gate_mem = PyMem_Malloc(gate_bytes + 64)
             if gate_mem == NULL:
                 raise MemoryError()
-        gates = <void *>((<char *>gate_mem) + (-<Py_ssize_t>gate_mem & 63))
+        gates = _line_up(gate_mem)
         memset(&call, 0, sizeof(call))
         call.x, call.h0, call.c, call.out, call.h0_zero = x_ptr, h0_ptr, c_ptr, h_ptr, h0_zero
         try:

@@ -18,9 +18,9 @@
  * float32: the result does not depend on the level or on how the work is shared.
  *
  * Levels: the float32 levels' vectors (portable, AVX2, AVX-512: bytes widened to 16
- * bits, PMADDWD; elsewhere than x86, 32-bit multiplies), FL_I8_AVXVNNI (AVX-VNNI: VPDPBUSD on 256-bit vectors),
- * FL_I8_VNNI (AVX512-VNNI: VPDPBUSD, 64 products per instruction) and FL_I8_AMX
- * (AMX-INT8 tiles for blocks of 16 rows, VNNI for the rest).
+ * bits, PMADDWD; elsewhere than x86, 32-bit multiplies), FL_I8_AVXVNNI (AVX-VNNI:
+ * VPDPBUSD on 256-bit vectors), FL_I8_VNNI (AVX512-VNNI: VPDPBUSD, 64 products per
+ * instruction) and FL_I8_AMX (AMX-INT8 tiles for blocks of 16 rows, VNNI for the rest).
  */
 #ifndef FASTLSTM_INT8_H
 #define FASTLSTM_INT8_H
