@@ -196,13 +196,19 @@ def test_amx_batches_are_shared_by_units():
     units (each thread multiplies all the rows) instead of cutting the batch in two."""
     q = fastlstm.quantize(fastlstm.LSTM(256, 256, rng=0), "bfloat16")
 
+    # A 2 MiB L2 (Sapphire Rapids): the size rule splits at 1 MiB (Zen 4's L2) already.
+    tuning = kernels.Tuning(l2_bytes=2 << 20)
+
     def chunks(module, batch):
-        return kernels.schedule(module._packed_layers()[0], batch, 100, 256, 2)[1]
+        return kernels.schedule(module._packed_layers()[0], batch, 100, 256, 2,
+                                tuning=tuning)[1]
 
     if "amx-bf16" in kernels.bf16_levels():
         assert (chunks(q, 16), chunks(q, 31), chunks(q, 32)) == (0, 0, 2)
     kernels.set_bf16_level("portable")
     assert chunks(q, 16) == 2  # elsewhere by the size rule (0.5 MiB of W_hh: chunks)
+    tuning = kernels.Tuning(l2_bytes=1 << 20)
+    assert chunks(q, 16) == 0  # half of a 1 MiB L2: split
 
 
 @pytest.mark.parametrize("hidden", [37, 48])
