@@ -769,6 +769,19 @@ def test_nominal_fma_peak_formula(monkeypatch):
     assert _bench_report.nominal_fma_peak(2, "avx512") is None
 
 
+def test_cpu_model_names_family_and_model(tmp_path):
+    from fastlstm._bench import report as _bench_report
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n"
+                    "model\t\t: 17\nmodel name\t: AMD EPYC\n\nprocessor\t: 1\n"
+                    "cpu family\t: 99\nmodel\t\t: 1\nmodel name\t: other\n")
+    assert _bench_report._cpu_model(str(info)) == "AMD EPYC (family 25, model 17)"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+    assert _bench_report._cpu_model(str(info)) == "Some CPU"
+    assert _bench_report._cpu_model(str(tmp_path / "missing"))  # platform's name
+
+
 def test_peak_gemms_are_warmed_up_and_timed_in_turn():
     """Each GEMM is called ``warmup`` times before any is timed (a cold first call once made
     the reference 266 GFLOP/s in one run and 427 in the next), then the rounds take every

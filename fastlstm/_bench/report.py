@@ -39,15 +39,23 @@ LIBS = (*MEMORY_LIBS, "openvino")
 
 
 # ------------------------------------------------------------- environment
-def _cpu_model() -> str:
+def _cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, with its family and model numbers where the OS gives them
+    (a virtual machine may show only "AMD EPYC", the same for Zen 4 and Zen 5)."""
+    fields: Dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first CPU's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip().lower(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if fields.get("cpu family") and fields.get("model"):
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def _cpu_flags() -> List[str]:
@@ -57,7 +65,8 @@ def _cpu_flags() -> List[str]:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
                     wanted = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
-                              "avx512_bf16", "amx_tile")
+                              "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile",
+                              "amx_bf16", "amx_int8")
                     return [flag for flag in wanted if flag in flags]
     except OSError:
         pass
