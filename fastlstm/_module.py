@@ -269,6 +269,16 @@ def aligned_empty(shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
     return buf[start:start + nbytes].view(dt).reshape(shape)
 
 
+def zeros_written(shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Zeros that the kernels read, then overwrite (a zero initial state): written here
+    rather than taken from ``np.zeros``, whose large arrays are the kernel's shared zero
+    page until first written, and then fault again, flushing the TLB on every CPU of the
+    process (a packed batch of 1,310 sequences, 2 layers: 150-166 -> 136-144 ms)."""
+    out = np.empty(shape, dtype)
+    out.fill(0)
+    return out
+
+
 def _aligned(array: np.ndarray) -> np.ndarray:
     """``array`` (C-contiguous) starting on a cache line: itself, or an aligned copy."""
     if array.ctypes.data % _ALIGN == 0:

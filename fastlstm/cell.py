@@ -27,6 +27,7 @@ from fastlstm._module import (
     check_sizes,
     pack_layer,
     zero_state_skips,
+    zeros_written,
 )
 from fastlstm._threads import get_num_threads
 from fastlstm.io.state_dict import cell_shapes
@@ -334,8 +335,8 @@ class LSTMCell(_Module):
         h0_zero = states is None and zero_state_skips(self._packed_layers())
         if states is None:
             # Not read when the step skips its recurrent product.
-            h0 = h if h0_zero else np.zeros((batch, hidden), dt)
-            c = np.zeros((batch, hidden), dt)
+            h0 = h if h0_zero else zeros_written((batch, hidden), dt)
+            c = zeros_written((batch, hidden), dt)
         else:
             h0 = np.ascontiguousarray(states[0], dtype=dt)
             c = np.array(states[1], dtype=dt, order="C", copy=True)  # updated in place

@@ -30,6 +30,7 @@ from fastlstm._module import (
     check_sizes,
     pack_layer,
     zero_state_skips,
+    zeros_written,
 )
 from fastlstm._threads import get_num_threads, single_threaded_blas
 from fastlstm.io.state_dict import lstm_shapes
@@ -592,8 +593,8 @@ class LSTM(_Module):
         layers = self._packed_layers()
         h0_zero = h0 is None and zero_state_skips(layers)
         if h0 is None:
-            h0 = np.zeros((n_states, batch, out_size), dt)
-            c_n = np.zeros((n_states, batch, hidden), dt)
+            h0 = zeros_written((n_states, batch, out_size), dt)
+            c_n = zeros_written((n_states, batch, hidden), dt)
         else:
             h0 = np.ascontiguousarray(h0, dtype=dt)
             c_n = np.array(c0, dtype=dt, order="C", copy=True)  # updated in place
