@@ -760,10 +760,18 @@ def test_nominal_fma_peak_formula(monkeypatch):
     from fastlstm._bench import report as _bench_report
 
     monkeypatch.setattr(_bench_report, "_clock_ghz", lambda: (2.5, "test"))
+    monkeypatch.setattr(_bench_report, "_cpuinfo_fields", lambda: {"vendor_id": "GenuineIntel"})
     nominal = _bench_report.nominal_fma_peak(2, "avx512")
     # 2 cores x 2.5 GHz x 16 float32 lanes x 2 FLOPs per FMA x 2 FMA units
     assert nominal["gflops"]["float32"] == pytest.approx(320.0)
     assert nominal["gflops"]["float64"] == pytest.approx(160.0)
+    assert _bench_report.nominal_fma_peak(1, "avx2")["gflops"]["float32"] == pytest.approx(80.0)
+    # Zen 4 runs 512-bit FMAs on two 256-bit units: one a cycle.
+    monkeypatch.setattr(_bench_report, "_cpuinfo_fields", lambda: {
+        "vendor_id": "AuthenticAMD", "cpu family": "25", "model": "17"})
+    assert _bench_report.nominal_fma_peak(2, "avx512")["gflops"]["float32"] == \
+        pytest.approx(160.0)
+    assert _bench_report.nominal_fma_peak(2, "avx512")["fma_units"] == 1
     assert _bench_report.nominal_fma_peak(1, "avx2")["gflops"]["float32"] == pytest.approx(80.0)
     monkeypatch.setattr(_bench_report, "_clock_ghz", lambda: None)
     assert _bench_report.nominal_fma_peak(2, "avx512") is None

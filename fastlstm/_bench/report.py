@@ -39,19 +39,25 @@ LIBS = (*MEMORY_LIBS, "openvino")
 
 
 # ------------------------------------------------------------- environment
-def _cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's model name, with its family and model numbers where the OS gives them
-    (a virtual machine may show only "AMD EPYC", the same for Zen 4 and Zen 5)."""
+def _cpuinfo_fields(cpuinfo: str = "/proc/cpuinfo") -> Dict[str, str]:
+    """The first CPU's block of ``/proc/cpuinfo``, keys lower-cased ({} where unreadable)."""
     fields: Dict[str, str] = {}
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
                 if not line.strip():
-                    break  # the first CPU's block is enough
+                    break
                 key, _, value = line.partition(":")
                 fields.setdefault(key.strip().lower(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def _cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, with its family and model numbers where the OS gives them
+    (a virtual machine may show only "AMD EPYC", the same for Zen 4 and Zen 5)."""
+    fields = _cpuinfo_fields(cpuinfo)
     name = fields.get("model name") or platform.processor() or platform.machine()
     if fields.get("cpu family") and fields.get("model"):
         name += f" (family {fields['cpu family']}, model {fields['model']})"
@@ -99,19 +105,31 @@ def _clock_ghz() -> Optional[Tuple[float, str]]:
 
 def nominal_fma_peak(threads: int, simd: str) -> Optional[Dict[str, Any]]:
     """The theoretical FMA peak of ``threads`` cores at the clock the system reports:
-    cores x GHz x SIMD lanes x 2 FLOPs per FMA x :data:`FMA_UNITS`, per dtype; None where no
-    clock can be read.  A reference for the measured GEMM peak, not a bound: the clock read
-    may be below the turbo clock and the FMA unit count is assumed."""
+    cores x GHz x SIMD lanes x 2 FLOPs per FMA x FMA units (:func:`_fma_units`), per
+    dtype; None where no clock can be read.  A reference for the measured GEMM peak, not
+    a bound: the clock read may be below the turbo clock and the FMA unit count is
+    assumed."""
     clock = _clock_ghz()
     if clock is None:
         return None
     ghz, source = clock
     bytes_per_vector = {"avx512": 64, "avx2": 32}.get(simd, 16)
+    units = _fma_units(simd)
     return {
-        "ghz": round(ghz, 3), "clock_source": source, "fma_units": FMA_UNITS, "simd": simd,
-        "gflops": {dtype: threads * ghz * (bytes_per_vector // size) * 2 * FMA_UNITS
+        "ghz": round(ghz, 3), "clock_source": source, "fma_units": units, "simd": simd,
+        "gflops": {dtype: threads * ghz * (bytes_per_vector // size) * 2 * units
                    for dtype, size in (("float32", 4), ("float64", 8))},
     }
+
+
+def _fma_units(simd: str) -> int:
+    """:data:`FMA_UNITS`, but 1 for 512-bit vectors on AMD's family 25 (Zen 4), which
+    runs them on its two 256-bit units (measured: one 512-bit FMA a cycle)."""
+    fields = _cpuinfo_fields()
+    if (simd == "avx512" and fields.get("vendor_id") == "AuthenticAMD"
+            and fields.get("cpu family") == "25"):
+        return 1
+    return FMA_UNITS
 
 
 def fastlstm_config() -> Optional[Dict[str, Any]]:
