@@ -271,47 +271,44 @@ FL_DEFINE_BF_LEVEL(avx2, fl_f32b, fl_f32b_u, fl_i32b, fl_i32b_u, 4, 2)
 FL_DEFINE_BF_LEVEL(portable, fl_f16b, fl_f16b_u, fl_i16b, fl_i16b_u, 4, 2)
 
 #if FL_X86
-/* AVX512-BF16: VDPBF16PS adds both products of a pair to each float32 lane.  One
- * function per row count: with R a variable the compiler kept a test of R inside the
- * pair loop, and the 4-row block ran at 180 rather than 220 GFLOP/s (Zen 4). */
-#define FL_DEFINE_BFDP_BLOCK(R)                                                      \
-FL_TGT_avx512bf16 static __attribute__((noinline)) void fl_bfdp_block##R(int beta, int K, \
-        const uint32_t *A, ptrdiff_t lda, const uint32_t *B, float *G, ptrdiff_t ldg) \
-{                                                                                   \
-    __m512 acc[R][4];                                                               \
-    for (int r = 0; r < R; r++)                                                     \
-        for (int v = 0; v < 4; v++)                                                 \
-            acc[r][v] = beta ? _mm512_loadu_ps(G + r * ldg + v * 16) : _mm512_setzero_ps(); \
-    for (int k = 0; k < K; k += 2) {                                                \
-        const uint32_t *bk = B + (ptrdiff_t)(k / 2) * 64;                           \
-        const __m512i b0 = _mm512_loadu_si512(bk), b1 = _mm512_loadu_si512(bk + 16); \
-        const __m512i b2 = _mm512_loadu_si512(bk + 32), b3 = _mm512_loadu_si512(bk + 48); \
-        for (int r = 0; r < R; r++) {                                               \
-            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)A[r * lda + k / 2]); \
-            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, (__m512bh)b0);               \
-            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, (__m512bh)b1);               \
-            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], a, (__m512bh)b2);               \
-            acc[r][3] = _mm512_dpbf16_ps(acc[r][3], a, (__m512bh)b3);               \
-        }                                                                           \
-    }                                                                               \
-    for (int r = 0; r < R; r++)                                                     \
-        for (int v = 0; v < 4; v++)                                                 \
-            _mm512_storeu_ps(G + r * ldg + v * 16, acc[r][v]);                      \
+/* AVX512-BF16: VDPBF16PS adds both products of a pair to each float32 lane.  Inlined
+ * with a constant row count (as int8.h's VNNI block): with R a variable the compiler kept
+ * a test of R inside the pair loop, and the 4-row block ran at 180 rather than 220
+ * GFLOP/s (Zen 4). */
+FL_TGT_avx512bf16 static inline __attribute__((always_inline)) void fl_bfdp_rows(const int R,
+        int beta, int K, const uint32_t *A, ptrdiff_t lda, const uint32_t *B, float *G,
+        ptrdiff_t ldg)
+{
+    __m512 acc[4][4];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < 4; v++)
+            acc[r][v] = beta ? _mm512_loadu_ps(G + r * ldg + v * 16) : _mm512_setzero_ps();
+    for (int k = 0; k < K; k += 2) {
+        const uint32_t *bk = B + (ptrdiff_t)(k / 2) * 64;
+        const __m512i b0 = _mm512_loadu_si512(bk), b1 = _mm512_loadu_si512(bk + 16);
+        const __m512i b2 = _mm512_loadu_si512(bk + 32), b3 = _mm512_loadu_si512(bk + 48);
+        for (int r = 0; r < R; r++) {
+            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)A[r * lda + k / 2]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, (__m512bh)b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, (__m512bh)b1);
+            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], a, (__m512bh)b2);
+            acc[r][3] = _mm512_dpbf16_ps(acc[r][3], a, (__m512bh)b3);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < 4; v++)
+            _mm512_storeu_ps(G + r * ldg + v * 16, acc[r][v]);
 }
-FL_DEFINE_BFDP_BLOCK(1)
-FL_DEFINE_BFDP_BLOCK(2)
-FL_DEFINE_BFDP_BLOCK(3)
-FL_DEFINE_BFDP_BLOCK(4)
 
 /* R (1 to 4) rows by one panel's 64 columns. */
-FL_TGT_avx512bf16 static void fl_bfdp_block(int R, int beta, int K, const uint32_t *A,
-        ptrdiff_t lda, const uint32_t *B, float *G, ptrdiff_t ldg)
+FL_TGT_avx512bf16 static __attribute__((noinline)) void fl_bfdp_block(int R, int beta, int K,
+        const uint32_t *A, ptrdiff_t lda, const uint32_t *B, float *G, ptrdiff_t ldg)
 {
     switch (R) {
-    case 4: fl_bfdp_block4(beta, K, A, lda, B, G, ldg); break;
-    case 3: fl_bfdp_block3(beta, K, A, lda, B, G, ldg); break;
-    case 2: fl_bfdp_block2(beta, K, A, lda, B, G, ldg); break;
-    default: fl_bfdp_block1(beta, K, A, lda, B, G, ldg); break;
+    case 4: fl_bfdp_rows(4, beta, K, A, lda, B, G, ldg); break;
+    case 3: fl_bfdp_rows(3, beta, K, A, lda, B, G, ldg); break;
+    case 2: fl_bfdp_rows(2, beta, K, A, lda, B, G, ldg); break;
+    default: fl_bfdp_rows(1, beta, K, A, lda, B, G, ldg); break;
     }
 }
 
