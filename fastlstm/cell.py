@@ -335,7 +335,7 @@ class LSTMCell(_Module):
         h0_zero = states is None and zero_state_skips(self._packed_layers())
         if states is None:
             # Not read when the step skips its recurrent product.
-            h0 = h if h0_zero else zeros_written((batch, hidden), dt)
+            h0 = h if h0_zero else np.zeros((batch, hidden), dt)
             c = zeros_written((batch, hidden), dt)
         else:
             h0 = np.ascontiguousarray(states[0], dtype=dt)

@@ -593,7 +593,7 @@ class LSTM(_Module):
         layers = self._packed_layers()
         h0_zero = h0 is None and zero_state_skips(layers)
         if h0 is None:
-            h0 = zeros_written((n_states, batch, out_size), dt)
+            h0 = np.zeros((n_states, batch, out_size), dt)  # only read
             c_n = zeros_written((n_states, batch, hidden), dt)
         else:
             h0 = np.ascontiguousarray(h0, dtype=dt)
