@@ -17,7 +17,8 @@ list of their outputs ``(L_i, 256)``, in input order, each output its own array:
   output (as the padded variant, so that no batch's padded output stays alive);
 * ``dask``: ``fastlstm.dask.forward_many(module, bag)`` on a
   ``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``, the bag
-  ``dask.bag.from_sequence(seqs, npartitions=8)`` (4 per worker); timed from building the
+  ``dask.bag.from_sequence(seqs, npartitions=8)`` (4 per worker), each partition's outputs
+  fetched as soon as it is done (``distributed.as_completed``); timed from building the
   bag to having every output back in this process (the cluster's start-up is not timed).
   n/a, with the reason, where dask, distributed or ``fastlstm.dask`` cannot be imported or
   the cluster cannot start.
@@ -180,6 +181,7 @@ class _Dask:
         self.bag: Any = None
         self.dask: Any = None
         self.fastlstm_dask: Any = None
+        self.as_completed: Any = None
         self.note: Optional[str] = None
         self.startup_s: Optional[float] = None
         self.worker_threads: Optional[List[int]] = None
@@ -196,6 +198,7 @@ class _Dask:
             return
         self.versions = {"dask": self.dask.__version__,
                          "distributed": distributed.__version__}
+        self.as_completed = distributed.as_completed
         try:
             self.fastlstm_dask = importlib.import_module("fastlstm.dask")
         except Exception as err:  # the module missing or broken: n/a, with the reason
@@ -232,10 +235,15 @@ class _Dask:
         with warnings.catch_warnings():
             # distributed warns of a large graph: the sequences travel in it, by design.
             warnings.filterwarnings("ignore", message=".*[Ll]arge graph")
-            # Each partition straight to the client: Bag.compute gathers them on one worker
-            # first (3-5 s more here; docs/scale.md).
+            # Each partition straight to the client as soon as it is done: Bag.compute
+            # gathers them on one worker first, and dask.compute fetches none before all
+            # are done, so the outputs' transfer would not overlap the work (docs/scale.md).
             out = self.fastlstm_dask.forward_many(module, bag)
-            parts = self.dask.compute(*out.to_delayed())
+            futures = self.client.compute(out.to_delayed())
+            where = {future.key: k for k, future in enumerate(futures)}
+            parts: List[Any] = [None] * len(futures)
+            for future, part in self.as_completed(futures, with_results=True):
+                parts[where[future.key]] = part
             return [item for part in parts for item in part]
 
     def close(self) -> None:
