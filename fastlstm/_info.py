@@ -75,7 +75,8 @@ def show_config(as_dict: bool = False) -> Optional[Dict[str, Any]]:
         :func:`set_dynamic_threads`); ``openmp_idle_wait``, how long OpenMP's
         idle threads spin after a call (``GOMP_SPINCOUNT``, see
         docs/threads.md); ``blas_sharing``, which OpenBLAS libraries run
-        their parallel jobs on fastlstm's pool (see :func:`set_blas_sharing`);
+        their parallel jobs on fastlstm's pool, and how many ran on fastlstm's
+        OpenMP team right after a fastlstm call (see :func:`set_blas_sharing`);
         ``forked_serial``, whether this process was forked
         after its parent ran OpenMP threads, and so runs on one thread;
         ``blas``, scipy's BLAS as threadpoolctl reports it;

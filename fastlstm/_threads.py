@@ -25,7 +25,7 @@ import math
 import os
 import threading
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Mapping, Optional, Tuple
 
 from fastlstm._ext import kernels
 from fastlstm._ext.openmp import omp_max_threads, openmp_enabled
@@ -375,8 +375,10 @@ def set_blas_sharing(enabled: bool) -> None:
     it (0.3.28 or newer, pthreads build: NumPy's and SciPy's wheels) hands its
     parallel jobs to fastlstm, which runs them on threads that wait between calls
     just as OpenBLAS's do, so NumPy keeps its speed, but go to sleep as soon as a
-    fastlstm call starts its threads.  OpenBLAS's thread count, and so its results,
-    are unchanged.  :func:`show_config` shows which libraries are routed.
+    fastlstm call starts its threads; a BLAS call right after a fastlstm call from the
+    same thread runs on that call's OpenMP threads, still awake (docs/threads.md).
+    OpenBLAS's thread count, and so its results, are unchanged.  :func:`show_config`
+    shows which libraries are routed.
 
     Parameters
     ----------
@@ -444,8 +446,71 @@ def blas_sharing_state() -> str:
     if _shared:
         calls, _, workers, _ = kernels.blas_route_counts()
         libs = ", ".join(f"{os.path.basename(p)} {v}" for p, v, _ in _shared)
-        return f"on: {libs} ({calls} parallel calls run, {workers} pool thread(s))"
+        hot, shared, teamed = kernels.blas_hot_window()
+        team = (f"{teamed} of them on fastlstm's OpenMP team right after a fastlstm call "
+                f"(within {hot / 1000:.0f} us, {shared / 1000:.0f} us once several threads "
+                "have run fastlstm teams)" if hot > 0 else
+                "none on fastlstm's OpenMP team: its idle threads may sleep at once")
+        return (f"on: {libs} ({calls} parallel calls run, {workers} pool thread(s); "
+                f"{team})")
     return _share_note or "off"
+
+
+# ------------------------------------------------ BLAS calls on a team still hot
+#: The longest a BLAS call may follow a fastlstm call and run on its OpenMP team (ns):
+#: the NumPy head after a decoder step starts 50-150 us after the step's team ended (the
+#: interpreter's and NumPy's code, out of the caches after the step, runs slowly).
+HOT_WINDOW_MAX_NS = 200_000
+#: The share of OpenMP's estimated spin that is taken as surely spinning.
+HOT_SPIN_SHARE = 0.75
+#: libgomp's spin when it manages more threads than CPUs (several threads' teams).
+THROTTLED_SPIN = 1000
+_SPIN_SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def omp_spin_rounds(env: Optional[Mapping[str, str]] = None,
+                    idle_wait: Optional[str] = None) -> int:
+    """Rounds GNU OpenMP's idle threads spin after a region before they sleep, as libgomp
+    reads them: ``GOMP_SPINCOUNT`` (a count, ``k``/``M``/``G``/``T`` suffixed, or
+    ``infinite``), else ``OMP_WAIT_POLICY`` (``active``: without end, ``passive``: 0), else
+    300,000, or fastlstm's 10,000 when fastlstm loaded libgomp (``_ext.IDLE_WAIT``).  0 for
+    anything unreadable (the team is then never taken for hot)."""
+    from fastlstm import _ext
+
+    if env is None:
+        env = os.environ
+    idle_wait = _ext.IDLE_WAIT if idle_wait is None else idle_wait
+    if idle_wait.endswith("(fastlstm's default)"):
+        return _ext.IDLE_SPIN
+    text = env.get("GOMP_SPINCOUNT")
+    if text is not None:
+        text = text.strip().lower()
+        if text in ("infinite", "infinity"):
+            return 2**62
+        scale = _SPIN_SUFFIX.get(text[-1:], 1)
+        digits = text[:-1] if scale > 1 else text
+        return int(digits) * scale if digits.isdigit() else 0
+    policy = env.get("OMP_WAIT_POLICY", "").strip().lower()
+    if policy == "active":
+        return 2**62
+    return 0 if policy else 300_000
+
+
+def hot_window_ns(rounds: int, pause_ns: float) -> int:
+    """How long after a fastlstm call its OpenMP team surely still spins:
+    :data:`HOT_SPIN_SHARE` of the estimated spin (``rounds`` PAUSEs of ``pause_ns``), at
+    most :data:`HOT_WINDOW_MAX_NS`."""
+    return int(min(HOT_WINDOW_MAX_NS, rounds * max(pause_ns, 0.0) * HOT_SPIN_SHARE))
+
+
+def _set_hot_windows() -> None:
+    rounds = omp_spin_rounds() if openmp_enabled() else 0
+    pause = kernels.pause_ns()
+    kernels.blas_hot_window(hot_window_ns(rounds, pause),
+                            hot_window_ns(min(rounds, THROTTLED_SPIN), pause))
+
+
+_set_hot_windows()
 
 
 if os.environ.get(_SHARE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):

@@ -170,8 +170,16 @@ def test_fork_child_runs_blas_and_lstm():
         expected = (a[:, None, :] * a[None, :, :]).sum(-1)
         lstm = fastlstm.LSTM(16, 32)
         x = rng.standard_normal((10, 4, 16)).astype(np.float32)
-        y = lstm(x)[0]
         assert np.allclose(a @ a.T, expected) and kernels.blas_route_counts()[2] >= 1
+        # The product right after a forward runs on its OpenMP team, still hot: the
+        # child, forked after that too, must take neither that team nor the pool's threads.
+        teamed = kernels.blas_hot_window()[2]
+        for _ in range(50):  # the product must follow within the window: retried
+            y = lstm(x)[0]
+            assert np.allclose(a @ a.T, expected)
+            if kernels.blas_hot_window()[2] > teamed:
+                break
+        assert kernels.blas_hot_window()[2] > teamed
 
         def child(_=None):
             ok = np.allclose(a @ a.T, expected) and np.array_equal(lstm(x)[0], y)
@@ -187,3 +195,122 @@ def test_fork_child_runs_blas_and_lstm():
         print("ok")
     """)
     assert out.strip() == "ok"
+
+
+# ---------------------------------------------------------------- the hot team
+# Each in a fresh process: the window narrows for good once a second thread of the
+# process has started a team (as other tests' threads have here).
+_HOT_PRELUDE = """
+    import time
+    import numpy as np, fastlstm
+    from threadpoolctl import threadpool_limits
+    from fastlstm._ext import kernels
+    fastlstm.set_num_threads(2)
+    fastlstm.set_dynamic_threads(False)
+    threadpool_limits(limits=2, user_api="blas")
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((300, 256)).astype(np.float32)
+    b = rng.standard_normal((256, 1000)).astype(np.float32)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    lstm = fastlstm.LSTM(64, 128, rng=0)
+    x = rng.standard_normal((5, 16, 64)).astype(np.float32)
+
+    def products_after_forwards(tries=50, gap=0.0):
+        teamed = kernels.blas_hot_window()[2]
+        for _ in range(tries):
+            lstm(x)
+            if gap:
+                time.sleep(gap)
+            assert np.allclose(a @ b, expected, rtol=1e-4, atol=1e-3)
+        return kernels.blas_hot_window()[2] - teamed
+"""
+
+
+def _hot(code):
+    return _run(textwrap.dedent(_HOT_PRELUDE) + textwrap.dedent(code)).split()
+
+
+def test_product_right_after_a_forward_runs_on_its_team():
+    # A window is a tenth of a millisecond or so: on a loaded machine some products miss it.
+    assert _hot("""
+        print(kernels.blas_hot_window()[0] > 0, products_after_forwards() >= 1)
+    """) == ["True", "True"]
+
+
+def test_window_zero_keeps_products_on_the_pool():
+    assert _hot("""
+        kernels.blas_hot_window(0)
+        print(products_after_forwards(10))
+    """) == ["0"]
+
+
+def test_product_after_a_quiet_gap_takes_the_pool():
+    assert _hot("""
+        print(products_after_forwards(5, gap=0.005))  # past any window: the team may sleep
+    """) == ["0"]
+
+
+def test_product_in_another_thread_takes_the_pool():
+    # OpenMP's hot team belongs to the thread that started it: another Python thread's
+    # product right after this thread's forward must not take it.
+    assert _hot("""
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(1) as ex:
+            teamed = kernels.blas_hot_window()[2]
+            for _ in range(10):
+                lstm(x)
+                assert np.allclose(ex.submit(lambda: a @ b).result(), expected, atol=1e-3)
+        print(kernels.blas_hot_window()[2] - teamed)
+    """) == ["0"]
+
+
+def test_second_thread_with_a_team_narrows_the_window():
+    # Two threads' teams: libgomp spins far less (more threads than CPUs), so the
+    # shared window applies (set to 0 here: no product may take a team).
+    assert _hot("""
+        import threading
+        kernels.blas_hot_window(10**9, 0)
+        before = products_after_forwards(5)
+        t = threading.Thread(target=lambda: lstm(x))
+        t.start(); t.join()
+        print(before >= 1, products_after_forwards(10))
+    """) == ["True", "0"]
+
+
+@pytest.mark.parametrize("env, idle_wait, rounds", [
+    ({}, "GOMP_SPINCOUNT=10000 (fastlstm's default)", 10000),
+    ({}, "the OpenMP runtime's default (it was loaded before fastlstm)", 300000),
+    ({"GOMP_SPINCOUNT": "0"}, "GOMP_SPINCOUNT=0 (set by the user)", 0),
+    ({"GOMP_SPINCOUNT": "20k"}, "GOMP_SPINCOUNT=20k (set by the user)", 20000),
+    ({"GOMP_SPINCOUNT": "3M"}, "GOMP_SPINCOUNT=3M (set by the user)", 3000000),
+    ({"GOMP_SPINCOUNT": "Infinite"}, "GOMP_SPINCOUNT=Infinite (set by the user)", 2**62),
+    ({"GOMP_SPINCOUNT": "lots"}, "GOMP_SPINCOUNT=lots (set by the user)", 0),
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, "OMP_WAIT_POLICY=PASSIVE (set by the user)", 0),
+    ({"OMP_WAIT_POLICY": "active"}, "OMP_WAIT_POLICY=active (set by the user)", 2**62),
+    ({"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "5000"},
+     "GOMP_SPINCOUNT=5000 (set by the user)", 5000),
+])
+def test_spin_rounds_read_as_libgomp_reads_them(env, idle_wait, rounds):
+    from fastlstm import _threads
+
+    assert _threads.omp_spin_rounds(env, idle_wait) == rounds
+
+
+def test_hot_window_is_most_of_the_spin_at_most_a_fifth_of_a_ms():
+    from fastlstm import _threads
+
+    assert _threads.hot_window_ns(0, 25.0) == 0
+    assert _threads.hot_window_ns(1000, 24.0) == 18000  # three quarters of the spin
+    assert _threads.hot_window_ns(10000, 25.0) == 187500
+    assert _threads.hot_window_ns(20000, 25.0) == _threads.HOT_WINDOW_MAX_NS == 200_000
+    assert _threads.hot_window_ns(2**62, 25.0) == 200_000
+    assert 0.0 <= kernels.pause_ns() < 10_000
+
+
+def test_passive_wait_policy_turns_the_hot_team_off():
+    out = _run("""
+        import fastlstm
+        from fastlstm._ext import kernels
+        print(*kernels.blas_hot_window()[:2])
+    """, env={"OMP_WAIT_POLICY": "passive"})
+    assert out.split() == ["0", "0"]

@@ -168,7 +168,11 @@ cdef extern from "blas_share.h" nogil:
         int sleepers
         long long calls
         long long pooled
+        long long teamed
     fl_blas_pool_t fl_blas_pool
+    long long fl_blas_hot_window(long long ns, int shared) noexcept
+    double fl_pause_ns() noexcept
+    int fl_dbg_size
     int __atomic_load_n(int *p, int order) noexcept
     int __ATOMIC_RELAXED
     void fl_blas_route(void *setter_address, int on) noexcept
@@ -190,6 +194,20 @@ def blas_route_counts():
     threads, of which asleep)."""
     return (int(fl_blas_pool.calls), int(fl_blas_pool.pooled), int(fl_blas_pool.workers),
             int(__atomic_load_n(&fl_blas_pool.sleepers, __ATOMIC_RELAXED)))
+
+
+def blas_hot_window(long long ns=-1, long long shared_ns=-1):
+    """How long (ns) after a fastlstm team ended a BLAS call of as many jobs from the
+    same thread runs on that team, still spinning, rather than on the pool (0: never):
+    ``ns`` while one thread has started teams, ``shared_ns`` once several have; each
+    set when >= 0.  Returns both settings before, and the BLAS calls run on a team."""
+    return (int(fl_blas_hot_window(ns, 0)), int(fl_blas_hot_window(shared_ns, 1)),
+            int(fl_blas_pool.teamed))
+
+
+def pause_ns():
+    """The time of one PAUSE instruction on this CPU, ns (0 where there is none)."""
+    return float(fl_pause_ns())
 
 
 def forked_serial():

@@ -52,12 +52,30 @@ typedef struct {
     size_t size;
     int arg;
     long long calls, pooled;    /* calls of 2+ jobs; of which on the pool */
+    long long teamed;           /* of which on the OpenMP team, still hot */
 } fl_blas_pool_t;
 
 static fl_blas_pool_t fl_blas_pool = {
     PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-    0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, 0};
+    0, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0};
 static __thread int fl_blas_in_worker = 0;
+
+/* A BLAS call right after a fastlstm call (a NumPy head after a decoder step)
+ * finds the pool asleep (parked by the step: a wake-up on an idle virtual CPU
+ * costs tens to hundreds of us) while OpenMP's team, which ran the step, still
+ * spins in its dock on the same CPUs.  Such a call runs its jobs on that team
+ * instead: hot threads, and no spinner beside them.  fl_blas_hot_ns is how long
+ * after a team ended its threads surely still spin (0: never, where the user's
+ * OpenMP wait policy may put them to sleep at once), fl_blas_hot_shared_ns the
+ * same once several threads have started teams (libgomp then spins its threads
+ * far less: more threads than CPUs); the end time is per calling thread, as
+ * OpenMP's hot team belongs to the thread that started it. */
+static long long fl_blas_hot_ns = 0;
+static long long fl_blas_hot_shared_ns = 0;
+static int fl_blas_team_threads = 0;         /* threads that have started teams */
+static __thread long long fl_blas_team_end = 0;
+static __thread int fl_blas_team_size = 0;
+static __thread int fl_blas_team_counted = 0;
 
 static inline long long fl_blas_now_ns(void)
 {
@@ -178,6 +196,78 @@ static void fl_blas_on_fresh_threads(fl_blas_dojob dojob, int numjobs, size_t si
     free(jobs);
 }
 
+/* Sets the window (ns), or with `shared` the window once several threads have
+ * started teams, when ns >= 0; returns the value before. */
+static inline long long fl_blas_hot_window(long long ns, int shared)
+{
+    long long *w = shared ? &fl_blas_hot_shared_ns : &fl_blas_hot_ns;
+    if (ns < 0)
+        return __atomic_load_n(w, __ATOMIC_RELAXED);
+    return __atomic_exchange_n(w, ns, __ATOMIC_RELAXED);
+}
+
+/* The shortest time of one PAUSE here (ns; best of three runs of 2000), from
+ * which the time OpenMP's idle threads spin is estimated. */
+static inline double fl_pause_ns(void)
+{
+    double best = 1e9;
+    for (int run = 0; run < 3; run++) {
+        long long t0 = fl_blas_now_ns();
+        for (int i = 0; i < 2000; i++)
+            fl_pause();
+        double per = (double)(fl_blas_now_ns() - t0) / 2000.0;
+        if (per < best)
+            best = per;
+    }
+    return best;
+}
+
+/* A fastlstm team of `team` threads started by this thread has just ended. */
+static inline void fl_blas_team_ended(int team)
+{
+    if (!fl_blas_team_counted) {
+        fl_blas_team_counted = 1;
+        __atomic_add_fetch(&fl_blas_team_threads, 1, __ATOMIC_RELAXED);
+    }
+    if (__atomic_load_n(&fl_blas_hot_ns, __ATOMIC_RELAXED) > 0) {
+        fl_blas_team_end = fl_blas_now_ns();
+        fl_blas_team_size = team;
+    }
+}
+
+/* The jobs on OpenMP's team when this thread's team of numjobs threads ended
+ * within fl_blas_hot_ns (and no region encloses this call); 1 if they ran.
+ * Every job needs a thread of its own, so a team OpenMP gives short runs none
+ * of them (all its threads see the same count) and the caller takes the pool. */
+static int fl_blas_on_team(fl_blas_dojob dojob, int numjobs, size_t size, char *data,
+                           int arg)
+{
+#ifdef _OPENMP
+    long long hot = __atomic_load_n(__atomic_load_n(&fl_blas_team_threads, __ATOMIC_RELAXED) > 1
+                                    ? &fl_blas_hot_shared_ns : &fl_blas_hot_ns,
+                                    __ATOMIC_RELAXED);
+    int ran = 0;
+    if (hot <= 0 || fl_blas_team_size != numjobs || fl_forked_serial || omp_in_parallel() ||
+            fl_blas_now_ns() - fl_blas_team_end > hot)
+        return 0;
+    #pragma omp parallel num_threads(numjobs)
+    {
+        if (omp_get_num_threads() == numjobs) {
+            int t = omp_get_thread_num();
+            dojob(t, data + (size_t)t * size, arg);
+            if (t == 0)
+                ran = 1;
+        }
+    }
+    if (ran)
+        fl_blas_team_ended(numjobs);  /* the team spins again after this region */
+    return ran;
+#else
+    (void)dojob; (void)numjobs; (void)size; (void)data; (void)arg;
+    return 0;
+#endif
+}
+
 static void fl_blas_run(int sync, fl_blas_dojob dojob, int numjobs, size_t size,
                         void *jobdata, int arg)
 {
@@ -195,6 +285,11 @@ static void fl_blas_run(int sync, fl_blas_dojob dojob, int numjobs, size_t size,
         return;
     }
     pthread_mutex_lock(&p->lock);
+    if (fl_blas_on_team(dojob, numjobs, size, data, arg)) {
+        p->teamed++;
+        pthread_mutex_unlock(&p->lock);
+        return;
+    }
     p->pooled++;
     while (p->workers < numjobs - 1) {
         pthread_t tid;
@@ -256,6 +351,8 @@ static void fl_blas_after_fork_child(void)
     pthread_cond_init(&p->wake, NULL);
     p->workers = p->sleepers = 0;
     fl_blas_in_worker = 0;
+    fl_blas_team_size = 0;
+    fl_blas_team_threads = fl_blas_team_counted;  /* the child's one thread */
 }
 
 static int fl_blas_register_fork_handler(void)

@@ -82,6 +82,7 @@ typedef struct {
     int synced;    /* the threads meet every timestep (else once per chunk or call) */
     int measure;
     int ran;       /* threads that ran it (OpenMP may give fewer than asked) */
+    int team;      /* threads asked of OpenMP */
     long long t0;  /* when the caller started it */
     long long lost_sum, lost_max, wall_max, cpu_sum;
 } fl_region;
@@ -151,6 +152,7 @@ static inline int fl_team_begin(fl_region *r, int threads, int synced, int flags
     r->bar.arrived = r->bar.gen = 0;
     r->synced = synced;
     r->ran = 0;
+    r->team = team;
     r->t0 = now;
     r->lost_sum = r->lost_max = r->wall_max = r->cpu_sum = 0;
     /* A probe's window holds probes only (the first one clears it). */
@@ -207,6 +209,7 @@ static inline void fl_team_end(fl_region *r)
 {
     long long wall = r->wall_max, lost, speed, w_wall, w_team, w_speed, w_cpu, now;
     int cap, new_cap, probe;
+    fl_blas_team_ended(r->team);
     if (!r->measure || wall < 1000 || r->ran < 1)
         return;
     lost = r->synced ? r->lost_sum : r->lost_max;
