@@ -463,8 +463,10 @@ def blas_sharing_state() -> str:
 HOT_WINDOW_MAX_NS = 200_000
 #: The share of OpenMP's estimated spin that is taken as surely spinning.
 HOT_SPIN_SHARE = 0.75
-#: libgomp's spin when it manages more threads than CPUs (several threads' teams).
-THROTTLED_SPIN = 1000
+#: libgomp's spin when it manages more threads than CPUs (several threads' teams): 100
+#: rounds, 1,000 with ``OMP_WAIT_POLICY=active`` (and never more than the spin itself).
+THROTTLED_SPIN = 100
+THROTTLED_SPIN_ACTIVE = 1000
 _SPIN_SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 
 
@@ -503,11 +505,20 @@ def hot_window_ns(rounds: int, pause_ns: float) -> int:
     return int(min(HOT_WINDOW_MAX_NS, rounds * max(pause_ns, 0.0) * HOT_SPIN_SHARE))
 
 
+def omp_throttled_rounds(rounds: int, env: Optional[Mapping[str, str]] = None) -> int:
+    """libgomp's spin (rounds) once it manages more threads than CPUs, its spin
+    otherwise being ``rounds``."""
+    if env is None:
+        env = os.environ
+    active = env.get("OMP_WAIT_POLICY", "").strip().lower() == "active"
+    return min(rounds, THROTTLED_SPIN_ACTIVE if active else THROTTLED_SPIN)
+
+
 def _set_hot_windows() -> None:
     rounds = omp_spin_rounds() if openmp_enabled() else 0
     pause = kernels.pause_ns()
     kernels.blas_hot_window(hot_window_ns(rounds, pause),
-                            hot_window_ns(min(rounds, THROTTLED_SPIN), pause))
+                            hot_window_ns(omp_throttled_rounds(rounds), pause))
 
 
 _set_hot_windows()

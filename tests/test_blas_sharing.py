@@ -296,6 +296,16 @@ def test_spin_rounds_read_as_libgomp_reads_them(env, idle_wait, rounds):
     assert _threads.omp_spin_rounds(env, idle_wait) == rounds
 
 
+@pytest.mark.parametrize("rounds, env, throttled", [
+    (10000, {}, 100), (300000, {"OMP_WAIT_POLICY": "ACTIVE"}, 1000),
+    (2**62, {"OMP_WAIT_POLICY": "active"}, 1000), (50, {}, 50), (0, {}, 0),
+])
+def test_throttled_spin_is_libgomps(rounds, env, throttled):
+    from fastlstm import _threads
+
+    assert _threads.omp_throttled_rounds(rounds, env) == throttled
+
+
 def test_hot_window_is_most_of_the_spin_at_most_a_fifth_of_a_ms():
     from fastlstm import _threads
 
