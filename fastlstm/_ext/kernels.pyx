@@ -172,7 +172,6 @@ cdef extern from "blas_share.h" nogil:
     fl_blas_pool_t fl_blas_pool
     long long fl_blas_hot_window(long long ns, int shared) noexcept
     double fl_pause_ns() noexcept
-    int fl_dbg_size
     int __atomic_load_n(int *p, int order) noexcept
     int __ATOMIC_RELAXED
     void fl_blas_route(void *setter_address, int on) noexcept
