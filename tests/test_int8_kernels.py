@@ -114,6 +114,51 @@ def test_nan_infinity_and_zero_rows(level):
                                rtol=1e-5, atol=1e-4)
 
 
+def _block_oracle(q, p):
+    """The int32 sums of one block: q's words as four unsigned bytes (the activations,
+    q + 128), p's as four signed bytes (the weights), byte b of a word with byte b."""
+    qa = q.view(np.uint8).reshape(q.shape[0], -1).astype(np.int64)
+    pb = p.view(np.int8).reshape(p.shape[0], 64, 4).transpose(0, 2, 1).reshape(-1, 64)
+    return (qa @ pb.astype(np.int64)).astype(np.int32)
+
+
+# Every block the CPU runs, and the AVX-VNNI block's source on AVX512-VNNI's EVEX
+# instruction (the same code, checked here on CPUs that lack AVX-VNNI).
+@pytest.mark.parametrize("level", ["portable", "avx2", "avx-vnni", "avx-vnni-evex", "avx512",
+                                   "avx512-vnni"])
+def test_block_sums_are_exact(level):
+    _level("avx512-vnni" if level == "avx-vnni-evex" else level)
+    rng = np.random.default_rng(7)
+    for rows in range(1, 10):
+        for kq in (1, 2, 3, 16, 37, 256):
+            q = rng.integers(0, 2**32, size=(rows, kq), dtype=np.uint64).astype(np.uint32)
+            p = rng.integers(0, 2**32, size=(kq, 64), dtype=np.uint64).astype(np.uint32)
+            p[0, :8] = 0x80808080  # -128 weights: the products' extremes, 255 * -128
+            q[0, 0] = 0xFFFFFFFF
+            want = _block_oracle(q, p)
+            acc = np.full((rows, 64), -12345, np.int32)  # add=False must not read it
+            kernels._i8_block_for_tests(level, q, p, acc, False)
+            np.testing.assert_array_equal(acc, want, err_msg=f"{level} {rows}x{kq}")
+            acc0 = rng.integers(-2**20, 2**20, size=(rows, 64)).astype(np.int32)
+            acc = acc0.copy()
+            kernels._i8_block_for_tests(level, q, p, acc, True)
+            np.testing.assert_array_equal(acc, acc0 + want, err_msg=f"{level} {rows}x{kq} add")
+
+
+def test_block_hook_refuses_what_it_cannot_run():
+    q, p = np.zeros((1, 1), np.uint32), np.zeros((1, 64), np.uint32)
+    acc = np.zeros((1, 64), np.int32)
+    with pytest.raises(ValueError, match="tile configuration"):
+        kernels._i8_block_for_tests("amx-int8", q, p, acc, False)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        kernels._i8_block_for_tests("portable", q, p, np.zeros((2, 64), np.int32), False)
+    with pytest.raises(ValueError, match="unknown int8 level"):
+        kernels._i8_block_for_tests("avx1024", q, p, acc, False)
+    if "avx512-vnni" not in kernels.int8_levels():
+        with pytest.raises(ValueError, match="needs AVX512-VNNI"):
+            kernels._i8_block_for_tests("avx-vnni-evex", q, p, acc, False)
+
+
 def test_levels_are_reported_and_chosen():
     import fastlstm
 

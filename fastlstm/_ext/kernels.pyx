@@ -36,7 +36,7 @@ import os
 from cython cimport floating
 from cython.parallel cimport parallel
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.stdint cimport uint32_t
+from libc.stdint cimport int32_t, uint32_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memmove, memset
 
@@ -120,6 +120,8 @@ cdef extern from "int8.h" nogil:
                           Py_ssize_t ldh, int p_lo, int p_hi, int reverse) noexcept
     void fl_i8_row_sliced(int level, int beta, int K, const float *a, const uint32_t *P,
                           float *g, int width) noexcept
+    int fl_i8_block_for_tests(int which, int R, int kq, const uint32_t *Q, Py_ssize_t ldq,
+                              const uint32_t *P, int32_t *acc, int add) noexcept
 
 
 cdef extern from "omp_compat.h" nogil:
@@ -466,6 +468,34 @@ def _matmul_bf16_for_tests(const float[:, ::1] a, const uint32_t[::1] bp, float[
             fl_matmul_bf(lv, beta, g.shape[0], g.shape[1], a.shape[1], &a[0, 0], a.shape[1],
                          &bp[0], &g[0, 0], g.shape[1])
         fl_ftz_end(csr)
+
+
+def _i8_block_for_tests(level, const uint32_t[:, ::1] q, const uint32_t[:, ::1] p,
+                        int32_t[:, ::1] acc, bint add):
+    """acc (R, 64) = add * acc + the int32 sums of one block: q (R, kq) words of four
+    unsigned bytes, p (kq, 64) words of four signed bytes (a panel's quads), by the
+    block of int8 level ``level`` (a name of ``int8_levels()`` but "amx-int8"), or
+    "avx-vnni-evex": the AVX-VNNI block's source on AVX512-VNNI's instruction, which
+    checks that block's code on CPUs without AVX-VNNI."""
+    cdef int which
+    if level == "avx-vnni-evex":
+        if "avx512-vnni" not in _I8_AVAILABLE:
+            raise ValueError("the AVX-VNNI block's EVEX twin needs AVX512-VNNI")
+        which = -1
+    elif level == "amx-int8":
+        raise ValueError("the AMX block needs the tile configuration: test it through "
+                         "_matmul_int8_for_tests")
+    else:
+        which = _int8_index(level)
+    cdef int rows = q.shape[0], kq = q.shape[1]
+    if rows < 1 or kq < 1 or p.shape[0] < kq or p.shape[1] != 64 or acc.shape[0] != rows \
+            or acc.shape[1] != 64:
+        raise ValueError("_i8_block_for_tests: shapes do not match")
+    with nogil:
+        which = fl_i8_block_for_tests(which, rows, kq, &q[0, 0], kq, &p[0, 0], &acc[0, 0],
+                                      add)
+    if which != 0:
+        raise ValueError(f"this build has no int8 block for {level!r}")
 
 
 def _matmul_int8_for_tests(const float[:, ::1] a, const uint32_t[::1] bp, float[:, ::1] g,

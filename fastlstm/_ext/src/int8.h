@@ -317,33 +317,67 @@ FL_TGT_vnni static __attribute__((noinline)) void fl_i8_block_vnni(int R, int kq
     }
 }
 
-/* AVX-VNNI: the same on 256-bit vectors, eight of them for a panel's 64 columns. */
-FL_TGT_avxvnni static __attribute__((noinline)) void fl_i8_block_avxvnni(int R, int kq,
-        const uint32_t *Q, ptrdiff_t ldq, const uint32_t *P, int32_t *acc, int add)
-{
-    for (int r0 = 0; r0 < R; r0 += 2) {
-        const int rb = R - r0 < 2 ? R - r0 : 2;
-        __m256i c[2][8];
-        for (int r = 0; r < rb; r++)
-            for (int v = 0; v < 8; v++)
-                c[r][v] = add ? _mm256_loadu_si256((const __m256i *)(acc + (r0 + r) * 64 + v * 8))
-                              : _mm256_setzero_si256();
-        for (int kk = 0; kk < kq; kk++) {
-            const uint32_t *pk = P + (ptrdiff_t)kk * 64;
-            __m256i b[8];
-            for (int v = 0; v < 8; v++)
-                b[v] = _mm256_loadu_si256((const __m256i *)(pk + v * 8));
-            for (int r = 0; r < rb; r++) {
-                const __m256i a = _mm256_set1_epi32((int)Q[(r0 + r) * ldq + kk]);
-                for (int v = 0; v < 8; v++)
-                    c[r][v] = _mm256_dpbusd_avx_epi32(c[r][v], a, b[v]);
-            }
-        }
-        for (int r = 0; r < rb; r++)
-            for (int v = 0; v < 8; v++)
-                _mm256_storeu_si256((__m256i *)(acc + (r0 + r) * 64 + v * 8), c[r][v]);
-    }
+/* VPDPBUSD on 256-bit vectors, eight of them for a panel's 64 columns: AVX-VNNI (VEX,
+ * 16 registers), and the same source with the EVEX instruction of AVX512-VNNI/VL, through
+ * which the tests check this block on CPUs without AVX-VNNI.  rb rows by nv vectors of
+ * columns from column col, both constant where inlined: rb*nv accumulators and rb
+ * broadcasts stay within 16 registers, the weights read as memory operands.  (Two rows by
+ * eight vectors, with a row count the compiler could not see, kept 24 vectors live:
+ * every accumulator went through the stack on every quad.) */
+#define FL_DEFINE_I8_VNNI256(NAME, TGT, DPBUSD)                                      \
+TGT static inline __attribute__((always_inline)) void NAME##_rows(const int rb,      \
+        const int nv, int col, int kq, const uint32_t *Q, ptrdiff_t ldq,             \
+        const uint32_t *P, int32_t *acc, int add)                                    \
+{                                                                                    \
+    __m256i c[4][8];                                                                 \
+    for (int r = 0; r < rb; r++)                                                     \
+        for (int v = 0; v < nv; v++)                                                 \
+            c[r][v] = add ? _mm256_loadu_si256((const __m256i *)(acc + r * 64 + col + v * 8)) \
+                          : _mm256_setzero_si256();                                  \
+    for (int kk = 0; kk < kq; kk++) {                                                \
+        const uint32_t *pk = P + (ptrdiff_t)kk * 64 + col;                           \
+        __m256i a[4];                                                                \
+        for (int r = 0; r < rb; r++)                                                 \
+            a[r] = _mm256_set1_epi32((int)Q[r * ldq + kk]);                          \
+        for (int v = 0; v < nv; v++) {                                               \
+            const __m256i b = _mm256_loadu_si256((const __m256i *)(pk + v * 8));     \
+            for (int r = 0; r < rb; r++)                                             \
+                c[r][v] = DPBUSD(c[r][v], a[r], b);                                  \
+        }                                                                            \
+    }                                                                                \
+    for (int r = 0; r < rb; r++)                                                     \
+        for (int v = 0; v < nv; v++)                                                 \
+            _mm256_storeu_si256((__m256i *)(acc + r * 64 + col + v * 8), c[r][v]);   \
+}                                                                                    \
+                                                                                     \
+/* Blocks of 4 rows by 2 vectors, 3 by 4, 2 by 4 or 1 by 8: 8 to 12 sums in flight. */ \
+TGT static __attribute__((noinline)) void NAME(int R, int kq, const uint32_t *Q,     \
+        ptrdiff_t ldq, const uint32_t *P, int32_t *acc, int add)                     \
+{                                                                                    \
+    for (int r0 = 0; r0 < R; r0 += 4) {                                              \
+        const uint32_t *q = Q + r0 * ldq;                                            \
+        int32_t *s = acc + r0 * 64;                                                  \
+        switch (R - r0) {                                                            \
+        case 1:                                                                      \
+            NAME##_rows(1, 8, 0, kq, q, ldq, P, s, add);                             \
+            break;                                                                   \
+        case 2:                                                                      \
+            for (int col = 0; col < 64; col += 32)                                   \
+                NAME##_rows(2, 4, col, kq, q, ldq, P, s, add);                       \
+            break;                                                                   \
+        case 3:                                                                      \
+            for (int col = 0; col < 64; col += 32)                                   \
+                NAME##_rows(3, 4, col, kq, q, ldq, P, s, add);                       \
+            break;                                                                   \
+        default:                                                                     \
+            for (int col = 0; col < 64; col += 16)                                   \
+                NAME##_rows(4, 2, col, kq, q, ldq, P, s, add);                       \
+            break;                                                                   \
+        }                                                                            \
+    }                                                                                \
 }
+FL_DEFINE_I8_VNNI256(fl_i8_block_avxvnni, FL_TGT_avxvnni, _mm256_dpbusd_avx_epi32)
+FL_DEFINE_I8_VNNI256(fl_i8_block_vnni256, FL_TGT_vnni, _mm256_dpbusd_epi32)
 
 /* AMX-INT8: 16 or 32 rows by one panel, tiles of 16 x 16 int32 sums (the tile
  * configuration of bf16.h: every tile 16 rows of 64 bytes); the panel's quads read
@@ -503,6 +537,32 @@ static void fl_i8_dequant_at(int level, int R, int beta, const int32_t *acc,
 #endif
     (void)level;
     fl_i8_dequant(R, beta, acc, P, kq, s, G, ldg, width);
+}
+
+/* One block of int32 sums for the tests: `which` a level number, or -1 for the EVEX twin
+ * of the AVX-VNNI block; the caller checks that the CPU runs it.  0, or -1 for a level
+ * this build has no block for. */
+static int fl_i8_block_for_tests(int which, int R, int kq, const uint32_t *Q, ptrdiff_t ldq,
+                                 const uint32_t *P, int32_t *acc, int add)
+{
+#if FL_X86
+    if (which == -1)
+        fl_i8_block_vnni256(R, kq, Q, ldq, P, acc, add);
+    else if (which == FL_I8_AVXVNNI)
+        fl_i8_block_avxvnni(R, kq, Q, ldq, P, acc, add);
+    else if (which == FL_I8_VNNI)
+        fl_i8_block_vnni(R, kq, Q, ldq, P, acc, add);
+    else
+#endif
+    if (which == FL_AVX512)
+        fl_i8_block_avx512(R, kq, Q, ldq, P, acc, add);
+    else if (which == FL_AVX2)
+        fl_i8_block_avx2(R, kq, Q, ldq, P, acc, add);
+    else if (which == FL_PORTABLE)
+        fl_i8_block_portable(R, kq, Q, ldq, P, acc, add);
+    else
+        return -1;
+    return 0;
 }
 
 /* Rows a block of the products takes at `level`. */
