@@ -120,8 +120,8 @@ cdef extern from "int8.h" nogil:
                           Py_ssize_t ldh, int p_lo, int p_hi, int reverse) noexcept
     void fl_i8_row_sliced(int level, int beta, int K, const float *a, const uint32_t *P,
                           float *g, int width) noexcept
-    int fl_i8_block_for_tests(int which, int R, int kq, const uint32_t *Q, Py_ssize_t ldq,
-                              const uint32_t *P, int32_t *acc, int add) noexcept
+    int fl_i8_block_add(int level, int R, int kq, const uint32_t *Q, Py_ssize_t ldq,
+                        const uint32_t *P, int32_t *acc, int add) noexcept
 
 
 cdef extern from "omp_compat.h" nogil:
@@ -492,8 +492,7 @@ def _i8_block_for_tests(level, const uint32_t[:, ::1] q, const uint32_t[:, ::1] 
             or acc.shape[1] != 64:
         raise ValueError("_i8_block_for_tests: shapes do not match")
     with nogil:
-        which = fl_i8_block_for_tests(which, rows, kq, &q[0, 0], kq, &p[0, 0], &acc[0, 0],
-                                      add)
+        which = fl_i8_block_add(which, rows, kq, &q[0, 0], kq, &p[0, 0], &acc[0, 0], add)
     if which != 0:
         raise ValueError(f"this build has no int8 block for {level!r}")
 

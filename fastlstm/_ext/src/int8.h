@@ -454,25 +454,43 @@ FL_TGT_amxi8 static void fl_i8_block_amx(int R, int kq, const uint32_t *Q, ptrdi
 }
 #endif
 
+/* acc (R x 64) = add*acc + the int32 sums of R rows by one panel at `level`, any level
+ * but AMX, or -1: the EVEX twin of the AVX-VNNI block (for the tests).  0, or -1 for a
+ * level this build has no such block for. */
+static int fl_i8_block_add(int level, int R, int kq, const uint32_t *Q, ptrdiff_t ldq,
+                           const uint32_t *P, int32_t *acc, int add)
+{
+#if FL_X86
+    if (level == -1)
+        fl_i8_block_vnni256(R, kq, Q, ldq, P, acc, add);
+    else if (level == FL_I8_VNNI)
+        fl_i8_block_vnni(R, kq, Q, ldq, P, acc, add);
+    else if (level == FL_I8_AVXVNNI)
+        fl_i8_block_avxvnni(R, kq, Q, ldq, P, acc, add);
+    else
+#endif
+    if (level >= FL_AVX512)
+        fl_i8_block_avx512(R, kq, Q, ldq, P, acc, add);
+    else if (level == FL_AVX2)
+        fl_i8_block_avx2(R, kq, Q, ldq, P, acc, add);
+    else if (level == FL_PORTABLE)
+        fl_i8_block_portable(R, kq, Q, ldq, P, acc, add);
+    else
+        return -1;
+    return 0;
+}
+
 /* The int32 sums of R rows by one panel at `level` (AMX: the caller holds the tiles). */
 static void fl_i8_block(int level, int R, int kq, const uint32_t *Q, ptrdiff_t ldq,
                         const uint32_t *P, int32_t *acc)
 {
 #if FL_X86
-    if (level == FL_I8_AMX)
+    if (level == FL_I8_AMX) {
         fl_i8_block_amx(R, kq, Q, ldq, P, acc);
-    else if (level == FL_I8_VNNI)
-        fl_i8_block_vnni(R, kq, Q, ldq, P, acc, 0);
-    else if (level == FL_I8_AVXVNNI)
-        fl_i8_block_avxvnni(R, kq, Q, ldq, P, acc, 0);
-    else
+        return;
+    }
 #endif
-    if (level >= FL_AVX512)
-        fl_i8_block_avx512(R, kq, Q, ldq, P, acc, 0);
-    else if (level == FL_AVX2)
-        fl_i8_block_avx2(R, kq, Q, ldq, P, acc, 0);
-    else
-        fl_i8_block_portable(R, kq, Q, ldq, P, acc, 0);
+    fl_i8_block_add(level, R, kq, Q, ldq, P, acc, 0);
 }
 
 /* G (R rows, the first `width` columns of a panel) = beta*G + (float)(acc + comp) *
@@ -537,32 +555,6 @@ static void fl_i8_dequant_at(int level, int R, int beta, const int32_t *acc,
 #endif
     (void)level;
     fl_i8_dequant(R, beta, acc, P, kq, s, G, ldg, width);
-}
-
-/* One block of int32 sums for the tests: `which` a level number, or -1 for the EVEX twin
- * of the AVX-VNNI block; the caller checks that the CPU runs it.  0, or -1 for a level
- * this build has no block for. */
-static int fl_i8_block_for_tests(int which, int R, int kq, const uint32_t *Q, ptrdiff_t ldq,
-                                 const uint32_t *P, int32_t *acc, int add)
-{
-#if FL_X86
-    if (which == -1)
-        fl_i8_block_vnni256(R, kq, Q, ldq, P, acc, add);
-    else if (which == FL_I8_AVXVNNI)
-        fl_i8_block_avxvnni(R, kq, Q, ldq, P, acc, add);
-    else if (which == FL_I8_VNNI)
-        fl_i8_block_vnni(R, kq, Q, ldq, P, acc, add);
-    else
-#endif
-    if (which == FL_AVX512)
-        fl_i8_block_avx512(R, kq, Q, ldq, P, acc, add);
-    else if (which == FL_AVX2)
-        fl_i8_block_avx2(R, kq, Q, ldq, P, acc, add);
-    else if (which == FL_PORTABLE)
-        fl_i8_block_portable(R, kq, Q, ldq, P, acc, add);
-    else
-        return -1;
-    return 0;
 }
 
 /* Rows a block of the products takes at `level`. */
@@ -695,19 +687,7 @@ static void fl_i8_row_sliced(int level, int beta, int K, const float *a, const u
         const int kb = K - 4 * q0 < 4 * nq ? K - 4 * q0 : 4 * nq;
         fl_i8_row_bytes(kb, a + 4 * q0, inv, buf);
         const uint32_t *pk = P + (ptrdiff_t)q0 * 64;
-#if FL_X86
-        if (lv == FL_I8_VNNI)
-            fl_i8_block_vnni(1, nq, buf, 0, pk, acc, q0 > 0);
-        else if (lv == FL_I8_AVXVNNI)
-            fl_i8_block_avxvnni(1, nq, buf, 0, pk, acc, q0 > 0);
-        else
-#endif
-        if (lv >= FL_AVX512)
-            fl_i8_block_avx512(1, nq, buf, 0, pk, acc, q0 > 0);
-        else if (lv == FL_AVX2)
-            fl_i8_block_avx2(1, nq, buf, 0, pk, acc, q0 > 0);
-        else
-            fl_i8_block_portable(1, nq, buf, 0, pk, acc, q0 > 0);
+        fl_i8_block_add(lv, 1, nq, buf, 0, pk, acc, q0 > 0);
         if (kq == 0)
             break;
     }
