@@ -2,11 +2,18 @@
 always, against the documented quantization (docs/precision.md): the int32 sums are
 exact, so every level must give the same float32 results bit for bit."""
 
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from fastlstm._ext import kernels
 from fastlstm._module import int8_values, int8_weight, pack_panels_int8
+from tests._helpers import IN_CI
 from tests._helpers.precision import int8_rows
 from tests._helpers.precision import int8_weight as oracle_weight
 
@@ -199,3 +206,68 @@ def test_a_level_the_cpu_lacks_is_refused(monkeypatch):
         kernels._matmul_int8_for_tests(np.ones((1, 4), np.float32),
                                        np.zeros(3 * 64, np.uint32),
                                        np.zeros((1, 1), np.float32), False, missing)
+
+
+# The scalar dequantization built where the baseline ISA has FMA (here x86 with -mfma, as
+# AArch64 always is, or a -march=native build): the product and the sum must still round
+# apart, as every other level does, not fuse into one FMA.
+_DEQUANT_C = r"""
+#include "kernels.h"
+#include "bf16.h"
+#include "int8.h"
+#include <stdio.h>
+int main(void)
+{
+    static uint32_t P[3 * 64];  /* kq = 1: one row of quads, the scales, the compensations */
+    int32_t acc[2 * 64];
+    float s[2] = {0.0123f, 3.7e-3f}, G[2 * 64];
+    unsigned int x = 12345;
+    for (int j = 0; j < 64; j++) {
+        float sc = 1e-3f * (float)(1 + j % 13) / 7.0f;
+        memcpy(P + 64 + j, &sc, 4);
+        P[128 + j] = (uint32_t)(-128 * (j % 5));
+    }
+    for (int i = 0; i < 128; i++) {
+        x = x * 1103515245u + 12345u;
+        acc[i] = (int32_t)(x >> 8) % 40000 - 20000;
+        G[i] = (float)((int32_t)(x >> 4) % 1000000) / 3.0e5f;
+    }
+    for (int i = 0; i < 128; i++) printf("%d %a\n", acc[i], G[i]);
+    fl_i8_dequant(2, 1, acc, P, 1, s, G, 64, 64);
+    for (int i = 0; i < 128; i++) printf("%a\n", G[i]);
+    return 0;
+}
+"""
+
+
+def test_dequant_rounds_apart_where_the_baseline_has_fma(tmp_path):
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("builds with -mfma, an x86 flag")
+    with open("/proc/cpuinfo") as f:
+        if " fma " not in f.read():
+            pytest.skip("this CPU has no FMA")
+    cc = os.environ.get("CC", "gcc")
+    if shutil.which(cc) is None:
+        if IN_CI:
+            pytest.fail(f"no C compiler {cc!r} in CI")
+        pytest.skip(f"no C compiler {cc!r}")
+    src = Path(kernels.__file__).parent / "src"
+    (tmp_path / "t.c").write_text(_DEQUANT_C)
+    exe = tmp_path / "t"
+    subprocess.run([cc, "-O3", "-mfma", "-I", str(src), str(tmp_path / "t.c"), "-o", str(exe),
+                    "-lm"], check=True, capture_output=True)
+    lines = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()
+    acc = np.array([int(v) for v in lines[0:256:2]], np.int64)
+    g0 = np.array([float.fromhex(v) for v in lines[1:256:2]], np.float32)
+    got = np.array([float.fromhex(v) for v in lines[256:]], np.float32)
+    j = np.arange(128) % 64
+    scale = (np.float32(1e-3) * (1 + j % 13).astype(np.float32) / np.float32(7)).astype(np.float32)
+    comp = -128 * (j % 5)
+    s = np.where(np.arange(128) < 64, np.float32(0.0123), np.float32(3.7e-3)).astype(np.float32)
+    f = (s * scale).astype(np.float32)
+    prod = ((acc + comp).astype(np.float32) * f).astype(np.float32)  # rounded on its own
+    want = (g0 + prod).astype(np.float32)
+    fused = (g0.astype(np.float64) + (acc + comp).astype(np.float32).astype(np.float64)
+             * f.astype(np.float64)).astype(np.float32)  # one rounding, as an FMA
+    assert (fused != want).any(), "the data must tell a fused sum from the two roundings"
+    np.testing.assert_array_equal(got, want)

@@ -493,9 +493,21 @@ static void fl_i8_block(int level, int R, int kq, const uint32_t *Q, ptrdiff_t l
     fl_i8_block_add(level, R, kq, Q, ldq, P, acc, 0);
 }
 
+/* An empty asm that the compiler must assume changes x (a float in a register): the
+ * product before it is rounded on its own, never fused with a later sum. */
+#if defined(__x86_64__) || defined(__i386__)
+#define FL_UNFUSED(x) __asm__("" : "+x"(x))
+#elif defined(__aarch64__)
+#define FL_UNFUSED(x) __asm__("" : "+w"(x))
+#else
+#define FL_UNFUSED(x) __asm__("" : "+m"(x))
+#endif
+
 /* G (R rows, the first `width` columns of a panel) = beta*G + (float)(acc + comp) *
- * (s[r] * scale[j]).  Compiled once, for the baseline ISA and never inlined into a
- * wider one: no FMA contraction, so every level rounds the same way. */
+ * (s[r] * scale[j]), product and sum rounded apart (FL_UNFUSED) as at every level: a
+ * compiler contracts them into an FMA where the baseline ISA has one (AArch64, or x86
+ * built with -march=native), and the results then differed by an ulp from every other
+ * level's (measured through QEMU on AArch64). */
 static __attribute__((noinline)) void fl_i8_dequant(int R, int beta, const int32_t *acc,
         const uint32_t *P, int kq, const float *s, float *G, ptrdiff_t ldg, int width)
 {
@@ -507,7 +519,8 @@ static __attribute__((noinline)) void fl_i8_dequant(int R, int beta, const int32
         const float sr = s[r];
         for (int j = 0; j < width; j++) {
             const float f = sr * scale[j];
-            const float v = (float)(a[j] + comp[j]) * f;
+            float v = (float)(a[j] + comp[j]) * f;
+            FL_UNFUSED(v);
             g[j] = beta ? g[j] + v : v;
         }
     }
