@@ -493,22 +493,19 @@ static void fl_i8_block(int level, int R, int kq, const uint32_t *Q, ptrdiff_t l
     fl_i8_block_add(level, R, kq, Q, ldq, P, acc, 0);
 }
 
-/* An empty asm that the compiler must assume changes x (a float in a register): the
- * product before it is rounded on its own, never fused with a later sum. */
-#if defined(__x86_64__) || defined(__i386__)
-#define FL_UNFUSED(x) __asm__("" : "+x"(x))
-#elif defined(__aarch64__)
-#define FL_UNFUSED(x) __asm__("" : "+w"(x))
+/* No fusing of a product with a later sum into one FMA in this function: GCC fuses across
+ * statements by default (-ffp-contract=fast), clang only within one expression. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define FL_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
 #else
-#define FL_UNFUSED(x) __asm__("" : "+m"(x))
+#define FL_NO_CONTRACT
 #endif
 
 /* G (R rows, the first `width` columns of a panel) = beta*G + (float)(acc + comp) *
- * (s[r] * scale[j]), product and sum rounded apart (FL_UNFUSED) as at every level: a
- * compiler contracts them into an FMA where the baseline ISA has one (AArch64, or x86
- * built with -march=native), and the results then differed by an ulp from every other
- * level's (measured through QEMU on AArch64). */
-static __attribute__((noinline)) void fl_i8_dequant(int R, int beta, const int32_t *acc,
+ * (s[r] * scale[j]), product and sum rounded apart (FL_NO_CONTRACT) as at every level:
+ * where the baseline ISA has FMA (AArch64, or x86 built with -march=native) GCC fused
+ * them, and the results differed by an ulp from every other level's (tools/aarch64). */
+static FL_NO_CONTRACT __attribute__((noinline)) void fl_i8_dequant(int R, int beta, const int32_t *acc,
         const uint32_t *P, int kq, const float *s, float *G, ptrdiff_t ldg, int width)
 {
     const float *scale = (const float *)(P + (ptrdiff_t)kq * 64);
@@ -519,8 +516,7 @@ static __attribute__((noinline)) void fl_i8_dequant(int R, int beta, const int32
         const float sr = s[r];
         for (int j = 0; j < width; j++) {
             const float f = sr * scale[j];
-            float v = (float)(a[j] + comp[j]) * f;
-            FL_UNFUSED(v);
+            const float v = (float)(a[j] + comp[j]) * f;
             g[j] = beta ? g[j] + v : v;
         }
     }
