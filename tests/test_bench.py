@@ -27,7 +27,7 @@ import fastlstm
 from fastlstm import cli
 from fastlstm._bench.cases import DEFAULT_GRID, FULL_GRID, Case, parse_shape, select_cases
 from fastlstm._bench.command import run_case
-from fastlstm._bench.report import Progress
+from fastlstm._bench.report import Progress, contention_lines
 from fastlstm._bench.timing import settle, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ CASE_FIELDS = {
     "time_s", "block_s", "reps_per_block", "gflops", "peak_fraction", "speedup_vs_torch",
     "speedup_vs_onnxruntime", "onnxruntime_note", "peak_memory_mib", "peak_memory_total_mib",
     "peak_memory_note", "kind", "padded_time_s", "speedup_vs_padded", "speedup_vs_openvino",
-    "openvino_note",
+    "openvino_note", "team_windows", "contended_windows",
 }
 
 
@@ -810,3 +810,30 @@ def test_measure_peak_reports_every_gemm(torch):
     found = measure_peak(1, size=64, dtypes=("float32",), reps=2, warmup=1)["float32"]
     assert {"torch.mm", "scipy.sgemm", "fastlstm.matmul", "best"} <= set(found)
     assert found["best"] == max(v for k, v in found.items() if k != "best")
+
+
+def test_contended_windows_are_counted_per_case_and_reported(torch, monkeypatch):
+    from fastlstm._bench import command
+
+    # The controller's counters as the case's timing starts, then as it ends: 15 windows,
+    # 3 judged contended (each ran fewer threads for a while).
+    states = [{"dynamic": True, "cpus": 2, "cap": 0, "cap_left_s": 0.0, "backoff_s": 0.05,
+               "windows": 10, "contended_windows": 1}]
+    states.append(dict(states[0], windows=25, contended_windows=4))
+    calls = []
+
+    def team_state():
+        calls.append(1)
+        return states[min(len(calls), 2) - 1]
+
+    monkeypatch.setattr(command.kernels, "team_state", team_state)
+    args = argparse.Namespace(budget=0.03, blocks=3, repeat=None, pause=0.0, seed=0,
+                              memory=False)
+    record = run_case(Case("tiny", 2, 3, 8, 16), torch, 1, args, use_ort=False,
+                      use_openvino=False)
+    assert record["status"] == "ok"
+    assert (record["team_windows"], record["contended_windows"]) == (15, 3)
+    quiet = dict(record, name="quiet", team_windows=7, contended_windows=0)
+    lines = contention_lines([record, quiet])
+    assert len(lines) == 1 and "tiny (3 of 15)" in lines[0] and "quiet" not in lines[0]
+    assert contention_lines([quiet]) == []

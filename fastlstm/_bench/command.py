@@ -57,6 +57,7 @@ from fastlstm._bench.report import (
     MEMORY_LIBS,
     Progress,
     Table,
+    contention_lines,
     geomean,
     machine_info,
     matplotlib_available,
@@ -70,6 +71,7 @@ from fastlstm._bench.report import (
 )
 from fastlstm._bench.streams import measure_stream_scaling, scaling_line
 from fastlstm._bench.timing import PEAK_REPS, PEAK_WARMUP, measure_peak, time_interleaved
+from fastlstm._ext import kernels
 from fastlstm.cli import CLIError
 
 __all__ = ["DESCRIPTION", "EPILOG", "TOLERANCE", "add_arguments", "measure_memory", "run",
@@ -463,6 +465,7 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
         "peak_memory_mib": {lib: None for lib in MEMORY_LIBS},
         "peak_memory_total_mib": {lib: None for lib in MEMORY_LIBS},
         "peak_memory_note": None, "padded_time_s": None, "speedup_vs_padded": None,
+        "team_windows": None, "contended_windows": None,
     }
     progress(0.0, "checking")
     calls = _Calls(case, torch, args.seed)
@@ -522,10 +525,16 @@ def run_case(case: Case, torch: Any, threads: int, args: argparse.Namespace, *,
         memory = bool(getattr(args, "memory", False))
         timed_part = 0.75 if memory else 0.95
         progress(0.05, "timing")
+        team0 = kernels.team_state()
         timings = time_interleaved(
             runners, budget=args.budget, blocks=args.blocks, repeat=args.repeat,
             pause=args.pause, first_call_s=first,
             on_block=lambda done, total: progress(0.05 + timed_part * done / total, "timing"))
+        # The windows in which fastlstm's dynamic threads judged the CPUs contended (each
+        # then runs fewer threads for 50 ms or more): a slow case on a shared machine.
+        team1 = kernels.team_state()
+        record["team_windows"] = team1["windows"] - team0["windows"]
+        record["contended_windows"] = team1["contended_windows"] - team0["contended_windows"]
 
     if memory and case.kind != "forward":
         record["peak_memory_note"] = "measured for forward cases only"
@@ -932,7 +941,7 @@ def _run(args: argparse.Namespace, torch: Any, cases: List[Case], grid: str, thr
         summary["peak_memory_compared"] = len(pairs)
     gm_t, gm_o = summary["geomean_speedup_vs_torch"], summary["geomean_speedup_vs_onnxruntime"]
     gm_v = summary["geomean_speedup_vs_openvino"]
-    for text in padded_lines(records):
+    for text in padded_lines(records) + contention_lines(records):
         print(text, flush=True)
     streams = None
     if args.streams or (args.streams is None and grid != "custom" and threads >= 2):

@@ -373,6 +373,19 @@ def padded_lines(cases: List[Dict[str, Any]]) -> List[str]:
             for c in cases if c.get("speedup_vs_padded") is not None]
 
 
+def contention_lines(cases: List[Dict[str, Any]]) -> List[str]:
+    """One line naming the cases during whose timing fastlstm's dynamic threads found the
+    CPUs contended (``fastlstm.set_dynamic_threads``): those ran fewer threads for a while."""
+    hit = [f"{c['name']} ({c['contended_windows']} of {c['team_windows']})" for c in cases
+           if c.get("contended_windows")]
+    if not hit:
+        return []
+    return ["dynamic threads: fastlstm found its CPUs contended, and ran fewer threads for "
+            "50 ms or more each time, in windows of " + ", ".join(hit)
+            + " (another process or thread held a CPU; set_dynamic_threads(False) to time a "
+            "fixed count)"]
+
+
 def peak_lines(peak: Dict[str, Dict[str, Any]], settings: Dict[str, Any],
                nominal: Optional[Dict[str, Any]], prefix: str = "") -> List[str]:
     """What the 'peak' column is measured against: per dtype, the best GEMM measured in
@@ -437,7 +450,7 @@ def markdown(report: Dict[str, Any]) -> str:
         cells = [_md_escape(c) for c in _row_cells(case, memory)]
         lines.append("| " + " | ".join(cells) + " |")
     summary = report["summary"]
-    padded = padded_lines(report["cases"])
+    padded = padded_lines(report["cases"]) + contention_lines(report["cases"])
     streams = scaling_line(report.get("stream_scaling"))
     if padded or streams:
         lines += [""] + [f"- {line}" for line in padded + ([streams] if streams else [])]
