@@ -161,6 +161,8 @@ def test_block_hook_refuses_what_it_cannot_run():
         kernels._i8_block_for_tests("portable", q, p, np.zeros((2, 64), np.int32), False)
     with pytest.raises(ValueError, match="unknown int8 level"):
         kernels._i8_block_for_tests("avx1024", q, p, acc, False)
+    with pytest.raises(TypeError, match="a level name"):
+        kernels._i8_block_for_tests(None, q, p, acc, False)
     if "avx512-vnni" not in kernels.int8_levels():
         with pytest.raises(ValueError, match="needs AVX512-VNNI"):
             kernels._i8_block_for_tests("avx-vnni-evex", q, p, acc, False)

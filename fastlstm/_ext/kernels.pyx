@@ -478,6 +478,8 @@ def _i8_block_for_tests(level, const uint32_t[:, ::1] q, const uint32_t[:, ::1] 
     "avx-vnni-evex": the AVX-VNNI block's source on AVX512-VNNI's instruction, which
     checks that block's code on CPUs without AVX-VNNI."""
     cdef int which
+    if not isinstance(level, str):
+        raise TypeError(f"_i8_block_for_tests: a level name, got {level!r}")
     if level == "avx-vnni-evex":
         if "avx512-vnni" not in _I8_AVAILABLE:
             raise ValueError("the AVX-VNNI block's EVEX twin needs AVX512-VNNI")
