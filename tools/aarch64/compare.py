@@ -11,6 +11,7 @@ from typing import Dict
 import numpy as np
 
 M, K, N, NX, H, MS = 7, 45, 130, 400001, 40, 5  # as harness.c
+GATE_COLS = -(-H // 16) * 64  # a panel of 64 gate columns per 16 hidden units
 
 
 def inputs(folder: Path) -> None:
@@ -68,7 +69,7 @@ def _parse(path: str) -> Dict[str, np.ndarray]:
         take(f"{act} float64", np.float64, NX)
     take("step c", np.float32, MS * H)
     take("step h", np.float32, MS * H)
-    take("step gates", np.float32, MS * 192)
+    take("step gates", np.float32, MS * GATE_COLS)
     if at != len(data):
         raise SystemExit(f"{path}: {len(data)} bytes, expected {at}")
     return out
