@@ -9,11 +9,13 @@ behind the default budget and the Dask version (``fastlstm.dask``).
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
 from fastlstm._common import input_array, is_torch_tensor
+from fastlstm._threads import get_num_threads
 from fastlstm.lstm import LSTM
 from fastlstm.rnn import PackedSequence
 
@@ -48,10 +50,14 @@ def _checked(module: LSTM, index: int, seq: Any) -> Tuple[np.ndarray, bool]:
     return np.ascontiguousarray(x, dtype=module.dtype), tensor
 
 
-def _batches(lengths: np.ndarray, budget: int) -> List[np.ndarray]:
+def _batches(lengths: np.ndarray, budget: int, parts: int = 1) -> List[np.ndarray]:
     """Positions of the sequences, longest first, cut into runs of at most ``budget``
-    timesteps (a longer sequence alone)."""
+    timesteps (a longer sequence alone): greedily, or with ``parts`` > 1 into a
+    multiple of ``parts`` runs of about equal timesteps, so that ``parts`` threads
+    running them side by side finish together."""
     order = np.argsort(-lengths, kind="stable")
+    if parts > 1 and len(order) > 1:
+        return _even_batches(order, lengths[order].astype(np.int64), budget, parts)
     out: List[np.ndarray] = []
     start, total = 0, 0
     for k, i in enumerate(order):
@@ -65,9 +71,31 @@ def _batches(lengths: np.ndarray, budget: int) -> List[np.ndarray]:
     return out
 
 
-def _run_batch(module: LSTM, arrays: Sequence[np.ndarray], states: bool
+def _even_batches(order: np.ndarray, lengths: np.ndarray, budget: int, parts: int
+                  ) -> List[np.ndarray]:
+    """``order`` (lengths ``lengths``) cut into n runs, n a multiple of ``parts``: each
+    sequence goes to the run that holds the middle of its timesteps, and n grows until
+    every run of two sequences or more is within ``budget``."""
+    total = int(lengths.sum())
+    n = -(-max(1, -(-total // budget)) // parts) * parts
+    middle = np.cumsum(lengths) - lengths / 2
+    while True:
+        run = np.minimum((middle * (n / total)).astype(np.int64), n - 1)
+        cuts = np.flatnonzero(np.diff(run)) + 1
+        starts = np.concatenate([[0], cuts])
+        sizes = np.add.reduceat(lengths, starts)
+        singles = np.diff(np.append(starts, len(order))) == 1
+        if np.all((sizes <= budget) | singles):
+            return np.split(order, cuts)
+        # geometric growth: a budget near the lengths needs many more runs than its quotient
+        n = -(-max(n + parts, int(n * 1.25)) // parts) * parts
+
+
+def _run_batch(module: LSTM, arrays: Sequence[np.ndarray], states: bool,
+               threads: Optional[int] = None
                ) -> List[Tuple[np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]]:
-    """``arrays`` (longest first) as one packed batch; each one's output and state."""
+    """``arrays`` (longest first) as one packed batch on ``threads`` threads (None: the
+    module's call, on ``get_num_threads()``); each one's output and state."""
     lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
     steps = np.arange(int(lengths[0]))
     batch_sizes = (lengths[None, :] > steps[:, None]).sum(axis=1).astype(np.int64)
@@ -76,13 +104,30 @@ def _run_batch(module: LSTM, arrays: Sequence[np.ndarray], states: bool
     rows = [offsets[:n] + i for i, n in enumerate(lengths)]  # sequence i at timestep t
     for r, a in zip(rows, arrays):
         data[r] = a
-    packed = PackedSequence(data, batch_sizes, None, None)
-    out, (h_n, c_n) = module(packed)
+    if threads is None:
+        packed, (h_n, c_n) = module(PackedSequence(data, batch_sizes, None, None))
+        out = packed.data
+    else:  # the arrays are checked: straight to the layers, on the threads given
+        out, h_n, c_n = module._run(data, None, None, False, batch_sizes, threads)
     result = []
     for i, r in enumerate(rows):
         state = (h_n[:, i].copy(), c_n[:, i].copy()) if states else None
-        result.append((out.data[r], state))
+        result.append((out[r], state))
     return result
+
+
+def _parts(module: LSTM, lengths: np.ndarray, budget: int) -> Tuple[int, int]:
+    """How many batches run side by side, and the threads of each: with more than one
+    batch's worth of timesteps and several threads, each thread (or group of threads)
+    runs batches of its own, without a barrier at every timestep (docs/scale.md has the
+    measurements).  A subclass that overrides ``forward`` is called as it is, one batch
+    at a time."""
+    threads = get_num_threads()
+    batches = -(-int(lengths.sum()) // budget)
+    if threads < 2 or batches < 2 or type(module).forward is not LSTM.forward:
+        return 1, 0
+    parts = min(threads, batches)
+    return parts, threads // parts
 
 
 def _window(module: LSTM, items: Sequence[Tuple[int, Any]], budget: int,
@@ -91,9 +136,18 @@ def _window(module: LSTM, items: Sequence[Tuple[int, Any]], budget: int,
     checked = [_checked(module, index, seq) for index, seq in items]
     lengths = np.array([x.shape[0] for x, _ in checked], dtype=np.int64)
     results: List[_Result] = [None] * len(checked)
+    parts, each = _parts(module, lengths, budget)
+    batches = _batches(lengths, budget, parts)
+    inputs = [[checked[p][0] for p in positions] for positions in batches]
+    if parts > 1:
+        # The layers release the GIL, so a batch's packing overlaps the others' steps.
+        with ThreadPoolExecutor(parts, thread_name_prefix="fastlstm-batch") as pool:
+            done_all = list(pool.map(
+                lambda arrays: _run_batch(module, arrays, return_states, each), inputs))
+    else:
+        done_all = [_run_batch(module, arrays, return_states) for arrays in inputs]
     torch = None
-    for positions in _batches(lengths, budget):
-        done = _run_batch(module, [checked[p][0] for p in positions], return_states)
+    for positions, done in zip(batches, done_all):
         for p, (out, state) in zip(positions, done):
             if checked[p][1]:  # torch in, torch out, as forward
                 torch = torch or sys.modules["torch"]

@@ -570,9 +570,11 @@ class LSTM(_Module):
         c0: Optional[np.ndarray],
         batch_first: bool,
         batch_sizes: Optional[np.ndarray] = None,
+        threads: Optional[int] = None,
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run all layers on validated 3-D input, or packed 2-D input with its
-        ``batch_sizes`` (int64); returns (output, h_n, c_n) as ndarrays."""
+        ``batch_sizes`` (int64), on ``threads`` threads (None: ``get_num_threads()``);
+        returns (output, h_n, c_n) as ndarrays."""
         dt = self._dtype
         n_dirs = self._num_directions
         hidden, out_size = self._hidden_size, self._out_size
@@ -600,7 +602,8 @@ class LSTM(_Module):
             c_n = np.array(c0, dtype=dt, order="C", copy=True)  # updated in place
         h_n = np.empty((n_states, batch, out_size), dt)
 
-        threads = get_num_threads()
+        if threads is None:
+            threads = get_num_threads()
         if (seq_len == 1 and n_dirs == 1 and self._proj_size == 0 and batch_sizes is None
                 and not (self.training and self._dropout > 0)):
             stack = self._bound_layers()

@@ -3,11 +3,13 @@ on it alone (the oracle: ``forward``, itself checked against torch and NumPy), i
 order, for every configuration, budget and input form; errors name the sequence."""
 
 import itertools
+import threading
 
 import numpy as np
 import pytest
 
 import fastlstm
+from fastlstm._ext import kernels
 from fastlstm.batching import DEFAULT_BATCH_TOKENS, _batches
 from tests._helpers import TORCH
 from tests._helpers.reference import reference_forward
@@ -143,3 +145,125 @@ def test_reduced_precision_modules_too():
             # the same quantized module on one sequence: per-row quantization, so a
             # sequence's result does not depend on its batch-mates
             np.testing.assert_allclose(out, module(seq)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_even_batches_for_threads_side_by_side():
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(1, 60, size=200)
+    total = int(lengths.sum())
+    for parts in (2, 3, 4):
+        for budget in (1, 40, 300, 1000, total // parts + 60, total):
+            batches = _batches(lengths, budget, parts)
+            order = np.concatenate(batches)
+            assert sorted(order) == list(range(len(lengths)))
+            assert list(lengths[order]) == sorted(lengths, reverse=True)
+            sizes = np.array([lengths[b].sum() for b in batches])
+            for b, size in zip(batches, sizes):
+                assert len(b) == 1 or size <= budget
+            # about equal: each within one sequence's length of the others
+            assert sizes.max() - sizes.min() <= 2 * lengths.max(), (parts, budget)
+            if budget >= total // parts + 60:  # room for one batch per thread
+                assert len(batches) == parts
+
+
+def _spy_runs(monkeypatch, meet=0):
+    """Record (thread, threads given) of every call of LSTM._run; the first ``meet``
+    calls wait for one another at a barrier (which breaks if they do not overlap)."""
+    from fastlstm.lstm import LSTM
+
+    calls, orig = [], LSTM._run
+    barrier = threading.Barrier(meet, timeout=20) if meet else None
+
+    def spy(self, *args):
+        calls.append((threading.get_ident(), args[5] if len(args) > 5 else None))
+        if barrier is not None and len(calls) <= meet:
+            barrier.wait()
+        return orig(self, *args)
+
+    monkeypatch.setattr(LSTM, "_run", spy)
+    return calls
+
+
+def test_batches_run_side_by_side_each_on_its_own_thread(monkeypatch):
+    fastlstm.set_num_threads(2)
+    try:
+        if fastlstm.get_num_threads() < 2:
+            pytest.skip("a build without OpenMP runs on one thread")
+        rng = np.random.default_rng(8)
+        module = fastlstm.LSTM(6, 12, num_layers=2, rng=4)
+        seqs = _seqs(rng, rng.integers(1, 40, size=60))
+        want = [module(s) for s in seqs]
+        calls = _spy_runs(monkeypatch, meet=2)  # the first two batches overlap in time
+        outs = fastlstm.forward_many(module, seqs, max_batch_tokens=100, return_states=True)
+        assert len(calls) >= 2 and len({t for t, _ in calls}) == 2
+        assert threading.get_ident() not in {t for t, _ in calls}
+        assert {n for _, n in calls} == {1}  # one thread each: 2 batches x 1 <= 2 threads
+        exact = kernels.simd_level() == "avx512"  # below it, BLAS may round otherwise
+        for (out, (h, c)), (wo, (wh, wc)) in zip(outs, want):
+            for got, ref in ((out, wo), (h, wh), (c, wc)):
+                if exact:
+                    np.testing.assert_array_equal(got, ref)
+                else:
+                    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+        # more threads than batches: the threads are shared out
+        fastlstm.set_num_threads(4)
+        calls.clear()
+        tokens = sum(map(len, seqs[:8]))
+        fastlstm.forward_many(module, seqs[:8], max_batch_tokens=tokens // 2 + 40)
+        assert sorted(n for _, n in calls) == [2, 2]  # 2 batches of 2 threads
+    finally:
+        fastlstm.set_num_threads(None)
+
+
+def test_one_thread_one_batch_or_an_overridden_forward_run_in_the_callers_thread(
+        monkeypatch):
+    rng = np.random.default_rng(9)
+    seqs = _seqs(rng, rng.integers(1, 30, size=30))
+    seen = []
+
+    class Wrapped(fastlstm.LSTM):
+        def forward(self, input, hx=None):
+            seen.append(threading.get_ident())
+            return super().forward(input, hx)
+
+    module = Wrapped(6, 8, rng=5)
+    plain = fastlstm.LSTM(6, 8, rng=5)
+    calls = _spy_runs(monkeypatch)
+    fastlstm.set_num_threads(2)
+    try:
+        outs = fastlstm.forward_many(module, seqs, max_batch_tokens=50)
+        assert len(seen) > 1 and set(seen) == {threading.get_ident()}
+        for seq, out in zip(seqs, outs):
+            np.testing.assert_allclose(out, plain(seq)[0], rtol=1e-5, atol=1e-6)
+        calls.clear()
+        fastlstm.forward_many(plain, seqs, max_batch_tokens=10**6)  # one batch
+        fastlstm.set_num_threads(1)
+        fastlstm.forward_many(plain, seqs, max_batch_tokens=50)
+        assert len(calls) > 2 and set(calls) == {(threading.get_ident(), None)}
+    finally:
+        fastlstm.set_num_threads(None)
+
+
+def test_an_error_in_a_batch_thread_reaches_the_caller(monkeypatch):
+    from fastlstm.lstm import LSTM
+
+    orig, count = LSTM._run, itertools.count()
+
+    def failing(self, *args):
+        if next(count) == 1:  # the second batch, in a batch thread
+            assert threading.current_thread() is not threading.main_thread()
+            raise MemoryError("no room for this batch")
+        return orig(self, *args)
+
+    monkeypatch.setattr(LSTM, "_run", failing)
+    rng = np.random.default_rng(10)
+    module = fastlstm.LSTM(6, 8, rng=6)
+    fastlstm.set_num_threads(2)
+    try:
+        if fastlstm.get_num_threads() < 2:
+            pytest.skip("a build without OpenMP runs on one thread")
+        with pytest.raises(MemoryError, match="no room"):
+            fastlstm.forward_many(module, _seqs(rng, rng.integers(1, 30, size=40)),
+                                  max_batch_tokens=40)
+    finally:
+        fastlstm.set_num_threads(None)
