@@ -117,16 +117,16 @@ def _run_batch(module: LSTM, arrays: Sequence[np.ndarray], states: bool,
 
 
 def _parts(module: LSTM, lengths: np.ndarray, budget: int) -> Tuple[int, int]:
-    """How many batches run side by side, and the threads of each: with more than one
-    batch's worth of timesteps and several threads, each thread (or group of threads)
-    runs batches of its own, without a barrier at every timestep (docs/scale.md has the
-    measurements).  A subclass that overrides ``forward`` is called as it is, one batch
-    at a time."""
+    """How many batches run side by side, and the threads of each: with several threads
+    and at least two batches' worth of timesteps per part, each thread (or group of
+    threads) runs batches of its own, without a barrier at every timestep; with fewer,
+    a part left with a batch of the longest sequences (the fewest rows a step) would
+    finish last while the others wait (docs/scale.md has the measurements).  A subclass
+    that overrides ``forward`` is called as it is, one batch at a time."""
     threads = get_num_threads()
-    batches = -(-int(lengths.sum()) // budget)
-    if threads < 2 or batches < 2 or type(module).forward is not LSTM.forward:
+    parts = min(threads, -(-int(lengths.sum()) // budget) // 2)
+    if parts < 2 or type(module).forward is not LSTM.forward:
         return 1, 0
-    parts = min(threads, batches)
     return parts, threads // parts
 
 

@@ -205,12 +205,16 @@ def test_batches_run_side_by_side_each_on_its_own_thread(monkeypatch):
                     np.testing.assert_array_equal(got, ref)
                 else:
                     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
-        # more threads than batches: the threads are shared out
+        # four batches' worth on 4 threads: 2 side by side (two each), 2 threads each
         fastlstm.set_num_threads(4)
+        calls = _spy_runs(monkeypatch)
+        fastlstm.forward_many(module, seqs, max_batch_tokens=sum(map(len, seqs)) // 4 + 40)
+        assert [n for _, n in calls] == [2, 2, 2, 2] and len({t for t, _ in calls}) == 2
+        # three batches' worth on 2 threads: one batch at a time, both threads on it
+        fastlstm.set_num_threads(2)
         calls.clear()
-        tokens = sum(map(len, seqs[:8]))
-        fastlstm.forward_many(module, seqs[:8], max_batch_tokens=tokens // 2 + 40)
-        assert sorted(n for _, n in calls) == [2, 2]  # 2 batches of 2 threads
+        fastlstm.forward_many(module, seqs, max_batch_tokens=sum(map(len, seqs)) // 3 + 40)
+        assert len(calls) == 3 and set(calls) == {(threading.get_ident(), None)}
     finally:
         fastlstm.set_num_threads(None)
 
