@@ -122,10 +122,13 @@ def _parts(module: LSTM, lengths: np.ndarray, budget: int) -> Tuple[int, int]:
     threads) runs batches of its own, without a barrier at every timestep; with fewer,
     a part left with a batch of the longest sequences (the fewest rows a step) would
     finish last while the others wait (docs/scale.md has the measurements).  A subclass
-    that overrides ``forward`` is called as it is, one batch at a time."""
+    that overrides ``forward`` is called as it is, one batch at a time, and so is a
+    module in training with dropout, whose masks come from the module's generator in
+    the order of the batches."""
     threads = get_num_threads()
     parts = min(threads, -(-int(lengths.sum()) // budget) // 2)
-    if parts < 2 or type(module).forward is not LSTM.forward:
+    if (parts < 2 or type(module).forward is not LSTM.forward
+            or (module.training and module.dropout > 0)):
         return 1, 0
     return parts, threads // parts
 

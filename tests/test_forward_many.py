@@ -241,6 +241,12 @@ def test_one_thread_one_batch_or_an_overridden_forward_run_in_the_callers_thread
             np.testing.assert_allclose(out, plain(seq)[0], rtol=1e-5, atol=1e-6)
         calls.clear()
         fastlstm.forward_many(plain, seqs, max_batch_tokens=10**6)  # one batch
+        # dropout in training: the masks come in the batches' order, the same every time
+        runs = []
+        for _ in range(2):
+            noisy = fastlstm.LSTM(6, 8, num_layers=2, dropout=0.5, rng=7).train()
+            runs.append(fastlstm.forward_many(noisy, seqs, max_batch_tokens=50))
+        assert all(np.array_equal(a, b) for a, b in zip(*runs))
         fastlstm.set_num_threads(1)
         fastlstm.forward_many(plain, seqs, max_batch_tokens=50)
         assert len(calls) > 2 and set(calls) == {(threading.get_ident(), None)}
