@@ -144,9 +144,15 @@ def _window(module: LSTM, items: Sequence[Tuple[int, Any]], budget: int,
     inputs = [[checked[p][0] for p in positions] for positions in batches]
     if parts > 1:
         # The layers release the GIL, so a batch's packing overlaps the others' steps.
-        with ThreadPoolExecutor(parts, thread_name_prefix="fastlstm-batch") as pool:
-            done_all = list(pool.map(
-                lambda arrays: _run_batch(module, arrays, return_states, each), inputs))
+        pool = ThreadPoolExecutor(parts, thread_name_prefix="fastlstm-batch")
+        try:
+            futures = [pool.submit(_run_batch, module, arrays, return_states, each)
+                       for arrays in inputs]
+            done_all = [future.result() for future in futures]
+        finally:
+            # An error or a KeyboardInterrupt drops the batches not started yet; the
+            # running ones end with their kernels (which hold no Python state).
+            pool.shutdown(wait=True, cancel_futures=True)
     else:
         done_all = [_run_batch(module, arrays, return_states) for arrays in inputs]
     torch = None

@@ -4,6 +4,7 @@ order, for every configuration, budget and input form; errors name the sequence.
 
 import itertools
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -263,6 +264,7 @@ def test_an_error_in_a_batch_thread_reaches_the_caller(monkeypatch):
         if next(count) == 1:  # the second batch, in a batch thread
             assert threading.current_thread() is not threading.main_thread()
             raise MemoryError("no room for this batch")
+        time.sleep(0.05)  # the others slow, so that most are still waiting at the error
         return orig(self, *args)
 
     monkeypatch.setattr(LSTM, "_run", failing)
@@ -272,8 +274,10 @@ def test_an_error_in_a_batch_thread_reaches_the_caller(monkeypatch):
     try:
         if fastlstm.get_num_threads() < 2:
             pytest.skip("a build without OpenMP runs on one thread")
+        seqs = _seqs(rng, rng.integers(1, 30, size=40))
+        batches = len(_batches(np.array([len(s) for s in seqs]), 40, 2))
         with pytest.raises(MemoryError, match="no room"):
-            fastlstm.forward_many(module, _seqs(rng, rng.integers(1, 30, size=40)),
-                                  max_batch_tokens=40)
+            fastlstm.forward_many(module, seqs, max_batch_tokens=40)
+        assert 2 <= next(count) < batches - 2  # the batches not started were dropped
     finally:
         fastlstm.set_num_threads(None)
