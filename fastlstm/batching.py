@@ -2,8 +2,10 @@
 
 The sequences are sorted by length, cut into batches of at most ``max_batch_tokens``
 timesteps in all, each run as a packed batch (work in proportion to the real lengths, no
-padding), and the results put back in input order.  docs/scale.md has the measurements
-behind the default budget and the Dask version (``fastlstm.dask``).
+padding), and the results put back in input order.  With several threads and enough
+timesteps, the batches run side by side, each on a thread (or group) of its own.
+docs/scale.md has the measurements behind the default budget and the Dask version
+(``fastlstm.dask``).
 """
 
 from __future__ import annotations
@@ -217,6 +219,13 @@ def forward_many(
     ValueError, RuntimeError
         As ``forward`` for a sequence (not 2-D, not floating, wrong feature size, empty),
         the message starting with the sequence's index.
+
+    Notes
+    -----
+    With several threads (``fastlstm.get_num_threads()``) and at least two batches' worth of
+    timesteps per thread, the batches run side by side, each on a thread (or a group of
+    threads) of its own, with no wait between threads at every timestep; the outputs are
+    the same (docs/scale.md).
 
     Examples
     --------
