@@ -167,6 +167,18 @@ def test_even_batches_for_threads_side_by_side():
                 assert len(batches) == parts
 
 
+@pytest.fixture
+def two_threads():
+    """fastlstm on 2 threads for the test (skipped where OpenMP gives only one)."""
+    fastlstm.set_num_threads(2)
+    try:
+        if fastlstm.get_num_threads() < 2:
+            pytest.skip("a build without OpenMP runs on one thread")
+        yield
+    finally:
+        fastlstm.set_num_threads(None)
+
+
 def _spy_runs(monkeypatch, meet=0):
     """Record (thread, threads given) of every call of LSTM._run; the first ``meet``
     calls wait for one another at a barrier (which breaks if they do not overlap)."""
@@ -185,39 +197,33 @@ def _spy_runs(monkeypatch, meet=0):
     return calls
 
 
-def test_batches_run_side_by_side_each_on_its_own_thread(monkeypatch):
+def test_batches_run_side_by_side_each_on_its_own_thread(monkeypatch, two_threads):
+    rng = np.random.default_rng(8)
+    module = fastlstm.LSTM(6, 12, num_layers=2, rng=4)
+    seqs = _seqs(rng, rng.integers(1, 40, size=60))
+    want = [module(s) for s in seqs]
+    calls = _spy_runs(monkeypatch, meet=2)  # the first two batches overlap in time
+    outs = fastlstm.forward_many(module, seqs, max_batch_tokens=100, return_states=True)
+    assert len(calls) >= 2 and len({t for t, _ in calls}) == 2
+    assert threading.get_ident() not in {t for t, _ in calls}
+    assert {n for _, n in calls} == {1}  # one thread each: 2 batches x 1 <= 2 threads
+    exact = kernels.simd_level() == "avx512"  # below it, BLAS may round otherwise
+    for (out, (h, c)), (wo, (wh, wc)) in zip(outs, want):
+        for got, ref in ((out, wo), (h, wh), (c, wc)):
+            if exact:
+                np.testing.assert_array_equal(got, ref)
+            else:
+                np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    # four batches' worth on 4 threads: 2 side by side (two each), 2 threads each
+    fastlstm.set_num_threads(4)
+    calls = _spy_runs(monkeypatch)
+    fastlstm.forward_many(module, seqs, max_batch_tokens=sum(map(len, seqs)) // 4 + 40)
+    assert [n for _, n in calls] == [2, 2, 2, 2] and len({t for t, _ in calls}) == 2
+    # three batches' worth on 2 threads: one batch at a time, both threads on it
     fastlstm.set_num_threads(2)
-    try:
-        if fastlstm.get_num_threads() < 2:
-            pytest.skip("a build without OpenMP runs on one thread")
-        rng = np.random.default_rng(8)
-        module = fastlstm.LSTM(6, 12, num_layers=2, rng=4)
-        seqs = _seqs(rng, rng.integers(1, 40, size=60))
-        want = [module(s) for s in seqs]
-        calls = _spy_runs(monkeypatch, meet=2)  # the first two batches overlap in time
-        outs = fastlstm.forward_many(module, seqs, max_batch_tokens=100, return_states=True)
-        assert len(calls) >= 2 and len({t for t, _ in calls}) == 2
-        assert threading.get_ident() not in {t for t, _ in calls}
-        assert {n for _, n in calls} == {1}  # one thread each: 2 batches x 1 <= 2 threads
-        exact = kernels.simd_level() == "avx512"  # below it, BLAS may round otherwise
-        for (out, (h, c)), (wo, (wh, wc)) in zip(outs, want):
-            for got, ref in ((out, wo), (h, wh), (c, wc)):
-                if exact:
-                    np.testing.assert_array_equal(got, ref)
-                else:
-                    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
-        # four batches' worth on 4 threads: 2 side by side (two each), 2 threads each
-        fastlstm.set_num_threads(4)
-        calls = _spy_runs(monkeypatch)
-        fastlstm.forward_many(module, seqs, max_batch_tokens=sum(map(len, seqs)) // 4 + 40)
-        assert [n for _, n in calls] == [2, 2, 2, 2] and len({t for t, _ in calls}) == 2
-        # three batches' worth on 2 threads: one batch at a time, both threads on it
-        fastlstm.set_num_threads(2)
-        calls.clear()
-        fastlstm.forward_many(module, seqs, max_batch_tokens=sum(map(len, seqs)) // 3 + 40)
-        assert len(calls) == 3 and set(calls) == {(threading.get_ident(), None)}
-    finally:
-        fastlstm.set_num_threads(None)
+    calls.clear()
+    fastlstm.forward_many(module, seqs, max_batch_tokens=sum(map(len, seqs)) // 3 + 40)
+    assert len(calls) == 3 and set(calls) == {(threading.get_ident(), None)}
 
 
 def test_one_thread_one_batch_or_an_overridden_forward_run_in_the_callers_thread(
@@ -255,7 +261,7 @@ def test_one_thread_one_batch_or_an_overridden_forward_run_in_the_callers_thread
         fastlstm.set_num_threads(None)
 
 
-def test_an_error_in_a_batch_thread_reaches_the_caller(monkeypatch):
+def test_an_error_in_a_batch_thread_reaches_the_caller(monkeypatch, two_threads):
     from fastlstm.lstm import LSTM
 
     orig, count = LSTM._run, itertools.count()
@@ -270,14 +276,8 @@ def test_an_error_in_a_batch_thread_reaches_the_caller(monkeypatch):
     monkeypatch.setattr(LSTM, "_run", failing)
     rng = np.random.default_rng(10)
     module = fastlstm.LSTM(6, 8, rng=6)
-    fastlstm.set_num_threads(2)
-    try:
-        if fastlstm.get_num_threads() < 2:
-            pytest.skip("a build without OpenMP runs on one thread")
-        seqs = _seqs(rng, rng.integers(1, 30, size=40))
-        batches = len(_batches(np.array([len(s) for s in seqs]), 40, 2))
-        with pytest.raises(MemoryError, match="no room"):
-            fastlstm.forward_many(module, seqs, max_batch_tokens=40)
-        assert 2 <= next(count) < batches - 2  # the batches not started were dropped
-    finally:
-        fastlstm.set_num_threads(None)
+    seqs = _seqs(rng, rng.integers(1, 30, size=40))
+    batches = len(_batches(np.array([len(s) for s in seqs]), 40, 2))
+    with pytest.raises(MemoryError, match="no room"):
+        fastlstm.forward_many(module, seqs, max_batch_tokens=40)
+    assert 2 <= next(count) < batches - 2  # the batches not started were dropped
