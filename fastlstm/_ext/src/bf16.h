@@ -227,11 +227,40 @@ TGT static __attribute__((noinline)) void NAME(int beta, int K, const uint32_t *
             *(VU *)(G + r * ldg + v * W) = acc[r][v];                               \
 }
 
+/* One row by NV vectors (up to a whole panel), the same sums in the same order as
+ * the block above: a row's sums are chains of dependent FMAs, two per pair, so it
+ * takes many vectors to keep the FMA units busy (kernels.h's one-row block). */
+#define FL_DEFINE_BF_ROW(V, VU, IV, IVU, NAME, NV, TGT)                             \
+TGT static __attribute__((noinline)) void NAME(int beta, int K, const uint32_t *Ap,  \
+        ptrdiff_t ldp, const uint32_t *B, float *G, ptrdiff_t ldg)                  \
+{                                                                                   \
+    enum { W = (int)(sizeof(V) / sizeof(float)) };                                  \
+    const IV hi = (IV){0} + (int)0xffff0000u;                                       \
+    (void)ldp;                                                                      \
+    (void)ldg;                                                                      \
+    V acc[NV];                                                                      \
+    for (int v = 0; v < NV; v++)                                                    \
+        acc[v] = beta ? *(const VU *)(G + v * W) : (V){0};                          \
+    for (int k = 0; k < K; k += 2) {                                                \
+        const uint32_t *bk = B + (ptrdiff_t)(k / 2) * 64;                           \
+        const uint32_t w = Ap[k / 2];                                               \
+        const float a0 = fl_bits_float(w << 16);                                    \
+        const float a1 = fl_bits_float(w & 0xffff0000u);                            \
+        _Pragma("GCC unroll 8")                                                     \
+        for (int v = 0; v < NV; v++) {                                              \
+            const IV l = *(const IVU *)(bk + v * W);                                \
+            acc[v] = (acc[v] + a0 * (V)(l << 16)) + a1 * (V)(l & hi);               \
+        }                                                                           \
+    }                                                                               \
+    for (int v = 0; v < NV; v++)                                                    \
+        *(VU *)(G + v * W) = acc[v];                                                \
+}
+
 /* G = beta*G + bf16(A) @ B for one level: rows in blocks of RB, panels of 64
  * columns (a partial last panel through a buffer). */
-#define FL_DEFINE_BF_LEVEL(ISA, V, VU, IV, IVU, RB, NVB)                            \
+#define FL_DEFINE_BF_LEVEL(ISA, V, VU, IV, IVU, RB, NVB, NV1)                       \
 FL_DEFINE_BF_BLOCK(V, VU, IV, IVU, fl_bfblk_##ISA, RB, NVB, FL_TGT_##ISA)           \
-FL_DEFINE_BF_BLOCK(V, VU, IV, IVU, fl_bfblk1_##ISA, 1, NVB, FL_TGT_##ISA)           \
+FL_DEFINE_BF_ROW(V, VU, IV, IVU, fl_bfblk1_##ISA, NV1, FL_TGT_##ISA)                \
 FL_TGT_##ISA static void fl_matmul_bf_##ISA(int beta, int M, int N, int K,          \
         const uint32_t *A, ptrdiff_t lda, const uint32_t *BP, float *G, ptrdiff_t ldg) \
 {                                                                                   \
@@ -251,7 +280,7 @@ FL_TGT_##ISA static void fl_matmul_bf_##ISA(int beta, int M, int N, int K,      
                 for (int r = 0; r < R; r++)                                         \
                     for (int j = 0; j < 64; j++)                                    \
                         tmp[r * 64 + j] = (beta && j < width) ? g[r * ldg + j] : 0.0f; \
-            for (int j = 0; j < 64; j += NVB * W) {                                 \
+            for (int j = 0; j < 64; j += (R == RB ? NVB : NV1) * W) {               \
                 if (R == RB)                                                        \
                     fl_bfblk_##ISA(beta || width < 64, K, a, lda, P + j, dst + j, ld); \
                 else                                                                \
@@ -266,9 +295,9 @@ FL_TGT_##ISA static void fl_matmul_bf_##ISA(int beta, int M, int N, int K,      
     }                                                                               \
 }
 
-FL_DEFINE_BF_LEVEL(avx512, fl_f64b, fl_f64b_u, fl_i64b, fl_i64b_u, 4, 4)
-FL_DEFINE_BF_LEVEL(avx2, fl_f32b, fl_f32b_u, fl_i32b, fl_i32b_u, 4, 2)
-FL_DEFINE_BF_LEVEL(portable, fl_f16b, fl_f16b_u, fl_i16b, fl_i16b_u, 4, 2)
+FL_DEFINE_BF_LEVEL(avx512, fl_f64b, fl_f64b_u, fl_i64b, fl_i64b_u, 4, 4, 4)
+FL_DEFINE_BF_LEVEL(avx2, fl_f32b, fl_f32b_u, fl_i32b, fl_i32b_u, 4, 2, 8)
+FL_DEFINE_BF_LEVEL(portable, fl_f16b, fl_f16b_u, fl_i16b, fl_i16b_u, 4, 2, 8)
 
 #if FL_X86
 /* AVX512-BF16: VDPBF16PS adds both products of a pair to each float32 lane.  Inlined
@@ -504,12 +533,12 @@ FL_TGT_##ISA static void fl_lstm_step_bf_##ISA(int M, int K, int H, const uint32
 }
 
 /* R (4 or 1) rows by one whole panel, accumulating into G. */
-#define FL_DEFINE_BF_ROWS(ISA, V, NVB)                                              \
+#define FL_DEFINE_BF_ROWS(ISA, V, NVB, NV1)                                         \
 FL_TGT_##ISA static void fl_bf_rows_##ISA(int R, int K, const uint32_t *A,        \
         ptrdiff_t lda, const uint32_t *P, float *G, ptrdiff_t ldg)                  \
 {                                                                                   \
     enum { W = (int)(sizeof(V) / sizeof(float)) };                                  \
-    for (int j = 0; j < 64; j += NVB * W) {                                         \
+    for (int j = 0; j < 64; j += (R == 4 ? NVB : NV1) * W) {                        \
         if (R == 4)                                                                 \
             fl_bfblk_##ISA(1, K, A, lda, P + j, G + j, ldg);                        \
         else                                                                        \
@@ -517,9 +546,9 @@ FL_TGT_##ISA static void fl_bf_rows_##ISA(int R, int K, const uint32_t *A,      
     }                                                                               \
 }
 
-FL_DEFINE_BF_ROWS(avx512, fl_f64b, 4)
-FL_DEFINE_BF_ROWS(avx2, fl_f32b, 2)
-FL_DEFINE_BF_ROWS(portable, fl_f16b, 2)
+FL_DEFINE_BF_ROWS(avx512, fl_f64b, 4, 4)
+FL_DEFINE_BF_ROWS(avx2, fl_f32b, 2, 8)
+FL_DEFINE_BF_ROWS(portable, fl_f16b, 2, 8)
 FL_DEFINE_BF_STEP(avx512, avx512)
 FL_DEFINE_BF_STEP(avx2, avx2)
 FL_DEFINE_BF_STEP(portable, portable)

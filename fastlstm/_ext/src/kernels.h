@@ -262,6 +262,31 @@ TGT static __attribute__((noinline)) void NAME(int beta, int K, const REAL *A, p
             *(VU *)(G + r * ldg + v * W) = acc[r][v];                               \
 }
 
+/* One row by NV vectors (up to a whole panel), G = beta*G + a @ B: each vector's
+ * sum is a chain of dependent FMAs, so a single row needs as many vectors as the
+ * FMA latency times the FMA units (AVX2: 4 x 2) to keep them busy; with 4 the
+ * one-row products ran at half that rate (docs/kernels.md). */
+#define FL_DEFINE_ROW(REAL, V, VU, NAME, NV, PW, TGT)                               \
+TGT static __attribute__((noinline)) void NAME(int beta, int K, const REAL *A, ptrdiff_t lda, const REAL *B,   \
+                    REAL *G, ptrdiff_t ldg)                                         \
+{                                                                                   \
+    const int W = (int)(sizeof(V) / sizeof(REAL));                                  \
+    (void)lda;                                                                      \
+    (void)ldg;                                                                      \
+    V acc[NV];                                                                      \
+    for (int v = 0; v < NV; v++)                                                    \
+        acc[v] = beta ? *(const VU *)(G + v * W) : (V){0};                          \
+    for (int k = 0; k < K; k++) {                                                   \
+        const REAL *bk = B + (ptrdiff_t)k * (PW);                                   \
+        const REAL a = A[k];                                                        \
+        _Pragma("GCC unroll 8")                                                     \
+        for (int v = 0; v < NV; v++)                                                \
+            acc[v] += a * *(const VU *)(bk + v * W);                                \
+    }                                                                               \
+    for (int v = 0; v < NV; v++)                                                    \
+        *(VU *)(G + v * W) = acc[v];                                                \
+}
+
 /* ------------------------------------------------------------------------
  * Kernels of one (type, level) pair.  Rows go in blocks of RB (NVB vectors of
  * columns per block), the rest in blocks of RM (NVM vectors) and single rows
@@ -274,8 +299,8 @@ FL_DEFINE_BLOCK(REAL, V, VU, fl_blk_##S##_##ISA, RB, NVB, fl_pw_##S##_##ISA,    
                 FL_TGT_##ISA)                                                       \
 FL_DEFINE_BLOCK(REAL, V, VU, fl_blkm_##S##_##ISA, RM, NVM, fl_pw_##S##_##ISA,       \
                 FL_TGT_##ISA)                                                       \
-FL_DEFINE_BLOCK(REAL, V, VU, fl_blk1_##S##_##ISA, 1, NV1, fl_pw_##S##_##ISA,        \
-                FL_TGT_##ISA)                                                       \
+FL_DEFINE_ROW(REAL, V, VU, fl_blk1_##S##_##ISA, NV1, fl_pw_##S##_##ISA,            \
+              FL_TGT_##ISA)                                                         \
                                                                                     \
 /* The rows of the next block when `left` rows remain: RB, except that the last     \
  * RB plus a tail of fewer than RM rows go as RM blocks when that leaves fewer       \
@@ -442,7 +467,8 @@ FL_TGT_##ISA static void fl_act_##S##_##ISA(ptrdiff_t n, const REAL *x, REAL *y,
     }                                                                               \
 }
 
-/* Block shapes per level: AVX-512 has 32 vector registers, AVX2 and SSE 16. */
+/* Block shapes per level: AVX-512 has 32 vector registers, AVX2 and SSE 16.  A single
+ * row takes a whole panel (AVX-512: 4 vectors; AVX2 and SSE: 8 of their 16 registers). */
 #ifndef FL_F512_SHAPE
 #define FL_F512_SHAPE 6, 4, 4, 4
 #endif
@@ -451,14 +477,14 @@ FL_DEFINE_LEVEL_X(float, f, avx512, fl_f64b, fl_f64b_u, FL_F512_SHAPE, 4)
 #ifndef FL_F256_SHAPE
 #define FL_F256_SHAPE 6, 2, 4, 2
 #endif
-FL_DEFINE_LEVEL_X(float, f, avx2, fl_f32b, fl_f32b_u, FL_F256_SHAPE, 4)
-FL_DEFINE_LEVEL(float, f, portable, fl_f16b, fl_f16b_u, 4, 2, 4, 2, 4)
+FL_DEFINE_LEVEL_X(float, f, avx2, fl_f32b, fl_f32b_u, FL_F256_SHAPE, 8)
+FL_DEFINE_LEVEL(float, f, portable, fl_f16b, fl_f16b_u, 4, 2, 4, 2, 8)
 #ifndef FL_D512_SHAPE
 #define FL_D512_SHAPE 4, 4, 4, 4
 #endif
 FL_DEFINE_LEVEL_X(double, d, avx512, fl_d64b, fl_d64b_u, FL_D512_SHAPE, 4)
-FL_DEFINE_LEVEL(double, d, avx2, fl_d32b, fl_d32b_u, 4, 2, 4, 2, 4)
-FL_DEFINE_LEVEL(double, d, portable, fl_d16b, fl_d16b_u, 4, 2, 4, 2, 4)
+FL_DEFINE_LEVEL(double, d, avx2, fl_d32b, fl_d32b_u, 4, 2, 4, 2, 8)
+FL_DEFINE_LEVEL(double, d, portable, fl_d16b, fl_d16b_u, 4, 2, 4, 2, 8)
 
 /* Dispatch on the level chosen at run time. */
 #define FL_DISPATCH(LEVEL, NAME, S, ARGS)                                           \
