@@ -5,6 +5,7 @@ against torch's."""
 import numpy as np
 import pytest
 
+import fastlstm
 from fastlstm._ext import kernels
 from fastlstm._module import bf16_bits, pack_panels_bf16
 from tests._helpers import TORCH
@@ -79,6 +80,36 @@ def test_product_matches_the_oracle(level, m, n, k):
             err = np.abs(g - want)
             assert (err <= bound + (np.abs(g0) * 1e-7 if beta else 0)).all(), (
                 level, beta, sliced, err.max())
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_rows_as_floats_and_as_pairs_give_the_same_bits(level):
+    """Blocks of 4 rows read the rounded rows as floats, or, when memory for them runs
+    out, as the pairs: the same products in the same order, bit for bit (products and
+    a module's forward, whose steps take the same path)."""
+    _level(level)
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((13, 301)).astype(np.float32)  # odd K: a zero past it
+    w = rng.standard_normal((130, 301)).astype(np.float32)
+    bp = pack_panels_bf16(w)
+    m = fastlstm.quantize(fastlstm.LSTM(40, 70, num_layers=2, rng=2), "bfloat16")
+    x = rng.standard_normal((6, 9, 40)).astype(np.float32)
+    got = []
+    old_level = kernels.bf16_level()
+    kernels.set_bf16_level(level)
+    try:
+        for on in (True, False):
+            previous = kernels._set_bf16_expand_for_tests(on)
+            try:
+                g = np.zeros((13, 130), np.float32)
+                kernels._matmul_bf16_for_tests(a, bp, g, False, level)
+                got.append([g] + list(m(x)[1]) + [m(x)[0]])
+            finally:
+                kernels._set_bf16_expand_for_tests(previous)
+    finally:
+        kernels.set_bf16_level(old_level)
+    for ours, pairs in zip(*got):
+        np.testing.assert_array_equal(ours, pairs)
 
 
 def test_levels_agree_within_float32_summation():

@@ -76,6 +76,7 @@ cdef extern from "bf16.h" nogil:
                       Py_ssize_t lda, const uint32_t *BP, float *G, Py_ssize_t ldg) noexcept
     uint32_t *fl_bf16_pairs(int level, int M, int K, const float *A, Py_ssize_t lda) noexcept
     Py_ssize_t fl_bf16_ld(int K) noexcept
+    int fl_bf16_expand_on
     void fl_bf16_pairs_to(int level, int M, int K, const float *A, Py_ssize_t lda, uint32_t *out,
                           Py_ssize_t ldo) noexcept
     void fl_matmul_bfp(int level, int beta, int M, int N, int K, const uint32_t *A,
@@ -468,6 +469,16 @@ def _matmul_bf16_for_tests(const float[:, ::1] a, const uint32_t[::1] bp, float[
             fl_matmul_bf(lv, beta, g.shape[0], g.shape[1], a.shape[1], &a[0, 0], a.shape[1],
                          &bp[0], &g[0, 0], g.shape[1])
         fl_ftz_end(csr)
+
+
+def _set_bf16_expand_for_tests(bint on):
+    """Whether products of 4 rows or more with bfloat16 weights read the rows as
+    floats (``on``, the default) or as the pairs themselves (the path taken when
+    memory for the floats runs out); returns the previous setting."""
+    global fl_bf16_expand_on
+    previous = bool(fl_bf16_expand_on)
+    fl_bf16_expand_on = 1 if on else 0
+    return previous
 
 
 def _i8_block_for_tests(level, const uint32_t[:, ::1] q, const uint32_t[:, ::1] p,

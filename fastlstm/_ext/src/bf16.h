@@ -193,9 +193,13 @@ static uint32_t *fl_bf16_pairs(int level, int M, int K, const float *A, ptrdiff_
 }
 
 /* One register block: R rows by NV vectors of one panel's columns; Ap holds the
- * rows' bfloat16 pairs (fl_bf16_pairs, row stride ldp words). */
-#define FL_DEFINE_BF_BLOCK(V, VU, IV, IVU, NAME, R, NV, TGT)                        \
-TGT static __attribute__((noinline)) void NAME(int beta, int K, const uint32_t *Ap,  \
+ * rows' bfloat16 pairs (fl_bf16_pairs, row stride ldp words), or with AF the same
+ * values as floats (fl_bf16_expand, row stride ldp floats).  Reading a pair's two
+ * halves took a scalar shift, a mask and two moves and broadcasts a row: with
+ * AVX2 the block ran at half the float32 block's rate, and 1.6x faster on floats
+ * (docs/precision.md). */
+#define FL_DEFINE_BF_BLOCK(V, VU, IV, IVU, NAME, R, NV, TGT, AF)                    \
+TGT static __attribute__((noinline)) void NAME(int beta, int K, const void *Ap,      \
         ptrdiff_t ldp, const uint32_t *B, float *G, ptrdiff_t ldg)                  \
 {                                                                                   \
     enum { W = (int)(sizeof(V) / sizeof(float)) };                                  \
@@ -213,9 +217,15 @@ TGT static __attribute__((noinline)) void NAME(int beta, int K, const uint32_t *
             bo[v] = (V)(l & hi);                                                    \
         }                                                                           \
         for (int r = 0; r < R; r++) {                                               \
-            const uint32_t w = Ap[r * ldp + k / 2];                                 \
-            const float a0 = fl_bits_float(w << 16);                                \
-            const float a1 = fl_bits_float(w & 0xffff0000u);                        \
+            float a0, a1;                                                           \
+            if (AF) {  /* fl_bf16_expand's floats: broadcast from memory */         \
+                a0 = ((const float *)Ap)[r * ldp + k];                              \
+                a1 = ((const float *)Ap)[r * ldp + k + 1];                          \
+            } else {                                                                \
+                const uint32_t w = ((const uint32_t *)Ap)[r * ldp + k / 2];         \
+                a0 = fl_bits_float(w << 16);                                        \
+                a1 = fl_bits_float(w & 0xffff0000u);                                \
+            }                                                                       \
             /* One sum at a time, as VDPBF16PS: each becomes an FMA (the products   \
              * are exact); the two products summed first took 3 operations. */      \
             for (int v = 0; v < NV; v++)                                            \
@@ -256,10 +266,34 @@ TGT static __attribute__((noinline)) void NAME(int beta, int K, const uint32_t *
         *(VU *)(G + v * W) = acc[v];                                                \
 }
 
+/* Pairs (fl_bf16_pairs, row stride lda words) as float32 rows: value k of row m is
+ * the bfloat16 value of A[m][k], exactly, and 0 past K (row stride *ldf floats, whole
+ * cache lines).  NULL when out of memory (the caller then reads the pairs). */
+static int fl_bf16_expand_on = 1;  /* 0: as if out of memory (tests of the pairs' path) */
+static float *fl_bf16_expand(int M, int K, const uint32_t *A, ptrdiff_t lda, ptrdiff_t *ldf)
+{
+    const int kp = (K + 1) / 2;
+    if (!fl_bf16_expand_on)
+        return NULL;
+    const ptrdiff_t ld = ((ptrdiff_t)2 * kp + 15) & ~(ptrdiff_t)15;
+    float *out = (float *)aligned_alloc(64, (size_t)(M > 0 ? M : 1) * (size_t)(ld > 0 ? ld : 16) * 4);
+    if (out == NULL)
+        return NULL;
+    for (int m = 0; m < M; m++)
+        for (int kk = 0; kk < kp; kk++) {
+            const uint32_t w = A[(ptrdiff_t)m * lda + kk];
+            out[(ptrdiff_t)m * ld + 2 * kk] = fl_bits_float(w << 16);
+            out[(ptrdiff_t)m * ld + 2 * kk + 1] = fl_bits_float(w & 0xffff0000u);
+        }
+    *ldf = ld;
+    return out;
+}
+
 /* G = beta*G + bf16(A) @ B for one level: rows in blocks of RB, panels of 64
  * columns (a partial last panel through a buffer). */
 #define FL_DEFINE_BF_LEVEL(ISA, V, VU, IV, IVU, RB, NVB, NV1)                       \
-FL_DEFINE_BF_BLOCK(V, VU, IV, IVU, fl_bfblk_##ISA, RB, NVB, FL_TGT_##ISA)           \
+FL_DEFINE_BF_BLOCK(V, VU, IV, IVU, fl_bfblk_##ISA, RB, NVB, FL_TGT_##ISA, 0)        \
+FL_DEFINE_BF_BLOCK(V, VU, IV, IVU, fl_bfblkf_##ISA, RB, NVB, FL_TGT_##ISA, 1)       \
 FL_DEFINE_BF_ROW(V, VU, IV, IVU, fl_bfblk1_##ISA, NV1, FL_TGT_##ISA)                \
 FL_TGT_##ISA static void fl_matmul_bf_##ISA(int beta, int M, int N, int K,          \
         const uint32_t *A, ptrdiff_t lda, const uint32_t *BP, float *G, ptrdiff_t ldg) \
@@ -267,6 +301,8 @@ FL_TGT_##ISA static void fl_matmul_bf_##ISA(int beta, int M, int N, int K,      
     enum { W = (int)(sizeof(V) / sizeof(float)) };                                  \
     const int kp = (K + 1) / 2, n_panels = (N + 63) / 64;                           \
     float tmp[RB * 64];                                                             \
+    ptrdiff_t ldf = 0;                                                              \
+    float *Af = M >= RB && K > 0 ? fl_bf16_expand(M, K, A, lda, &ldf) : NULL;       \
     for (int p = 0; p < n_panels; p++) {                                            \
         const uint32_t *P = BP + (ptrdiff_t)p * kp * 64;                            \
         const int width = N - p * 64 < 64 ? N - p * 64 : 64;                       \
@@ -281,7 +317,10 @@ FL_TGT_##ISA static void fl_matmul_bf_##ISA(int beta, int M, int N, int K,      
                     for (int j = 0; j < 64; j++)                                    \
                         tmp[r * 64 + j] = (beta && j < width) ? g[r * ldg + j] : 0.0f; \
             for (int j = 0; j < 64; j += (R == RB ? NVB : NV1) * W) {               \
-                if (R == RB)                                                        \
+                if (R == RB && Af != NULL)                                          \
+                    fl_bfblkf_##ISA(beta || width < 64, K, Af + m * ldf, ldf, P + j, \
+                                    dst + j, ld);                                   \
+                else if (R == RB)                                                   \
                     fl_bfblk_##ISA(beta || width < 64, K, a, lda, P + j, dst + j, ld); \
                 else                                                                \
                     fl_bfblk1_##ISA(beta || width < 64, K, a, lda, P + j, dst + j, ld); \
@@ -293,6 +332,7 @@ FL_TGT_##ISA static void fl_matmul_bf_##ISA(int beta, int M, int N, int K,      
             m += R;                                                                 \
         }                                                                           \
     }                                                                               \
+    free(Af);                                                                       \
 }
 
 FL_DEFINE_BF_LEVEL(avx512, fl_f64b, fl_f64b_u, fl_i64b, fl_i64b_u, 4, 4, 4)
@@ -503,7 +543,7 @@ FL_TGT_amx static void fl_matmul_bf_amx(int beta, int M, int N, int K, const uin
 
 /* One timestep with bfloat16 W_hh (see fl_lstm_step_* in kernels.h): for the
  * panels [p_lo, p_hi), G += bf16(A) @ W_hh^T, then the float32 gate math. */
-#define FL_DEFINE_BF_STEP(ISA, GATES_ISA)                                  \
+#define FL_DEFINE_BF_STEP(ISA, GATES_ISA, ROWSF)                           \
 FL_TGT_##ISA static void fl_lstm_step_bf_##ISA(int M, int K, int H, const uint32_t *A, \
         ptrdiff_t lda, const uint32_t *BP, float *G, ptrdiff_t ldg, const float *bias, \
         float *C, ptrdiff_t ldc, float *Hout, ptrdiff_t ldh, int p_lo, int p_hi,    \
@@ -511,6 +551,9 @@ FL_TGT_##ISA static void fl_lstm_step_bf_##ISA(int M, int K, int H, const uint32
 {                                                                                   \
     enum { U = 16 };                                                                \
     const int kp = (K + 1) / 2;                                                     \
+    ptrdiff_t ldf = 0;  /* the rows as floats for blocks of 4 (ROWSF), once */      \
+    float *Af = ROWSF != NULL && M >= 4 && K > 0 ? fl_bf16_expand(M, K, A, lda, &ldf) \
+                                                 : NULL;                            \
     for (int i = p_lo; i < p_hi; i++) {                                             \
         const int p = reverse ? p_hi - 1 - (i - p_lo) : i;                          \
         const uint32_t *P = BP + (ptrdiff_t)p * kp * 64;                            \
@@ -518,7 +561,10 @@ FL_TGT_##ISA static void fl_lstm_step_bf_##ISA(int M, int K, int H, const uint32
         if (K > 0)                                                                  \
             for (int m = 0; m < M; ) {                                              \
                 const int R = M - m >= 4 ? 4 : 1;                                   \
-                fl_bf_rows_##ISA(R, K, A + m * lda, lda, P, G + m * ldg + p * 64, ldg); \
+                if (R == 4 && Af != NULL)                                           \
+                    ROWSF(K, Af + m * ldf, ldf, P, G + m * ldg + p * 64, ldg);      \
+                else                                                                \
+                    fl_bf_rows_##ISA(R, K, A + m * lda, lda, P, G + m * ldg + p * 64, ldg); \
                 m += R;                                                             \
             }                                                                       \
         for (int m = 0; m < M; m++) {                                               \
@@ -530,6 +576,7 @@ FL_TGT_##ISA static void fl_lstm_step_bf_##ISA(int M, int K, int H, const uint32
                                             Hout + m * ldh + p * U, n);             \
         }                                                                           \
     }                                                                               \
+    free(Af);                                                                       \
 }
 
 /* R (4 or 1) rows by one whole panel, accumulating into G. */
@@ -546,12 +593,25 @@ FL_TGT_##ISA static void fl_bf_rows_##ISA(int R, int K, const uint32_t *A,      
     }                                                                               \
 }
 
+/* 4 rows, as floats (fl_bf16_expand), by one whole panel, accumulating into G. */
+#define FL_DEFINE_BF_ROWSF(ISA, V, NVB)                                             \
+FL_TGT_##ISA static void fl_bf_rowsf_##ISA(int K, const float *Af, ptrdiff_t ldf,   \
+        const uint32_t *P, float *G, ptrdiff_t ldg)                                 \
+{                                                                                   \
+    enum { W = (int)(sizeof(V) / sizeof(float)) };                                  \
+    for (int j = 0; j < 64; j += NVB * W)                                           \
+        fl_bfblkf_##ISA(1, K, Af, ldf, P + j, G + j, ldg);                          \
+}
+
 FL_DEFINE_BF_ROWS(avx512, fl_f64b, 4, 4)
 FL_DEFINE_BF_ROWS(avx2, fl_f32b, 2, 8)
 FL_DEFINE_BF_ROWS(portable, fl_f16b, 2, 8)
-FL_DEFINE_BF_STEP(avx512, avx512)
-FL_DEFINE_BF_STEP(avx2, avx2)
-FL_DEFINE_BF_STEP(portable, portable)
+FL_DEFINE_BF_ROWSF(avx512, fl_f64b, 4)
+FL_DEFINE_BF_ROWSF(avx2, fl_f32b, 2)
+FL_DEFINE_BF_ROWSF(portable, fl_f16b, 2)
+FL_DEFINE_BF_STEP(avx512, avx512, fl_bf_rowsf_avx512)
+FL_DEFINE_BF_STEP(avx2, avx2, fl_bf_rowsf_avx2)
+FL_DEFINE_BF_STEP(portable, portable, fl_bf_rowsf_portable)
 
 #if FL_X86
 FL_TGT_avx512bf16 static void fl_bf_rows_avx512bf16(int R, int K, const uint32_t *A,
@@ -559,7 +619,10 @@ FL_TGT_avx512bf16 static void fl_bf_rows_avx512bf16(int R, int K, const uint32_t
 {
     fl_bfdp_block(R, 1, K, A, lda, P, G, ldg);
 }
-FL_DEFINE_BF_STEP(avx512bf16, avx512)
+/* VDPBF16PS reads the pairs themselves: no float rows (a null ROWSF). */
+#define fl_bf_rowsf_none ((void (*)(int, const float *, ptrdiff_t, const uint32_t *, \
+                                    float *, ptrdiff_t))NULL)
+FL_DEFINE_BF_STEP(avx512bf16, avx512, fl_bf_rowsf_none)
 
 /* The AMX step: 16 rows at a time through the tiles. */
 FL_TGT_amx static void fl_lstm_step_bf_amx(int M, int K, int H, const uint32_t *A,
