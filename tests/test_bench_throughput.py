@@ -15,7 +15,7 @@ from functools import partial
 
 import numpy as np
 import pytest
-from _helpers import IN_CI, run_cli
+from _helpers import IN_CI, batch_invariant, run_cli
 
 from fastlstm import _threads, cli
 from fastlstm._bench import throughput
@@ -144,9 +144,16 @@ def test_measure_throughput_tiny_with_dask(torch, dask_installed, threads_kept):
         assert set(row) == ROW_KEYS
         assert row["status"] == "ok" and row["note"] is None, (row["variant"], row["note"])
     rows = {row["variant"]: row for row in result["rows"]}
-    # fastlstm's variants give forward_many's outputs bit for bit; torch's within 1e-5.
-    for name in (FORWARD_MANY, LOOP, PADDED, DASK):
-        assert rows[name]["error"] == 0.0 and rows[name]["identical"] is True, name
+    # fastlstm's variants give forward_many's outputs bit for bit where every product is
+    # fastlstm's own (else within rounding: BLAS takes the projections of long blocks);
+    # torch's within 1e-5.
+    assert rows[FORWARD_MANY]["error"] == 0.0 and rows[FORWARD_MANY]["identical"] is True
+    for name in (LOOP, PADDED, DASK):
+        if batch_invariant():
+            assert rows[name]["error"] == 0.0 and rows[name]["identical"] is True, name
+        else:
+            assert 0 <= rows[name]["error"] < 1e-6, name
+            assert rows[name]["identical"] is (rows[name]["error"] == 0.0), name
     assert 0 <= rows[TORCH]["error"] < 1e-5
     # The dask variant ran on a real LocalCluster: 2 worker processes x 1 thread.
     dask = result["dask"]
@@ -173,8 +180,10 @@ def test_measure_throughput_tiny_with_dask(torch, dask_installed, threads_kept):
         "1.00x", "ref"]
     for line, target in zip(table[3:], result["targets"]):
         verdict = "met" if target["met"] else "missed"
+        row = rows[target["variant"]]
+        same = "" if row["identical"] or not target["identical"] else ", not identical"
         assert " ".join(line.split()).endswith(
-            f"{target['text']} {verdict} ({target['ratio']:.2f}x)"), line
+            f"{target['text']} {verdict} ({target['ratio']:.2f}x{same})"), line
         row = rows[target["variant"]]
         assert line.startswith(row["label"])
         assert f" {row['seq_per_s']:.1f} " in line and f" {row['error']:.1e} " in line

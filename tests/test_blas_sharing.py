@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from _helpers import batch_invariant
 
 import fastlstm
 from fastlstm._ext import kernels
@@ -93,7 +94,9 @@ def test_concurrent_callers_and_lstm_calls():
         for _ in range(15):
             np.testing.assert_allclose(mats[i] @ mats[i].T, expected[i], rtol=1e-4,
                                        atol=1e-3)
-            np.testing.assert_array_equal(lstm(x)[0], y_ref)
+            # The same bits unless the thread count moved a projection to or from BLAS.
+            np.testing.assert_allclose(lstm(x)[0], y_ref, rtol=0,
+                                       atol=0 if batch_invariant() else 1e-6)
         return i
 
     with ThreadPoolExecutor(4) as ex:

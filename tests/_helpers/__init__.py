@@ -65,3 +65,13 @@ def run_cli(*args):
     proc = subprocess.run([sys.executable, "-m", "fastlstm", *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=120)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def batch_invariant():
+    """Whether float32 results are the same bits whatever a call's rows and threads: at the
+    avx512 level every product is fastlstm's own; below it, the input projection of
+    64 rows a thread or more goes to BLAS (docs/kernels.md), so a sequence's outputs
+    depend, at the rounding level, on what it is batched with and on the thread count."""
+    from fastlstm._ext import kernels
+
+    return kernels.simd_level() == "avx512"
