@@ -268,15 +268,20 @@ TGT static __attribute__((noinline)) void NAME(int beta, int K, const uint32_t *
 
 /* Pairs (fl_bf16_pairs, row stride lda words) as float32 rows: value k of row m is
  * the bfloat16 value of A[m][k], exactly, and 0 past K (row stride *ldf floats, whole
- * cache lines).  NULL when out of memory (the caller then reads the pairs). */
+ * cache lines), in `buf` (FL_BF_EXPAND_BUF floats, on a cache line) when they fit, so
+ * that a step of a small batch allocates nothing, else on the heap (the caller frees
+ * what is not `buf`).  NULL when out of memory (the caller then reads the pairs). */
+#define FL_BF_EXPAND_BUF 4096
 static int fl_bf16_expand_on = 1;  /* 0: as if out of memory (tests of the pairs' path) */
-static float *fl_bf16_expand(int M, int K, const uint32_t *A, ptrdiff_t lda, ptrdiff_t *ldf)
+static float *fl_bf16_expand(int M, int K, const uint32_t *A, ptrdiff_t lda, ptrdiff_t *ldf,
+                             float *buf)
 {
     const int kp = (K + 1) / 2;
     if (!fl_bf16_expand_on)
         return NULL;
     const ptrdiff_t ld = ((ptrdiff_t)2 * kp + 15) & ~(ptrdiff_t)15;
-    float *out = (float *)aligned_alloc(64, (size_t)(M > 0 ? M : 1) * (size_t)(ld > 0 ? ld : 16) * 4);
+    const size_t n = (size_t)(M > 0 ? M : 1) * (size_t)(ld > 0 ? ld : 16);
+    float *out = n <= FL_BF_EXPAND_BUF ? buf : (float *)aligned_alloc(64, n * 4);
     if (out == NULL)
         return NULL;
     for (int m = 0; m < M; m++)
@@ -301,8 +306,9 @@ FL_TGT_##ISA static void fl_matmul_bf_##ISA(int beta, int M, int N, int K,      
     enum { W = (int)(sizeof(V) / sizeof(float)) };                                  \
     const int kp = (K + 1) / 2, n_panels = (N + 63) / 64;                           \
     float tmp[RB * 64];                                                             \
+    float buf[FL_BF_EXPAND_BUF] __attribute__((aligned(64)));                       \
     ptrdiff_t ldf = 0;                                                              \
-    float *Af = M >= RB && K > 0 ? fl_bf16_expand(M, K, A, lda, &ldf) : NULL;       \
+    float *Af = M >= RB && K > 0 ? fl_bf16_expand(M, K, A, lda, &ldf, buf) : NULL;  \
     for (int p = 0; p < n_panels; p++) {                                            \
         const uint32_t *P = BP + (ptrdiff_t)p * kp * 64;                            \
         const int width = N - p * 64 < 64 ? N - p * 64 : 64;                       \
@@ -332,7 +338,8 @@ FL_TGT_##ISA static void fl_matmul_bf_##ISA(int beta, int M, int N, int K,      
             m += R;                                                                 \
         }                                                                           \
     }                                                                               \
-    free(Af);                                                                       \
+    if (Af != buf)                                                                  \
+        free(Af);                                                                   \
 }
 
 FL_DEFINE_BF_LEVEL(avx512, fl_f64b, fl_f64b_u, fl_i64b, fl_i64b_u, 4, 4, 4)
@@ -551,9 +558,10 @@ FL_TGT_##ISA static void fl_lstm_step_bf_##ISA(int M, int K, int H, const uint32
 {                                                                                   \
     enum { U = 16 };                                                                \
     const int kp = (K + 1) / 2;                                                     \
+    float buf[FL_BF_EXPAND_BUF] __attribute__((aligned(64)));                       \
     ptrdiff_t ldf = 0;  /* the rows as floats for blocks of 4 (ROWSF), once */      \
-    float *Af = ROWSF != NULL && M >= 4 && K > 0 ? fl_bf16_expand(M, K, A, lda, &ldf) \
-                                                 : NULL;                            \
+    float *Af = ROWSF != NULL && M >= 4 && K > 0                                    \
+                ? fl_bf16_expand(M, K, A, lda, &ldf, buf) : NULL;                   \
     for (int i = p_lo; i < p_hi; i++) {                                             \
         const int p = reverse ? p_hi - 1 - (i - p_lo) : i;                          \
         const uint32_t *P = BP + (ptrdiff_t)p * kp * 64;                            \
@@ -576,7 +584,8 @@ FL_TGT_##ISA static void fl_lstm_step_bf_##ISA(int M, int K, int H, const uint32
                                             Hout + m * ldh + p * U, n);             \
         }                                                                           \
     }                                                                               \
-    free(Af);                                                                       \
+    if (Af != buf)                                                                  \
+        free(Af);                                                                   \
 }
 
 /* R (4 or 1) rows by one whole panel, accumulating into G. */
