@@ -138,10 +138,13 @@ def test_block_sums_are_exact(level):
     rng = np.random.default_rng(7)
     for rows in range(1, 10):
         for kq in (1, 2, 3, 16, 37, 256):
-            q = rng.integers(0, 2**32, size=(rows, kq), dtype=np.uint64).astype(np.uint32)
+            # Activation bytes are 1..255 (q + 128, |q| <= 127), weights any signed byte.
+            q = rng.integers(1, 256, size=(rows, 4 * kq), dtype=np.uint8).view(np.uint32)
             p = rng.integers(0, 2**32, size=(kq, 64), dtype=np.uint64).astype(np.uint32)
-            p[0, :8] = 0x80808080  # -128 weights: the products' extremes, 255 * -128
+            p[0, :8] = 0x80808080  # -128 weights: the products' extremes, 255 * -128...
             q[0, 0] = 0xFFFFFFFF
+            p[-1, -8:] = 0x80808080  # ...and 1 * -128 (q = -127)
+            q[-1, -1] = 0x01010101
             want = _block_oracle(q, p)
             acc = np.full((rows, 64), -12345, np.int32)  # add=False must not read it
             kernels._i8_block_for_tests(level, q, p, acc, False)
@@ -159,6 +162,9 @@ def test_block_hook_refuses_what_it_cannot_run():
         kernels._i8_block_for_tests("amx-int8", q, p, acc, False)
     with pytest.raises(ValueError, match="shapes do not match"):
         kernels._i8_block_for_tests("portable", q, p, np.zeros((2, 64), np.int32), False)
+    with pytest.raises(ValueError, match="activation bytes are 1..255"):
+        kernels._i8_block_for_tests("portable", q, p, acc, False)
+    q = np.full((1, 1), 0x80808080, np.uint32)
     with pytest.raises(ValueError, match="unknown int8 level"):
         kernels._i8_block_for_tests("avx1024", q, p, acc, False)
     with pytest.raises(TypeError, match="a level name"):

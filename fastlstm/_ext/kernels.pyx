@@ -122,7 +122,8 @@ cdef extern from "int8.h" nogil:
     void fl_i8_row_sliced(int level, int beta, int K, const float *a, const uint32_t *P,
                           float *g, int width) noexcept
     int fl_i8_block_add(int level, int R, int kq, const uint32_t *Q, Py_ssize_t ldq,
-                        const uint32_t *P, int32_t *acc, int add) noexcept
+                        const uint32_t *P, int32_t *acc, int add,
+                        const int32_t *comp) noexcept
 
 
 cdef extern from "omp_compat.h" nogil:
@@ -484,10 +485,10 @@ def _set_bf16_expand_for_tests(bint on):
 def _i8_block_for_tests(level, const uint32_t[:, ::1] q, const uint32_t[:, ::1] p,
                         int32_t[:, ::1] acc, bint add):
     """acc (R, 64) = add * acc + the int32 sums of one block: q (R, kq) words of four
-    unsigned bytes, p (kq, 64) words of four signed bytes (a panel's quads), by the
-    block of int8 level ``level`` (a name of ``int8_levels()`` but "amx-int8"), or
-    "avx-vnni-evex": the AVX-VNNI block's source on AVX512-VNNI's instruction, which
-    checks that block's code on CPUs without AVX-VNNI."""
+    unsigned bytes 1..255 (quantized activations are, ``int8.h``), p (kq, 64) words of
+    four signed bytes (a panel's quads), by the block of int8 level ``level`` (a name of
+    ``int8_levels()`` but "amx-int8"), or "avx-vnni-evex": the AVX-VNNI block's source on
+    AVX512-VNNI's instruction, which checks that block's code on CPUs without AVX-VNNI."""
     cdef int which
     if not isinstance(level, str):
         raise TypeError(f"_i8_block_for_tests: a level name, got {level!r}")
@@ -504,8 +505,22 @@ def _i8_block_for_tests(level, const uint32_t[:, ::1] q, const uint32_t[:, ::1] 
     if rows < 1 or kq < 1 or p.shape[0] < kq or p.shape[1] != 64 or acc.shape[0] != rows \
             or acc.shape[1] != 64:
         raise ValueError("_i8_block_for_tests: shapes do not match")
+    cdef int r, k, j, b
+    cdef int32_t comp[64]
+    for r in range(rows):
+        for k in range(kq):
+            for b in range(4):
+                if (q[r, k] >> (8 * b)) & 255 == 0:
+                    raise ValueError("_i8_block_for_tests: activation bytes are 1..255")
+    # The panel's compensations, -128 * sum_k B[k][j], which a packed panel stores.
+    for j in range(64):
+        comp[j] = 0
+        for k in range(kq):
+            for b in range(4):
+                comp[j] -= 128 * <signed char>((p[k, j] >> (8 * b)) & 255)
     with nogil:
-        which = fl_i8_block_add(which, rows, kq, &q[0, 0], kq, &p[0, 0], &acc[0, 0], add)
+        which = fl_i8_block_add(which, rows, kq, &q[0, 0], kq, &p[0, 0], &acc[0, 0], add,
+                                &comp[0])
     if which != 0:
         raise ValueError(f"this build has no int8 block for {level!r}")
 
