@@ -623,8 +623,8 @@ class LSTM(_Module):
         # decided in one place, kernels.schedule, per layer (the first one's input
         # differs); the gate buffer holds a time chunk of any layer.
         tuning = self._tuning
-        plans = [kernels.schedule(w, batch, seq_len, hidden, threads, packed is not None, tuning)
-                 for w in layers]
+        plans = [kernels.schedule(w, batch, seq_len, hidden, threads, packed is not None, tuning,
+                                  batch_first) for w in layers]
         gate_cols = n_dirs * layers[0].bias.shape[1]
         gates = aligned_empty((max(p[2] for p in plans) * batch, gate_cols), dt)
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n

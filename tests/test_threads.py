@@ -270,11 +270,11 @@ def test_split_by_size_matches_oracle(dtype):
                                                    err_msg=f"{what} packed {i}")
 
 
-def _plan(hidden, batch, threads, seq_len=50, tuning=None, **kwargs):
+def _plan(hidden, batch, threads, seq_len=50, tuning=None, batch_first=False, **kwargs):
     from fastlstm._ext import kernels
 
     w = fastlstm.LSTM(8, hidden, rng=0, **kwargs)._packed_layers()[0]
-    return kernels.schedule(w, batch, seq_len, hidden, threads, False, tuning)
+    return kernels.schedule(w, batch, seq_len, hidden, threads, False, tuning, batch_first)
 
 
 def test_split_by_size_rule():
@@ -319,17 +319,35 @@ def test_directions_in_turn_rule():
 
 
 def test_time_chunk_rule():
-    """A time chunk's gate buffer stays under 2 MiB but holds 256 rows or more."""
+    """A time chunk's gate buffer stays under 2 MiB but holds 256 rows or more; 1024 or
+    more, up to 8 MiB of gates, when BLAS takes a float32 projection (BLAS packs the
+    weights on every call)."""
     from fastlstm._ext import kernels
 
+    own = kernels.Tuning(blas_min_rows=1 << 30)  # the projection never goes to BLAS
+    blas = kernels.Tuning(blas_min_rows=64)
     # One direction at H = 256 float32: 4 KiB of gates per row.
-    assert _plan(256, 1, 1, seq_len=1000)[2] == 512  # 2 MiB / 4 KiB
-    assert _plan(256, 64, 1, seq_len=1000)[2] == 8
-    assert _plan(256, 1024, 1, seq_len=1000)[2] == 1  # 256 rows: one step of 1024
-    assert _plan(256, 1, 1, seq_len=100)[2] == 100  # never past the sequence
-    assert _plan(256, 1, 1, seq_len=1)[2] == 1
+    assert _plan(256, 1, 1, seq_len=1000, tuning=own)[2] == 512  # 2 MiB / 4 KiB
+    assert _plan(256, 64, 1, seq_len=1000, tuning=own)[2] == 8
+    assert _plan(256, 1024, 1, seq_len=1000, tuning=own)[2] == 1  # 256 rows: one step
+    assert _plan(256, 1, 1, seq_len=100, tuning=own)[2] == 100  # never past the sequence
+    assert _plan(256, 1, 1, seq_len=1, tuning=own)[2] == 1
     tiny = kernels.Tuning(gate_buffer_bytes=1, min_chunk_rows=7)
     assert _plan(256, 3, 1, seq_len=100, tuning=tiny)[2] == 3
+    # BLAS's float32 projections: 1024 rows, as far as 8 MiB of gates.
+    assert _plan(256, 1, 1, seq_len=2000, tuning=blas)[2] == 1024
+    assert _plan(256, 64, 1, seq_len=1000, tuning=blas)[2] == 16
+    assert _plan(256, 1024, 1, seq_len=1000, tuning=blas)[2] == 1
+    assert _plan(1024, 64, 1, seq_len=1000, tuning=blas, bidirectional=True)[2] == 4  # 32 KiB
+    assert _plan(256, 64, 1, seq_len=1000, tuning=kernels.Tuning(blas_min_rows=64,
+                                                                  blas_chunk_rows=256))[2] == 8
+    # float64, and batch-first input (which projects each sequence's steps apart): 256.
+    assert _plan(256, 64, 1, seq_len=1000, tuning=blas, dtype=np.float64)[2] == 4
+    assert _plan(256, 64, 1, seq_len=1000, tuning=blas, batch_first=True)[2] == 8
+    assert _plan(256, 1, 1, seq_len=2000, tuning=blas, batch_first=True)[2] == 1024
+    # By default the SIMD level decides where BLAS takes the projection.
+    default = _plan(256, 64, 1, seq_len=1000)
+    assert default[2] == (16 if default[3] < (1 << 30) else 8)
 
 
 def test_schedule_of_the_threads_and_blas():

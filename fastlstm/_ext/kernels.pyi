@@ -41,6 +41,7 @@ def input_projection(x: np.ndarray, w_ih: np.ndarray, w_ih_p: np.ndarray, gates:
 class Tuning:
     def __init__(self, *, l2_bytes: Optional[int] = None, serial_bytes: int = ...,
                  gate_buffer_bytes: int = ..., min_chunk_rows: int = ...,
+                 blas_chunk_rows: int = ...,
                  split: Optional[bool] = None, dirs_in_turn: Optional[bool] = None,
                  step_counters: Optional[bool] = None,
                  blas_min_rows: Optional[int] = None, fit_cpus: bool = True,
@@ -54,7 +55,8 @@ Plan = Tuple[int, int, int, int, bool, int, int]
 Schedule = Tuple[int, int, int, int, bool, int, int, bool]
 
 def schedule(w: Any, batch: int, seq_len: int, hidden: int, threads: int,
-             packed: bool = False, tuning: Optional[Tuning] = None) -> Plan: ...
+             packed: bool = False, tuning: Optional[Tuning] = None,
+             batch_first: bool = False) -> Plan: ...
 
 def layer(w: Any, x: np.ndarray, out: np.ndarray,
           state: Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool],

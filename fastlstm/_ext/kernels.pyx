@@ -1592,6 +1592,7 @@ cdef struct Tuning_t:
     Py_ssize_t serial_bytes       # one-timestep layers up to this (weights x rows) take 1 thread
     Py_ssize_t gate_buffer_bytes  # the gate buffer of a time chunk stays under this...
     int min_chunk_rows            # ...but holds at least this many rows
+    int blas_chunk_rows           # ...and this many when BLAS takes the projection
     int split                     # split mode by W_hh size: -1 never, 0 the rule, 1 always
     int in_turn                   # directions in turn: -1 never, 0 the rule, 1 always
     int sync                      # split mode: -1 barriers, 0 the rule, 1 step counters
@@ -1614,7 +1615,9 @@ cdef class Tuning:
     default as the OS reports it), ``serial_bytes`` (one-timestep layers whose
     weights times rows come to at most this run on one thread, default 256 KiB),
     ``gate_buffer_bytes`` and ``min_chunk_rows`` (a time chunk's gate buffer
-    stays under 2 MiB but holds at least 256 rows), ``split`` (None: the
+    stays under 2 MiB but holds at least 256 rows), ``blas_chunk_rows`` (at least
+    1024 rows when BLAS takes a float32 chunk's projection, as far as 4 times
+    ``gate_buffer_bytes``: BLAS packs the weights on every call), ``split`` (None: the
     split-mode rule; True: split whenever a direction has 2 threads or more;
     False: never by size), ``dirs_in_turn`` (None: the rule; True/False),
     ``step_counters`` (None: when every thread has a CPU; True/False: always
@@ -1626,25 +1629,28 @@ cdef class Tuning:
     cdef Tuning_t t
 
     def __init__(self, *, l2_bytes=None, serial_bytes=256 * 1024, gate_buffer_bytes=2 << 20,
-                 min_chunk_rows=256, split=None, dirs_in_turn=None, step_counters=None,
-                 blas_min_rows=None, fit_cpus=True, dynamic=True):
+                 min_chunk_rows=256, blas_chunk_rows=1024, split=None, dirs_in_turn=None,
+                 step_counters=None, blas_min_rows=None, fit_cpus=True, dynamic=True):
         self.t.l2_bytes = L2_BYTES if l2_bytes is None else l2_bytes
         self.t.serial_bytes = serial_bytes
         self.t.gate_buffer_bytes = gate_buffer_bytes
         self.t.min_chunk_rows = min_chunk_rows
+        self.t.blas_chunk_rows = blas_chunk_rows
         self.t.split = _tri(split)
         self.t.in_turn = _tri(dirs_in_turn)
         self.t.sync = _tri(step_counters)
         self.t.blas_min_rows = -1 if blas_min_rows is None else blas_min_rows
         self.t.team_flags = (FL_FIT_CPUS if fit_cpus else 0) | (FL_DYNAMIC if dynamic else 0)
-        if min(self.t.l2_bytes, self.t.gate_buffer_bytes, self.t.min_chunk_rows) < 1:
+        if min(self.t.l2_bytes, self.t.gate_buffer_bytes, self.t.min_chunk_rows,
+               self.t.blas_chunk_rows) < 1:
             raise ValueError("Tuning: sizes must be positive")
 
     def __repr__(self):
         names = {-1: False, 0: None, 1: True}
         return (f"Tuning(l2_bytes={self.t.l2_bytes}, serial_bytes={self.t.serial_bytes}, "
                 f"gate_buffer_bytes={self.t.gate_buffer_bytes}, "
-                f"min_chunk_rows={self.t.min_chunk_rows}, split={names[self.t.split]}, "
+                f"min_chunk_rows={self.t.min_chunk_rows}, "
+                f"blas_chunk_rows={self.t.blas_chunk_rows}, split={names[self.t.split]}, "
                 f"dirs_in_turn={names[self.t.in_turn]}, step_counters={names[self.t.sync]}, "
                 f"blas_min_rows={None if self.t.blas_min_rows < 0 else self.t.blas_min_rows}, "
                 f"fit_cpus={bool(self.t.team_flags & FL_FIT_CPUS)}, "
@@ -1729,13 +1735,20 @@ cdef inline bint _in_turn(const Geometry *g, int threads, const Tuning_t *tu) no
                                * g.g_cols * _itemsize(g) >= tu.l2_bytes)
 
 
-cdef inline int _time_chunk(const Geometry *g, const Tuning_t *tu) noexcept nogil:
+cdef inline int _time_chunk(const Geometry *g, const Tuning_t *tu, bint blas) noexcept nogil:
     """Timesteps per chunk: the gate buffer stays under ``gate_buffer_bytes`` but
-    holds at least ``min_chunk_rows`` rows."""
+    holds at least ``min_chunk_rows`` rows; when BLAS takes the projection
+    (``blas``), at least ``blas_chunk_rows`` as far as 4 times ``gate_buffer_bytes``:
+    BLAS packs the weights again on every call, which cost about 7% of a batched
+    forward at 256 rows (docs/kernels.md)."""
     cdef Py_ssize_t row_bytes = <Py_ssize_t>g.num_dirs * g.g_cols * _itemsize(g)
     cdef Py_ssize_t batch = max(1, g.batch)
+    cdef Py_ssize_t rows = tu.min_chunk_rows
+    if blas:
+        rows = max(rows, min(<Py_ssize_t>tu.blas_chunk_rows,
+                             4 * tu.gate_buffer_bytes // max(1, row_bytes)))
     cdef Py_ssize_t steps = max(tu.gate_buffer_bytes // max(1, batch * row_bytes),
-                                (tu.min_chunk_rows + batch - 1) // batch)
+                                (rows + batch - 1) // batch)
     return <int>max(1, min(<Py_ssize_t>g.seq_len, steps))
 
 
@@ -1752,10 +1765,15 @@ cdef Sched _schedule(const Geometry *g, bint packed, int threads, const Tuning_t
     sc.dirs_in_turn = g.seq_len > 1 and not packed and _in_turn(g, sc.threads, tu)
     if sc.dirs_in_turn:
         sc.n_chunks = 0
-    sc.t_chunk = 1 if one_step else _time_chunk(g, tu)
     sc.blas_min_rows = tu.blas_min_rows if tu.blas_min_rows >= 0 else _BLAS_MIN_ROWS[level]
     if g.weight_type == WEIGHTS_BF16 or g.weight_type == WEIGHTS_I8:
         sc.blas_min_rows = _NO_BLAS  # BLAS has no bfloat16 or int8 product
+    # Batch-first input projects each sequence's steps apart: chunks hold few of them.
+    # float64's GEMM runs at half float32's rate, its packing a smaller share: the larger
+    # buffer cost it more than it saved (docs/kernels.md).
+    sc.t_chunk = 1 if one_step else _time_chunk(
+        g, tu, sc.blas_min_rows < _NO_BLAS and g.weight_type == WEIGHTS_F32
+        and (not g.batch_first or g.batch == 1))
     sc.sync = tu.sync
     sc.backward_order = False
     sc.team_flags = tu.team_flags
@@ -1769,11 +1787,12 @@ cdef inline const Tuning_t *_tuning_of(object tuning) except NULL:
 
 
 def schedule(w, int batch, int seq_len, int hidden, int threads, bint packed=False,
-             tuning=None):
+             tuning=None, bint batch_first=False):
     """The schedule of one call of packed layer ``w`` (``_module._PackedLayer``)
     for ``batch`` sequences of ``seq_len`` steps (``packed``: packed input, with
-    ``batch`` its longest timestep) on ``threads`` threads (0 or less: the
-    default), under ``tuning`` (a :class:`Tuning`, None for the default).
+    ``batch`` its longest timestep; ``batch_first``: input laid out (N, L, F)) on
+    ``threads`` threads (0 or less: the default), under ``tuning`` (a
+    :class:`Tuning`, None for the default).
 
     Returns ``(threads, n_chunks, t_chunk, blas_min_rows, dirs_in_turn,
     step_counters, team_flags)`` (see ``layer``; ``step_counters`` -1, 0 or 1;
@@ -1784,7 +1803,7 @@ def schedule(w, int batch, int seq_len, int hidden, int threads, bint packed=Fal
     cdef Sched sc
     memset(&L, 0, sizeof(L))
     _fill_weights(&L, w, hidden, "schedule")
-    L.g.batch, L.g.seq_len = batch, seq_len
+    L.g.batch, L.g.seq_len, L.g.batch_first = batch, seq_len, batch_first and not packed
     sc = _schedule(&L.g, packed, _threads_or_default(threads), _tuning_of(tuning), _level)
     return (sc.threads, sc.n_chunks, sc.t_chunk, sc.blas_min_rows, sc.dirs_in_turn, sc.sync,
             sc.team_flags)
