@@ -278,16 +278,21 @@ def _plan(hidden, batch, threads, seq_len=50, tuning=None, batch_first=False, **
 
 
 def test_split_by_size_rule():
-    """Split mode from half an L2 of W_hh per direction on, for directions of 2
-    threads that get 4 panels each; batch chunks otherwise; a Tuning forces it
-    both ways."""
+    """Split mode from an L2 of W_hh per direction on (half an L2 while the batch
+    gives a thread fewer than 16 rows), for directions of 2 threads that get 4 panels
+    each; batch chunks otherwise; a Tuning forces it both ways."""
     from fastlstm._ext import kernels
 
     l2 = 1 << 20  # a W_hh per direction of 4 * H * H float32 bytes: H = 256 is 1 MiB
     tune = kernels.Tuning(l2_bytes=l2)
-    assert _plan(256, 64, 2, tuning=tune)[1] == 0  # 1 MiB >= half the L2
+    assert _plan(256, 64, 2, tuning=tune)[1] == 0  # 1 MiB >= the L2
     assert _plan(256, 16, 4, tuning=tune, bidirectional=True)[1] == 0
     assert _plan(128, 64, 2, tuning=tune)[1] == 2  # 256 KiB fits: a chunk per thread
+    half = kernels.Tuning(l2_bytes=512 << 10)  # H = 128: W_hh is half the L2
+    assert _plan(128, 16, 2, tuning=half)[1] == 0  # 8 rows a thread: split
+    assert _plan(128, 32, 2, tuning=half)[1] == 2  # 16 rows a thread: chunks
+    assert _plan(128, 256, 2, tuning=half)[1] == 2
+    assert _plan(192, 256, 2, tuning=half)[1] == 0  # 576 KiB: split
     assert _plan(16, 64, 2, tuning=kernels.Tuning(l2_bytes=64))[1] == 2  # < 4 panels each
     assert _plan(512, 64, 4, tuning=tune)[1] == 4  # 2 threads per direction only (measured)
     assert _plan(512, 64, 2, tuning=tune, bidirectional=True)[1] == 1  # one per direction

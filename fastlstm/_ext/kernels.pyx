@@ -1699,9 +1699,9 @@ cdef inline int _chunks(const Geometry *g, int threads, const Tuning_t *tu) noex
     Split mode when a direction has 2 threads or more and the batch gives a
     thread fewer than 4 rows; with bfloat16 weights on AMX, when the batch has
     16 rows or more but batch chunks would have fewer; also when a direction has
-    exactly 2 threads and its packed ``W_hh`` is at least half a core's L2, with
-    4 panels or more per
-    thread: a batch chunk streams the whole ``W_hh`` every step, from L3 once it
+    exactly 2 threads and its packed ``W_hh`` is at least a core's L2 (at least half
+    of it while the batch gives a thread fewer than 16 rows), with 4 panels or more
+    per thread: a batch chunk streams the whole ``W_hh`` every step, from L3 once it
     outgrows the L2 beside the other data (docs/kernels.md has the measurements).
     With more threads per direction batch chunks stay: the step's wait grows and
     its work per thread shrinks."""
@@ -1712,7 +1712,8 @@ cdef inline int _chunks(const Geometry *g, int threads, const Tuning_t *tu) noex
     if g.batch < 4 * per_dir:
         return 0
     if tu.split == 1 or (tu.split == 0 and per_dir == 2 and g.n_panels >= 4 * per_dir
-                         and hh_bytes >= tu.l2_bytes // 2):
+                         and (hh_bytes >= tu.l2_bytes
+                              or (hh_bytes >= tu.l2_bytes // 2 and g.batch < 16 * per_dir))):
         return 0
     # AMX multiplies blocks of 16 rows: a batch of 16 or more that chunks would cut
     # below that is better shared by units (16 x 100 at H = 256: 3.2 against 6.8 ms).
