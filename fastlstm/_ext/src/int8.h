@@ -127,6 +127,25 @@ static void fl_i8_quantize_scalar(int M, int K, const float *A, ptrdiff_t lda, u
 }
 
 #if FL_X86
+/* A vectorized row's scale (s) and quantizing factor (returned): `most` holds the largest
+ * |value| bits of a[0, k0), the rest are read here; a zero or non-finite row (factor 0) gets
+ * its bytes here too. */
+static inline float fl_i8_row_finish(int K, int k0, const float *a, uint32_t most, float *s,
+                                     uint32_t *q)
+{
+    float inv;
+    for (int k = k0; k < K; k++) {
+        uint32_t u;
+        memcpy(&u, a + k, sizeof u);
+        u &= 0x7fffffffu;
+        most = u > most ? u : most;
+    }
+    fl_i8_scale_of(most, s, &inv);
+    if (inv == 0.0f)
+        fl_i8_row_bytes(K, a, inv, q);
+    return inv;
+}
+
 /* The same, 16 values at a time: the same bits, the same products, the same rounding. */
 FL_TGT_avx512 static void fl_i8_quantize_avx512(int M, int K, const float *A, ptrdiff_t lda,
                                                 uint32_t *Q, ptrdiff_t ldq, float *s)
@@ -140,19 +159,11 @@ FL_TGT_avx512 static void fl_i8_quantize_avx512(int M, int K, const float *A, pt
         for (int b = 0; b < full; b++)
             most = _mm512_max_epu32(most, _mm512_and_si512(_mm512_loadu_si512(a + 16 * b),
                                                            abs_mask));
-        uint32_t mx = (uint32_t)_mm512_reduce_max_epu32(most);
-        for (int k = 16 * full; k < K; k++) {
-            uint32_t u;
-            memcpy(&u, a + k, sizeof u);
-            u &= 0x7fffffffu;
-            mx = u > mx ? u : mx;
-        }
-        float inv;
-        fl_i8_scale_of(mx, &s[m], &inv);
-        if (inv == 0.0f) {
-            fl_i8_row_bytes(K, a, inv, Q + m * ldq);
+        const float inv = fl_i8_row_finish(K, 16 * full, a,
+                                           (uint32_t)_mm512_reduce_max_epu32(most), &s[m],
+                                           Q + m * ldq);
+        if (inv == 0.0f)
             continue;
-        }
         const __m512 vi = _mm512_set1_ps(inv);
         for (int b = 0; b < full; b++) {
             const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(a + 16 * b), vi));
@@ -181,19 +192,10 @@ FL_TGT_avx2 static void fl_i8_quantize_avx2(int M, int K, const float *A, ptrdif
                                    _mm256_extracti128_si256(most, 1));
         m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0x4e));
         m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0xb1));
-        uint32_t mx = (uint32_t)_mm_cvtsi128_si32(m4);
-        for (int k = K - K % 8; k < K; k++) {
-            uint32_t u;
-            memcpy(&u, a + k, sizeof u);
-            u &= 0x7fffffffu;
-            mx = u > mx ? u : mx;
-        }
-        float inv;
-        fl_i8_scale_of(mx, &s[m], &inv);
-        if (inv == 0.0f) {
-            fl_i8_row_bytes(K, a, inv, Q + m * ldq);
+        const float inv = fl_i8_row_finish(K, K - K % 8, a, (uint32_t)_mm_cvtsi128_si32(m4),
+                                           &s[m], Q + m * ldq);
+        if (inv == 0.0f)
             continue;
-        }
         const __m256 vi = _mm256_set1_ps(inv);
         for (int b = 0; b < full; b++) {
             const __m256i q0 = _mm256_add_epi32(
