@@ -13,8 +13,8 @@
  * arithmetic, ties to even); a row with a NaN or an infinity gets s = NaN, a row
  * whose amax is below 2^-120 (zero) s = 0.  q is stored as the byte q + 128 (1..255,
  * never 0: the AVX2 one-row block needs |q| <= 127), the operand VPDPBUSD and AMX
- * TDPBUSD read unsigned; the compensation takes the 128
- * back out, so that the int32 sum is exactly sum_k q[m][k] * B[k][j] at every level.
+ * TDPBUSD read unsigned; the compensation takes the 128 back out, so that the int32 sum
+ * is exactly sum_k q[m][k] * B[k][j] at every level.
  * Then G[m][j] = beta*G[m][j] + (float)sum * (s[m] * scale[j]), in that order, in
  * float32: the result does not depend on the level or on how the work is shared.
  *
@@ -319,9 +319,10 @@ FL_TGT_##ISA static __attribute__((noinline)) void fl_i8_block_##ISA(int R, int 
  * the pair sums' int16 limit: |w| (0..128) unsigned times the activation q = byte - 128
  * (-127..127: the bytes are 1..255, fl_i8_row_bytes) with w's sign, then PMADDWD by ones to
  * int32.  That sums q*w, not (q + 128)*w: the sums start from -comp, 128 * sum_k w over
- * the block's quads, so that the block gives what every level gives.  Five operations for 32 products where the
- * widened bytes take eight; measured 1.5x the rate of one row (40 against 26 GMAC/s on a
- * Zen 3 core), while at two rows and more the widened weights, shared by the rows, keep up. */
+ * the block's quads, so that the block gives what every level gives.  Five operations for
+ * 32 products where the widened bytes take eight; measured 1.5x the rate of one row (40
+ * against 26 GMAC/s on a Zen 3 core), while at two rows and more the widened weights, shared
+ * by the rows, keep up. */
 FL_TGT_avx2 static __attribute__((noinline)) void fl_i8_row_sign_avx2(int kq, const uint32_t *Q,
         const uint32_t *P, int32_t *acc, int add, const int32_t *comp)
 {
