@@ -117,15 +117,19 @@ def _interleave_gates(w: np.ndarray, hidden: int) -> np.ndarray:
 def _pack_panels(weight: np.ndarray) -> np.ndarray:
     """Lay out ``weight.T`` (K x N) for the small-M kernel, flattened.
 
-    Panel ``p`` is columns ``[p*W, (p+1)*W)`` of ``weight.T`` as a contiguous
-    K x W block, zero-padded past N (W from ``kernels.panel_width``).
+    Panel ``p`` is columns ``[p*W, (p+1)*W)`` of ``weight.T``, zero-padded past N
+    (W from ``kernels.panel_width``), as W/S strips of S columns (S from
+    ``kernels.panel_strip``), each a contiguous K x S block; S = W where the
+    kernels read whole panel rows.
     """
     n, k = weight.shape
     width = kernels.panel_width(weight.dtype.name)
+    strip = kernels.panel_strip(weight.dtype.name)
     n_panels = -(-n // width)
     padded = np.zeros((n_panels * width, k), dtype=weight.dtype)
     padded[:n] = weight
-    return np.ascontiguousarray(padded.reshape(n_panels, width, k).transpose(0, 2, 1)).ravel()
+    strips = padded.reshape(n_panels, width // strip, strip, k).transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(strips).ravel()
 
 
 #: The safetensors header key of a saved module's weight storage type ("bfloat16", "int8").

@@ -269,28 +269,98 @@ def test_panel_width(dtype):
     assert kernels.panel_width(np.dtype(dtype).name) == {np.float32: 64, np.float64: 32}[dtype]
 
 
+@pytest.fixture(params=["rows", "strips"])
+def panel_layout(request):
+    """Each panel layout in turn (strips only below the avx512 level), restored after."""
+    strips = request.param == "strips"
+    level = kernels.simd_level()
+    if strips and level == "avx512":
+        kernels.set_simd_level("avx2")
+    previous = kernels._set_panel_strips_for_tests(strips)
+    yield request.param
+    kernels._set_panel_strips_for_tests(previous)
+    kernels.set_simd_level(level)
+
+
+def test_panel_layout_follows_the_cpu():
+    """Strips of 64 bytes below AVX-512 (whose blocks read whole panel rows), rows with it."""
+    best = kernels.simd_available()[-1]
+    for dtype in ("float32", "float64"):
+        width = kernels.panel_width(dtype)
+        expected = width if best == "avx512" else width // 4
+        assert kernels.panel_strip(dtype) == expected, (best, dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
 @pytest.mark.parametrize("n, k", [(1, 1), (4, 3), (12, 1), (44, 37), (64, 16), (65, 2),
                                   (100, 5), (260, 3)])
-def test_pack_panels_layout(dtype, n, k):
+def test_pack_panels_layout(dtype, n, k, panel_layout):
     width = kernels.panel_width(np.dtype(dtype).name)
+    strip = kernels.panel_strip(np.dtype(dtype).name)
+    assert strip == (width if panel_layout == "rows" else width // 4)
     weight = np.random.default_rng(n * 100 + k).standard_normal((n, k)).astype(dtype)
     packed = _pack_panels(weight)
     n_panels = -(-n // width)
     assert packed.dtype == dtype
     assert packed.ndim == 1 and packed.flags.c_contiguous
     assert packed.shape == (n_panels * k * width,)
-    panels = packed.reshape(n_panels, k, width)
+    # Panel p is a contiguous K x W block; in it, strip s a contiguous K x S block.
     for p in range(n_panels):
         for kk in range(k):
             for j in range(width):
                 col = p * width + j
                 expected = weight[col, kk] if col < n else 0
-                assert panels[p, kk, j] == expected, (p, kk, j)
-    # The same, vectorised: panel p row k column j is weight.T[k, p*W + j].
-    padded = np.zeros((k, n_panels * width), dtype)
-    padded[:, :n] = weight.T
-    np.testing.assert_array_equal(panels, padded.reshape(k, n_panels, width).transpose(1, 0, 2))
+                at = p * k * width + (j // strip) * k * strip + kk * strip + j % strip
+                assert packed[at] == expected, (p, kk, j)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+@pytest.mark.parametrize("level", [lv for lv in kernels.simd_available() if lv != "avx512"])
+def test_panel_layouts_give_the_same_results(dtype, level):
+    """Rows and strips hold the same weights for the same sums in the same order:
+    every level gives the same bits with either (a batch, a single sequence,
+    partial panels, a projection, both directions)."""
+    results = {}
+    old_level = kernels.simd_level()
+    old_dynamic = fastlstm.get_dynamic_threads()
+    fastlstm.set_dynamic_threads(False)  # a fixed thread count: the same schedule
+    try:
+        for strips in (False, True):
+            kernels.set_simd_level(level)
+            previous = kernels._set_panel_strips_for_tests(strips)
+            try:
+                out = []
+                for hidden, proj, batch, bidir in ((37, 0, 1, False), (130, 0, 7, True),
+                                                   (70, 20, 3, False), (64, 0, 16, False)):
+                    m = fastlstm.LSTM(24, hidden, num_layers=2, proj_size=proj,
+                                       bidirectional=bidir, dtype=dtype, rng=3)
+                    x = np.random.default_rng(hidden).standard_normal((5, batch, 24))
+                    y, (h, c) = m(x.astype(dtype))
+                    out += [y, h, c, m(x[:1].astype(dtype))[0]]
+                results[strips] = out
+            finally:
+                kernels._set_panel_strips_for_tests(previous)
+    finally:
+        kernels.set_simd_level(old_level)
+        fastlstm.set_dynamic_threads(old_dynamic)
+    for a, b in zip(results[False], results[True]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_strips_refuse_the_avx512_level():
+    if "avx512" not in kernels.simd_available():
+        pytest.skip("this CPU has no avx512 level (the refusal is for it)")
+    level = kernels.simd_level()
+    try:
+        kernels.set_simd_level("avx2")
+        previous = kernels._set_panel_strips_for_tests(True)
+        try:
+            with pytest.raises(ValueError, match="whole panel rows"):
+                kernels.set_simd_level("avx512")
+        finally:
+            kernels._set_panel_strips_for_tests(previous)
+    finally:
+        kernels.set_simd_level(level)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)

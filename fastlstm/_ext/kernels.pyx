@@ -47,6 +47,7 @@ from fastlstm._ext.blas cimport NoTrans, Trans, gemm
 
 cdef extern from "kernels.h" nogil:
     int FL_PANEL_BYTES
+    int fl_strips
     int fl_cpu_level() noexcept
     unsigned int fl_ftz_begin() noexcept
     void fl_ftz_end(unsigned int old) noexcept
@@ -257,7 +258,33 @@ def set_simd_level(name=None):
     import.  A level the CPU lacks raises ValueError.
     """
     global _level
-    _level = _level_index(name, _LEVEL_NAMES, _detected, "SIMD level")
+    index = _level_index(name, _LEVEL_NAMES, _detected, "SIMD level")
+    if fl_strips and index == 2:
+        raise ValueError("the avx512 level reads whole panel rows: not with panels in strips")
+    _level = index
+
+
+# The weight panels' layout, for the whole process (kernels.h): strips of 64 bytes of
+# columns where the best level is below AVX-512, whose blocks read 64 bytes of a row.
+fl_strips = 1 if _detected < 2 else 0
+
+
+def panel_strip(dtype):
+    """Columns per strip of a weight panel for ``dtype`` ("float32" or "float64"):
+    the panel's width where its rows are contiguous (AVX-512), else 64 bytes' worth."""
+    return 64 // (4 if dtype == "float32" else 8) if fl_strips else panel_width(dtype)
+
+
+def _set_panel_strips_for_tests(bint on):
+    """Lay out the panels packed from now on in strips (``on``) or in rows, and
+    return the previous setting; panels packed before must not be used after it
+    changes (tests pack new modules).  Strips refuse the avx512 level."""
+    global fl_strips
+    previous = bool(fl_strips)
+    if on and _level == 2:
+        raise ValueError("the avx512 level reads whole panel rows: not with panels in strips")
+    fl_strips = 1 if on else 0
+    return previous
 
 
 if os.environ.get("FASTLSTM_SIMD"):

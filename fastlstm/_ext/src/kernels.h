@@ -34,6 +34,11 @@ enum { FL_PORTABLE = 0, FL_AVX2 = 1, FL_AVX512 = 2 };
 #ifndef FL_KC
 #define FL_KC 128
 #endif
+/* K slice of a timestep's product when the panels lie in strips (below AVX-512):
+ * a block streams one strip's contiguous rows, and longer slices reload the
+ * accumulators less often (512 against 128: 2-4% faster layers on an AMD EPYC
+ * Zen 3, docs/kernels.md). */
+#define FL_KC_STRIPS 512
 #define FL_MC 256   /* rows per chunk of the products */
 #define FL_INLINE static inline __attribute__((always_inline))
 
@@ -226,24 +231,39 @@ FL_DEFINE_ACT(avx512, fl_f64b, fl_d64b, fl_l64b)
 FL_DEFINE_ACT(avx2, fl_f32b, fl_d32b, fl_l32b)
 FL_DEFINE_ACT(portable, fl_f16b, fl_d16b, fl_l16b)
 
+/* The panels' layout (set once when the module is imported, from the CPU; the
+ * packing in _module.py reads it through kernels.panel_strip): 0, each row of a
+ * panel's K x PW block is contiguous (256 bytes); 1, a panel is 4 strips of 64
+ * bytes of columns, each a contiguous K x 16 (float) or K x 8 (double) block.
+ * An AVX-512 block reads a whole panel row, so its rows suit it; the AVX2 and
+ * SSE blocks read one strip's 64 bytes of a row, so with strips they stream
+ * contiguous memory where rows had them skip 192 of every 256 bytes
+ * (docs/kernels.md has the measurements). */
+static int fl_strips = 0;
+static inline int fl_strip_width(int pw, size_t real_size)
+{
+    return fl_strips ? 64 / (int)real_size : pw;
+}
+
 /* ------------------------------------------------------------------------
  * One register block of a product: R rows by NV vectors of columns of one
- * panel (row stride PW), G = beta*G + A @ B.  R and NV are compile-time
+ * panel's strip (row stride ldb: see the panel layout above), G = beta*G + A @ B.  R and NV are compile-time
  * constants so the accumulators stay in registers; the block is a function
  * of its own (noinline) because, inlined into the larger kernels, GCC spills
  * the weight vectors to the stack.
  * ------------------------------------------------------------------------ */
-#define FL_DEFINE_BLOCK(REAL, V, VU, NAME, R, NV, PW, TGT)                          \
+#define FL_DEFINE_BLOCK(REAL, V, VU, NAME, R, NV, TGT)                              \
 TGT static __attribute__((noinline)) void NAME(int beta, int K, const REAL *A, ptrdiff_t lda, const REAL *B,   \
-                    REAL *G, ptrdiff_t ldg)                                         \
+                    ptrdiff_t ldb, ptrdiff_t sstride, REAL *G, ptrdiff_t ldg)       \
 {                                                                                   \
     const int W = (int)(sizeof(V) / sizeof(REAL));                                  \
+    (void)sstride;  /* the block's columns lie in one strip */                      \
     V acc[R][NV];                                                                   \
     for (int r = 0; r < R; r++)                                                     \
         for (int v = 0; v < NV; v++)                                                \
             acc[r][v] = beta ? *(const VU *)(G + r * ldg + v * W) : (V){0};         \
     for (int k = 0; k < K; k++) {                                                   \
-        const REAL *bk = B + (ptrdiff_t)k * (PW);                                   \
+        const REAL *bk = B + (ptrdiff_t)k * ldb;                                    \
         const V b0 = *(const VU *)bk;                                               \
         const V b1 = NV > 1 ? *(const VU *)(bk + W) : b0;                           \
         const V b2 = NV > 2 ? *(const VU *)(bk + 2 * W) : b0;                       \
@@ -265,23 +285,26 @@ TGT static __attribute__((noinline)) void NAME(int beta, int K, const REAL *A, p
 /* One row by NV vectors (up to a whole panel), G = beta*G + a @ B: each vector's
  * sum is a chain of dependent FMAs, so a single row needs as many vectors as the
  * FMA latency times the FMA units (AVX2: 4 x 2) to keep them busy; with 4 the
- * one-row products ran at half that rate (docs/kernels.md). */
-#define FL_DEFINE_ROW(REAL, V, VU, NAME, NV, PW, TGT)                               \
+ * one-row products ran at half that rate (docs/kernels.md).  Its columns may span
+ * strips (ldb columns each, sstride apart). */
+#define FL_DEFINE_ROW(REAL, V, VU, NAME, NV, TGT)                                   \
 TGT static __attribute__((noinline)) void NAME(int beta, int K, const REAL *A, ptrdiff_t lda, const REAL *B,   \
-                    REAL *G, ptrdiff_t ldg)                                         \
+                    ptrdiff_t ldb, ptrdiff_t sstride, REAL *G, ptrdiff_t ldg)       \
 {                                                                                   \
     const int W = (int)(sizeof(V) / sizeof(REAL));                                  \
     (void)lda;                                                                      \
     (void)ldg;                                                                      \
     V acc[NV];                                                                      \
-    for (int v = 0; v < NV; v++)                                                    \
+    const REAL *bv[NV];                                                             \
+    for (int v = 0; v < NV; v++) {                                                  \
         acc[v] = beta ? *(const VU *)(G + v * W) : (V){0};                          \
+        bv[v] = B + (v * W / ldb) * sstride + v * W % ldb;                          \
+    }                                                                               \
     for (int k = 0; k < K; k++) {                                                   \
-        const REAL *bk = B + (ptrdiff_t)k * (PW);                                   \
         const REAL a = A[k];                                                        \
         _Pragma("GCC unroll 8")                                                     \
         for (int v = 0; v < NV; v++)                                                \
-            acc[v] += a * *(const VU *)(bk + v * W);                                \
+            acc[v] += a * *(const VU *)(bv[v] + (ptrdiff_t)k * ldb);                \
     }                                                                               \
     for (int v = 0; v < NV; v++)                                                    \
         *(VU *)(G + v * W) = acc[v];                                                \
@@ -295,12 +318,9 @@ TGT static __attribute__((noinline)) void NAME(int beta, int K, const REAL *A, p
  * ------------------------------------------------------------------------ */
 #define FL_DEFINE_LEVEL(REAL, S, ISA, V, VU, RB, NVB, RM, NVM, NV1)                 \
 enum { fl_pw_##S##_##ISA = FL_PANEL_BYTES / (int)sizeof(REAL) };                    \
-FL_DEFINE_BLOCK(REAL, V, VU, fl_blk_##S##_##ISA, RB, NVB, fl_pw_##S##_##ISA,        \
-                FL_TGT_##ISA)                                                       \
-FL_DEFINE_BLOCK(REAL, V, VU, fl_blkm_##S##_##ISA, RM, NVM, fl_pw_##S##_##ISA,       \
-                FL_TGT_##ISA)                                                       \
-FL_DEFINE_ROW(REAL, V, VU, fl_blk1_##S##_##ISA, NV1, fl_pw_##S##_##ISA,            \
-              FL_TGT_##ISA)                                                         \
+FL_DEFINE_BLOCK(REAL, V, VU, fl_blk_##S##_##ISA, RB, NVB, FL_TGT_##ISA)            \
+FL_DEFINE_BLOCK(REAL, V, VU, fl_blkm_##S##_##ISA, RM, NVM, FL_TGT_##ISA)           \
+FL_DEFINE_ROW(REAL, V, VU, fl_blk1_##S##_##ISA, NV1, FL_TGT_##ISA)                 \
                                                                                     \
 /* The rows of the next block when `left` rows remain: RB, except that the last     \
  * RB plus a tail of fewer than RM rows go as RM blocks when that leaves fewer       \
@@ -313,32 +333,37 @@ FL_INLINE int fl_block_rows_##S##_##ISA(int left)                               
     return left >= RM ? RM : 1;                                                     \
 }                                                                                   \
                                                                                     \
-/* R rows (RB, RM or 1) by one whole panel (PW columns); G has row stride ldg. */   \
-FL_INLINE void fl_rows_panel_##S##_##ISA(int R, int beta, int K, const REAL *A,     \
-        ptrdiff_t lda, const REAL *P, REAL *G, ptrdiff_t ldg)                       \
+/* R rows (RB, RM or 1) by one whole panel (PW columns) over the K slice [k0,      \
+ * k0 + kb) of the panel at Pp (K rows in all, strips of SW columns); G has row     \
+ * stride ldg. */                                                                   \
+FL_INLINE void fl_rows_panel_##S##_##ISA(int R, int beta, int kb, const REAL *A,    \
+        ptrdiff_t lda, const REAL *Pp, int K, int k0, int SW, REAL *G, ptrdiff_t ldg) \
 {                                                                                   \
     const int PW = fl_pw_##S##_##ISA, W = (int)(sizeof(V) / sizeof(REAL));          \
-    if (R == RB)                                                                    \
-        for (int j = 0; j < PW; j += NVB * W)                                       \
-            fl_blk_##S##_##ISA(beta, K, A, lda, P + j, G + j, ldg);                 \
-    else if (R == RM)                                                               \
-        for (int j = 0; j < PW; j += NVM * W)                                       \
-            fl_blkm_##S##_##ISA(beta, K, A, lda, P + j, G + j, ldg);                \
-    else                                                                            \
-        for (int j = 0; j < PW; j += NV1 * W)                                       \
-            fl_blk1_##S##_##ISA(beta, K, A, lda, P + j, G + j, ldg);                \
+    const int cols = (R == RB ? NVB : R == RM ? NVM : NV1) * W;                     \
+    const ptrdiff_t sstride = (ptrdiff_t)SW * K;                                    \
+    for (int j = 0; j < PW; j += cols) {                                            \
+        const REAL *b = Pp + (j / SW) * sstride + (ptrdiff_t)k0 * SW + j % SW;      \
+        if (R == RB)                                                                \
+            fl_blk_##S##_##ISA(beta, kb, A, lda, b, SW, sstride, G + j, ldg);       \
+        else if (R == RM)                                                           \
+            fl_blkm_##S##_##ISA(beta, kb, A, lda, b, SW, sstride, G + j, ldg);      \
+        else                                                                        \
+            fl_blk1_##S##_##ISA(beta, kb, A, lda, b, SW, sstride, G + j, ldg);      \
+    }                                                                               \
 }                                                                                   \
                                                                                     \
 /* As above for the first `width` < PW columns only, through a buffer. */           \
-FL_INLINE void fl_rows_part_##S##_##ISA(int R, int beta, int K, const REAL *A,      \
-        ptrdiff_t lda, const REAL *P, REAL *G, ptrdiff_t ldg, int width)            \
+FL_INLINE void fl_rows_part_##S##_##ISA(int R, int beta, int kb, const REAL *A,     \
+        ptrdiff_t lda, const REAL *Pp, int K, int k0, int SW, REAL *G, ptrdiff_t ldg, \
+        int width)                                                                  \
 {                                                                                   \
     const int PW = fl_pw_##S##_##ISA;                                               \
     REAL tmp[RB * fl_pw_##S##_##ISA];  /* R <= RB */                                \
     for (int r = 0; r < R; r++)                                                     \
         for (int j = 0; j < PW; j++)                                                \
             tmp[r * PW + j] = (beta && j < width) ? G[r * ldg + j] : (REAL)0;       \
-    fl_rows_panel_##S##_##ISA(R, 1, K, A, lda, P, tmp, PW);                         \
+    fl_rows_panel_##S##_##ISA(R, 1, kb, A, lda, Pp, K, k0, SW, tmp, PW);            \
     for (int r = 0; r < R; r++)                                                     \
         for (int j = 0; j < width; j++)                                             \
             G[r * ldg + j] = tmp[r * PW + j];                                       \
@@ -351,7 +376,7 @@ FL_INLINE void fl_rows_part_##S##_##ISA(int R, int beta, int K, const REAL *A,  
 FL_TGT_##ISA static void fl_matmul_##S##_##ISA(int beta, int M, int N, int K,       \
         const REAL *A, ptrdiff_t lda, const REAL *BP, REAL *G, ptrdiff_t ldg)       \
 {                                                                                   \
-    const int PW = fl_pw_##S##_##ISA;                                               \
+    const int PW = fl_pw_##S##_##ISA, SW = fl_strip_width(PW, sizeof(REAL));        \
     const int n_panels = (N + PW - 1) / PW;                                         \
     int k0 = 0;                                                                     \
     do {                                                                            \
@@ -360,16 +385,17 @@ FL_TGT_##ISA static void fl_matmul_##S##_##ISA(int beta, int M, int N, int K,   
         for (int m_lo = 0; m_lo < M; m_lo += FL_MC) {                               \
             const int m_hi = M - m_lo < FL_MC ? M : m_lo + FL_MC;                   \
             for (int p = 0; p < n_panels; p++) {                                    \
-                const REAL *P = BP + ((ptrdiff_t)p * K + k0) * PW;                  \
+                const REAL *P = BP + (ptrdiff_t)p * K * PW;                         \
                 const int width = N - p * PW < PW ? N - p * PW : PW;                \
                 for (int m = m_lo; m < m_hi; ) {                                    \
                     const int R = fl_block_rows_##S##_##ISA(m_hi - m);              \
                     const REAL *a = A + m * lda + k0;                               \
                     REAL *g = G + m * ldg + p * PW;                                 \
                     if (width == PW)                                                \
-                        fl_rows_panel_##S##_##ISA(R, b, kb, a, lda, P, g, ldg);     \
+                        fl_rows_panel_##S##_##ISA(R, b, kb, a, lda, P, K, k0, SW, g, ldg); \
                     else                                                            \
-                        fl_rows_part_##S##_##ISA(R, b, kb, a, lda, P, g, ldg, width); \
+                        fl_rows_part_##S##_##ISA(R, b, kb, a, lda, P, K, k0, SW, g, ldg, \
+                                                 width);                            \
                     m += R;                                                         \
                 }                                                                   \
             }                                                                       \
@@ -425,17 +451,18 @@ FL_TGT_##ISA static void fl_lstm_step_##S##_##ISA(int M, int K, int H,          
         int p_lo, int p_hi, int reverse)                                            \
 {                                                                                   \
     enum { PW = fl_pw_##S##_##ISA, U = fl_pw_##S##_##ISA / 4 };                     \
+    const int SW = fl_strip_width(PW, sizeof(REAL));                                \
+    const int KC = fl_strips ? FL_KC_STRIPS : FL_KC;                                \
     for (int i = p_lo; i < p_hi; i++) {                                             \
         const int p = reverse ? p_hi - 1 - (i - p_lo) : i;                          \
         const REAL *P = BP + (ptrdiff_t)p * K * PW;                                 \
         const int n = H - p * U < U ? H - p * U : U;                                \
-        for (int k0 = 0; k0 < K; k0 += FL_KC) {                                     \
-            const int kb = K - k0 < FL_KC ? K - k0 : FL_KC;                         \
+        for (int k0 = 0; k0 < K; k0 += KC) {                                        \
+            const int kb = K - k0 < KC ? K - k0 : KC;                               \
             for (int m = 0; m < M; ) {                                              \
                 const int R = fl_block_rows_##S##_##ISA(M - m);                     \
-                fl_rows_panel_##S##_##ISA(R, 1, kb, A + m * lda + k0, lda,          \
-                                          P + (ptrdiff_t)k0 * PW, G + m * ldg + p * PW, \
-                                          ldg);                                     \
+                fl_rows_panel_##S##_##ISA(R, 1, kb, A + m * lda + k0, lda, P, K, k0, \
+                                          SW, G + m * ldg + p * PW, ldg);           \
                 m += R;                                                             \
             }                                                                       \
         }                                                                           \
