@@ -14,11 +14,12 @@ LEVELS = kernels.simd_available()
 
 @pytest.fixture(params=LEVELS)
 def level(request):
+    previous = kernels.simd_level()  # FASTLSTM_SIMD's, when set: later tests keep it
     kernels.set_simd_level(request.param)
     try:
         yield request.param
     finally:
-        kernels.set_simd_level(None)
+        kernels.set_simd_level(previous)
 
 
 def test_portable_always_available():
@@ -166,3 +167,44 @@ def test_time_chunks_match_oracle(level, threads, chunk_rows, batch, kwargs):
         ref, (ref_h, ref_c) = reference_forward(m, x, state)
         assert np.abs(out - ref).max() <= 1e-12
         assert np.abs(h - ref_h).max() <= 1e-12 and np.abs(c - ref_c).max() <= 1e-12
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(bidirectional=True, num_layers=2, proj_size=7),
+                                    dict(batch_first=True)], ids=["plain", "bidir-proj", "bf"])
+@pytest.mark.parametrize("simd,dtype", [(s, d) for s in LEVELS[1:] for d in (np.float32, np.float64)
+                                        if d == np.float32 or s == "avx512"])
+def test_a_sequences_numbers_do_not_depend_on_its_batch(simd, threads, dtype, kwargs):
+    """Where every product is the kernels' own (float32 above the portable level, float64
+    with AVX-512), each row's sums run in the same order whatever rows share the call: a
+    sequence alone on one thread, in a padded batch and in a packed batch, gives the same
+    bits.  The batch's 360 rows would take BLAS's projection elsewhere (16 or 64 rows a
+    thread and more), whose rounding depends on the rows each call gets."""
+    from fastlstm.rnn import pack_sequence, pad_packed_sequence
+
+    previous = kernels.simd_level()
+    kernels.set_simd_level(simd)
+    try:
+        m = fastlstm.LSTM(40, 48, dtype=dtype, rng=4, **kwargs)
+        rng = np.random.default_rng(9)
+        lengths = [30, 30, 27, 25, 21, 19, 14, 11, 9, 6, 3, 1]
+        seqs = [rng.standard_normal((n, 40)).astype(dtype) for n in lengths]
+        bf = kwargs.get("batch_first", False)
+        fastlstm.set_num_threads(1)
+        alone = [m(s[None] if bf else s[:, None]) for s in seqs]
+        fastlstm.set_num_threads(threads)
+        x = np.zeros((30, len(seqs), 40), dtype)
+        for i, s in enumerate(seqs):
+            x[:len(s), i] = s
+        padded, _ = m(x.transpose(1, 0, 2) if bf else x)
+        packed_out, (h, c) = m(pack_sequence(seqs))
+        unpacked, _ = pad_packed_sequence(packed_out)
+        for i, (s, (out, (h1, c1))) in enumerate(zip(seqs, alone)):
+            n = len(s)
+            one = out[0] if bf else out[:, 0]
+            np.testing.assert_array_equal(unpacked[:n, i], one)
+            np.testing.assert_array_equal(h[:, i], h1[:, 0])
+            np.testing.assert_array_equal(c[:, i], c1[:, 0])
+            if not kwargs.get("bidirectional"):  # later padded steps feed the backward pass
+                np.testing.assert_array_equal(padded[i, :n] if bf else padded[:n, i], one)
+    finally:
+        kernels.set_simd_level(previous)

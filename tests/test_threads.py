@@ -325,11 +325,14 @@ def test_directions_in_turn_rule():
 
 def test_time_chunk_rule():
     """A time chunk's gate buffer stays under 2 MiB but holds 256 rows or more; 1024 or
-    more, up to 8 MiB of gates, when BLAS takes a float32 projection (BLAS packs the
-    weights on every call)."""
+    more, up to 8 MiB of gates, when each chunk's float32 projection reads all the
+    weights again: BLAS's (it packs them on every call), or the AVX2 kernels' once a
+    timestep's gates take half an L2 or more."""
     from fastlstm._ext import kernels
 
-    own = kernels.Tuning(blas_min_rows=1 << 30)  # the projection never goes to BLAS
+    # The projection never goes to BLAS; an L2 of 1 MiB, so that 64 rows of 4 KiB of
+    # gates stay under half of it.
+    own = kernels.Tuning(blas_min_rows=1 << 30, l2_bytes=1 << 20)
     blas = kernels.Tuning(blas_min_rows=64)
     # One direction at H = 256 float32: 4 KiB of gates per row.
     assert _plan(256, 1, 1, seq_len=1000, tuning=own)[2] == 512  # 2 MiB / 4 KiB
@@ -345,14 +348,27 @@ def test_time_chunk_rule():
     assert _plan(256, 1024, 1, seq_len=1000, tuning=blas)[2] == 1
     assert _plan(1024, 64, 1, seq_len=1000, tuning=blas, bidirectional=True)[2] == 4  # 32 KiB
     assert _plan(256, 64, 1, seq_len=1000, tuning=kernels.Tuning(blas_min_rows=64,
-                                                                  blas_chunk_rows=256))[2] == 8
+                                                                  long_chunk_rows=256))[2] == 8
     # float64, and batch-first input (which projects each sequence's steps apart): 256.
     assert _plan(256, 64, 1, seq_len=1000, tuning=blas, dtype=np.float64)[2] == 4
     assert _plan(256, 64, 1, seq_len=1000, tuning=blas, batch_first=True)[2] == 8
     assert _plan(256, 1, 1, seq_len=2000, tuning=blas, batch_first=True)[2] == 1024
+    # The AVX2 kernels' own projections: long chunks from 128 rows of 4 KiB (half of 1 MiB).
+    previous = kernels.simd_level()
+    for level in kernels.simd_available():
+        kernels.set_simd_level(level)
+        try:
+            assert _plan(256, 128, 1, seq_len=1000, tuning=own)[2] == (
+                8 if level == "avx2" else 4)
+            assert _plan(256, 64, 1, seq_len=1000, tuning=own)[2] == 8
+            assert _plan(256, 128, 1, seq_len=1000, tuning=own, dtype=np.float64)[2] == 2
+        finally:
+            kernels.set_simd_level(previous)
     # By default the SIMD level decides where BLAS takes the projection.
     default = _plan(256, 64, 1, seq_len=1000)
-    assert default[2] == (16 if default[3] < (1 << 30) else 8)
+    long = default[3] < (1 << 30) or (kernels.simd_level() == "avx2"
+                                      and 2 * 64 * 4096 >= kernels._l2_bytes())
+    assert default[2] == (16 if long else 8)
 
 
 def test_schedule_of_the_threads_and_blas():
@@ -361,8 +377,10 @@ def test_schedule_of_the_threads_and_blas():
     assert _plan(64, 8, 3)[0] == 3  # a sequence gets the threads asked for
     assert _plan(64, 8, 0)[0] == fastlstm.get_num_threads()  # 0: the default
     level = kernels.simd_level()
-    want = {"avx512": 1 << 30, "avx2": 64, "portable": 16}[level]
+    want = {"avx512": 1 << 30, "avx2": 1 << 30, "portable": 16}[level]  # float32
     assert _plan(64, 8, 2)[3] == want
+    want = {"avx512": 1 << 30, "avx2": 64, "portable": 16}[level]  # float64
+    assert _plan(64, 8, 2, dtype=np.float64)[3] == want
     assert _plan(64, 8, 2, tuning=kernels.Tuning(blas_min_rows=5))[3] == 5
     with pytest.raises(TypeError):
         fastlstm.LSTM(2, 3)._set_tuning({"split": True})

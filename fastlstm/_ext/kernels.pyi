@@ -43,7 +43,7 @@ def input_projection(x: np.ndarray, w_ih: np.ndarray, w_ih_p: np.ndarray, gates:
 class Tuning:
     def __init__(self, *, l2_bytes: Optional[int] = None, serial_bytes: int = ...,
                  gate_buffer_bytes: int = ..., min_chunk_rows: int = ...,
-                 blas_chunk_rows: int = ...,
+                 long_chunk_rows: int = ...,
                  split: Optional[bool] = None, dirs_in_turn: Optional[bool] = None,
                  step_counters: Optional[bool] = None,
                  blas_min_rows: Optional[int] = None, fit_cpus: bool = True,

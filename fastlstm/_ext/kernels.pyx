@@ -47,6 +47,7 @@ from fastlstm._ext.blas cimport NoTrans, Trans, gemm
 
 cdef extern from "kernels.h" nogil:
     int FL_PANEL_BYTES
+    int FL_AVX2
     int fl_strips
     int fl_cpu_level() noexcept
     unsigned int fl_ftz_begin() noexcept
@@ -1619,7 +1620,7 @@ cdef struct Tuning_t:
     Py_ssize_t serial_bytes       # one-timestep layers up to this (weights x rows) take 1 thread
     Py_ssize_t gate_buffer_bytes  # the gate buffer of a time chunk stays under this...
     int min_chunk_rows            # ...but holds at least this many rows
-    int blas_chunk_rows           # ...and this many when BLAS takes the projection
+    int long_chunk_rows           # ...and this many when each projection streams all W_ih
     int split                     # split mode by W_hh size: -1 never, 0 the rule, 1 always
     int in_turn                   # directions in turn: -1 never, 0 the rule, 1 always
     int sync                      # split mode: -1 barriers, 0 the rule, 1 step counters
@@ -1629,9 +1630,12 @@ cdef struct Tuning_t:
 
 cdef int _NO_BLAS = 1 << 30
 # Rows per thread from which the input projection goes to BLAS GEMM, by SIMD level
-# (portable, AVX2, AVX-512): the packed-panel kernel wins with AVX-512, BLAS on large
-# blocks below it (docs/kernels.md has the measurements).
-cdef int[3] _BLAS_MIN_ROWS = [16, 64, 1 << 30]
+# (portable, AVX2, AVX-512), for float32 and float64: the packed-panel kernel wins with
+# AVX-512, and with AVX2 in float32 (panels in strips); BLAS on large blocks of float64
+# with AVX2 and at the portable level (docs/kernels.md has the measurements).  Without
+# BLAS a row's numbers do not depend on the batch around it.
+cdef int[3] _BLAS_MIN_ROWS = [16, 1 << 30, 1 << 30]
+cdef int[3] _BLAS_MIN_ROWS_F64 = [16, 64, 1 << 30]
 
 
 cdef class Tuning:
@@ -1642,9 +1646,10 @@ cdef class Tuning:
     default as the OS reports it), ``serial_bytes`` (one-timestep layers whose
     weights times rows come to at most this run on one thread, default 256 KiB),
     ``gate_buffer_bytes`` and ``min_chunk_rows`` (a time chunk's gate buffer
-    stays under 2 MiB but holds at least 256 rows), ``blas_chunk_rows`` (at least
-    1024 rows when BLAS takes a float32 chunk's projection, as far as 4 times
-    ``gate_buffer_bytes``: BLAS packs the weights on every call), ``split`` (None: the
+    stays under 2 MiB but holds at least 256 rows), ``long_chunk_rows`` (at least
+    1024 rows, as far as 4 times ``gate_buffer_bytes``, when a float32 chunk's
+    projection goes to BLAS, which packs the weights on every call, or to the AVX2
+    kernels, which stream them from L3 each time), ``split`` (None: the
     split-mode rule; True: split whenever a direction has 2 threads or more;
     False: never by size), ``dirs_in_turn`` (None: the rule; True/False),
     ``step_counters`` (None: when every thread has a CPU; True/False: always
@@ -1656,20 +1661,20 @@ cdef class Tuning:
     cdef Tuning_t t
 
     def __init__(self, *, l2_bytes=None, serial_bytes=256 * 1024, gate_buffer_bytes=2 << 20,
-                 min_chunk_rows=256, blas_chunk_rows=1024, split=None, dirs_in_turn=None,
+                 min_chunk_rows=256, long_chunk_rows=1024, split=None, dirs_in_turn=None,
                  step_counters=None, blas_min_rows=None, fit_cpus=True, dynamic=True):
         self.t.l2_bytes = L2_BYTES if l2_bytes is None else l2_bytes
         self.t.serial_bytes = serial_bytes
         self.t.gate_buffer_bytes = gate_buffer_bytes
         self.t.min_chunk_rows = min_chunk_rows
-        self.t.blas_chunk_rows = blas_chunk_rows
+        self.t.long_chunk_rows = long_chunk_rows
         self.t.split = _tri(split)
         self.t.in_turn = _tri(dirs_in_turn)
         self.t.sync = _tri(step_counters)
         self.t.blas_min_rows = -1 if blas_min_rows is None else blas_min_rows
         self.t.team_flags = (FL_FIT_CPUS if fit_cpus else 0) | (FL_DYNAMIC if dynamic else 0)
         if min(self.t.l2_bytes, self.t.gate_buffer_bytes, self.t.min_chunk_rows,
-               self.t.blas_chunk_rows) < 1:
+               self.t.long_chunk_rows) < 1:
             raise ValueError("Tuning: sizes must be positive")
 
     def __repr__(self):
@@ -1677,7 +1682,7 @@ cdef class Tuning:
         return (f"Tuning(l2_bytes={self.t.l2_bytes}, serial_bytes={self.t.serial_bytes}, "
                 f"gate_buffer_bytes={self.t.gate_buffer_bytes}, "
                 f"min_chunk_rows={self.t.min_chunk_rows}, "
-                f"blas_chunk_rows={self.t.blas_chunk_rows}, split={names[self.t.split]}, "
+                f"long_chunk_rows={self.t.long_chunk_rows}, split={names[self.t.split]}, "
                 f"dirs_in_turn={names[self.t.in_turn]}, step_counters={names[self.t.sync]}, "
                 f"blas_min_rows={None if self.t.blas_min_rows < 0 else self.t.blas_min_rows}, "
                 f"fit_cpus={bool(self.t.team_flags & FL_FIT_CPUS)}, "
@@ -1763,17 +1768,18 @@ cdef inline bint _in_turn(const Geometry *g, int threads, const Tuning_t *tu) no
                                * g.g_cols * _itemsize(g) >= tu.l2_bytes)
 
 
-cdef inline int _time_chunk(const Geometry *g, const Tuning_t *tu, bint blas) noexcept nogil:
+cdef inline int _time_chunk(const Geometry *g, const Tuning_t *tu, bint long_chunks) noexcept nogil:
     """Timesteps per chunk: the gate buffer stays under ``gate_buffer_bytes`` but
-    holds at least ``min_chunk_rows`` rows; when BLAS takes the projection
-    (``blas``), at least ``blas_chunk_rows`` as far as 4 times ``gate_buffer_bytes``:
-    BLAS packs the weights again on every call, which cost about 7% of a batched
-    forward at 256 rows (docs/kernels.md)."""
+    holds at least ``min_chunk_rows`` rows; with ``long_chunks``, at least
+    ``long_chunk_rows`` as far as 4 times ``gate_buffer_bytes``: each chunk's
+    projection then reads all the weights again (BLAS packs them, about 7% of a
+    batched forward at 256 rows; the AVX2 kernels stream them from L3), and longer
+    chunks share that among more rows (docs/kernels.md)."""
     cdef Py_ssize_t row_bytes = <Py_ssize_t>g.num_dirs * g.g_cols * _itemsize(g)
     cdef Py_ssize_t batch = max(1, g.batch)
     cdef Py_ssize_t rows = tu.min_chunk_rows
-    if blas:
-        rows = max(rows, min(<Py_ssize_t>tu.blas_chunk_rows,
+    if long_chunks:
+        rows = max(rows, min(<Py_ssize_t>tu.long_chunk_rows,
                              4 * tu.gate_buffer_bytes // max(1, row_bytes)))
     cdef Py_ssize_t steps = max(tu.gate_buffer_bytes // max(1, batch * row_bytes),
                                 (rows + batch - 1) // batch)
@@ -1793,15 +1799,20 @@ cdef Sched _schedule(const Geometry *g, bint packed, int threads, const Tuning_t
     sc.dirs_in_turn = g.seq_len > 1 and not packed and _in_turn(g, sc.threads, tu)
     if sc.dirs_in_turn:
         sc.n_chunks = 0
-    sc.blas_min_rows = tu.blas_min_rows if tu.blas_min_rows >= 0 else _BLAS_MIN_ROWS[level]
+    sc.blas_min_rows = tu.blas_min_rows if tu.blas_min_rows >= 0 else (
+        _BLAS_MIN_ROWS_F64[level] if g.weight_type == WEIGHTS_F64 else _BLAS_MIN_ROWS[level])
     if g.weight_type == WEIGHTS_BF16 or g.weight_type == WEIGHTS_I8:
         sc.blas_min_rows = _NO_BLAS  # BLAS has no bfloat16 or int8 product
-    # Batch-first input projects each sequence's steps apart: chunks hold few of them.
-    # float64's GEMM runs at half float32's rate, its packing a smaller share: the larger
-    # buffer cost it more than it saved (docs/kernels.md).
+    # Long chunks where BLAS packs the weights for each chunk, or where the AVX2 kernels
+    # stream them from L3 and a timestep's gates leave L2 anyway (at fewer rows the
+    # larger buffer cost as much as it saved).  Batch-first input projects each
+    # sequence's steps apart: chunks hold few of them.  float64's product runs at half
+    # float32's rate, streaming the weights a smaller share: the larger buffer cost it
+    # more than it saved (docs/kernels.md).
     sc.t_chunk = 1 if one_step else _time_chunk(
-        g, tu, sc.blas_min_rows < _NO_BLAS and g.weight_type == WEIGHTS_F32
-        and (not g.batch_first or g.batch == 1))
+        g, tu, (sc.blas_min_rows < _NO_BLAS or level == FL_AVX2 and 2 * <Py_ssize_t>g.batch
+                * g.num_dirs * g.g_cols * _itemsize(g) >= tu.l2_bytes)
+        and g.weight_type == WEIGHTS_F32 and (not g.batch_first or g.batch == 1))
     sc.sync = tu.sync
     sc.backward_order = False
     sc.team_flags = tu.team_flags

@@ -39,10 +39,15 @@ enum { FL_PORTABLE = 0, FL_AVX2 = 1, FL_AVX512 = 2 };
  * accumulators less often (512 against 128: 2-4% faster layers on an AMD EPYC
  * Zen 3, docs/kernels.md). */
 #define FL_KC_STRIPS 512
-/* The same for the other products (projections, one-step calls): 256, whose row
- * chunks keep FL_MC x 256 of A in L2 (one-step calls and cells 2-3% faster than
- * 128, and no faster at 512). */
+/* The same for the other products of few rows (one-step calls, cells): 256 (2-3%
+ * faster than 128, and no faster at 512). */
 #define FL_KC_STRIPS_MM 256
+/* ...and of FL_KC_WHOLE_ROWS rows or more (input projections): up to 1024, so that
+ * the gates (M x N, past L2 at these sizes) make one pass instead of one per slice
+ * (projections of K = 1024: 0.94x BLAS at 256, 0.96x at 512, 1.00x at 1024 on an AMD
+ * EPYC Zen 3; docs/kernels.md). */
+#define FL_KC_STRIPS_PROJ 1024
+#define FL_KC_WHOLE_ROWS 64
 #define FL_MC 256   /* rows per chunk of the products */
 #define FL_INLINE static inline __attribute__((always_inline))
 
@@ -382,7 +387,8 @@ FL_TGT_##ISA static void fl_matmul_##S##_##ISA(int beta, int M, int N, int K,   
 {                                                                                   \
     const int PW = fl_pw_##S##_##ISA, SW = fl_strip_width(PW, sizeof(REAL));        \
     const int n_panels = (N + PW - 1) / PW;                                         \
-    const int KC = fl_strips ? FL_KC_STRIPS_MM : FL_KC;                              \
+    const int KC = !fl_strips ? FL_KC : M >= FL_KC_WHOLE_ROWS ? FL_KC_STRIPS_PROJ \
+                                                            : FL_KC_STRIPS_MM;     \
     int k0 = 0;                                                                     \
     do {                                                                            \
         const int kb = K - k0 < KC ? K - k0 : KC;                                   \
