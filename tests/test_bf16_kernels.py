@@ -115,6 +115,26 @@ def test_rows_as_floats_and_as_pairs_give_the_same_bits(level):
         np.testing.assert_array_equal(ours, pairs)
 
 
+@pytest.mark.parametrize("level", ALL_LEVELS)
+@pytest.mark.parametrize("k", [7, 256, 301, 1100])  # odd K; K past one slice of the row's floats
+def test_a_row_alone_gives_the_bits_it_gives_in_a_block(level, k):
+    """The one-row kernel (a row alone, or the rows past a multiple of 4) adds the same
+    products in the same order as the 4-row block: a sequence's numbers must not depend
+    on the batch it is in."""
+    _level(level)
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal((4, k)).astype(np.float32)
+    bp = pack_panels_bf16(rng.standard_normal((130, k)).astype(np.float32))
+    g0 = rng.standard_normal((4, 130)).astype(np.float32)
+    for beta in (False, True):
+        block = g0.copy()
+        kernels._matmul_bf16_for_tests(a, bp, block, beta, level)
+        for r in range(4):
+            alone = g0[r:r + 1].copy()
+            kernels._matmul_bf16_for_tests(a[r:r + 1], bp, alone, beta, level)
+            np.testing.assert_array_equal(alone, block[r:r + 1], err_msg=f"{level} row {r}")
+
+
 def test_levels_agree_within_float32_summation():
     rng = np.random.default_rng(5)
     a = rng.standard_normal((7, 300)).astype(np.float32)
