@@ -273,6 +273,22 @@ def aligned_empty(shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
     return buf[start:start + nbytes].view(dt).reshape(shape)
 
 
+def workspace_array(workspace: Dict[str, np.ndarray], key: str, shape: Tuple[int, ...],
+                    dtype: Any) -> np.ndarray:
+    """An uninitialised array on a cache line, kept in ``workspace`` under ``key`` and
+    given again (grown when too small) to the next call that passes the same dict:
+    ``forward_many``'s batches reuse their buffers instead of mapping fresh ones, which
+    a process with a fixed trim threshold (Dask's workers) faults in page by page
+    (docs/scale.md)."""
+    dt = np.dtype(dtype)
+    need = int(np.prod(shape, dtype=np.int64))
+    buf = workspace.get(key)
+    if buf is None or buf.dtype != dt or buf.size < need:
+        buf = aligned_empty((need + need // 4,), dt)  # a quarter spare: batches vary
+        workspace[key] = buf
+    return buf[:need].reshape(shape)
+
+
 def zeros_written(shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
     """Zeros that the kernels read, then overwrite (a zero initial state): written here
     rather than taken from ``np.zeros``, whose large arrays are the kernel's shared zero

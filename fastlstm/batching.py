@@ -10,13 +10,15 @@ docs/scale.md has the measurements behind the default budget and the Dask versio
 
 from __future__ import annotations
 
+import queue
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
 from fastlstm._common import input_array, is_torch_tensor
+from fastlstm._module import workspace_array
 from fastlstm._threads import get_num_threads
 from fastlstm.lstm import LSTM
 from fastlstm.rnn import PackedSequence
@@ -94,23 +96,27 @@ def _even_batches(order: np.ndarray, lengths: np.ndarray, budget: int, parts: in
 
 
 def _run_batch(module: LSTM, arrays: Sequence[np.ndarray], states: bool,
-               threads: Optional[int] = None
+               threads: Optional[int] = None,
+               workspace: Optional[Dict[str, np.ndarray]] = None
                ) -> List[Tuple[np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]]:
-    """``arrays`` (longest first) as one packed batch on ``threads`` threads (None: the
-    module's call, on ``get_num_threads()``); each one's output and state."""
+    """``arrays`` (longest first) as one packed batch on ``threads`` threads (None:
+    ``get_num_threads()``); each one's output (a copy) and state.  A ``workspace`` (a
+    dict) holds the batch's buffers for the next batch that gets the same dict."""
     lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
     steps = np.arange(int(lengths[0]))
     batch_sizes = (lengths[None, :] > steps[:, None]).sum(axis=1).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(batch_sizes)[:-1]])
-    data = np.empty((int(lengths.sum()), arrays[0].shape[1]), dtype=module.dtype)
+    shape = (int(lengths.sum()), arrays[0].shape[1])
+    data = (np.empty(shape, dtype=module.dtype) if workspace is None
+            else workspace_array(workspace, "data", shape, module.dtype))
     rows = [offsets[:n] + i for i, n in enumerate(lengths)]  # sequence i at timestep t
     for r, a in zip(rows, arrays):
         data[r] = a
-    if threads is None:
+    if type(module).forward is not LSTM.forward:  # a subclass's forward, as it is
         packed, (h_n, c_n) = module(PackedSequence(data, batch_sizes, None, None))
         out = packed.data
-    else:  # the arrays are checked: straight to the layers, on the threads given
-        out, h_n, c_n = module._run(data, None, None, False, batch_sizes, threads)
+    else:  # the arrays are checked: straight to the layers, as forward would
+        out, h_n, c_n = module._run(data, None, None, False, batch_sizes, threads, workspace)
     result = []
     for i, r in enumerate(rows):
         state = (h_n[:, i].copy(), c_n[:, i].copy()) if states else None
@@ -144,19 +150,33 @@ def _window(module: LSTM, items: Sequence[Tuple[int, Any]], budget: int,
     parts, each = _parts(module, lengths, budget)
     batches = _batches(lengths, budget, parts)
     inputs = [[checked[p][0] for p in positions] for positions in batches]
+    # The batches of a window reuse their buffers, a set per batch running at once
+    # (docs/scale.md): fresh ones are mapped and faulted in anew where the C library
+    # returns every freed buffer to the system (Dask's workers).
+    workspaces: "queue.SimpleQueue[Dict[str, np.ndarray]]" = queue.SimpleQueue()
+    for _ in range(parts):
+        workspaces.put({})
+
+    def run(arrays: List[np.ndarray], threads: Optional[int]
+            ) -> List[Tuple[np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]]:
+        workspace = workspaces.get()
+        try:
+            return _run_batch(module, arrays, return_states, threads, workspace)
+        finally:
+            workspaces.put(workspace)
+
     if parts > 1:
         # The layers release the GIL, so a batch's packing overlaps the others' steps.
         pool = ThreadPoolExecutor(parts, thread_name_prefix="fastlstm-batch")
         try:
-            futures = [pool.submit(_run_batch, module, arrays, return_states, each)
-                       for arrays in inputs]
+            futures = [pool.submit(run, arrays, each) for arrays in inputs]
             done_all = [future.result() for future in futures]
         finally:
             # An error or a KeyboardInterrupt drops the batches not started yet; the
             # running ones end with their kernels (which hold no Python state).
             pool.shutdown(wait=True, cancel_futures=True)
     else:
-        done_all = [_run_batch(module, arrays, return_states) for arrays in inputs]
+        done_all = [run(arrays, None) for arrays in inputs]
     torch = None
     for positions, done in zip(batches, done_all):
         for p, (out, state) in zip(positions, done):

@@ -6,7 +6,7 @@ import numbers
 import sys
 import warnings
 from collections import OrderedDict
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from fastlstm._module import (
     check_rows,
     check_sizes,
     pack_layer,
+    workspace_array,
     zero_state_skips,
     zeros_written,
 )
@@ -571,10 +572,13 @@ class LSTM(_Module):
         batch_first: bool,
         batch_sizes: Optional[np.ndarray] = None,
         threads: Optional[int] = None,
+        workspace: Optional[Dict[str, np.ndarray]] = None,
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run all layers on validated 3-D input, or packed 2-D input with its
         ``batch_sizes`` (int64), on ``threads`` threads (None: ``get_num_threads()``);
-        returns (output, h_n, c_n) as ndarrays."""
+        returns (output, h_n, c_n) as ndarrays.  With a ``workspace`` (a dict kept by
+        the caller), the gate buffer and the layers' outputs are its buffers, reused by
+        the next call with the same dict: the output is then only valid until that call."""
         dt = self._dtype
         n_dirs = self._num_directions
         hidden, out_size = self._hidden_size, self._out_size
@@ -626,14 +630,19 @@ class LSTM(_Module):
         plans = [kernels.schedule(w, batch, seq_len, hidden, threads, packed is not None, tuning,
                                   batch_first) for w in layers]
         gate_cols = n_dirs * layers[0].bias.shape[1]
-        gates = aligned_empty((max(p[2] for p in plans) * batch, gate_cols), dt)
+        gate_shape = (max(p[2] for p in plans) * batch, gate_cols)
+        gates = (aligned_empty(gate_shape, dt) if workspace is None
+                 else workspace_array(workspace, "gates", gate_shape, dt))
         hcell = np.empty((n_dirs, batch, hidden), dt) if self._proj_size > 0 else c_n
         dropout = self._dropout if self.training else 0.0
         backward_order = self._next_order() if seq_len == 1 else False
 
         for layer, w in enumerate(layers):
             s = slice(layer * n_dirs, (layer + 1) * n_dirs)
-            out = np.empty((rows, n_dirs * out_size), dt)
+            # Two buffers in turn: a layer reads the one the layer before it wrote.
+            out = (np.empty((rows, n_dirs * out_size), dt) if workspace is None
+                   else workspace_array(workspace, f"out{layer % 2}", (rows, n_dirs * out_size),
+                                        dt))
             state = (h0[s], c_n[s], hcell, h_n[s], h0_zero)
             schedule = plans[layer] + (backward_order,)
             # Only the input projection may call BLAS, on blocks of at least

@@ -225,6 +225,46 @@ def test_batches_run_side_by_side_each_on_its_own_thread(monkeypatch, two_thread
     assert len(calls) == 3 and set(calls) == {(threading.get_ident(), None)}
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batches_reuse_their_buffers_and_each_output_is_its_own(monkeypatch, threads):
+    """A window's batches share a workspace per batch running at once (no fresh buffers
+    to fault in per batch); every output is a copy, unharmed by the batches after it."""
+    from fastlstm.lstm import LSTM
+
+    rng = np.random.default_rng(12)
+    module = LSTM(6, 12, num_layers=3, rng=6)
+    seqs = _seqs(rng, rng.integers(1, 40, size=80))
+    want = [module(s)[0] for s in seqs]
+    seen, orig = [], LSTM._run
+
+    def spy(self, *args):
+        out = orig(self, *args)
+        seen.append((args[6], {k: v for k, v in args[6].items()}))
+        return out
+
+    monkeypatch.setattr(LSTM, "_run", spy)
+    fastlstm.set_num_threads(threads)
+    try:
+        outs = fastlstm.forward_many(module, seqs, max_batch_tokens=120)
+    finally:
+        fastlstm.set_num_threads(None)
+    assert len(seen) > 4
+    assert len({id(ws) for ws, _ in seen}) == threads  # a workspace per batch at once
+    for ws, _ in seen:
+        assert {"data", "gates", "out0", "out1"} <= set(ws)
+    if threads == 1:  # the longest batch first: the later ones fit in its buffers
+        assert all(bufs[k] is seen[0][1][k] for _, bufs in seen for k in bufs)
+    else:  # batches of about equal timesteps: each workspace grows seldom
+        for ws in {id(w) for w, _ in seen}:
+            runs = [bufs for w, bufs in seen if id(w) == ws]
+            assert len({id(bufs["gates"]) for bufs in runs}) < len(runs)
+    buffers = [b for _, bufs in seen for b in bufs.values()]
+    for k, (out, ref) in enumerate(zip(outs, want)):
+        assert not any(np.shares_memory(out, b) for b in buffers)
+        assert not np.shares_memory(out, outs[k - 1])
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_one_thread_one_batch_or_an_overridden_forward_run_in_the_callers_thread(
         monkeypatch):
     rng = np.random.default_rng(9)
