@@ -96,19 +96,17 @@ def _even_batches(order: np.ndarray, lengths: np.ndarray, budget: int, parts: in
 
 
 def _run_batch(module: LSTM, arrays: Sequence[np.ndarray], states: bool,
-               threads: Optional[int] = None,
-               workspace: Optional[Dict[str, np.ndarray]] = None
+               threads: Optional[int], workspace: Dict[str, np.ndarray]
                ) -> List[Tuple[np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]]:
     """``arrays`` (longest first) as one packed batch on ``threads`` threads (None:
-    ``get_num_threads()``); each one's output (a copy) and state.  A ``workspace`` (a
+    ``get_num_threads()``); each one's output (a copy) and state.  ``workspace`` (a
     dict) holds the batch's buffers for the next batch that gets the same dict."""
     lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
     steps = np.arange(int(lengths[0]))
     batch_sizes = (lengths[None, :] > steps[:, None]).sum(axis=1).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(batch_sizes)[:-1]])
-    shape = (int(lengths.sum()), arrays[0].shape[1])
-    data = (np.empty(shape, dtype=module.dtype) if workspace is None
-            else workspace_array(workspace, "data", shape, module.dtype))
+    data = workspace_array(workspace, "data", (int(lengths.sum()), arrays[0].shape[1]),
+                           module.dtype)
     rows = [offsets[:n] + i for i, n in enumerate(lengths)]  # sequence i at timestep t
     for r, a in zip(rows, arrays):
         data[r] = a
