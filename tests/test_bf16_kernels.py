@@ -135,6 +135,38 @@ def test_a_row_alone_gives_the_bits_it_gives_in_a_block(level, k):
             np.testing.assert_array_equal(alone, block[r:r + 1], err_msg=f"{level} row {r}")
 
 
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+@pytest.mark.parametrize("k", [7, 256, 301, 1100])  # odd K; K past one slice of 128
+def test_a_large_block_gives_the_bits_of_small_ones(level, k):
+    """From 32 rows the AVX2 level widens each slice of the weights once and runs the
+    float32 blocks: the same products in the same order as its 4-row and one-row
+    bfloat16 blocks, so a row's numbers stay those it gets in a small batch (products,
+    and a module's forward, whose steps take the same path)."""
+    _level(level)
+    rng = np.random.default_rng(k + 1)
+    a = rng.standard_normal((37, k)).astype(np.float32)
+    bp = pack_panels_bf16(rng.standard_normal((130, k)).astype(np.float32))  # a partial panel
+    g0 = rng.standard_normal((37, 130)).astype(np.float32)
+    for beta in (False, True):
+        large = g0.copy()
+        kernels._matmul_bf16_for_tests(a, bp, large, beta, level)
+        for r in range(0, 37, 4):  # 4-row blocks, then a row alone
+            small = g0[r:r + 4].copy()
+            kernels._matmul_bf16_for_tests(a[r:r + 4], bp, small, beta, level)
+            np.testing.assert_array_equal(small, large[r:r + 4], err_msg=f"{level} rows {r}")
+    m = fastlstm.quantize(fastlstm.LSTM(k, 70, rng=3), "bfloat16")
+    x = rng.standard_normal((3, 40, k)).astype(np.float32)
+    old_level = kernels.bf16_level()
+    kernels.set_bf16_level(level)
+    try:
+        out, (h_n, c_n) = m(x)
+        few, (h_few, c_few) = m(x[:, 5:9])
+    finally:
+        kernels.set_bf16_level(old_level)
+    np.testing.assert_array_equal(few, out[:, 5:9])
+    np.testing.assert_array_equal(c_few, c_n[:, 5:9])
+
 def test_levels_agree_within_float32_summation():
     rng = np.random.default_rng(5)
     a = rng.standard_normal((7, 300)).astype(np.float32)

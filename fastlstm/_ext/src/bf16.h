@@ -329,9 +329,51 @@ static float *fl_bf16_expand(int M, int K, const uint32_t *A, ptrdiff_t lda, ptr
     return out;
 }
 
+/* Products of FL_BF_WIDEN_ROWS rows or more at the AVX2 level (rows as floats, Af):
+ * each K slice of panel P (FL_KC rows, 32 KiB) is widened to float32 once, on the
+ * stack, and every row goes through the float32 kernels' own blocks, which spend no
+ * operation on widening and keep 12 sums in flight where the bfloat16 block, holding
+ * the widened weights in registers too, keeps 8.  Each k in turn, one FMA a product:
+ * the bfloat16 block's sums in its order, so the same bits.  On an AMD EPYC Zen 5 held
+ * at AVX2 (one core, C harness): 32 rows 1.10x, 64 rows 1.17x, 256 rows 1.20x the
+ * bfloat16 block; 16 rows 1.02x, so fewer stay with it.  At AVX-512 the bfloat16
+ * block is already as fast as float32's (docs/precision.md). */
+#define FL_BF_WIDEN_ROWS 32
+FL_TGT_avx2 static void fl_bf_widened_avx2(int beta, int M, int K, const float *Af,
+        ptrdiff_t ldf, const uint32_t *P, float *G, ptrdiff_t ldg, int width)
+{
+    enum { KS = FL_KC / 2 };  /* pairs of rows per slice */
+    float wb[2 * KS * 64] __attribute__((aligned(64)));
+    const int kp = (K + 1) / 2;
+    const fl_i32b hi = (fl_i32b){0} + (int)0xffff0000u;
+    for (int q0 = 0; q0 < kp; q0 += KS) {
+        const int nq = kp - q0 < KS ? kp - q0 : KS;
+        for (int q = 0; q < nq; q++)
+            for (int j = 0; j < 64; j += 8) {
+                const fl_i32b l = *(const fl_i32b_u *)(P + (ptrdiff_t)(q0 + q) * 64 + j);
+                *(fl_f32b *)(wb + 2 * q * 64 + j) = (fl_f32b)(l << 16);
+                *(fl_f32b *)(wb + (2 * q + 1) * 64 + j) = (fl_f32b)(l & hi);
+            }
+        const int b = beta || q0 > 0;
+        for (int m = 0; m < M; ) {
+            const int R = fl_block_rows_f_avx2(M - m);
+            const float *a = Af + m * ldf + 2 * q0;
+            if (width == 64)
+                fl_rows_panel_f_avx2(R, b, 2 * nq, a, ldf, wb, 2 * nq, 0, 64, G + m * ldg, ldg);
+            else
+                fl_rows_part_f_avx2(R, b, 2 * nq, a, ldf, wb, 2 * nq, 0, 64, G + m * ldg, ldg,
+                                    width);
+            m += R;
+        }
+    }
+}
+/* The levels whose bfloat16 blocks are kept for every row count. */
+#define fl_bf_widened_none ((void (*)(int, int, int, const float *, ptrdiff_t,          \
+                                      const uint32_t *, float *, ptrdiff_t, int))NULL)
+
 /* G = beta*G + bf16(A) @ B for one level: rows in blocks of RB, panels of 64
  * columns (a partial last panel through a buffer). */
-#define FL_DEFINE_BF_LEVEL(ISA, V, VU, IV, IVU, RB, NVB, NV1)                       \
+#define FL_DEFINE_BF_LEVEL(ISA, V, VU, IV, IVU, RB, NVB, NV1, WIDEN)                \
 FL_DEFINE_BF_BLOCK(V, VU, IV, IVU, fl_bfblk_##ISA, RB, NVB, FL_TGT_##ISA, 0)        \
 FL_DEFINE_BF_BLOCK(V, VU, IV, IVU, fl_bfblkf_##ISA, RB, NVB, FL_TGT_##ISA, 1)       \
 FL_DEFINE_BF_ROW(V, VU, IV, IVU, fl_bfblk1_##ISA, NV1, FL_TGT_##ISA)                \
@@ -347,6 +389,10 @@ FL_TGT_##ISA static void fl_matmul_bf_##ISA(int beta, int M, int N, int K,      
     for (int p = 0; p < n_panels; p++) {                                            \
         const uint32_t *P = BP + (ptrdiff_t)p * kp * 64;                            \
         const int width = N - p * 64 < 64 ? N - p * 64 : 64;                       \
+        if (WIDEN != NULL && M >= FL_BF_WIDEN_ROWS && Af != NULL) {                 \
+            WIDEN(beta, M, K, Af, ldf, P, G + p * 64, ldg, width);                  \
+            continue;                                                               \
+        }                                                                           \
         for (int m = 0; m < M; ) {                                                  \
             const int R = M - m >= RB ? RB : 1;                                     \
             const uint32_t *a = A + m * lda;                                        \
@@ -377,9 +423,9 @@ FL_TGT_##ISA static void fl_matmul_bf_##ISA(int beta, int M, int N, int K,      
         free(Af);                                                                   \
 }
 
-FL_DEFINE_BF_LEVEL(avx512, fl_f64b, fl_f64b_u, fl_i64b, fl_i64b_u, 4, 4, 4)
-FL_DEFINE_BF_LEVEL(avx2, fl_f32b, fl_f32b_u, fl_i32b, fl_i32b_u, 4, 2, 8)
-FL_DEFINE_BF_LEVEL(portable, fl_f16b, fl_f16b_u, fl_i16b, fl_i16b_u, 4, 2, 8)
+FL_DEFINE_BF_LEVEL(avx512, fl_f64b, fl_f64b_u, fl_i64b, fl_i64b_u, 4, 4, 4, fl_bf_widened_none)
+FL_DEFINE_BF_LEVEL(avx2, fl_f32b, fl_f32b_u, fl_i32b, fl_i32b_u, 4, 2, 8, fl_bf_widened_avx2)
+FL_DEFINE_BF_LEVEL(portable, fl_f16b, fl_f16b_u, fl_i16b, fl_i16b_u, 4, 2, 8, fl_bf_widened_none)
 
 #if FL_X86
 /* AVX512-BF16: VDPBF16PS adds both products of a pair to each float32 lane.  Inlined
@@ -585,7 +631,7 @@ FL_TGT_amx static void fl_matmul_bf_amx(int beta, int M, int N, int K, const uin
 
 /* One timestep with bfloat16 W_hh (see fl_lstm_step_* in kernels.h): for the
  * panels [p_lo, p_hi), G += bf16(A) @ W_hh^T, then the float32 gate math. */
-#define FL_DEFINE_BF_STEP(ISA, GATES_ISA, ROWSF)                           \
+#define FL_DEFINE_BF_STEP(ISA, GATES_ISA, ROWSF, WIDEN)                    \
 FL_TGT_##ISA static void fl_lstm_step_bf_##ISA(int M, int K, int H, const uint32_t *A, \
         ptrdiff_t lda, const uint32_t *BP, float *G, ptrdiff_t ldg, const float *bias, \
         float *C, ptrdiff_t ldc, float *Hout, ptrdiff_t ldh, int p_lo, int p_hi,    \
@@ -601,7 +647,9 @@ FL_TGT_##ISA static void fl_lstm_step_bf_##ISA(int M, int K, int H, const uint32
         const int p = reverse ? p_hi - 1 - (i - p_lo) : i;                          \
         const uint32_t *P = BP + (ptrdiff_t)p * kp * 64;                            \
         const int n = H - p * U < U ? H - p * U : U;                                \
-        if (K > 0)                                                                  \
+        if (K > 0 && WIDEN != NULL && M >= FL_BF_WIDEN_ROWS && Af != NULL)          \
+            WIDEN(1, M, K, Af, ldf, P, G + p * 64, ldg, 64);                        \
+        else if (K > 0)                                                             \
             for (int m = 0; m < M; ) {                                              \
                 const int R = M - m >= 4 ? 4 : 1;                                   \
                 if (R == 4 && Af != NULL)                                           \
@@ -653,9 +701,9 @@ FL_DEFINE_BF_ROWS(portable, fl_f16b, 2, 8)
 FL_DEFINE_BF_ROWSF(avx512, fl_f64b, 4)
 FL_DEFINE_BF_ROWSF(avx2, fl_f32b, 2)
 FL_DEFINE_BF_ROWSF(portable, fl_f16b, 2)
-FL_DEFINE_BF_STEP(avx512, avx512, fl_bf_rowsf_avx512)
-FL_DEFINE_BF_STEP(avx2, avx2, fl_bf_rowsf_avx2)
-FL_DEFINE_BF_STEP(portable, portable, fl_bf_rowsf_portable)
+FL_DEFINE_BF_STEP(avx512, avx512, fl_bf_rowsf_avx512, fl_bf_widened_none)
+FL_DEFINE_BF_STEP(avx2, avx2, fl_bf_rowsf_avx2, fl_bf_widened_avx2)
+FL_DEFINE_BF_STEP(portable, portable, fl_bf_rowsf_portable, fl_bf_widened_none)
 
 #if FL_X86
 FL_TGT_avx512bf16 static void fl_bf_rows_avx512bf16(int R, int K, const uint32_t *A,
@@ -666,7 +714,7 @@ FL_TGT_avx512bf16 static void fl_bf_rows_avx512bf16(int R, int K, const uint32_t
 /* VDPBF16PS reads the pairs themselves: no float rows (a null ROWSF). */
 #define fl_bf_rowsf_none ((void (*)(int, const float *, ptrdiff_t, const uint32_t *, \
                                     float *, ptrdiff_t))NULL)
-FL_DEFINE_BF_STEP(avx512bf16, avx512, fl_bf_rowsf_none)
+FL_DEFINE_BF_STEP(avx512bf16, avx512, fl_bf_rowsf_none, fl_bf_widened_none)
 
 /* The AMX step: 16 rows at a time through the tiles. */
 FL_TGT_amx static void fl_lstm_step_bf_amx(int M, int K, int H, const uint32_t *A,
