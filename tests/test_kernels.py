@@ -505,3 +505,21 @@ def test_panel_width_refuses_other_dtypes():
     for dtype in ("float16", "bfloat16", "int8", "float"):
         with pytest.raises(ValueError, match="float32 or float64"):
             kernels.panel_width(dtype)
+
+
+def test_a_module_under_a_tuning_is_copied_and_pickled_with_it():
+    import copy
+    import pickle
+
+    tuning = kernels.Tuning(l2_bytes=3 << 20, serial_bytes=1000, split=True, dirs_in_turn=False,
+                            blas_min_rows=7, fit_cpus=False, dynamic=False)
+    module = fastlstm.LSTM(5, 8, rng=0)
+    module._set_tuning(tuning)
+    x = np.random.default_rng(0).standard_normal((4, 3, 5)).astype(np.float32)
+    for twin in (copy.deepcopy(module), pickle.loads(pickle.dumps(module)),
+                 fastlstm.quantize(module, "int8")):
+        assert repr(twin._tuning) == repr(tuning)
+        assert twin._tuning is not tuning
+    for twin in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+        np.testing.assert_array_equal(twin(x)[0], module(x)[0])
+    assert repr(pickle.loads(pickle.dumps(kernels.DEFAULT_TUNING))) == repr(kernels.DEFAULT_TUNING)

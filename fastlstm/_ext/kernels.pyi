@@ -48,6 +48,9 @@ class Tuning:
                  step_counters: Optional[bool] = None,
                  blas_min_rows: Optional[int] = None, fit_cpus: bool = True,
                  dynamic: bool = True) -> None: ...
+    def __reduce__(self) -> Tuple[Any, Tuple[Dict[str, Any]]]: ...
+
+def _tuning_from(kwargs: Dict[str, Any]) -> Tuning: ...
 
 DEFAULT_TUNING: Tuning
 
