@@ -43,12 +43,17 @@ from fastlstm._errors import StateDictError
 from fastlstm._ext import kernels
 from fastlstm.io.files import file_metadata, load, save
 from fastlstm.io.state_dict import (
+    INT8_SUFFIX,
+    SCALE_SUFFIX,
     SKIP_INIT,
     Inferred,
     build_module,
     find_modules,
     group_of,
     infer_config,
+    int8_per_channel,
+    int8_split,
+    int8_values,
     normalize_prefix,
 )
 
@@ -134,37 +139,6 @@ def _pack_panels(weight: np.ndarray) -> np.ndarray:
 
 #: The safetensors header key of a saved module's weight storage type ("bfloat16", "int8").
 WEIGHT_DTYPE_KEY = "fastlstm.weight_dtype"
-#: What a saved int8 weight's keys add to its name: its int8 values, and its scales.
-INT8_SUFFIX, SCALE_SUFFIX = "_int8", "_scale"
-
-
-def int8_split(params: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray],
-                                                          Dict[str, Tuple[np.ndarray, np.ndarray]]]:
-    """``params`` with each saved int8 weight (``name_int8`` and ``name_scale``) made the
-    float32 values it stands for under ``name``, and those weights' ``(q, scale)``."""
-    floats: Dict[str, np.ndarray] = {}
-    given: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
-    for key, value in params.items():
-        if key.endswith(INT8_SUFFIX) and key[:-len(INT8_SUFFIX)] + SCALE_SUFFIX in params:
-            name = key[:-len(INT8_SUFFIX)]
-            q = np.asarray(value)
-            scale = np.asarray(params[name + SCALE_SUFFIX])
-            if (q.dtype != np.int8 or q.ndim != 2 or scale.dtype != np.float32
-                    or scale.shape not in ((q.shape[0],), (1,))):
-                raise StateDictError(f"{name}: int8 weights need an int8 matrix and float32 "
-                                     f"scales of shape ({q.shape[0] if q.ndim else '?'},) "
-                                     f"or (1,), got {q.dtype} {q.shape} and {scale.dtype} "
-                                     f"{scale.shape}")
-            if not np.isfinite(scale).all() or (scale < 0).any():
-                raise StateDictError(f"{name}: int8 scales must be finite and not negative")
-            given[name] = (np.ascontiguousarray(q), np.ascontiguousarray(scale))
-            floats[name] = int8_values(q, scale)
-        elif not (key.endswith(SCALE_SUFFIX)
-                  and key[:-len(SCALE_SUFFIX)] + INT8_SUFFIX in params):
-            floats[key] = value
-    return floats, given
-
-
 def bf16_bits(x: np.ndarray) -> np.ndarray:
     """float32 to bfloat16 bits (uint16): to nearest, ties to even; a NaN stays a
     (quiet) NaN.  The rounding the bfloat16 kernels apply to activations (bf16.h)."""
@@ -216,11 +190,6 @@ def int8_weight(weight: np.ndarray, per_channel: bool = True) -> Tuple[np.ndarra
     safe = np.where(scale > 0, scale, np.float32(1))
     q = np.rint(w / safe[:, None]).astype(np.float32)
     return np.clip(q, -127, 127).astype(np.int8), scale
-
-
-def int8_values(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """int8 weights as the float32 values they stand for: q * scale (per row)."""
-    return (q.astype(np.float32) * np.asarray(scale, np.float32)[:, None]).astype(np.float32)
 
 
 def pack_panels_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -459,8 +428,8 @@ class _Module:
     @property
     def weight_dtype(self) -> str:
         """How the kernels store the weights: ``"float32"`` or ``"float64"`` (the
-        module's dtype), or ``"bfloat16"`` after :func:`fastlstm.quantize`; inputs,
-        outputs and states keep :attr:`dtype`."""
+        module's dtype), or ``"bfloat16"`` or ``"int8"`` after :func:`fastlstm.quantize`;
+        inputs, outputs and states keep :attr:`dtype`."""
         return self.__dict__.get("_weight_dtype") or dtype_name(self._dtype)
 
     def _stored(self, name: str, value: np.ndarray) -> np.ndarray:
@@ -483,6 +452,9 @@ class _Module:
         """Store the weights as ``weight_dtype`` from now on (``quantize``'s step).  int8:
         one scale per row (``per_channel``) or per matrix; ``given`` holds weights' int8
         values and scales as they are (torch's, a file's), kept until a weight is set."""
+        if self.dtype != np.float32:  # the kernels read float32 inputs and states only
+            raise ValueError(f"{weight_dtype} weights need a float32 module, got "
+                             f"{np.dtype(self.dtype).name}")
         with self._pack_lock:
             self.__dict__["_weight_dtype"] = weight_dtype
             self.__dict__["_per_channel"] = per_channel
@@ -830,6 +802,9 @@ class _Module:
             the full key names.
         fastlstm.WeightsFormatError, fastlstm.UnsafeFileError, OSError
             From reading ``source`` (see :func:`fastlstm.load`).
+        ValueError
+            If ``dtype`` is float64 and the weights are stored as int8 or bfloat16
+            (which float32 modules hold).
 
         Examples
         --------
@@ -859,14 +834,19 @@ class _Module:
                      + ", ".join(repr(p) for p in found) + ": pass one as prefix="
                      if found else f"; the source holds no {cls.__name__} weights")
             raise StateDictError(str(exc) + where) from None
+        stored = "int8" if given else None
+        if not given and isinstance(source, (str, os.PathLike)) \
+                and file_metadata(source).get(WEIGHT_DTYPE_KEY) == "bfloat16":
+            stored = "bfloat16"
+        if stored is not None and module.dtype != np.float32:
+            raise ValueError(f"{cls.__name__}.from_state_dict: these weights are stored as "
+                             f"{stored}, which float32 modules hold, not "
+                             f"{np.dtype(module.dtype).name}")
         module.load_state_dict({name: params[name] for name in names})
-        if given:  # per matrix only when every scale is one for a matrix of many rows
-            per_channel = any(s.size > 1 or q.shape[0] == 1 for q, s in given.values())
-            module._set_weight_dtype("int8", per_channel, given)
-        elif isinstance(source, (str, os.PathLike)):
-            weight_dtype = file_metadata(source).get(WEIGHT_DTYPE_KEY)
-            if weight_dtype == "bfloat16":
-                module._set_weight_dtype(weight_dtype)
+        if given:
+            module._set_weight_dtype("int8", int8_per_channel(given), given)
+        elif stored is not None:
+            module._set_weight_dtype(stored)
         return cast(_M, module)
 
     def save(
@@ -952,9 +932,8 @@ class _Module:
         weights = quantized_weights(module)
         new = cast(Any, cls)(**weights.config, dtype=np.float32)
         new.load_state_dict(weights.floats)
-        if weights.int8:  # per matrix only when every scale is one for a matrix of many rows
-            per_channel = any(s.size > 1 or q.shape[0] == 1 for q, s in weights.int8.values())
-            new._set_weight_dtype("int8", per_channel, weights.int8)
+        if weights.int8:
+            new._set_weight_dtype("int8", int8_per_channel(weights.int8), weights.int8)
         return cast(_M, new)
 
     def _next_order(self) -> bool:

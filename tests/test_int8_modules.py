@@ -177,6 +177,49 @@ def test_save_and_load_keep_the_int8_weights(tmp_path, ext):
     np.testing.assert_array_equal(back(x[0, :, :3])[0], cell(x[0, :, :3])[0])
 
 
+@pytest.mark.parametrize("ext", ["safetensors", "npz"])
+def test_the_scales_mode_survives_a_one_row_projection(tmp_path, ext):
+    # weight_hr of proj_size=1 has one row, so one scale in either mode: the mode is
+    # read from the other matrices, and weights set later are quantized the saved way.
+    w = np.random.default_rng(3).standard_normal((20, 4)).astype(np.float32)
+    for per_channel in (True, False):
+        q = fastlstm.quantize(fastlstm.LSTM(4, 5, proj_size=1, rng=0), "int8",
+                              per_channel=per_channel)
+        q.save(tmp_path / f"p.{ext}")
+        again = fastlstm.LSTM.from_state_dict(tmp_path / f"p.{ext}")
+        q.weight_ih_l0 = w
+        again.weight_ih_l0 = w
+        np.testing.assert_array_equal(again.weight_ih_l0, q.weight_ih_l0)
+        expected = int8_weight(w, per_channel=per_channel)
+        np.testing.assert_array_equal(again.weight_ih_l0,
+                                      expected[0].astype(np.float32) * expected[1][:, None])
+
+
+def test_reduced_weights_do_not_load_into_float64_modules(tmp_path):
+    for weight_dtype in ("int8", "bfloat16"):
+        for cls, module in ((fastlstm.LSTM, fastlstm.LSTM(4, 5, rng=0)),
+                            (fastlstm.LSTMCell, fastlstm.LSTMCell(4, 5, rng=0))):
+            path = tmp_path / f"{weight_dtype}.safetensors"
+            fastlstm.quantize(module, weight_dtype).save(path)
+            with pytest.raises(ValueError, match=f"stored as {weight_dtype}.*not float64"):
+                cls.from_state_dict(path, dtype="float64")
+            assert cls.from_state_dict(path).weight_dtype == weight_dtype
+    with pytest.raises(ValueError, match="need a float32 module, got float64"):
+        fastlstm.LSTM(4, 5, dtype="float64", rng=0)._set_weight_dtype("int8")
+
+
+def test_inspect_finds_int8_modules(tmp_path):
+    q = fastlstm.quantize(fastlstm.LSTM(5, 8, num_layers=2, rng=0), "int8")
+    q.save(tmp_path / "q.safetensors", prefix="enc.rnn")
+    found = fastlstm.inspect(tmp_path / "q.safetensors")
+    assert [(m.kind, m.prefix, m.dtype) for m in found.modules] == [("LSTM", "enc.rnn.", "int8")]
+    assert found.modules[0].config["num_layers"] == 2
+    assert found.tensors == {}  # the values and scales are the module's keys
+    assert found.modules[0].num_parameters == sum(v.size for v in q.state_dict().values())
+    with pytest.raises(fastlstm.StateDictError, match="found under 'enc.rnn.'"):
+        fastlstm.LSTM.from_state_dict(tmp_path / "q.safetensors")
+
+
 def test_bad_int8_entries_are_refused(tmp_path):
     good = fastlstm.quantize(fastlstm.LSTMCell(3, 5, rng=0), "int8")
     good.save(tmp_path / "c.safetensors")

@@ -40,11 +40,56 @@ from fastlstm._errors import StateDictError
 if TYPE_CHECKING:
     from fastlstm._module import _Module
 
-__all__ = ["Inferred", "build_module", "find_modules", "infer_config", "normalize_prefix"]
+__all__ = ["INT8_SUFFIX", "SCALE_SUFFIX", "Inferred", "build_module", "find_modules",
+           "infer_config", "int8_per_channel", "int8_split", "int8_values", "normalize_prefix"]
 
 LSTM_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$",
                       re.ASCII)
 CELL_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)$")
+
+#: What a saved int8 weight's keys add to its name: its int8 values, and its scales.
+INT8_SUFFIX, SCALE_SUFFIX = "_int8", "_scale"
+
+
+def int8_split(params: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray],
+                                                          Dict[str, Tuple[np.ndarray, np.ndarray]]]:
+    """``params`` with each saved int8 weight (``name_int8`` and ``name_scale``) made the
+    float32 values it stands for under ``name``, and those weights' ``(q, scale)``."""
+    floats: Dict[str, np.ndarray] = {}
+    given: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    for key, value in params.items():
+        if key.endswith(INT8_SUFFIX) and key[:-len(INT8_SUFFIX)] + SCALE_SUFFIX in params:
+            name = key[:-len(INT8_SUFFIX)]
+            q = np.asarray(value)
+            scale = np.asarray(params[name + SCALE_SUFFIX])
+            if (q.dtype != np.int8 or q.ndim != 2 or scale.dtype != np.float32
+                    or scale.shape not in ((q.shape[0],), (1,))):
+                raise StateDictError(f"{name}: int8 weights need an int8 matrix and float32 "
+                                     f"scales of shape ({q.shape[0] if q.ndim else '?'},) "
+                                     f"or (1,), got {q.dtype} {q.shape} and {scale.dtype} "
+                                     f"{scale.shape}")
+            if not np.isfinite(scale).all() or (scale < 0).any():
+                raise StateDictError(f"{name}: int8 scales must be finite and not negative")
+            given[name] = (np.ascontiguousarray(q), np.ascontiguousarray(scale))
+            floats[name] = int8_values(q, scale)
+        elif not (key.endswith(SCALE_SUFFIX)
+                  and key[:-len(SCALE_SUFFIX)] + INT8_SUFFIX in params):
+            floats[key] = value
+    return floats, given
+
+
+def int8_values(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """int8 weights as the float32 values they stand for: q * scale (per row)."""
+    return (q.astype(np.float32) * np.asarray(scale, np.float32)[:, None]).astype(np.float32)
+
+
+def int8_per_channel(given: Mapping[str, Tuple[np.ndarray, np.ndarray]]) -> bool:
+    """Whether saved int8 weights ``{name: (q, scale)}`` have one scale per row: told by
+    the matrices of more than one row (an LSTM's ``weight_ih`` always is one), as a
+    one-row matrix (``weight_hr`` of ``proj_size=1``) has one scale either way."""
+    return any(s.size > 1 for q, s in given.values() if q.shape[0] > 1) or not any(
+        q.shape[0] > 1 for q, _ in given.values())
+
 
 #: Layer indices with more digits than this are read as this many layers and
 #: more (``int()`` of a 5000-digit string is slow, or refused by Python).
@@ -377,9 +422,11 @@ class FoundModule(NamedTuple):
     config : dict
         Constructor arguments inferred from the keys and shapes.
     dtype : str
-        The dtype of its weights in the file (e.g. ``"float32"``, ``"float16"``).
+        The dtype of its weights in the file (e.g. ``"float32"``, ``"float16"``,
+        ``"int8"``).
     keys : list of str
-        Its full keys, in torch's order.
+        Its full keys, in torch's order (a saved int8 weight's two, its values and
+        its scales, in its place).
     num_parameters : int
         Total number of elements of its parameters.
 
@@ -415,7 +462,12 @@ def find_modules(arrays: Mapping[str, np.ndarray], classes: "Mapping[str, Type[_
     """
     found: List[FoundModule] = []
     notes: List[str] = []
-    for prefix, params in groups(arrays).items():
+    for prefix, grouped in groups(arrays).items():
+        try:  # saved int8 weights (name_int8 and name_scale) stand for their float names
+            params, given = int8_split(grouped)
+        except StateDictError as exc:
+            notes.append(f"{prefix}{exc}")
+            continue
         for kind, cls in classes.items():
             if not any(KEY_PATTERNS[kind].match(name) for name in params):
                 continue
@@ -424,10 +476,13 @@ def find_modules(arrays: Mapping[str, np.ndarray], classes: "Mapping[str, Type[_
             except StateDictError as exc:
                 notes.append(str(exc))
                 continue
-            first = params[names[0]]
+            keys = [key for n in names for key in (
+                [prefix + n + INT8_SUFFIX, prefix + n + SCALE_SUFFIX] if n in given
+                else [prefix + n])]
+            dtype = "int8" if names[0] in given else str(np.asarray(params[names[0]]).dtype)
             found.append(FoundModule(
-                kind, prefix, _public_config(module, cls), str(np.asarray(first).dtype),
-                [prefix + n for n in names], sum(int(np.size(params[n])) for n in names)))
+                kind, prefix, _public_config(module, cls), dtype, keys,
+                sum(int(np.size(params[n])) for n in names)))
     return found, notes
 
 
