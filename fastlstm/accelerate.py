@@ -42,6 +42,9 @@ def _fallback_reason(module: Any, tensors: Tuple[Any, ...]) -> Optional[str]:
     if any(p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64)
            for p in module.parameters()):
         return "weights that are not float32 or float64 on the CPU"
+    if module.__dict__.get("_fastlstm_weight_dtype") is not None and any(
+            p.dtype != torch.float32 for p in module.parameters()):
+        return "reduced-precision weights of a float64 module (they need float32)"
     return None
 
 
@@ -138,7 +141,8 @@ def accelerate(model: Any, *, inplace: bool = False, weight_dtype: Optional[str]
         Change ``model`` itself instead of a deep copy of it.
     weight_dtype : {None, "bfloat16", "int8"}, optional
         Run the LSTMs with weights stored in reduced precision (``fastlstm.quantize``;
-        docs/precision.md); the torch parameters stay as they are.
+        docs/precision.md); the torch parameters stay as they are.  float32 LSTMs only:
+        a float64 one (``.double()``) runs torch's forward.
 
     Returns
     -------

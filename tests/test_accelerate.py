@@ -169,6 +169,22 @@ def test_reduced_precision_weights(torch):
         fastlstm.accelerate(model, weight_dtype="int4")
 
 
+def test_reduced_precision_float64_models_run_torchs_forward(torch):
+    model = torch.nn.LSTM(5, 8).double().eval()
+    x = torch.randn(4, 2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for weight_dtype in ("bfloat16", "int8"):
+        fast = fastlstm.accelerate(model, weight_dtype=weight_dtype)
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x)[0], model(x)[0], rtol=0, atol=0)
+        assert fast.__dict__.get("_fastlstm_cache") is None  # torch's forward ran
+        fast.float()  # made float32: fastlstm runs it, with the reduced weights
+        with torch.no_grad():
+            got = fast(x.float())[0]
+            want = model(x)[0].float()
+        assert fast.__dict__["_fastlstm_cache"][1].weight_dtype == weight_dtype
+        assert 0 < float((got - want).abs().max()) < 5e-2
+
+
 def test_inplace_pickling_subclasses_and_errors(torch):
     model = _Seq2Seq(torch)
     same = fastlstm.accelerate(model, inplace=True)
