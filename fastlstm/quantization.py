@@ -5,6 +5,8 @@ to the nearest bfloat16 (ties to even) once, when stored; each activation that m
 weight in a product (the input x, the previous h, the cell output before a projection)
 is rounded the same way as the product reads it; every product of two bfloat16 numbers
 is exact in float32, and the sums, the bias, the gates and the cell state are float32.
+int8: symmetric int8 weights with one float32 scale per row (or per matrix), the
+activations quantized per row as each product reads them, int32 sums, float32 after.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ def quantize(module: _M, dtype: Any, *, per_channel: bool = True) -> _M:
     ----------
     module : fastlstm.LSTM or fastlstm.LSTMCell
         A float32 module; it is left as it was.
-    dtype : "bfloat16"
-        The storage type of the weights (``"bf16"`` and ``torch.bfloat16`` also
-        name it).  Inputs, outputs and states stay float32.
+    dtype : {"bfloat16", "int8"}
+        The storage type of the weights (``"bf16"`` and ``torch.bfloat16``,
+        ``"qint8"`` and ``torch.qint8`` also name them).  Inputs, outputs and states
+        stay float32.
     per_channel : bool, default=True
         For int8 weights (one scale per output row, else per tensor); bfloat16
         has no scales, so it is ignored there.
@@ -50,17 +53,18 @@ def quantize(module: _M, dtype: Any, *, per_channel: bool = True) -> _M:
     Returns
     -------
     LSTM or LSTMCell
-        A new module of the same class, with ``weight_dtype == "bfloat16"``; its
-        parameters hold the rounded weights (what it computes with).
+        A new module of the same class, with ``weight_dtype`` ``"bfloat16"`` or
+        ``"int8"``; its parameters hold the rounded (or quantized and dequantized)
+        weights, what it computes with.
 
     Raises
     ------
     TypeError
-        If ``module`` is not a fastlstm ``LSTM`` or ``LSTMCell``.
+        If ``module`` is not a fastlstm ``LSTM`` or ``LSTMCell``, or ``per_channel``
+        not a bool.
     ValueError
-        If ``dtype`` names no supported storage type, or the module is not float32.
-    NotImplementedError
-        For ``"int8"``, not implemented yet.
+        If ``dtype`` names no supported storage type, the module is not float32, or
+        (int8) a weight holds a NaN or an infinity.
 
     Examples
     --------
