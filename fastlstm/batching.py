@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import sys
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
@@ -186,6 +187,15 @@ def _window(module: LSTM, items: Sequence[Tuple[int, Any]], budget: int,
     return results
 
 
+def _length(seq: Any, budget: int) -> int:
+    """A sequence's timesteps for sizing a window: ``len``, or ``budget`` for an item that
+    has none (a 0-D array: ``_window`` refuses it, naming its index)."""
+    try:
+        return len(seq)
+    except TypeError:
+        return budget
+
+
 def _stream(module: LSTM, sequences: Iterable[Any], budget: int,
             return_states: bool) -> Iterator[_Result]:
     """``forward_many`` of an iterable without ``len``: windows of a few batches."""
@@ -193,7 +203,7 @@ def _stream(module: LSTM, sequences: Iterable[Any], budget: int,
     tokens = 0
     for index, seq in enumerate(sequences):
         window.append((index, seq))
-        tokens += len(seq) if hasattr(seq, "__len__") else budget
+        tokens += _length(seq, budget)
         if tokens >= _WINDOW_BATCHES * budget or len(window) >= _WINDOW_MAX_SEQUENCES:
             yield from _window(module, window, budget, return_states)
             window, tokens = [], 0
@@ -233,7 +243,8 @@ def forward_many(
     Raises
     ------
     TypeError
-        If ``module`` is not a ``fastlstm.LSTM``, or ``max_batch_tokens`` not a positive int.
+        If ``module`` is not a ``fastlstm.LSTM``, ``max_batch_tokens`` not a positive int, or
+        ``sequences`` not iterable (or a mapping).
     ValueError, RuntimeError
         As ``forward`` for a sequence (not 2-D, not floating, wrong feature size, empty),
         the message starting with the sequence's index.
@@ -267,8 +278,18 @@ def forward_many(
         raise TypeError(f"max_batch_tokens must be a positive int, got {max_batch_tokens!r}")
     else:
         budget = int(max_batch_tokens)
+    if isinstance(sequences, Mapping):
+        raise TypeError("forward_many expects a list or an iterable of sequences, got a "
+                        f"{type(sequences).__name__} (pass its .values())")
     if hasattr(sequences, "__len__") and hasattr(sequences, "__getitem__"):
         indexable = cast(Sequence[Any], sequences)
         items = [(i, indexable[i]) for i in range(len(indexable))]
         return _window(module, items, budget, bool(return_states))
-    return _stream(module, sequences, budget, bool(return_states))
+    try:
+        iterator = iter(sequences)
+    except TypeError:
+        raise TypeError("forward_many expects a list or an iterable of sequences, got "
+                        f"{type(sequences).__name__}") from None
+    if hasattr(sequences, "__len__"):  # a set, dict.values(): finite, read at once
+        return _window(module, list(enumerate(iterator)), budget, bool(return_states))
+    return _stream(module, iterator, budget, bool(return_states))

@@ -123,6 +123,8 @@ def test_errors_name_the_sequence():
          "sequence 1: input.size\\(-1\\) must be equal to input_size. Expected 3, got 2"),
         (np.zeros((4, 3), np.int64), ValueError, "sequence 1: RNN input dtype \\(int64\\)"),
         (np.zeros((1, 4, 3), np.float32), ValueError, "sequence 1: .*2D"),
+        (np.float32(1.0), ValueError, "sequence 1: .*0D"),  # no len(): named all the same
+        (np.array(1.0, np.float32), ValueError, "sequence 1: .*0D"),
     ]
     for bad, kind, match in cases:
         for seqs in ([good, bad, good], itertools.chain([good, bad, good])):
@@ -133,6 +135,29 @@ def test_errors_name_the_sequence():
     for budget in (0, -1, 2.5, True):
         with pytest.raises(TypeError, match="max_batch_tokens must be a positive int"):
             fastlstm.forward_many(module, [good], max_batch_tokens=budget)
+    # Refused at the call, not when the results are read.
+    with pytest.raises(TypeError, match="an iterable of sequences, got int"):
+        fastlstm.forward_many(module, 5)
+    with pytest.raises(TypeError, match=r"got a dict \(pass its .values\(\)\)"):
+        fastlstm.forward_many(module, {0: good})
+
+
+def test_sized_iterables_give_lists():
+    module = fastlstm.LSTM(3, 5, rng=0)
+    rng = np.random.default_rng(4)
+    seqs = {f"s{n}": rng.standard_normal((n, 3)).astype(np.float32) for n in (4, 1, 7)}
+    class Sized:  # len and iteration, no indexing
+        def __len__(self):
+            return 2
+
+        def __iter__(self):
+            return iter([seqs["s4"], seqs["s7"]])
+
+    for given in (seqs.values(), Sized()):
+        outs = fastlstm.forward_many(module, given)
+        assert isinstance(outs, list) and len(outs) == len(given)
+        for out, seq in zip(outs, given):
+            np.testing.assert_array_equal(out, module(seq)[0])
 
 
 def test_reduced_precision_modules_too():
