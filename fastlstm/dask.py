@@ -105,11 +105,16 @@ def _local_slots() -> int:
         for by_size in list(threaded.pools.values()):
             pools.extend(list(by_size.values()))
         for pool in pools:
-            if thread in getattr(pool, "_threads", ()):
+            # A new pool thread runs its first task before the pool lists it: its name
+            # (the pool's prefix, "_", its number) tells it too.
+            prefix = getattr(pool, "_thread_name_prefix", None)
+            if thread in getattr(pool, "_threads", ()) or (
+                    prefix and thread.name.startswith(prefix + "_")):
                 return max(1, int(pool._max_workers))
     if thread is threading.main_thread() and multiprocessing.parent_process() is None:
         return 1  # the synchronous scheduler: one task at a time, in the caller's thread
-    # The processes scheduler, or a pool of the user's: as many as dask would start.
+    # The processes scheduler, or a pool of the user's: as many as dask would start (the
+    # pool's size does not reach its processes: a smaller num_workers is not seen here).
     return max(1, int(dask.config.get("num_workers", None) or dask.system.CPU_COUNT))
 
 
@@ -271,6 +276,8 @@ def forward_many(module: LSTM, bag: Any, *, max_batch_tokens: Optional[int] = No
     if not isinstance(bag, db.Bag):
         raise TypeError(f"forward_many expects a dask.bag.Bag, got {type(bag).__name__} "
                         "(fastlstm.forward_many takes lists and iterators)")
+    if bag.npartitions == 0:  # nothing to run (db.from_delayed([])): as empty
+        return bag
     index = db.from_sequence(range(bag.npartitions), npartitions=bag.npartitions)
     return bag.map_partitions(_partition_task, index, _in_graph(module), _cluster_hosts(),
                               max_batch_tokens, bool(return_states),
@@ -333,6 +340,9 @@ def forward_array(module: LSTM, x: Any, lengths: Any = None, *,
     if x.dtype.kind != "f":
         raise ValueError(f"forward_array: x must be floating, got {x.dtype}")
     steps, features = x.shape[1], x.shape[2]
+    if steps == 0:
+        raise ValueError(f"forward_array: x has no timesteps, shape {x.shape} (every row "
+                         "needs at least one)")
     if features != module.input_size:
         raise ValueError(f"forward_array: x has {features} features, the module's input_size "
                          f"is {module.input_size}")
@@ -356,12 +366,12 @@ def forward_array(module: LSTM, x: Any, lengths: Any = None, *,
             if array.shape != (n,) or (array.size and array.dtype.kind not in "iu"):
                 raise ValueError(f"forward_array: lengths must be {n} integers, got "
                                  f"{array.dtype} of shape {array.shape}")
-            array = array.astype(np.int64)
-            bad = np.flatnonzero((array < 1) | (array > steps))
+            bad = np.flatnonzero((array < 1) | (array > steps))  # before the cast: uint64
             if bad.size:
                 i = int(bad[0])
                 raise ValueError(f"forward_array: lengths[{i}] = {array[i]} is outside "
                                  f"1..{steps} (the padded length)")
+            array = array.astype(np.int64)
             lengths = da.from_array(array, chunks=(x.chunks[0],))
         args.append(lengths[:, None, None])  # (N, 1, 1): map_blocks aligns trailing axes
     else:

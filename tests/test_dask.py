@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -268,6 +269,12 @@ def test_errors():
         fastlstm.dask.forward_array(module, x, [5.0, 5, 5, 5])
     with pytest.raises(ValueError, match=r"lengths\[2\] = 6 is outside 1\.\.5"):
         fastlstm.dask.forward_array(module, x, [5, 5, 6, 5])
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 18446744073709551615 is outside"):
+        fastlstm.dask.forward_array(module, x, np.array([5, 2**64 - 1, 5, 5], np.uint64))
+    with pytest.raises(ValueError, match="no timesteps"):  # when the graph is built
+        fastlstm.dask.forward_array(module, da.zeros((4, 0, 8), chunks=(2, 0, 8)))
+    empty = db.from_delayed([])
+    assert fastlstm.dask.forward_many(module, empty).compute(scheduler="sync") == []
     with pytest.raises(ValueError, match=r"lengths\[3\] = 0 is outside 1\.\.5"):  # when run
         fastlstm.dask.forward_array(module, x, da.from_array(np.array([5, 5, 5, 0]), chunks=2)
                                     ).compute(scheduler="sync")
@@ -336,6 +343,22 @@ def test_threads_sized_on_local_schedulers(scheduler):
     assert threads == {cores if scheduler == "sync" else max(1, cores // 2)}
     for y, seq in zip(got, seqs):
         assert np.abs(y - module(seq)[0]).max() <= 1e-6
+
+
+def test_threads_sized_on_a_new_pool_threads_first_task():
+    # Each new calling thread gets a pool of its own, whose thread runs its first task
+    # before the pool lists it: sized by the pool all the same.
+    got = []
+
+    def run():
+        bag = db.from_sequence([0], npartitions=1).map(lambda _: fastlstm.dask.task_threads())
+        got.append(bag.compute(scheduler="threads", num_workers=1)[0])
+
+    for _ in range(3):
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+    assert got == [_cores()] * 3
 
 
 def test_worker_killed_mid_run_result_complete_and_identical(client, one_thread):
