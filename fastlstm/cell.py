@@ -9,6 +9,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 from fastlstm._common import (
+    c_array,
     check_device,
     check_torch_module,
     dtype_name,
@@ -330,7 +331,7 @@ class LSTMCell(_Module):
         if batch == 0:
             return np.zeros((0, hidden), dt), np.zeros((0, hidden), dt)
         check_rows(batch, "rows")
-        x = np.ascontiguousarray(x, dtype=dt)
+        x = c_array(x, dt)
         h = np.empty((batch, hidden), dt)
         h0_zero = states is None and zero_state_skips(self._packed_layers())
         if states is None:
@@ -338,7 +339,7 @@ class LSTMCell(_Module):
             h0 = h if h0_zero else np.zeros((batch, hidden), dt)
             c = zeros_written((batch, hidden), dt)
         else:
-            h0 = np.ascontiguousarray(states[0], dtype=dt)
+            h0 = c_array(states[0], dt)
             c = np.array(states[1], dtype=dt, order="C", copy=True)  # updated in place
         stack = self._bound_layers()
         kernels.cell_step(stack, 0, x, h0, c, h, get_num_threads(), h0_zero, stack.next_order())

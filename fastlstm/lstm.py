@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from fastlstm._common import (
+    c_array,
     check_device,
     check_torch_module,
     dtype_name,
@@ -595,14 +596,14 @@ class LSTM(_Module):
             return (np.zeros(out_shape, dt), np.zeros((n_states, 0, out_size), dt),
                     np.zeros((n_states, 0, hidden), dt))
         check_rows(rows, "rows (steps x sequences)")
-        layer_in = np.ascontiguousarray(x, dtype=dt).reshape(rows, -1)
+        layer_in = c_array(x, dt).reshape(rows, -1)
         layers = self._packed_layers()
         h0_zero = h0 is None and zero_state_skips(layers)
         if h0 is None:
             h0 = np.zeros((n_states, batch, out_size), dt)  # only read
             c_n = zeros_written((n_states, batch, hidden), dt)
         else:
-            h0 = np.ascontiguousarray(h0, dtype=dt)
+            h0 = c_array(h0, dt)
             c_n = np.array(c0, dtype=dt, order="C", copy=True)  # updated in place
         h_n = np.empty((n_states, batch, out_size), dt)
 

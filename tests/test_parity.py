@@ -315,6 +315,46 @@ def test_non_contiguous_torch_tensor_in(torch):
     np.testing.assert_array_equal(c.numpy(), ref[1][1])
 
 
+def _misaligned(a):
+    """``a``'s values in a C-contiguous array whose elements sit one byte off their
+    alignment (``np.frombuffer`` at an odd offset gives such arrays)."""
+    raw = np.zeros(a.nbytes + 1, np.uint8)
+    b = raw[1:].view(a.dtype).reshape(a.shape)
+    b[...] = a
+    assert b.flags.c_contiguous and not b.flags.aligned
+    return b
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_misaligned_arrays(dtype):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((SEQ, BATCH, INPUT)).astype(dtype)
+    for kw in (dict(), dict(num_layers=1, bidirectional=False)):
+        m = _module(dtype, **kw)
+        d = 2 if m.bidirectional else 1
+        hx = tuple(rng.standard_normal((m.num_layers * d, BATCH, HIDDEN)).astype(dtype)
+                   for _ in range(2))
+        for steps in (SEQ, 1):
+            _assert_same(m(_misaligned(x[:steps]), tuple(_misaligned(v) for v in hx)),
+                         m(x[:steps], hx))
+    cell = fastlstm.LSTMCell(INPUT, HIDDEN, dtype=dtype, rng=3)
+    h, c = (rng.standard_normal((BATCH, HIDDEN)).astype(dtype) for _ in range(2))
+    for got, want in zip(cell(_misaligned(x[0]), (_misaligned(h), _misaligned(c))),
+                         cell(x[0], (h, c))):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_torch_tensors_with_the_negative_bit(torch):
+    fm = _module(np.float32)
+    x = torch.randn(SEQ, BATCH, INPUT, dtype=torch.complex64,
+                    generator=torch.Generator().manual_seed(13)).conj().imag
+    assert x.is_neg()
+    out, (h, c) = fm(x)
+    ref = fm(x.resolve_neg().numpy())
+    np.testing.assert_array_equal(out.numpy(), ref[0])
+    np.testing.assert_array_equal(c.numpy(), ref[1][1])
+
+
 def test_to_torch_round_trip(torch):
     fm = fastlstm.LSTM(INPUT, HIDDEN, num_layers=2, bidirectional=True, proj_size=PROJ,
                        batch_first=True, bias=False, dtype=np.float64, rng=12)

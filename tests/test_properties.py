@@ -67,7 +67,8 @@ def _needs_torch():
 DTYPES = [np.float32, np.float64]
 # Sizes around the kernels' panel edges (8 float64 or 16 float32 units per panel).
 HIDDEN = st.one_of(st.integers(1, 40), st.sampled_from([7, 8, 9, 15, 16, 17, 31, 32, 33, 65]))
-LAYOUTS = ["c", "fortran", "strided", "reversed", "readonly", "readonly-strided", "list"]
+LAYOUTS = ["c", "fortran", "strided", "reversed", "readonly", "readonly-strided", "list",
+           "misaligned"]
 
 
 # ----------------------------------------------------------------- helpers
@@ -94,6 +95,11 @@ def _layout(a, kind):
     if kind == "readonly":
         b = a.copy()
         b.flags.writeable = False
+        return b
+    if kind == "misaligned":  # C order, each element one byte off its alignment
+        raw = np.zeros(a.nbytes + 1, np.uint8)
+        b = raw[1:].view(a.dtype).reshape(a.shape)
+        b[...] = a
         return b
     if kind == "list":
         # (an empty nested list would lose the trailing sizes)
