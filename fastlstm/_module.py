@@ -666,10 +666,10 @@ class _Module:
         unexpected = [k for k in values if k not in self._shapes]
         errors = []
         converted = {}
-        for key, value in values.items():
-            if key not in self._shapes:
+        for key in self._shapes:  # torch's order: the module's parameters
+            if key not in values:
                 continue
-            array = to_numpy(value)
+            array = to_numpy(values[key])
             expected = self._shapes[key]
             if array.shape != expected:
                 errors.append(

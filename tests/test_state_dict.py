@@ -406,6 +406,17 @@ def test_load_size_mismatch_message(torch):
     )
 
 
+def test_load_size_mismatches_in_the_modules_order(torch):
+    cfg = dict(input_size=3, hidden_size=8)
+    sd = _good_sd(cfg)
+    sd["weight_ih_l0"] = np.zeros((32, 4), np.float32)
+    sd["bias_hh_l0"] = np.zeros((5,), np.float32)
+    backwards = dict(reversed(list(sd.items())))
+    t_msg, f_msg = _load_errors(torch, cfg, backwards)
+    assert f_msg == _torch_size_to_tuple(t_msg)
+    assert f_msg.index("weight_ih_l0") < f_msg.index("bias_hh_l0")
+
+
 def test_load_all_errors_together_message(torch):
     sd = _good_sd(CFG2)
     del sd["bias_ih_l1"]
