@@ -854,6 +854,28 @@ def test_pickle_opcodes_and_bytes_are_bounded(tmp_path, monkeypatch, fmt):
         fastlstm.load(write(big))
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_keys_a_pickle_asks_for_are_bounded(tmp_path, monkeypatch, fmt):
+    from fastlstm.io import torch_format as _torch_format
+
+    def write(pkl):
+        path = tmp_path / f"k{len(pkl)}.pt"
+        return torch_zip(path, pkl) if fmt == "zip" else torch_legacy(path, pkl)
+
+    monkeypatch.setattr(_torch_format, "_MAX_KEY_CHARS", 10_000)
+    long_key = text("A" * 2000)
+    # One long key over a list of numbers: no key is made for numbers, which are skipped.
+    assert fastlstm.load(write(b"\x80\x02}" + long_key + b"](" + b"K\x00" * 1000
+                               + b"es.")) == {}
+    # The same key over a list of lists: each list's key counts.
+    with pytest.raises(WeightsFormatError, match="more than 10,000 characters"):
+        fastlstm.load(write(b"\x80\x02}" + long_key + b"](" + b"]" * 10 + b"es."))
+    # A chain of dicts under one memoized long key: the keys grow with the depth.
+    chain = b"\x80\x02}" + long_key + b"q\x00" + b"}h\x00" * 5 + b"}" + b"s" * 5 + b"s."
+    with pytest.raises(WeightsFormatError, match="nested containers"):
+        fastlstm.load(write(chain))
+
+
 def _load_in_thread(path, timeout=10):
     """What fastlstm.load(path) raised, or fail if it is still running after ``timeout``."""
     import threading

@@ -87,6 +87,10 @@ _MAX_OPCODES = 1 << 20
 #: ``numpy.savez_compressed`` deflates): deflate's own limit is ~1032x; bzip2
 #: and LZMA, which can expand a millionfold, are held to the same.
 _MAX_RATIO = 1100
+#: Characters the dotted keys that ``_flatten`` builds may come to, all together: a
+#: state dict's keys take ~100 a tensor, while a pickle of a few KB can repeat one long
+#: key a million times down a list or a chain of dicts (terabytes of keys).
+_MAX_KEY_CHARS = 64 << 20
 _MIB = 1 << 20
 
 # Pickle opcodes a torch state dict may use (protocols 0 to 5).  Refused:
@@ -555,11 +559,14 @@ def _flatten(obj: Any) -> Iterator[Tuple[str, _Tensor]]:
     """``(dotted key, tensor)`` for every tensor in nested dicts, lists and tuples.
 
     Iterative, so deep nesting cannot exhaust the stack; each container is
-    visited once, so shared sub-containers cannot multiply the work.  Keys
-    that are neither strings nor integers, and values that are neither
-    containers nor tensors (numbers, strings, ...), are skipped.
+    visited once, so shared sub-containers cannot multiply the work; the keys
+    made come to at most :data:`_MAX_KEY_CHARS` characters, so long keys repeated
+    cannot exhaust memory.  Keys that are neither strings nor integers, and
+    values that are neither containers nor tensors (numbers, strings, ...), are
+    skipped.
     """
     seen = set()
+    chars = 0
     stack: List[Tuple[str, Any]] = [("", obj)]
     while stack:
         path, value = stack.pop()
@@ -579,8 +586,13 @@ def _flatten(obj: Any) -> Iterator[Tuple[str, _Tensor]]:
         for key, child in items:
             if type(key) is int:
                 key = str(key)
-            if type(key) is not str:
-                continue
+            if type(key) is not str or not isinstance(child, (_Tensor, dict, list, tuple)):
+                continue  # no key is made for a value skipped anyway
+            chars += len(path) + 1 + len(key)
+            if chars > _MAX_KEY_CHARS:
+                raise WeightsFormatError(
+                    f"refused: the keys of the checkpoint's nested containers come to more than "
+                    f"{_MAX_KEY_CHARS:,} characters (a state dict's take about 100 a tensor)")
             children.append((f"{path}.{key}" if path else key, child))
         stack.extend(reversed(children))
 
