@@ -805,6 +805,9 @@ class _Module:
         ValueError
             If ``dtype`` is float64 and the weights are stored as int8 or bfloat16
             (which float32 modules hold).
+        TypeError
+            If a mapping has a key that is not a string, or a file object is in
+            text mode.
 
         Examples
         --------
@@ -818,6 +821,9 @@ class _Module:
         prefix = normalize_prefix(prefix)
         if isinstance(source, Mapping):
             arrays: Mapping[str, Any] = source
+            key = next((k for k in arrays if not isinstance(k, str)), None)
+            if key is not None:
+                raise TypeError(f"state dict keys must be strings, got {type(key).__name__}")
         else:
             arrays = load(source)
         params = {name: to_numpy(value) for name, value in group_of(arrays, prefix).items()}

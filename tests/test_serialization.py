@@ -642,6 +642,7 @@ def _assert_equal_dicts(got, expected, native=True):
         value = np.asarray(value)
         dtype = np.asarray(got[key]).dtype
         assert dtype == (value.dtype.newbyteorder("=") if native else value.dtype), key
+        assert np.shape(got[key]) == value.shape, key  # a 0-D array stays 0-D
         np.testing.assert_array_equal(np.asarray(got[key]), value, err_msg=key)
 
 
@@ -653,8 +654,7 @@ def test_safetensors_round_trips_with_the_package(safetensors, tmp_path):
     fastlstm.save(arrays, path, metadata={"format": "pt", "note": "x"})
     _assert_equal_dicts(st_numpy.load_file(path), arrays)
     _assert_equal_dicts(fastlstm.load(path), arrays)
-    native = {k: np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("=")) for k, v in
-              arrays.items()}
+    native = {k: np.require(v, v.dtype.newbyteorder("="), ["C"]) for k, v in arrays.items()}
     st_numpy.save_file(native, tmp_path / "b.safetensors")
     _assert_equal_dicts(fastlstm.load(tmp_path / "b.safetensors"), arrays)
 
@@ -698,6 +698,37 @@ def test_npz_round_trips(tmp_path):
     assert list(np.load(tmp_path / "cell.npz")) == ["dec.cell." + k for k in cell.state_dict()]
     again = fastlstm.LSTMCell.from_state_dict(tmp_path / "cell.npz", prefix="dec.cell")
     np.testing.assert_array_equal(again.weight_hh, cell.weight_hh)
+
+
+def test_save_refuses_what_the_format_cannot_hold_or_load_would_refuse(tmp_path):
+    for bad in (np.array(["ab"]), np.zeros(2, "M8[s]"), np.zeros(2, [("a", "f4")])):
+        with pytest.raises(TypeError, match="cannot save 'a'"):
+            fastlstm.save({"a": bad}, tmp_path / "a.npz")
+        assert not (tmp_path / "a.npz").exists()
+    with pytest.raises(ValueError, match="'__metadata__'"):
+        fastlstm.save({"__metadata__": np.ones(2, np.float32)}, tmp_path / "m.safetensors")
+    # bfloat16= checks the values given, not their float32 rounding.
+    for bad in (np.array([1 + 2.0**-30]), np.array([2**24 + 1]), np.float32([1 + 2.0**-10])):
+        with pytest.raises(ValueError, match="not bfloat16 values"):
+            fastlstm.save({"w": bad}, tmp_path / "b.safetensors", bfloat16=["w"])
+    good = {"w": np.array([1.5, -2.0**-130, np.nan, np.inf]), "n": np.array([3, -256]),
+            "s": np.array(0.25)}
+    fastlstm.save(good, tmp_path / "b.safetensors", bfloat16=list(good))
+    _assert_equal_dicts(fastlstm.load(tmp_path / "b.safetensors"),
+                        {k: v.astype(np.float32) for k, v in good.items()})
+
+
+def test_text_mode_files_and_other_keys_are_refused_clearly(tmp_path):
+    path = tmp_path / "w.safetensors"
+    fastlstm.LSTM(3, 4, rng=0).save(path)
+    with open(path, encoding="latin-1") as text_file:
+        for call in (fastlstm.load, fastlstm.inspect, fastlstm.LSTM.from_state_dict):
+            with pytest.raises(TypeError, match=r"binary mode \(open\(path, 'rb'\)\)"):
+                call(text_file)
+    state = dict(fastlstm.load(path))
+    state[1] = np.ones(3, np.float32)
+    with pytest.raises(TypeError, match="keys must be strings, got int"):
+        fastlstm.LSTM.from_state_dict(state)
 
 
 def test_npz_object_arrays_are_refused_unpickled(tmp_path):

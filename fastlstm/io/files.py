@@ -125,6 +125,9 @@ class OpenedSource:
 
     def __init__(self, source: Source) -> None:
         if hasattr(source, "read"):
+            if isinstance(source, io.TextIOBase):
+                raise TypeError("a weights file object must be opened in binary mode "
+                                "(open(path, 'rb')), not text mode")
             file: IO[bytes] = source  # type: ignore[assignment]
             self.close_file = False
             if not file.seekable():
@@ -300,12 +303,15 @@ def load(source: Source) -> Dict[str, np.ndarray]:
         unsupported tensor types (quantized, sparse, float8, TorchScript) or
         ``.npz`` dtypes (strings, dates, structured), a path that is not a
         regular file, a file past fastlstm's limits (pickles over 64 MiB or
-        1,048,576 opcodes, compressed members that expand more than 1,100
+        1,048,576 opcodes, nested containers whose keys come to more than
+        67,108,864 characters, compressed members that expand more than 1,100
         times or past their declared size; see ``docs/weights.md``).
         An ONNX model with weights in other files (external data), weights
         that are not constants, or LSTM attributes that torch's LSTM lacks.
     OSError
         If the file cannot be opened (``IsADirectoryError`` for a directory).
+    TypeError
+        A file object opened in text mode.
     ImportError
         An ONNX model, without the ``onnx`` package installed.
 
@@ -388,9 +394,10 @@ def save(
     ------
     TypeError
         Non-string keys, or arrays of a dtype the format cannot hold (object,
-        strings; safetensors: also float128, complex128).
+        strings, dates, structured, float128; safetensors: also complex128).
     ValueError
-        An unknown format or extension.
+        An unknown format or extension, a safetensors key ``"__metadata__"``
+        (the format's own), or ``bfloat16`` values that are not bfloat16's.
 
     Examples
     --------

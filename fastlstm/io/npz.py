@@ -127,5 +127,9 @@ def write_npz(arrays: Mapping[str, np.ndarray], file: IO[bytes]) -> None:
         for name, array in arrays.items():
             if array.dtype.hasobject:
                 raise TypeError(f"cannot save '{name}': object arrays need pickles")
+            why = _unsupported(array.dtype)
+            if why:  # what load() would refuse
+                raise TypeError(f"cannot save '{name}' as .npz: dtype {array.dtype} ({why}) "
+                                "is not supported (use floating, integer or bool arrays)")
             with archive.open(name + ".npy", mode="w", force_zip64=True) as member:
                 _fmt.write_array(member, np.asanyarray(array), allow_pickle=False)

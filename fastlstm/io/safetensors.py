@@ -161,9 +161,12 @@ def read_safetensors(file: IO[bytes], file_size: int) -> Dict[str, np.ndarray]:
 
 
 def _bf16_words(name: str, array: np.ndarray) -> np.ndarray:
-    """The bfloat16 bits of float32 ``array``, whose values must be bfloat16 values."""
-    bits = np.ascontiguousarray(array, dtype="<f4").view("<u4")
-    if (bits & np.uint32(0xFFFF)).any():
+    """The bfloat16 bits of ``array``, whose values must be bfloat16 values (checked on
+    the values given: a float64 or integer array is not rounded to float32 first)."""
+    f32 = np.require(array, "<f4", ["C"])
+    same = np.array_equal(f32, array, equal_nan=array.dtype.kind in "fc")
+    bits = f32.view("<u4")
+    if not same or (bits & np.uint32(0xFFFF)).any():
         raise ValueError(f"cannot save '{name}' as bfloat16: it holds values that are not "
                          "bfloat16 values")
     return (bits >> np.uint32(16)).astype("<u2")
@@ -174,6 +177,9 @@ def write_safetensors(arrays: Mapping[str, np.ndarray], file: IO[bytes],
                       bfloat16: Collection[str] = ()) -> None:
     """Write arrays as safetensors: largest elements first (so every tensor is aligned);
     the float32 arrays named in ``bfloat16`` as BF16 (their values must be bfloat16's)."""
+    if "__metadata__" in arrays:
+        raise ValueError("cannot save a tensor named '__metadata__' as safetensors: the format "
+                         "keeps that name for the header's metadata")
     arrays = {name: _bf16_words(name, a) if name in bfloat16 else a
               for name, a in arrays.items()}
     names = sorted(arrays, key=lambda k: -arrays[k].dtype.itemsize)  # stable: keeps order
@@ -190,7 +196,7 @@ def write_safetensors(arrays: Mapping[str, np.ndarray], file: IO[bytes],
                             "supported (use floating, integer or bool arrays)")
         if name in bfloat16:
             code = "BF16"
-        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        array = np.require(array, array.dtype.newbyteorder("<"), ["C"])  # 0-D stays 0-D
         header[name] = {"dtype": code, "shape": list(array.shape),
                         "data_offsets": [offset, offset + array.nbytes]}
         offset += array.nbytes
