@@ -531,6 +531,12 @@ class _Module:
         else:
             self.__dict__[name] = value
 
+    def extra_repr(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
     def __dir__(self) -> List[str]:
         return sorted(set(super().__dir__()) | set(self._params))
 
@@ -547,8 +553,18 @@ class _Module:
         for array in self._params.values():  # pickle does not keep the read-only flag
             freeze(array)
 
-    def named_parameters(self) -> Iterator[Tuple[str, np.ndarray]]:
+    def named_parameters(self, prefix: str = "", recurse: bool = True,
+                         remove_duplicate: bool = True) -> Iterator[Tuple[str, np.ndarray]]:
         """Yield ``(name, array)`` for every parameter, in torch's order.
+
+        Parameters
+        ----------
+        prefix : str, default=""
+            Put before every name with a dot, as torch does (``"rnn"`` gives
+            ``"rnn.weight_ih_l0"``).
+        recurse, remove_duplicate : bool, default=True
+            torch's arguments, accepted: the module has no submodules and no shared
+            parameters, so they change nothing.
 
         Yields
         ------
@@ -565,10 +581,16 @@ class _Module:
         [('weight_ih_l0', (32, 4)), ('weight_hh_l0', (32, 8)), ('bias_ih_l0', (32,)), \
 ('bias_hh_l0', (32,))]
         """
-        yield from self._params.items()
+        for name, value in self._params.items():
+            yield (f"{prefix}.{name}" if prefix else name), value
 
-    def parameters(self) -> Iterator[np.ndarray]:
+    def parameters(self, recurse: bool = True) -> Iterator[np.ndarray]:
         """Yield every parameter array, in torch's order.
+
+        Parameters
+        ----------
+        recurse : bool, default=True
+            torch's argument, accepted: the module has no submodules.
 
         Yields
         ------
@@ -584,8 +606,18 @@ class _Module:
         """
         yield from self._params.values()
 
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+    def state_dict(self, *, destination: Optional[Dict[str, Any]] = None, prefix: str = "",
+                   keep_vars: bool = False) -> "OrderedDict[str, np.ndarray]":
         """Return a copy of the parameters keyed by torch's names, in torch's order.
+
+        Parameters
+        ----------
+        destination : dict, optional
+            Fill this mapping and return it, as torch does (a new OrderedDict by default).
+        prefix : str, default=""
+            Put before every key (``"rnn."`` gives ``"rnn.weight_ih_l0"``).
+        keep_vars : bool, default=False
+            torch's argument, accepted: arrays carry no autograd graph to keep.
 
         Returns
         -------
@@ -606,10 +638,13 @@ class _Module:
         {'weight_ih_l0': (32, 4), 'weight_hh_l0': (32, 2), 'bias_ih_l0': (32,), \
 'bias_hh_l0': (32,), 'weight_hr_l0': (2, 8)}
         """
-        return OrderedDict((k, v.copy()) for k, v in self._params.items())
+        out: Dict[str, Any] = OrderedDict() if destination is None else destination
+        for k, v in self._params.items():
+            out[prefix + k] = v.copy()
+        return cast("OrderedDict[str, np.ndarray]", out)
 
     def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
     ) -> _IncompatibleKeys:
         """Copy parameters from a mapping of torch's names to arrays or torch tensors.
 
@@ -623,6 +658,9 @@ class _Module:
         strict : bool, default=True
             If True, missing and unexpected keys raise ``RuntimeError``; if False
             they are returned.  Shape mismatches always raise.
+        assign : bool, default=False
+            torch's argument, accepted: the values are always copied into the
+            module's own read-only arrays of its dtype.
 
         Returns
         -------

@@ -126,15 +126,17 @@ class LSTMCell(_Module):
         return [pack_layer([w("weight_ih")], [w("weight_hh")], bias, None,
                            self._hidden_size, self._dtype, self.__dict__.get("_weight_dtype"))]
 
-    def __repr__(self) -> str:
-        s = f"{type(self).__name__}({self._input_size}, {self._hidden_size}"
+    def extra_repr(self) -> str:
+        """The arguments that :func:`repr` shows between the parentheses, as torch's
+        ``extra_repr``: the sizes, then the arguments that differ from their defaults."""
+        s = f"{self._input_size}, {self._hidden_size}"
         if not self._bias:
             s += ", bias=False"
         if self._dtype != np.float32:
             s += f", dtype={dtype_name(self._dtype)}"
         if self.__dict__.get("_weight_dtype"):
             s += f", weight_dtype={self.weight_dtype!r}"
-        return s + ")"
+        return s
 
     # ------------------------------------------------------------ torch interop
     @classmethod

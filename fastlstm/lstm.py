@@ -147,6 +147,8 @@ class LSTM(_Module):
     """
 
     _kind = "LSTM"
+    #: torch's ``RNNBase.mode``, for code that tells recurrent layers apart by it.
+    mode = "LSTM"
 
     _stackable = False  # set per instance (a module pickled without it keeps the general path)
 
@@ -242,8 +244,10 @@ class LSTM(_Module):
         return lstm_shapes(self._input_size, self._hidden_size, self._num_layers, self._bias,
                            self._num_directions == 2, self._proj_size)
 
-    def __repr__(self) -> str:
-        s = f"{type(self).__name__}({self._input_size}, {self._hidden_size}"
+    def extra_repr(self) -> str:
+        """The arguments that :func:`repr` shows between the parentheses, as torch's
+        ``extra_repr``: the sizes, then the arguments that differ from their defaults."""
+        s = f"{self._input_size}, {self._hidden_size}"
         if self._proj_size != 0:
             s += f", proj_size={self._proj_size}"
         if self._num_layers != 1:
@@ -260,7 +264,7 @@ class LSTM(_Module):
             s += f", dtype={dtype_name(self._dtype)}"
         if self.__dict__.get("_weight_dtype"):
             s += f", weight_dtype={self.weight_dtype!r}"
-        return s + ")"
+        return s
 
     def flatten_parameters(self) -> None:
         """Do nothing: kept so that code calling torch's ``flatten_parameters`` runs.

@@ -740,6 +740,28 @@ REPR_CONFIGS = CONFIGS + [
 def test_repr_matches_torch(torch, cfg):
     assert repr(fastlstm.LSTM(**cfg)) == repr(torch.nn.LSTM(**cfg))
     assert str(fastlstm.LSTM(**cfg)) == str(torch.nn.LSTM(**cfg))
+    assert fastlstm.LSTM(**cfg).extra_repr() == torch.nn.LSTM(**cfg).extra_repr()
+
+
+def test_torchs_optional_arguments_of_the_module_methods(torch):
+    for cls, t in ((fastlstm.LSTM, torch.nn.LSTM(3, 4, num_layers=2, proj_size=2)),
+                   (fastlstm.LSTMCell, torch.nn.LSTMCell(3, 4, bias=False))):
+        m = cls.from_torch(t)
+        assert m.extra_repr() == t.extra_repr()
+        assert list(m.state_dict(prefix="enc.rnn.")) == list(t.state_dict(prefix="enc.rnn."))
+        assert list(m.state_dict(keep_vars=True)) == list(t.state_dict(keep_vars=True))
+        into = {"other": 1}
+        assert m.state_dict(destination=into, prefix="p.") is into
+        assert list(into) == list(t.state_dict(destination={"other": 1}, prefix="p."))
+        for prefix in ("", "rnn"):
+            assert ([k for k, _ in m.named_parameters(prefix=prefix, recurse=False)]
+                    == [k for k, _ in t.named_parameters(prefix=prefix, recurse=False)])
+        assert len(list(m.parameters(recurse=False))) == len(list(t.parameters(recurse=False)))
+        source = cls.from_torch(t)
+        m.load_state_dict({k: v + 1 for k, v in source.state_dict().items()}, assign=True)
+        for name, value in source.state_dict().items():
+            np.testing.assert_array_equal(m.state_dict()[name], value + 1)
+    assert fastlstm.LSTM(3, 4).mode == torch.nn.LSTM(3, 4).mode == "LSTM"
 
 
 @pytest.mark.parametrize("cfg", REPR_CONFIGS[:3], ids=repr)
