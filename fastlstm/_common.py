@@ -119,3 +119,51 @@ def freeze(array: np.ndarray) -> np.ndarray:
     """Mark an array owned by a module as read-only and return it."""
     array.flags.writeable = False
     return array
+
+
+def _dtype_like(obj: Any) -> bool:
+    """Whether a positional argument of ``to`` names a dtype (else a device)."""
+    if isinstance(obj, (np.dtype, type)):
+        return True
+    if type(obj).__name__ == "dtype" and type(obj).__module__ == "torch":
+        return True
+    if isinstance(obj, str):
+        try:
+            np.dtype(obj)
+        except TypeError:
+            return False
+        return True
+    return False
+
+
+def to_arguments(args: Any, kwargs: Any) -> Any:
+    """``(device, dtype)`` from the arguments of torch's ``to`` in any of its forms:
+    ``to(device=None, dtype=None, non_blocking=False)``, ``to(dtype, non_blocking=False)``
+    and ``to(tensor, non_blocking=False)`` (the tensor's or array's dtype and device).
+    ``memory_format`` is accepted; ``copy`` is refused with torch's error."""
+    unknown = sorted(set(kwargs) - {"device", "dtype", "non_blocking", "memory_format"})
+    if "copy" in kwargs:
+        raise RuntimeError(".to() does not accept copy argument")  # torch's words
+    if unknown:
+        raise TypeError(f"to() got an unexpected keyword argument '{unknown[0]}'")
+    device, dtype = kwargs.get("device"), kwargs.get("dtype")
+    rest = list(args)
+    if rest:
+        first = rest.pop(0)
+        if isinstance(first, np.ndarray) or is_torch_tensor(first):
+            dtype, device = first.dtype, getattr(first, "device", None)
+        elif _dtype_like(first):
+            dtype = first
+        else:
+            device = first
+            if rest and not isinstance(rest[0], bool):
+                dtype = rest.pop(0)
+    if rest and isinstance(rest[0], bool):
+        rest.pop(0)  # non_blocking
+        if rest and isinstance(rest[0], bool):
+            raise RuntimeError(".to() does not accept copy argument")
+    if rest:
+        raise TypeError(f"to() received an invalid combination of arguments: got "
+                        f"{len(args)} positional arguments, expected a device, a dtype "
+                        "or a tensor, then non_blocking")
+    return device, dtype

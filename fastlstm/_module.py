@@ -35,8 +35,8 @@ from fastlstm._common import (
     cpu_only_error,
     dtype_name,
     freeze,
-    is_torch_tensor,
     resolve_dtype,
+    to_arguments,
     to_numpy,
 )
 from fastlstm._errors import StateDictError
@@ -379,21 +379,6 @@ def zero_state_skips(layers: List[_PackedLayer]) -> bool:
     recurrent product: ``W_hh @ 0`` is zero only for finite ``W_hh`` (a NaN or
     infinity times zero is NaN, which torch's product carries into the output)."""
     return all(w.recurrent_finite for w in layers)
-
-
-def _dtype_like(obj: Any) -> bool:
-    """Whether a positional argument of ``to`` names a dtype (else a device)."""
-    if isinstance(obj, (np.dtype, type)):
-        return True
-    if type(obj).__name__ == "dtype" and type(obj).__module__ == "torch":
-        return True
-    if isinstance(obj, str):
-        try:
-            np.dtype(obj)
-        except TypeError:
-            return False
-        return True
-    return False
 
 
 class _Module:
@@ -1105,31 +1090,7 @@ class _Module:
         >>> rnn.to(np.zeros(2, np.float32)).dtype     # the dtype of an array or tensor
         dtype('float32')
         """
-        unknown = sorted(set(kwargs) - {"device", "dtype", "non_blocking", "memory_format"})
-        if "copy" in kwargs:
-            raise RuntimeError(".to() does not accept copy argument")  # torch's words
-        if unknown:
-            raise TypeError(f"to() got an unexpected keyword argument '{unknown[0]}'")
-        device, dtype = kwargs.get("device"), kwargs.get("dtype")
-        rest = list(args)
-        if rest:
-            first = rest.pop(0)
-            if isinstance(first, np.ndarray) or is_torch_tensor(first):
-                dtype, device = first.dtype, getattr(first, "device", None)
-            elif _dtype_like(first):
-                dtype = first
-            else:
-                device = first
-                if rest and not isinstance(rest[0], bool):
-                    dtype = rest.pop(0)
-        if rest and isinstance(rest[0], bool):
-            rest.pop(0)  # non_blocking
-            if rest and isinstance(rest[0], bool):
-                raise RuntimeError(".to() does not accept copy argument")
-        if rest:
-            raise TypeError(f"to() received an invalid combination of arguments: got "
-                            f"{len(args)} positional arguments, expected a device, a dtype "
-                            "or a tensor, then non_blocking")
+        device, dtype = to_arguments(args, kwargs)
         check_device(device)
         return self._cast(dtype) if dtype is not None else self
 

@@ -48,7 +48,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
-from fastlstm._common import is_torch_tensor
+from fastlstm._common import check_device, is_torch_tensor, to_arguments
 
 __all__ = [
     "PackedSequence",
@@ -270,6 +270,90 @@ sorted_indices=array([2, 0, 1]), unsorted_indices=array([1, 2, 0]))
         return super().__new__(cls, _as_array(data),
                                _as_index_array(batch_sizes, "batch_sizes"),
                                sorted_arr, unsorted_arr)
+
+    def to(self, *args: Any, **kwargs: Any) -> PackedSequence:
+        """``data`` cast to a dtype, as torch's ``PackedSequence.to``, in its forms
+        (``to(dtype)``, ``to(device, dtype)``, ``to(tensor)``, keywords); the indices stay
+        int64.  The device must be the CPU.
+
+        Returns
+        -------
+        PackedSequence
+            self when ``data`` has that dtype already, else a new one.
+
+        Raises
+        ------
+        ValueError
+            Any device other than the CPU.
+        TypeError
+            A dtype that NumPy has not (``torch.bfloat16``), or arguments in no form of
+            ``to``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastlstm.rnn import pack_sequence
+        >>> packed = pack_sequence([np.ones((2, 3), np.float32), np.ones((1, 3), np.float32)])
+        >>> packed.to("cpu", np.float64).data.dtype, packed.cpu() is packed
+        (dtype('float64'), True)
+        """
+        device, dtype = to_arguments(args, kwargs)
+        check_device(device)
+        if dtype is None:
+            return self
+        try:
+            target = np.dtype(str(dtype).replace("torch.", "") if "torch" in str(dtype)
+                              else dtype)
+        except TypeError:
+            raise TypeError(f"PackedSequence.to: no NumPy dtype for {dtype!r}") from None
+        if target == self.data.dtype:
+            return self
+        return self._replace(data=self.data.astype(target))
+
+    def cpu(self) -> PackedSequence:
+        """Return self: the data is on the CPU already."""
+        return self
+
+    @property
+    def is_cuda(self) -> bool:
+        """False: the data is a NumPy array."""
+        return False
+
+    def is_pinned(self) -> bool:
+        """False: NumPy arrays are not in pinned memory."""
+        return False
+
+    def double(self) -> PackedSequence:
+        """``to(float64)``."""
+        return self.to(np.float64)
+
+    def half(self) -> PackedSequence:
+        """``to(float16)``."""
+        return self.to(np.float16)
+
+    def long(self) -> PackedSequence:
+        """``to(int64)``."""
+        return self.to(np.int64)
+
+    def short(self) -> PackedSequence:
+        """``to(int16)``."""
+        return self.to(np.int16)
+
+    def char(self) -> PackedSequence:
+        """``to(int8)``."""
+        return self.to(np.int8)
+
+    def byte(self) -> PackedSequence:
+        """``to(uint8)``."""
+        return self.to(np.uint8)
+
+    def float(self) -> PackedSequence:  # after the annotations that name the builtin
+        """``to(float32)``."""
+        return self.to(np.float32)
+
+    def int(self) -> PackedSequence:
+        """``to(int32)``."""
+        return self.to(np.int32)
 
 
 def invert_permutation(permutation: Optional[ArrayLike]) -> Optional[np.ndarray]:

@@ -95,6 +95,28 @@ def test_pack_padded_sequence_matches_torch(torch, rng, trailing, batch_first, e
                                                       enforce_sorted), ref)
 
 
+def test_packed_sequence_methods_match_torch(torch, rng):
+    seqs = [rng.standard_normal((n, 3)).astype(np.float32) for n in (4, 2, 3)]
+    ours = rnn.pack_sequence(seqs, enforce_sorted=False)
+    theirs = torch.nn.utils.rnn.pack_sequence([torch.from_numpy(s) for s in seqs],
+                                              enforce_sorted=False)
+    for name in ("double", "float", "half", "long", "int", "short", "char", "byte", "cpu"):
+        got, want = getattr(ours, name)(), getattr(theirs, name)()
+        assert str(got.data.dtype) == str(want.data.dtype).replace("torch.", ""), name
+        np.testing.assert_array_equal(got.data, want.data.numpy())
+        np.testing.assert_array_equal(got.unsorted_indices, want.unsorted_indices.numpy())
+    for args, kwargs in (((torch.float64,), {}), (("cpu", np.float64), {}),
+                         ((), {"dtype": torch.float64, "device": "cpu"}),
+                         ((torch.zeros(1, dtype=torch.float64),), {})):
+        assert ours.to(*args, **kwargs).data.dtype == np.float64
+    assert ours.to("cpu") is ours and ours.to(np.float32) is ours and ours.cpu() is ours
+    assert ours.is_cuda is False and ours.is_pinned() is False
+    with pytest.raises(ValueError, match="CPU only"):
+        ours.to("cuda")
+    with pytest.raises(TypeError, match="no NumPy dtype"):
+        ours.to(torch.bfloat16)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.int64, np.int32, np.float16, np.bool_])
 def test_pack_padded_sequence_keeps_dtype(torch, rng, dtype):
     lengths = np.array([4, 3, 1])
