@@ -127,8 +127,19 @@ class LSTMCell(_Module):
                            self._hidden_size, self._dtype, self.__dict__.get("_weight_dtype"))]
 
     def extra_repr(self) -> str:
-        """The arguments that :func:`repr` shows between the parentheses, as torch's
-        ``extra_repr``: the sizes, then the arguments that differ from their defaults."""
+        """The arguments that ``repr`` shows between the parentheses, as torch's
+        ``extra_repr``: the sizes, then the arguments that differ from their defaults.
+
+        Returns
+        -------
+        str
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> fastlstm.LSTMCell(8, 16, bias=False).extra_repr()
+        '8, 16, bias=False'
+        """
         s = f"{self._input_size}, {self._hidden_size}"
         if not self._bias:
             s += ", bias=False"

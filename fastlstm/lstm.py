@@ -245,8 +245,19 @@ class LSTM(_Module):
                            self._num_directions == 2, self._proj_size)
 
     def extra_repr(self) -> str:
-        """The arguments that :func:`repr` shows between the parentheses, as torch's
-        ``extra_repr``: the sizes, then the arguments that differ from their defaults."""
+        """The arguments that ``repr`` shows between the parentheses, as torch's
+        ``extra_repr``: the sizes, then the arguments that differ from their defaults.
+
+        Returns
+        -------
+        str
+
+        Examples
+        --------
+        >>> import fastlstm
+        >>> fastlstm.LSTM(8, 16, num_layers=2, batch_first=True).extra_repr()
+        '8, 16, num_layers=2, batch_first=True'
+        """
         s = f"{self._input_size}, {self._hidden_size}"
         if self._proj_size != 0:
             s += f", proj_size={self._proj_size}"

@@ -311,48 +311,177 @@ sorted_indices=array([2, 0, 1]), unsorted_indices=array([1, 2, 0]))
         return self._replace(data=self.data.astype(target))
 
     def cpu(self) -> PackedSequence:
-        """Return self: the data is on the CPU already."""
+        """Return self: the data is on the CPU already, as torch's ``cpu()`` there.
+
+        Returns
+        -------
+        PackedSequence
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastlstm.rnn import pack_sequence
+        >>> packed = pack_sequence([np.ones((2, 3))])
+        >>> packed.cpu() is packed
+        True
+        """
         return self
 
     @property
     def is_cuda(self) -> bool:
-        """False: the data is a NumPy array."""
+        """False: the data is a NumPy array in main memory.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastlstm.rnn import pack_sequence
+        >>> pack_sequence([np.ones((2, 3))]).is_cuda
+        False
+        """
         return False
 
     def is_pinned(self) -> bool:
-        """False: NumPy arrays are not in pinned memory."""
+        """False: NumPy arrays are not in pinned memory.
+
+        Returns
+        -------
+        bool
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastlstm.rnn import pack_sequence
+        >>> pack_sequence([np.ones((2, 3))]).is_pinned()
+        False
+        """
         return False
 
     def double(self) -> PackedSequence:
-        """``to(float64)``."""
+        """``data`` as float64, as torch's ``PackedSequence.double()``.
+
+        Returns
+        -------
+        PackedSequence
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastlstm.rnn import pack_sequence
+        >>> pack_sequence([np.ones((2, 3))]).double().data.dtype
+        dtype('float64')
+        """
         return self.to(np.float64)
 
     def half(self) -> PackedSequence:
-        """``to(float16)``."""
+        """``data`` as float16, as torch's ``PackedSequence.half()``.
+
+        Returns
+        -------
+        PackedSequence
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastlstm.rnn import pack_sequence
+        >>> pack_sequence([np.ones((2, 3))]).half().data.dtype
+        dtype('float16')
+        """
         return self.to(np.float16)
 
     def long(self) -> PackedSequence:
-        """``to(int64)``."""
+        """``data`` as int64, as torch's ``PackedSequence.long()``.
+
+        Returns
+        -------
+        PackedSequence
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastlstm.rnn import pack_sequence
+        >>> pack_sequence([np.ones((2, 3))]).long().data.dtype
+        dtype('int64')
+        """
         return self.to(np.int64)
 
     def short(self) -> PackedSequence:
-        """``to(int16)``."""
+        """``data`` as int16, as torch's ``PackedSequence.short()``.
+
+        Returns
+        -------
+        PackedSequence
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastlstm.rnn import pack_sequence
+        >>> pack_sequence([np.ones((2, 3))]).short().data.dtype
+        dtype('int16')
+        """
         return self.to(np.int16)
 
     def char(self) -> PackedSequence:
-        """``to(int8)``."""
+        """``data`` as int8, as torch's ``PackedSequence.char()``.
+
+        Returns
+        -------
+        PackedSequence
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastlstm.rnn import pack_sequence
+        >>> pack_sequence([np.ones((2, 3))]).char().data.dtype
+        dtype('int8')
+        """
         return self.to(np.int8)
 
     def byte(self) -> PackedSequence:
-        """``to(uint8)``."""
+        """``data`` as uint8, as torch's ``PackedSequence.byte()``.
+
+        Returns
+        -------
+        PackedSequence
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastlstm.rnn import pack_sequence
+        >>> pack_sequence([np.ones((2, 3))]).byte().data.dtype
+        dtype('uint8')
+        """
         return self.to(np.uint8)
 
     def float(self) -> PackedSequence:  # after the annotations that name the builtin
-        """``to(float32)``."""
+        """``data`` as float32, as torch's ``PackedSequence.float()``.
+
+        Returns
+        -------
+        PackedSequence
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastlstm.rnn import pack_sequence
+        >>> pack_sequence([np.ones((2, 3))]).float().data.dtype
+        dtype('float32')
+        """
         return self.to(np.float32)
 
     def int(self) -> PackedSequence:
-        """``to(int32)``."""
+        """``data`` as int32, as torch's ``PackedSequence.int()``.
+
+        Returns
+        -------
+        PackedSequence
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastlstm.rnn import pack_sequence
+        >>> pack_sequence([np.ones((2, 3))]).int().data.dtype
+        dtype('int32')
+        """
         return self.to(np.int32)
 
 

@@ -31,7 +31,8 @@ DOCS = ROOT / "docs"
 
 # The modules whose __all__ is public API, and the classes whose public methods are.
 MODULES = (fastlstm, fastlstm.rnn, fastlstm.serialization)
-CLASSES = (fastlstm.LSTM, fastlstm.LSTMCell, fastlstm.Stream, fastlstm.serialization.Inspection)
+CLASSES = (fastlstm.LSTM, fastlstm.LSTMCell, fastlstm.Stream, fastlstm.PackedSequence,
+           fastlstm.serialization.Inspection)
 # Public names without an example of their own: a version string and a constant.
 NO_EXAMPLE = {"fastlstm.__version__", "fastlstm.serialization.FORMATS"}
 
