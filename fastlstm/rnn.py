@@ -205,6 +205,12 @@ class _PackedSequenceFields(NamedTuple):
     unsorted_indices: Optional[np.ndarray]
 
 
+#: torch's dtypes that NumPy has, by name (not bfloat16, which NumPy has only with
+#: ml_dtypes imported).
+_NUMPY_TYPES = frozenset(("float64", "float32", "float16", "int64", "int32", "int16", "int8",
+                          "uint8", "bool", "complex64", "complex128"))
+
+
 class PackedSequence(_PackedSequenceFields):
     """A packed batch of variable-length sequences, as ``torch.nn.utils.rnn.PackedSequence``.
 
@@ -301,9 +307,13 @@ sorted_indices=array([2, 0, 1]), unsorted_indices=array([1, 2, 0]))
         check_device(device)
         if dtype is None:
             return self
+        name = str(dtype)
+        if name.startswith("torch."):  # only torch's types that NumPy has itself
+            if name[6:] not in _NUMPY_TYPES:
+                raise TypeError(f"PackedSequence.to: no NumPy dtype for {dtype!r}")
+            dtype = name[6:]
         try:
-            target = np.dtype(str(dtype).replace("torch.", "") if "torch" in str(dtype)
-                              else dtype)
+            target = np.dtype(dtype)
         except TypeError:
             raise TypeError(f"PackedSequence.to: no NumPy dtype for {dtype!r}") from None
         if target == self.data.dtype:
