@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import copy
 import threading
-from typing import Any, Dict, Optional, Tuple
+import weakref
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 from fastlstm.cell import LSTMCell
 from fastlstm.lstm import LSTM
@@ -24,12 +25,44 @@ _CLASSES: Dict[str, Any] = {}
 _LOCK = threading.Lock()
 
 
-def _fallback_reason(module: Any, tensors: Tuple[Any, ...]) -> Optional[str]:
+#: The constructor arguments a module's forward reads (fastlstm's module is rebuilt when
+#: one changes); those an LSTMCell lacks read as None.
+_CONFIG = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+           "bidirectional", "proj_size")
+
+
+_CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def _parameters(module: Any) -> Optional[List[Any]]:
+    """The parameters torch's forward reads, in order, or None when one of them is not a
+    parameter of its own (pruning, weight norm: torch computes it at each call).  An LSTM
+    or LSTMCell has no submodules: ``_parameters`` holds them all, faster to read than
+    ``parameters()``."""
+    own = module._parameters
+    names = getattr(module, "_flat_weights_names", None)  # LSTM
+    if names is None:  # LSTMCell
+        names = _CELL_WEIGHTS if module.bias else _CELL_WEIGHTS[:2]
+    params = [own.get(name) for name in names]
+    return None if any(p is None for p in params) else params
+
+
+def _fallback_reason(module: Any, tensors: Tuple[Any, ...],
+                     params: Optional[List[Any]]) -> Optional[str]:
     """Why fastlstm cannot serve this call (torch's forward runs then), or None."""
     import torch
 
     if module.training and torch.is_grad_enabled():
         return "training mode with autograd on"
+    if module.training and module.__dict__.get("dropout") and module.num_layers > 1:
+        return "dropout in training mode"
+    if torch.jit.is_tracing():  # a trace would keep fastlstm's output as a constant
+        return "torch.jit tracing"
+    if params is None:
+        return "weights computed from other parameters (pruning, weight norm)"
+    if any(p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64)
+           for p in params):
+        return "weights that are not float32 or float64 on the CPU"
     for t in tensors:
         if not isinstance(t, torch.Tensor):
             continue
@@ -37,30 +70,32 @@ def _fallback_reason(module: Any, tensors: Tuple[Any, ...]) -> Optional[str]:
             return f"a tensor on {t.device}"
         if t.dtype not in (torch.float32, torch.float64):
             return f"a {t.dtype} tensor"
+        if params and t.dtype != params[0].dtype:  # torch's forward raises its error
+            return f"a {t.dtype} tensor with {params[0].dtype} weights"
         if t.requires_grad and torch.is_grad_enabled():
             return "an input that requires grad"
-    if any(p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64)
-           for p in module.parameters()):
-        return "weights that are not float32 or float64 on the CPU"
     if module.__dict__.get("_fastlstm_weight_dtype") is not None and any(
-            p.dtype != torch.float32 for p in module.parameters()):
+            p.dtype != torch.float32 for p in params):
         return "reduced-precision weights of a float64 module (they need float32)"
     return None
 
 
-def _fast_module(module: Any, kind: str) -> Any:
-    """The fastlstm module with ``module``'s current weights, rebuilt when they changed
-    (``load_state_dict``, an optimizer step, ``.double()``: each changes a tensor's
-    version or storage)."""
-    key = tuple((p.data_ptr(), p._version, p.dtype) for p in module.parameters())
+def _fast_module(module: Any, kind: str, params: List[Any]) -> Any:
+    """The fastlstm module with ``module``'s current weights and arguments, rebuilt when
+    they changed (``load_state_dict``, an optimizer step, ``.double()``, a new Parameter:
+    each changes a tensor's version, storage or identity)."""
+    key = (tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in params),
+           tuple(map(module.__dict__.get, _CONFIG)))  # not getattr: torch's raises inside
     cached = module.__dict__.get("_fastlstm_cache")
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    # The references tell a Parameter from a new one made at the address of a freed one.
+    if cached is not None and cached[0] == key and all(
+            ref() is p for ref, p in zip(cached[1], params)):
+        return cached[2]
     fast: Any = (LSTM if kind == "LSTM" else LSTMCell).from_torch(module)
     weight_dtype = module.__dict__.get("_fastlstm_weight_dtype")
     if weight_dtype is not None:
         fast = quantize(fast, weight_dtype)
-    module.__dict__["_fastlstm_cache"] = (key, fast)
+    module.__dict__["_fastlstm_cache"] = (key, [weakref.ref(p) for p in params], fast)
     return fast
 
 
@@ -78,26 +113,42 @@ def _classes() -> Dict[str, Any]:
             def forward(self, input: Any, hx: Any = None) -> Any:
                 data = input.data if isinstance(input, PackedSequence) else input
                 tensors = (data,) + (tuple(hx) if hx else ())
-                if _fallback_reason(self, tensors) is not None:
+                params = _parameters(self)
+                if _fallback_reason(self, tensors, params) is not None:
                     return super().forward(input, hx)
                 with torch.no_grad():
-                    return _fast_module(self, "LSTM")(input, hx)
+                    return _fast_module(self, "LSTM", cast(List[Any], params))(input, hx)
 
             def _get_name(self) -> str:  # the repr of the module it replaces
                 return "LSTM"
+
+            def __getstate__(self) -> Dict[str, Any]:
+                # Without the fastlstm module made from the weights (weak references
+                # among it): a copy or an unpickled model makes its own at its first call.
+                state = dict(super().__getstate__())
+                state.pop("_fastlstm_cache", None)
+                return state
 
         class AcceleratedLSTMCell(torch.nn.LSTMCell):
             """torch.nn.LSTMCell whose forward runs fastlstm (see fastlstm.accelerate)."""
 
             def forward(self, input: Any, hx: Any = None) -> Any:
                 tensors = (input,) + (tuple(hx) if hx else ())
-                if _fallback_reason(self, tensors) is not None:
+                params = _parameters(self)
+                if _fallback_reason(self, tensors, params) is not None:
                     return super().forward(input, hx)
                 with torch.no_grad():
-                    return _fast_module(self, "LSTMCell")(input, hx)
+                    return _fast_module(self, "LSTMCell", cast(List[Any], params))(input, hx)
 
             def _get_name(self) -> str:
                 return "LSTMCell"
+
+            def __getstate__(self) -> Dict[str, Any]:
+                # Without the fastlstm module made from the weights (weak references
+                # among it): a copy or an unpickled model makes its own at its first call.
+                state = dict(super().__getstate__())
+                state.pop("_fastlstm_cache", None)
+                return state
 
         for cls in (AcceleratedLSTM, AcceleratedLSTMCell):
             # Importable by name (see __getattr__): models holding them pickle.

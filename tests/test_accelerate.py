@@ -164,7 +164,7 @@ def test_reduced_precision_weights(torch):
             got = fast(src)[1]
             err = float((got - want).abs().max() / want.abs().max())
             assert 0 < err < tol, (weight_dtype, err)
-            assert fast.encoder.__dict__["_fastlstm_cache"][1].weight_dtype == weight_dtype
+            assert fast.encoder.__dict__["_fastlstm_cache"][-1].weight_dtype == weight_dtype
     with pytest.raises(ValueError, match="weight_dtype must be None, 'bfloat16' or 'int8'"):
         fastlstm.accelerate(model, weight_dtype="int4")
 
@@ -181,7 +181,7 @@ def test_reduced_precision_float64_models_run_torchs_forward(torch):
         with torch.no_grad():
             got = fast(x.float())[0]
             want = model(x)[0].float()
-        assert fast.__dict__["_fastlstm_cache"][1].weight_dtype == weight_dtype
+        assert fast.__dict__["_fastlstm_cache"][-1].weight_dtype == weight_dtype
         assert 0 < float((got - want).abs().max()) < 5e-2
 
 
@@ -224,3 +224,65 @@ def test_importing_fastlstm_does_not_import_torch():
     code = ("import sys, fastlstm, fastlstm.accelerate; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_new_parameters_and_arguments_are_seen(torch):
+    gen = torch.Generator().manual_seed(5)
+    model = torch.nn.LSTM(4, 6).eval()
+    fast = fastlstm.accelerate(model)
+    x = torch.randn(3, 2, 4, generator=gen)
+    for _ in range(20):  # a new Parameter often lands at a freed one's address
+        with torch.no_grad():
+            fast(x)
+        fast.weight_ih_l0 = torch.nn.Parameter(torch.empty(24, 4))
+        fast.weight_ih_l0 = torch.nn.Parameter(torch.randn(24, 4, generator=gen))
+        model.load_state_dict(fast.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x)[0], model(x)[0], rtol=0, atol=1e-5)
+    fast.batch_first = model.batch_first = True  # read by torch at every call
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x)[0], model(x)[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore")  # torch.jit.trace's deprecation and tracer warnings
+def test_what_torchs_forward_serves_instead(torch):
+    x = torch.randn(5, 2, 4, generator=torch.Generator().manual_seed(6))
+    # Dropout in training mode, even without autograd: torch's forward, same random draws.
+    model = torch.nn.LSTM(4, 6, num_layers=2, dropout=0.5).train()
+    fast = fastlstm.accelerate(model)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        want = model(x)[0]
+        torch.manual_seed(1)
+        torch.testing.assert_close(fast(x)[0], want, rtol=0, atol=0)
+    assert "_fastlstm_cache" not in fast.__dict__
+    # Pruned weights (weight_hh_l0 computed from weight_hh_l0_orig and a mask).
+    from torch.nn.utils import prune
+
+    pruned = torch.nn.LSTM(4, 6).eval()
+    prune.l1_unstructured(pruned, "weight_hh_l0", 0.5)
+    with torch.no_grad():
+        want = pruned(x)[0]
+        fastlstm.accelerate(pruned, inplace=True)
+        torch.testing.assert_close(pruned(x)[0], want, rtol=0, atol=0)
+    # A trace records torch's operations, not a constant of fastlstm's output.
+    model = torch.nn.LSTM(4, 6).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(fastlstm.accelerate(model), (x,))
+        torch.testing.assert_close(traced(2 * x)[0], model(2 * x)[0], rtol=0, atol=1e-6)
+    # An input of another dtype than the weights: torch's error.
+    with torch.no_grad(), pytest.raises(ValueError, match="does not match weight dtype"):
+        fastlstm.accelerate(model)(x.double())
+
+
+def test_copies_make_their_own_fastlstm_module(torch):
+    import pickle
+
+    fast = fastlstm.accelerate(torch.nn.LSTM(4, 6).eval())
+    x = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = fast(x)[0]
+        for twin in (pickle.loads(pickle.dumps(fast)), copy.deepcopy(fast)):
+            assert "_fastlstm_cache" not in twin.__dict__
+            torch.testing.assert_close(twin(x)[0], want, rtol=0, atol=0)
+            assert "_fastlstm_cache" in twin.__dict__
