@@ -34,6 +34,9 @@ __all__ = ["get_blas_sharing", "get_dynamic_threads", "get_num_threads", "set_bl
            "set_dynamic_threads", "set_num_threads"]
 
 _num_threads: Optional[int] = None
+#: The most threads set_num_threads keeps: the kernels count threads in C ints, and
+#: four times 2**29 threads overflowed one.
+_MAX_THREADS = 1 << 16
 
 
 def _read(path: str) -> Optional[str]:
@@ -118,8 +121,9 @@ def default_threads() -> Tuple[int, str]:
         return 1, "a build without OpenMP"
     omp = max(1, omp_max_threads())
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    bounds = [(omp, f"OMP_NUM_THREADS={env}" if env and omp == _omp_at_import
-                    else f"OpenMP's count ({omp})")]
+    first = env.split(",")[0].strip()  # OpenMP reads the first level of a list
+    named = first.isdigit() and int(first) == omp == _omp_at_import  # not a value it refused
+    bounds = [(omp, f"OMP_NUM_THREADS={env}" if named else f"OpenMP's count ({omp})")]
     return min(bounds + _bounds, key=lambda b: b[0])
 
 
@@ -146,7 +150,9 @@ def set_num_threads(n: Optional[int]) -> None:
     ----------
     n : int or None
         A positive number of threads, or None to return to the default
-        (``OMP_NUM_THREADS`` if set, else the number of usable cores).
+        (``OMP_NUM_THREADS`` if set, else the number of usable cores).  A number
+        past 65,536 counts as 65,536 (a call runs at most as many threads as it
+        has usable CPUs in any case).
 
     Raises
     ------
@@ -169,11 +175,11 @@ def set_num_threads(n: Optional[int]) -> None:
             raise TypeError(f"set_num_threads expects an int or None, got {type(n).__name__}")
         if n < 1:
             raise ValueError(f"the number of threads must be at least 1, got {n}")
-    _num_threads = n
+    _num_threads = None if n is None else min(n, _MAX_THREADS)
     if n is None:
         _bounds = _container_bounds()  # read again: the affinity or quota may have changed
     # The compiled call path reads its own copy, without Python.
-    kernels.set_call_threads(min(n, 1 << 16) if n is not None else 0, _cap())
+    kernels.set_call_threads(_num_threads or 0, _cap())
 
 
 def get_num_threads() -> int:

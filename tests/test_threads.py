@@ -102,6 +102,51 @@ def test_omp_num_threads_is_honoured():
     assert res.stdout.split() == [default, "5" if OPENMP else "1", default]
 
 
+def test_a_huge_thread_count_is_held_to_65536_and_calls_stay_fast():
+    x = np.ones((5, 2, 4), np.float32)
+    module = fastlstm.LSTM(4, 8, rng=0)
+    want = module(x)
+    try:
+        for n in (2**29, 2**31, 2**70):  # 4 * 2**29 overflowed a C int in the schedule
+            fastlstm.set_num_threads(n)
+            assert fastlstm.get_num_threads() == (1 << 16 if OPENMP else 1)
+            start = time.perf_counter()
+            got = module(x)
+            assert time.perf_counter() - start < 5  # took 10 s and more
+            np.testing.assert_array_equal(got[0], want[0])
+    finally:
+        fastlstm.set_num_threads(None)
+
+
+def _in_a_process(env, code):
+    res = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
+                         capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert res.returncode == 0, res.stderr
+    return res
+
+
+def test_level_variables_any_case_and_bad_ones_ignored_with_a_warning():
+    code = ("from fastlstm._ext import kernels; "
+            "print(kernels.simd_level(), kernels.bf16_level(), kernels.int8_level())")
+    best = _in_a_process({}, code).stdout.split()
+    res = _in_a_process({"FASTLSTM_SIMD": " Portable ", "FASTLSTM_BF16": "PORTABLE",
+                         "FASTLSTM_INT8": "portable"}, code)
+    assert res.stdout.split() == ["portable"] * 3 and not res.stderr
+    res = _in_a_process({"FASTLSTM_SIMD": "bogus", "FASTLSTM_INT8": "amx-int9"}, code)
+    assert res.stdout.split() == best
+    assert "FASTLSTM_SIMD='bogus' is ignored: unknown SIMD level" in res.stderr
+    assert "FASTLSTM_INT8='amx-int9' is ignored" in res.stderr
+
+
+@pytest.mark.skipif(not OPENMP, reason="fastlstm was built without OpenMP")
+def test_the_bound_names_omp_num_threads_only_when_openmp_took_it():
+    code = "import fastlstm; print(fastlstm.show_config(as_dict=True)['num_threads_bound'])"
+    for value in ("abc", "0", "-1"):  # refused by OpenMP, which takes its own count
+        assert "OMP_NUM_THREADS" not in _in_a_process({"OMP_NUM_THREADS": value}, code).stdout
+    assert "OMP_NUM_THREADS=1" in _in_a_process({"OMP_NUM_THREADS": "1"}, code).stdout
+
+
 # --------------------------------------------------- thread-count invariance
 @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
 @pytest.mark.parametrize("batch_first", [False, True])

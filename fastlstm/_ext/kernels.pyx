@@ -32,6 +32,7 @@ single-threaded (the caller pins it): all threads are OpenMP threads, so
 ``set_num_threads`` is the one knob and nothing oversubscribes.
 """
 import os
+import warnings
 
 from cython cimport floating
 from cython.parallel cimport parallel
@@ -288,8 +289,20 @@ def _set_panel_strips_for_tests(bint on):
     return previous
 
 
-if os.environ.get("FASTLSTM_SIMD"):
-    set_simd_level(os.environ["FASTLSTM_SIMD"])
+def _level_from_environment(variable, setter):
+    """The level the environment variable names (any case, spaces around), if set.  One
+    this build or CPU has not is ignored with a RuntimeWarning: importing fastlstm must
+    not fail on a machine the setting was not made for."""
+    value = os.environ.get(variable, "").strip().lower()
+    if value:
+        try:
+            setter(value)
+        except ValueError as exc:
+            warnings.warn(f"{variable}={os.environ[variable]!r} is ignored: {exc}",
+                          RuntimeWarning, stacklevel=2)
+
+
+_level_from_environment("FASTLSTM_SIMD", set_simd_level)
 
 
 cdef int _busy_threads = 0  # threads of the layers running now, in every Python thread
@@ -378,8 +391,7 @@ def bf16_levels():
     return list(_BF16_LEVELS[:_bf16_detected + 1])
 
 
-if os.environ.get("FASTLSTM_BF16"):
-    set_bf16_level(os.environ["FASTLSTM_BF16"])
+_level_from_environment("FASTLSTM_BF16", set_bf16_level)
 
 
 # Indexed by the int8.h level numbers; _I8_AVAILABLE lists what this CPU runs, in the
@@ -426,8 +438,7 @@ def int8_levels():
     return list(_I8_AVAILABLE)
 
 
-if os.environ.get("FASTLSTM_INT8"):
-    set_int8_level(os.environ["FASTLSTM_INT8"])
+_level_from_environment("FASTLSTM_INT8", set_int8_level)
 
 
 # ------------------------------------------------------------------ kernels
@@ -1810,7 +1821,7 @@ cdef Sched _schedule(const Geometry *g, bint packed, int threads, const Tuning_t
     threads asked for, the tuning and the SIMD level: the one place they are made."""
     cdef Sched sc
     cdef bint one_step = g.seq_len == 1 and not packed
-    sc.threads = 1 if fl_forked_serial else max(1, threads)
+    sc.threads = 1 if fl_forked_serial else max(1, min(threads, 1 << 16))  # no overflow below
     if one_step:
         sc.threads = _step_threads(g, sc.threads, tu)
     sc.n_chunks = _chunks(g, sc.threads, tu)
