@@ -79,6 +79,14 @@ def no_openvino(monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
 
 
+def test_no_openvino_leaves_it_out_of_precision(torch, tiny_cases, monkeypatch):
+    monkeypatch.setattr(precision, "import_openvino", lambda: pytest.fail("imported"))
+    monkeypatch.setattr(precision, "CASES", precision.CASES[:1])
+    result = measure_precision(torch, blocks=1, budget=0.01, threads=1, openvino=False)
+    assert OPENVINO not in result["variants"]
+    assert result["openvino_note"] == "disabled by --no-openvino"
+
+
 def test_measure_precision_tiny(torch, tiny_cases, no_openvino, threads_kept):
     state = torch.random.get_rng_state()
     result = measure_precision(torch, blocks=2, budget=0.02, threads=1)

@@ -130,3 +130,64 @@ def test_inspect_escapes_key_names_that_would_act_on_the_terminal(tmp_path, caps
     assert main(["inspect", "--json", str(path)]) == 0  # JSON escapes them itself
     found = json.loads(capsys.readouterr().out)
     assert evil in found["tensors"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--threads", "100000"], "argument --threads: expected at most 256 threads"),
+    (["--contention", "--repeat", "5"], "--repeat is for the case grid, not for --contention"),
+    (["--seq2seq", "--pause", "0"], "--pause is for the case grid, not for --seq2seq"),
+    (["--throughput", "--peak-size", "0"], "--peak-size is for the case grid"),
+    (["--precision", "--no-onnx"], "--no-onnx is for the case grid, not for --precision"),
+    (["--seq2seq", "--no-streams"], "--no-streams is for the case grid"),
+    (["--contention", "--no-openvino"], "--no-openvino is for the case grid and --precision"),
+    (["--contention", "--budget", "3"], "--budget is not for --contention"),
+    (["--json", ""], "--json needs a path"),
+    (["--json", "/proc/fastlstm-bench.json"], "/proc/fastlstm-bench.json: No such file"),
+    (["--json", "{tmp}/same", "--markdown", "{tmp}/same"],
+     "--json and --markdown name the same file"),
+])
+def test_bench_options_that_would_do_nothing_or_fail_late_are_refused(argv, words, tmp_path,
+                                                                      capsys):
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    assert main(["bench", *argv]) == 2  # at once: no case has run
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fastlstm bench: error:") and words in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_writes_through_links_and_refuses_special_files(tmp_path, capsys):
+    import os
+
+    source = tmp_path / "m.safetensors"
+    fastlstm.LSTM(3, 4, rng=0).save(source)
+    (tmp_path / "target.npz").write_bytes(b"")
+    os.symlink("target.npz", tmp_path / "link.npz")
+    assert main(["convert", str(source), str(tmp_path / "link.npz")]) == 0
+    assert os.path.islink(tmp_path / "link.npz")
+    assert set(fastlstm.load(tmp_path / "target.npz")) == set(fastlstm.load(source))
+    os.mkfifo(tmp_path / "fifo.npz")
+    assert main(["convert", str(source), str(tmp_path / "fifo.npz")]) == 1
+    assert "not a regular file" in capsys.readouterr().err
+    assert not os.path.isfile(tmp_path / "fifo.npz")  # still the FIFO
+    assert main(["convert", str(source), "/proc/fastlstm-out.npz"]) == 1
+    err = capsys.readouterr().err
+    assert "directory does not exist" not in err and "No such file" in err
+
+
+def test_a_closed_pipe_and_the_traceback_switch(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run(f"'{sys.executable}' -m fastlstm bench --list | head -1",
+                          shell=True, capture_output=True, text=True, env=env, timeout=120,
+                          executable="/bin/bash")
+    assert proc.stdout.count("\n") == 1 and proc.stderr == ""
+    # Only FASTLSTM_TRACEBACK=1 shows an unexpected error's traceback.
+    code = ("import fastlstm.cli as c; c.build_parser = lambda only=None: 1 / 0; "
+            "raise SystemExit(c.main(['info']))")
+    for value, traceback in (("0", False), ("", False), ("1", True)):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=dict(env, FASTLSTM_TRACEBACK=value), timeout=120)
+        assert proc.returncode == 1 and ("Traceback" in proc.stderr) == traceback, value

@@ -72,7 +72,7 @@ from fastlstm._bench.report import (
 from fastlstm._bench.streams import measure_stream_scaling, scaling_line
 from fastlstm._bench.timing import PEAK_REPS, PEAK_WARMUP, measure_peak, time_interleaved
 from fastlstm._ext import kernels
-from fastlstm.cli import CLIError
+from fastlstm.cli import CLIError, file_error
 
 __all__ = ["DESCRIPTION", "EPILOG", "TOLERANCE", "add_arguments", "measure_memory", "run",
            "run_case"]
@@ -127,6 +127,15 @@ def _number(convert: Callable[[str], Any], low: float, low_allowed: bool,
 
 
 _positive_int = _number(int, 0, False, "a positive integer")
+#: The most --threads: torch.set_num_threads(40000) crashed the process.
+MAX_THREADS = 256
+
+
+def _thread_count(text: str) -> int:
+    n = int(_positive_int(text))
+    if n > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_THREADS} threads, got {text!r}")
+    return n
 _non_negative_int = _number(int, 0, True, "an integer >= 0")
 _positive_float = _number(float, 0.0, False, "a positive number")
 _non_negative_float = _number(float, 0.0, True, "a number >= 0")
@@ -175,7 +184,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pick.add_argument("--list", action="store_true", help="list the cases and exit")
 
     timing = parser.add_argument_group("timing")
-    timing.add_argument("--threads", type=_positive_int, metavar="N",
+    timing.add_argument("--threads", type=_thread_count, metavar="N",
                         help="threads for every library (default: fastlstm's default, "
                              f"now {fastlstm.get_num_threads()})")
     timing.add_argument("--budget", type=_positive_float, metavar="SECONDS",
@@ -186,10 +195,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--blocks", type=_positive_int, metavar="B",
                         help="alternating blocks per case (default 5; fewer for slow cases; "
                              "--throughput: rounds, default 3)")
-    timing.add_argument("--pause", type=_non_negative_float, default=0.025, metavar="SECONDS",
+    timing.add_argument("--pause", type=_non_negative_float, metavar="SECONDS",
                         help="sleep after each block, then until the process is idle "
                              "(default 0.025; 0: no pause)")
-    timing.add_argument("--peak-size", type=_non_negative_int, default=2048, metavar="N",
+    timing.add_argument("--peak-size", type=_non_negative_int, metavar="N",
                         help="size of the GEMM measuring the peak (default 2048; 0: skip)")
     timing.add_argument("--no-onnx", action="store_true",
                         help="leave ONNX Runtime out even if it is installed")
@@ -640,13 +649,42 @@ def _print_list() -> int:
 
 
 def _check_output_path(option: str, path: Optional[str]) -> None:
+    """Refuse, before a run of minutes, an output that could not be written after it."""
     if path is None:
         return
+    if not path:
+        raise CLIError(f"fastlstm bench: error: {option} needs a path", 2)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise CLIError(f"fastlstm bench: error: {option} {path}: no such directory {parent}", 2)
     if os.path.isdir(path):
         raise CLIError(f"fastlstm bench: error: {option} {path}: is a directory", 2)
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise CLIError(f"fastlstm bench: error: {option} {path}: not a regular file", 2)
+    existed = os.path.exists(path)
+    try:  # opened for appending: an existing file is left as it is
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise CLIError(file_error("bench", path, exc, output=True), 2) from None
+    if not existed:
+        os.remove(path)
+
+
+def _check_outputs(*paths: Optional[str]) -> None:
+    """``_check_output_path`` of each of --json, --markdown and --plot given, and no two
+    of them the same file."""
+    named = [(option, path) for option, path in zip(("--json", "--markdown", "--plot"), paths)
+             if path is not None]
+    for option, path in named:
+        _check_output_path(option, path)
+    seen: Dict[str, str] = {}
+    for option, path in named:
+        real = os.path.realpath(path)
+        if real in seen:
+            raise CLIError(f"fastlstm bench: error: {seen[real]} and {option} name the same "
+                           f"file {path}", 2)
+        seen[real] = option
 
 
 def _import_torch() -> Any:
@@ -683,11 +721,12 @@ def _optional_torch() -> Any:
     return torch
 
 
-#: Options of the case grid, refused with --contention, --seq2seq and --precision (they
-#: would do nothing).
+#: Options of the case grid, refused with the other modes (they would do nothing; None and
+#: False: not given).
 _GRID_OPTIONS = (("cases", "--cases"), ("shape", "--shape"), ("full", "--full"),
                  ("memory", "--memory"), ("markdown", "--markdown"), ("plot", "--plot"),
-                 ("streams", "--streams"))
+                 ("repeat", "--repeat"), ("pause", "--pause"), ("peak_size", "--peak-size"),
+                 ("no_onnx", "--no-onnx"))
 #: Options of one mode (attribute, option, mode, default), refused without that mode.
 _MODE_OPTIONS = (("neighbours", "--neighbours", "contention", 1),
                  ("contention_seconds", "--contention-seconds", "contention", 0.5),
@@ -712,11 +751,21 @@ def _run_modes(args: argparse.Namespace) -> int:
     """``--contention``, ``--seq2seq`` and/or ``--precision``: their tables, and the JSON
     with ``--json``."""
     mode = " and ".join(f"--{m}" for m in _MODES if getattr(args, m))
-    for attr, option in _GRID_OPTIONS:
-        if getattr(args, attr) not in (None, False):
-            raise CLIError(f"fastlstm bench: error: {option} is for the case grid, not for "
-                           f"{mode}", 2)
-    _check_output_path("--json", args.json)
+    given = [option for attr, option in _GRID_OPTIONS  # 0 given is given: not "in (None, False)"
+             if getattr(args, attr) is not None and getattr(args, attr) is not False]
+    if args.streams is not None:  # --streams and --no-streams alike
+        given.append("--streams" if args.streams else "--no-streams")
+    if given:
+        raise CLIError(f"fastlstm bench: error: {given[0]} is for the case grid, not for "
+                       f"{mode}", 2)
+    if args.no_openvino and not args.precision:
+        raise CLIError("fastlstm bench: error: --no-openvino is for the case grid and "
+                       f"--precision, not for {mode}", 2)
+    if args.contention and not (args.seq2seq or args.precision or args.throughput) and \
+            args.throughput_budget is not None:
+        raise CLIError("fastlstm bench: error: --budget is not for --contention (its blocks "
+                       "last --contention-seconds)", 2)
+    _check_outputs(args.json)
     # The seq2seq, precision and throughput models are torch's; --contention measures fastlstm alone
     # without torch.
     torch = (_import_torch() if args.seq2seq or args.precision or args.throughput
@@ -754,7 +803,8 @@ def _run_modes(args: argparse.Namespace) -> int:
     if args.precision:
         found = _precision.measure_precision(
             torch, cases=args.precision_cases, blocks=args.blocks, seed=args.seed,
-            threads=threads, budget=args.budget, on_progress=progress.show)
+            threads=threads, budget=args.budget, on_progress=progress.show,
+            openvino=not args.no_openvino)
         progress.clear()
         if args.contention or args.seq2seq:
             print()
@@ -821,8 +871,9 @@ def run(args: argparse.Namespace) -> int:
     args.blocks = 5 if args.blocks is None else args.blocks
     if any(getattr(args, m) for m in _MODES):
         return _run_modes(args)
-    for option in ("json", "markdown", "plot"):
-        _check_output_path(f"--{option}", getattr(args, option))
+    _check_outputs(args.json, args.markdown, args.plot)
+    args.pause = 0.025 if args.pause is None else args.pause
+    args.peak_size = 2048 if args.peak_size is None else args.peak_size
     if args.plot and not matplotlib_available():
         raise CLIError("fastlstm bench: error: --plot needs matplotlib, which is not installed "
                        "(pip install matplotlib)", 2)

@@ -406,8 +406,8 @@ def _target_dict(variant: str, against: str, bound: float) -> Dict[str, Any]:
 
 def measure_precision(torch: Any, *, cases: Optional[Sequence[str]] = None, blocks: int = 5,
                       seed: int = 0, threads: Optional[int] = None, budget: float = 2.0,
-                      on_progress: Optional[Callable[[float, str], None]] = None
-                      ) -> Dict[str, Any]:
+                      on_progress: Optional[Callable[[float, str], None]] = None,
+                      openvino: bool = True) -> Dict[str, Any]:
     """Time reduced-precision variants of each case beside float32 and the peers.
 
     Parameters
@@ -427,6 +427,8 @@ def measure_precision(torch: Any, *, cases: Optional[Sequence[str]] = None, bloc
         once per block).
     on_progress : callable, optional
         Called as ``on_progress(fraction_done, stage)``.
+    openvino : bool, default=True
+        False leaves OpenVINO out even where it is installed (``--no-openvino``).
 
     Returns
     -------
@@ -458,15 +460,15 @@ def measure_precision(torch: Any, *, cases: Optional[Sequence[str]] = None, bloc
     chosen = select_cases(cases)
     progress = on_progress or (lambda frac, stage: None)
     threads = threads or fastlstm.get_num_threads()
-    openvino, openvino_note = import_openvino()
-    variants = list(VARIANTS) + ([OPENVINO] if openvino is not None else [])
+    ov, openvino_note = import_openvino() if openvino else (None, "disabled by --no-openvino")
+    variants = list(VARIANTS) + ([OPENVINO] if ov is not None else [])
     targets = targets_for(kernels.bf16_level())
     result: Dict[str, Any] = {
         "threads": threads, "blocks": blocks, "seed": seed, "budget_s": budget,
         "bf16_level": kernels.bf16_level(), "bf16_levels": list(kernels.bf16_levels()),
         "int8_level": kernels.int8_level(), "int8_levels": list(kernels.int8_levels()),
         "torch": torch.__version__,
-        "openvino": getattr(openvino, "__version__", None) if openvino is not None else None,
+        "openvino": getattr(ov, "__version__", None) if ov is not None else None,
         "openvino_note": openvino_note, "variants": variants, "tolerance": dict(TOLERANCE),
         "targets": {name: _target_dict(*case_targets[0])
                     for name, case_targets in targets.items()},
@@ -485,7 +487,7 @@ def measure_precision(torch: Any, *, cases: Optional[Sequence[str]] = None, bloc
                          f"precision {k + 1}/{len(chosen)} {case.name}: {stage}")
 
             record = _measure_case(case, torch, variants, blocks=blocks, seed=seed,
-                                   threads=threads, budget=budget, openvino=openvino,
+                                   threads=threads, budget=budget, openvino=ov,
                                    targets=targets, progress=case_progress)
             result["cases"].append(record)
             result["failed"] += [f"{case.name}: {name}" for name in record["failed"]]

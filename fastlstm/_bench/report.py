@@ -355,10 +355,11 @@ class Progress:
 
 # ------------------------------------------------------------------- files
 def write_json(path: str, report: Dict[str, Any]) -> None:
-    """Write the whole report as JSON."""
+    """Write the whole report as JSON (made first: a report that cannot be serialized
+    leaves no partial file)."""
+    text = json.dumps(report, indent=2, default=str) + "\n"
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, default=str)
-        f.write("\n")
+        f.write(text)
 
 
 def _md_escape(text: str) -> str:

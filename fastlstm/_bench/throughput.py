@@ -50,7 +50,9 @@ import importlib
 import logging
 import math
 import os
+import signal
 import statistics
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -208,6 +210,11 @@ class _Dask:
         try:
             # Any free port for the scheduler's HTTP server: 8787 may be another cluster's.
             saved = dict(os.environ)
+            # The workers start with SIGINT ignored (Python keeps an ignored SIGINT): a
+            # Ctrl-C, which reaches the whole process group, stops the benchmark here with
+            # its one line, not the workers with tracebacks of their own.
+            main = threading.current_thread() is threading.main_thread()
+            handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
             try:
                 self.cluster = distributed.LocalCluster(
                     n_workers=self.workers, threads_per_worker=1, processes=True,
@@ -215,6 +222,8 @@ class _Dask:
             finally:  # the Nanny sets OMP_NUM_THREADS=1 in this process, for good
                 os.environ.clear()
                 os.environ.update(saved)
+                if main:
+                    signal.signal(signal.SIGINT, handler)
             # The default client while it runs: fastlstm.dask sizes its tasks' threads
             # from the default client's workers.
             self.client = distributed.Client(self.cluster)

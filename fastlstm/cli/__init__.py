@@ -39,8 +39,9 @@ def one_line(text: object) -> str:
 
 def file_error(command: str, path: str, exc: BaseException, *, output: bool = False) -> str:
     """The one-line message of a file that could not be read or (``output``) written."""
-    if isinstance(exc, FileNotFoundError):
-        # A file being written is missing only when its folder is.
+    if isinstance(exc, FileNotFoundError) and not (
+            output and os.path.isdir(os.path.dirname(os.path.abspath(path)))):
+        # A file being written is missing when its folder is (not in /proc, say).
         reason = "the output's directory does not exist" if output else "no such file"
     elif isinstance(exc, IsADirectoryError):
         reason = "is a directory"
@@ -157,9 +158,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("fastlstm: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. 'fastlstm bench | head'
+        # What is left in stdout's buffer would fail again when Python flushes it at exit
+        # (exit status 120 and a message): stdout goes to /dev/null instead.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 1
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
-        if os.environ.get("FASTLSTM_TRACEBACK"):
+        if os.environ.get("FASTLSTM_TRACEBACK", "").strip() == "1":
             raise
         print(f"fastlstm: error: {type(exc).__name__}: {one_line(exc)} "
               "(set FASTLSTM_TRACEBACK=1 for the traceback)", file=sys.stderr)

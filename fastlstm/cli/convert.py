@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                                for k, v in selected.items())
     try:
         save(selected, args.output, format=fmt)
-    except (OSError, TypeError) as exc:
+    except (OSError, TypeError, ValueError) as exc:
         raise CLIError(file_error("convert", args.output, exc, output=True), 1) from None
     print(f"wrote {args.output} ({fmt}, {len(selected)} tensors) from {args.input} "
           f"({in_format})")

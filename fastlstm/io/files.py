@@ -396,7 +396,8 @@ def save(
         Non-string keys, or arrays of a dtype the format cannot hold (object,
         strings, dates, structured, float128; safetensors: also complex128).
     ValueError
-        An unknown format or extension, a safetensors key ``"__metadata__"``
+        An unknown format or extension, a path that exists and is not a regular
+        file (a FIFO, a device), a safetensors key ``"__metadata__"``
         (the format's own), or ``bfloat16`` values that are not bfloat16's.
 
     Examples
@@ -427,8 +428,15 @@ def save(
     if hasattr(path, "write"):
         write(path)  # type: ignore[arg-type]
         return
-    target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
+    # Through a symbolic link to the file it names, as open() writes; anything but a
+    # regular file (a FIFO, a device) is refused rather than replaced by one.
+    target = os.path.realpath(os.fspath(path))
+    if os.path.isdir(target):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise ValueError(f"cannot save to {os.fspath(path)!r}: it exists and is not a regular "
+                         "file")
+    folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise FileNotFoundError(errno.ENOENT, f"the directory of {target!r} does not exist",
                                 folder)
