@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from fastlstm import _threads
-from fastlstm._common import input_array, to_numpy
+from fastlstm._common import input_array
 from fastlstm._ext import kernels
 from fastlstm._module import MAX_ROWS, aligned_empty
 from fastlstm.cell import LSTMCell
@@ -73,9 +73,15 @@ class Stream:
         else:
             raise TypeError(f"Stream expects a fastlstm.LSTM or LSTMCell, got "
                             f"{type(module).__name__}")
-        if batch_size is not None and (isinstance(batch_size, bool)
-                                       or not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        if batch_size is not None:
+            if isinstance(batch_size, (bool, np.bool_)) or not isinstance(
+                    batch_size, (int, np.integer)):
+                raise TypeError(f"batch_size must be a positive int or None, got "
+                                f"{batch_size!r}")
+            batch_size = int(batch_size)
+            if batch_size < 1:
+                raise ValueError(f"batch_size must be a positive int or None, got "
+                                 f"{batch_size!r}")
         if batch_size is not None and batch_size > MAX_ROWS:
             # The kernels index rows with 32-bit ints, as for LSTM's L * N rows.
             raise ValueError(f"batch_size {batch_size} is too large: at most {MAX_ROWS} "
@@ -126,7 +132,8 @@ class Stream:
         Raises
         ------
         ValueError
-            If the shapes are not those of :attr:`h` and :attr:`c`.
+            If the shapes are not those of :attr:`h` and :attr:`c`, or the values not
+            floating point; the state is left as it was.
 
         Examples
         --------
@@ -142,16 +149,28 @@ class Stream:
         >>> stream.h.shape, stream.c.shape
         ((2, 3, 8), (2, 3, 8))
         """
+        self._plan()  # the state in the module's dtype now, if it was cast since a step
         if hx is None:
             self._h.fill(0)
             self._c.fill(0)
             return
-        h, c = (to_numpy(v) for v in hx)
+        h, c = (input_array(v, "Stream.reset") for v in hx)
         if h.shape != self.h.shape or c.shape != self.c.shape:
             raise ValueError(f"Stream.reset: expected h of shape {self.h.shape} and c of shape "
                              f"{self.c.shape}, got {h.shape} and {c.shape}")
+        if h.dtype.kind != "f" or c.dtype.kind != "f":
+            raise ValueError(f"Stream.reset: states must be floating point, got {h.dtype} and "
+                             f"{c.dtype}")
+        # Both converted before either is written: a failure leaves the state as it was.
+        h, c = h.astype(self._h.dtype, copy=False), c.astype(self._c.dtype, copy=False)
         self.h[...] = h
         self.c[...] = c
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Without the kernels' binding of the buffers: a copy binds its own at its next step.
+        state = dict(self.__dict__)
+        state["_step_plan"] = state["_plan_layers"] = None
+        return state
 
     def step(self, x: Any) -> np.ndarray:
         """Advance every stream by one frame and return the last layer's output.

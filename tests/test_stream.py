@@ -142,6 +142,55 @@ def test_errors():
         stream.step(np.zeros((2, 3), np.int64))
     with pytest.raises(ValueError, match="Stream.reset"):
         stream.reset((np.zeros((1, 2, 4)), np.zeros((2, 4))))
+    for bad in ("2", 2.0, True):
+        with pytest.raises(TypeError, match="batch_size"):
+            fastlstm.Stream(fastlstm.LSTM(3, 4), bad)
+    assert fastlstm.Stream(fastlstm.LSTM(3, 4), np.int64(2)).h.shape == (1, 2, 4)
+
+
+def test_a_refused_reset_leaves_the_state_as_it_was():
+    stream = fastlstm.Stream(fastlstm.LSTM(3, 4, rng=0), 2)
+    stream.step(np.ones((2, 3), np.float32))
+    h, c = stream.h.copy(), stream.c.copy()
+    good = np.full((1, 2, 4), 7.0)
+    for bad in (np.full((1, 2, 4), "x"), np.full((1, 2, 4), None), np.full((1, 2, 4), 1 + 2j),
+                np.zeros((1, 2, 4), np.int64)):
+        with pytest.raises(ValueError, match="Stream.reset"):
+            stream.reset((good, bad))
+        np.testing.assert_array_equal(stream.h, h)
+        np.testing.assert_array_equal(stream.c, c)
+
+
+def test_a_reset_after_a_cast_keeps_the_new_precision():
+    module = fastlstm.LSTM(3, 4, rng=0)
+    stream = fastlstm.Stream(module, 2)
+    stream.step(np.ones((2, 3), np.float32))
+    module.double()
+    rng = np.random.default_rng(1)
+    hx = tuple(rng.standard_normal((1, 2, 4)) for _ in range(2))
+    stream.reset(hx)  # before any step in float64
+    assert stream.h.dtype == np.float64
+    np.testing.assert_array_equal(stream.h, hx[0])
+    x = rng.standard_normal((2, 3))
+    want = module(x[None], hx)[0][0]
+    np.testing.assert_array_equal(stream.step(x), want)
+
+
+def test_a_stream_that_stepped_pickles_and_copies():
+    import copy
+    import pickle
+
+    stream = fastlstm.Stream(fastlstm.LSTM(3, 4, num_layers=2, rng=0), 2)
+    x = np.random.default_rng(2).standard_normal((3, 2, 3)).astype(np.float32)
+    stream.step(x[0])
+    for twin in (pickle.loads(pickle.dumps(stream)), copy.deepcopy(stream)):
+        np.testing.assert_array_equal(twin.h, stream.h)
+        got = [twin.step(frame).copy() for frame in x[1:]]
+        assert twin.h is not stream.h
+        mirror = copy.deepcopy(stream)
+        np.testing.assert_array_equal(got, [mirror.step(frame).copy() for frame in x[1:]])
+    want = [stream.step(frame).copy() for frame in x[1:]]
+    np.testing.assert_array_equal(got, want)
 
 
 def test_streams_on_several_python_threads_match_one_by_one():
