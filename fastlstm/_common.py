@@ -105,7 +105,11 @@ def input_array(obj: Any, who: str) -> np.ndarray:
     reported as a wrong number of dimensions.  Arrays and tensors of any dtype pass:
     their dtype is checked against the weights' later, with torch's message.
     """
-    x = to_numpy(obj)
+    try:
+        x = to_numpy(obj)
+    except ValueError as exc:  # a ragged nested list: numpy's words, and whose input it was
+        raise ValueError(f"{who}: input must be a rectangular array of numbers: "
+                         f"{str(exc).splitlines()[0]}") from None
     if x.dtype.kind not in "fiub" and type(obj) is not np.ndarray and not is_torch_tensor(obj):
         what = type(obj).__name__
         if x.ndim:

@@ -27,6 +27,8 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator, List, Mapping, Optional, Tuple
 
+import numpy as np
+
 from fastlstm._ext import kernels
 from fastlstm._ext.openmp import omp_max_threads, openmp_enabled
 
@@ -157,7 +159,7 @@ def set_num_threads(n: Optional[int]) -> None:
     Raises
     ------
     TypeError
-        If ``n`` is not an int or None.
+        If ``n`` is not an int (a NumPy integer too) or None.
     ValueError
         If ``n`` is smaller than 1.
 
@@ -171,8 +173,10 @@ def set_num_threads(n: Optional[int]) -> None:
     """
     global _num_threads, _bounds
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int):
+        # NumPy integers as torch.set_num_threads takes them; bools are not counts.
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
             raise TypeError(f"set_num_threads expects an int or None, got {type(n).__name__}")
+        n = int(n)
         if n < 1:
             raise ValueError(f"the number of threads must be at least 1, got {n}")
     _num_threads = None if n is None else min(n, _MAX_THREADS)

@@ -142,6 +142,8 @@ def test_errors():
         stream.step(np.zeros((2, 3), np.int64))
     with pytest.raises(ValueError, match="Stream.reset"):
         stream.reset((np.zeros((1, 2, 4)), np.zeros((2, 4))))
+    with pytest.raises(ValueError, match="Stream.step: input must be a rectangular array"):
+        stream.step([[1.0] * 3, [1.0] * 2])  # ragged
     for bad in ("2", 2.0, True):
         with pytest.raises(TypeError, match="batch_size"):
             fastlstm.Stream(fastlstm.LSTM(3, 4), bad)

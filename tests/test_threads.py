@@ -79,7 +79,15 @@ def test_set_num_threads_rejects_non_positive(bad):
     assert fastlstm.get_num_threads() == before
 
 
-@pytest.mark.parametrize("bad", [2.5, 2.0, "2", True, False, [2]])
+def test_set_num_threads_takes_numpy_integers():
+    try:
+        fastlstm.set_num_threads(np.int64(1))
+        assert fastlstm.get_num_threads() == 1 and type(fastlstm._threads._num_threads) is int
+    finally:
+        fastlstm.set_num_threads(None)
+
+
+@pytest.mark.parametrize("bad", [2.5, 2.0, "2", True, False, [2], np.bool_(True), np.float64(2)])
 def test_set_num_threads_rejects_non_int(bad):
     before = fastlstm.get_num_threads()
     with pytest.raises(TypeError):
