@@ -99,6 +99,16 @@ def _fast_module(module: Any, kind: str, params: List[Any]) -> Any:
     return fast
 
 
+class _WithoutCache:
+    """Pickled and copied without the fastlstm module made from the weights (weak
+    references among it): a copy makes its own at its first call."""
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(super().__getstate__())  # type: ignore[misc]
+        state.pop("_fastlstm_cache", None)
+        return state
+
+
 def _classes() -> Dict[str, Any]:
     """The accelerated subclasses of torch's LSTM and LSTMCell, made once."""
     with _LOCK:
@@ -107,7 +117,7 @@ def _classes() -> Dict[str, Any]:
         import torch
         from torch.nn.utils.rnn import PackedSequence
 
-        class AcceleratedLSTM(torch.nn.LSTM):
+        class AcceleratedLSTM(_WithoutCache, torch.nn.LSTM):
             """torch.nn.LSTM whose forward runs fastlstm (see fastlstm.accelerate)."""
 
             def forward(self, input: Any, hx: Any = None) -> Any:
@@ -122,14 +132,7 @@ def _classes() -> Dict[str, Any]:
             def _get_name(self) -> str:  # the repr of the module it replaces
                 return "LSTM"
 
-            def __getstate__(self) -> Dict[str, Any]:
-                # Without the fastlstm module made from the weights (weak references
-                # among it): a copy or an unpickled model makes its own at its first call.
-                state = dict(super().__getstate__())
-                state.pop("_fastlstm_cache", None)
-                return state
-
-        class AcceleratedLSTMCell(torch.nn.LSTMCell):
+        class AcceleratedLSTMCell(_WithoutCache, torch.nn.LSTMCell):
             """torch.nn.LSTMCell whose forward runs fastlstm (see fastlstm.accelerate)."""
 
             def forward(self, input: Any, hx: Any = None) -> Any:
@@ -142,13 +145,6 @@ def _classes() -> Dict[str, Any]:
 
             def _get_name(self) -> str:
                 return "LSTMCell"
-
-            def __getstate__(self) -> Dict[str, Any]:
-                # Without the fastlstm module made from the weights (weak references
-                # among it): a copy or an unpickled model makes its own at its first call.
-                state = dict(super().__getstate__())
-                state.pop("_fastlstm_cache", None)
-                return state
 
         for cls in (AcceleratedLSTM, AcceleratedLSTMCell):
             # Importable by name (see __getattr__): models holding them pickle.

@@ -1688,29 +1688,24 @@ cdef class Tuning:
                self.t.long_chunk_rows) < 1:
             raise ValueError("Tuning: sizes must be positive")
 
+    def keywords(self):
+        """The keyword arguments that make this Tuning again."""
+        names = {-1: False, 0: None, 1: True}
+        return {"l2_bytes": self.t.l2_bytes, "serial_bytes": self.t.serial_bytes,
+                "gate_buffer_bytes": self.t.gate_buffer_bytes,
+                "min_chunk_rows": self.t.min_chunk_rows,
+                "long_chunk_rows": self.t.long_chunk_rows, "split": names[self.t.split],
+                "dirs_in_turn": names[self.t.in_turn], "step_counters": names[self.t.sync],
+                "blas_min_rows": None if self.t.blas_min_rows < 0 else self.t.blas_min_rows,
+                "fit_cpus": bool(self.t.team_flags & FL_FIT_CPUS),
+                "dynamic": bool(self.t.team_flags & FL_DYNAMIC)}
+
     def __reduce__(self):
         # By keywords: a module run under a Tuning is copied and pickled with it.
-        names = {-1: False, 0: None, 1: True}
-        return (_tuning_from, ({
-            "l2_bytes": self.t.l2_bytes, "serial_bytes": self.t.serial_bytes,
-            "gate_buffer_bytes": self.t.gate_buffer_bytes,
-            "min_chunk_rows": self.t.min_chunk_rows, "long_chunk_rows": self.t.long_chunk_rows,
-            "split": names[self.t.split], "dirs_in_turn": names[self.t.in_turn],
-            "step_counters": names[self.t.sync],
-            "blas_min_rows": None if self.t.blas_min_rows < 0 else self.t.blas_min_rows,
-            "fit_cpus": bool(self.t.team_flags & FL_FIT_CPUS),
-            "dynamic": bool(self.t.team_flags & FL_DYNAMIC)},))
+        return (_tuning_from, (self.keywords(),))
 
     def __repr__(self):
-        names = {-1: False, 0: None, 1: True}
-        return (f"Tuning(l2_bytes={self.t.l2_bytes}, serial_bytes={self.t.serial_bytes}, "
-                f"gate_buffer_bytes={self.t.gate_buffer_bytes}, "
-                f"min_chunk_rows={self.t.min_chunk_rows}, "
-                f"long_chunk_rows={self.t.long_chunk_rows}, split={names[self.t.split]}, "
-                f"dirs_in_turn={names[self.t.in_turn]}, step_counters={names[self.t.sync]}, "
-                f"blas_min_rows={None if self.t.blas_min_rows < 0 else self.t.blas_min_rows}, "
-                f"fit_cpus={bool(self.t.team_flags & FL_FIT_CPUS)}, "
-                f"dynamic={bool(self.t.team_flags & FL_DYNAMIC)})")
+        return "Tuning(" + ", ".join(f"{k}={v!r}" for k, v in self.keywords().items()) + ")"
 
 
 def _tuning_from(kwargs):
