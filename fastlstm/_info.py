@@ -66,7 +66,7 @@ def show_config(as_dict: bool = False) -> Optional[Dict[str, Any]]:
         CPU supports; ``bf16`` and ``bf16_available``, the same for the
         products with bfloat16 weights (``fastlstm.quantize``: the float32
         levels, "avx512-bf16", "amx-bf16"); ``int8`` and ``int8_available``, the same
-        for int8 weights (the float32 levels, "avx512-vnni", "amx-int8"); ``openmp``,
+        for int8 weights (the float32 levels, "avx-vnni", "avx512-vnni", "amx-int8"); ``openmp``,
         whether the build has OpenMP;
         ``num_threads``; ``num_threads_bound``, what set it
         (``set_num_threads``, ``OMP_NUM_THREADS``, the cores, the CPU affinity

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from typing import (
     IO,
@@ -591,8 +592,8 @@ class _Module:
         """
         yield from self._params.values()
 
-    def state_dict(self, *, destination: Optional[Dict[str, Any]] = None, prefix: str = "",
-                   keep_vars: bool = False) -> "OrderedDict[str, np.ndarray]":
+    def state_dict(self, *args: Any, destination: Optional[Dict[str, Any]] = None,
+                   prefix: str = "", keep_vars: bool = False) -> "OrderedDict[str, np.ndarray]":
         """Return a copy of the parameters keyed by torch's names, in torch's order.
 
         Parameters
@@ -603,6 +604,9 @@ class _Module:
             Put before every key (``"rnn."`` gives ``"rnn.weight_ih_l0"``).
         keep_vars : bool, default=False
             torch's argument, accepted: arrays carry no autograd graph to keep.
+        *args
+            ``destination, prefix, keep_vars`` given by position, as torch still
+            takes them, with its ``FutureWarning``.
 
         Returns
         -------
@@ -623,6 +627,21 @@ class _Module:
         {'weight_ih_l0': (32, 4), 'weight_hh_l0': (32, 2), 'bias_ih_l0': (32,), \
 'bias_hh_l0': (32,), 'weight_hr_l0': (2, 8)}
         """
+        if args:
+            if len(args) > 3:
+                raise TypeError(f"state_dict() takes at most 3 positional arguments "
+                                f"({len(args)} given)")
+            # torch's deprecation of the positional form, in its words
+            warnings.warn(
+                "Positional args are being deprecated, use kwargs instead. Refer to "
+                "https://pytorch.org/docs/main/generated/torch.nn.Module.html"
+                "#torch.nn.Module.state_dict for details.", FutureWarning, stacklevel=2)
+            if destination is None:
+                destination = args[0]
+            if len(args) > 1 and prefix == "":
+                prefix = args[1]
+            if len(args) > 2 and keep_vars is False:
+                keep_vars = args[2]
         out: Dict[str, Any] = OrderedDict() if destination is None else destination
         for k, v in self._params.items():
             out[prefix + k] = v.copy()

@@ -46,7 +46,7 @@ def test_docs_examples_run(request):
                 _require("distributed")
             saved = dict(os.environ)
             try:
-                exec(compile(block, page.name, "exec"), {})
+                exec(compile(block, page.name, "exec"), {"__name__": "__main__"})
             finally:  # distributed's LocalCluster sets OMP_NUM_THREADS=1 here: put it back
                 os.environ.clear()
                 os.environ.update(saved)

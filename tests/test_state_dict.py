@@ -147,6 +147,21 @@ def test_state_dict_returns_writable_copies():
     _assert_params_equal(_params(m), before)
 
 
+def test_state_dict_positional_arguments_as_torch(torch):
+    # torch still takes destination, prefix, keep_vars by position, with a FutureWarning
+    m = fastlstm.LSTM(3, 4, rng=0)
+    ref = torch.nn.LSTM(3, 4)
+    for args in [({},), ({}, "rnn."), ({}, "rnn.", True)]:
+        with pytest.warns(FutureWarning) as ours:
+            got = m.state_dict(*args)
+        with pytest.warns(FutureWarning) as theirs:
+            want = ref.state_dict(*args)
+        assert str(ours[0].message) == str(theirs[0].message)
+        assert got is args[0] and list(got) == list(want)
+    with pytest.raises(TypeError, match="at most 3 positional"):
+        m.state_dict({}, "", False, 4)
+
+
 def test_missing_parameter_attribute():
     m = fastlstm.LSTM(3, 4, bias=False)
     with pytest.raises(AttributeError):

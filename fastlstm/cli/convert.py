@@ -1,7 +1,7 @@
 """``fastlstm convert IN OUT``: rewrite a weights file as safetensors or .npz.
 
-Reads IN like 'fastlstm inspect' (a PyTorch checkpoint, safetensors or .npz,
-without PyTorch) and writes every tensor to OUT under the same keys, in the
+Reads IN like 'fastlstm inspect' (a PyTorch checkpoint, safetensors, .npz or
+ONNX, without PyTorch) and writes every tensor to OUT under the same keys, in the
 format of OUT's extension (.safetensors or .npz) or --format.  bfloat16
 tensors are written as float32; other dtypes are kept unless --dtype is given.
 """

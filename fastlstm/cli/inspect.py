@@ -1,10 +1,11 @@
 """``fastlstm inspect FILE``: the LSTMs and LSTMCells in a weights file.
 
 Reads a PyTorch checkpoint (torch.save, zip or legacy format), a safetensors
-file or an .npz archive without PyTorch and without running anything from
-the file, and lists every LSTM and LSTMCell in it -- its prefix, the
-configuration inferred from its keys and shapes, and the line of Python that
-builds it -- then every other tensor with its dtype and shape.
+file, an .npz archive or an ONNX model (with the onnx package) without
+PyTorch and without running anything from the file, and lists every LSTM
+and LSTMCell in it -- its prefix, the configuration inferred from its keys
+and shapes, and the line of Python that builds it -- then every other tensor
+with its dtype and shape.
 """
 
 from __future__ import annotations

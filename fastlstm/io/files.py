@@ -289,7 +289,7 @@ def load(source: Source) -> Dict[str, np.ndarray]:
         torch's layout, under a prefix made from the node's name (nodes that
         ``torch.onnx.export`` chained from one multi-layer LSTM make one
         module), then its other initializers under their own names
-        (docs/interop_onnx.md).
+        (docs/interop.md).
 
     Raises
     ------
@@ -386,7 +386,8 @@ def save(
     -----
     safetensors files written here load with the ``safetensors`` package
     (``safetensors.torch.load_file`` gives tensors for ``torch_module.
-    load_state_dict``; ``safetensors.numpy.load_file`` gives arrays), and
+    load_state_dict``; ``safetensors.numpy.load_file`` gives arrays, but
+    cannot read the BF16 tensors that ``bfloat16=`` writes), and
     ``.npz`` files with ``numpy.load``.  torch tensors are saved as their
     values; bfloat16 tensors become float32.
 
