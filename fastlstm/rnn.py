@@ -83,6 +83,7 @@ _C_TYPE_NAMES = {
     "uint8": "uint8_t", "int8": "int8_t", "int16": "int16_t", "int32": "int",
     "int64": "int64_t", "uint16": "uint16_t", "uint32": "uint32_t", "uint64": "uint64_t",
     "float16": "c10::Half", "float32": "float", "float64": "double",
+    "complex64": "c10::complex<float>", "complex128": "c10::complex<double>",
 }
 
 
@@ -122,7 +123,8 @@ def _as_lengths(lengths: ArrayLike) -> np.ndarray:
     if isinstance(lengths, (list, tuple)) and any(_outside_int64(item) for item in lengths):
         raise ValueError(_INT64_OVERFLOW)  # before NumPy makes floats of them
     arr = _as_array(lengths)
-    if arr.dtype.kind == "f" and not np.all((arr > -2.0**63) & (arr < 2.0**63)):  # NaN too
+    wide = arr.astype(np.float64) if arr.dtype.kind == "f" else arr  # float16 can't hold 2**63
+    if arr.dtype.kind == "f" and not np.all((wide > -2.0**63) & (wide < 2.0**63)):  # NaN too
         raise RuntimeError("value cannot be converted to type int64 without overflow")
     if arr.dtype.kind == "u" and arr.size and arr.max() >= 2**63:
         raise ValueError(_INT64_OVERFLOW)
@@ -164,6 +166,14 @@ def _scalar_arg(value: Any, fn: str, name: str, position: int, kind: str) -> Any
     return complex(cast(complex, value))
 
 
+def _bool_arg(value: Any, fn: str, position: int) -> bool:
+    """``batch_first`` checked as torch's argument parser does (a bool, nothing else)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}(): argument 'batch_first' (position {position}) must be bool, "
+                        f"not {_type_name(value)}")
+    return value
+
+
 def _fill_value(value: Any, dtype: np.dtype) -> Any:
     """``value`` converted to ``dtype`` as torch's ``at::full`` does: floats truncate into
     integers; a value out of the type's range raises torch's overflow ``RuntimeError``.
@@ -171,7 +181,16 @@ def _fill_value(value: Any, dtype: np.dtype) -> Any:
     A Python int (torch's integral ``Scalar``) may be negative for an unsigned type down to
     minus its maximum, and wraps around, as in torch."""
     dtype = np.dtype(dtype)
-    if dtype.kind in "bcOUSV":
+    if dtype.kind in "bOUSV":
+        return value
+    if dtype.kind == "c":
+        value = complex(value)
+        limit = float(np.finfo(dtype).max)
+        for part in (value.real, value.imag):
+            if math.isfinite(part) and abs(part) > limit:
+                raise RuntimeError(f"value cannot be converted to type "
+                                   f"{_C_TYPE_NAMES.get(dtype.name, dtype.name)} "
+                                   "without overflow")
         return value
     overflow = RuntimeError(f"value cannot be converted to type "
                             f"{_C_TYPE_NAMES.get(dtype.name, dtype.name)} without overflow")
@@ -276,6 +295,27 @@ sorted_indices=array([2, 0, 1]), unsorted_indices=array([1, 2, 0]))
         return super().__new__(cls, _as_array(data),
                                _as_index_array(batch_sizes, "batch_sizes"),
                                sorted_arr, unsorted_arr)
+
+    @classmethod
+    def _make(  # type: ignore[override]  # mypy types a NamedTuple's _make specially
+        cls, iterable: Iterable[Any]
+    ) -> PackedSequence:
+        # namedtuple's _make and _replace skip __new__: convert the fields as it does, but
+        # leave a None unsorted_indices as it is, as torch's _make and _replace do.
+        fields = tuple(iterable)
+        if len(fields) != 4:
+            raise TypeError(f"Expected 4 arguments, got {len(fields)}")
+        data, batch_sizes, sorted_indices, unsorted_indices = fields
+        return tuple.__new__(cls, (
+            _as_array(data), _as_index_array(batch_sizes, "batch_sizes"),
+            None if sorted_indices is None else _as_index_array(sorted_indices,
+                                                                "sorted_indices"),
+            None if unsorted_indices is None else _as_index_array(unsorted_indices,
+                                                                  "unsorted_indices")))
+
+    def __hash__(self) -> int:
+        # torch's is hashable: its tensors hash by identity, and so do the arrays here
+        return hash(tuple(id(field) for field in self))
 
     def to(self, *args: Any, **kwargs: Any) -> PackedSequence:
         """``data`` cast to a dtype, as torch's ``PackedSequence.to``, in its forms
@@ -584,7 +624,7 @@ def from_torch_packed(sequence: Any) -> PackedSequence:
     if not _is_torch_packed(sequence):
         raise TypeError("from_torch_packed expects a torch.nn.utils.rnn.PackedSequence, got "
                         f"{type(sequence).__name__}")
-    return PackedSequence(*sequence)
+    return PackedSequence._make(sequence)  # a None unsorted_indices stays None, as in torch
 
 
 def to_torch_packed(sequence: PackedSequence) -> Any:
@@ -625,8 +665,9 @@ def to_torch_packed(sequence: PackedSequence) -> Any:
         array = np.ascontiguousarray(array)
         return torch.from_numpy(array if array.flags.writeable else array.copy())
 
-    return TorchPackedSequence(tensor(sequence.data), tensor(sequence.batch_sizes),
-                               tensor(sequence.sorted_indices), tensor(sequence.unsorted_indices))
+    return TorchPackedSequence._make((tensor(sequence.data), tensor(sequence.batch_sizes),
+                                      tensor(sequence.sorted_indices),
+                                      tensor(sequence.unsorted_indices)))
 
 
 def _checked_packed(sequence: Any) -> PackedSequence:
@@ -657,7 +698,9 @@ def check_batch_sizes(data: np.ndarray, batch_sizes: np.ndarray) -> None:
     if batch_sizes.ndim != 1:
         raise RuntimeError("'lengths' argument should be a 1D CPU int64 tensor, but got "
                            f"{batch_sizes.ndim}D cpu Long tensor")
-    if batch_sizes.size and (batch_sizes.min() <= 0 or np.any(np.diff(batch_sizes) > 0)):
+    if batch_sizes.size == 0:
+        raise RuntimeError("batch_sizes can not be empty")
+    if batch_sizes.min() <= 0 or np.any(np.diff(batch_sizes) > 0):
         raise ValueError("batch_sizes must be positive and non-increasing, got "
                          f"{batch_sizes.tolist()}")
     total = int(batch_sizes.sum())
@@ -722,7 +765,7 @@ def pack_padded_sequence(
     """
     x = _as_array(input)
     lengths_arr = _as_lengths(lengths)
-    batch_dim = 0 if batch_first else 1
+    batch_dim = 0 if _bool_arg(batch_first, "_pack_padded_sequence", 3) else 1
     sorted_indices = None
     batch = None  # batch size after the sort's gather
     if not enforce_sorted:
@@ -833,6 +876,7 @@ def pad_packed_sequence(
     array([2, 1, 3])
     """
     packed = _checked_packed(sequence)
+    _bool_arg(batch_first, "_pad_packed_sequence", 3)
     batch_sizes = np.asarray(packed.batch_sizes)
     data = _as_array(packed.data)
     max_seq_length = batch_sizes.shape[0] if batch_sizes.ndim else 1
@@ -940,6 +984,7 @@ def pad_sequence(
         raise RuntimeError("pad_sequence: Expected iterable for input sequences, but got arg of "
                            f"type: {type(sequences)}")
     arrays = [_as_array(seq) for seq in sequences]
+    _bool_arg(batch_first, "pad_sequence", 2)
     padding_value = _scalar_arg(padding_value, "pad_sequence", "padding_value", 3, "float")
     if not isinstance(padding_side, str):
         raise TypeError("pad_sequence(): argument 'padding_side' (position 4) must be str, not "

@@ -372,6 +372,77 @@ def test_to_and_from_torch_packed(torch, rng):
     assert converted.sorted_indices is None and converted.unsorted_indices is None
 
 
+def test_a_torch_packed_sequence_without_unsorted_indices_is_taken_as_torch_takes_it(torch,
+                                                                                      rng):
+    # torch's _replace and _make skip its __new__: a None unsorted_indices beside
+    # sorted_indices stays None, and torch leaves results in the sorted order.
+    import fastlstm
+
+    tr = torch.nn.utils.rnn
+    seqs = [torch.from_numpy(rng.standard_normal((n, 3)).astype(np.float32)) for n in (2, 4, 1)]
+    packed = tr.pack_sequence(seqs, enforce_sorted=False)._replace(unsorted_indices=None)
+    assert packed.sorted_indices is not None
+    for batch_first in (False, True):
+        want, want_lengths = tr.pad_packed_sequence(packed, batch_first=batch_first)
+        got, lengths = rnn.pad_packed_sequence(packed, batch_first=batch_first)
+        np.testing.assert_array_equal(got, want.numpy())
+        np.testing.assert_array_equal(lengths, want_lengths.numpy())
+    for ours, theirs in zip(rnn.unpack_sequence(packed), tr.unpack_sequence(packed)):
+        np.testing.assert_array_equal(ours, theirs.numpy())
+    assert rnn.from_torch_packed(packed).unsorted_indices is None
+    assert rnn.to_torch_packed(rnn.from_torch_packed(packed)).unsorted_indices is None
+    ref = torch.nn.LSTM(3, 5)
+    fast = fastlstm.LSTM.from_torch(ref)
+    with torch.no_grad():
+        want_out, (want_h, want_c) = ref(packed)
+    out, (h, c) = fast(packed)
+    assert out.unsorted_indices is not None  # torch's output is made by __new__
+    np.testing.assert_allclose(out.data.numpy(), want_out.data.numpy(), atol=1e-6)
+    np.testing.assert_allclose(h.numpy(), want_h.numpy(), atol=1e-6)
+    np.testing.assert_allclose(c.numpy(), want_c.numpy(), atol=1e-6)
+
+
+def test_replace_and_make_convert_fields_as_the_constructor(torch):
+    import fastlstm
+
+    packed = rnn.pack_sequence([np.ones((2, 3), np.float32), np.ones((3, 3), np.float32)],
+                               enforce_sorted=False)
+    swapped = packed._replace(sorted_indices=[1, 0], unsorted_indices=torch.tensor([1, 0]))
+    for field in swapped[1:]:
+        assert isinstance(field, np.ndarray) and field.dtype == np.int64
+    kept = packed._replace(unsorted_indices=None)
+    assert kept.unsorted_indices is None and kept.sorted_indices is packed.sorted_indices
+    made = rnn.PackedSequence._make([[1.0, 2.0], [1, 1], None, None])
+    assert made.data.dtype == np.float64 and made.batch_sizes.dtype == np.int64
+    with pytest.raises(TypeError, match="Expected 4 arguments, got 3"):
+        rnn.PackedSequence._make([[1.0], [1], None])
+    with pytest.raises(TypeError, match="sorted_indices must hold integers"):
+        packed._replace(sorted_indices=[0.5, 1.5])
+    # the fields reach the module as arrays of int64
+    out, _ = fastlstm.LSTM(3, 4, rng=0)(swapped)
+    assert out.sorted_indices.dtype == np.int64
+    assert swapped.to(np.float64).data.dtype == np.float64
+
+
+def test_packed_sequence_hashes_as_torch_s():
+    packed = rnn.pack_sequence([np.ones(2), np.ones(1)])
+    assert hash(packed) == hash(packed) and packed in {packed}
+    same_fields = rnn.PackedSequence._make(tuple(packed))
+    assert same_fields == packed and hash(same_fields) == hash(packed)
+
+
+def test_float16_lengths_give_no_warning(torch):
+    import warnings
+
+    x = np.ones((4, 3, 2), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = rnn.pack_padded_sequence(x, np.array([4, 2, 1], np.float16))
+        want = torch.nn.utils.rnn.pack_padded_sequence(
+            torch.from_numpy(x), torch.tensor([4, 2, 1], dtype=torch.float16))
+    _assert_packed_equal(got, want)
+
+
 def test_is_packed_sequence(torch):
     ours = rnn.pack_sequence([np.ones(2), np.ones(1)])
     assert rnn.is_packed_sequence(ours)
@@ -471,6 +542,20 @@ def _error_cases(torch):
         ("unpad_sequence", (x, torch.tensor([3, 2, 1, 1])), {}),
         ("unpad_sequence", (x, torch.tensor([3, 2, 1, 1, 1, 1])), {"batch_first": True}),
         ("PackedSequence", (torch.ones(3),), {}),
+        # batch_first must be a bool, as torch's argument parser wants
+        (pack, (x, [3, 2, 1]), {"batch_first": 1}),
+        (pack, (x, [3, 2, 1], None), {}),
+        (ppad, (packed,), {"batch_first": 1}),
+        (ppad, (packed,), {"batch_first": "yes"}),
+        (pseq, ([torch.randn(2)],), {"batch_first": np.bool_(True)}),
+        (pseq, ([torch.randn(2)], 0), {}),
+        # an empty packed batch; a fill value that complex64 cannot hold
+        (ppad, (tr.PackedSequence(torch.zeros(0), torch.zeros(0, dtype=torch.int64)),), {}),
+        ("unpack_sequence", (tr.PackedSequence(torch.zeros(0),
+                                               torch.zeros(0, dtype=torch.int64)),), {}),
+        (pseq, ([torch.ones(2, dtype=torch.complex64)],), {"padding_value": 1e39}),
+        (ppad, (tr.pack_sequence([torch.ones(2, dtype=torch.complex64)]),),
+         {"padding_value": complex(1, 1e39)}),
     ]
 
 
