@@ -24,7 +24,7 @@ class WeightsFormatError(ValueError):
     ...     fastlstm.load(io.BytesIO(b"not a weights file"))
     ... except fastlstm.WeightsFormatError as exc:
     ...     print(exc)
-    not a PyTorch checkpoint, safetensors or .npz file (starts with b'not a we')
+    not a PyTorch checkpoint, safetensors, .npz or ONNX file (starts with b'not a we')
     """
 
 

@@ -470,3 +470,113 @@ def test_a_clear_error_without_onnx(onnx, monkeypatch):
     assert fastlstm.serialization.detect_format(io.BytesIO(data)) == "onnx"
     with pytest.raises(ImportError, match=r'the onnx package: pip install "fastlstm\[onnx\]"'):
         fastlstm.load(io.BytesIO(data))
+
+
+def test_text_in_a_constant_subgraph_is_refused_before_it_is_made(onnx):
+    # NumPy's strings take 4 bytes a character of the longest: a 12 KB file once made 1 GB.
+    helper = onnx.helper
+    long = helper.make_node("Constant", [], ["s"], value_strings=["x" * 3000, ""])
+    cast = [helper.make_node("Cast", ["x0"], ["t"], to=onnx.TensorProto.STRING),
+            helper.make_node("Cast", ["t"], ["W"], to=onnx.TensorProto.FLOAT)]
+    for nodes, extra, who in (
+            ([long, helper.make_node("Cast", ["s"], ["W"], to=onnx.TensorProto.FLOAT)], {},
+             "a Constant node makes strings"),
+            (cast, {"x0": np.ones((1, 8, 3), np.float32)}, "a Cast node makes strings")):
+        model = _simple(onnx, w_from=nodes, extra_initializers=extra)
+        with pytest.raises(WeightsFormatError, match=f"its W .*not a constant: {who}"):
+            _load_bytes(onnx, model)
+
+
+def test_the_node_count_is_bounded_and_nodes_are_not_copied(onnx, monkeypatch):
+    import fastlstm.io.onnx_format as onnx_format
+
+    model = _simple(onnx)
+    for k in range(50):  # empty nodes, 2 bytes each in the file
+        model.graph.node.add()
+    assert len(_load_bytes(onnx, model)) == 4
+    monkeypatch.setattr(onnx_format, "_MAX_NODES", 40)
+    with pytest.raises(WeightsFormatError, match="more than 40 nodes"):
+        _load_bytes(onnx, model)
+    monkeypatch.setattr(onnx_format, "_MAX_NODES", 10**6)
+    monkeypatch.setattr(onnx_format, "_MAX_NODE_INPUTS", 3)
+    nodes = [onnx.helper.make_node("Concat", ["x0"] * 4, ["W"], axis=0)]
+    with pytest.raises(WeightsFormatError, match="has 4 inputs, more than 3"):
+        _load_bytes(onnx, _simple(onnx, w_from=nodes,
+                                  extra_initializers={"x0": np.ones((1, 2, 3), np.float32)}))
+
+
+def test_a_chain_with_a_state_on_some_layers_starts_the_others_from_zeros(onnx):
+    # As torch exports a 2-layer LSTM, but only layer 0 has a constant initial_h (ONNX: the
+    # other starts from zeros).  The reference evaluator of the whole graph is the oracle.
+    rng = np.random.default_rng(5)
+    h, i, n = 3, 2, 4
+    helper = onnx.helper
+    inits = {}
+    for k, size in enumerate((i, h)):
+        w, r, b = _onnx_wrb(_torch_weights(rng, size, h, 1), h)
+        inits.update({f"W{k}": w, f"R{k}": r, f"B{k}": b})
+    h0 = rng.standard_normal((1, n, h)).astype(np.float32)
+    inits.update(H0=h0, ax1=np.array([1], np.int64))
+    nodes = [_lstm_node(onnx, "/rnn/LSTM", ["X", "W0", "R0", "B0", "", "H0"], outputs=["Y0"],
+                        hidden_size=h),
+             helper.make_node("Squeeze", ["Y0", "ax1"], ["S0"]),
+             _lstm_node(onnx, "/rnn/LSTM_1", ["S0", "W1", "R1", "B1"], outputs=["Y1"],
+                        hidden_size=h)]
+    model = _model(onnx, nodes, inits, [_value(onnx, "X", [5, n, i])], [_value(onnx, "Y1")])
+    arrays = _load_bytes(onnx, model)
+    np.testing.assert_array_equal(arrays["rnn.LSTM.h_0"][0], h0[0])
+    np.testing.assert_array_equal(arrays["rnn.LSTM.h_0"][1], 0)
+    assert "rnn.LSTM.c_0" not in arrays
+    x = rng.standard_normal((5, n, i)).astype(np.float32)
+    (want,) = _run_reference(onnx, model, {"X": x})
+    rnn = fastlstm.LSTM.from_state_dict(arrays, prefix="rnn.LSTM.")
+    h_0 = arrays["rnn.LSTM.h_0"]
+    out, _ = rnn(x, (h_0, np.zeros_like(h_0)))
+    assert np.abs(out - want.reshape(5, n, h)).max() < TOL
+
+    # An initial state that is not a constant of the file: said, not silently dropped.
+    model.graph.input.append(_value(onnx, "H1", [1, n, h]))
+    model.graph.node[2].input.extend(["", "H1"])
+    found = fastlstm.inspect(io.BytesIO(model.SerializeToString()))
+    assert any("initial_h that is not a constant" in note for note in found.notes)
+    assert "rnn.LSTM.h_0" not in found.tensors
+
+
+def test_an_initializer_that_other_nodes_use_too_is_kept(onnx):
+    helper = onnx.helper
+    rng = np.random.default_rng(6)
+    w, _, _ = _onnx_wrb(_torch_weights(rng, 3, 2, 1), 2)
+    table = np.concatenate([w, w * 2])  # (2, 8, 3): W is its first row
+    nodes = [helper.make_node("Slice", ["table", "s", "e"], ["W"]),
+             helper.make_node("Gather", ["table", "k"], ["other"])]
+    model = _simple(onnx, w_from=nodes, extra_initializers={
+        "table": table, "s": np.array([0], np.int64), "e": np.array([1], np.int64),
+        "k": np.array(1, np.int64)})
+    model.graph.input.pop()  # w_from's graph input G is not needed here
+    arrays = _load_bytes(onnx, model)
+    np.testing.assert_array_equal(arrays["table"], table)
+    assert "s" not in arrays and "e" not in arrays  # only the weight's subgraph reads them
+
+
+def test_names_defined_twice_and_attributes_given_twice_are_refused(onnx):
+    model = _simple(onnx)
+    duplicate = model.graph.initializer.add()
+    duplicate.CopyFrom(model.graph.initializer[0])  # a second 'W'
+    with pytest.raises(WeightsFormatError, match="defines 'W' more than once"):
+        _load_bytes(onnx, model)
+    model = _simple(onnx, w_from=[onnx.helper.make_node("Identity", ["R"], ["W"])])
+    model.graph.input.pop()
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((1, 8, 3),
+                                                                         np.float32), "W"))
+    with pytest.raises(WeightsFormatError, match="defines 'W' more than once"):
+        _load_bytes(onnx, model)
+    model = _simple(onnx, {"direction": "forward"})
+    model.graph.node[-1].attribute.append(onnx.helper.make_attribute("direction", "forward"))
+    with pytest.raises(WeightsFormatError, match="attribute 'direction' twice"):
+        _load_bytes(onnx, model)
+    model = _simple(onnx, {"layout": 0.0})
+    with pytest.raises(WeightsFormatError, match="layout=0.0"):
+        _load_bytes(onnx, model)
+    model = _simple(onnx, None, ("", "", "", "P"), {"P": np.array([[b"", b""]], dtype=object)})
+    with pytest.raises(WeightsFormatError, match="peephole"):
+        _load_bytes(onnx, model)

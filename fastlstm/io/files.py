@@ -186,7 +186,7 @@ def _sniff(opened: OpenedSource) -> Tuple[str, Any]:
         raise WeightsFormatError("a single .npy array, not a state dict: save a dict of arrays "
                                  "with numpy.savez (.npz)")
     raise WeightsFormatError(
-        f"not a PyTorch checkpoint, safetensors or .npz file (starts with {head[:8]!r})")
+        f"not a PyTorch checkpoint, safetensors, .npz or ONNX file (starts with {head[:8]!r})")
 
 
 def detect_format(source: Source) -> str:

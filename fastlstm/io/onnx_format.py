@@ -60,6 +60,10 @@ _EXPANSION = 16
 _EXPANSION_FLOOR = 1 << 26
 #: Nodes of constant subgraphs run per file (~0.2 ms each): exporters use a handful a weight.
 _MAX_CONSTANT_NODES = 10_000
+#: Nodes in all the graphs of a file, and inputs of a node run: far past any exporter's
+#: (a large transformer has ~10^5 nodes); each node costs ~0.3 us per walk of the graph.
+_MAX_NODES = 1_000_000
+_MAX_NODE_INPUTS = 10_000
 #: Characters of a node name kept in a prefix; shown in a message.
 _MAX_PREFIX = 128
 _MAX_SHOWN = 80
@@ -143,18 +147,24 @@ def _graphs(model: Any) -> Iterator[Any]:
     stack = [model.graph] if model.HasField("graph") else []
     for info in model.training_info:
         stack.extend(g for g in (info.initialization, info.algorithm))
-    nodes = [node for function in model.functions for node in function.node]
-    while stack or nodes:
+    # Node lists are walked, never copied: a file of millions of empty nodes must not cost
+    # a Python object for each (protobuf's own parse of them is ~80 bytes a file byte).
+    node_lists = [function.node for function in model.functions]
+    count = sum(len(nodes) for nodes in node_lists)
+    while stack or node_lists:
         if stack:
             graph = stack.pop()
             yield graph
-            nodes.extend(graph.node)
+            node_lists.append(graph.node)
+            count += len(graph.node)
         else:
-            node = nodes.pop()
-            for attribute in node.attribute:
-                if attribute.HasField("g"):
-                    stack.append(attribute.g)
-                stack.extend(attribute.graphs)
+            for node in node_lists.pop():
+                for attribute in node.attribute:
+                    if attribute.HasField("g"):
+                        stack.append(attribute.g)
+                    stack.extend(attribute.graphs)
+        if count > _MAX_NODES:
+            raise WeightsFormatError(f"refused: the model has more than {_MAX_NODES:,} nodes")
 
 
 def _tensors(model: Any) -> Iterator[Tuple[Any, str]]:
@@ -222,20 +232,26 @@ def _copy(array: np.ndarray) -> np.ndarray:
 class _Scope:
     """One graph and the names it defines; subgraphs see the names of their parents."""
 
-    __slots__ = ("graph", "parent", "index", "where", "producers", "initializers", "inputs")
+    __slots__ = ("graph", "parent", "index", "where", "producers", "initializers", "inputs",
+                 "twice")
 
     def __init__(self, graph: Any, parent: Optional["_Scope"], index: int, where: str) -> None:
         self.graph = graph
         self.parent = parent
         self.index = index
         self.where = where  # "" for the main graph, else "in the 'body' of Loop node 'x'"
+        self.twice: Set[str] = set()  # names defined more than once: which one is meant?
         self.producers: Dict[str, Any] = {}
         for node in graph.node:
             for name in node.output:
                 if name:
+                    if name in self.producers:
+                        self.twice.add(name)
                     self.producers.setdefault(name, node)
         self.initializers: Dict[str, Any] = {}
         for tensor in graph.initializer:
+            if tensor.name in self.initializers or tensor.name in self.producers:
+                self.twice.add(tensor.name)
             self.initializers.setdefault(tensor.name, tensor)
         self.inputs = {i.name for i in graph.input} | {
             s.values.name for s in graph.sparse_initializer}
@@ -245,6 +261,9 @@ class _Scope:
         ("input", scope, None); a subgraph's own names hide its parents'."""
         scope: Optional[_Scope] = self
         while scope is not None:
+            if name in scope.twice:
+                raise WeightsFormatError(f"the graph defines {_shown(name)} more than once "
+                                         "(ONNX names are unique): corrupt or ambiguous")
             if name in scope.initializers:
                 return "init", scope, scope.initializers[name]
             if name in scope.producers:
@@ -268,6 +287,7 @@ class _Layer(NamedTuple):
     weights: "OrderedDict[str, np.ndarray]"  # "weight_ih", "weight_hh_reverse", ...
     initial_h: Optional[np.ndarray]  # (D, N, H) whatever the layout, if constant
     initial_c: Optional[np.ndarray]
+    states_given: Tuple[bool, bool]  # whether initial_h, initial_c are inputs of the node
 
 
 class _Reader:
@@ -324,7 +344,15 @@ class _Reader:
         if self.nodes_run > _MAX_CONSTANT_NODES:
             raise WeightsFormatError(f"refused: the constant subgraphs of the LSTM weights take "
                                      f"more than {_MAX_CONSTANT_NODES:,} nodes")
-        estimate = 8 * _elements(node, inputs, self.onnx)
+        if len(node.input) > _MAX_NODE_INPUTS:
+            raise WeightsFormatError(f"refused: {_node_text(node)} has {len(node.input):,} "
+                                     f"inputs, more than {_MAX_NODE_INPUTS:,}")
+        if _makes_text(node, inputs, self.onnx):
+            # NumPy's fixed-width strings take 4 bytes a character of the longest one:
+            # no estimate from element counts holds, and a weight is never text.
+            raise _NotConstant(f"{_node_text(node)} makes strings, not numbers")
+        itemsize = max([8] + [a.dtype.itemsize for a in inputs])
+        estimate = itemsize * _elements(node, inputs, self.onnx)
         if estimate > self.budget:
             raise WeightsFormatError(f"refused: {_node_text(node)} would make ~{estimate:,} "
                                      "bytes, past the budget of this file")
@@ -397,7 +425,7 @@ class _Reader:
             raise WeightsFormatError(f"{label} has {len(node.input)} inputs; LSTM has 8")
         if len(node.input) > 7 and node.input[7]:
             peepholes = self.optional(node, scope, 7)
-            if peepholes is None or np.any(peepholes):
+            if peepholes is None or peepholes.dtype.kind != "f" or np.any(peepholes):
                 raise WeightsFormatError(f"{label} has peephole weights P (input 7), which "
                                          "fastlstm (like torch.nn.LSTM) does not implement")
         w = self.weight(label, node, scope, 1, "W")
@@ -427,8 +455,12 @@ class _Reader:
                 weights["bias_ih" + suffix] = _torch_gates(b[d, :4 * h], h)
                 weights["bias_hh" + suffix] = _torch_gates(b[d, 4 * h:], h)
         self.charge(sum(v.nbytes for v in weights.values()), label)
-        states = [self._state(node, scope, label, i, directions, layout, h) for i in (5, 6)]
-        return _Layer(node, scope, label, directions, layout, h, w.shape[2], weights, *states)
+        initial_h, initial_c = (self._state(node, scope, label, i, directions, layout, h)
+                                for i in (5, 6))
+        given = (len(node.input) > 5 and bool(node.input[5]),
+                 len(node.input) > 6 and bool(node.input[6]))
+        return _Layer(node, scope, label, directions, layout, h, w.shape[2], weights, initial_h,
+                      initial_c, given)
 
     def _state(self, node: Any, scope: _Scope, label: str, index: int, directions: int,
                layout: int, h: int) -> Optional[np.ndarray]:
@@ -519,6 +551,22 @@ def _elements(node: Any, inputs: List[np.ndarray], onnx: Any) -> int:
     return sum(a.size for a in inputs)
 
 
+def _makes_text(node: Any, inputs: List[np.ndarray], onnx: Any) -> bool:
+    """Whether a node of a constant subgraph takes or makes string tensors."""
+    if any(a.dtype.kind in "OSU" for a in inputs):
+        return True
+    string = onnx.TensorProto.STRING
+    if node.op_type == "Cast":
+        return _attribute(onnx, node, "to", None) == string
+    if node.op_type == "Constant":
+        for attribute in node.attribute:
+            if attribute.name in ("value_string", "value_strings"):
+                return True
+            if attribute.HasField("t") and attribute.t.data_type == string:
+                return True
+    return False
+
+
 def _attribute(onnx: Any, node: Any, name: str, default: Any) -> Any:
     for attribute in node.attribute:
         if attribute.name == name:
@@ -538,6 +586,8 @@ def _attributes(onnx: Any, node: Any, label: str) -> Tuple[int, int, Optional[in
         if attribute.name not in _KNOWN_ATTRIBUTES:
             raise WeightsFormatError(f"{label} has attribute {_shown(attribute.name)}, which "
                                      "the ONNX LSTM does not define")
+        if attribute.name in values:  # ONNX Runtime refuses such a model too
+            raise WeightsFormatError(f"{label} has attribute {_shown(attribute.name)} twice")
         values[attribute.name] = onnx.helper.get_attribute_value(attribute)
     direction = _text(values.get("direction", b"forward"))
     if direction == "reverse":
@@ -564,7 +614,7 @@ def _attributes(onnx: Any, node: Any, label: str) -> Tuple[int, int, Optional[in
         raise WeightsFormatError(f"{label} has input_forget={values['input_forget']} (coupled "
                                  "input and forget gates), which fastlstm does not implement")
     layout = values.get("layout", 0)
-    if layout not in (0, 1):
+    if not isinstance(layout, int) or layout not in (0, 1):
         raise WeightsFormatError(f"{label} has layout={layout}; ONNX defines 0 and 1")
     hidden = values.get("hidden_size")
     if hidden is not None and (not isinstance(hidden, int) or hidden <= 0):
@@ -591,8 +641,9 @@ def _prefix_base(name: str) -> str:
     return ".".join(part for part in parts if part)[:_MAX_PREFIX].strip(".")
 
 
-def _find_layers(reader: _Reader, main: Any) -> List[_Layer]:
-    """Every LSTM node of the main graph, then of its subgraphs, breadth first."""
+def _find_layers(reader: _Reader, main: Any) -> Tuple[List[_Layer], List[_Scope]]:
+    """Every LSTM node of the main graph, then of its subgraphs, breadth first; and the
+    scopes of all the graphs."""
     scopes = [_Scope(main, None, 0, "")]
     layers: List[_Layer] = []
     position = 0
@@ -609,7 +660,31 @@ def _find_layers(reader: _Reader, main: Any) -> List[_Layer]:
                     where = (f"in the {_shown(attribute.name)} subgraph of {node.op_type} node "
                              f"{_shown(node.name)}")
                     scopes.append(_Scope(graph, scope, len(scopes), where))
-    return layers
+    return layers, scopes
+
+
+def _shared(reader: _Reader, scopes: List[_Scope]) -> Set[str]:
+    """The initializers of the main graph that LSTM weights were computed from and that
+    other nodes use too: they stay among the other tensors, under their own names."""
+    shared: Set[str] = set()
+    if not reader.used:
+        return shared
+    for scope in scopes:
+        for node in scope.graph.node:
+            if node.op_type == "LSTM" and node.domain in _DEFAULT_DOMAINS:
+                continue
+            outputs = [name for name in node.output if name]
+            if outputs and all((scope.index, name) in reader.values for name in outputs):
+                continue  # a node of a weight's constant subgraph
+            for name in node.input:
+                if name in reader.used and name not in shared:
+                    try:
+                        kind, home, _ = scope.resolve(name)
+                    except (_NotConstant, WeightsFormatError):
+                        continue
+                    if kind == "init" and home.index == 0:
+                        shared.add(name)
+    return shared
 
 
 def _modules(reader: _Reader, layers: List[_Layer]) -> List[List[_Layer]]:
@@ -638,6 +713,34 @@ def _modules(reader: _Reader, layers: List[_Layer]) -> List[List[_Layer]]:
         modules.append(chain)
     modules.extend([layer] for layer in layers if id(layer) not in placed)  # cycles: alone
     return modules
+
+
+def _chain_state(chain: List[_Layer], which: int, key: str, prefix: str,
+                 notes: List[str]) -> Optional[np.ndarray]:
+    """torch's ``h_0`` (which=0) or ``c_0`` of a chain of layers, ``(layers * D, N, H)``: a
+    layer without the input starts from zeros, as ONNX says.  None, with a note, when a
+    layer's state is not a constant of the file (a graph input, or computed)."""
+    given = [layer.states_given[which] for layer in chain]
+    if not any(given):
+        return None
+    states = [layer.initial_c if which else layer.initial_h for layer in chain]
+    name = ("initial_c" if which else "initial_h")
+    unknown = [layer for layer, g, s in zip(chain, given, states) if g and s is None]
+    if unknown:
+        notes.append(f"ONNX {unknown[0].label} takes an {name} that is not a constant of the "
+                     f"file: no {prefix}{key} is reported; pass the state as hx")
+        return None
+    batches = {s.shape[1] for s in states if s is not None}
+    if len(batches) != 1:
+        notes.append(f"the {name} inputs of the layers at {prefix!r} have batch sizes "
+                     f"{sorted(batches)}: no {prefix}{key} is reported")
+        return None
+    (batch,) = batches
+    filled = [s if s is not None else
+              np.zeros((layer.directions, batch, layer.hidden_size), np.float32)
+              for layer, s in zip(chain, states)]
+    dtype = np.result_type(*filled)
+    return _copy(np.concatenate([s.astype(dtype, copy=False) for s in filled], axis=0))
 
 
 def _opset(model: Any) -> int:
@@ -684,9 +787,10 @@ def read_onnx(file: IO[bytes], size: int, notes: Optional[List[str]] = None
         raise WeightsFormatError("an ONNX model without a graph (truncated or corrupt)")
     _check(onnx, model)
     reader = _Reader(onnx, model, _opset(model), size)
-    layers = _find_layers(reader, model.graph)
+    layers, scopes = _find_layers(reader, model.graph)
     modules = _modules(reader, layers)
-    others = [t for t in model.graph.initializer if t.name not in reader.used]
+    shared = _shared(reader, scopes)
+    others = [t for t in model.graph.initializer if t.name not in reader.used or t.name in shared]
     taken = {t.name[:t.name.rfind(".") + 1] for t in others}
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     notes = notes if notes is not None else []
@@ -701,12 +805,11 @@ def read_onnx(file: IO[bytes], size: int, notes: Optional[List[str]] = None
                 cut = name.find("_reverse")
                 out[f"{prefix}{name if cut < 0 else name[:cut]}_l{k}"
                     f"{'' if cut < 0 else '_reverse'}"] = value
-        for key, given in (("h_0", [layer.initial_h for layer in chain]),
-                           ("c_0", [layer.initial_c for layer in chain])):
-            states = [s for s in given if s is not None]
-            if len(states) == len(chain) and len({s.shape for s in states}) == 1:
-                reader.charge(sum(s.nbytes for s in states), f"the {key} of {prefix!r}")
-                out[prefix + key] = _copy(np.concatenate(states, axis=0))
+        for which, key in enumerate(("h_0", "c_0")):
+            state = _chain_state(chain, which, key, prefix, notes)
+            if state is not None:
+                reader.charge(state.nbytes, f"the {key} of {prefix!r}")
+                out[prefix + key] = state
         if len(chain) == 1:
             notes.append(f"ONNX {chain[0].label} is the LSTM at {prefix!r}")
         else:
