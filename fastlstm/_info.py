@@ -26,7 +26,7 @@ def _config() -> Dict[str, Any]:
     blas = [
         {key: c.info().get(key) for key in ("internal_api", "version", "num_threads",
                                               "threading_layer", "architecture", "filepath")}
-        for c in _scipy_blas_controllers()
+        for c in (b.controller for b in _scipy_blas_controllers())
     ]
     return {
         "version": __version__,

@@ -25,12 +25,12 @@ import math
 import os
 import threading
 from contextlib import contextmanager
-from typing import Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from fastlstm._ext import kernels
-from fastlstm._ext.openmp import omp_max_threads, openmp_enabled
+from fastlstm._ext.openmp import omp_max_threads, omp_place_cpus, omp_thread_limit, openmp_enabled
 
 __all__ = ["get_blas_sharing", "get_dynamic_threads", "get_num_threads", "set_blas_sharing",
            "set_dynamic_threads", "set_num_threads"]
@@ -106,9 +106,16 @@ def _container_bounds() -> List[Tuple[int, str]]:
     and the cgroup CPU quota (rounded up, at least 1)."""
     bounds = []
     try:
-        bounds.append((len(os.sched_getaffinity(0)), "the CPU affinity mask"))
+        cpus = len(os.sched_getaffinity(0))  # this thread's mask: the process's, unless...
     except (AttributeError, OSError):
         pass
+    else:
+        # ...OpenMP's binding (OMP_PROC_BIND, OMP_PLACES) pinned this thread to its first
+        # place when it loaded: its places then hold the CPUs the process may use.
+        bounds.append((max(cpus, omp_place_cpus()), "the CPU affinity mask"))
+    limit_threads = omp_thread_limit() if openmp_enabled() else 0
+    if 0 < limit_threads < _MAX_THREADS:
+        bounds.append((limit_threads, f"OMP_THREAD_LIMIT={limit_threads}"))
     limit = cgroup_cpu_limit()
     if limit is not None:
         bounds.append((max(1, math.ceil(limit)), f"the cgroup CPU quota ({limit:g} CPUs)"))
@@ -125,8 +132,10 @@ def default_threads() -> Tuple[int, str]:
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     first = env.split(",")[0].strip()  # OpenMP reads the first level of a list
     named = first.isdigit() and int(first) == omp == _omp_at_import  # not a value it refused
-    bounds = [(omp, f"OMP_NUM_THREADS={env}" if named else f"OpenMP's count ({omp})")]
-    return min(bounds + _bounds, key=lambda b: b[0])
+    own = [(omp, f"OMP_NUM_THREADS={env}" if named else f"OpenMP's count ({omp})")]
+    # On a tie the cause is named: OpenMP's count follows the affinity mask unless
+    # OMP_NUM_THREADS set it.
+    return min(own + _bounds if named else _bounds + own, key=lambda b: b[0])
 
 
 def _default_count() -> int:
@@ -137,6 +146,7 @@ def _default_count() -> int:
 
 
 _omp_at_import = max(1, omp_max_threads())
+_set_lock = threading.Lock()
 # The affinity mask and the CPU quota, read at import and by set_num_threads(None).
 _bounds: List[Tuple[int, str]] = _container_bounds()
 
@@ -179,11 +189,12 @@ def set_num_threads(n: Optional[int]) -> None:
         n = int(n)
         if n < 1:
             raise ValueError(f"the number of threads must be at least 1, got {n}")
-    _num_threads = None if n is None else min(n, _MAX_THREADS)
-    if n is None:
-        _bounds = _container_bounds()  # read again: the affinity or quota may have changed
-    # The compiled call path reads its own copy, without Python.
-    kernels.set_call_threads(_num_threads or 0, _cap())
+    with _set_lock:  # the count, the bounds and the compiled copy change together
+        _num_threads = None if n is None else min(n, _MAX_THREADS)
+        if n is None:
+            _bounds = _container_bounds()  # read again: the affinity or quota may have changed
+        # The compiled call path reads its own copy, without Python.
+        kernels.set_call_threads(_num_threads or 0, _cap())
 
 
 def get_num_threads() -> int:
@@ -262,9 +273,9 @@ def set_dynamic_threads(enabled: bool) -> None:
     False
     >>> fastlstm.set_dynamic_threads(True)
     """
-    if not isinstance(enabled, bool):
+    if not isinstance(enabled, (bool, np.bool_)):
         raise TypeError(f"set_dynamic_threads expects a bool, got {type(enabled).__name__}")
-    kernels.set_dynamic(enabled)
+    kernels.set_dynamic(bool(enabled))
 
 
 def get_dynamic_threads() -> bool:
@@ -301,6 +312,44 @@ _blas_saved: list = []
 _blas_controllers: Optional[list] = None
 
 
+def _openblas_count_functions(controller: Any) -> Optional[Tuple[Any, Any]]:
+    """OpenBLAS's own (get, set) of its thread count for a pthreads build, else None.
+    threadpoolctl (3.8+) lets only the first Python thread that set OpenBLAS's count set it
+    again; fastlstm's calls come from any thread, and each must pin it."""
+    import ctypes
+
+    if getattr(controller, "internal_api", None) != "openblas" \
+            or controller.threading_layer == "openmp":
+        return None
+    for pre in ("", "scipy_"):
+        for suf in ("", "64_", "_64"):
+            get = getattr(controller.dynlib, f"{pre}openblas_get_num_threads{suf}", None)
+            put = getattr(controller.dynlib, f"{pre}openblas_set_num_threads{suf}", None)
+            if get is not None and put is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                put.restype, put.argtypes = None, [ctypes.c_int]
+                return get, put
+    return None
+
+
+class _BlasThreads:
+    """One BLAS library's thread count: OpenBLAS's own functions where it has them,
+    else threadpoolctl's controller."""
+
+    def __init__(self, controller: Any) -> None:
+        self.controller = controller
+        self.direct = _openblas_count_functions(controller)
+
+    def get(self) -> int:
+        return int(self.direct[0]() if self.direct else self.controller.get_num_threads())
+
+    def set(self, n: int) -> None:
+        if self.direct:
+            self.direct[1](n)
+        else:
+            self.controller.set_num_threads(n)
+
+
 def _scipy_blas_controllers() -> list:
     """threadpoolctl controllers for the BLAS that scipy's cython_blas calls."""
     global _blas_controllers
@@ -311,7 +360,7 @@ def _scipy_blas_controllers() -> list:
         blas = ThreadpoolController().select(user_api="blas").lib_controllers
         scipy_own = [c for c in blas if "scipy" in c.filepath.replace("scipy_openblas", "")]
         # scipy linked against a system or MKL BLAS: limit every BLAS in the process.
-        _blas_controllers = scipy_own or list(blas)
+        _blas_controllers = [_BlasThreads(c) for c in (scipy_own or list(blas))]
     return _blas_controllers
 
 
@@ -322,10 +371,10 @@ def single_threaded_blas() -> Iterator[None]:
     with _blas_lock:
         if _blas_depth == 0:
             ctrls = _scipy_blas_controllers()
-            _blas_saved = [(c, c.get_num_threads()) for c in ctrls]
+            _blas_saved = [(c, c.get()) for c in ctrls]
             for c, n in _blas_saved:
                 if n != 1:
-                    c.set_num_threads(1)
+                    c.set(1)
         _blas_depth += 1
     try:
         yield
@@ -335,7 +384,7 @@ def single_threaded_blas() -> Iterator[None]:
             if _blas_depth == 0:
                 for c, n in _blas_saved:
                     if n != 1:
-                        c.set_num_threads(n)
+                        c.set(n)
                 _blas_saved = []
 
 
@@ -410,8 +459,9 @@ def set_blas_sharing(enabled: bool) -> None:
     >>> fastlstm.set_blas_sharing(True)
     """
     global _share_note
-    if not isinstance(enabled, bool):
+    if not isinstance(enabled, (bool, np.bool_)):
         raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    enabled = bool(enabled)
     with _share_lock:
         if enabled:
             try:
@@ -534,7 +584,13 @@ def _set_hot_windows() -> None:
 _set_hot_windows()
 
 
-if os.environ.get(_SHARE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+_share_env = os.environ.get(_SHARE_ENV, "1").strip().lower()
+if _share_env in ("0", "false", "no", "off"):
     _share_note = f"off ({_SHARE_ENV}={os.environ[_SHARE_ENV]})"
 else:
+    if _share_env not in ("1", "true", "yes", "on", ""):
+        import warnings
+
+        warnings.warn(f"{_SHARE_ENV}={os.environ[_SHARE_ENV]!r} is not 0/1, false/true, no/yes "
+                      "or off/on: BLAS sharing stays on", RuntimeWarning, stacklevel=2)
     set_blas_sharing(True)

@@ -106,3 +106,56 @@ def test_info_names_the_bound():
     assert cfg["num_threads"] == fastlstm.get_num_threads()
     assert cfg["num_threads_bound"]
     assert main(["info"]) == 0
+
+
+_TWO_CPUS = pytest.mark.skipif(
+    not openmp_enabled() or not hasattr(os, "sched_setaffinity")
+    or len(os.sched_getaffinity(0)) < 2, reason="needs OpenMP and 2 CPUs or more")
+
+
+@_TWO_CPUS
+@pytest.mark.parametrize("variable, value", [("OMP_PROC_BIND", "true"), ("OMP_PLACES", "cores"),
+                                             ("GOMP_CPU_AFFINITY", "0-1")])
+def test_openmp_binding_does_not_shrink_the_default(variable, value):
+    # The runtime pins the initial thread to its first place when it loads; the places
+    # still hold the process's CPUs, and so does the default and the calls' cap.
+    expected = min(2, len(os.sched_getaffinity(0)), os.cpu_count() or 1)
+    out = _run("""
+import os, fastlstm
+from fastlstm._ext import kernels
+fastlstm.set_num_threads(2)
+print(fastlstm.get_num_threads() >= 1, kernels.team_size(2), len(os.sched_getaffinity(0)))
+fastlstm.set_num_threads(None)
+print(fastlstm.get_num_threads())
+""", **{variable: value})
+    runs = out.splitlines()[0].split()[1]  # libgomp pinned this thread to one CPU
+    assert int(runs) == expected
+    assert int(out.splitlines()[1]) >= expected
+
+
+@_TWO_CPUS
+def test_a_mask_set_before_start_is_named_and_a_thread_limit_bounds_the_default():
+    code = "import fastlstm; print(fastlstm.get_num_threads(), " \
+           "fastlstm.show_config(as_dict=True)['num_threads_bound'])"
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import os, sys; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+         f"exec({code!r})"],
+        capture_output=True, text=True, timeout=60,
+        env={**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"},
+             "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.strip() == "1 the CPU affinity mask", proc.stderr
+    assert _run(code, OMP_THREAD_LIMIT="1") == "1 OMP_THREAD_LIMIT=1"
+
+
+def test_an_unreadable_blas_sharing_variable_warns():
+    code = """
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import fastlstm
+print(sum("FASTLSTM_SHARE_BLAS='maybe'" in str(w.message) for w in caught),
+      fastlstm.get_blas_sharing() == bool(fastlstm._threads._openblas_setters()))
+"""
+    assert _run(code, FASTLSTM_SHARE_BLAS="maybe") == "1 True"
+    assert _run(code, FASTLSTM_SHARE_BLAS="on").split()[0] == "0"

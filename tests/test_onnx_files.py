@@ -491,7 +491,7 @@ def test_the_node_count_is_bounded_and_nodes_are_not_copied(onnx, monkeypatch):
     import fastlstm.io.onnx_format as onnx_format
 
     model = _simple(onnx)
-    for k in range(50):  # empty nodes, 2 bytes each in the file
+    for _ in range(50):  # empty nodes, 2 bytes each in the file
         model.graph.node.add()
     assert len(_load_bytes(onnx, model)) == 4
     monkeypatch.setattr(onnx_format, "_MAX_NODES", 40)

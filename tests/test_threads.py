@@ -583,6 +583,35 @@ def test_single_threaded_blas_pins_and_restores(scipy_blas_at_3_threads):
     assert _scipy_blas_threads() == before
 
 
+def test_single_threaded_blas_pins_from_any_thread(scipy_blas_at_3_threads):
+    # threadpoolctl (3.8+) lets only the thread that first set OpenBLAS's count set it;
+    # the fixture set it from this thread, and a server's calls come from its workers.
+    if not scipy_blas_at_3_threads:
+        pytest.skip("scipy's BLAS does not take a thread count")
+    before = _scipy_blas_threads()
+    seen = []
+
+    def worker():
+        with single_threaded_blas():
+            seen.append(set(_scipy_blas_threads().values()))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [{1}]
+    assert _scipy_blas_threads() == before
+
+
+def test_thread_switches_take_numpy_bools():
+    fastlstm.set_dynamic_threads(np.False_)
+    assert fastlstm.get_dynamic_threads() is False
+    fastlstm.set_dynamic_threads(np.True_)
+    assert fastlstm.get_dynamic_threads() is True
+    sharing = fastlstm.get_blas_sharing()
+    fastlstm.set_blas_sharing(np.bool_(sharing))
+    assert fastlstm.get_blas_sharing() is sharing
+
+
 def test_blas_threads_restored_after_a_failing_call(scipy_blas_at_3_threads):
     module = fastlstm.LSTM(4, 8)
     before = _scipy_blas_threads()

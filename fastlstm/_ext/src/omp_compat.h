@@ -2,6 +2,7 @@
  * functions unconditionally and the serial build still links. */
 #ifndef FASTLSTM_OMP_COMPAT_H
 #define FASTLSTM_OMP_COMPAT_H
+#include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
 #define FASTLSTM_OPENMP 1
@@ -12,6 +13,51 @@ static inline int omp_get_thread_num(void) { return 0; }
 static inline int omp_get_num_threads(void) { return 1; }
 static inline int omp_get_num_procs(void) { return 1; }
 #endif
+
+/* The CPUs in OpenMP's place list (OMP_PLACES, OMP_PROC_BIND, GOMP_CPU_AFFINITY),
+ * 0 without one.  With binding, the runtime pins the initial thread to the first
+ * place when it loads: that thread's affinity mask then shows one place, not the
+ * CPUs the process may use. */
+static int fl_omp_place_cpus(void)
+{
+#if defined(_OPENMP) && _OPENMP >= 201511
+    enum { FL_MAX_CPU = 1 << 16 };
+    static unsigned char seen[FL_MAX_CPU / 8];
+    int places = omp_get_num_places(), count = 0;
+    for (int i = 0; i < (int)sizeof(seen); i++)
+        seen[i] = 0;
+    for (int p = 0; p < places; p++) {
+        int n = omp_get_place_num_procs(p);
+        if (n <= 0)
+            continue;
+        int *ids = (int *)malloc(sizeof(int) * (size_t)n);
+        if (ids == NULL)
+            return 0;
+        omp_get_place_proc_ids(p, ids);
+        for (int k = 0; k < n; k++) {
+            int id = ids[k];
+            if (id >= 0 && id < FL_MAX_CPU && !(seen[id >> 3] & (1u << (id & 7)))) {
+                seen[id >> 3] |= (unsigned char)(1u << (id & 7));
+                count++;
+            }
+        }
+        free(ids);
+    }
+    return count;
+#else
+    return 0;
+#endif
+}
+
+/* OMP_THREAD_LIMIT: no team is larger, whatever it asks for. */
+static inline int fl_omp_thread_limit(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_limit();
+#else
+    return 1;
+#endif
+}
 
 /* Fork: GNU OpenMP cannot run a parallel region in a child forked after the
  * parent started a team (GCC bug 60035: the child waits forever for threads
