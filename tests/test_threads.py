@@ -567,6 +567,31 @@ def test_one_module_per_thread(dtype, scipy_blas_at_3_threads):
     assert _scipy_blas_threads() == blas_before
 
 
+@pytest.mark.skipif(not OPENMP or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs OpenMP and 2 CPUs")
+@pytest.mark.parametrize("kind", ["bfloat16", "int8"])
+def test_reduced_weights_split_with_step_counters_equal_one_thread(kind):
+    # One-timestep chunks, split mode, step counters: a thread that finished a step could
+    # prepare the next chunk's input rows over those another thread still projected.
+    from fastlstm._ext import kernels
+
+    x = np.random.default_rng(1).standard_normal((20, 7, 5)).astype(np.float32)
+    m = fastlstm.quantize(fastlstm.LSTM(5, 9, rng=3), kind)
+    big = fastlstm.quantize(fastlstm.LSTM(16, 384, rng=3), kind)  # the default schedule
+    xb = np.random.default_rng(2).standard_normal((3, 400, 16)).astype(np.float32)
+    try:
+        fastlstm.set_num_threads(1)
+        want, want_big = m(x)[0], big(xb)[0]
+        fastlstm.set_num_threads(2)
+        m._set_tuning(kernels.Tuning(gate_buffer_bytes=1, min_chunk_rows=1, split=True,
+                                     step_counters=True))
+        bad = sum(not np.array_equal(m(x)[0], want) for _ in range(150))
+        bad_big = sum(not np.array_equal(big(xb)[0], want_big) for _ in range(10))
+    finally:
+        fastlstm.set_num_threads(None)
+    assert (bad, bad_big) == (0, 0)
+
+
 def test_single_threaded_blas_pins_and_restores(scipy_blas_at_3_threads):
     if not scipy_blas_at_3_threads:
         pytest.skip("scipy's BLAS does not take a thread count")

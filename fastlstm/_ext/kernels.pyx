@@ -434,7 +434,9 @@ def int8_levels():
     """The levels of the int8-weight products this CPU can run, best last: the float32
     levels' vectors (bytes widened to 16 bits, PMADDWD), AVX-VNNI (VPDPBUSD on 256-bit
     vectors), AVX512-VNNI (VPDPBUSD) and AMX-INT8 (tiles for blocks of 16 rows, VPDPBUSD
-    for the rest).  Every level gives the same int32 sums, so the same results."""
+    for the rest).  Every level gives the same int32 sums; the float32 gate math after
+    them follows the level's vector width (portable, 256-bit, 512-bit), so levels of
+    different widths can differ in the last bit (docs/precision.md)."""
     return list(_I8_AVAILABLE)
 
 
@@ -659,7 +661,9 @@ cdef struct Buffers:
     Py_ssize_t hq_ld
     # bfloat16 or int8 weights in split mode: a time chunk's input rows, rounded to pairs
     # or quantized (quads, scales in xs) once for every thread's projection, each thread
-    # preparing its share, (D, xq_rows, xq_ld) words; NULL: each projection prepares its own
+    # preparing its share, (2, D, xq_rows, xq_ld) words, chunk t in half t & 1: with step
+    # counters a thread may prepare the next chunk while another still projects this one;
+    # NULL: each projection prepares its own
     uint32_t *xq
     float *xs
     Py_ssize_t xq_ld
@@ -694,6 +698,8 @@ cdef struct Chunk:
     int u_bw
     int steps
     int batch
+    # Which half of ``Buffers.xq`` the chunk's prepared rows use (the time chunk's parity).
+    int parity
 
 
 cdef struct Sched:
@@ -784,7 +790,7 @@ cdef void _project_item(const Layer *L, floating *gbuf, const Chunk *ck, int d, 
         ldg = ck.batch * gb_ld if g.batch_first else gb_ld
         if floating is float:
             if L.b.xq != NULL:  # the rows prepared by _prepare_rows
-                row = row + <Py_ssize_t>d * L.b.xq_rows
+                row = row + (<Py_ssize_t>ck.parity * g.num_dirs + d) * L.b.xq_rows
                 if m <= 0:
                     pass
                 elif g.weight_type == WEIGHTS_BF16:
@@ -815,7 +821,7 @@ cdef void _prepare_rows(const Layer *L, const Chunk *ck, int d, int b_lo,
     cdef int m, group
     for group in range(b_hi - b_lo if g.batch_first else 1):
         row = (_group_rows(g, ck, t0, b_lo, b_hi, group, &x_row, &m)
-               + <Py_ssize_t>d * L.b.xq_rows)
+               + (<Py_ssize_t>ck.parity * g.num_dirs + d) * L.b.xq_rows)
         a = x + x_row * g.n_in
         if m <= 0:
             continue
@@ -1252,6 +1258,7 @@ cdef inline void _chunk_of(const Layer *L, int s0, int s1, Chunk *ck) noexcept n
     """Where each direction's part of time chunk [s0, s1) starts, and its units."""
     cdef const long long *offs = L.b.offs
     cdef int seq_len = L.g.seq_len
+    ck.parity = 0
     if offs != NULL:
         ck.steps, ck.batch = 0, 1
         ck.t0_fw = <int>offs[s0]
@@ -1279,6 +1286,7 @@ cdef void _layer_thread(const Layer *L, floating *gbuf, const Sched *sc, int tid
         s0 = tc * sc.t_chunk
         s1 = min(seq_len, s0 + sc.t_chunk)
         _chunk_of(L, s0, s1, &ck)
+        ck.parity = tc & 1
         if n_chunks == 0:
             n_parts = team // num_dirs
             if sc.dirs_in_turn or n_parts == 0:
@@ -1600,10 +1608,11 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
         L.b.xq_ld = (fl_bf16_ld(L.g.n_in) if L.g.weight_type == WEIGHTS_BF16
                      else fl_i8_ld(L.g.n_in))
         L.b.xq_rows = gate_rows
-        xq_mem = PyMem_Malloc(<size_t>(L.g.num_dirs * gate_rows) * (L.b.xq_ld * 4 + 4) + 64)
+        xq_mem = PyMem_Malloc(<size_t>(2 * L.g.num_dirs * gate_rows) * (L.b.xq_ld * 4 + 4)
+                              + 64)
         if xq_mem != NULL:
             L.b.xq = <uint32_t *>_line_up(xq_mem)
-            L.b.xs = <float *>(L.b.xq + L.g.num_dirs * gate_rows * L.b.xq_ld)
+            L.b.xs = <float *>(L.b.xq + <Py_ssize_t>2 * L.g.num_dirs * gate_rows * L.b.xq_ld)
     try:
         with nogil:
             if typenum == cnp.NPY_FLOAT:

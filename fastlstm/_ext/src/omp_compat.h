@@ -18,7 +18,7 @@ static inline int omp_get_num_procs(void) { return 1; }
  * 0 without one.  With binding, the runtime pins the initial thread to the first
  * place when it loads: that thread's affinity mask then shows one place, not the
  * CPUs the process may use. */
-static int fl_omp_place_cpus(void)
+static inline int fl_omp_place_cpus(void)
 {
 #if defined(_OPENMP) && _OPENMP >= 201511
     enum { FL_MAX_CPU = 1 << 16 };
