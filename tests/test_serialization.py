@@ -8,6 +8,7 @@ import doctest
 import io
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import textwrap
@@ -21,13 +22,16 @@ from _helpers import IN_CI, torch_single_thread
 from _helpers.weights_files import (
     compress,
     glob,
+    integer,
     models,
     raw_zip,
     seq2seq,
+    storage_id,
     tensor,
     text,
     torch_legacy,
     torch_zip,
+    tup,
     views_state_dict,
 )
 
@@ -1066,3 +1070,96 @@ def test_npz_loads_every_weights_dtype_c_ordered(tmp_path):
         assert value.dtype == array.dtype.newbyteorder("=") and value.flags.c_contiguous
         assert value.flags.writeable
         np.testing.assert_array_equal(value, array)
+
+
+# ------------------------------------------- crafted files: crashes, hangs, bombs
+def test_deeply_nested_values_are_refused_before_they_are_built(tmp_path):
+    # Hashing 200,000 nested tuples (a dict key, a set member) overflowed the C stack.
+    deep_key = b"\x80\x02}" + b")" + b"\x85" * 300_000 + b"Ns."
+    with pytest.raises(WeightsFormatError, match="nests values more than 1,000 deep"):
+        fastlstm.load(torch_zip(tmp_path / "key.pt", deep_key))
+    deep_set = b"\x80\x04\x8f(" + b")" + b"\x85" * 300_000 + b"\x90."
+    with pytest.raises(WeightsFormatError, match="nests values more than 1,000 deep"):
+        fastlstm.load(torch_zip(tmp_path / "set.pt", deep_set))
+    legacy = tmp_path / "legacy.pt"
+    legacy.write_bytes(b"\x80\x02\x8f(" + b")" + b"\x85" * 300_000 + b"\x90.")
+    with pytest.raises(WeightsFormatError, match="header nests values"):
+        fastlstm.load(legacy)
+    nested = b"\x80\x02" + (b"}" + text("a")) * 50 + b"}" + b"s" * 50 + b"."  # 50 deep
+    assert fastlstm.load(torch_zip(tmp_path / "ok.pt", nested)) == {}
+
+
+def test_a_list_shared_many_times_is_walked_once(tmp_path):
+    # One list of N items referenced N times through the memo: N steps, not N**2.
+    import time
+
+    n = 30_000
+    pkl = (b"\x80\x02}(" + text("w") + b"]q\x00(" + b"N" * n + b"e" + text("r") + b"](" +
+           b"h\x00" * n + b"eu.")
+    start = time.perf_counter()
+    assert fastlstm.load(torch_zip(tmp_path / "shared.pt", pkl)) == {}
+    assert time.perf_counter() - start < 10  # 30,000 squared steps took 45 s
+
+
+def test_integers_past_int64_are_refused_before_any_arithmetic(tmp_path):
+    huge = b"\x8b" + (200_000).to_bytes(4, "little") + b"\xff" * 199_999 + b"\x7f"
+    pkl = (b"\x80\x02}" + text("w") + b"ctorch._utils\n_rebuild_tensor_v2\n(" +
+           storage_id("0", 1) + integer(0) + b"(" + huge + b"t" + tup([1]) + b"\x89" +
+           b"ccollections\nOrderedDict\n)RtRs.")
+    with pytest.raises(WeightsFormatError, match="must be below 2\\*\\*63, got an integer of "
+                                                 "1599999 bits"):
+        fastlstm.load(torch_zip(tmp_path / "huge.pt", pkl, {"0": bytes(4)}))
+
+
+def test_zip_members_that_share_bytes_or_names_or_folders_are_refused(torch, tmp_path):
+    one = io.BytesIO()
+    np.save(one, np.zeros(1000, np.float32))
+    packed = compress(one.getvalue(), zipfile.ZIP_DEFLATED)
+    crc = zlib.crc32(one.getvalue())
+    # Many central-directory entries at one compressed member: each would be inflated.
+    path = raw_zip(tmp_path / "overlap.npz", [("a0.npy", zipfile.ZIP_DEFLATED, packed,
+                                                len(one.getvalue()), crc)])
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    entry = bytes(data[central:data.index(b"PK\x05\x06")])
+    copies = b"".join(entry.replace(b"a0.npy", f"a{k}.npy".encode()) for k in range(1, 5))
+    end = bytearray(data[data.index(b"PK\x05\x06"):])
+    end[8:12] = struct.pack("<HH", 5, 5)
+    end[12:16] = struct.pack("<I", len(entry) * 5)
+    path.write_bytes(bytes(data[:central]) + entry + copies + bytes(end))
+    with pytest.raises(WeightsFormatError, match="record 'a1.npy' overlaps the one before"):
+        fastlstm.load(path)
+
+    # Two records of one name: torch reads the first, zipfile the last.
+    good = torch_save(torch, {"w": torch.tensor([1.0, 2.0])}, tmp_path / "good.pt", "zip")
+    with zipfile.ZipFile(good) as archive:
+        prefix = next(n for n in archive.namelist() if n.endswith("data.pkl"))[:-8]
+    with zipfile.ZipFile(good, "a") as archive, pytest.warns(UserWarning, match="Duplicate"):
+        archive.writestr(prefix + "data/0", struct.pack("<2f", 666, 666))
+    with pytest.raises(WeightsFormatError, match="two records named"):
+        fastlstm.load(good)
+
+    # A second folder: torch refuses the archive.
+    two = torch_zip(tmp_path / "two.pt", _sd("0", 1, 0, (1,), (1,)), {"0": bytes(4)})
+    with zipfile.ZipFile(two, "a") as archive:
+        archive.writestr("other/data.pkl", b"\x80\x02}.")
+    with pytest.raises(WeightsFormatError, match="'other/data.pkl' is not in 'archive/'"):
+        fastlstm.load(two)
+
+
+def test_lone_surrogates_in_a_safetensors_header_are_refused(tmp_path):
+    header = b'{"a\\ud800": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    path = tmp_path / "s.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
+    with pytest.raises(WeightsFormatError, match="not valid Unicode"):
+        fastlstm.load(path)
+
+
+def test_cli_errors_escape_what_the_file_says(tmp_path):
+    from _helpers import run_cli
+
+    evil = "\x1b[2K\x1b[32mOK\x1b[0m\x07"
+    path = torch_zip(tmp_path / "evil.pt", b"\x80\x02c" + ("os" + evil).encode() + b"\nsystem\n.")
+    status, out, err = run_cli("inspect", path)
+    assert status == 1 and "\x1b" not in err and "\x07" not in err
+    assert "\\x1b[2K\\x1b[32mOK" in err

@@ -33,8 +33,11 @@ class CLIError(Exception):
 
 
 def one_line(text: object) -> str:
-    """``str(text)`` with every run of whitespace (newlines too) made one space."""
-    return " ".join(str(text).split())
+    """``str(text)`` with every run of whitespace (newlines too) made one space, and other
+    characters that do not print (a file's ESC sequences could rewrite the terminal)
+    escaped as Python writes them."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in " ".join(str(text).split()))
 
 
 def file_error(command: str, path: str, exc: BaseException, *, output: bool = False) -> str:

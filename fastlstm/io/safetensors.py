@@ -66,6 +66,12 @@ def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     """A JSON object as a dict, refusing a key that appears twice (json would keep the last)."""
     out: Dict[str, Any] = {}
     for key, value in pairs:
+        for text in (key, value) if isinstance(value, str) else (key,):
+            try:  # JSON's \ud800 escapes give lone surrogates, which no file name can hold
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise WeightsFormatError(f"corrupt safetensors header: {text[:80]!r} is not "
+                                         "valid Unicode (a lone surrogate)") from None
         if key in out:
             raise WeightsFormatError(f"corrupt safetensors header: key {key[:80]!r} appears "
                                      "twice")

@@ -91,6 +91,9 @@ _MAX_RATIO = 1100
 #: state dict's keys take ~100 a tensor, while a pickle of a few KB can repeat one long
 #: key a million times down a list or a chain of dicts (terabytes of keys).
 _MAX_KEY_CHARS = 64 << 20
+#: The deepest nesting of values in a pickle (a checkpoint's is ~10): past some 100,000,
+#: hashing nested tuples overflows the C stack.
+_MAX_DEPTH = 1000
 _MIB = 1 << 20
 
 # Pickle opcodes a torch state dict may use (protocols 0 to 5).  Refused:
@@ -161,13 +164,18 @@ for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnu
 
 
 def _check_int(value: Any, what: str, minimum: int = 0) -> int:
+    # Below 2**63, as torch's int64: arithmetic on a megabyte-long integer takes minutes.
     if type(value) is not int or value < minimum:
         raise WeightsFormatError(f"{what} must be an integer >= {minimum}, got {_describe(value)}")
+    if value >= 1 << 63:
+        raise WeightsFormatError(f"{what} must be below 2**63, got {_describe(value)}")
     return value
 
 
 def _describe(value: Any) -> str:
     """A short, safe description of a value from the file (never its repr)."""
+    if isinstance(value, int) and not -10**40 < value < 10**40:
+        return f"an integer of {value.bit_length()} bits"  # str() of a huge one is slow
     if isinstance(value, (bool, int, float)) or value is None:
         return str(value)
     if isinstance(value, str):
@@ -462,8 +470,46 @@ def _too_large(what: str, nbytes: int) -> WeightsFormatError:
         "pickle (a state dict's pickle takes ~100 bytes a tensor)")
 
 
+class _Depths:
+    """The nesting depth of every value on a pickle's stack and in its memo, followed
+    opcode by opcode without building anything.  A value made from others (a tuple, a
+    call, a container filled) is one deeper than the deepest of them."""
+
+    def __init__(self) -> None:
+        self.stack: List[int] = []
+        self.marks: List[int] = []
+        self.memo: Dict[Any, int] = {}
+
+    def step(self, opcode: Any, arg: Any) -> int:
+        name, stack = opcode.name, self.stack
+        if name == "MARK":
+            self.marks.append(len(stack))
+            return 0
+        if name in _PUT_OPCODES or name == "MEMOIZE":
+            self.memo[len(self.memo) if name == "MEMOIZE" else arg] = stack[-1] if stack else 0
+            return 0
+        if name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(self.memo.get(arg, 0))
+            return stack[-1]
+        before = opcode.stack_before
+        taken: List[int] = []
+        if pickletools.markobject in before:
+            start = self.marks.pop() if self.marks else 0
+            taken, stack[start:] = stack[start:], []
+            below = before.index(pickletools.markobject)  # e.g. the list of APPENDS
+        else:
+            below = len(before)
+        if below:
+            taken += stack[-below:]
+            del stack[-below:]
+        depth = max(taken) + 1 if taken else 0
+        stack.extend([depth] * len(opcode.stack_after))
+        return depth
+
+
 def scan_pickle(data: bytes, allowed: Dict[str, Any], what: str) -> None:
-    """Refuse a pickle with opcodes or ``GLOBAL`` names off the allow-lists, or too large.
+    """Refuse a pickle with opcodes or ``GLOBAL`` names off the allow-lists, too large, or
+    nested deeper than :data:`_MAX_DEPTH`.
 
     Only decodes the opcodes (:func:`pickletools.genops`); nothing is built.
     At most :data:`_MAX_OPCODES` opcodes are decoded.
@@ -471,11 +517,17 @@ def scan_pickle(data: bytes, allowed: Dict[str, Any], what: str) -> None:
     if len(data) > _MAX_PICKLE_BYTES:
         raise _too_large(what, len(data))
     count = 0
+    depths = _Depths()
     try:
         for opcode, arg, pos in pickletools.genops(data):
             count += 1
             if count > _MAX_OPCODES:
                 raise _too_many_opcodes(what)
+            if depths.step(opcode, arg) > _MAX_DEPTH:
+                # Hashing a tuple (a dict key, a set member) recurses in C without a limit:
+                # 200,000 nested tuples crash the interpreter.
+                raise WeightsFormatError(f"refused: {what} nests values more than "
+                                         f"{_MAX_DEPTH:,} deep (at byte {pos})")
             name = opcode.name
             if name not in _OPCODES:
                 raise UnsafeFileError(f"refused pickle opcode {name} at byte {pos} of {what}: "
@@ -573,15 +625,10 @@ def _flatten(obj: Any) -> Iterator[Tuple[str, _Tensor]]:
         if isinstance(value, _Tensor):
             yield path, value
             continue
-        if isinstance(value, dict):
-            items = list(value.items())
-        elif isinstance(value, (list, tuple)):
-            items = list(enumerate(value))
-        else:
-            continue
-        if id(value) in seen:
-            continue
+        if not isinstance(value, (dict, list, tuple)) or id(value) in seen:
+            continue  # seen before its items are copied: one list shared N times is N steps
         seen.add(id(value))
+        items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
         children = []
         for key, child in items:
             if type(key) is int:
@@ -644,11 +691,17 @@ def tensors_of(result: Any, loader: _Loader) -> Dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------ formats
 def torch_zip_prefix(names: List[str]) -> Optional[str]:
-    """The archive folder of torch's zip format (``'<folder>/'``), or None."""
+    """The archive folder of torch's zip format (``'<folder>/'``), or None.  Records
+    outside that one folder are refused, as torch refuses them."""
     for name in names:
         folder, sep, rest = name.partition("/")
         if sep and rest == "data.pkl":
-            return folder + "/"
+            prefix = folder + "/"
+            stray = next((n for n in names if not n.startswith(prefix)), None)
+            if stray is not None:
+                raise WeightsFormatError(f"a PyTorch archive's records are all in one folder: "
+                                         f"{_describe(stray)} is not in {_describe(prefix)}")
+            return prefix
     return None
 
 
@@ -668,7 +721,21 @@ class ZipRecords:
         self.file = file
         self.size = size
         self.zip = zipfile.ZipFile(file)
-        self.infos = {info.filename: info for info in self.zip.infolist()}
+        infos = self.zip.infolist()
+        self.infos = {info.filename: info for info in infos}
+        if len(self.infos) != len(infos):  # torch reads the first of two, zipfile the last
+            names = [info.filename for info in infos]
+            twice = next(n for n in names if names.count(n) > 1)
+            raise WeightsFormatError(f"the archive holds two records named {_describe(twice)}")
+        # Members may not share bytes: N records pointing at one compressed member would
+        # each be decompressed, N times what the file holds.
+        end = 0
+        for info in sorted(infos, key=lambda i: i.header_offset):
+            if info.header_offset < end:
+                raise WeightsFormatError(f"corrupt zip archive: record "
+                                         f"{_describe(info.filename)} overlaps the one before")
+            end = info.header_offset + 30 + len(info.filename.encode("utf-8", "replace")) \
+                + info.compress_size
 
     def read(self, name: str) -> bytes:
         """The data of the member ``name``."""
@@ -863,6 +930,8 @@ def open_zip(file: IO[bytes], size: int) -> ZipRecords:
     """The records of a zip archive; a corrupt directory raises WeightsFormatError."""
     try:
         return ZipRecords(file, size)
+    except WeightsFormatError:
+        raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
             struct.error, UnicodeDecodeError, NotImplementedError) as exc:
         raise WeightsFormatError(f"corrupt or truncated zip archive: {exc}") from None
