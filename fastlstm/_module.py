@@ -1015,6 +1015,12 @@ class _Module:
             self.__dict__["_bound"] = bound
         return bound[1]
 
+    def _bound_pair(self) -> Tuple[List[_PackedLayer], Any]:
+        """``(packed layers, BoundStack)`` of one binding, read together: a cast in another
+        thread swaps both, and a call must take its dtype from the layers it runs."""
+        self._bound_layers()
+        return self.__dict__["_bound"]
+
     def _call_layout(self) -> Tuple[int, bool]:
         """How calls of the module run one timestep (``kernels.module_call``): the
         layout of ``BoundStack.step`` (-1: never), and whether only in eval mode."""

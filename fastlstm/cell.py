@@ -339,14 +339,15 @@ class LSTMCell(_Module):
     def _step(self, x: np.ndarray, states: Optional[List[np.ndarray]]) -> Tuple[np.ndarray,
                                                                                    np.ndarray]:
         """Run the fused step kernel on validated 2-D arrays."""
-        dt = self._dtype
+        layers, stack = self._bound_pair()  # the dtype of the layers run (see LSTM._run)
+        dt = layers[0].bias.dtype
         batch, hidden = x.shape[0], self._hidden_size
         if batch == 0:
             return np.zeros((0, hidden), dt), np.zeros((0, hidden), dt)
         check_rows(batch, "rows")
         x = c_array(x, dt)
         h = np.empty((batch, hidden), dt)
-        h0_zero = states is None and zero_state_skips(self._packed_layers())
+        h0_zero = states is None and zero_state_skips(layers)
         if states is None:
             # Not read when the step skips its recurrent product.
             h0 = h if h0_zero else np.zeros((batch, hidden), dt)
@@ -354,6 +355,5 @@ class LSTMCell(_Module):
         else:
             h0 = c_array(states[0], dt)
             c = np.array(states[1], dtype=dt, order="C", copy=True)  # updated in place
-        stack = self._bound_layers()
         kernels.cell_step(stack, 0, x, h0, c, h, get_num_threads(), h0_zero, stack.next_order())
         return h, c

@@ -595,9 +595,14 @@ class LSTM(_Module):
         returns (output, h_n, c_n) as ndarrays.  With a ``workspace`` (a dict kept by
         the caller), the gate buffer and the layers' outputs are its buffers, reused by
         the next call with the same dict: the output is then only valid until that call."""
-        dt = self._dtype
         n_dirs = self._num_directions
         hidden, out_size = self._hidden_size, self._out_size
+        one_step = ((x.shape[1] if batch_first else x.shape[0]) == 1 and batch_sizes is None
+                    and n_dirs == 1 and self._proj_size == 0
+                    and not (self.training and self._dropout > 0))
+        # The dtype comes from the layers the call runs (a cast in another thread swaps both).
+        layers, stack = self._bound_pair() if one_step else (self._packed_layers(), None)
+        dt = layers[0].bias.dtype
         if batch_sizes is not None:
             seq_len, batch, rows = batch_sizes.size, int(batch_sizes[0]), x.shape[0]
             out_shape: Tuple[int, ...] = (rows, n_dirs * out_size)
@@ -612,7 +617,6 @@ class LSTM(_Module):
                     np.zeros((n_states, 0, hidden), dt))
         check_rows(rows, "rows (steps x sequences)")
         layer_in = c_array(x, dt).reshape(rows, -1)
-        layers = self._packed_layers()
         h0_zero = h0 is None and zero_state_skips(layers)
         if h0 is None:
             h0 = np.zeros((n_states, batch, out_size), dt)  # only read
@@ -624,9 +628,7 @@ class LSTM(_Module):
 
         if threads is None:
             threads = get_num_threads()
-        if (seq_len == 1 and n_dirs == 1 and self._proj_size == 0 and batch_sizes is None
-                and not (self.training and self._dropout > 0)):
-            stack = self._bound_layers()
+        if stack is not None:
             order = stack.next_order()
             for layer in range(self._num_layers):
                 kernels.cell_step(stack, layer, layer_in, h0[layer], c_n[layer], h_n[layer],

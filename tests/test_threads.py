@@ -592,6 +592,29 @@ def test_reduced_weights_split_with_step_counters_equal_one_thread(kind):
     assert (bad, bad_big) == (0, 0)
 
 
+@pytest.mark.parametrize("steps", [1, 5])
+def test_a_cast_in_another_thread_never_fails_a_call(steps):
+    # A call reads its dtype from the layers it runs.  The cast another thread makes
+    # between the call's reads is played here at the worst moment: while the call
+    # fetches the layers it runs.
+    for make, x in ((lambda: fastlstm.LSTM(4, 6, num_layers=2, rng=1), np.ones((steps, 2, 4))),
+                    (lambda: fastlstm.LSTMCell(4, 6, rng=1), np.ones((2, 4)))):
+        want = {np.dtype(np.float64): make().double()(x)[0],
+                np.dtype(np.float32): make()(x.astype(np.float32))[0]}
+        module = make()  # not packed yet: the call fetches its layers
+        fetch, calls = module._packed_layers, []
+
+        def cast_then_fetch(fetch=fetch, module=module, calls=calls):
+            calls.append(1)
+            if len(calls) == 2:  # the fetch of the call's own layers (the first: a check)
+                module.double()
+            return fetch()
+
+        module.__dict__["_packed_layers"] = cast_then_fetch  # past the read-only guard
+        out = module(x.astype(np.float32))[0]  # in either dtype, whole; never an error
+        np.testing.assert_array_equal(out, want[out.dtype])
+
+
 def test_single_threaded_blas_pins_and_restores(scipy_blas_at_3_threads):
     if not scipy_blas_at_3_threads:
         pytest.skip("scipy's BLAS does not take a thread count")

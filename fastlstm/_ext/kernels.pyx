@@ -1598,7 +1598,7 @@ def layer(w, x, out, state, gates, int seq_len, bint batch_first, schedule, pack
     if (typenum == cnp.NPY_FLOAT and L.g.weight_type == WEIGHTS_BF16 and not L.g.has_proj
             and out_size > 0):
         L.b.hq_ld = fl_bf16_ld(out_size)
-        hq_mem = PyMem_Malloc(<size_t>(2 * L.g.num_dirs * batch) * L.b.hq_ld * 4 + 64)
+        hq_mem = PyMem_Malloc(<size_t>2 * L.g.num_dirs * <size_t>batch * L.b.hq_ld * 4 + 64)
         if hq_mem != NULL:
             L.b.hq = <uint32_t *>_line_up(hq_mem)
     # Split mode with reduced weights: the chunk's input rows prepared once for all the
