@@ -592,6 +592,37 @@ def test_reduced_weights_split_with_step_counters_equal_one_thread(kind):
     assert (bad, bad_big) == (0, 0)
 
 
+@pytest.mark.skipif(not OPENMP, reason="needs OpenMP")
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "int8"])
+def test_odd_teams_with_an_empty_share_equal_one_thread(kind):
+    # A bidirectional layer split over 3 or 5 threads leaves one thread without units: it
+    # keeps the barriers, or with step counters sits the steps out.
+    from fastlstm._ext import kernels
+
+    m = fastlstm.LSTM(5, 40, num_layers=2, bidirectional=True, rng=2)
+    if kind != "float32":
+        m = fastlstm.quantize(m, kind)
+    x = np.random.default_rng(3).standard_normal((7, 3, 5)).astype(np.float32)
+    try:
+        fastlstm.set_num_threads(1)
+        want = m(x)
+        for threads in (3, 5):
+            fastlstm.set_num_threads(threads)
+            for counters in (True, False):
+                m._set_tuning(kernels.Tuning(gate_buffer_bytes=1, min_chunk_rows=1, split=True,
+                                             step_counters=counters, dirs_in_turn=False,
+                                             fit_cpus=False, dynamic=False))
+                out, (h, c) = m(x)
+                for got, ref in ((out, want[0]), (h, want[1][0]), (c, want[1][1])):
+                    # float32 at the portable level goes through BLAS, which may round
+                    # otherwise; reduced weights never do
+                    np.testing.assert_allclose(got, ref, rtol=0,
+                                               atol=1e-6 if kind == "float32" else 0,
+                                               err_msg=f"{threads} threads, {counters}")
+    finally:
+        fastlstm.set_num_threads(None)
+
+
 @pytest.mark.parametrize("steps", [1, 5])
 def test_a_cast_in_another_thread_never_fails_a_call(steps):
     # A call reads its dtype from the layers it runs.  The cast another thread makes

@@ -1315,12 +1315,15 @@ cdef void _layer_thread(const Layer *L, floating *gbuf, const Sched *sc, int tid
                     _project_item(L, gbuf, &ck, d, _share(part, g.n_panels, n_parts),
                                   _share(part + 1, g.n_panels, n_parts), 0,
                                   ck.u_fw if d == 0 else ck.u_bw, sc.blas_min_rows)
-                _steps(L, gbuf, _part(d, 0, g.batch, _share(lo, g.n_panels, n_parts),
-                                      _share(hi, g.n_panels, n_parts),
-                                      _share(lo, g.r_panels, n_parts),
-                                      _share(hi, g.r_panels, n_parts)),
-                       s0, s1, n_parts > 1 and not pipelined,
-                       &counts[d] if pipelined and part < n_parts else NULL, n_parts)
+                # A thread with an empty share steps only to keep the barriers: without
+                # them it would read the h the others are writing, for nothing.
+                if part < n_parts or (n_parts > 1 and not pipelined):
+                    _steps(L, gbuf, _part(d, 0, g.batch, _share(lo, g.n_panels, n_parts),
+                                          _share(hi, g.n_panels, n_parts),
+                                          _share(lo, g.r_panels, n_parts),
+                                          _share(hi, g.r_panels, n_parts)),
+                           s0, s1, n_parts > 1 and not pipelined,
+                           &counts[d] if pipelined and part < n_parts else NULL, n_parts)
         else:
             # With a thread per direction (one chunk each), each projects its own
             # direction's rows: no barrier at all, as the directions share only
