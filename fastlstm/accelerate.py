@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import warnings
 import weakref
 from typing import Any, Dict, List, Optional, Tuple, cast
 
@@ -60,6 +61,16 @@ def _fallback_reason(module: Any, tensors: Tuple[Any, ...],
         return "torch.jit tracing"
     if params is None:
         return "weights computed from other parameters (pruning, weight norm)"
+    if not isinstance(tensors[0], torch.Tensor):  # a list, ...: torch's forward says
+        return f"an input of type {type(tensors[0]).__name__}"
+    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor",
+                      lambda t: False)
+    # A subclass (FakeTensor and FunctionalTensor of torch.export, a user's) or a torch.func
+    # wrapper has no data of its own to hand to fastlstm, or must stay what it is.
+    odd = next((t for t in [*params, *tensors] if isinstance(t, torch.Tensor) and (
+        type(t) not in (torch.Tensor, torch.nn.Parameter) or wrapped(t))), None)
+    if odd is not None:
+        return f"a {type(odd).__name__} (a tensor subclass or wrapper)"
     if any(p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64)
            for p in params):
         return "weights that are not float32 or float64 on the CPU"
@@ -80,18 +91,29 @@ def _fallback_reason(module: Any, tensors: Tuple[Any, ...],
     return None
 
 
+def _version(tensor: Any) -> int:
+    """A tensor's version counter; -1 for an inference tensor, which has none (made in
+    ``torch.inference_mode``: an in-place edit of such a weight is not seen)."""
+    try:
+        return int(tensor._version)
+    except RuntimeError:
+        return -1
+
+
 def _fast_module(module: Any, kind: str, params: List[Any]) -> Any:
     """The fastlstm module with ``module``'s current weights and arguments, rebuilt when
     they changed (``load_state_dict``, an optimizer step, ``.double()``, a new Parameter:
     each changes a tensor's version, storage or identity)."""
-    key = (tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in params),
+    key = (tuple((id(p), p.data_ptr(), _version(p), p.dtype) for p in params),
            tuple(map(module.__dict__.get, _CONFIG)))  # not getattr: torch's raises inside
     cached = module.__dict__.get("_fastlstm_cache")
     # The references tell a Parameter from a new one made at the address of a freed one.
     if cached is not None and cached[0] == key and all(
             ref() is p for ref, p in zip(cached[1], params)):
         return cached[2]
-    fast: Any = (LSTM if kind == "LSTM" else LSTMCell).from_torch(module)
+    with warnings.catch_warnings():  # torch warned of the module's dropout when it was made
+        warnings.simplefilter("ignore", UserWarning)
+        fast: Any = (LSTM if kind == "LSTM" else LSTMCell).from_torch(module)
     weight_dtype = module.__dict__.get("_fastlstm_weight_dtype")
     if weight_dtype is not None:
         fast = quantize(fast, weight_dtype)
@@ -122,7 +144,9 @@ def _classes() -> Dict[str, Any]:
 
             def forward(self, input: Any, hx: Any = None) -> Any:
                 data = input.data if isinstance(input, PackedSequence) else input
-                tensors = (data,) + (tuple(hx) if hx else ())
+                if hx is not None and not isinstance(hx, (tuple, list)):
+                    return super().forward(input, hx)  # torch's error for a bare tensor
+                tensors = (data,) + (tuple(hx) if hx is not None else ())
                 params = _parameters(self)
                 if _fallback_reason(self, tensors, params) is not None:
                     return super().forward(input, hx)
@@ -136,7 +160,9 @@ def _classes() -> Dict[str, Any]:
             """torch.nn.LSTMCell whose forward runs fastlstm (see fastlstm.accelerate)."""
 
             def forward(self, input: Any, hx: Any = None) -> Any:
-                tensors = (input,) + (tuple(hx) if hx else ())
+                if hx is not None and not isinstance(hx, (tuple, list)):
+                    return super().forward(input, hx)  # torch's error for a bare tensor
+                tensors = (input,) + (tuple(hx) if hx is not None else ())
                 params = _parameters(self)
                 if _fallback_reason(self, tensors, params) is not None:
                     return super().forward(input, hx)
@@ -171,6 +197,9 @@ def _swap(module: Any, classes: Dict[str, Any], weight_dtype: Optional[str]) -> 
                 # The module keeps its state; only the class (the forward) changes.
                 m.__class__ = classes[kind]
                 m.__dict__["_fastlstm_weight_dtype"] = weight_dtype
+                # torch.fx keeps torch.nn modules as leaves of a trace, called at run time:
+                # its Tracer.is_leaf_module reads the module's __module__.
+                m.__dict__["__module__"] = base.__module__
                 m.__dict__.pop("_fastlstm_cache", None)
                 count += 1
     return count

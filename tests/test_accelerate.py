@@ -286,3 +286,81 @@ def test_copies_make_their_own_fastlstm_module(torch):
             assert "_fastlstm_cache" not in twin.__dict__
             torch.testing.assert_close(twin(x)[0], want, rtol=0, atol=0)
             assert "_fastlstm_cache" in twin.__dict__
+
+
+def test_accelerated_inside_inference_mode(torch):
+    # The copy made there holds inference tensors, which have no version counter.
+    model = torch.nn.Sequential(torch.nn.LSTM(8, 16)).eval()
+    x = torch.randn(5, 3, 8)
+    with torch.inference_mode():
+        want = model(x)[0]
+        fast = fastlstm.accelerate(model)
+        got = fast(x)[0]
+    assert fast[0].__dict__.get("_fastlstm_cache") is not None  # fastlstm served it
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+
+
+def test_torch_fx_export_func_and_subclasses_run_as_with_torch(torch):
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.LSTM(8, 16)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    model = Model().eval()
+    fast = fastlstm.accelerate(model)
+    x = torch.randn(4, 2, 8)
+    with torch.no_grad():
+        want = model(x)
+    # fx keeps the LSTM a leaf, as torch's, and the traced module runs fastlstm
+    traced = torch.fx.symbolic_trace(fast)
+    assert [n.target for n in traced.graph.find_nodes(op="call_module")] == ["rnn"]
+    with torch.no_grad():
+        np.testing.assert_allclose(traced(x).numpy(), want.numpy(), atol=1e-5)
+    assert fast.rnn.__dict__.get("_fastlstm_cache") is not None
+    # torch.export's fake tensors and torch.func's wrappers run torch's forward
+    exported = torch.export.export(fast, (x,))
+    np.testing.assert_allclose(exported.module()(x).detach().numpy(), want.numpy(), atol=1e-5)
+    params = dict(fast.named_parameters())
+    grads = torch.func.grad(
+        lambda p: torch.func.functional_call(fast, p, (x,)).sum())(params)
+    want_grads = torch.func.grad(
+        lambda p: torch.func.functional_call(model, p, (x,)).sum())(dict(
+            model.named_parameters()))
+    for name in want_grads:
+        np.testing.assert_allclose(grads[name].detach().numpy(),
+                                   want_grads[name].detach().numpy(), atol=1e-5)
+
+    class Marked(torch.Tensor):
+        pass
+
+    with torch.no_grad():
+        assert type(fast(x.as_subclass(Marked))) is type(model(x.as_subclass(Marked)))
+
+
+def test_a_bare_tensor_as_hx_gets_torchs_error_and_no_second_dropout_warning(torch):
+    import warnings
+
+    for make, x, hx in ((lambda: torch.nn.LSTM(4, 6), torch.randn(3, 2, 4), torch.zeros(1, 2, 6)),
+                        (lambda: torch.nn.LSTMCell(4, 6), torch.randn(2, 4), torch.zeros(2, 6))):
+        model = make().eval()
+        fast = fastlstm.accelerate(model)
+        with torch.no_grad():
+            try:
+                model(x, hx)
+            except Exception as exc:  # noqa: BLE001 - torch's error is the reference
+                want = exc
+            with pytest.raises(type(want)) as got:
+                fast(x, hx)
+        assert str(got.value) == str(want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = torch.nn.LSTM(4, 6, dropout=0.3).eval()  # torch warns here, once
+    fast = fastlstm.accelerate(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            fast(torch.randn(3, 2, 4))
+    assert fast.__dict__.get("_fastlstm_cache") is not None
