@@ -74,6 +74,8 @@ def _fallback_reason(module: Any, tensors: Tuple[Any, ...],
     if any(p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64)
            for p in params):
         return "weights that are not float32 or float64 on the CPU"
+    if any(p.is_inference() for p in params):  # no version counter: an edit would not show
+        return "weights that are inference tensors (made in torch.inference_mode)"
     for t in tensors:
         if not isinstance(t, torch.Tensor):
             continue
@@ -91,20 +93,11 @@ def _fallback_reason(module: Any, tensors: Tuple[Any, ...],
     return None
 
 
-def _version(tensor: Any) -> int:
-    """A tensor's version counter; -1 for an inference tensor, which has none (made in
-    ``torch.inference_mode``: an in-place edit of such a weight is not seen)."""
-    try:
-        return int(tensor._version)
-    except RuntimeError:
-        return -1
-
-
 def _fast_module(module: Any, kind: str, params: List[Any]) -> Any:
     """The fastlstm module with ``module``'s current weights and arguments, rebuilt when
     they changed (``load_state_dict``, an optimizer step, ``.double()``, a new Parameter:
     each changes a tensor's version, storage or identity)."""
-    key = (tuple((id(p), p.data_ptr(), _version(p), p.dtype) for p in params),
+    key = (tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in params),
            tuple(map(module.__dict__.get, _CONFIG)))  # not getattr: torch's raises inside
     cached = module.__dict__.get("_fastlstm_cache")
     # The references tell a Parameter from a new one made at the address of a freed one.
@@ -260,6 +253,9 @@ def accelerate(model: Any, *, inplace: bool = False, weight_dtype: Optional[str]
         raise ValueError(f"accelerate: weight_dtype must be None, 'bfloat16' or 'int8', got "
                          f"{weight_dtype!r}")
     if not inplace:
-        model = copy.deepcopy(model)
+        # Outside inference mode the copy's tensors are ordinary ones, with a version
+        # counter that shows in-place edits (inference tensors have none).
+        with torch.inference_mode(False):
+            model = copy.deepcopy(model)
     _swap(model, _classes(), weight_dtype)
     return model

@@ -364,3 +364,25 @@ def test_a_bare_tensor_as_hx_gets_torchs_error_and_no_second_dropout_warning(tor
         with torch.no_grad():
             fast(torch.randn(3, 2, 4))
     assert fast.__dict__.get("_fastlstm_cache") is not None
+
+
+def test_inference_tensor_weights_run_torchs_forward_and_edits_show(torch):
+    # Made in inference mode and accelerated in place: the weights have no version counter,
+    # so a load_state_dict in inference mode could not be seen; torch's forward runs.
+    x = torch.randn(5, 3, 8)
+    with torch.inference_mode():
+        model = torch.nn.LSTM(8, 16).eval()
+        fast = fastlstm.accelerate(model, inplace=True)
+        fast(x)
+        other = torch.nn.LSTM(8, 16).eval()
+        fast.load_state_dict(other.state_dict())
+        np.testing.assert_allclose(fast(x)[0].numpy(), other(x)[0].numpy(), atol=1e-5)
+    assert fast.__dict__.get("_fastlstm_cache") is None
+    # A copy made in inference mode has ordinary tensors: fastlstm serves it, and sees edits.
+    model = torch.nn.LSTM(8, 16).eval()
+    with torch.inference_mode():
+        fast = fastlstm.accelerate(model)
+        fast(x)
+        fast.load_state_dict(other.state_dict())
+        np.testing.assert_allclose(fast(x)[0].numpy(), other(x)[0].numpy(), atol=1e-5)
+    assert fast.__dict__.get("_fastlstm_cache") is not None
