@@ -312,6 +312,17 @@ _blas_saved: list = []
 _blas_controllers: Optional[list] = None
 
 
+def _openblas_symbol(dynlib: Any, name: str) -> Any:
+    """An OpenBLAS function under any of the symbol prefixes and suffixes its builds use
+    (``scipy_openblas_set_num_threads64_`` in NumPy's wheel), or None."""
+    for pre in ("", "scipy_"):
+        for suf in ("", "64_", "_64"):
+            fn = getattr(dynlib, f"{pre}{name}{suf}", None)
+            if fn is not None:
+                return fn
+    return None
+
+
 def _openblas_count_functions(controller: Any) -> Optional[Tuple[Any, Any]]:
     """OpenBLAS's own (get, set) of its thread count for a pthreads build, else None.
     threadpoolctl (3.8+) lets only the first Python thread that set OpenBLAS's count set it
@@ -321,15 +332,13 @@ def _openblas_count_functions(controller: Any) -> Optional[Tuple[Any, Any]]:
     if getattr(controller, "internal_api", None) != "openblas" \
             or controller.threading_layer == "openmp":
         return None
-    for pre in ("", "scipy_"):
-        for suf in ("", "64_", "_64"):
-            get = getattr(controller.dynlib, f"{pre}openblas_get_num_threads{suf}", None)
-            put = getattr(controller.dynlib, f"{pre}openblas_set_num_threads{suf}", None)
-            if get is not None and put is not None:
-                get.restype, get.argtypes = ctypes.c_int, []
-                put.restype, put.argtypes = None, [ctypes.c_int]
-                return get, put
-    return None
+    get = _openblas_symbol(controller.dynlib, "openblas_get_num_threads")
+    put = _openblas_symbol(controller.dynlib, "openblas_set_num_threads")
+    if get is None or put is None:
+        return None
+    get.restype, get.argtypes = ctypes.c_int, []
+    put.restype, put.argtypes = None, [ctypes.c_int]
+    return get, put
 
 
 class _BlasThreads:
@@ -413,13 +422,10 @@ def _openblas_setters() -> List[Tuple[str, str, int]]:
     for c in ThreadpoolController().select(internal_api="openblas").lib_controllers:
         if c.threading_layer != "pthreads":
             continue  # an OpenMP build runs its jobs on OpenMP's team already
-        for name in (f"{pre}{_SETTER}{suf}" for pre in ("", "scipy_")
-                     for suf in ("", "64_", "_64")):
-            fn = getattr(c.dynlib, name, None)
-            if fn is not None:
-                found.append((c.filepath, str(c.version),
-                              int(ctypes.cast(fn, ctypes.c_void_p).value or 0)))
-                break
+        fn = _openblas_symbol(c.dynlib, _SETTER)
+        if fn is not None:
+            found.append((c.filepath, str(c.version),
+                          int(ctypes.cast(fn, ctypes.c_void_p).value or 0)))
     return [f for f in found if f[2]]
 
 
