@@ -54,6 +54,7 @@ from typing import (
     List,
     NamedTuple,
     Optional,
+    Set,
     Tuple,
     Union,
 )
@@ -724,9 +725,12 @@ class ZipRecords:
         infos = self.zip.infolist()
         self.infos = {info.filename: info for info in infos}
         if len(self.infos) != len(infos):  # torch reads the first of two, zipfile the last
-            names = [info.filename for info in infos]
-            twice = next(n for n in names if names.count(n) > 1)
-            raise WeightsFormatError(f"the archive holds two records named {_describe(twice)}")
+            seen: Set[str] = set()
+            for info in infos:
+                if info.filename in seen:
+                    raise WeightsFormatError(f"the archive holds two records named "
+                                             f"{_describe(info.filename)}")
+                seen.add(info.filename)
         # Members may not share bytes: N records pointing at one compressed member would
         # each be decompressed, N times what the file holds.
         end = 0
