@@ -284,10 +284,12 @@ def test_batches_reuse_their_buffers_and_each_output_is_its_own(monkeypatch, thr
         assert {"data", "gates", "out0", "out1"} <= set(ws)
     if threads == 1:  # the longest batch first: the later ones fit in its buffers
         assert all(bufs[k] is seen[0][1][k] for _, bufs in seen for k in bufs)
-    else:  # batches of about equal timesteps: each workspace grows seldom
+    else:  # batches of about equal timesteps: each workspace grows seldom (how many
+        # batches each pool thread takes is up to the scheduler: > 4 on 2, so one has 3+)
         for ws in {id(w) for w, _ in seen}:
             runs = [bufs for w, bufs in seen if id(w) == ws]
-            assert len({id(bufs["gates"]) for bufs in runs}) < len(runs)
+            if len(runs) > 2:
+                assert len({id(bufs["gates"]) for bufs in runs}) < len(runs)
     buffers = [b for _, bufs in seen for b in bufs.values()]
     for k, (out, ref) in enumerate(zip(outs, want)):
         assert not any(np.shares_memory(out, b) for b in buffers)
