@@ -286,22 +286,17 @@ sorted_indices=array([2, 0, 1]), unsorted_indices=array([1, 2, 0]))
             if not (isinstance(data, (list, tuple)) and len(data) == 2):
                 raise AssertionError("Expected data to be a list or tuple of length 2")
             data, batch_sizes = data
-        sorted_arr = (None if sorted_indices is None
-                      else _as_index_array(sorted_indices, "sorted_indices"))
-        if unsorted_indices is None:
-            unsorted_arr = invert_permutation(sorted_arr)
-        else:
-            unsorted_arr = _as_index_array(unsorted_indices, "unsorted_indices")
-        return super().__new__(cls, _as_array(data),
-                               _as_index_array(batch_sizes, "batch_sizes"),
-                               sorted_arr, unsorted_arr)
+        if unsorted_indices is None and sorted_indices is not None:
+            sorted_indices = _as_index_array(sorted_indices, "sorted_indices")
+            unsorted_indices = invert_permutation(sorted_indices)
+        return cls._make((data, batch_sizes, sorted_indices, unsorted_indices))
 
     @classmethod
     def _make(  # type: ignore[override]  # mypy types a NamedTuple's _make specially
         cls, iterable: Iterable[Any]
     ) -> PackedSequence:
-        # namedtuple's _make and _replace skip __new__: convert the fields as it does, but
-        # leave a None unsorted_indices as it is, as torch's _make and _replace do.
+        # The fields as arrays (namedtuple's _make and _replace skip __new__); a None
+        # unsorted_indices stays None here, as in torch's _make and _replace.
         fields = tuple(iterable)
         if len(fields) != 4:
             raise TypeError(f"Expected 4 arguments, got {len(fields)}")
