@@ -441,6 +441,10 @@ class _Module:
         if self.dtype != np.float32:  # the kernels read float32 inputs and states only
             raise ValueError(f"{weight_dtype} weights need a float32 module, got "
                              f"{np.dtype(self.dtype).name}")
+        if weight_dtype == "int8":  # refused here, not at the first call's packing
+            k = max(shape[1] for name, shape in self._shapes.items() if name.startswith("weight_"))
+            if k > 65535:
+                raise ValueError(f"int8 weights take at most 65535 inputs (int32 sums), got {k}")
         with self._pack_lock:
             self.__dict__["_weight_dtype"] = weight_dtype
             self.__dict__["_per_channel"] = per_channel
@@ -455,10 +459,11 @@ class _Module:
     def _commit(self, values: Mapping[str, np.ndarray]) -> None:
         """Make ``values`` (already as ``_stored`` keeps them) the parameters."""
         with self._pack_lock:
-            self._params.update(values)
             given = self.__dict__.get("_int8_given") or {}
-            for name in values:
-                given.pop(name, None)
+            for name, value in values.items():
+                if value is not self._params[name]:  # the same array keeps its int8 form
+                    given.pop(name, None)
+                    self._params[name] = value
             self.__dict__["_packed"] = None
 
     def _pack_weight(self, name: str) -> Any:
@@ -538,6 +543,17 @@ class _Module:
         self.__dict__["_pack_lock"] = threading.Lock()
         for array in self._params.values():  # pickle does not keep the read-only flag
             freeze(array)
+
+    def __copy__(self: _M) -> _M:
+        """A copy with its own parameter table (the arrays, read-only, are shared): a
+        parameter set on one module repacks that module's weights only, so a shared
+        table would leave the other computing with weights it no longer reports."""
+        new = type(self).__new__(type(self))
+        new.__setstate__(self.__getstate__())
+        new.__dict__["_params"] = OrderedDict(self._params)
+        if "_int8_given" in self.__dict__:
+            new.__dict__["_int8_given"] = dict(self._int8_given)
+        return new
 
     def named_parameters(self, prefix: str = "", recurse: bool = True,
                          remove_duplicate: bool = True) -> Iterator[Tuple[str, np.ndarray]]:
@@ -722,8 +738,14 @@ class _Module:
             if array.dtype.kind not in "fiub":
                 errors.append(f"cannot load {key}: dtype {array.dtype} is not a real number type")
                 continue
-            converted[key] = freeze(self._stored(
-                key, np.array(array, dtype=self._dtype, order="C", copy=True)))
+            value = np.array(array, dtype=self._dtype, order="C", copy=True)
+            if key in (self.__dict__.get("_int8_given") or {}) and np.array_equal(
+                    value, self._params[key]):
+                # A weight loaded as it already is (a module's own state_dict) keeps the
+                # int8 values and scales it came with: quantizing anew could change them.
+                converted[key] = self._params[key]
+            else:
+                converted[key] = freeze(self._stored(key, value))
         if strict:
             if unexpected:
                 errors.insert(

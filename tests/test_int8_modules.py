@@ -110,6 +110,11 @@ def test_quantize_api():
     with pytest.raises(ValueError, match="must be finite"):
         q.weight_ih_l0 = np.full((32, 6), np.inf, np.float32)
     assert np.isfinite(q.weight_ih_l0).all()  # nothing changed
+    # int32 sums hold 65535 inputs: more is refused by quantize, not by the first call
+    for wide in (fastlstm.LSTM(65536, 1, rng=0), fastlstm.LSTM(1, 65536, proj_size=1, rng=0)):
+        with pytest.raises(ValueError, match="at most 65535 inputs .*got 65536"):
+            fastlstm.quantize(wide, "int8")
+    assert fastlstm.quantize(fastlstm.LSTM(65535, 1, rng=0), "int8").weight_dtype == "int8"
 
 
 @pytest.mark.skipif(TORCH is None, reason="needs torch (installed in CI)")
@@ -328,6 +333,20 @@ def test_from_torch_takes_torchs_dynamic_quantized_modules():
             # unsigned 8 bits per batch, ours: symmetric per row)
             assert np.abs(got - want).max() < (3e-2 if dtype == torch.qint8 else 1e-5), (
                 kind, spec, dtype)
+            # Loading its own state_dict keeps torch's int8 values and scales (quantizing
+            # them anew would take other scales); a changed weight is quantized anew.
+            state = ours.state_dict()
+            ours.load_state_dict(state)
+            for name, value in state.items():
+                np.testing.assert_array_equal(ours.state_dict()[name], value, err_msg=name)
+            np.testing.assert_array_equal(ours(x if kind == "LSTM" else x[0])[0], got)
+            if dtype == torch.qint8:
+                name = next(iter(torch_weights))
+                changed = state[name] * np.float32(1.001)
+                ours.load_state_dict({name: changed}, strict=False)
+                oq, os_ = int8_weight(changed, per_channel=ours.__dict__["_per_channel"])
+                np.testing.assert_array_equal(ours.state_dict()[name], (
+                    oq * os_[:, None].astype(np.float64)).astype(np.float32))
     with pytest.raises(TypeError, match="expects a torch.nn.LSTM .*got a quantized LSTMCell"):
         fastlstm.LSTM.from_torch(tq)
     with pytest.raises(ValueError, match="converts to float32"):
