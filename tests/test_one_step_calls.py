@@ -260,5 +260,7 @@ def test_one_bound_stack_type_serves_every_one_step_path():
                           np.zeros((2, 6), np.float32), 1, True, False)
     with pytest.raises(ValueError, match="no projection"):
         kernels.BoundStack(proj._packed_layers(), 6, 1)
+    with pytest.raises(RuntimeError, match="already initialised"):  # would leak its layers
+        stack.__init__(proj._packed_layers(), 6)
     with pytest.raises(ValueError, match="unidirectional"):
         kernels.BoundStack(fastlstm.LSTM(4, 6, bidirectional=True)._packed_layers(), 6)

@@ -1967,6 +1967,8 @@ cdef class BoundStack:
                  bint zero_state_skips=False, tuning=None):
         cdef int k
         cdef Layer *L
+        if self.layers != NULL:  # a second __init__ would drop the bound layers and buffers
+            raise RuntimeError("BoundStack: already initialised")
         self.tuning = _tuning_of(tuning)[0]
         self.call_layout = call_layout
         self.call_needs_eval = call_needs_eval
