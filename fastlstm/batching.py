@@ -14,7 +14,7 @@ import queue
 import sys
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -281,15 +281,13 @@ def forward_many(
     if isinstance(sequences, Mapping):
         raise TypeError("forward_many expects a list or an iterable of sequences, got a "
                         f"{type(sequences).__name__} (pass its .values())")
-    if hasattr(sequences, "__len__") and hasattr(sequences, "__getitem__"):
-        indexable = cast(Sequence[Any], sequences)
-        items = [(i, indexable[i]) for i in range(len(indexable))]
-        return _window(module, items, budget, bool(return_states))
     try:
         iterator = iter(sequences)
     except TypeError:
         raise TypeError("forward_many expects a list or an iterable of sequences, got "
                         f"{type(sequences).__name__}") from None
-    if hasattr(sequences, "__len__"):  # a set, dict.values(): finite, read at once
+    # A list, an array, a set, dict.values(): finite, read at once in iteration order (a
+    # pandas Series's [i] is by label, not by position).
+    if hasattr(sequences, "__len__"):
         return _window(module, list(enumerate(iterator)), budget, bool(return_states))
     return _stream(module, iterator, budget, bool(return_states))

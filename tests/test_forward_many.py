@@ -153,7 +153,20 @@ def test_sized_iterables_give_lists():
         def __iter__(self):
             return iter([seqs["s4"], seqs["s7"]])
 
-    for given in (seqs.values(), Sized()):
+    class Labelled:  # [i] by label, iteration by position: a pandas Series after a sort
+        def __init__(self):
+            self.labels = [2, 0, 1]
+
+        def __len__(self):
+            return 3
+
+        def __iter__(self):
+            return iter(seqs.values())
+
+        def __getitem__(self, label):
+            return list(seqs.values())[self.labels.index(label)]
+
+    for given in (seqs.values(), Sized(), Labelled()):
         outs = fastlstm.forward_many(module, given)
         assert isinstance(outs, list) and len(outs) == len(given)
         for out, seq in zip(outs, given):
