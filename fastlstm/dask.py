@@ -101,7 +101,9 @@ def _local_slots() -> int:
     thread = threading.current_thread()
     threaded = sys.modules.get("dask.threaded")
     if threaded is not None:
-        pools = [threaded.default_pool]
+        # dask's own pools, and a user's (dask.config.set(pool=...)): a thread pool of
+        # concurrent.futures, or of multiprocessing (threads in _pool, size _processes).
+        pools = [threaded.default_pool, dask.config.get("pool", None)]
         for by_size in list(threaded.pools.values()):
             pools.extend(list(by_size.values()))
         for pool in pools:
@@ -111,6 +113,8 @@ def _local_slots() -> int:
             if thread in getattr(pool, "_threads", ()) or (
                     prefix and thread.name.startswith(prefix + "_")):
                 return max(1, int(pool._max_workers))
+            if thread in (getattr(pool, "_pool", None) or ()):
+                return max(1, int(pool._processes))
     if thread is threading.main_thread() and multiprocessing.parent_process() is None:
         return 1  # the synchronous scheduler: one task at a time, in the caller's thread
     # The processes scheduler, or a pool of the user's: as many as dask would start (the

@@ -345,6 +345,22 @@ def test_threads_sized_on_local_schedulers(scheduler):
         assert np.abs(y - module(seq)[0]).max() <= 1e-6
 
 
+@pytest.mark.parametrize("kind", ["futures", "multiprocessing"])
+def test_threads_sized_on_a_users_thread_pool(kind):
+    from concurrent.futures import ThreadPoolExecutor
+    from multiprocessing.pool import ThreadPool
+
+    pool = ThreadPoolExecutor(1) if kind == "futures" else ThreadPool(1)
+    try:
+        bag = db.from_sequence([0, 1], npartitions=2).map(
+            lambda _: fastlstm.dask.task_threads())
+        with dask.config.set(pool=pool):
+            got = bag.compute(scheduler="threads")
+    finally:
+        pool.shutdown() if kind == "futures" else pool.terminate()
+    assert got == [_cores()] * 2  # one task thread: all the cores
+
+
 def test_threads_sized_on_a_new_pool_threads_first_task():
     # Each new calling thread gets a pool of its own, whose thread runs its first task
     # before the pool lists it: sized by the pool all the same.
