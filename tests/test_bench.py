@@ -308,6 +308,8 @@ def test_benchmarks_script_is_the_same_command():
     (["bench", "--shape", "1,2,3,4,1,no,0,float16"], "dtype"),
     (["bench", "--threads", "0"], "positive integer"),
     (["bench", "--budget", "-1"], "positive number"),
+    (["bench", "--seed", "-1"], "an integer >= 0"),  # refused before a run, not during it
+    (["bench", "--seed", str(2**63)], "below 2**63"),
     (["bench", "--frobnicate"], "unrecognized arguments"),
     (["frobnicate"], "invalid choice"),
     ([], "a command is required"),
@@ -338,6 +340,60 @@ def test_plot_without_matplotlib_says_so(monkeypatch, capsys, tmp_path):
 def test_output_directory_must_exist(capsys, tmp_path):
     assert cli.main(["bench", "--json", str(tmp_path / "missing" / "b.json")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_output_path_through_a_dangling_link_keeps_the_link(tmp_path):
+    from fastlstm._bench.command import _check_output_path
+
+    (tmp_path / "out").mkdir()
+    link = tmp_path / "b.json"
+    link.symlink_to(tmp_path / "out" / "t.json")
+    _check_output_path("--json", str(link))
+    assert link.is_symlink() and not (tmp_path / "out" / "t.json").exists()
+
+
+def test_list_columns_line_up(capsys):
+    assert cli.main(["bench", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(FULL_GRID) + 1
+    # the last column starts at the same place on every line, past the longest extra
+    assert len({line.rindex(" ") for line in lines}) == 1
+    assert all(line.split()[-1] in ("grid", "default", "full") for line in lines)
+
+
+def test_seq2seq_batches_are_each_measured_once():
+    from fastlstm._bench.command import _batches
+
+    assert _batches("1, 300,1,2") == (1, 300, 2)
+
+
+def test_threads_past_the_usable_cpus_count_as_them_for_every_library(monkeypatch, capsys):
+    from fastlstm import _threads
+    from fastlstm._bench.command import _bench_threads
+
+    monkeypatch.setattr(_threads, "_cap", lambda: 2)
+    assert _bench_threads(1) == 1 and _bench_threads(2) == 2
+    assert capsys.readouterr().err == ""
+    assert _bench_threads(256) == 2
+    assert "--threads 256: this process may use 2 CPUs" in capsys.readouterr().err
+    assert _bench_threads(None) == fastlstm.get_num_threads()
+
+
+def test_a_broken_onnxruntime_is_left_out_with_the_reason(monkeypatch):
+    from fastlstm._bench.command import _ort_available
+
+    class Broken:  # finds onnxruntime, whose import fails as a broken build's does
+        def find_spec(self, name, path=None, target=None):
+            if name == "onnxruntime":
+                raise OSError("libonnxruntime.so: cannot open")
+            return None
+
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Broken()] + sys.meta_path)
+    if importlib.util.find_spec("onnx") is None:
+        pytest.skip("onnx is not installed")
+    assert _ort_available() == (
+        False, "onnxruntime cannot be imported: OSError: libonnxruntime.so: cannot open")
 
 
 def test_help_lists_commands(capsys):
@@ -534,6 +590,9 @@ def test_bench_without_openvino_notes_why(torch, monkeypatch, tmp_path, capsys, 
     assert case["time_s"]["openvino"] is None and case["speedup_vs_openvino"] is None
     assert report["summary"]["geomean_speedup_vs_openvino"] is None
     assert f"OpenVINO n/a: {note}." in (tmp_path / "b.md").read_text()
+    versions = next(line for line in (tmp_path / "b.md").read_text().splitlines()
+                    if line.startswith("- versions:"))
+    assert "not installed" not in versions  # None is not imported, whatever the reason
 
 
 def test_failed_case_row_puts_fastlstm_diff_in_the_diff_column():

@@ -89,7 +89,8 @@ EPILOG = textwrap.fill(
 
 Exit status: 0, or 1 if a case (or a --seq2seq decode, or a fastlstm variant of
 --precision, or a variant of --throughput) disagrees with torch (--throughput:
-with forward_many) or fails, 2 on a usage error (or without torch).  The JSON
+with forward_many) or fails, 2 on a usage error (or without torch, except
+--contention, which then measures fastlstm alone).  The JSON
 fields are described in benchmarks/README.md.
 
 examples:
@@ -141,6 +142,28 @@ _positive_float = _number(float, 0.0, False, "a positive number")
 _non_negative_float = _number(float, 0.0, True, "a number >= 0")
 
 
+def _seed(text: str) -> int:
+    # numpy takes any seed >= 0, torch.manual_seed at most 2**64 - 1: checked before a run
+    seed = int(_non_negative_int(text))
+    if seed >= 1 << 63:
+        raise argparse.ArgumentTypeError(f"expected an integer below 2**63, got {text!r}")
+    return seed
+
+
+def _bench_threads(asked: Optional[int]) -> int:
+    """The threads of every library: ``--threads`` (else fastlstm's default), at most the
+    CPUs this process may use, which bound fastlstm's calls: torch on more would be timed
+    oversubscribed beside it."""
+    if not asked:
+        return fastlstm.get_num_threads()
+    cap = _threads._cap()
+    if cap and asked > cap:
+        print(f"fastlstm bench: --threads {asked}: this process may use {cap} CPUs, which "
+              f"bound fastlstm's calls; every library runs on {cap} threads", file=sys.stderr)
+        return cap
+    return asked
+
+
 def _case_list(text: str) -> List[Case]:
     try:
         cases = select_cases(text.split(","))
@@ -160,7 +183,8 @@ def _shape(text: str) -> Case:
 
 def _batches(text: str) -> Tuple[int, ...]:
     try:
-        return tuple(_positive_int(part.strip()) for part in text.split(","))
+        # each batch once, in the order given (as --cases)
+        return tuple(dict.fromkeys(_positive_int(part.strip()) for part in text.split(",")))
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"expected positive integers separated by commas, got {text!r}") from None
@@ -185,7 +209,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     timing = parser.add_argument_group("timing")
     timing.add_argument("--threads", type=_thread_count, metavar="N",
-                        help="threads for every library (default: fastlstm's default, "
+                        help="threads for every library, at most the CPUs this process may "
+                             "use (default: fastlstm's default, "
                              f"now {fastlstm.get_num_threads()})")
     timing.add_argument("--budget", type=_positive_float, metavar="SECONDS",
                         help="seconds of timed calls per case, all libraries (default 2; "
@@ -204,7 +229,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave ONNX Runtime out even if it is installed")
     timing.add_argument("--no-openvino", action="store_true",
                         help="leave OpenVINO out even if it is installed")
-    timing.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    timing.add_argument("--seed", type=_seed, default=0,
+                        help="seed of weights and inputs (0 to 2**63 - 1, default 0)")
 
     timing.add_argument("--streams", action=argparse.BooleanOptionalAction, default=None,
                         help="also time streams stepped on several Python threads at once "
@@ -641,10 +667,12 @@ def _chosen_cases(args: argparse.Namespace) -> Tuple[List[Case], str]:
 
 
 def _print_list() -> int:
-    print(f"{'name':26s} {'N,L,I,H':18s} {'extra':24s} grid")
-    for case in FULL_GRID:
-        grid = "default" if case in DEFAULT_GRID else "full"
-        print(f"{slug(case.name):26s} {case.shape:18s} {case.extra:24s} {grid}")
+    rows = [("name", "N,L,I,H", "extra", "grid")] + [
+        (slug(case.name), case.shape, case.extra,
+         "default" if case in DEFAULT_GRID else "full") for case in FULL_GRID]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print(" ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " " + row[3])
     return 0
 
 
@@ -661,14 +689,17 @@ def _check_output_path(option: str, path: Optional[str]) -> None:
         raise CLIError(f"fastlstm bench: error: {option} {path}: is a directory", 2)
     if os.path.exists(path) and not os.path.isfile(path):
         raise CLIError(f"fastlstm bench: error: {option} {path}: not a regular file", 2)
-    existed = os.path.exists(path)
+    # The file the write will reach: a symbolic link's target (removing a link made
+    # dangling would leave the empty target and replace the link by the report).
+    target = os.path.realpath(path)
+    existed = os.path.exists(target)
     try:  # opened for appending: an existing file is left as it is
         with open(path, "ab"):
             pass
     except OSError as exc:
         raise CLIError(file_error("bench", path, exc, output=True), 2) from None
     if not existed:
-        os.remove(path)
+        os.remove(target)
 
 
 def _check_outputs(*paths: Optional[str]) -> None:
@@ -702,6 +733,8 @@ def _ort_available() -> Tuple[bool, Optional[str]]:
         import onnxruntime  # noqa: F401
     except ImportError as err:
         return False, f"{err.name or 'onnxruntime'} is not installed"
+    except Exception as err:  # a broken install: left out, as OpenVINO is
+        return False, f"onnxruntime cannot be imported: {type(err).__name__}: {err}"
     return True, None
 
 
@@ -716,7 +749,7 @@ def _openvino_available() -> Tuple[bool, Optional[str]]:
 def _optional_torch() -> Any:
     try:
         import torch
-    except ImportError:
+    except Exception:  # not installed or broken: --contention measures fastlstm alone
         return None
     return torch
 
@@ -770,7 +803,7 @@ def _run_modes(args: argparse.Namespace) -> int:
     # without torch.
     torch = (_import_torch() if args.seq2seq or args.precision or args.throughput
              else _optional_torch())
-    threads = args.threads or fastlstm.get_num_threads()
+    threads = _bench_threads(args.threads)
     machine = machine_info(threads)
     started = time.perf_counter()
     progress = Progress(1, enabled=not args.quiet and sys.stderr.isatty())
@@ -883,7 +916,7 @@ def run(args: argparse.Namespace) -> int:
                           else _openvino_available())
 
     cases, grid = _chosen_cases(args)
-    threads = args.threads or fastlstm.get_num_threads()
+    threads = _bench_threads(args.threads)
     saved_fast = getattr(_threads, "_num_threads", None)
     saved_torch = torch.get_num_threads()
     started = time.perf_counter()

@@ -427,8 +427,9 @@ def markdown(report: Dict[str, Any]) -> str:
         f"- fastlstm SIMD level: {m['simd']}, OpenMP: {m['openmp']}, "
         f"threads: {m['threads']} (all libraries)",
         f"- versions: fastlstm {v['fastlstm']}, numpy {v['numpy']}, scipy {v['scipy']}, "
-        f"torch {v['torch']}, onnxruntime {v['onnxruntime'] or 'not installed'}, "
-        f"openvino {v.get('openvino') or 'not installed'}, python {m['python']}",
+        # None: not imported by this run (not installed, or left out by an option)
+        f"torch {v['torch']}, onnxruntime {v['onnxruntime'] or 'not used'}, "
+        f"openvino {v.get('openvino') or 'not used'}, python {m['python']}",
         f"- BLAS: {blas}",
     ]
     lines += peak_lines(peak, s, m.get("nominal_fma_peak"), prefix="- ")
