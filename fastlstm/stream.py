@@ -161,8 +161,9 @@ class Stream:
         if h.dtype.kind != "f" or c.dtype.kind != "f":
             raise ValueError(f"Stream.reset: states must be floating point, got {h.dtype} and "
                              f"{c.dtype}")
-        # Both converted before either is written: a failure leaves the state as it was.
-        h, c = h.astype(self._h.dtype, copy=False), c.astype(self._c.dtype, copy=False)
+        # Both converted (copies: hx may be views of the state itself, say (c, h)) before
+        # either is written: a failure leaves the state as it was.
+        h, c = np.array(h, dtype=self._h.dtype), np.array(c, dtype=self._c.dtype)
         self.h[...] = h
         self.c[...] = c
 
@@ -171,6 +172,15 @@ class Stream:
         state = dict(self.__dict__)
         state["_step_plan"] = state["_plan_layers"] = None
         return state
+
+    def __copy__(self) -> "Stream":
+        """A stream on the same module with a copy of the state and buffers of its own
+        (sharing them, each stream's steps would overwrite the other's state)."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__getstate__())
+        new._h, new._c = self._h.copy(), self._c.copy()
+        new._allocate(self._h.dtype)
+        return new
 
     def step(self, x: Any) -> np.ndarray:
         """Advance every stream by one frame and return the last layer's output.

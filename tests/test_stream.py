@@ -195,6 +195,33 @@ def test_a_stream_that_stepped_pickles_and_copies():
     np.testing.assert_array_equal(got, want)
 
 
+def test_a_shallow_copy_steps_on_its_own():
+    """copy.copy shares the module, not the state: the copy and the original each give
+    the module's forward over the whole sequence (the oracle)."""
+    import copy
+
+    lstm = fastlstm.LSTM(3, 4, num_layers=2, rng=0)
+    stream = fastlstm.Stream(lstm, 2)
+    x = np.random.default_rng(3).standard_normal((4, 2, 3)).astype(np.float32)
+    want, _ = lstm(x)
+    stream.step(x[0])
+    twin = copy.copy(stream)
+    assert twin._module is lstm and not np.shares_memory(twin.h, stream.h)
+    got_twin = [twin.step(frame).copy() for frame in x[1:]]
+    got = [stream.step(frame).copy() for frame in x[1:]]
+    np.testing.assert_allclose(got_twin, want[1:], atol=1e-6)
+    np.testing.assert_allclose(got, want[1:], atol=1e-6)
+
+
+def test_reset_from_the_streams_own_state():
+    stream = fastlstm.Stream(fastlstm.LSTM(3, 4, rng=0), 2)
+    stream.step(np.ones((2, 3), np.float32))
+    h, c = stream.h.copy(), stream.c.copy()
+    stream.reset((stream.c, stream.h))  # views of the state it overwrites: swapped all the same
+    np.testing.assert_array_equal(stream.h, c)
+    np.testing.assert_array_equal(stream.c, h)
+
+
 def test_streams_on_several_python_threads_match_one_by_one():
     """Each Python thread steps its own stream at the same time (the GIL is
     released in the kernels); every stream's outputs equal the same frames run
