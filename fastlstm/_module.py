@@ -727,7 +727,15 @@ class _Module:
         for key in self._shapes:  # torch's order: the module's parameters
             if key not in values:
                 continue
-            array = to_numpy(values[key])
+            try:
+                array = to_numpy(values[key])
+            except (TypeError, ValueError):  # a ragged list, say
+                array = np.empty(0, dtype=object)
+            if array.dtype.kind in "OUSV" or values[key] is None:  # None, a string: no array
+                errors.append(f'While copying the parameter named "{key}", expected an '
+                              "array, torch.Tensor or array-like from checkpoint but received "
+                              f"{type(values[key])}")
+                continue
             expected = self._shapes[key]
             if array.shape != expected:
                 errors.append(

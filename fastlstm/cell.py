@@ -102,14 +102,12 @@ class LSTMCell(_Module):
         *,
         rng: RngLike = None,
     ) -> None:
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
         check_sizes(input_size, hidden_size)
         check_device(device)
         d = self.__dict__
         d["_input_size"] = input_size
         d["_hidden_size"] = hidden_size
-        d["_bias"] = bias
+        d["_bias"] = bool(bias)  # torch's cell takes any value, by its truth (LSTM: a bool)
         self._init_module(dtype, rng)
 
     input_size = property(lambda self: self._input_size, doc="Features of the input.")

@@ -545,6 +545,27 @@ def test_failed_load_leaves_module_unchanged():
             np.testing.assert_array_equal(r, s)
 
 
+@pytest.mark.parametrize("value", [None, "abc", b"x", [[1.0, 2.0], [3.0]], object()],
+                         ids=["None", "str", "bytes", "ragged", "object"])
+def test_a_value_that_is_no_array_is_named_as_torch_names_it(torch, value):
+    """torch's error names the key and the type received, before any size check."""
+    for module in (torch.nn.LSTM(3, 4), fastlstm.LSTM(3, 4, rng=0)):
+        with pytest.raises(RuntimeError) as info:
+            module.load_state_dict({"weight_ih_l0": value}, strict=False)
+        message = str(info.value)
+        assert f'While copying the parameter named "weight_ih_l0", expected' in message
+        assert f"from checkpoint but received {type(value)}" in message
+        assert "size mismatch" not in message
+
+
+def test_a_cells_bias_is_taken_by_its_truth_as_torchs(torch):
+    for bias in (1, 0, None, np.True_, "yes"):
+        want = torch.nn.LSTMCell(3, 4, bias=bias)
+        got = fastlstm.LSTMCell(3, 4, bias=bias)
+        assert list(got.state_dict()) == list(want.state_dict()), bias
+        assert got.bias is bool(bias)
+
+
 # ------------------------------------------------------------------ parameters
 
 
