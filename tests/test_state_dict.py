@@ -553,7 +553,7 @@ def test_a_value_that_is_no_array_is_named_as_torch_names_it(torch, value):
         with pytest.raises(RuntimeError) as info:
             module.load_state_dict({"weight_ih_l0": value}, strict=False)
         message = str(info.value)
-        assert f'While copying the parameter named "weight_ih_l0", expected' in message
+        assert 'While copying the parameter named "weight_ih_l0", expected' in message
         assert f"from checkpoint but received {type(value)}" in message
         assert "size mismatch" not in message
 
