@@ -30,7 +30,7 @@ def _can_build():
 def test_serial_build_passes_parity(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("setup.py", "pyproject.toml", "README.md"):
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "fastlstm", src / "fastlstm",
                     ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"))
