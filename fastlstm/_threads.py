@@ -373,6 +373,23 @@ def _scipy_blas_controllers() -> list:
     return _blas_controllers
 
 
+def _blas_after_fork_in_child() -> None:
+    """A forked child has only the forking thread: the calls that held scipy's BLAS at one
+    thread in the parent are not there to give its count back, or the lock."""
+    global _blas_lock, _blas_depth, _blas_saved
+    _blas_lock = threading.Lock()
+    if _blas_depth:
+        _blas_depth = 0
+        for c, n in _blas_saved:
+            if n != 1:
+                c.set(n)
+        _blas_saved = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_blas_after_fork_in_child)
+
+
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """Keep scipy's BLAS on one thread while the block runs."""

@@ -144,3 +144,45 @@ def test_a_child_forked_before_any_team_keeps_its_threads():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+
+def test_a_child_forked_during_a_call_that_holds_blas_gets_its_blas_back():
+    """A thread of the parent is inside a call that keeps scipy's BLAS at one thread (as a
+    layer's BLAS projection does) when another forks: the child has no such call, so its
+    BLAS count is the parent's own again and the next call can pin and restore it."""
+    out = _run("""
+        from fastlstm import _threads
+        from threadpoolctl import threadpool_limits
+
+        ctrls = _threads._scipy_blas_controllers()
+        with threadpool_limits(2, user_api="blas"):
+            before = [c.get() for c in ctrls]
+            inside, leave = threading.Event(), threading.Event()
+
+            def hold():
+                with _threads.single_threaded_blas():
+                    inside.set()
+                    leave.wait()
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            inside.wait()
+            assert [c.get() for c in ctrls] == [1] * len(ctrls)
+            pid = os.fork()
+            if pid == 0:
+                ok = False
+                try:
+                    ok = _threads._blas_depth == 0 and [c.get() for c in ctrls] == before
+                    with _threads.single_threaded_blas():  # the lock is free, too
+                        ok = ok and [c.get() for c in ctrls] == [1] * len(ctrls)
+                    ok = ok and [c.get() for c in ctrls] == before
+                finally:
+                    os._exit(0 if ok else 3)
+            _, status = os.waitpid(pid, 0)
+            leave.set()
+            holder.join()
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+            assert _threads._blas_depth == 0 and [c.get() for c in ctrls] == before
+        print("ok", before)
+    """)
+    assert out.startswith("ok")
