@@ -555,6 +555,42 @@ def test_openvino_that_disagrees_with_torch_is_not_timed(torch, openvino, monkey
     assert record["time_s"]["openvino"] is None and record["speedup_vs_openvino"] is None
 
 
+class _InferSpy:
+    """A compiled OpenVINO model whose requests record the keywords of each ``infer``."""
+
+    def __init__(self, compiled, calls):
+        self._compiled, self._calls = compiled, calls
+
+    def __getattr__(self, name):
+        return getattr(self._compiled, name)
+
+    def create_infer_request(self):
+        request, calls = self._compiled.create_infer_request(), self._calls
+
+        class Request:
+            def infer(self, *args, **kwargs):
+                calls.append(kwargs)
+                return request.infer(*args, **kwargs)
+
+        return Request()
+
+
+def test_openvino_reads_its_timed_inputs_in_place(torch, openvino, monkeypatch):
+    """The timed calls share the input arrays, as the other libraries read theirs (a copy
+    into new tensors at every call cost OpenVINO's one-step calls 15-45%)."""
+    from fastlstm._bench import precision as _precision
+
+    real, calls = _precision.compile_openvino, []
+    monkeypatch.setattr(_precision, "compile_openvino",
+                        lambda *a: _InferSpy(real(*a), calls))
+    args = argparse.Namespace(budget=0.03, blocks=3, repeat=None, pause=0.0, seed=0,
+                              memory=False)
+    record = run_case(Case("tiny", 2, 3, 8, 16), torch, 1, args, use_ort=False,
+                      use_openvino=True)
+    assert record["status"] == "ok" and record["time_s"]["openvino"] > 0
+    assert len(calls) > 3 and all(kw == {"share_inputs": True} for kw in calls[1:])
+
+
 @pytest.mark.parametrize("how, note", [
     ("flag", "disabled by --no-openvino"),
     ("missing", "openvino is not installed"),

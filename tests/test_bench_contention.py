@@ -205,9 +205,23 @@ def test_tokens_mismatch_says_where():
     assert "shaped (3, 4)" in tokens_mismatch(tokens, tokens.T)
 
 
-def test_measure_seq2seq_tiny(torch, threads_kept):
+def test_measure_seq2seq_tiny(torch, threads_kept, monkeypatch):
     # One thread: the tokens and the structure are the point, not the thread pools.
+    from threadpoolctl import threadpool_info
+
+    blas_threads = set()
+    decode = Seq2Seq.fastlstm_decode
+
+    def counted(self, src):  # NumPy's BLAS runs the head on the threads torch has
+        blas_threads.update(i["num_threads"] for i in threadpool_info()
+                            if i["user_api"] == "blas")
+        return decode(self, src)
+
+    monkeypatch.setattr(Seq2Seq, "fastlstm_decode", counted)
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     result = measure_seq2seq(torch, batches=(1, 3), blocks=2, budget=0.02, threads=1)
+    assert blas_threads == {1}
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
     assert set(result) == SEQ2SEQ_KEYS
     assert result["model"] == {"vocab": 1000, "embed": 256, "hidden": 256, "layers": 2,
                                "source_length": 30, "steps": 29}

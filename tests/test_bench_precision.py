@@ -196,7 +196,27 @@ def openvino():
 def test_openvino_bf16_is_timed_beside_the_others(torch, openvino, tiny_cases, threads_kept,
                                                     monkeypatch):
     monkeypatch.setattr(precision, "CASES", precision.CASES[1:3])  # two sequence cases
+    real, calls = precision.compile_openvino, []
+
+    def spied(*args):  # every call reads the inputs in place, as the other libraries do
+        compiled = real(*args)
+        request = compiled.create_infer_request()
+
+        class Compiled:
+            def __getattr__(self, name):
+                return getattr(compiled, name)
+
+            def create_infer_request(self):
+                class Request:
+                    def infer(self, *a, **kw):
+                        calls.append(kw)
+                        return request.infer(*a, **kw)
+                return Request()
+        return Compiled()
+
+    monkeypatch.setattr(precision, "compile_openvino", spied)
     result = measure_precision(torch, blocks=1, budget=0.01, threads=1)
+    assert calls and all(kw == {"share_inputs": True} for kw in calls)
     assert result["openvino"] == openvino.__version__ and result["openvino_note"] is None
     assert result["variants"][-1] == OPENVINO
     for record in result["cases"]:

@@ -234,7 +234,8 @@ def _openvino_runner(openvino: Any, model: Any, example: Tuple[Any, ...],
     compiled = compile_openvino(openvino, model, example, threads, "bf16")
     request = compiled.create_infer_request()
     first = compiled.output(0)
-    return _Runner(lambda: request.infer(feed),
+    # Inputs read in place, as the other libraries read them (see command._openvino_runner).
+    return _Runner(lambda: request.infer(feed, share_inputs=True),
                    lambda result: np.asarray(result[first], dtype=np.float64))
 
 

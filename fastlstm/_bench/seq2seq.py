@@ -29,6 +29,7 @@ from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import fastlstm
 from fastlstm import _threads
@@ -207,8 +208,8 @@ def measure_seq2seq(torch: Any, *, batches: Sequence[int] = (1, 300), blocks: in
     seed : int, default=0
         Seed of the weights and the source tokens.
     threads : int, optional
-        Threads of fastlstm and torch (``fastlstm.get_num_threads()`` if None);
-        NumPy's BLAS keeps its own default.
+        Threads of fastlstm, torch and NumPy's BLAS (the fastlstm decode's head product)
+        (``fastlstm.get_num_threads()`` if None).
     budget : float, default=2.0
         Seconds of timed decodes per batch size, both libraries together (a
         slow decode still runs once per block).
@@ -242,6 +243,8 @@ def measure_seq2seq(torch: Any, *, batches: Sequence[int] = (1, 300), blocks: in
     saved_fast = _threads._num_threads
     saved_torch = torch.get_num_threads()
     stages = len(batches) + 1
+    # NumPy's head product on as many threads as torch's own (its default is every core).
+    blas_limit = threadpool_limits(threads, user_api="blas")
     try:
         fastlstm.set_num_threads(threads)
         torch.set_num_threads(threads)
@@ -298,6 +301,7 @@ def measure_seq2seq(torch: Any, *, batches: Sequence[int] = (1, 300), blocks: in
     finally:
         fastlstm.set_num_threads(saved_fast)
         torch.set_num_threads(saved_torch)
+        blas_limit.restore_original_limits()
     result["wall_s"] = time.perf_counter() - started
     return result
 
@@ -308,7 +312,8 @@ def header_line(result: Dict[str, Any]) -> str:
     return (f"seq2seq greedy decode: vocabulary {m['vocab']}, embedding {m['embed']}, "
             f"{m['layers']}-layer encoder and decoder LSTM H={m['hidden']}, "
             f"{m['source_length']} source tokens, {m['steps']} decoder steps; "
-            f"{result['threads']} threads; {result['blocks']} alternating blocks, medians; "
+            f"{result['threads']} threads (fastlstm, torch and NumPy's BLAS); "
+            f"{result['blocks']} alternating blocks, medians; "
             "decode A/B = torch time / fastlstm (or torch + accelerate) time, mix A/B = "
             "after the other / alone; NumPy's OpenBLAS on fastlstm's pool: "
             f"{result.get('blas_sharing', 'not recorded')}")
