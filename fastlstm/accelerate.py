@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import threading
 import warnings
-import weakref
 from typing import Any, Dict, List, Optional, Tuple, cast
 
 from fastlstm.cell import LSTMCell
@@ -59,6 +58,10 @@ def _fallback_reason(module: Any, tensors: Tuple[Any, ...],
         return "dropout in training mode"
     if torch.jit.is_tracing():  # a trace would keep fastlstm's output as a constant
         return "torch.jit tracing"
+    if getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0:  # dual tensors' tangents
+        return "forward-mode automatic differentiation"
+    if torch.is_autocast_enabled("cpu"):  # torch's forward gives the autocast dtype
+        return "autocast"
     if params is None:
         return "weights computed from other parameters (pruning, weight norm)"
     if not isinstance(tensors[0], torch.Tensor):  # a list, ...: torch's forward says
@@ -100,28 +103,37 @@ def _fast_module(module: Any, kind: str, params: List[Any]) -> Any:
     key = (tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in params),
            tuple(map(module.__dict__.get, _CONFIG)))  # not getattr: torch's raises inside
     cached = module.__dict__.get("_fastlstm_cache")
-    # The references tell a Parameter from a new one made at the address of a freed one.
+    # The cache holds the Parameters and their data (strong references: torch's
+    # swap_tensors refuses tensors with weak ones), so that neither a new Parameter nor
+    # new data (``p.data = t``) can be made at the address of what the key names.
     if cached is not None and cached[0] == key and all(
-            ref() is p for ref, p in zip(cached[1], params)):
-        return cached[2]
+            held is p for held, p in zip(cached[1], params)):
+        return cached[3]
     with warnings.catch_warnings():  # torch warned of the module's dropout when it was made
         warnings.simplefilter("ignore", UserWarning)
         fast: Any = (LSTM if kind == "LSTM" else LSTMCell).from_torch(module)
     weight_dtype = module.__dict__.get("_fastlstm_weight_dtype")
     if weight_dtype is not None:
         fast = quantize(fast, weight_dtype)
-    module.__dict__["_fastlstm_cache"] = (key, [weakref.ref(p) for p in params], fast)
+    module.__dict__["_fastlstm_cache"] = (key, list(params), [p.detach() for p in params],
+                                          fast)
     return fast
 
 
 class _WithoutCache:
-    """Pickled and copied without the fastlstm module made from the weights (weak
-    references among it): a copy makes its own at its first call."""
+    """Pickled and copied without the fastlstm module made from the weights: a copy makes
+    its own at its first call.  Leaving training mode drops it too: torch's fused
+    optimizers (``fused=True``) update the weights without changing their version."""
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(super().__getstate__())  # type: ignore[misc]
         state.pop("_fastlstm_cache", None)
         return state
+
+    def train(self, mode: bool = True) -> Any:
+        if self.__dict__.get("training") and not mode:
+            self.__dict__.pop("_fastlstm_cache", None)
+        return super().train(mode)  # type: ignore[misc]
 
 
 def _classes() -> Dict[str, Any]:
@@ -168,6 +180,10 @@ def _classes() -> Dict[str, Any]:
         for cls in (AcceleratedLSTM, AcceleratedLSTMCell):
             # Importable by name (see __getattr__): models holding them pickle.
             cls.__module__, cls.__qualname__ = __name__, cls.__name__
+            # torch.compile runs the forward as it is, outside its graph (about 0.25 us a
+            # call): dynamo cannot trace fastlstm's NumPy code (its guards failed under
+            # inference_mode).
+            cls.forward = torch.compiler.disable(cls.forward)  # type: ignore[method-assign]
         _CLASSES.update(LSTM=AcceleratedLSTM, LSTMCell=AcceleratedLSTMCell)
         return _CLASSES
 

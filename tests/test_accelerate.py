@@ -386,3 +386,104 @@ def test_inference_tensor_weights_run_torchs_forward_and_edits_show(torch):
         fast.load_state_dict(other.state_dict())
         np.testing.assert_allclose(fast(x)[0].numpy(), other(x)[0].numpy(), atol=1e-5)
     assert fast.__dict__.get("_fastlstm_cache") is not None
+
+
+def _cache_of(module):
+    return module.__dict__.get("_fastlstm_cache")
+
+
+def test_fused_optimizer_steps_are_seen_after_eval(torch):
+    """torch's fused optimizers change the weights without their version: the cache goes
+    when the module leaves training mode, so eval sees the new weights (torch the oracle)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 4)
+    for cls, args in ((torch.nn.LSTM, (4, 6)), (torch.nn.LSTMCell, (4, 6))):
+        model = cls(*args).eval()
+        fast = fastlstm.accelerate(model)
+        inp = x if cls is torch.nn.LSTM else x[0]
+        for m in (model, fast):
+            with torch.no_grad():
+                m(inp)
+            m.train()
+            opt = torch.optim.Adam(m.parameters(), lr=0.5, fused=True)
+            m(inp)[0].sum().backward()
+            opt.step()
+            m.eval()
+        assert torch.equal(model.weight_hh_l0 if cls is torch.nn.LSTM else model.weight_hh,
+                           fast.weight_hh_l0 if cls is torch.nn.LSTM else fast.weight_hh)
+        with torch.no_grad():
+            assert (fast(inp)[0] - model(inp)[0]).abs().max() < 1e-5
+        cached = _cache_of(fast)
+        fast.eval()  # eval in eval mode keeps the cache
+        assert _cache_of(fast) is cached
+
+
+def test_new_data_is_seen_even_at_a_freed_address(torch):
+    """``p.data = t`` keeps the Parameter and its version: only the data's address tells,
+    and the cache keeps the data it was built from alive so that no new data takes it."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 4)
+    for _ in range(30):
+        model = torch.nn.LSTM(4, 6).eval()
+        fast = fastlstm.accelerate(model)
+        with torch.no_grad():
+            fast(x)
+        for _ in range(2):
+            fast.weight_hh_l0.data = torch.randn(24, 6)
+        model.weight_hh_l0.data = fast.weight_hh_l0.data.clone()
+        with torch.no_grad():
+            assert (fast(x)[0] - model(x)[0]).abs().max() < 1e-5
+
+
+def test_swapping_parameters_on_conversion_works(torch):
+    """With torch's swap_tensors conversions, the cache must hold no weak references."""
+    x = torch.randn(3, 4)
+    flag = torch.__future__.get_swap_module_params_on_conversion()
+    for make in (lambda: torch.nn.LSTMCell(4, 6), lambda: torch.nn.LSTM(4, 6)):
+        fast = fastlstm.accelerate(make().eval())
+        torch.__future__.set_swap_module_params_on_conversion(True)
+        try:
+            with torch.no_grad():
+                fast(x)
+            fast.double()
+            if isinstance(fast, torch.nn.LSTMCell):  # (torch's nn.LSTM holds weak ones)
+                with torch.no_grad():
+                    fast(x.double())
+                fast.load_state_dict(make().double().state_dict())
+        finally:
+            torch.__future__.set_swap_module_params_on_conversion(flag)
+        oracle = make().double().eval()
+        oracle.load_state_dict(fast.state_dict())
+        with torch.no_grad():
+            got, want = fast(x.double()), oracle(x.double())
+        assert (got[0] - want[0]).abs().max() < 1e-10
+        assert _cache_of(fast) is not None  # fastlstm ran, in float64
+
+
+def test_forward_ad_and_autocast_run_torchs_forward(torch):
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    cell = torch.nn.LSTMCell(4, 6).eval()
+    fast = fastlstm.accelerate(cell)
+    x, t = torch.randn(3, 4), torch.randn(3, 4)
+    with fwAD.dual_level():
+        want = fwAD.unpack_dual(cell(fwAD.make_dual(x, t))[0]).tangent
+        got = fwAD.unpack_dual(fast(fwAD.make_dual(x, t))[0]).tangent
+    assert got is not None and torch.allclose(got, want, atol=1e-6)
+    lstm = torch.nn.LSTM(4, 6).eval()
+    fast = fastlstm.accelerate(lstm)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = lstm(x[None])[0], fast(x[None])[0]
+    assert got.dtype == want.dtype == torch.bfloat16 and torch.equal(got, want)
+    assert _cache_of(fast) is None
+
+
+def test_torch_compile_runs_fastlstm_outside_the_graph(torch):
+    torch.manual_seed(0)
+    model = torch.nn.LSTM(4, 6).eval()
+    compiled = torch.compile(fastlstm.accelerate(model))
+    x = torch.randn(5, 3, 4)
+    with torch.inference_mode():
+        got, want = compiled(x)[0], model(x)[0]
+    assert (got - want).abs().max() < 1e-5
