@@ -110,7 +110,7 @@ def input_array(obj: Any, who: str) -> np.ndarray:
     except ValueError as exc:  # a ragged nested list: numpy's words, and whose input it was
         raise ValueError(f"{who}: input must be a rectangular array of numbers: "
                          f"{str(exc).splitlines()[0]}") from None
-    if x.dtype.kind not in "fiub" and type(obj) is not np.ndarray and not is_torch_tensor(obj):
+    if x.dtype.kind not in "fiub" and not isinstance(obj, np.ndarray) and not is_torch_tensor(obj):
         what = type(obj).__name__
         if x.ndim:
             what += f" (of {x.dtype} elements)"

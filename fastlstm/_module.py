@@ -1284,8 +1284,11 @@ class _Module:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # LSTM and LSTMCell are called through kernels.module_call, which takes
         # one-step calls of plain arrays straight to the kernels (forward's own
-        # check of that path, in C); a subclass that overrides forward gets the
-        # __call__ that calls it, as in torch.
+        # check of that path, in C); a subclass whose forward comes before that
+        # __call__ in its MRO (its own, or a mixin's) gets the __call__ that calls
+        # it, as in torch.
         super().__init_subclass__(**kwargs)
-        if "forward" in cls.__dict__ and "__call__" not in cls.__dict__:
+        mro = cls.__mro__
+        owner = next(i for i, k in enumerate(mro) if "__call__" in k.__dict__)
+        if next(i for i, k in enumerate(mro) if "forward" in k.__dict__) < owner:
             cls.__call__ = _Module.__call__  # type: ignore[method-assign]

@@ -180,3 +180,21 @@ def test_readme_lists_every_documentation_page():
     pages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")}
     assert pages - linked == set(), f"pages the README does not list: {pages - linked}"
     assert "docs/hardening.md" in linked and "docs/benchmarks.md" in linked
+
+
+@pytest.mark.parametrize("who", ["LSTM", "LSTMCell"])
+def test_an_ndarray_subclass_gets_the_errors_of_an_ndarray(who):
+    """A subclass of ndarray is an array: a complex one gets the dtype error a plain
+    complex ndarray gets (torch's), not the error of an object that is no array."""
+    module = {"LSTM": fastlstm.LSTM(3, 4), "LSTMCell": fastlstm.LSTMCell(3, 4)}[who]
+
+    class Tagged(np.ndarray):
+        pass
+
+    x = np.ones((2, 3), np.complex64)
+    with pytest.raises(Exception) as plain:
+        module(x)
+    with pytest.raises(Exception) as tagged:
+        module(x.view(Tagged))
+    assert type(tagged.value) is type(plain.value)
+    assert str(tagged.value) == str(plain.value) and "complex64" in str(plain.value)

@@ -223,8 +223,17 @@ def test_a_subclass_forward_runs_on_every_call(base):
     class Same(base):
         pass
 
+    class Doubling:  # a mixin's forward, before the base's in the MRO
+        def forward(self, input, hx=None):
+            first, rest = super().forward(input, hx)
+            return 2 * first, rest
+
+    class Mixed(Doubling, base):
+        pass
+
     plain = base(6, 10, rng=4)
     scaled, same = Scaled(6, 10, rng=4), Same(6, 10, rng=4)
+    mixed = Mixed(6, 10, rng=4)
     x = np.random.default_rng(4).standard_normal(
         (1, 3, 6) if base is fastlstm.LSTM else (3, 6)).astype(np.float32)
     want = plain(x)[0]
@@ -233,7 +242,9 @@ def test_a_subclass_forward_runs_on_every_call(base):
     _close(want, oracle, np.float32)
     for _ in range(2):  # the second call runs on the bound one-step path
         np.testing.assert_array_equal(scaled(x)[0], 2 * want)
+        np.testing.assert_array_equal(mixed(x)[0], 2 * want)
         np.testing.assert_array_equal(same(x)[0], want)
+    assert Same.__call__ is base.__call__  # no forward of its own: the compiled call
 
 
 def test_one_bound_stack_type_serves_every_one_step_path():
