@@ -191,3 +191,46 @@ def test_a_closed_pipe_and_the_traceback_switch(tmp_path):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               env=dict(env, FASTLSTM_TRACEBACK=value), timeout=120)
         assert proc.returncode == 1 and ("Traceback" in proc.stderr) == traceback, value
+
+
+def _safetensors_header(path):
+    """The JSON header of a safetensors file, parsed here (8-byte length, then JSON)."""
+    raw = Path(path).read_bytes()
+    return json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+
+
+def test_convert_keeps_a_reduced_precision_modules_file(tmp_path, capsys):
+    """A bfloat16 module's file stays one (BF16 weights, the storage type and the other
+    metadata in the header), to safetensors only; an int8 module's scales stay float32
+    under --dtype.  The oracle: the saved module's outputs, bit for bit."""
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    bf16 = fastlstm.quantize(fastlstm.LSTM(3, 4, num_layers=2, rng=0), "bfloat16")
+    source = tmp_path / "bf16.safetensors"
+    fastlstm.save(bf16.state_dict(), source, metadata={
+        "format": "pt", "fastlstm.weight_dtype": "bfloat16", "author": "me"},
+        bfloat16=[k for k in bf16.state_dict() if k.startswith("weight_")])
+    copy = tmp_path / "copy.safetensors"
+    assert main(["convert", str(source), str(copy)]) == 0
+    header = _safetensors_header(copy)
+    assert header["__metadata__"] == _safetensors_header(source)["__metadata__"]
+    assert {k: v["dtype"] for k, v in header.items() if k != "__metadata__"} == {
+        k: v["dtype"] for k, v in _safetensors_header(source).items() if k != "__metadata__"}
+    loaded = fastlstm.LSTM.from_state_dict(copy)
+    assert loaded.weight_dtype == "bfloat16"
+    np.testing.assert_array_equal(loaded(x)[0], bf16(x)[0])
+    capsys.readouterr()
+    assert main(["convert", str(source), str(tmp_path / "bf16.npz")]) == 2
+    assert "convert to safetensors only" in capsys.readouterr().err
+    assert not (tmp_path / "bf16.npz").exists()
+
+    int8 = fastlstm.quantize(fastlstm.LSTM(3, 4, rng=0), "int8")
+    int8.save(tmp_path / "i8.safetensors")
+    for dtype in ("float64", "float16"):
+        out = tmp_path / f"i8-{dtype}.safetensors"
+        assert main(["convert", str(tmp_path / "i8.safetensors"), str(out),
+                     "--dtype", dtype]) == 0
+        assert _safetensors_header(out)["weight_ih_l0_scale"]["dtype"] == "F32"
+        loaded = fastlstm.LSTM.from_state_dict(out)
+        assert loaded.weight_dtype == "int8"
+        if dtype == "float64":  # the biases cast to float64 and back: the same values
+            np.testing.assert_array_equal(loaded(x)[0], int8(x)[0])

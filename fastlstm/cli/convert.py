@@ -2,8 +2,12 @@
 
 Reads IN like 'fastlstm inspect' (a PyTorch checkpoint, safetensors, .npz or
 ONNX, without PyTorch) and writes every tensor to OUT under the same keys, in the
-format of OUT's extension (.safetensors or .npz) or --format.  bfloat16
-tensors are written as float32; other dtypes are kept unless --dtype is given.
+format of OUT's extension (.safetensors or .npz) or --format.  From safetensors
+to safetensors the header's metadata and the BF16 tensors are kept (a bfloat16
+module's file stays one: it converts to safetensors only); other bfloat16 tensors
+are written as float32.  Other dtypes are kept unless --dtype is given, which
+casts the floating-point tensors but an int8 module's scales (float32 by
+definition).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert; exit status 0, or :class:`CLIError`."""
+    from fastlstm.io.files import file_bf16_keys, file_metadata
     from fastlstm.io.state_dict import normalize_prefix
     from fastlstm.serialization import detect_format, load, save
 
@@ -56,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         in_format = detect_format(args.input)
         arrays = load(args.input)
+        metadata = file_metadata(args.input)  # {} and [] unless IN is safetensors
+        bf16_keys = file_bf16_keys(args.input)
     except (OSError, ValueError) as exc:
         raise CLIError(file_error("convert", args.input, exc), 1) from None
     prefix = normalize_prefix(args.prefix)
@@ -64,11 +71,26 @@ def run(args: argparse.Namespace) -> int:
     if not selected:
         raise CLIError(f"fastlstm convert: error: no keys start with {args.prefix!r} in "
                        f"{args.input}", 1)
+    storage = metadata.get("fastlstm.weight_dtype")
+    if storage == "bfloat16" and fmt != "safetensors":
+        # .npz has no header for the storage type: the module read back would be float32
+        raise CLIError(f"fastlstm convert: error: {args.input} holds a bfloat16 module's "
+                       "weights, which convert to safetensors only", 2)
     if args.dtype:
-        selected = OrderedDict((k, v.astype(args.dtype) if v.dtype.kind == "f" else v)
-                               for k, v in selected.items())
+        # An int8 pair's scales stay float32: the int8 values mean nothing without them.
+        scales = {k for k in selected if k.endswith("_scale") and k[:-6] + "_int8" in selected}
+        selected = OrderedDict(
+            (k, v.astype(args.dtype) if v.dtype.kind == "f" and k not in scales else v)
+            for k, v in selected.items())
+    # From safetensors: the header's metadata and the BF16 tensors as they were (unless cast).
+    bf16 = [] if args.dtype else [k[len(prefix):] for k in bf16_keys
+                                  if k.startswith(prefix) and k[len(prefix):] in selected]
     try:
-        save(selected, args.output, format=fmt)
+        if fmt == "safetensors" and metadata:
+            save(selected, args.output, format=fmt, metadata=metadata, bfloat16=bf16)
+        else:
+            save(selected, args.output, format=fmt, bfloat16=bf16 if fmt == "safetensors"
+                 else ())
     except (OSError, TypeError, ValueError) as exc:
         raise CLIError(file_error("convert", args.output, exc, output=True), 1) from None
     print(f"wrote {args.output} ({fmt}, {len(selected)} tensors) from {args.input} "

@@ -30,6 +30,7 @@ from fastlstm.io.onnx_format import looks_like_onnx, read_onnx
 from fastlstm.io.safetensors import (
     looks_like_safetensors,
     read_safetensors,
+    safetensors_bf16_keys,
     safetensors_metadata,
     safetensors_problem,
     write_safetensors,
@@ -247,13 +248,23 @@ def read_opened(opened: OpenedSource, notes: Optional[List[str]] = None
 def file_metadata(path: PathLike) -> Dict[str, str]:
     """The ``__metadata__`` of a safetensors file at ``path`` ({} for other formats): what
     ``save(..., metadata=...)`` wrote, e.g. a module's weight storage type."""
+    return _safetensors_header_part(path, safetensors_metadata, {})
+
+
+def file_bf16_keys(path: PathLike) -> List[str]:
+    """The keys of a safetensors file's BF16 tensors ([] for other formats): what
+    ``save(..., bfloat16=...)`` wrote so; :func:`load` gives them as float32."""
+    return _safetensors_header_part(path, safetensors_bf16_keys, [])
+
+
+def _safetensors_header_part(path: PathLike, read: Any, other: Any) -> Any:
     with OpenedSource(path) as opened:
         try:
             fmt, _ = _sniff(opened)
             if fmt != "safetensors":
-                return {}
+                return other
             opened.file.seek(0)
-            return safetensors_metadata(opened.file, opened.size)
+            return read(opened.file, opened.size)
         except WeightsFormatError:
             raise
         except Exception as exc:  # noqa: BLE001 - as read_opened

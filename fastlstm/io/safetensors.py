@@ -111,6 +111,15 @@ def safetensors_metadata(file: IO[bytes], file_size: int) -> Dict[str, str]:
     return dict(header.get("__metadata__", {}))
 
 
+def safetensors_bf16_keys(file: IO[bytes], file_size: int) -> List[str]:
+    """The names of the header's BF16 tensors (which ``read_safetensors`` widens to
+    float32), in the header's order; the tensors are not read."""
+    header, _ = _header(file, file_size)
+    return [name for name, entry in header.items()
+            if name != "__metadata__" and isinstance(entry, dict)
+            and entry.get("dtype") == "BF16"]
+
+
 def read_safetensors(file: IO[bytes], file_size: int) -> Dict[str, np.ndarray]:
     """Every tensor of a safetensors file, in the order of their data.
 
