@@ -409,7 +409,8 @@ def single_threaded_blas() -> Iterator[None]:
             _blas_depth -= 1
             if _blas_depth == 0:
                 for c, n in _blas_saved:
-                    if n != 1:
+                    # A count someone else set meanwhile (threadpool_limits) stays theirs.
+                    if n != 1 and c.get() == 1:
                         c.set(n)
                 _blas_saved = []
 

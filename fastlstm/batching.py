@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from fastlstm import _threads
 from fastlstm._common import input_array, is_torch_tensor
 from fastlstm._module import workspace_array
 from fastlstm._threads import get_num_threads
@@ -133,6 +134,9 @@ def _parts(module: LSTM, lengths: np.ndarray, budget: int) -> Tuple[int, int]:
     module in training with dropout, whose masks come from the module's generator in
     the order of the batches."""
     threads = get_num_threads()
+    cap = _threads._cap()  # the usable CPUs (affinity, quota): no more Python threads either
+    if cap:
+        threads = min(threads, cap)
     parts = min(threads, -(-int(lengths.sum()) // budget) // 2)
     if (parts < 2 or type(module).forward is not LSTM.forward
             or (module.training and module.dropout > 0)):

@@ -251,11 +251,16 @@ def test_batches_run_side_by_side_each_on_its_own_thread(monkeypatch, two_thread
                 np.testing.assert_array_equal(got, ref)
             else:
                 np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
-    # four batches' worth on 4 threads: 2 side by side (two each), 2 threads each
+    # four batches' worth on 4 threads (as many usable CPUs: no bound known here): 2 side
+    # by side (two each), 2 threads each
+    from fastlstm import _threads
+
+    monkeypatch.setattr(_threads, "_cap", lambda: 0)
     fastlstm.set_num_threads(4)
     calls = _spy_runs(monkeypatch, meet=2)  # on a busy machine one thread could take all
     fastlstm.forward_many(module, seqs, max_batch_tokens=sum(map(len, seqs)) // 4 + 40)
     assert [n for _, n in calls] == [2, 2, 2, 2] and len({t for t, _ in calls}) == 2
+    monkeypatch.undo()
     # three batches' worth on 2 threads: one batch at a time, both threads on it
     fastlstm.set_num_threads(2)
     calls = _spy_runs(monkeypatch)
@@ -365,3 +370,22 @@ def test_an_error_in_a_batch_thread_reaches_the_caller(monkeypatch, two_threads)
     with pytest.raises(MemoryError, match="no room"):
         fastlstm.forward_many(module, seqs, max_batch_tokens=40)
     assert 2 <= next(count) < batches - 2  # the batches not started were dropped
+
+
+def test_no_more_batches_side_by_side_than_usable_cpus(monkeypatch):
+    """set_num_threads may ask for more threads than the CPUs; a call never runs more,
+    and forward_many starts no more Python threads than that either."""
+    from fastlstm import _threads
+    from fastlstm.batching import _parts
+
+    module = fastlstm.LSTM(3, 4, rng=0)
+    lengths = np.full(400, 50, dtype=np.int64)  # room for many parts
+    fastlstm.set_num_threads(8)
+    try:
+        if fastlstm.get_num_threads() < 8:
+            pytest.skip("a build without OpenMP runs on one thread")
+        for cap, want in ((1, (1, 0)), (2, (2, 1)), (0, (8, 1))):  # 0: no bound known
+            monkeypatch.setattr(_threads, "_cap", lambda cap=cap: cap)
+            assert _parts(module, lengths, 100) == want, cap
+    finally:
+        fastlstm.set_num_threads(None)

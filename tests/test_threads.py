@@ -662,6 +662,23 @@ def test_single_threaded_blas_pins_and_restores(scipy_blas_at_3_threads):
     assert _scipy_blas_threads() == before
 
 
+def test_a_count_set_during_the_pin_stays(scipy_blas_at_3_threads):
+    """Another thread's limit set while a call holds the pin is left as it is at the end."""
+    from fastlstm._threads import _scipy_blas_controllers
+
+    if not scipy_blas_at_3_threads:
+        pytest.skip("scipy's BLAS does not take a thread count")
+    before = _scipy_blas_threads()
+    try:
+        with single_threaded_blas():
+            for c in _scipy_blas_controllers():  # what threadpool_limits(2) would set
+                c.set(2)
+        assert set(_scipy_blas_threads().values()) == {2}
+    finally:
+        for c, n in zip(_scipy_blas_controllers(), before.values()):
+            c.set(n)
+
+
 def test_single_threaded_blas_pins_from_any_thread(scipy_blas_at_3_threads):
     # threadpoolctl (3.8+) lets only the thread that first set OpenBLAS's count set it;
     # the fixture set it from this thread, and a server's calls come from its workers.
