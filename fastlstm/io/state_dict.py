@@ -422,8 +422,8 @@ class FoundModule(NamedTuple):
     config : dict
         Constructor arguments inferred from the keys and shapes.
     dtype : str
-        The dtype of its weights in the file (e.g. ``"float32"``, ``"float16"``,
-        ``"int8"``).
+        The dtype of its weights as read (e.g. ``"float32"``, ``"float16"``,
+        ``"int8"``): the file's, except bfloat16, which reads as float32 (exactly).
     keys : list of str
         Its full keys, in torch's order (a saved int8 weight's two, its values and
         its scales, in its place).
