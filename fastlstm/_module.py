@@ -60,7 +60,7 @@ from fastlstm.io.state_dict import (
 
 ArrayLike = Any
 RngLike = Union[None, int, np.random.Generator]
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, bytes, "os.PathLike[str]"]
 _M = TypeVar("_M", bound="_Module")
 
 
@@ -913,7 +913,7 @@ class _Module:
                      if found else f"; the source holds no {cls.__name__} weights")
             raise StateDictError(str(exc) + where) from None
         stored = "int8" if given else None
-        if not given and isinstance(source, (str, os.PathLike)) \
+        if not given and isinstance(source, (str, bytes, os.PathLike)) \
                 and file_metadata(source).get(WEIGHT_DTYPE_KEY) == "bfloat16":
             stored = "bfloat16"
         if stored is not None and module.dtype != np.float32:

@@ -215,7 +215,7 @@ def inspect(source: Union[Source, Mapping[str, Any]]) -> Inspection:
         if hasattr(source, "read"):
             path = str(getattr(source, "name", "<file>"))
         else:
-            path = os.fspath(source)
+            path = os.fsdecode(source)
         with OpenedSource(source) as opened:
             fmt, arrays = read_opened(opened, file_notes)
     modules, notes = find_modules(arrays, _CLASSES)

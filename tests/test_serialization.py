@@ -775,6 +775,22 @@ def test_save_arguments(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing half-written is left behind
 
 
+def test_bytes_paths_save_and_load_as_str_paths(tmp_path):
+    import os
+
+    x = np.ones((2, 1, 3), np.float32)
+    for weight_dtype in (None, "bfloat16", "int8"):
+        module = fastlstm.LSTM(3, 4, rng=0)
+        if weight_dtype:
+            module = fastlstm.quantize(module, weight_dtype)
+        for ext in (".safetensors", ".npz") if weight_dtype != "bfloat16" else (".safetensors",):
+            path = os.fsencode(tmp_path / f"m-{weight_dtype}{ext}")
+            module.save(path)
+            loaded = fastlstm.LSTM.from_state_dict(path)
+            assert loaded.weight_dtype == module.weight_dtype
+            np.testing.assert_array_equal(loaded(x)[0], module(x)[0])
+
+
 def test_docstring_examples():
     from fastlstm import _module, serialization
 

@@ -40,7 +40,7 @@ from fastlstm.io.torch_format import open_zip, read_legacy, read_zip, torch_zip_
 __all__ = ["FORMATS", "OpenedSource", "PathLike", "Source", "arrays_of", "detect_format", "load",
            "read_opened", "save"]
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, bytes, "os.PathLike[str]"]
 Source = Union[PathLike, IO[bytes]]
 
 #: Formats :func:`fastlstm.load` reads, by the name :func:`detect_format` gives them.
@@ -357,7 +357,7 @@ def _format_of(path: Any, format: Optional[str]) -> str:
         return format
     if hasattr(path, "write"):
         raise ValueError("format= is required when writing to a file object")
-    ext = os.path.splitext(os.fspath(path))[1].lower()
+    ext = os.path.splitext(os.fsdecode(path))[1].lower()  # a bytes path too
     if ext not in _EXTENSIONS:
         raise ValueError(f"cannot tell the format from the extension {ext!r} of {path!r}: use "
                          "'.safetensors' or '.npz', or pass format='safetensors' or 'npz'")
@@ -442,7 +442,7 @@ def save(
         return
     # Through a symbolic link to the file it names, as open() writes; anything but a
     # regular file (a FIFO, a device) is refused rather than replaced by one.
-    target = os.path.realpath(os.fspath(path))
+    target = os.path.realpath(os.fsdecode(path))  # str: tempfile's names below are str
     if os.path.isdir(target):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
     if os.path.exists(target) and not os.path.isfile(target):
