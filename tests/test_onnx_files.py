@@ -580,3 +580,50 @@ def test_names_defined_twice_and_attributes_given_twice_are_refused(onnx):
     model = _simple(onnx, None, ("", "", "", "P"), {"P": np.array([[b"", b""]], dtype=object)})
     with pytest.raises(WeightsFormatError, match="peephole"):
         _load_bytes(onnx, model)
+
+
+@pytest.mark.parametrize("directions", [1, 2])
+def test_layers_chained_as_the_dynamo_exporter_chains_them_are_one_lstm(onnx, directions):
+    """torch.onnx.export(dynamo=True) chains a multi-layer LSTM's nodes through
+    Transpose(0, 2, 1, 3) and a Reshape to the export's fixed (L, N, D*H), in one
+    direction too, with node names that name no module.  The reference evaluator of the
+    whole graph is the oracle."""
+    rng = np.random.default_rng(11)
+    h, i, n, steps = 3, 2, 4, 5
+    helper = onnx.helper
+    inits, nodes, previous = {}, [], "X"
+    for k, size in enumerate((i, directions * h)):
+        w, r, b = _onnx_wrb(_torch_weights(rng, size, h, directions), h)
+        inits.update({f"W{k}": w, f"R{k}": r, f"B{k}": b})
+        direction = "bidirectional" if directions == 2 else "forward"
+        nodes.append(_lstm_node(onnx, f"node_LSTM_{k}", [previous, f"W{k}", f"R{k}", f"B{k}"],
+                                outputs=[f"Y{k}"], hidden_size=h, direction=direction))
+        if k == 0:
+            nodes += [helper.make_node("Transpose", ["Y0"], ["T0"], perm=[0, 2, 1, 3]),
+                      helper.make_node("Reshape", ["T0", "shape"], ["S0"])]
+            previous = "S0"
+    inits["shape"] = np.array([steps, n, directions * h], np.int64)
+    model = _model(onnx, nodes, inits, [_value(onnx, "X", [steps, n, i])], [_value(onnx, "Y1")])
+    found = fastlstm.inspect(io.BytesIO(model.SerializeToString()))
+    assert [(m.kind, m.config["num_layers"], m.config["bidirectional"])
+            for m in found.modules] == [("LSTM", 2, directions == 2)]
+    x = rng.standard_normal((steps, n, i)).astype(np.float32)
+    (want,) = _run_reference(onnx, model, {"X": x})
+    rnn = fastlstm.LSTM.from_state_dict(_load_bytes(onnx, model), prefix=found.modules[0].prefix)
+    out, _ = rnn(x)
+    want = want.transpose(0, 2, 1, 3).reshape(steps, n, directions * h)
+    assert np.abs(out - want).max() < TOL
+
+
+def test_sequence_lens_is_named_in_a_note(onnx):
+    rng = np.random.default_rng(12)
+    w, r, b = _onnx_wrb(_torch_weights(rng, 2, 3, 1), 3)
+    model = _model(onnx, [_lstm_node(onnx, "/rnn/LSTM", ["X", "W", "R", "B", "lens"],
+                                     hidden_size=3)],
+                   {"W": w, "R": r, "B": b}, [_value(onnx, "X", [5, 4, 2]),
+                                              onnx.helper.make_tensor_value_info(
+                                                  "lens", onnx.TensorProto.INT32, [4])],
+                   [_value(onnx, "Y")])
+    found = fastlstm.inspect(io.BytesIO(model.SerializeToString()))
+    assert any("has sequence_lens" in note and "pack_padded_sequence" in note
+               for note in found.notes)

@@ -480,9 +480,10 @@ class _Reader:
 
     def chained_from(self, layer: _Layer, by_output: Dict[Tuple[int, str], _Layer]
                      ) -> Optional[_Layer]:
-        """The layer whose output ``layer`` takes as torch's exporter chains the layers of a
+        """The layer whose output ``layer`` takes as torch's exporters chain the layers of a
         multi-layer LSTM: through Squeeze(axis 1), or Transpose(0, 2, 1, 3) and Reshape to
-        (L, N, D*H); None for anything else."""
+        (L, N, D*H) (``dynamo=True``: also one direction, and to fixed sizes); None for
+        anything else."""
         scope = layer.scope
         if layer.layout != 0 or not layer.node.input[0]:
             return None
@@ -494,11 +495,15 @@ class _Reader:
             axes = self._operand(step, scope, 1, "axes")
             if axes is None or [int(a) for a in axes.ravel()] not in ([1], [-3]):
                 return None
-        elif d == 2 and step.op_type == "Reshape":
+        elif step.op_type == "Reshape":
             shape = self._operand(step, scope, 1, None)
             allow_zero = _attribute(self.onnx, step, "allowzero", 0)
-            if shape is None or allow_zero or [int(s) for s in shape.ravel()] not in (
-                    [0, 0, -1], [0, 0, d * h]):
+            dims = [] if shape is None else [int(s) for s in shape.ravel()]
+            # (0, 0, -1) or (0, 0, D*H) from the TorchScript exporter; (L, N, D*H) with the
+            # export's fixed sizes from the dynamo one
+            if allow_zero or len(dims) != 3 or not (
+                    dims in ([0, 0, -1], [0, 0, d * h])
+                    or (dims[0] > 0 and dims[1] > 0 and dims[2] == d * h)):
                 return None
             step = scope.producers.get(step.input[0])
             if step is None or step.op_type != "Transpose" or not step.input or \
@@ -820,6 +825,11 @@ def read_onnx(file: IO[bytes], size: int, notes: Optional[List[str]] = None
         if chain[0].layout == 1:
             notes.append(f"ONNX {chain[0].label} has layout=1 (batch first): pass "
                          "batch_first=True to from_state_dict")
+        for layer in chain:
+            if len(layer.node.input) > 4 and layer.node.input[4]:
+                notes.append(f"ONNX {layer.label} has sequence_lens, which is not a weight: "
+                             "give the lengths as a packed sequence (pack_padded_sequence) "
+                             "for ONNX's results")
     if not layers:
         notes.append("no ONNX LSTM node in this model (torch.onnx.export writes an "
                      "nn.LSTMCell as Gemm, Sigmoid and Tanh nodes): modules are found only "
