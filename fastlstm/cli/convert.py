@@ -82,15 +82,11 @@ def run(args: argparse.Namespace) -> int:
         selected = OrderedDict(
             (k, v.astype(args.dtype) if v.dtype.kind == "f" and k not in scales else v)
             for k, v in selected.items())
-    # From safetensors: the header's metadata and the BF16 tensors as they were (unless cast).
-    bf16 = [] if args.dtype else [k[len(prefix):] for k in bf16_keys
-                                  if k.startswith(prefix) and k[len(prefix):] in selected]
+    # To safetensors: the header's metadata and the BF16 tensors as they were (unless cast).
+    bf16 = [] if args.dtype or fmt != "safetensors" else [
+        k[len(prefix):] for k in bf16_keys if k.startswith(prefix) and k[len(prefix):] in selected]
     try:
-        if fmt == "safetensors" and metadata:
-            save(selected, args.output, format=fmt, metadata=metadata, bfloat16=bf16)
-        else:
-            save(selected, args.output, format=fmt, bfloat16=bf16 if fmt == "safetensors"
-                 else ())
+        save(selected, args.output, format=fmt, metadata=metadata or None, bfloat16=bf16)
     except (OSError, TypeError, ValueError) as exc:
         raise CLIError(file_error("convert", args.output, exc, output=True), 1) from None
     print(f"wrote {args.output} ({fmt}, {len(selected)} tensors) from {args.input} "
