@@ -459,12 +459,17 @@ class _Module:
     def _commit(self, values: Mapping[str, np.ndarray]) -> None:
         """Make ``values`` (already as ``_stored`` keeps them) the parameters."""
         with self._pack_lock:
-            given = self.__dict__.get("_int8_given") or {}
+            # New tables swapped in whole: a reader without the lock (state_dict,
+            # pickle, copy) sees all old or all new weights, never a mixture.
+            params = OrderedDict(self._params)
+            given = dict(self.__dict__.get("_int8_given") or {})
             for name, value in values.items():
-                if value is not self._params[name]:  # the same array keeps its int8 form
+                if value is not params[name]:  # the same array keeps its int8 form
                     given.pop(name, None)
-                    self._params[name] = value
-            self.__dict__["_packed"] = None
+                    params[name] = value
+            self.__dict__.update(_params=params, _packed=None)
+            if "_int8_given" in self.__dict__:
+                self.__dict__["_int8_given"] = given
 
     def _pack_weight(self, name: str) -> Any:
         """What ``pack_layer`` takes for weight ``name``: the array, or with int8
@@ -499,11 +504,14 @@ class _Module:
         """
         gen = self._rng if rng is None else np.random.default_rng(rng)
         bound = 1.0 / math.sqrt(self._hidden_size)
-        for name, shape in self._shapes.items():
-            value = gen.uniform(-bound, bound, size=shape).astype(self._dtype)
-            self._params[name] = freeze(self._stored(name, value))
-        self.__dict__.get("_int8_given", {}).clear()
-        self.__dict__["_packed"] = None
+        params = OrderedDict(
+            (name, freeze(self._stored(name, gen.uniform(-bound, bound, size=shape)
+                                       .astype(self._dtype))))
+            for name, shape in self._shapes.items())
+        with self._pack_lock:  # as _commit: a call packing now sees all old or all new
+            self.__dict__.update(_params=params, _packed=None)
+            if "_int8_given" in self.__dict__:
+                self.__dict__["_int8_given"] = {}
 
     def __getattr__(self, name: str) -> Any:
         # Parameters by name; typed Any, as the private state in __dict__ is.
@@ -550,9 +558,9 @@ class _Module:
         table would leave the other computing with weights it no longer reports."""
         new = type(self).__new__(type(self))
         new.__setstate__(self.__getstate__())
-        new.__dict__["_params"] = OrderedDict(self._params)
-        if "_int8_given" in self.__dict__:
-            new.__dict__["_int8_given"] = dict(self._int8_given)
+        new.__dict__["_params"] = OrderedDict(new._params)
+        if "_int8_given" in new.__dict__:
+            new.__dict__["_int8_given"] = dict(new._int8_given)
         return new
 
     def named_parameters(self, prefix: str = "", recurse: bool = True,

@@ -1,6 +1,7 @@
 """Threads: the thread-count setting, its effect on results, concurrent calls
 from Python threads, the GIL, scipy's BLAS thread count, and memory use."""
 
+import copy
 import gc
 import os
 import subprocess
@@ -989,3 +990,72 @@ def test_l2_size_from_sysfs_when_glibc_has_none(tmp_path, monkeypatch):
     assert kernels._l2_bytes(str(tmp_path)) == 1 << 20
     monkeypatch.setattr(kernels.os, "sysconf", lambda name: 1 << 21)
     assert kernels._l2_bytes(str(tmp_path / "missing")) == 1 << 21
+
+
+def _weights_of(module, x):
+    """The output of a fresh module loaded with ``module``'s reported weights."""
+    fresh = fastlstm.LSTM(module.input_size, module.hidden_size,
+                          num_layers=module.num_layers)
+    fresh.load_state_dict(module.state_dict())
+    return fresh(x)[0]
+
+
+def test_reset_parameters_beside_calls_leaves_the_weights_it_reports():
+    # reset_parameters replaced the parameters one at a time, without the packing lock:
+    # a call packing meanwhile cached a mixture of old and new weights, kept after the
+    # reset (the module then computed with weights state_dict() did not report).
+    m = fastlstm.LSTM(16, 64, num_layers=3, rng=0)
+    x = np.ones((3, 2, 16), np.float32)
+    bad = 0
+    for it in range(40):
+        stop = threading.Event()
+        reader = threading.Thread(target=lambda stop=stop: [m(x) for _ in iter(stop.is_set, True)])
+        reader.start()
+        try:
+            for k in range(4):
+                m.reset_parameters(rng=4 * it + k)
+        finally:
+            stop.set()
+            reader.join()
+        bad += not np.array_equal(m(x)[0], _weights_of(m, x))
+    assert bad == 0
+
+
+@pytest.mark.parametrize("kind", ["float32", "int8"])
+def test_readers_see_all_old_or_all_new_weights_while_a_thread_loads(kind):
+    # load_state_dict wrote the parameter table in place, key by key: state_dict(),
+    # copies and pickles taken meanwhile mixed two weight sets.
+    import pickle
+
+    def build(seed):
+        m = fastlstm.LSTM(8, 32, num_layers=4, rng=seed)
+        return m if kind == "float32" else fastlstm.quantize(m, "int8")
+
+    a, b = build(1).state_dict(), build(2).state_dict()
+    m = build(1)
+    stop = threading.Event()
+
+    def loader():
+        while not stop.is_set():
+            m.load_state_dict(a)
+            m.load_state_dict(b)
+
+    def which(sd):
+        for name, ref in (("a", a), ("b", b)):
+            if all(np.array_equal(sd[k], ref[k]) for k in ref):
+                return name
+        return "mixed"
+
+    seen = []
+    thread = threading.Thread(target=loader)
+    thread.start()
+    try:
+        for _ in range(150):
+            seen.append(which(m.state_dict()))
+            seen.append(which(copy.deepcopy(m).state_dict()))
+            seen.append(which(pickle.loads(pickle.dumps(m)).state_dict()))
+            seen.append(which(copy.copy(m).state_dict()))
+    finally:
+        stop.set()
+        thread.join()
+    assert "mixed" not in seen, f"{seen.count('mixed')} of {len(seen)} snapshots mixed"
