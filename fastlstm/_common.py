@@ -79,14 +79,36 @@ def to_numpy(obj: Any) -> np.ndarray:
         return obj
     if is_torch_tensor(obj):
         tensor = obj.detach().cpu()
-        if str(tensor.dtype) in ("torch.bfloat16", "torch.float16"):
-            # numpy has no bfloat16; both half types are exact in float32.
+        if tensor.is_floating_point() and tensor.element_size() < 4:
+            # numpy has no bfloat16 or float8; every half and 8-bit float is exact in float32.
             tensor = tensor.float()
+        elif tensor.is_complex() and tensor.element_size() < 8:
+            tensor = tensor.to(sys.modules["torch"].complex64)  # complex32: numpy has none
         try:
             return tensor.numpy()
         except RuntimeError:  # a lazily negated or conjugated view (x.conj().imag)
             return tensor.resolve_conj().resolve_neg().numpy()
     return np.asarray(obj)
+
+
+def _cpu_dense(tensor: Any, who: str, name: str) -> Any:
+    """``tensor`` as a dense CPU tensor, or torch's error type where none is to be had:
+    on another device (rather than copying it to the host behind the user's back),
+    MKL-DNN or quantized.  A sparse tensor is made dense, as torch's cell takes one."""
+    torch = sys.modules["torch"]
+    if tensor.device.type != "cpu":
+        if name == "input":
+            raise RuntimeError("Input and parameter tensors are not at the same device, found "
+                               f"input tensor at {tensor.device} and parameter tensor at cpu")
+        raise RuntimeError("Input and hidden tensors are not at the same device, found "
+                           f"input tensor at cpu and hidden tensor at {tensor.device}")
+    if tensor.layout is torch._mkldnn:
+        raise NotImplementedError(f"{who}: an MKL-DNN tensor is not supported; convert it "
+                                  "with .to_dense()")
+    if tensor.is_quantized:
+        raise NotImplementedError(f"{who}: a quantized tensor is not supported; convert it "
+                                  "with .dequantize()")
+    return tensor if tensor.layout is torch.strided else tensor.to_dense()
 
 
 def c_array(a: Any, dtype: Any) -> np.ndarray:
@@ -98,23 +120,25 @@ def c_array(a: Any, dtype: Any) -> np.ndarray:
     return out if out.flags.aligned else out.copy()
 
 
-def input_array(obj: Any, who: str) -> np.ndarray:
+def input_array(obj: Any, who: str, name: str = "input") -> np.ndarray:
     """``to_numpy(obj)`` for a module's input, refusing objects that are no array of numbers.
 
     ``None`` or a string would otherwise become a 0-D object or string array and be
     reported as a wrong number of dimensions.  Arrays and tensors of any dtype pass:
     their dtype is checked against the weights' later, with torch's message.
     """
+    if is_torch_tensor(obj):
+        obj = _cpu_dense(obj, who, name)
     try:
         x = to_numpy(obj)
     except ValueError as exc:  # a ragged nested list: numpy's words, and whose input it was
-        raise ValueError(f"{who}: input must be a rectangular array of numbers: "
+        raise ValueError(f"{who}: {name} must be a rectangular array of numbers: "
                          f"{str(exc).splitlines()[0]}") from None
     if x.dtype.kind not in "fiub" and not isinstance(obj, np.ndarray) and not is_torch_tensor(obj):
         what = type(obj).__name__
         if x.ndim:
             what += f" (of {x.dtype} elements)"
-        raise TypeError(f"{who}: input must be an array of floats (an ndarray, a torch.Tensor "
+        raise TypeError(f"{who}: {name} must be an array of floats (an ndarray, a torch.Tensor "
                         f"or a nested sequence of numbers), got {what}")
     return x
 

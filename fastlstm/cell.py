@@ -15,7 +15,6 @@ from fastlstm._common import (
     dtype_name,
     input_array,
     is_torch_tensor,
-    to_numpy,
     torch_dtype,
 )
 from fastlstm._ext import kernels
@@ -269,7 +268,7 @@ class LSTMCell(_Module):
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError("LSTMCell: hx must be a tuple (h, c) of two arrays")
             tensor_in = tensor_in or is_torch_tensor(hx[0])
-            states = [to_numpy(v) for v in hx]
+            states = [input_array(v, "LSTMCell", f"hx[{i}]") for i, v in enumerate(hx)]
             for idx, value in enumerate(states):
                 if value.ndim not in (1, 2):
                     raise ValueError(

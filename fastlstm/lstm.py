@@ -17,7 +17,6 @@ from fastlstm._common import (
     dtype_name,
     input_array,
     is_torch_tensor,
-    to_numpy,
     torch_dtype,
 )
 from fastlstm._ext import kernels
@@ -66,7 +65,8 @@ def _states(hx: Any) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], bool]:
         return None, None, False
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
         raise TypeError("LSTM: hx must be a tuple (h_0, c_0) of two arrays")
-    return to_numpy(hx[0]), to_numpy(hx[1]), is_torch_tensor(hx[0])
+    h, c = (input_array(v, "LSTM", f"hx[{i}]") for i, v in enumerate(hx))
+    return h, c, is_torch_tensor(hx[0])
 
 
 class LSTM(_Module):
@@ -532,7 +532,7 @@ class LSTM(_Module):
         """``forward`` for a fastlstm or torch ``PackedSequence`` (see ``forward``)."""
         torch_packed = not isinstance(input, PackedSequence)
         packed = from_torch_packed(input)
-        x = to_numpy(packed.data)
+        x = input_array(packed.data, "LSTM")
         batch_sizes = np.asarray(packed.batch_sizes)
         if x.ndim != 2:
             raise RuntimeError(f"input must have 2 dimensions, got {x.ndim}")

@@ -48,7 +48,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
-from fastlstm._common import check_device, is_torch_tensor, to_arguments
+from fastlstm._common import check_device, is_torch_tensor, to_arguments, to_numpy
 
 __all__ = [
     "PackedSequence",
@@ -93,13 +93,11 @@ _C_TYPE_NAMES = {
 
 def _as_array(obj: ArrayLike) -> np.ndarray:
     """An ndarray for an array-like or a torch tensor (on any device), without a copy if
-    possible.  bfloat16 tensors become float32 (NumPy has no bfloat16)."""
-    if is_torch_tensor(obj):
-        tensor = obj.detach().cpu().resolve_conj().resolve_neg()
-        if str(tensor.dtype) == "torch.bfloat16":
-            tensor = tensor.float()
-        return tensor.numpy()
-    return np.asarray(obj)
+    possible.  float16 stays; floats NumPy lacks (bfloat16, float8) become float32,
+    complex32 complex64."""
+    if is_torch_tensor(obj) and str(obj.dtype) == "torch.float16":
+        return obj.detach().cpu().resolve_neg().numpy()
+    return to_numpy(obj)
 
 
 def _type_name(obj: Any) -> str:

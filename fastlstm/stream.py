@@ -154,7 +154,7 @@ class Stream:
             self._h.fill(0)
             self._c.fill(0)
             return
-        h, c = (input_array(v, "Stream.reset") for v in hx)
+        h, c = (input_array(v, "Stream.reset", f"hx[{i}]") for i, v in enumerate(hx))
         if h.shape != self.h.shape or c.shape != self.c.shape:
             raise ValueError(f"Stream.reset: expected h of shape {self.h.shape} and c of shape "
                              f"{self.c.shape}, got {h.shape} and {c.shape}")

@@ -238,6 +238,91 @@ def test_device_torch_cpu_accepted(torch):
     fastlstm.LSTM(3, 4, device=torch.device("cpu"))
 
 
+def _odd_tensor(torch, form, x):
+    """``x`` as a tensor a CPU product cannot read as it is."""
+    if form == "meta":
+        return torch.empty(x.shape, device="meta")
+    if form == "sparse":
+        return x.to_sparse()
+    if form == "mkldnn":
+        return x.to_mkldnn()
+    return torch.quantize_per_tensor(x, 0.1, 0, torch.quint8)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch's deprecation of quantized tensors
+@pytest.mark.parametrize("form", ["meta", "mkldnn", "quantized"])
+def test_tensors_off_the_cpu_or_not_dense_raise_torchs_error_type(torch, form):
+    # A meta (or CUDA) tensor was copied to the host behind the user's back or failed in
+    # numpy; MKL-DNN and quantized ones raised numpy's TypeError.
+    t, tc = torch.nn.LSTM(4, 5), torch.nn.LSTMCell(4, 5)
+    f, fc = fastlstm.LSTM.from_torch(t), fastlstm.LSTMCell.from_torch(tc)
+    x, h = torch.randn(3, 2, 4), torch.zeros(1, 2, 5)
+    odd_x, odd_h, odd_x2 = (_odd_tensor(torch, form, v) for v in (x, h, x[0]))
+    want, got = _raised(lambda: t(odd_x)), _raised(lambda: f(odd_x))
+    assert type(got) is type(want), (got, want)
+    # torch's errors in the states and in its cell come from wherever its code first
+    # trips (a product, a copy): each of fastlstm's is one of torch's two types there.
+    stream = fastlstm.Stream(f, batch_size=2)
+    assert _raised(lambda: tc(odd_x2)) is not None
+    for call in (lambda: f(x, (odd_h, h)), lambda: fc(odd_x2), lambda: stream.step(odd_x[0])):
+        assert isinstance(_raised(call), (RuntimeError, NotImplementedError))
+    if form == "meta":  # torch's words: the device is what a user must change
+        for call, torch_call in ((lambda: f(odd_x), lambda: t(odd_x)),
+                                 (lambda: f(x, (odd_h, h)), lambda: t(x, (odd_h, h)))):
+            assert str(_raised(call)) == str(_raised(torch_call))
+
+
+def test_sparse_tensors_are_read_as_dense(torch):
+    # torch's LSTMCell takes a sparse input and its LSTM sparse states; numpy took neither.
+    tc = torch.nn.LSTMCell(4, 5)
+    f, fc = fastlstm.LSTM(4, 5, rng=0), fastlstm.LSTMCell.from_torch(tc)
+    x, h = torch.randn(3, 2, 4), torch.randn(1, 2, 5)
+    with torch.no_grad():
+        want_cell = tc(x[0])[0].numpy()
+    np.testing.assert_allclose(fc(x[0].to_sparse())[0].numpy(), want_cell, atol=1e-6, rtol=0)
+    for got, want in ((f(x.to_sparse())[0], f(x)[0]),
+                      (f(x, (h.to_sparse(), h))[0], f(x, (h, h))[0])):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+@pytest.mark.parametrize("name", ["float8_e4m3fn", "float8_e5m2"])
+def test_float8_tensors_are_read_as_float32(torch, name):
+    # NumPy has no float8: every one is exact in float32, as bfloat16 and float16 are.
+    f, fc = fastlstm.LSTM(4, 5, rng=0), fastlstm.LSTMCell(4, 5, rng=0)
+    x = torch.randn(3, 2, 4).to(getattr(torch, name))
+    exact = x.float()
+    for got, want in ((f(x)[0], f(exact)[0]), (fc(x[0])[0], fc(exact[0])[0]),
+                      (f(exact, (x[:1, :, :1].expand(1, 2, 5),) * 2)[0],
+                       f(exact, (exact[:1, :, :1].expand(1, 2, 5),) * 2)[0]),
+                      (fastlstm.pad_sequence([x[0], x[1, :1]]),
+                       fastlstm.pad_sequence([exact[0], exact[1, :1]]))):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_complex32_tensors_raise_as_complex64_ones(torch):
+    f = fastlstm.LSTM(4, 5)
+    x = torch.randn(3, 2, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: complex32 is experimental
+        half = x.to(torch.complex32)
+    want = _raised(lambda: f(x.to(torch.complex64)))
+    got = _raised(lambda: f(half))
+    assert type(got) is type(want) is ValueError and str(got) == str(want)
+
+
+@pytest.mark.parametrize("state", [None, "h", object()])
+def test_a_state_that_is_no_array_raises_type_error_naming_it(state):
+    # A None in hx was read as a 0-D array and reported as a wrong number of dimensions.
+    f, fc = fastlstm.LSTM(4, 5), fastlstm.LSTMCell(4, 5)
+    c3, c2 = np.zeros((1, 2, 5), np.float32), np.zeros((2, 5), np.float32)
+    x = np.zeros((3, 2, 4), np.float32)
+    calls = [lambda: f(x, (state, c3)), lambda: fc(x[0], (state, c2)),
+             lambda: fastlstm.Stream(f, batch_size=2).reset((state, c2))]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"hx\[0\] must be an array of floats"):
+            call()
+
+
 @pytest.mark.parametrize(
     "dtype", ["int32", "float16", np.int64, np.float16, np.complex64, "bogus", int]
 )

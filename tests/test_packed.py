@@ -193,6 +193,27 @@ def test_packed_hx_arrays_give_arrays_and_are_not_modified():
     assert np.array_equal(h0, h_copy) and np.array_equal(c0, c_copy)
 
 
+def test_packed_output_kind_follows_the_packed_input_and_states_the_rule(torch):
+    # docs/porting.md: the output is a PackedSequence of the input's kind whatever h_0
+    # is; h_n and c_n are tensors when the input or h_0 was one.
+    rng = np.random.default_rng(0)
+    mod = fastlstm.LSTM(2, 3, rng=0)
+    seqs = _sequences(rng, [2, 4, 3], 2)
+    ours = pack_sequence(seqs, enforce_sorted=False)
+    theirs = torch.nn.utils.rnn.pack_sequence([torch.from_numpy(s) for s in seqs],
+                                              enforce_sorted=False)
+    h0 = np.zeros((1, 3, 3), np.float32)
+    for packed, state, out_kind, state_kind in (
+            (ours, torch.from_numpy(h0), PackedSequence, torch.Tensor),
+            (theirs, h0, torch.nn.utils.rnn.PackedSequence, torch.Tensor),
+            (ours, h0, PackedSequence, np.ndarray)):
+        out, (h_n, c_n) = mod(packed, (state, state))
+        assert type(out) is out_kind and isinstance(h_n, state_kind)
+        assert isinstance(c_n, state_kind)
+        assert isinstance(out.data, torch.Tensor if out_kind is not PackedSequence
+                          else np.ndarray)
+
+
 # --------------------------------------------------------------------- errors
 def _packed_and_module():
     rng = np.random.default_rng(0)
