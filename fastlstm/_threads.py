@@ -428,23 +428,25 @@ _share_lock = threading.Lock()
 _share_note = ""
 
 
-def _openblas_setters() -> List[Tuple[str, str, int]]:
+def _openblas_setters() -> Tuple[List[Tuple[str, str, int]], int]:
     """(file, version, setter address) of every loaded OpenBLAS that can hand its jobs
     to a callback: a pthreads build with ``openblas_set_threads_callback_function``
-    under any of the symbol prefixes and suffixes OpenBLAS builds use."""
+    under any of the symbol prefixes and suffixes OpenBLAS builds use; and the
+    largest thread count among them."""
     import ctypes
 
     from threadpoolctl import ThreadpoolController
 
-    found = []
+    found, threads = [], 1
     for c in ThreadpoolController().select(internal_api="openblas").lib_controllers:
         if c.threading_layer != "pthreads":
             continue  # an OpenMP build runs its jobs on OpenMP's team already
         fn = _openblas_symbol(c.dynlib, _SETTER)
-        if fn is not None:
-            found.append((c.filepath, str(c.version),
-                          int(ctypes.cast(fn, ctypes.c_void_p).value or 0)))
-    return [f for f in found if f[2]]
+        address = int(ctypes.cast(fn, ctypes.c_void_p).value or 0) if fn is not None else 0
+        if address:
+            found.append((c.filepath, str(c.version), address))
+            threads = max(threads, int(c.num_threads))
+    return found, threads
 
 
 def set_blas_sharing(enabled: bool) -> None:
@@ -489,12 +491,18 @@ def set_blas_sharing(enabled: bool) -> None:
     with _share_lock:
         if enabled:
             try:
-                setters = _openblas_setters()
+                setters, threads = _openblas_setters()
             except Exception as exc:  # threadpoolctl could not inspect the process
                 setters, _share_note = [], f"off: the BLAS libraries could not be read ({exc})"
             else:
                 _share_note = ("" if setters else
                                "off: no OpenBLAS 0.3.28+ (pthreads) is loaded")
+            # The pool's threads are started now, asleep: a call's jobs need a thread
+            # each, all at once, and if one could not be started then (a process or
+            # container out of threads or memory) the call could neither wait nor run.
+            # OpenBLAS's own threads exist already: it keeps them then.
+            if setters and not kernels.blas_reserve(threads - 1):
+                setters, _share_note = [], "off: the pool's threads could not be started"
             for lib in setters:
                 kernels.blas_route(lib[2], True)
                 if lib not in _shared:

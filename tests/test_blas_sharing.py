@@ -146,6 +146,46 @@ def test_off_gives_openblas_its_threads_back():
     np.testing.assert_array_equal(a @ a, np.full((500, 500), 500.0))
 
 
+def test_pool_threads_start_with_the_routing_not_at_the_first_product():
+    # The pool started its threads at the first threaded product; a process that could no
+    # longer start threads then (out of memory or threads, here: thread stacks the size of
+    # a 2 GB stack limit under an address-space limit) aborted a plain NumPy matmul that
+    # OpenBLAS's own threads, started earlier, would have run.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    if hard != resource.RLIM_INFINITY and hard < 2_000_000_000:
+        pytest.skip(f"the hard stack limit ({hard}) is below 2 GB")
+    if np.__config__.CONFIG["Build Dependencies"]["blas"]["name"] != "scipy-openblas":
+        pytest.skip("needs NumPy's own OpenBLAS")
+
+    def big_stacks():
+        resource.setrlimit(resource.RLIMIT_STACK, (2_000_000_000, hard))
+
+    code = """
+        import resource, numpy as np, fastlstm
+        from fastlstm._ext import kernels
+        from threadpoolctl import threadpool_info
+        assert fastlstm.get_blas_sharing()
+        if min(i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas") < 2:
+            raise SystemExit(print("one thread"))
+        rng = np.random.default_rng(0)
+        a, b = rng.standard_normal((600, 600)), rng.standard_normal((600, 600))
+        want = np.einsum("ik,kj->ij", a, b)  # NumPy's own loops, no BLAS
+        pages = int(open("/proc/self/statm").read().split()[0])
+        resource.setrlimit(resource.RLIMIT_AS, (pages * 4096 + (600 << 20), -1))
+        got = a @ b
+        assert kernels.blas_route_counts()[1] >= 1, kernels.blas_route_counts()
+        assert np.abs(got - want).max() < 1e-9
+        print("ok")
+    """
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=120, preexec_fn=big_stacks)
+    if res.stdout.strip() == "one thread":
+        pytest.skip("OpenBLAS runs one thread here")
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr
+
+
 def test_set_blas_sharing_wants_a_bool():
     with pytest.raises(TypeError, match="enabled must be a bool"):
         fastlstm.set_blas_sharing(1)

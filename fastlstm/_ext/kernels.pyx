@@ -182,6 +182,7 @@ cdef extern from "blas_share.h" nogil:
     int __atomic_load_n(int *p, int order) noexcept
     int __ATOMIC_RELAXED
     void fl_blas_route(void *setter_address, int on) noexcept
+    int fl_blas_reserve(int workers) noexcept
     int fl_blas_register_fork_handler() noexcept
 
 if fl_register_fork_handler() != 0 or fl_blas_register_fork_handler() != 0:
@@ -193,6 +194,15 @@ def blas_route(size_t setter_address, bint on):
     ``openblas_set_threads_callback_function`` is at ``setter_address`` to this
     module's BLAS pool (``on``), or back to its own threads."""
     fl_blas_route(<void *>setter_address, on)
+
+
+def blas_reserve(int workers):
+    """Start the BLAS pool's threads (asleep) up to ``workers``, before any call
+    needs them; False when one could not be started (or its memory had)."""
+    cdef int rc
+    with nogil:
+        rc = fl_blas_reserve(workers)
+    return rc == 0
 
 
 def blas_route_counts():

@@ -91,11 +91,13 @@ static inline void fl_blas_park(void)
         __atomic_add_fetch(&fl_blas_pool.park, 1, __ATOMIC_RELAXED);
 }
 
-/* A worker's position, and the ticket before the call it was started for (it
- * may first run after that call was posted). */
+/* A worker's position, the ticket before the call it was started for (it
+ * may first run after that call was posted), and whether it sleeps at once
+ * (started ahead of any call, by fl_blas_reserve). */
 typedef struct {
     int pos;
     unsigned long long seen;
+    int asleep;
 } fl_blas_start_t;
 
 static void *fl_blas_worker(void *arg)
@@ -103,10 +105,13 @@ static void *fl_blas_worker(void *arg)
     fl_blas_pool_t *p = &fl_blas_pool;
     int pos = ((fl_blas_start_t *)arg)->pos;
     unsigned long long seen = ((fl_blas_start_t *)arg)->seen;
+    int asleep = ((fl_blas_start_t *)arg)->asleep;
     free(arg);
     fl_blas_in_worker = 1;
     for (;;) {
-        unsigned park = __atomic_load_n(&p->park, __ATOMIC_RELAXED);
+        /* a park count already "changed": the first wait sleeps after 64 pauses */
+        unsigned park = __atomic_load_n(&p->park, __ATOMIC_RELAXED) - (unsigned)asleep;
+        asleep = 0;
         long long start = fl_blas_now_ns();
         int spins = 0;
         unsigned long long t;
@@ -149,27 +154,72 @@ static void *fl_blas_job_thread(void *p)
     return NULL;
 }
 
-/* A job that never starts would leave the others waiting for its panels
- * forever, so a thread that cannot be created is retried for a second, then
- * the process stops with a message: a hang would be worse. */
-static void fl_blas_start(pthread_t *tid, void *(*fn)(void *), void *arg)
+/* pthread_create, tried `tries` times 1 ms apart; 0 when a thread started. */
+static int fl_blas_try_start(pthread_t *tid, void *(*fn)(void *), void *arg, int tries)
 {
     pthread_attr_t attr;
     int ok = 0;
     pthread_attr_init(&attr);
-    for (int tries = 0; tries < 1000; tries++) {
+    for (int i = 0; i < tries && !ok; i++) {
         if (pthread_create(tid, &attr, fn, arg) == 0) {
             ok = 1;
-            break;
+        } else {
+            struct timespec ms = {0, 1000000};
+            nanosleep(&ms, NULL);
         }
-        struct timespec ms = {0, 1000000};
-        nanosleep(&ms, NULL);
     }
     pthread_attr_destroy(&attr);
-    if (!ok) {
+    return ok ? 0 : -1;
+}
+
+/* A job that never starts would leave the others waiting for its panels
+ * forever, so a thread that cannot be created is retried for a second, then
+ * the process stops with a message: a hang would be worse.  The pool's
+ * threads are started when routing begins (fl_blas_reserve, which turns
+ * routing down instead of failing), so this is reached only by a call of
+ * more jobs than OpenBLAS had threads then. */
+static void fl_blas_start(pthread_t *tid, void *(*fn)(void *), void *arg)
+{
+    if (fl_blas_try_start(tid, fn, arg, 1000) != 0) {
         fputs("fastlstm: could not start a thread for a BLAS call\n", stderr);
         abort();
     }
+}
+
+/* One more worker, asleep or spinning; 0, or -1 without memory or a thread
+ * (after `tries` tries). Called with the pool's lock held. */
+static int fl_blas_add_worker(fl_blas_pool_t *p, int asleep, int tries)
+{
+    pthread_t tid;
+    fl_blas_start_t *w = (fl_blas_start_t *)malloc(sizeof(fl_blas_start_t));
+    if (w == NULL)
+        return -1;
+    w->pos = p->workers + 1;
+    w->seen = p->ticket;
+    w->asleep = asleep;
+    if (fl_blas_try_start(&tid, fl_blas_worker, w, tries) != 0) {
+        free(w);
+        return -1;
+    }
+    pthread_detach(tid);
+    __atomic_add_fetch(&p->workers, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* Start sleeping workers until the pool has `workers`, so that calls of up to
+ * workers + 1 jobs start none; 0, or -1 when a thread or its memory could not
+ * be had (the caller then leaves OpenBLAS its own threads, which exist). */
+static int fl_blas_reserve(int workers)
+{
+    fl_blas_pool_t *p = &fl_blas_pool;
+    int rc = 0;
+    if (workers > FL_BLAS_MAX_WORKERS)
+        workers = FL_BLAS_MAX_WORKERS;
+    pthread_mutex_lock(&p->lock);
+    while (p->workers < workers && rc == 0)
+        rc = fl_blas_add_worker(p, 1, 10);
+    pthread_mutex_unlock(&p->lock);
+    return rc;
 }
 
 static void fl_blas_on_fresh_threads(fl_blas_dojob dojob, int numjobs, size_t size,
@@ -292,17 +342,10 @@ static void fl_blas_run(int sync, fl_blas_dojob dojob, int numjobs, size_t size,
     }
     p->pooled++;
     while (p->workers < numjobs - 1) {
-        pthread_t tid;
-        fl_blas_start_t *w = (fl_blas_start_t *)malloc(sizeof(fl_blas_start_t));
-        if (w == NULL) {
-            fputs("fastlstm: no memory to start a BLAS thread\n", stderr);
+        if (fl_blas_add_worker(p, 0, 1000) != 0) {  /* see fl_blas_start */
+            fputs("fastlstm: could not start a thread for a BLAS call\n", stderr);
             abort();
         }
-        w->pos = p->workers + 1;
-        w->seen = p->ticket;
-        fl_blas_start(&tid, fl_blas_worker, w);
-        pthread_detach(tid);
-        __atomic_add_fetch(&p->workers, 1, __ATOMIC_RELAXED);
     }
     p->dojob = dojob;
     p->data = data;
