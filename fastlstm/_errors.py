@@ -28,6 +28,12 @@ class WeightsFormatError(ValueError):
     """
 
 
+class WeightsMemoryError(WeightsFormatError, MemoryError):
+    """Reading a weights file ran out of memory: a :class:`WeightsFormatError`, as a
+    file built to exhaust memory is refused, and a ``MemoryError``, as a valid file
+    read where memory is short is no corrupt one (``except MemoryError`` sees it)."""
+
+
 class UnsafeFileError(WeightsFormatError, pickle.UnpicklingError):
     """A PyTorch pickle that asks for something outside fastlstm's allow-list.
 

@@ -1179,3 +1179,39 @@ def test_cli_errors_escape_what_the_file_says(tmp_path):
     status, out, err = run_cli("inspect", path)
     assert status == 1 and "\x1b" not in err and "\x07" not in err
     assert "\\x1b[2K\\x1b[32mOK" in err
+
+
+def test_running_out_of_memory_opening_a_file_closes_its_descriptor_once(tmp_path, monkeypatch):
+    # The descriptor was closed a second time after the file object that owned it had
+    # closed it (EBADF, or another thread's file of the same number), hiding the MemoryError.
+    from fastlstm.io import files
+
+    path = tmp_path / "w.safetensors"
+    fastlstm.save(fastlstm.LSTM(3, 4, rng=0).state_dict(), path)
+
+    def no_memory(raw, *args, **kwargs):
+        raise MemoryError
+
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(files.io, "BufferedReader", no_memory)
+    with pytest.raises(MemoryError) as info:
+        fastlstm.load(path)
+    monkeypatch.undo()
+    assert not isinstance(info.value.__context__, OSError)
+    assert len(os.listdir("/proc/self/fd")) == before  # closed, and only it
+
+
+def test_running_out_of_memory_in_a_reader_is_a_memory_error_and_a_format_error(
+        tmp_path, monkeypatch):
+    from fastlstm.io import files
+
+    path = tmp_path / "w.safetensors"
+    fastlstm.save(fastlstm.LSTM(3, 4, rng=0).state_dict(), path)
+
+    def no_memory(*args):
+        raise MemoryError
+
+    monkeypatch.setattr(files, "read_safetensors", no_memory)
+    with pytest.raises(MemoryError, match="ran out of memory") as info:
+        fastlstm.load(path)
+    assert isinstance(info.value, WeightsFormatError)

@@ -24,7 +24,7 @@ from typing import IO, Any, Collection, Dict, List, Mapping, Optional, Tuple, Un
 import numpy as np
 
 from fastlstm._common import to_numpy
-from fastlstm._errors import WeightsFormatError
+from fastlstm._errors import WeightsFormatError, WeightsMemoryError
 from fastlstm.io.npz import is_npz, read_npz, write_npz
 from fastlstm.io.onnx_format import looks_like_onnx, read_onnx
 from fastlstm.io.safetensors import (
@@ -88,11 +88,16 @@ def _open_regular(path: Any) -> IO[bytes]:
         _check_regular(os.fstat(fd).st_mode, path)
         if nonblock:
             os.set_blocking(fd, True)
-        file = os.fdopen(fd, "rb")
+        raw = io.FileIO(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
-    file.raw.name = path  # type: ignore[attr-defined]  # as open() names it, not by its fd
+    try:  # the FileIO owns the fd now: closing it again could close another thread's file
+        file = io.BufferedReader(raw)
+    except BaseException:
+        raw.close()
+        raise
+    raw.name = path  # as open() names it, not by its fd
     return file
 
 
@@ -239,7 +244,7 @@ def read_opened(opened: OpenedSource, notes: Optional[List[str]] = None
     except (WeightsFormatError, ImportError):  # ImportError: onnx is optional, not corrupt
         raise
     except MemoryError:
-        raise WeightsFormatError("refused: reading this file ran out of memory") from None
+        raise WeightsMemoryError("refused: reading this file ran out of memory") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt file may fail anywhere in a reader
         raise WeightsFormatError(f"corrupt or truncated file: {type(exc).__name__}: {exc}") \
             from None

@@ -61,7 +61,7 @@ from typing import (
 
 import numpy as np
 
-from fastlstm._errors import UnsafeFileError, WeightsFormatError
+from fastlstm._errors import UnsafeFileError, WeightsFormatError, WeightsMemoryError
 
 __all__ = ["read_legacy", "read_zip", "torch_zip_prefix"]
 
@@ -427,7 +427,7 @@ class _Loader:
         except WeightsFormatError:
             raise
         except MemoryError:
-            raise WeightsFormatError(f"refused: unpickling {what} ran out of memory") from None
+            raise WeightsMemoryError(f"refused: unpickling {what} ran out of memory") from None
         except Exception as exc:  # noqa: BLE001 - any failure of a corrupt pickle
             raise WeightsFormatError(f"corrupt {what}: {type(exc).__name__}: {exc}") from None
 
