@@ -64,6 +64,18 @@ PathLike = Union[str, bytes, "os.PathLike[str]"]
 _M = TypeVar("_M", bound="_Module")
 
 
+
+def _uniform(gen: np.random.Generator, bound: float, shape: Tuple[int, ...],
+             dtype: Any) -> np.ndarray:
+    """``gen.uniform(-bound, bound, shape).astype(dtype)``, the same numbers, drawn in
+    slices of 1M so that a large weight needs no float64 copy of itself."""
+    out = np.empty(shape, dtype=dtype)
+    flat = out.reshape(-1)
+    step = 1 << 20
+    for lo in range(0, flat.size, step):
+        flat[lo:lo + step] = gen.uniform(-bound, bound, size=min(step, flat.size - lo))
+    return out
+
 class _IncompatibleKeys(NamedTuple):
     missing_keys: List[str]
     unexpected_keys: List[str]
@@ -505,8 +517,7 @@ class _Module:
         gen = self._rng if rng is None else np.random.default_rng(rng)
         bound = 1.0 / math.sqrt(self._hidden_size)
         params = OrderedDict(
-            (name, freeze(self._stored(name, gen.uniform(-bound, bound, size=shape)
-                                       .astype(self._dtype))))
+            (name, freeze(self._stored(name, _uniform(gen, bound, shape, self._dtype))))
             for name, shape in self._shapes.items())
         with self._pack_lock:  # as _commit: a call packing now sees all old or all new
             self.__dict__.update(_params=params, _packed=None)

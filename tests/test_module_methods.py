@@ -1,6 +1,10 @@
 """torch.nn.Module's device and dtype methods (``to``, ``float``, ``double``, ``cpu``, ...)
 and ``flatten_parameters``, against torch doing the same to its module."""
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from _helpers import TOL, torch_single_thread
@@ -194,3 +198,19 @@ def test_torch_refuses_the_same_dtypes_and_devices(torch):
         t.to(torch.float64, copy=False)
     with pytest.raises(RuntimeError, match="does not accept copy"):
         t.to("cpu", torch.float64, False, True)
+
+
+def test_initial_weights_are_drawn_without_a_float64_copy_of_them():
+    # A float64 draw cast to float32 made construction need 3 times the weights' memory
+    # (torch needs 1); the slices draw the same numbers (seeded modules are unchanged).
+    code = textwrap.dedent("""
+        import resource, numpy as np, fastlstm
+        pages = int(open("/proc/self/statm").read().split()[0])
+        resource.setrlimit(resource.RLIMIT_AS, (pages * 4096 + (400 << 20), -1))
+        cell = fastlstm.LSTMCell(1 << 24, 1, rng=3)   # weight_ih: 256 MiB of float32
+        want = np.random.default_rng(3).uniform(-1, 1, size=1000)
+        print(np.array_equal(cell.weight_ih.reshape(-1)[:1000], want.astype(np.float32)))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "True", res.stdout + res.stderr
