@@ -11,9 +11,10 @@ originals.  torch is imported here only, when called.
 from __future__ import annotations
 
 import copy
+import sys
 import threading
 import warnings
-from typing import Any, Dict, List, Optional, Tuple, cast
+from typing import Any, Dict, List, Optional, Tuple
 
 from fastlstm.cell import LSTMCell
 from fastlstm.lstm import LSTM
@@ -40,83 +41,137 @@ def _parameters(module: Any) -> Optional[List[Any]]:
     or LSTMCell has no submodules: ``_parameters`` holds them all, faster to read than
     ``parameters()``."""
     own = module._parameters
-    names = getattr(module, "_flat_weights_names", None)  # LSTM
+    # From __dict__: a name nn.Module lacks costs its __getattr__ an exception (1 us).
+    names = module.__dict__.get("_flat_weights_names")  # LSTM
     if names is None:  # LSTMCell
         names = _CELL_WEIGHTS if module.bias else _CELL_WEIGHTS[:2]
-    params = [own.get(name) for name in names]
-    return None if any(p is None for p in params) else params
+    params = []
+    for name in names:
+        p = own.get(name)
+        if p is None:
+            return None
+        params.append(p)
+    return params
 
 
-def _fallback_reason(module: Any, tensors: Tuple[Any, ...],
-                     params: Optional[List[Any]]) -> Optional[str]:
-    """Why fastlstm cannot serve this call (torch's forward runs then), or None."""
-    import torch
+# Every call of an accelerated module runs these checks (a few us at most: a decoder's
+# LSTMCell step of H = 32 costs torch 14 us); those of the weights run only when the
+# fastlstm module is made again for new weights.
 
+def _mode_reason(module: Any, torch: Any) -> Optional[str]:
+    """Why torch's own forward must serve a call in this mode, or None."""
     if module.training and torch.is_grad_enabled():
         return "training mode with autograd on"
     if module.training and module.__dict__.get("dropout") and module.num_layers > 1:
         return "dropout in training mode"
-    if torch.jit.is_tracing():  # a trace would keep fastlstm's output as a constant
+    if torch._C._get_tracing_state():  # a torch.jit trace would keep the output as a constant
         return "torch.jit tracing"
     if getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0:  # dual tensors' tangents
         return "forward-mode automatic differentiation"
     if torch.is_autocast_enabled("cpu"):  # torch's forward gives the autocast dtype
         return "autocast"
-    if params is None:
-        return "weights computed from other parameters (pruning, weight norm)"
-    if not isinstance(tensors[0], torch.Tensor):  # a list, ...: torch's forward says
-        return f"an input of type {type(tensors[0]).__name__}"
-    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor",
-                      lambda t: False)
-    # A subclass (FakeTensor and FunctionalTensor of torch.export, a user's) or a torch.func
-    # wrapper has no data of its own to hand to fastlstm, or must stay what it is.
-    odd = next((t for t in [*params, *tensors] if isinstance(t, torch.Tensor) and (
-        type(t) not in (torch.Tensor, torch.nn.Parameter) or wrapped(t))), None)
-    if odd is not None:
-        return f"a {type(odd).__name__} (a tensor subclass or wrapper)"
-    if any(p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64)
-           for p in params):
-        return "weights that are not float32 or float64 on the CPU"
-    if any(p.is_inference() for p in params):  # no version counter: an edit would not show
-        return "weights that are inference tensors (made in torch.inference_mode)"
-    for t in tensors:
-        if not isinstance(t, torch.Tensor):
-            continue
-        if t.device.type != "cpu":
+    functorch = getattr(torch._C, "_functorch", None)
+    # Under a torch.func transform (grad, vmap, ...) the tensors are its wrappers, with no
+    # data of their own to hand to fastlstm.
+    if functorch is not None and functorch.peek_interpreter_stack() is not None:
+        return "a torch.func transform"
+    return None
+
+
+def _input_reason(tensors: Tuple[Any, ...], params: List[Any], torch: Any) -> Optional[str]:
+    """Why torch's own forward must serve these inputs and states, or None."""
+    plain = (torch.Tensor, torch.nn.Parameter)
+    grad = torch.is_grad_enabled()
+    for i, t in enumerate(tensors):
+        kind = type(t)
+        if kind not in plain:
+            if not isinstance(t, torch.Tensor):
+                if i == 0:  # a list, ...: torch's forward says
+                    return f"an input of type {kind.__name__}"
+                continue
+            # A subclass (FakeTensor and FunctionalTensor of torch.export, a user's) has
+            # no data of its own to hand to fastlstm, or must stay what it is.
+            return f"a {kind.__name__} (a tensor subclass or wrapper)"
+        if not t.is_cpu:
             return f"a tensor on {t.device}"
-        if t.dtype not in (torch.float32, torch.float64):
+        if t.dtype is not torch.float32 and t.dtype is not torch.float64:
             return f"a {t.dtype} tensor"
-        if params and t.dtype != params[0].dtype:  # torch's forward raises its error
+        if t.dtype is not params[0].dtype:  # torch's forward raises its error
             return f"a {t.dtype} tensor with {params[0].dtype} weights"
-        if t.requires_grad and torch.is_grad_enabled():
+        if grad and t.requires_grad:
             return "an input that requires grad"
+    return None
+
+
+def _param_reason(module: Any, params: List[Any], torch: Any) -> Optional[str]:
+    """Why torch's own forward must serve calls with these weights, or None."""
+    plain = (torch.Tensor, torch.nn.Parameter)
+    for p in params:
+        if type(p) not in plain:
+            return f"a {type(p).__name__} (a tensor subclass or wrapper)"
+        if not p.is_cpu or p.dtype not in (torch.float32, torch.float64):
+            return "weights that are not float32 or float64 on the CPU"
+        if p.is_inference():  # no version counter: an edit would not show
+            return "weights that are inference tensors (made in torch.inference_mode)"
     if module.__dict__.get("_fastlstm_weight_dtype") is not None and any(
             p.dtype != torch.float32 for p in params):
         return "reduced-precision weights of a float64 module (they need float32)"
     return None
 
 
-def _fast_module(module: Any, kind: str, params: List[Any]) -> Any:
-    """The fastlstm module with ``module``'s current weights and arguments, rebuilt when
-    they changed (``load_state_dict``, an optimizer step, ``.double()``, a new Parameter:
-    each changes a tensor's version, storage or identity)."""
-    key = (tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in params),
-           tuple(map(module.__dict__.get, _CONFIG)))  # not getattr: torch's raises inside
+def _key(module: Any, params: List[Any]) -> Tuple[Any, ...]:
+    """What the fastlstm module was made from: each weight's identity, data, version and
+    dtype, and the constructor arguments."""
+    d = module.__dict__
+    return (tuple([(id(p), p.data_ptr(), p._version, p.dtype) for p in params]),
+            tuple([d.get(name) for name in _CONFIG]))  # not getattr: torch's raises inside
+
+
+def _cached(module: Any, params: List[Any]) -> Any:
+    """The fastlstm module made for ``module``'s current weights and arguments, or None."""
     cached = module.__dict__.get("_fastlstm_cache")
     # The cache holds the Parameters and their data (strong references: torch's
     # swap_tensors refuses tensors with weak ones), so that neither a new Parameter nor
     # new data (``p.data = t``) can be made at the address of what the key names.
-    if cached is not None and cached[0] == key and all(
-            held is p for held, p in zip(cached[1], params)):
-        return cached[3]
+    if cached is None or cached[0] != _key(module, params):
+        return None
+    for held, p in zip(cached[1], params):
+        if held is not p:
+            return None
+    return cached[3]
+
+
+def _fast_module(module: Any, kind: str, params: List[Any]) -> Any:
+    """The fastlstm module with ``module``'s current weights and arguments, made again
+    when they changed (``load_state_dict``, an optimizer step, ``.double()``, a new
+    Parameter: each changes a tensor's version, storage or identity)."""
+    fast = _cached(module, params)
+    if fast is not None:
+        return fast
+    key = _key(module, params)
     with warnings.catch_warnings():  # torch warned of the module's dropout when it was made
         warnings.simplefilter("ignore", UserWarning)
-        fast: Any = (LSTM if kind == "LSTM" else LSTMCell).from_torch(module)
+        made: Any = (LSTM if kind == "LSTM" else LSTMCell).from_torch(module)
     weight_dtype = module.__dict__.get("_fastlstm_weight_dtype")
     if weight_dtype is not None:
-        fast = quantize(fast, weight_dtype)
+        made = quantize(made, weight_dtype)
     module.__dict__["_fastlstm_cache"] = (key, list(params), [p.detach() for p in params],
-                                          fast)
+                                          made)
+    return made
+
+
+def _serve(module: Any, kind: str, tensors: Tuple[Any, ...]) -> Any:
+    """The fastlstm module to run this call, or None: torch's forward serves it."""
+    torch = sys.modules["torch"]
+    params = _parameters(module)
+    if (params is None or _mode_reason(module, torch) is not None
+            or _input_reason(tensors, params, torch) is not None):
+        return None
+    fast = _cached(module, params)
+    if fast is None:
+        if _param_reason(module, params, torch) is not None:
+            return None
+        fast = _fast_module(module, kind, params)
     return fast
 
 
@@ -151,12 +206,13 @@ def _classes() -> Dict[str, Any]:
                 data = input.data if isinstance(input, PackedSequence) else input
                 if hx is not None and not isinstance(hx, (tuple, list)):
                     return super().forward(input, hx)  # torch's error for a bare tensor
-                tensors = (data,) + (tuple(hx) if hx is not None else ())
-                params = _parameters(self)
-                if _fallback_reason(self, tensors, params) is not None:
+                fast = _serve(self, "LSTM", (data, *hx) if hx is not None else (data,))
+                if fast is None:
                     return super().forward(input, hx)
+                if not torch.is_grad_enabled():  # no_grad's context costs 1 us a call
+                    return fast(input, hx)
                 with torch.no_grad():
-                    return _fast_module(self, "LSTM", cast(List[Any], params))(input, hx)
+                    return fast(input, hx)
 
             def _get_name(self) -> str:  # the repr of the module it replaces
                 return "LSTM"
@@ -167,12 +223,13 @@ def _classes() -> Dict[str, Any]:
             def forward(self, input: Any, hx: Any = None) -> Any:
                 if hx is not None and not isinstance(hx, (tuple, list)):
                     return super().forward(input, hx)  # torch's error for a bare tensor
-                tensors = (input,) + (tuple(hx) if hx is not None else ())
-                params = _parameters(self)
-                if _fallback_reason(self, tensors, params) is not None:
+                fast = _serve(self, "LSTMCell", (input, *hx) if hx is not None else (input,))
+                if fast is None:
                     return super().forward(input, hx)
+                if not torch.is_grad_enabled():  # no_grad's context costs 1 us a call
+                    return fast(input, hx)
                 with torch.no_grad():
-                    return _fast_module(self, "LSTMCell", cast(List[Any], params))(input, hx)
+                    return fast(input, hx)
 
             def _get_name(self) -> str:
                 return "LSTMCell"
