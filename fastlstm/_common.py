@@ -43,6 +43,29 @@ def cpu_only_error(device: Any) -> ValueError:
     )
 
 
+def type_label(obj: Any) -> str:
+    """``obj``'s class with its module (``torch.nn.modules.rnn.LSTM``): a torch LSTM and a
+    fastlstm LSTM share their name."""
+    cls = type(obj)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def wrong_module(who: str, wanted: str, obj: Any) -> TypeError:
+    """The TypeError of a fastlstm function given another object than a fastlstm module,
+    saying how to make one from a torch LSTM or LSTMCell."""
+    label = type_label(obj)
+    torch = sys.modules.get("torch")
+    hint = ""
+    for name in ("LSTM", "LSTMCell"):
+        if torch is not None and isinstance(obj, getattr(torch.nn, name)):
+            hint = (f"; make one with fastlstm.{name}.from_torch(module), or run the torch "
+                    "model on fastlstm with fastlstm.accelerate(model)")
+            break
+    return TypeError(f"{who} expects {wanted}, got {label}{hint}")
+
+
 def check_torch_module(module: Any, class_name: str) -> np.dtype:
     """Refuse anything but a ``torch.nn.<class_name>`` (or a subclass) in ``from_torch``;
     return the fastlstm dtype of its weights (float64 stays float64, other floats float32).

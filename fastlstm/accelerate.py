@@ -16,6 +16,7 @@ import threading
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
+from fastlstm._common import type_label
 from fastlstm.cell import LSTMCell
 from fastlstm.lstm import LSTM
 from fastlstm.quantization import quantize
@@ -321,7 +322,10 @@ def accelerate(model: Any, *, inplace: bool = False, weight_dtype: Optional[str]
     import torch
 
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"accelerate expects a torch.nn.Module, got {type(model).__name__}")
+        hint = (" (a fastlstm module runs on fastlstm already; fastlstm.quantize(module, "
+                "dtype) stores its weights in reduced precision)"
+                if isinstance(model, (LSTM, LSTMCell)) else "")
+        raise TypeError(f"accelerate expects a torch.nn.Module, got {type_label(model)}{hint}")
     if weight_dtype not in (None, "bfloat16", "int8"):
         raise ValueError(f"accelerate: weight_dtype must be None, 'bfloat16' or 'int8', got "
                          f"{weight_dtype!r}")

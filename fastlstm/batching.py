@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from fastlstm import _threads
-from fastlstm._common import input_array, is_torch_tensor
+from fastlstm._common import input_array, is_torch_tensor, wrong_module
 from fastlstm._module import workspace_array
 from fastlstm._threads import get_num_threads
 from fastlstm.lstm import LSTM
@@ -274,7 +274,7 @@ def forward_many(
     True
     """
     if not isinstance(module, LSTM):
-        raise TypeError(f"forward_many expects a fastlstm.LSTM, got {type(module).__name__}")
+        raise wrong_module("forward_many", "a fastlstm.LSTM", module)
     if max_batch_tokens is None:
         budget = DEFAULT_BATCH_TOKENS
     elif isinstance(max_batch_tokens, (bool, np.bool_)) or not isinstance(

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from fastlstm._common import wrong_module
 from fastlstm.cell import LSTMCell
 from fastlstm.lstm import LSTM
 
@@ -79,8 +80,7 @@ def quantize(module: _M, dtype: Any, *, per_channel: bool = True) -> _M:
     True
     """
     if not isinstance(module, (LSTM, LSTMCell)):
-        raise TypeError(f"quantize expects a fastlstm.LSTM or fastlstm.LSTMCell, got "
-                        f"{type(module).__name__}")
+        raise wrong_module("quantize", "a fastlstm.LSTM or fastlstm.LSTMCell", module)
     weight_dtype = _weight_dtype_name(dtype)
     if not isinstance(per_channel, bool):
         raise TypeError(f"quantize: per_channel must be a bool, got {type(per_channel).__name__}")

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from fastlstm import _threads
-from fastlstm._common import input_array
+from fastlstm._common import input_array, wrong_module
 from fastlstm._ext import kernels
 from fastlstm._module import MAX_ROWS, aligned_empty
 from fastlstm.cell import LSTMCell
@@ -71,8 +71,7 @@ class Stream:
         elif isinstance(module, LSTMCell):
             layers, out_size = 1, module.hidden_size
         else:
-            raise TypeError(f"Stream expects a fastlstm.LSTM or LSTMCell, got "
-                            f"{type(module).__name__}")
+            raise wrong_module("Stream", "a fastlstm.LSTM or LSTMCell", module)
         if batch_size is not None:
             if isinstance(batch_size, (bool, np.bool_)) or not isinstance(
                     batch_size, (int, np.integer)):

@@ -487,3 +487,20 @@ def test_torch_compile_runs_fastlstm_outside_the_graph(torch):
     with torch.inference_mode():
         got, want = compiled(x)[0], model(x)[0]
     assert (got - want).abs().max() < 1e-5
+
+
+def test_a_torch_module_where_a_fastlstm_one_is_wanted_is_named_with_its_module(torch):
+    # "Stream expects a fastlstm.LSTM or LSTMCell, got LSTM": the names are the same.
+    for call, cls in ((lambda m: fastlstm.Stream(m), torch.nn.LSTM),
+                      (lambda m: fastlstm.quantize(m, "int8"), torch.nn.LSTMCell),
+                      (lambda m: fastlstm.forward_many(m, []), torch.nn.LSTM)):
+        module = cls(4, 8)
+        name = cls.__name__
+        with pytest.raises(TypeError, match=rf"got torch\.nn\.modules\.rnn\.{name}; make one "
+                                            rf"with fastlstm\.{name}\.from_torch\(module\)"):
+            call(module)
+        with pytest.raises(TypeError, match=r"got fastlstm\.accelerate\.Accelerated"):
+            call(fastlstm.accelerate(module))
+    with pytest.raises(TypeError, match=r"got fastlstm\.lstm\.LSTM \(a fastlstm module runs "
+                                        r"on fastlstm already"):
+        fastlstm.accelerate(fastlstm.LSTM(2, 3))

@@ -1215,3 +1215,16 @@ def test_running_out_of_memory_in_a_reader_is_a_memory_error_and_a_format_error(
     with pytest.raises(MemoryError, match="ran out of memory") as info:
         fastlstm.load(path)
     assert isinstance(info.value, WeightsFormatError)
+
+
+def test_a_torch_save_of_numpy_arrays_is_refused_with_the_ways_that_work(torch, tmp_path):
+    # torch.save(fastlstm_module.state_dict()) pickles NumPy arrays, which neither
+    # torch.load (weights_only) nor fastlstm reads: the refusal says what to do instead.
+    path = tmp_path / "sd.pt"
+    state = fastlstm.LSTM(3, 4, rng=0).state_dict()
+    torch.save(state, path)
+    with pytest.raises(UnsafeFileError, match=r"refused global 'numpy\..*fastlstm\.save\("):
+        fastlstm.load(path)
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)  # the way that works
+    got = fastlstm.load(path)
+    assert all(np.array_equal(got[k], state[k]) for k in state)

@@ -452,6 +452,11 @@ def _refusal(full: str) -> WeightsFormatError:
     hint = ""
     if full.startswith("torch.nn.modules.") or full.startswith("__main__."):
         hint = " (a pickled model? save model.state_dict() instead)"
+    elif full.startswith("numpy."):  # torch.save of a fastlstm state_dict(): NumPy arrays
+        hint = (" (NumPy arrays, such as a fastlstm state_dict() given to torch.save, which "
+                "torch.load refuses too: save them with fastlstm.save(state_dict, "
+                "'model.safetensors'), or torch.save({k: torch.from_numpy(v) for k, v in "
+                "state_dict.items()}, ...))")
     return UnsafeFileError(
         f"refused global '{full}'{hint}: fastlstm loads only tensors, dicts, lists and "
         "numbers from PyTorch files, and nothing from this file was run")
