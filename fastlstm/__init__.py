@@ -7,6 +7,7 @@ Parameters use torch's names and layout, so ``rnn.load_state_dict(torch_lstm.sta
 or ``fastlstm.LSTM.from_torch(torch_lstm)`` gives the same numbers as PyTorch.
 """
 
+from fastlstm import utils as utils  # nn.utils.rnn, as torch.nn has it
 from fastlstm._errors import StateDictError, UnsafeFileError, WeightsFormatError
 from fastlstm._info import show_config
 from fastlstm._threads import (

@@ -703,3 +703,21 @@ def test_docs_page_example_runs():
     assert blocks
     for block in blocks:
         exec(compile(block, str(DOCS), "exec"), {})
+
+
+def test_nn_utils_rnn_is_where_torch_has_it(torch):
+    # README: "change the import (import fastlstm as nn); the rest runs as written", and
+    # code written against torch.nn reaches these through nn.utils.rnn.
+    import importlib
+
+    import fastlstm as nn
+
+    module = importlib.import_module("fastlstm.utils.rnn")
+    assert module is nn.utils.rnn is nn.rnn
+    names = ("PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence",
+             "pack_sequence", "unpack_sequence", "unpad_sequence")
+    assert all(hasattr(torch.nn.utils.rnn, n) and hasattr(nn.utils.rnn, n) for n in names)
+    x = np.arange(24, dtype=np.float32).reshape(3, 2, 4)
+    packed = nn.utils.rnn.pack_padded_sequence(x, [3, 1])
+    want = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), [3, 1])
+    np.testing.assert_array_equal(packed.data, want.data.numpy())
