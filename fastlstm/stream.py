@@ -127,6 +127,8 @@ class Stream:
             ``h`` of shape ``(num_layers, N, H_out)`` and ``c`` of shape
             ``(num_layers, N, hidden_size)``, without the ``N`` axis for an
             unbatched stream; copied into the stream's state.  Zeros when omitted.
+            A stream of an ``LSTMCell`` (``num_layers`` 1) also takes the cell's own
+            ``(N, hidden_size)`` (or ``(hidden_size,)``) states, as its calls return them.
 
         Raises
         ------
@@ -154,6 +156,9 @@ class Stream:
             self._c.fill(0)
             return
         h, c = (input_array(v, "Stream.reset", f"hx[{i}]") for i, v in enumerate(hx))
+        if (isinstance(self._module, LSTMCell) and h.shape == self.h.shape[1:]
+                and c.shape == self.c.shape[1:]):
+            h, c = h[None], c[None]  # a cell's own state, as its calls return it
         if h.shape != self.h.shape or c.shape != self.c.shape:
             raise ValueError(f"Stream.reset: expected h of shape {self.h.shape} and c of shape "
                              f"{self.c.shape}, got {h.shape} and {c.shape}")

@@ -222,6 +222,24 @@ def test_reset_from_the_streams_own_state():
     np.testing.assert_array_equal(stream.c, h)
 
 
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_a_cell_stream_resets_from_the_cells_own_states(batch_size):
+    # A cell returns (N, H) states; its stream's are (1, N, H) and refused the cell's.
+    cell = fastlstm.LSTMCell(4, 5, rng=0)
+    rng = np.random.default_rng(2)
+    shape = (4,) if batch_size is None else (batch_size, 4)
+    x0, x1 = rng.standard_normal((2, *shape)).astype(np.float32)
+    h, c = cell(x0)
+    stream = fastlstm.Stream(cell, batch_size)
+    stream.reset((h, c))
+    out = stream.step(x1)
+    want_h, want_c = cell(x1, (h, c))
+    np.testing.assert_allclose(out, want_h, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(stream.c[0], want_c, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="expected h of shape"):
+        fastlstm.Stream(fastlstm.LSTM(4, 5), batch_size).reset((h, c))  # an LSTM's are not
+
+
 def test_streams_on_several_python_threads_match_one_by_one():
     """Each Python thread steps its own stream at the same time (the GIL is
     released in the kernels); every stream's outputs equal the same frames run
