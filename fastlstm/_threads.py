@@ -502,6 +502,9 @@ def set_blas_sharing(enabled: bool) -> None:
             # container out of threads or memory) the call could neither wait nor run.
             # OpenBLAS's own threads exist already: it keeps them then.
             if setters and not kernels.blas_reserve(threads - 1):
+                for lib in _shared:  # those routed before may now ask for as many threads
+                    kernels.blas_route(lib[2], False)
+                _shared.clear()
                 setters, _share_note = [], "off: the pool's threads could not be started"
             for lib in setters:
                 kernels.blas_route(lib[2], True)

@@ -124,17 +124,24 @@ def _key(module: Any, params: List[Any]) -> Tuple[Any, ...]:
     """What the fastlstm module was made from: each weight's identity, data, version and
     dtype, and the constructor arguments."""
     d = module.__dict__
-    return (tuple([(id(p), p.data_ptr(), p._version, p.dtype) for p in params]),
+    # The type too: torch.utils.swap_tensors can make a Parameter a subclass in place.
+    return (tuple([(id(p), type(p), p.data_ptr(), p._version, p.dtype) for p in params]),
             tuple([d.get(name) for name in _CONFIG]))  # not getattr: torch's raises inside
 
 
 def _cached(module: Any, params: List[Any]) -> Any:
     """The fastlstm module made for ``module``'s current weights and arguments, or None."""
     cached = module.__dict__.get("_fastlstm_cache")
+    if cached is None:
+        return None
+    try:
+        key = _key(module, params)
+    except RuntimeError:  # an inference tensor has no version: _param_reason refuses it
+        return None
     # The cache holds the Parameters and their data (strong references: torch's
     # swap_tensors refuses tensors with weak ones), so that neither a new Parameter nor
     # new data (``p.data = t``) can be made at the address of what the key names.
-    if cached is None or cached[0] != _key(module, params):
+    if cached[0] != key:
         return None
     for held, p in zip(cached[1], params):
         if held is not p:

@@ -504,3 +504,30 @@ def test_a_torch_module_where_a_fastlstm_one_is_wanted_is_named_with_its_module(
     with pytest.raises(TypeError, match=r"got fastlstm\.lstm\.LSTM \(a fastlstm module runs "
                                         r"on fastlstm already"):
         fastlstm.accelerate(fastlstm.LSTM(2, 3))
+
+
+def test_weights_changed_after_the_first_call_are_checked_again(torch):
+    # The weights' checks run only when the fastlstm module is made again: weights made
+    # inference tensors crashed the key (no version counter), and a Parameter made a
+    # subclass in place (swap_tensors: same id, data, version) ran on fastlstm.
+    class Logged(torch.Tensor):
+        pass
+
+    x = torch.randn(5, 1, 4)
+    m = fastlstm.accelerate(torch.nn.LSTM(4, 8).eval())
+    with torch.no_grad():
+        want = m(x)[0]
+    with torch.inference_mode():
+        sd = {k: v.clone() for k, v in m.state_dict().items()}
+        m.load_state_dict(sd, assign=True)
+        got = m(x)[0]  # torch's forward: such weights have no version to watch
+    torch.testing.assert_close(got, want)
+
+    cell = fastlstm.accelerate(torch.nn.LSTMCell(4, 8).eval())
+    with torch.no_grad():
+        plain = cell(x[0])[0]
+        for p in list(cell.parameters()):
+            torch.utils.swap_tensors(p, torch.nn.Parameter(p.detach().as_subclass(Logged)))
+        got = cell(x[0])[0]
+    assert type(got) is Logged  # torch's forward, which keeps the subclass
+    torch.testing.assert_close(got.as_subclass(torch.Tensor), plain)
