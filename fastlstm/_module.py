@@ -63,6 +63,21 @@ RngLike = Union[None, int, np.random.Generator]
 PathLike = Union[str, bytes, "os.PathLike[str]"]
 _M = TypeVar("_M", bound="_Module")
 
+# A forked child has only the thread that forked: a module's lock held by another thread
+# of the parent (packing a first call, loading weights) would stay held there for ever.
+# Each fork starts a new generation, and a module's lock of an older one is made again.
+_fork_generation = 0
+_locks_lock = threading.Lock()  # makes modules' locks one at a time
+
+
+def _new_generation_in_child() -> None:
+    global _fork_generation, _locks_lock
+    _fork_generation += 1
+    _locks_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_generation_in_child)
+
 
 
 def _uniform(gen: np.random.Generator, bound: float, shape: Tuple[int, ...],
@@ -414,7 +429,6 @@ class _Module:
         d["_params"] = OrderedDict()
         d["_shapes"] = self._parameter_shapes()
         d["_packed"] = None
-        d["_pack_lock"] = threading.Lock()
         if SKIP_INIT.get():  # built by from_state_dict: the weights come next
             for name, shape in self._shapes.items():
                 self._params[name] = freeze(np.zeros(shape, dtype=self._dtype))
@@ -550,16 +564,28 @@ class _Module:
     def __dir__(self) -> List[str]:
         return sorted(set(super().__dir__()) | set(self._params))
 
+    @property
+    def _pack_lock(self) -> Any:
+        """The lock of packing and of weight changes: this module's, made on first use
+        and again in a forked child (see ``_fork_generation``)."""
+        entry = self.__dict__.get("_lock")
+        if entry is not None and entry[0] == _fork_generation:
+            return entry[1]
+        with _locks_lock:  # two threads must not make two locks
+            entry = self.__dict__.get("_lock")
+            if entry is None or entry[0] != _fork_generation:
+                entry = self.__dict__["_lock"] = (_fork_generation, threading.Lock())
+        return entry[1]
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_packed"] = None
-        del state["_pack_lock"]
+        state.pop("_lock", None)
         state.pop("_bound", None)  # kernel bindings of the packed weights: made again
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.__dict__["_pack_lock"] = threading.Lock()
         for array in self._params.values():  # pickle does not keep the read-only flag
             freeze(array)
 

@@ -172,10 +172,21 @@ class Stream:
         self.c[...] = c
 
     def __getstate__(self) -> Dict[str, Any]:
-        # Without the kernels' binding of the buffers: a copy binds its own at its next step.
+        # Without the kernels' binding of the buffers: a copy binds its own at its next
+        # step; nor the scratch buffers, which it makes again.
         state = dict(self.__dict__)
         state["_step_plan"] = state["_plan_layers"] = None
+        for name in ("_x", "_out", "_hcell", "_gates"):
+            state.pop(name, None)
         return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # The state into arrays of its own, which steps write in place: a pickle's may be
+        # read-only (out-of-band buffers, joblib's memory maps) or misaligned.
+        self._h = np.array(self._h, dtype=self._h.dtype, order="C")
+        self._c = np.array(self._c, dtype=self._c.dtype, order="C")
+        self._allocate(self._h.dtype)
 
     def __copy__(self) -> "Stream":
         """A stream on the same module with a copy of the state and buffers of its own

@@ -186,3 +186,46 @@ def test_a_child_forked_during_a_call_that_holds_blas_gets_its_blas_back():
         print("ok", before)
     """)
     assert out.startswith("ok")
+
+
+def test_a_child_forked_while_a_thread_packs_or_loads_weights_runs_its_module():
+    """A thread of the parent holds a module's lock (packing its weights on a first call,
+    loading new ones) when another forks: the child's module, whose lock no thread of the
+    child can release, hung on its first call."""
+    out = _run("""
+        import time
+
+        fresh = fastlstm.LSTM(32, 48, num_layers=2, rng=0)  # rnn's weights, not packed yet
+        inside, leave = threading.Event(), threading.Event()
+
+        def hold():
+            with fresh._pack_lock:
+                inside.set()
+                leave.wait()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        inside.wait()
+        pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                out, (h, c) = fresh(xs[0])
+                fresh.load_state_dict(rnn.state_dict())
+                ok = np.allclose(out, expected[0][0], rtol=0, atol=1e-6)
+            finally:
+                os._exit(0 if ok else 3)
+        deadline = time.monotonic() + 30
+        try:
+            while not (done := os.waitpid(pid, os.WNOHANG))[0]:
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    raise SystemExit("the child hung")
+                time.sleep(0.05)
+        finally:
+            leave.set()
+            holder.join()
+        assert os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0, done
+        print("ok")
+    """)
+    assert out.startswith("ok")

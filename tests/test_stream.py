@@ -195,6 +195,32 @@ def test_a_stream_that_stepped_pickles_and_copies():
     np.testing.assert_array_equal(got, want)
 
 
+def test_a_stream_unpickled_from_read_only_buffers_steps_in_arrays_of_its_own():
+    # Out-of-band buffers (pickle 5, as Dask and Ray pass arrays) and joblib's read-only
+    # memory maps: the stream wrote its steps into the sender's immutable bytes, refused a
+    # memory-mapped gate buffer with a message naming the right dtype and shape, and lost
+    # the gate buffer's alignment.
+    import pickle
+
+    rng = np.random.default_rng(4)
+    lstm = fastlstm.LSTM(8, 16, num_layers=2, rng=0)
+    stream = fastlstm.Stream(lstm, batch_size=2)
+    frames = rng.standard_normal((3, 2, 8)).astype(np.float32)
+    stream.step(frames[0])
+    buffers = []
+    data = pickle.dumps(stream, protocol=5, buffer_callback=buffers.append)
+    raw = [bytes(b.raw()) for b in buffers]
+    before = [bytes(r) for r in raw]
+    twin = pickle.loads(data, buffers=raw)
+    for frame in frames[1:]:
+        np.testing.assert_array_equal(twin.step(frame), stream.step(frame))
+    assert raw == before
+    assert twin._gates.ctypes.data % 64 == 0
+    for a in (twin._h, twin._c, twin._x, twin._gates):
+        assert a.flags.writeable and type(a) is np.ndarray
+    assert twin._h.flags.owndata and twin._c.flags.owndata
+
+
 def test_a_shallow_copy_steps_on_its_own():
     """copy.copy shares the module, not the state: the copy and the original each give
     the module's forward over the whole sequence (the oracle)."""
