@@ -419,6 +419,8 @@ class _Module:
     _tuning: Any = None
 
     _shapes: "OrderedDict[str, Tuple[int, ...]]"
+    #: Training mode (inter-layer dropout on); kept in the instance's ``__dict__``.
+    training: bool
 
     def _init_module(self, dtype: Any, rng: RngLike) -> None:
         """Set up the state every module has; ``_shapes`` comes from the subclass."""
@@ -435,7 +437,10 @@ class _Module:
         else:
             self.reset_parameters()
 
-    dtype = property(lambda self: self._dtype, doc="numpy dtype of parameters and results.")
+    @property
+    def dtype(self) -> np.dtype:
+        """numpy dtype of parameters and results."""
+        return self._dtype
 
     @property
     def weight_dtype(self) -> str:
@@ -1110,7 +1115,7 @@ class _Module:
         return self._bound_layers().step(input, hx, _threads._num_threads or 0, layout)
 
     # ------------------------------------------------------------------- modes
-    def train(self, mode: bool = True) -> "_Module":
+    def train(self: _M, mode: bool = True) -> _M:
         """Set training mode (inter-layer dropout of LSTM active) and return self.
 
         Parameters
@@ -1136,7 +1141,7 @@ class _Module:
         self.__dict__["training"] = mode
         return self
 
-    def eval(self) -> "_Module":
+    def eval(self: _M) -> _M:
         """Set eval mode (no dropout; the default for a new module) and return self.
 
         Returns

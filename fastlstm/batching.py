@@ -14,7 +14,20 @@ import queue
 import sys
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Collection,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Literal,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+    overload,
+)
 
 import numpy as np
 
@@ -213,6 +226,42 @@ def _stream(module: LSTM, sequences: Iterable[Any], budget: int,
             window, tokens = [], 0
     if window:
         yield from _window(module, window, budget, return_states)
+
+
+_WithStates = Tuple[Any, Tuple[Any, Any]]
+
+
+# A sized collection gives a list, any other iterable an iterator; return_states gives
+# (out, (h_n, c_n)) pairs: what type checkers read of the one function below.
+# (A Collection is an Iterable too: mypy's overlap rule, overruled on purpose.)
+@overload
+def forward_many(module: LSTM, sequences: Collection[Any], *,  # type: ignore[overload-overlap]
+                 max_batch_tokens: Optional[int] = ...,
+                 return_states: Literal[False] = ...) -> List[Any]: ...
+
+
+@overload
+def forward_many(module: LSTM, sequences: Collection[Any], *,  # type: ignore[overload-overlap]
+                 max_batch_tokens: Optional[int] = ...,
+                 return_states: Literal[True]) -> List[_WithStates]: ...
+
+
+@overload
+def forward_many(module: LSTM, sequences: Iterable[Any], *,
+                 max_batch_tokens: Optional[int] = ...,
+                 return_states: Literal[False] = ...) -> Iterator[Any]: ...
+
+
+@overload
+def forward_many(module: LSTM, sequences: Iterable[Any], *,
+                 max_batch_tokens: Optional[int] = ...,
+                 return_states: Literal[True]) -> Iterator[_WithStates]: ...
+
+
+@overload
+def forward_many(module: LSTM, sequences: Iterable[Any], *,
+                 max_batch_tokens: Optional[int] = ...,
+                 return_states: bool = ...) -> Union[List[_Result], Iterator[_Result]]: ...
 
 
 def forward_many(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple, Type, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,8 @@ from fastlstm.io.state_dict import cell_shapes
 from fastlstm.io.torch_quantized import dynamic_kind
 
 __all__ = ["LSTMCell"]
+
+_C = TypeVar("_C", bound="LSTMCell")
 
 
 
@@ -109,9 +111,20 @@ class LSTMCell(_Module):
         d["_bias"] = bool(bias)  # torch's cell takes any value, by its truth (LSTM: a bool)
         self._init_module(dtype, rng)
 
-    input_size = property(lambda self: self._input_size, doc="Features of the input.")
-    hidden_size = property(lambda self: self._hidden_size, doc="Features of h and c.")
-    bias = property(lambda self: self._bias, doc="Whether the cell has biases.")
+    @property
+    def input_size(self) -> int:
+        """Features of the input."""
+        return self._input_size
+
+    @property
+    def hidden_size(self) -> int:
+        """Features of h and c."""
+        return self._hidden_size
+
+    @property
+    def bias(self) -> bool:
+        """Whether the cell has biases."""
+        return self._bias
 
     def _parameter_shapes(self) -> "OrderedDict[str, Tuple[int, ...]]":
         return cell_shapes(self._input_size, self._hidden_size, self._bias)
@@ -148,7 +161,7 @@ class LSTMCell(_Module):
 
     # ------------------------------------------------------------ torch interop
     @classmethod
-    def from_torch(cls, module: Any, *, dtype: Any = None) -> "LSTMCell":
+    def from_torch(cls: Type[_C], module: Any, *, dtype: Any = None) -> _C:
         """Build an equivalent cell from a ``torch.nn.LSTMCell`` (config and weights).
 
         Parameters

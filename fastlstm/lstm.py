@@ -6,7 +6,7 @@ import numbers
 import sys
 import warnings
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
 
 import numpy as np
 
@@ -46,6 +46,8 @@ from fastlstm.rnn import (
 )
 
 __all__ = ["LSTM"]
+
+_L = TypeVar("_L", bound="LSTM")
 
 
 # Constructor arguments shared with torch.nn.LSTM (also its attribute names).
@@ -222,14 +224,45 @@ class LSTM(_Module):
         self._init_module(dtype, rng)
 
     # ------------------------------------------------------------------ config
-    input_size = property(lambda self: self._input_size, doc="Features of the input.")
-    hidden_size = property(lambda self: self._hidden_size, doc="Features of the cell state.")
-    num_layers = property(lambda self: self._num_layers, doc="Number of stacked layers.")
-    bias = property(lambda self: self._bias, doc="Whether the layers have biases.")
-    batch_first = property(lambda self: self._batch_first, doc="Batched layout (N, L, F).")
-    dropout = property(lambda self: self._dropout, doc="Inter-layer dropout (training only).")
-    bidirectional = property(lambda self: self._bidirectional, doc="Two directions per layer.")
-    proj_size = property(lambda self: self._proj_size, doc="Projection size, 0 for none.")
+    @property
+    def input_size(self) -> int:
+        """Features of the input."""
+        return self._input_size
+
+    @property
+    def hidden_size(self) -> int:
+        """Features of the cell state."""
+        return self._hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        """Number of stacked layers."""
+        return self._num_layers
+
+    @property
+    def bias(self) -> bool:
+        """Whether the layers have biases."""
+        return self._bias
+
+    @property
+    def batch_first(self) -> bool:
+        """Batched layout (N, L, F)."""
+        return self._batch_first
+
+    @property
+    def dropout(self) -> float:
+        """Inter-layer dropout (training only)."""
+        return self._dropout
+
+    @property
+    def bidirectional(self) -> bool:
+        """Two directions per layer."""
+        return self._bidirectional
+
+    @property
+    def proj_size(self) -> int:
+        """Projection size, 0 for none."""
+        return self._proj_size
 
     @property
     def _num_directions(self) -> int:
@@ -316,7 +349,7 @@ class LSTM(_Module):
 
     # ------------------------------------------------------------ torch interop
     @classmethod
-    def from_torch(cls, module: Any, *, dtype: Any = None) -> "LSTM":
+    def from_torch(cls: Type[_L], module: Any, *, dtype: Any = None) -> _L:
         """Build an equivalent fastlstm module from a ``torch.nn.LSTM``.
 
         Parameters

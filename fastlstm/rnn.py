@@ -353,8 +353,10 @@ sorted_indices=array([2, 0, 1]), unsorted_indices=array([1, 2, 0]))
             return self
         return self._replace(data=self.data.astype(target))
 
-    def cpu(self) -> PackedSequence:
+    def cpu(self, *args: Any, **kwargs: Any) -> PackedSequence:
         """Return self: the data is on the CPU already, as torch's ``cpu()`` there.
+        Arguments are :meth:`to`'s (``memory_format=`` and the like: torch passes them on
+        to ``to``).
 
         Returns
         -------
@@ -368,7 +370,7 @@ sorted_indices=array([2, 0, 1]), unsorted_indices=array([1, 2, 0]))
         >>> packed.cpu() is packed
         True
         """
-        return self
+        return self.to(*args, **kwargs) if args or kwargs else self
 
     @property
     def is_cuda(self) -> bool:

@@ -77,6 +77,46 @@ def test_mypy_clean():
     assert re.search(r"Success: no issues found in \d+ source files", out), out
 
 
+USER_CODE = """
+from typing import Iterator, List, Tuple
+
+import numpy as np
+
+import fastlstm
+import fastlstm as nn
+from fastlstm.utils.rnn import pack_sequence
+
+
+class Tagger(fastlstm.LSTM):
+    pass
+
+
+def ported(x: np.ndarray) -> Tuple[int, float, bool, bool]:
+    rnn = nn.LSTM(10, 20, 2).eval()          # eval() keeps the class
+    cell: nn.LSTMCell = nn.LSTMCell(3, 4).train(False)
+    mine: Tagger = Tagger.from_torch(object())   # from_torch gives the subclass
+    outs: List[np.ndarray] = fastlstm.forward_many(rnn, [x, x])   # a list: a list back
+    lazy: Iterator[np.ndarray] = fastlstm.forward_many(rnn, iter([x]))
+    pairs = fastlstm.forward_many(rnn, [x], return_states=True)
+    h_n: np.ndarray = pairs[0][1][0]
+    packed = pack_sequence([x])
+    del cell, mine, outs, lazy, h_n, packed
+    return rnn.hidden_size, rnn.dropout, rnn.training, rnn.bidirectional
+"""
+
+
+def test_user_code_type_checks_strictly(tmp_path):
+    # mypy --strict on code ported from torch: train()/eval() gave the private base class,
+    # from_torch the base class of a subclass, the configuration attributes Any, and
+    # forward_many a list-or-iterator that no list operation took.
+    _require("mypy")
+    src = tmp_path / "user.py"
+    src.write_text(USER_CODE)
+    code, out = _run(["-m", "mypy", "--strict", "--follow-imports=silent", "--cache-dir",
+                      "/dev/null", "--config-file", "/dev/null", str(src)], timeout=300)
+    assert code == 0, out
+
+
 def test_py_typed_marker_and_stubs():
     pkg = ROOT / "fastlstm"
     assert (pkg / "py.typed").exists()

@@ -713,7 +713,8 @@ def test_nn_utils_rnn_is_where_torch_has_it(torch):
     import fastlstm as nn
 
     module = importlib.import_module("fastlstm.utils.rnn")
-    assert module is nn.utils.rnn is nn.rnn
+    assert module is nn.utils.rnn
+    assert all(getattr(module, n) is getattr(nn.rnn, n) for n in nn.rnn.__all__)
     names = ("PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence",
              "pack_sequence", "unpack_sequence", "unpad_sequence")
     assert all(hasattr(torch.nn.utils.rnn, n) and hasattr(nn.utils.rnn, n) for n in names)
@@ -721,3 +722,15 @@ def test_nn_utils_rnn_is_where_torch_has_it(torch):
     packed = nn.utils.rnn.pack_padded_sequence(x, [3, 1])
     want = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), [3, 1])
     np.testing.assert_array_equal(packed.data, want.data.numpy())
+
+
+def test_packed_cpu_takes_torchs_arguments(torch):
+    # torch's PackedSequence.cpu(*args, **kwargs) hands them to to(); ours took none.
+    seqs = [np.ones((3, 2), np.float32), np.ones((1, 2), np.float32)]
+    ours = rnn.pack_sequence(seqs)
+    theirs = torch.nn.utils.rnn.pack_sequence([torch.from_numpy(s) for s in seqs])
+    assert ours.cpu(memory_format=torch.preserve_format) is ours
+    assert ours.cpu() is ours
+    got, want = ours.cpu(torch.float64), theirs.cpu(torch.float64)
+    assert got.data.dtype == np.float64 and want.data.dtype == torch.float64
+    np.testing.assert_array_equal(got.data, want.data.numpy())
