@@ -186,7 +186,8 @@ class Stream:
         # read-only (out-of-band buffers, joblib's memory maps) or misaligned.
         self._h = np.array(self._h, dtype=self._h.dtype, order="C")
         self._c = np.array(self._c, dtype=self._c.dtype, order="C")
-        self._allocate(self._h.dtype)
+        # The scratch buffers at the first step (_plan): the module may not be restored
+        # yet (a module that holds its own stream is unpickled around it).
 
     def __copy__(self) -> "Stream":
         """A stream on the same module with a copy of the state and buffers of its own
@@ -260,6 +261,8 @@ class Stream:
                 # The module was cast (``double()``, ``to(dtype)``): so is the state,
                 # into new arrays.
                 self._h, self._c = self._h.astype(dt), self._c.astype(dt)
+                self._allocate(dt)
+            elif "_gates" not in self.__dict__:  # unpickled: scratch made here
                 self._allocate(dt)
             plan = kernels.BoundStack(layers, self._module.hidden_size,
                                       tuning=self._module._tuning)

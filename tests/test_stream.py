@@ -1,5 +1,7 @@
 """fastlstm.Stream: frame-by-frame steps with the state carried in place."""
 
+import copy
+
 import numpy as np
 import pytest
 from _helpers import torch_single_thread
@@ -219,6 +221,22 @@ def test_a_stream_unpickled_from_read_only_buffers_steps_in_arrays_of_its_own():
     for a in (twin._h, twin._c, twin._x, twin._gates):
         assert a.flags.writeable and type(a) is np.ndarray
     assert twin._h.flags.owndata and twin._c.flags.owndata
+
+
+def test_a_module_holding_its_stream_pickles_and_deep_copies():
+    # Unpickling made the stream's buffers from its module before the module was restored
+    # (it is rebuilt around the stream it holds): AttributeError on input_size.
+    import pickle
+
+    lstm = fastlstm.LSTM(3, 4, rng=0)
+    stream = fastlstm.Stream(lstm)
+    frames = np.random.default_rng(1).standard_normal((3, 3)).astype(np.float32)
+    stream.step(frames[0])
+    lstm.my_stream = stream
+    for twin in (pickle.loads(pickle.dumps(lstm)), copy.deepcopy(lstm)):
+        assert twin.my_stream._module is twin
+        np.testing.assert_array_equal(twin.my_stream.step(frames[1]),
+                                      copy.deepcopy(stream).step(frames[1]))
 
 
 def test_a_shallow_copy_steps_on_its_own():
