@@ -256,6 +256,21 @@ def test_seq2seq_mismatch_is_an_error_row_not_timed(torch, monkeypatch, threads_
     assert result["tokens_match"] == {1: False} and result["failed"] == ["N=1"]
 
 
+def test_seq2seq_accelerate_mismatch_names_the_accelerated_decode(torch, monkeypatch,
+                                                                  threads_kept):
+    # The error row named "torch / fastlstm" when only the accelerated decode differed.
+    def off_when_accelerated(self, src, accelerated=False):
+        tokens = original(self, src)
+        return tokens + 1 if accelerated else tokens
+
+    original = seq2seq.Seq2Seq.torch_decode
+    monkeypatch.setattr(seq2seq.Seq2Seq, "torch_decode", off_when_accelerated)
+    result = measure_seq2seq(torch, batches=(1,), blocks=1, budget=0.01, threads=1)
+    (row,) = result["rows"]
+    assert row["error"].startswith("NOT TIMED: tokens differ from torch's")
+    assert row["library"] == "torch / torch + accelerate", row
+
+
 # -------------------------------------------------------------------- CLI
 def test_cli_seq2seq(torch, tmp_path):
     out_json = tmp_path / "s.json"
