@@ -550,8 +550,8 @@ def test_batch_first_projections_by_timestep_equal_time_major(dtype, level, thre
             want, _ = reference_forward(tm, np.ascontiguousarray(x.transpose(1, 0, 2)))
             pairs = [(bf, tm)]
             if dtype == np.float32 and steps > 1:
-                pairs.append((fastlstm.quantize(bf, "bfloat16"),
-                              fastlstm.quantize(tm, "bfloat16")))
+                for kind in ("bfloat16", "int8"):
+                    pairs.append((fastlstm.quantize(bf, kind), fastlstm.quantize(tm, kind)))
             for first, major in pairs:
                 got = first(x)[0]
                 same = major(np.ascontiguousarray(x.transpose(1, 0, 2)))[0].transpose(1, 0, 2)
@@ -575,5 +575,5 @@ def test_batch_first_projection_by_timestep_rule():
     assert kernels.projection_by_step(True, 9, 3, 100, 7, "float64")
     assert not kernels.projection_by_step(True, 3, 10, 10, 512)      # few entries, long chunks
     assert not kernels.projection_by_step(False, 256, 10, 10, 512)   # time-major: one product
-    assert not kernels.projection_by_step(True, 256, 10, 10, 512, "int8")  # rows' scales
+    assert kernels.projection_by_step(True, 256, 10, 10, 512, "int8")  # scales gathered
     assert not kernels.projection_by_step(True, 256, 10, 1 << 20, 1 << 10)  # rows too far apart

@@ -772,10 +772,14 @@ cdef inline bint _by_step(bint batch_first, int units, int steps, int seq_len, i
     a timestep at a time (their rows seq_len rows apart in x), rather than an entry's
     ``steps`` rows at a time: when the entries outnumber the steps, so that the weights
     are read once per step instead of once per entry (256 x 10 at I = H = 512: 2.8x the
-    time of the time-major forward).  Not with int8 weights, whose prepared rows carry
-    one scale each, laid out entry by entry."""
-    return (batch_first and units > steps and weight_type != WEIGHTS_I8
+    time of the time-major forward)."""
+    return (batch_first and units > steps
             and <Py_ssize_t>seq_len * n_in < (<Py_ssize_t>1 << 30))
+
+
+# Scales of int8 rows gathered at a time (rows projected a timestep at a time lie apart).
+cdef enum:
+    _XS_BLOCK = 256
 
 
 def projection_by_step(bint batch_first, int units, int steps, int seq_len, int n_in,
@@ -812,7 +816,8 @@ cdef void _project_item(const Layer *L, floating *gbuf, const Chunk *ck, int d, 
     cdef const floating *a
     cdef floating *gp
     cdef Py_ssize_t ldg, row, x_row, lda, q_rows
-    cdef int m, group, n_groups
+    cdef int m, group, n_groups, r0, r, i
+    cdef float xs_rows[_XS_BLOCK]
     cdef bint by_step = _by_step(g.batch_first, b_hi - b_lo, ck.steps, g.seq_len, n_in,
                                  g.weight_type)
     cdef unsigned int csr = fl_ftz_begin()
@@ -842,9 +847,21 @@ cdef void _project_item(const Layer *L, floating *gbuf, const Chunk *ck, int d, 
                 elif g.weight_type == WEIGHTS_BF16:
                     fl_matmul_bfp(_bf16_level, False, m, cols, n_in, L.b.xq + row * L.b.xq_ld,
                                   q_rows * L.b.xq_ld, <const uint32_t *>wp, gp, ldg)
-                else:
+                elif q_rows == 1:
                     fl_matmul_i8q(_i8_level, False, m, cols, n_in, L.b.xq + row * L.b.xq_ld,
                                   L.b.xq_ld, L.b.xs + row, <const uint32_t *>wp, gp, ldg)
+                else:
+                    # Rows q_rows apart: their scales, one per row, gathered in blocks.
+                    r0 = 0
+                    while r0 < m:
+                        r = min(<int>_XS_BLOCK, m - r0)
+                        for i in range(r):
+                            xs_rows[i] = L.b.xs[row + <Py_ssize_t>(r0 + i) * q_rows]
+                        fl_matmul_i8q(_i8_level, False, r, cols, n_in,
+                                      L.b.xq + (row + <Py_ssize_t>r0 * q_rows) * L.b.xq_ld,
+                                      q_rows * L.b.xq_ld, xs_rows, <const uint32_t *>wp,
+                                      gp + r0 * ldg, ldg)
+                        r0 = r0 + r
                 continue
         if m >= blas_min_rows:
             gemm(NoTrans, Trans, m, cols, n_in, <floating>1.0, a, <int>lda, w, n_in,
