@@ -438,6 +438,21 @@ class _Module:
             self.reset_parameters()
 
     @property
+    def input_size(self) -> int:
+        """Features of the input."""
+        return self._input_size
+
+    @property
+    def hidden_size(self) -> int:
+        """Features of the hidden and cell states."""
+        return self._hidden_size
+
+    @property
+    def bias(self) -> bool:
+        """Whether the module has biases."""
+        return self._bias
+
+    @property
     def dtype(self) -> np.dtype:
         """numpy dtype of parameters and results."""
         return self._dtype

@@ -111,21 +111,6 @@ class LSTMCell(_Module):
         d["_bias"] = bool(bias)  # torch's cell takes any value, by its truth (LSTM: a bool)
         self._init_module(dtype, rng)
 
-    @property
-    def input_size(self) -> int:
-        """Features of the input."""
-        return self._input_size
-
-    @property
-    def hidden_size(self) -> int:
-        """Features of h and c."""
-        return self._hidden_size
-
-    @property
-    def bias(self) -> bool:
-        """Whether the cell has biases."""
-        return self._bias
-
     def _parameter_shapes(self) -> "OrderedDict[str, Tuple[int, ...]]":
         return cell_shapes(self._input_size, self._hidden_size, self._bias)
 

@@ -225,24 +225,9 @@ class LSTM(_Module):
 
     # ------------------------------------------------------------------ config
     @property
-    def input_size(self) -> int:
-        """Features of the input."""
-        return self._input_size
-
-    @property
-    def hidden_size(self) -> int:
-        """Features of the cell state."""
-        return self._hidden_size
-
-    @property
     def num_layers(self) -> int:
         """Number of stacked layers."""
         return self._num_layers
-
-    @property
-    def bias(self) -> bool:
-        """Whether the layers have biases."""
-        return self._bias
 
     @property
     def batch_first(self) -> bool:
